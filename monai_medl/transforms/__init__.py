@@ -1,0 +1,9 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""Site-aware transforms: site vocabulary and design vectors, per-site normalisation, site-effect augmentation."""
+
+from __future__ import annotations
+
+from . import site
+from .site import *  # noqa: F403
+
+__all__ = [*site.__all__]
