@@ -1,0 +1,78 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""Ignite handler that trains the cluster adversary inside a MONAI ``SupervisedTrainer`` iteration."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys
+from torch import nn
+
+from monai_medl.losses.adversarial_regularizer import AdversarialRegularizer
+from monai_medl.networks.utils import unwrap_network
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+__all__ = ["AdversaryHandler"]
+
+
+class AdversaryHandler:
+    """Adversarial regularisation of a mixed-effects network's fixed effects, as a trainer handler.
+
+    Attached to a ``SupervisedTrainer`` it runs at ``IterationEvents.LOSS_COMPLETED``: it updates the adversary on
+    the detached fixed-effects activations of the current forward pass (its own optimizer), then adds
+    ``-lambda_g * CE(site, adversary(activations))`` to ``engine.state.output["loss"]`` before the trainer's
+    backward, so the main update sees the term with the adversary frozen. ``adv_loss`` and ``adv_acc`` are written
+    into the iteration output for StatsHandler/TensorBoard, and the loss terms of a
+    :class:`~monai_medl.losses.MixedEffectsLoss` (``loss_mixed``, ``loss_fixed``, ``kl``) too. Save and restore the
+    adversary and its optimizer with MONAI's ``CheckpointSaver``/``CheckpointLoader`` by listing them in
+    ``save_dict``/``load_dict``.
+
+    Args:
+        adversary: cluster adversary (e.g. :class:`~monai_medl.networks.nets.ClusterAdversary`).
+        optimizer: optimizer over the adversary's parameters.
+        lambda_g: weight of the adversarial term. Defaults to 0.1.
+        network: the mixed-effects network; defaults to ``engine.network``.
+        site_key: batch key with the site index (``-1`` = unseen, ignored). Defaults to ``"site"``.
+
+    Example::
+
+        >>> handler = AdversaryHandler(adversary, torch.optim.Adam(adversary.parameters(), 1e-4), lambda_g=0.1)
+        >>> trainer = SupervisedTrainer(..., train_handlers=[handler])
+    """
+
+    def __init__(
+        self,
+        adversary: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lambda_g: float = 0.1,
+        network: nn.Module | None = None,
+        site_key: str = "site",
+    ) -> None:
+        self.regularizer = AdversarialRegularizer(adversary, optimizer, lambda_g)
+        self.network = network
+        self.site_key = site_key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        net = unwrap_network(self.network if self.network is not None else engine.network)
+        out = net.__dict__.get("latest_output")
+        if out is None:
+            raise RuntimeError(
+                f"{type(net).__name__} kept no latest_output: AdversaryHandler needs a MixedEffectsNet "
+                "(forward in eager mode) as the trainer's network."
+            )
+        batch = engine.state.batch
+        if self.site_key not in batch:
+            raise KeyError(f"batch has no {self.site_key!r} key; available keys: {sorted(batch)}.")
+        output = engine.state.output
+        term = self.regularizer.step(out.features, batch[self.site_key])
+        output[CommonKeys.LOSS] = output[CommonKeys.LOSS] + term
+        output["adv_loss"] = self.regularizer.last_loss
+        output["adv_acc"] = self.regularizer.last_accuracy
+        output.update(getattr(engine.loss_function, "terms", {}))

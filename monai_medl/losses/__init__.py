@@ -1,0 +1,5 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+from __future__ import annotations
+
+from .adversarial_regularizer import AdversarialRegularizer
+from .mixed_effects_loss import MixedEffectsLoss, task_loss

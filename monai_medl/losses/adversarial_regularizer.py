@@ -1,0 +1,84 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""One adversarial iteration: update the cluster adversary, then return the term that penalises the main model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["AdversarialRegularizer"]
+
+
+class AdversarialRegularizer:
+    """Trains a cluster adversary and yields ``-lambda_g * CE(site, A(features))`` for the main loss.
+
+    Each :meth:`step` (1) updates the adversary alone on the detached fixed-effects activations with its own
+    optimizer, then (2) evaluates the freshly updated, frozen adversary on the live activations and returns
+    ``-lambda_g * CE``, whose gradient pushes the feature extractor towards cluster-invariant features. Items whose
+    site index is negative (the unseen marker) are ignored. Used by
+    :class:`~monai_medl.handlers.AdversaryHandler` inside MONAI trainers and directly in plain training loops.
+
+    Args:
+        adversary: network mapping a list of ``(batch, n_i)`` activations to ``(batch, num_clusters)`` logits.
+        optimizer: optimizer over the adversary's parameters only.
+        lambda_g: weight of the generalisation (adversarial) term. Defaults to 0.1.
+
+    Example::
+
+        >>> reg = AdversarialRegularizer(adv, torch.optim.Adam(adv.parameters(), 1e-3), lambda_g=0.5)
+        >>> loss = task_loss + reg.step(out.features, site_index)
+    """
+
+    def __init__(self, adversary: nn.Module, optimizer: torch.optim.Optimizer, lambda_g: float = 0.1) -> None:
+        if lambda_g < 0:
+            raise ValueError(f"lambda_g must be >= 0 (the minus sign is applied internally), got {lambda_g}.")
+        self.adversary = adversary
+        self.optimizer = optimizer
+        self.lambda_g = lambda_g
+        self.last_loss = float("nan")
+        self.last_accuracy = float("nan")
+
+    def _sync_grads(self) -> None:
+        # the adversary is not wrapped in DDP: average its gradients so every rank keeps the same weights
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            world = dist.get_world_size()
+            for p in self.adversary.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
+
+    def step(self, features: Sequence[torch.Tensor], sites: torch.Tensor) -> torch.Tensor:
+        """Update the adversary once and return the (negative) generalisation term for the main loss."""
+        sites = torch.as_tensor(sites).reshape(-1).to(features[0].device).long()
+        keep = sites >= 0
+        if not bool(keep.any()):
+            return features[0].new_zeros(())
+        feats = [f[keep] for f in features]
+        target = sites[keep]
+
+        self.adversary.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.adversary([f.detach() for f in feats])
+        adv_loss = F.cross_entropy(logits, target)
+        adv_loss.backward()
+        self._sync_grads()
+        self.optimizer.step()
+        self.last_loss = float(adv_loss)
+        self.last_accuracy = float((logits.argmax(1) == target).float().mean())
+
+        if self.lambda_g == 0:
+            return features[0].new_zeros(())
+        params = list(self.adversary.parameters())
+        flags = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(False)  # frozen: the main backward must not move the adversary
+        try:
+            gen_loss = F.cross_entropy(self.adversary(feats), target)
+        finally:
+            for p, flag in zip(params, flags):
+                p.requires_grad_(flag)
+        return -self.lambda_g * gen_loss

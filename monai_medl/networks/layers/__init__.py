@@ -1,0 +1,6 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+from __future__ import annotations
+
+from .cluster_scale_bias import ClusterScaleBias
+from .gradient_reversal import GradientReversal, grad_reverse
+from .random_effects import RandomEffects, inverse_softplus

@@ -1,0 +1,34 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""Helpers over any module tree that contains random-effects layers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from monai_medl.networks.layers.random_effects import RandomEffects
+
+__all__ = ["unwrap_network", "random_effects_layers", "kl_divergence", "random_effects_parameters"]
+
+
+def unwrap_network(network: nn.Module) -> nn.Module:
+    """Return the module inside a ``DistributedDataParallel``/``DataParallel`` wrapper (or the module itself)."""
+    return network.module if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else network
+
+
+def random_effects_layers(network: nn.Module) -> dict[str, RandomEffects]:
+    """All :class:`RandomEffects` submodules of ``network`` keyed by their qualified names."""
+    return {name: m for name, m in unwrap_network(network).named_modules() if isinstance(m, RandomEffects)}
+
+
+def kl_divergence(network: nn.Module) -> torch.Tensor:
+    """Sum of the KL terms of every random-effects layer in ``network`` (0 when it has none)."""
+    layers = list(random_effects_layers(network).values())
+    if not layers:
+        return torch.zeros(())
+    return torch.stack([layer.kl() for layer in layers]).sum()
+
+
+def random_effects_parameters(network: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the random-effects layers only (what few-shot adaptation to a new cluster updates)."""
+    return [p for layer in random_effects_layers(network).values() for p in layer.parameters()]
