@@ -2,4 +2,5 @@
 from __future__ import annotations
 
 from .cluster_classifier import ClusterAdversary, ClusterClassifier, ClusterPredictor
+from .me_mlp import MEMLP, MixedEffectsMLP, glorot_init_
 from .mixed_effects_net import MixedEffectsNet, check_finite
