@@ -1,4 +1,5 @@
 # Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
 from __future__ import annotations
 
+from .few_shot import add_clusters, fit_new_cluster
 from .prepare_batch import MixedEffectsPrepareBatch
