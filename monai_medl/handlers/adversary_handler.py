@@ -23,11 +23,12 @@ class AdversaryHandler:
     """Adversarial regularisation of a mixed-effects network's fixed effects, as a trainer handler.
 
     Attached to a ``SupervisedTrainer`` it runs at ``IterationEvents.LOSS_COMPLETED``: it updates the adversary on
-    the detached fixed-effects activations of the current forward pass (its own optimizer), then adds
-    ``-lambda_g * CE(site, adversary(activations))`` to ``engine.state.output["loss"]`` before the trainer's
-    backward, so the main update sees the term with the adversary frozen. ``adv_loss`` and ``adv_acc`` are written
-    into the iteration output for StatsHandler/TensorBoard, and the loss terms of a
-    :class:`~monai_medl.losses.MixedEffectsLoss` (``loss_mixed``, ``loss_fixed``, ``kl``) too. Save and restore the
+    the detached fixed-effects activations of the current forward pass (its own optimizer), then adds the
+    adversarial term (``-lambda_g * CE(site, adversary(activations))`` or its confusion form) to
+    ``engine.state.output["loss"]`` before the trainer's backward, so the main update sees the term with the
+    adversary frozen. ``adv_loss`` and ``adv_acc`` are written into the iteration output for
+    StatsHandler/TensorBoard, and the loss terms of a :class:`~monai_medl.losses.MixedEffectsLoss`
+    (``loss_mixed``, ``loss_fixed``, ``kl``) too. Save and restore the
     adversary and its optimizer with MONAI's ``CheckpointSaver``/``CheckpointLoader`` by listing them in
     ``save_dict``/``load_dict``.
 
@@ -37,6 +38,8 @@ class AdversaryHandler:
         lambda_g: weight of the adversarial term. Defaults to 0.1.
         network: the mixed-effects network; defaults to ``engine.network``.
         site_key: batch key with the site index (``-1`` = unseen, ignored). Defaults to ``"site"``.
+        objective: ``"confusion"`` (push the adversary to uniform predictions) or ``"ce"`` (ARMED: maximise its
+            cross-entropy); see :class:`~monai_medl.losses.AdversarialRegularizer`. Defaults to ``"confusion"``.
 
     Example::
 
@@ -51,8 +54,9 @@ class AdversaryHandler:
         lambda_g: float = 0.1,
         network: nn.Module | None = None,
         site_key: str = "site",
+        objective: str = "confusion",
     ) -> None:
-        self.regularizer = AdversarialRegularizer(adversary, optimizer, lambda_g)
+        self.regularizer = AdversarialRegularizer(adversary, optimizer, lambda_g, objective)
         self.network = network
         self.site_key = site_key
 

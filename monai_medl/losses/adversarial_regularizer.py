@@ -14,18 +14,28 @@ __all__ = ["AdversarialRegularizer"]
 
 
 class AdversarialRegularizer:
-    """Trains a cluster adversary and yields ``-lambda_g * CE(site, A(features))`` for the main loss.
+    """Trains a cluster adversary and yields the adversarial (generalisation) term for the main loss.
 
     Each :meth:`step` (1) updates the adversary alone on the detached fixed-effects activations with its own
-    optimizer, then (2) evaluates the freshly updated, frozen adversary on the live activations and returns
-    ``-lambda_g * CE``, whose gradient pushes the feature extractor towards cluster-invariant features. Items whose
-    site index is negative (the unseen marker) are ignored. Used by
+    optimizer, then (2) evaluates the freshly updated, frozen adversary on the live activations and returns the
+    term whose gradient pushes the feature extractor towards cluster-invariant features:
+
+    * ``objective="ce"``: ``-lambda_g * CE(site, A(features))``, ARMED's generalisation loss (maximise the
+      adversary's error). On a toy problem we measured that this fools the current adversary (its accuracy
+      falls) without removing site information: a freshly fitted linear probe still decodes the site as well as
+      before, because the cheapest way to raise CE is to make the adversary confidently *wrong*.
+    * ``objective="confusion"`` (default): ``lambda_g * CE(uniform, A(features))``, i.e. push the adversary
+      towards chance-level, uniform predictions. On the same toy problem it lowered a fresh site probe's
+      accuracy from 0.89 to 0.37-0.49 (chance 0.25); see ``docs/method.md``.
+
+    Items whose site index is negative (the unseen marker) are ignored. Used by
     :class:`~monai_medl.handlers.AdversaryHandler` inside MONAI trainers and directly in plain training loops.
 
     Args:
         adversary: network mapping a list of ``(batch, n_i)`` activations to ``(batch, num_clusters)`` logits.
         optimizer: optimizer over the adversary's parameters only.
         lambda_g: weight of the generalisation (adversarial) term. Defaults to 0.1.
+        objective: ``"confusion"`` or ``"ce"`` (see above). Defaults to ``"confusion"``.
 
     Example::
 
@@ -33,7 +43,16 @@ class AdversarialRegularizer:
         >>> loss = task_loss + reg.step(out.features, site_index)
     """
 
-    def __init__(self, adversary: nn.Module, optimizer: torch.optim.Optimizer, lambda_g: float = 0.1) -> None:
+    def __init__(
+        self,
+        adversary: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lambda_g: float = 0.1,
+        objective: str = "confusion",
+    ) -> None:
+        if objective not in ("ce", "confusion"):
+            raise ValueError(f"objective must be 'ce' or 'confusion', got {objective!r}.")
+        self.objective = objective
         if lambda_g < 0:
             raise ValueError(f"lambda_g must be >= 0 (the minus sign is applied internally), got {lambda_g}.")
         self.adversary = adversary
@@ -77,8 +96,10 @@ class AdversarialRegularizer:
         for p in params:
             p.requires_grad_(False)  # frozen: the main backward must not move the adversary
         try:
-            gen_loss = F.cross_entropy(self.adversary(feats), target)
+            logits = self.adversary(feats)
         finally:
             for p, flag in zip(params, flags):
                 p.requires_grad_(flag)
-        return -self.lambda_g * gen_loss
+        if self.objective == "confusion":
+            return self.lambda_g * -F.log_softmax(logits, dim=1).mean()
+        return -self.lambda_g * F.cross_entropy(logits, target)

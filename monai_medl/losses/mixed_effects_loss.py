@@ -107,5 +107,5 @@ class MixedEffectsLoss(nn.Module):
         fixed = self._task(out.fixed, target, out)
         kl = kl_divergence(net).to(pred.device)
         total = self.lambda_mixed * mixed + self.lambda_fixed * fixed + self.kl_weight * kl
-        self.terms = {"loss_mixed": float(mixed), "loss_fixed": float(fixed), "kl": float(kl)}
+        self.terms = {"loss_mixed": mixed.item(), "loss_fixed": fixed.item(), "kl": kl.item()}
         return total

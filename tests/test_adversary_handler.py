@@ -1,0 +1,135 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""The adversary handler inside a plain MONAI SupervisedTrainer: gradient, site invariance, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import DataLoader
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.handlers import CheckpointLoader, CheckpointSaver
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+
+from monai_medl.engines import MixedEffectsPrepareBatch
+from monai_medl.handlers import AdversaryHandler
+from monai_medl.losses import MixedEffectsLoss
+from monai_medl.networks import ClusterAdversary
+from monai_medl.networks.nets import MixedEffectsMLP
+
+NUM_SITES = 4
+
+
+def site_shortcut_data(n: int = 480, seed: int = 0) -> list[dict]:
+    """Label from one signal feature; three more features encode the site (a shortcut to remove)."""
+    rng = np.random.default_rng(seed)
+    site = rng.integers(0, NUM_SITES, n)
+    signal = rng.normal(size=n)
+    label = (signal + 0.5 * rng.normal(size=n) > 0).astype(np.float32)
+    codes = np.random.default_rng(100).normal(size=(NUM_SITES, 3)) * 2.0  # the same site codes in every split
+    x = np.column_stack([signal, codes[site] + rng.normal(size=(n, 3))]).astype(np.float32)
+    return [{"image": x[i], "label": label[i : i + 1], "site": int(site[i])} for i in range(n)]
+
+
+def build(lambda_g: float, seed: int = 0, epochs: int = 1, objective: str = "confusion"):
+    torch.manual_seed(seed)
+    net = MixedEffectsMLP(in_features=4, out_channels=1, num_clusters=NUM_SITES, hidden=(16, 16))
+    adversary = ClusterAdversary(in_features=32, num_clusters=NUM_SITES, hidden=(32, 32))
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    adv_opt = torch.optim.Adam(adversary.parameters(), 1e-2)
+    handler = AdversaryHandler(adversary, adv_opt, lambda_g=lambda_g, objective=objective)
+    loader = DataLoader(
+        site_shortcut_data(), batch_size=48, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=epochs,
+        train_data_loader=loader,
+        network=net,
+        optimizer=opt,
+        loss_function=MixedEffectsLoss(net, task="bce", kl_weight=1e-3),
+        prepare_batch=MixedEffectsPrepareBatch(num_clusters=NUM_SITES),
+        train_handlers=[handler],
+    )
+    return trainer, net, adversary, opt, adv_opt
+
+
+def first_iteration_grads(lambda_g: float, objective: str = "confusion") -> dict[str, torch.Tensor]:
+    trainer, net, *_ = build(lambda_g, objective=objective)
+    grads = {}
+
+    @trainer.on(IterationEvents.BACKWARD_COMPLETED)
+    def grab(engine):
+        if not grads:
+            grads.update({n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None})
+            engine.terminate()
+
+    trainer.run()
+    return grads
+
+
+@pytest.mark.parametrize("objective", ["confusion", "ce"])
+def test_adversarial_term_reaches_the_feature_extractor_but_not_the_head(objective):
+    without, with_adv = first_iteration_grads(0.0, objective), first_iteration_grads(5.0, objective)
+    assert not torch.allclose(without["hidden.0.0.weight"], with_adv["hidden.0.0.weight"])
+    torch.testing.assert_close(without["head.linear.weight"], with_adv["head.linear.weight"])
+
+
+def test_handler_logs_adversary_and_loss_terms_into_the_iteration_output():
+    trainer, *_ = build(1.0)
+    seen = []
+    trainer.add_event_handler(IterationEvents.MODEL_COMPLETED, lambda e: seen.append(dict(e.state.output[0])))
+    trainer.run()
+    for key in ("adv_loss", "adv_acc", "loss_mixed", "loss_fixed", "kl"):
+        assert np.isfinite(seen[-1][key]), key
+    assert 0.0 <= seen[-1]["adv_acc"] <= 1.0
+
+
+def site_probe_accuracy(net: MixedEffectsMLP) -> float:
+    data = site_shortcut_data(n=400, seed=1)
+    x = torch.as_tensor(np.stack([d["image"] for d in data]))
+    sites = np.array([d["site"] for d in data])
+    net.eval()
+    with torch.no_grad():
+        feats = torch.cat(net.forward_all(x).features, dim=1).numpy()
+    return float(cross_val_score(LogisticRegression(max_iter=2000), feats, sites, cv=5).mean())
+
+
+def test_adversary_lowers_site_probe_accuracy_on_fixed_effects_features():
+    plain = build(0.0, epochs=16)
+    plain[0].run()
+    adv = build(2.0, epochs=16)
+    adv[0].run()
+    acc_plain, acc_adv = site_probe_accuracy(plain[1]), site_probe_accuracy(adv[1])
+    assert acc_plain > 0.8  # without the adversary the hidden layers keep the site shortcut (chance 0.25)
+    assert acc_adv < acc_plain - 0.25, (acc_plain, acc_adv)
+
+
+def test_checkpoint_round_trip_of_model_adversary_and_both_optimizers(tmp_path):
+    trainer, net, adversary, opt, adv_opt = build(1.0)
+    save_dict = {"model": net, "adversary": adversary, "optimizer": opt, "adv_optimizer": adv_opt}
+    CheckpointSaver(save_dir=str(tmp_path), save_dict=save_dict, save_final=True, final_filename="ckpt.pt").attach(
+        trainer
+    )
+    trainer.run()
+    trainer2, net2, adversary2, opt2, adv_opt2 = build(1.0, seed=1)
+    load_dict = {"model": net2, "adversary": adversary2, "optimizer": opt2, "adv_optimizer": adv_opt2}
+    CheckpointLoader(load_path=str(tmp_path / "ckpt.pt"), load_dict=load_dict)(trainer2)
+    for a, b in ((net, net2), (adversary, adversary2)):
+        for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+            torch.testing.assert_close(p, q, msg=name)
+    assert adv_opt2.state_dict()["state"][0]["step"] == adv_opt.state_dict()["state"][0]["step"]
+    torch.testing.assert_close(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_missing_site_key_is_a_clear_error():
+    trainer, *_ = build(1.0)
+    handler = AdversaryHandler(
+        ClusterAdversary(32, NUM_SITES), torch.optim.SGD(ClusterAdversary(32, 4).parameters(), 0.1)
+    )
+    with pytest.raises(KeyError, match="site"):
+        trainer.state.batch = {"image": torch.zeros(1, 4)}
+        trainer.network(torch.zeros(1, 4))
+        handler(trainer)
