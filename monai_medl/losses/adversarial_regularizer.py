@@ -86,7 +86,7 @@ class AdversarialRegularizer:
         adv_loss.backward()
         self._sync_grads()
         self.optimizer.step()
-        self.last_loss = float(adv_loss)
+        self.last_loss = adv_loss.item()
         self.last_accuracy = float((logits.argmax(1) == target).float().mean())
 
         if self.lambda_g == 0:
