@@ -1,6 +1,9 @@
 # Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
 from __future__ import annotations
 
+from .backbone_layouts import BackboneLayout, backbone_layout, register_backbone_layout
 from .cluster_classifier import ClusterAdversary, ClusterClassifier, ClusterPredictor
+from .me_cnn import MECNN, MixedEffectsCNN
 from .me_mlp import MEMLP, MixedEffectsMLP, glorot_init_
 from .mixed_effects_net import MixedEffectsNet, check_finite
+from .small_cnn import SmallCNN

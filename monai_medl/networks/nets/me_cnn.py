@@ -1,0 +1,296 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""Mixed-effects CNN: any supported MONAI image backbone turned into an ARMED-style mixed-effects model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Optional
+
+import torch
+from monai.bundle import ConfigParser
+from monai.utils import ensure_tuple_rep
+from torch import nn
+
+from monai_medl.networks.blocks.backbone_stages import build_stages, global_avg_pool, norm_channels
+from monai_medl.networks.blocks.mixed_effects_head import MixedEffectsHead
+from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
+from monai_medl.networks.nets.backbone_layouts import backbone_layout
+from monai_medl.networks.nets.cluster_classifier import ClusterAdversary
+from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet
+from monai_medl.networks.nets.small_cnn import SmallCNN
+
+__all__ = ["MixedEffectsCNN", "MECNN"]
+
+_DEFAULT_PROBE = {1: 256, 2: 64, 3: 32}
+
+
+def _instantiate(config: Mapping) -> nn.Module:
+    if "_target_" not in config:
+        raise ValueError(f"a backbone config needs a '_target_' key (e.g. 'DenseNet121'), got keys {sorted(config)}.")
+    net = ConfigParser(dict(config)).get_parsed_content()
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"backbone config {config['_target_']!r} built a {type(net).__name__}, not an nn.Module.")
+    return net
+
+
+def _first_conv(layers: Sequence[tuple[str, nn.Module]]) -> nn.modules.conv._ConvNd:
+    for _, layer in layers:
+        for m in layer.modules():
+            if isinstance(m, nn.modules.conv._ConvNd):
+                return m
+    raise TypeError("the backbone has no convolution layer; MixedEffectsCNN wraps image (1D/2D/3D) networks.")
+
+
+class MixedEffectsCNN(MixedEffectsNet):
+    """Mixed-effects CNN around an existing MONAI network (2D or 3D), built in one call.
+
+    The backbone's own modules (not copies; its code is not edited) form the fixed-effects path. Its
+    classification layer is left out and a :class:`~monai_medl.networks.blocks.MixedEffectsHead` reads the
+    penultimate features ``h``: ``fixed = W h + b`` and ``mixed = W [h * (1 + u_s(z))] + b + u_0(z)``. Intermediate
+    activations at ``tap_layers`` are average-pooled over space into vectors and returned, with ``h``, for the
+    cluster adversary, so the adversary stays cheap in 3D. Optionally the backbone's normalisation layers become
+    cluster scale/bias blocks (random slopes and intercepts on feature maps): the backbone's norm layer is kept and
+    ``(1 + gamma(z)) * x + beta(z)`` is applied to its output, so ``z = 0`` reproduces the backbone exactly. The
+    backbone is walked as an explicit list of stages split at those layers, so the model scripts with
+    ``torch.jit.script`` (no hooks).
+
+    Supported backbones (and their subclasses): MONAI ``DenseNet`` (DenseNet121/169/201/264; default taps
+    ``features.pool0`` and every transition), ``ResNet`` (``resnet10`` ... ``resnet200``; taps the stem and
+    ``layer1``-``layer3``), ``SENet`` (SEResNet50/101/152, SEResNeXt, SENet154; ``layer0``-``layer3``),
+    ``Regressor``/``Classifier``/``Discriminator`` (every block of ``net`` but the last; the last activation, e.g.
+    a sigmoid, is dropped: the heads give logits), :class:`~monai_medl.networks.nets.SmallCNN` (the default, every
+    block but the last) and plain ``nn.Sequential`` models; add others with
+    :func:`~monai_medl.networks.nets.register_backbone_layout`. Layer names are the backbone's qualified module
+    names (``"features.transition2"``, ``"layer3"``, ``"features.block1.adn.N"``); a block name means its output.
+
+    Outputs. ``net(x, z)`` returns one tensor: the mixed prediction, which is the fixed-effects prediction when
+    ``z`` is None or all zeros (``z`` is one-hot for a seen cluster, a probability vector for an inferred one).
+    ``net.forward_all(x, z)`` returns a :class:`~monai_medl.networks.blocks.MixedEffectsOutput`
+    ``(mixed, fixed, features, log_noise_scale)`` where ``features`` are the pooled taps followed by ``h``; after an
+    eager ``net(x, z)`` the same is kept in ``net.latest_output`` for
+    :class:`~monai_medl.losses.MixedEffectsLoss` and :class:`~monai_medl.handlers.AdversaryHandler`. With cluster
+    scale/bias blocks and a given ``z`` the layers after the first block run twice (a ``z``-free pass gives the
+    fixed prediction and the adversary's activations, a pass with ``z`` the mixed prediction).
+
+    The wrapped backbone stays reachable as ``net.backbone`` (not registered, so it is not saved twice); load
+    pretrained weights into it before or after wrapping. The state-dict keys of the wrapper are its own
+    (``stages.<i>.body.<name with dots as underscores>``, ``head.*``).
+
+    Args:
+        num_clusters: number of training clusters ``K`` (width of ``z``).
+        backbone: an ``nn.Module``, a MONAI config dictionary with ``"_target_"``, or None for
+            ``SmallCNN(spatial_dims, in_channels, out_channels)``. Defaults to None.
+        spatial_dims: spatial dimensions; inferred from the backbone's first convolution (3 for the default
+            backbone). Defaults to None.
+        in_channels: input channels; inferred from the backbone (1 for the default backbone). Defaults to None.
+        out_channels: outputs of the heads; defaults to the backbone's classification layer width (1 for the
+            default backbone).
+        feature_dim: expected length of the penultimate features; inferred (a given value is checked).
+            Defaults to None.
+        tap_layers: layers whose pooled outputs the adversary sees (``h`` is always included); None for the
+            backbone's defaults, ``[]`` for ``h`` only. Defaults to None.
+        cluster_scale_bias: True to give every normalisation layer on the backbone's forward path cluster
+            scale/bias, or a list of those layers' names. Defaults to False.
+        random_slopes: random slopes on ``h`` in the head. Defaults to True.
+        random_intercept: random intercept in the head. Defaults to True.
+        slope_prior_scale: prior s.d. of the random slopes. Defaults to 0.1.
+        intercept_prior_scale: prior s.d. of the random intercept. Defaults to 0.1.
+        cluster_prior_scale: prior s.d. of the cluster scale/bias effects. Defaults to 0.25.
+        learn_prior_scale: learn every prior s.d. (variance components; use ``kl_weight="elbo"`` in the loss).
+            Defaults to False.
+        post_loc_init_scale: s.d. of the initial posterior means in the head. Defaults to 0.1.
+        learn_noise_scale: learned noise s.d. for regression with ``task="gaussian_nll"``. Defaults to False.
+        probe_size: spatial size of the zero input used once at construction to measure the tap widths; defaults
+            to the backbone's ``in_shape`` if it has one, else 32 (3D), 64 (2D) or 256 (1D) per axis.
+
+    Example::
+
+        >>> from monai.networks.nets import DenseNet121
+        >>> net = MixedEffectsCNN(num_clusters=4, backbone=DenseNet121(spatial_dims=3, in_channels=1, out_channels=1))
+        >>> x, z = torch.randn(2, 1, 32, 32, 32), torch.eye(4)[[0, 3]]
+        >>> net(x, z).shape, net(x).shape                      # mixed, and population-level (z = None)
+        (torch.Size([2, 1]), torch.Size([2, 1]))
+        >>> out = net.forward_all(x, z)                        # both heads and the adversary's inputs
+        >>> [f.shape[1] for f in out.features] == net.feature_sizes
+        True
+        >>> adversary = net.make_adversary()                   # ClusterAdversary sized for out.features
+
+    In a bundle config (``configs/inference.json`` / ``train.json``)::
+
+        "network_def": {
+            "_target_": "monai_medl.networks.nets.MixedEffectsCNN",
+            "num_clusters": "@num_sites",
+            "backbone": {"_target_": "DenseNet121", "spatial_dims": 3, "in_channels": 1, "out_channels": 1},
+            "cluster_scale_bias": false
+        },
+        "adversary": "$@network_def.make_adversary()"
+
+    or ``"backbone": {"_target_": "monai_medl.networks.nets.SmallCNN", "spatial_dims": 3}``. ``verify_net_in_out``
+    and ``ckpt_export`` work because ``z`` is optional; the bundle's ``prepare_batch``
+    (:class:`~monai_medl.engines.MixedEffectsPrepareBatch`) passes ``z`` during training and evaluation.
+    """
+
+    def __init__(
+        self,
+        num_clusters: int,
+        backbone: nn.Module | Mapping | None = None,
+        spatial_dims: int | None = None,
+        in_channels: int | None = None,
+        out_channels: int | None = None,
+        feature_dim: int | None = None,
+        tap_layers: Sequence[str] | None = None,
+        cluster_scale_bias: bool | Sequence[str] = False,
+        random_slopes: bool = True,
+        random_intercept: bool = True,
+        slope_prior_scale: float = 0.1,
+        intercept_prior_scale: float = 0.1,
+        cluster_prior_scale: float = 0.25,
+        learn_prior_scale: bool = False,
+        post_loc_init_scale: float = 0.1,
+        learn_noise_scale: bool = False,
+        probe_size: Sequence[int] | int | None = None,
+    ) -> None:
+        super().__init__()
+        if int(num_clusters) < 1:
+            raise ValueError(f"num_clusters must be >= 1 (the number of training clusters), got {num_clusters}.")
+        if backbone is None:
+            backbone = SmallCNN(spatial_dims or 3, in_channels or 1, out_channels or 1)
+        elif isinstance(backbone, Mapping):
+            backbone = _instantiate(backbone)
+        elif not isinstance(backbone, nn.Module):
+            raise TypeError(f"backbone must be an nn.Module, a config dict or None, got {type(backbone).__name__}.")
+        layout = backbone_layout(backbone)
+        conv = _first_conv(layout.layers)
+        dims, chans = conv.weight.dim() - 2, int(conv.in_channels)
+        for name, given, found in (("spatial_dims", spatial_dims, dims), ("in_channels", in_channels, chans)):
+            if given is not None and int(given) != found:
+                raise ValueError(f"{name}={given} does not match the backbone ({type(backbone).__name__}: {found}).")
+        if out_channels is None:
+            if not isinstance(layout.classifier, nn.Linear):
+                raise ValueError(f"out_channels is required: {type(backbone).__name__} has no linear classifier.")
+            out_channels = int(layout.classifier.out_features)
+
+        self.num_clusters = int(num_clusters)
+        self.spatial_dims = dims
+        self.in_channels = chans
+        self.out_channels = int(out_channels)
+        taps = list(layout.default_taps if tap_layers is None else tap_layers)
+        if cluster_scale_bias is True:
+            cluster_layers = [n for n, m in layout.layers if norm_channels(m) is not None]
+        elif cluster_scale_bias is False or cluster_scale_bias is None:
+            cluster_layers = []
+        else:
+            cluster_layers = [cluster_scale_bias] if isinstance(cluster_scale_bias, str) else list(cluster_scale_bias)
+        self.stages, self.tap_names = build_stages(
+            layout.layers, taps, cluster_layers, dims, self.num_clusters, cluster_prior_scale, learn_prior_scale
+        )
+        self.cluster_layer_names = cluster_layers
+        self.__dict__["backbone"] = backbone  # shared modules; not registered, so not saved twice
+
+        if probe_size is None:
+            probe_size = getattr(backbone, "in_shape", None) or _DEFAULT_PROBE[dims]
+        self.feature_sizes = self._probe(ensure_tuple_rep(probe_size, dims))
+        if feature_dim is not None and int(feature_dim) != self.feature_sizes[-1]:
+            raise ValueError(
+                f"feature_dim={feature_dim} but the backbone's penultimate features have "
+                f"{self.feature_sizes[-1]} values."
+            )
+        self.feature_dim = self.feature_sizes[-1]
+        self.head = MixedEffectsHead(
+            self.feature_dim,
+            self.out_channels,
+            self.num_clusters,
+            random_slopes=random_slopes,
+            random_intercept=random_intercept,
+            slope_prior_scale=slope_prior_scale,
+            intercept_prior_scale=intercept_prior_scale,
+            learn_prior_scale=learn_prior_scale,
+            post_loc_init_scale=post_loc_init_scale,
+            learn_noise_scale=learn_noise_scale,
+        )
+        classifier = layout.classifier
+        if isinstance(classifier, nn.Linear) and classifier.weight.shape == self.head.linear.weight.shape:
+            # start the fixed-effects path as the backbone itself (keeps a pretrained classifier)
+            with torch.no_grad():
+                self.head.linear.weight.copy_(classifier.weight)
+                if classifier.bias is not None:
+                    self.head.linear.bias.copy_(classifier.bias)
+
+    @torch.jit.unused
+    def _probe(self, spatial: Sequence[int]) -> list[int]:
+        """Widths of the pooled taps and of ``h`` from one zero input in eval mode (no state changes)."""
+        param = next(self.stages.parameters(), None)
+        x = torch.zeros(1, self.in_channels, *spatial, device=param.device if param is not None else None)
+        modes = [(m, m.training) for m in self.stages.modules()]
+        self.stages.eval()
+        try:
+            with torch.no_grad():
+                sizes = [f.shape[1] for f in self._walk(x, None)[0]]
+        except RuntimeError as e:
+            raise ValueError(
+                f"could not run the backbone on a zero input of spatial size {tuple(spatial)} to measure its "
+                f"features ({e}); pass probe_size= a valid input size."
+            ) from e
+        finally:
+            for m, mode in modes:
+                m.training = mode
+        return [int(s) for s in sizes]
+
+    def _walk(
+        self,
+        x: torch.Tensor,
+        z: Optional[torch.Tensor],  # noqa: UP045
+    ) -> tuple[list[torch.Tensor], Optional[torch.Tensor]]:  # noqa: UP045
+        """Run the stages: pooled taps + ``h`` of the ``z``-free path, and ``h`` of the ``z`` path (if it differs)."""
+        features: list[torch.Tensor] = []
+        h = x
+        hm: Optional[torch.Tensor] = None  # noqa: UP045
+        for stage in self.stages:
+            if hm is not None:
+                hm = stage(hm, z)
+                h = stage(h, None)
+            else:
+                h = stage.body(h)
+                if z is not None and stage.has_cluster:
+                    hm = stage.apply_cluster(h, z)  # the paths split at the first cluster scale/bias block
+                h = stage.apply_cluster(h, None)
+            if stage.tap:
+                features.append(global_avg_pool(h))
+        features.append(global_avg_pool(h))
+        if hm is not None:
+            hm = global_avg_pool(hm)
+        return features, hm
+
+    def forward_all(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> MixedEffectsOutput:  # noqa: UP045
+        if not torch.jit.is_scripting():
+            self.check_inputs(x, z)
+            self._check_image(x)
+        features, hm = self._walk(x, z)
+        h = features[-1]
+        if hm is None:
+            mixed, fixed = self.head(h, z)
+        else:
+            mixed = self.head(hm, z)[0]
+            fixed = self.head.linear(h)
+        return MixedEffectsOutput(mixed, fixed, features, self.head.log_noise_scale)
+
+    @torch.jit.unused
+    def _check_image(self, x: torch.Tensor) -> None:
+        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"input must have shape (batch, {self.in_channels}, {self.spatial_dims} spatial axes), "
+                f"got {tuple(x.shape)}."
+            )
+
+    @property
+    def adversary_in_features(self) -> int:
+        """Total length of the adversary's input (sum of :attr:`feature_sizes`)."""
+        return int(sum(self.feature_sizes))
+
+    @torch.jit.unused
+    def make_adversary(self, hidden: Sequence[int] = (64, 32), act: str | tuple = "relu", dropout: float = 0.0):
+        """A :class:`~monai_medl.networks.nets.ClusterAdversary` sized for this model's pooled activations."""
+        return ClusterAdversary(self.adversary_in_features, self.num_clusters, hidden=hidden, act=act, dropout=dropout)
+
+
+MECNN = MixedEffectsCNN
