@@ -274,6 +274,27 @@ class MixedEffectsCNN(MixedEffectsNet):
             fixed = self.head.linear(h)
         return MixedEffectsOutput(mixed, fixed, features, self.head.log_noise_scale)
 
+    def encode(
+        self,
+        x: torch.Tensor,
+        z: Optional[torch.Tensor] = None,  # noqa: UP045
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The backbone's side of :meth:`forward_all`, without the head (for models that fuse several branches).
+
+        Returns:
+            ``(features, h_mixed)``: ``features`` are the pooled taps followed by the fixed-effects penultimate
+            features ``h`` (what the adversary sees, as in ``forward_all``); ``h_mixed`` are the penultimate features
+            of the path with cluster scale/bias for ``z``, which is ``h`` itself when ``z`` is None or the model
+            has no cluster scale/bias blocks.
+        """
+        if not torch.jit.is_scripting():
+            self.check_inputs(x, z)
+            self._check_image(x)
+        features, hm = self._walk(x, z)
+        if hm is None:
+            return features, features[-1]
+        return features, hm
+
     @torch.jit.unused
     def _check_image(self, x: torch.Tensor) -> None:
         if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
