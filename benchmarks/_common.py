@@ -1,0 +1,171 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""What every benchmark shares: the command line, the summary statistics and the results files.
+
+The results follow the benchmark contract of the design brief (section 6)::
+
+    {"benchmark": name, "quick": bool, "metric": "auroc", "repeats": n,
+     "models": {model: {"seen": {"mean", "ci95", "values"} | None, "unseen": {...} | None, "extra": {...}}},
+     "config": {...}, "env": {"python", "torch", "monai", ..., "seeds": [...]}}
+
+``extra`` holds scalars (means of secondary metrics) and, by convention, ``<metric>_ci95`` pairs next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+__all__ = ["DEFAULT_OUT", "benchmark_parser", "summarize", "environment", "markdown_table", "write_results"]
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def benchmark_parser(description: str) -> argparse.ArgumentParser:
+    """Argument parser with the contract's ``--quick`` and ``--out DIR``; benchmarks may add their own options."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="reduced run (minutes on 2 CPU cores), every model")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    return parser
+
+
+def summarize(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, 95% confidence interval and the values themselves.
+
+    The interval is Student-t based: ``mean +- t_{0.975, n-1} * sd / sqrt(n)`` with the sample s.d. (``ddof=1``),
+    which is wider than the normal ``1.96`` for few repeats; with one value the interval collapses to the mean.
+    """
+    vals = [float(v) for v in values]
+    if not vals:
+        raise ValueError("summarize needs at least one value.")
+    if not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"summarize got non-finite values: {vals}.")
+    mean = float(np.mean(vals))
+    if len(vals) < 2:
+        return {"mean": mean, "ci95": [mean, mean], "values": vals}
+    half = float(stats.t.ppf(0.975, len(vals) - 1) * np.std(vals, ddof=1) / math.sqrt(len(vals)))
+    return {"mean": mean, "ci95": [mean - half, mean + half], "values": vals}
+
+
+def environment(seeds: Sequence[int]) -> dict[str, Any]:
+    """Versions of python, torch, monai, numpy, scikit-learn and monai_medl, the platform and the seeds used."""
+    import monai
+    import sklearn
+    import torch
+
+    import monai_medl
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "numpy": np.__version__,
+        "sklearn": sklearn.__version__,
+        "monai_medl": monai_medl.__version__,
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "seeds": [int(s) for s in seeds],
+    }
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, Mapping) and "mean" in value:
+        lo, hi = value["ci95"]
+        return f"{value['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        return f"[{value[0]:.{digits}f}, {value[1]:.{digits}f}]"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(results: Mapping[str, Any], digits: int = 3) -> str:
+    """Human-readable table: one row per model, seen and unseen ``mean [95% CI]``, then the ``extra`` columns.
+
+    An extra ``<metric>`` with a ``<metric>_ci95`` companion is shown as one ``mean [lo, hi]`` cell.
+    """
+    models = results["models"]
+    extra_keys: list[str] = []
+    for entry in models.values():
+        for key in entry.get("extra", {}):
+            if key not in extra_keys and not (key.endswith("_ci95") and key[: -len("_ci95")] in entry["extra"]):
+                extra_keys.append(key)
+    metric = results["metric"]
+    header = ["model", f"seen {metric}", f"unseen {metric}", *extra_keys]
+    lines = [
+        f"## {results['benchmark']} ({'quick' if results['quick'] else 'full'} run, {results['repeats']} repeats)",
+        "",
+        f"Mean [95% CI] over repeats. Seeds: {results['env']['seeds']}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for model, entry in models.items():
+        extra = entry.get("extra", {})
+        cells = [model, _fmt(entry.get("seen"), digits), _fmt(entry.get("unseen"), digits)]
+        for key in extra_keys:
+            value = extra.get(key)
+            ci = extra.get(f"{key}_ci95")
+            if isinstance(value, (int, float)) and ci is not None:
+                cells.append(f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]")
+            else:
+                cells.append(_fmt(value, digits))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(
+    name: str,
+    quick: bool,
+    metric: str,
+    repeats: int,
+    models: Mapping[str, Mapping[str, Any]],
+    config: Mapping[str, Any],
+    seeds: Sequence[int],
+    out_dir: str | Path = DEFAULT_OUT,
+    notes: str = "",
+) -> dict[str, Any]:
+    """Write ``out_dir/<name>.json`` (contract shape) and ``out_dir/<name>.md``, print the table, return the dict.
+
+    Args:
+        name: benchmark name (the module name).
+        quick: whether this was a ``--quick`` run.
+        metric: the primary metric of ``seen``/``unseen``.
+        repeats: number of repeats (seeds) behind each summary.
+        models: ``{model: {"seen": summarize(...) | None, "unseen": ... | None, "extra": {...}}}``.
+        config: everything needed to reproduce the run.
+        seeds: the seeds of the repeats.
+        out_dir: output directory (created). Defaults to ``benchmarks/results``.
+        notes: free text appended to the markdown file (e.g. how to read the table).
+    """
+    for model, entry in models.items():
+        missing = {"seen", "unseen"} - set(entry)
+        if missing:
+            raise ValueError(f"model {model!r} lacks {sorted(missing)} (use None when a split does not apply).")
+    results = {
+        "benchmark": name,
+        "quick": bool(quick),
+        "metric": metric,
+        "repeats": int(repeats),
+        "models": {
+            m: {"seen": e["seen"], "unseen": e["unseen"], "extra": dict(e.get("extra", {}))} for m, e in models.items()
+        },
+        "config": dict(config),
+        "env": environment(seeds),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    table = markdown_table(results)
+    (out / f"{name}.md").write_text(table + ("\n" + notes.strip() + "\n" if notes else ""))
+    print(table)
+    return results
