@@ -6,4 +6,5 @@ from .cluster_classifier import ClusterAdversary, ClusterClassifier, ClusterPred
 from .me_cnn import MECNN, MixedEffectsCNN
 from .me_mlp import MEMLP, MixedEffectsMLP, glorot_init_
 from .mixed_effects_net import MixedEffectsNet, check_finite
+from .multimodal_me_cnn import CovariateEncoder, ModalityBranch, MultimodalMECNN, MultimodalMixedEffectsCNN
 from .small_cnn import SmallCNN
