@@ -2,4 +2,5 @@
 from __future__ import annotations
 
 from .few_shot import add_clusters, fit_new_cluster
+from .multimodal_prepare_batch import MultimodalPrepareBatch
 from .prepare_batch import MixedEffectsPrepareBatch

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from . import site
+from . import modality, site
+from .modality import *  # noqa: F403
 from .site import *  # noqa: F403
 
-__all__ = [*site.__all__]
+__all__ = [*site.__all__, *modality.__all__]

@@ -1,0 +1,79 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""``prepare_batch`` for multimodal mixed-effects networks: image, label, ``z``, modality mask and covariates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from monai.utils import CommonKeys
+
+from monai_medl.engines.prepare_batch import MixedEffectsPrepareBatch
+
+__all__ = ["MultimodalPrepareBatch"]
+
+
+class MultimodalPrepareBatch(MixedEffectsPrepareBatch):
+    """Turn a batch into ``(image, label, (z,), {"mask": ..., "covariates": ...})``.
+
+    Engines then call ``network(image, z, mask=mask, covariates=covariates)``, the signature of
+    :class:`~monai_medl.networks.nets.MultimodalMixedEffectsCNN`. ``z`` follows
+    :class:`~monai_medl.engines.MixedEffectsPrepareBatch` (one-hot for seen sites, population or inferred for
+    unseen ones; a ``z_predictor`` receives the stacked image only). The mask (from
+    :class:`~monai_medl.transforms.ModalityMaskd`) is passed when the batch has ``mask_key``; without it every
+    modality counts as present. Covariates are read from ``covariates_key`` (a ``(batch, n)`` tensor, or a list of
+    keys holding one scalar each, stacked in that order).
+
+    Args:
+        num_clusters: number of training clusters (width of ``z``).
+        image_key: the stacked image key, or the modality keys to concatenate. Defaults to ``"image"``.
+        label_key: target key. Defaults to ``"label"``.
+        site_key: site index key. Defaults to ``"site"``.
+        mask_key: modality mask key (None to never pass a mask). Defaults to ``"modality_mask"``.
+        covariates_key: covariate key(s), or None for a network without covariates. Defaults to None.
+        mode: ``"mixed"``, ``"population"``, ``"inferred"`` or ``"randomized"`` (see the parent). Defaults to
+            ``"mixed"``.
+        z_predictor: soft-``z`` predictor for unseen sites. Defaults to None.
+        seed: seed of the randomized-z generator. Defaults to 0.
+
+    Example::
+
+        >>> prepare = MultimodalPrepareBatch(num_clusters=4, covariates_key=["age", "sex"])
+        >>> trainer = SupervisedTrainer(..., prepare_batch=prepare)
+    """
+
+    def __init__(
+        self,
+        num_clusters: int,
+        image_key: str | Sequence[str] = CommonKeys.IMAGE,
+        label_key: str | None = CommonKeys.LABEL,
+        site_key: str = "site",
+        mask_key: str | None = "modality_mask",
+        covariates_key: str | Sequence[str] | None = None,
+        mode: str = "mixed",
+        z_predictor: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(num_clusters, image_key, label_key, site_key, mode, z_predictor, seed)
+        self.mask_key = mask_key
+        self.covariates_key = covariates_key
+
+    def _covariates(self, batchdata: dict, device, non_blocking: bool) -> torch.Tensor:
+        keys = [self.covariates_key] if isinstance(self.covariates_key, str) else list(self.covariates_key)
+        missing = [k for k in keys if k not in batchdata]
+        if missing:
+            raise KeyError(f"batch has no covariate key(s) {missing}; available keys: {sorted(batchdata)}.")
+        parts = [torch.as_tensor(batchdata[k], dtype=torch.float32) for k in keys]
+        cov = parts[0] if len(parts) == 1 else torch.stack([p.reshape(-1) for p in parts], dim=1)
+        if cov.dim() == 1:
+            cov = cov.unsqueeze(1)
+        return cov.to(device=device, non_blocking=non_blocking)
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
+        image, label, args, _ = super().__call__(batchdata, device, non_blocking, **kwargs)
+        extra: dict[str, torch.Tensor] = {}
+        if self.mask_key is not None and self.mask_key in batchdata:
+            extra["mask"] = torch.as_tensor(batchdata[self.mask_key]).to(device=device, non_blocking=non_blocking)
+        if self.covariates_key is not None:
+            extra["covariates"] = self._covariates(batchdata, device, non_blocking)
+        return image, label, args, extra
