@@ -2,3 +2,5 @@
 from __future__ import annotations
 
 from .adversary_handler import AdversaryHandler
+from .counterfactual_image_handler import CounterfactualImageHandler
+from .latest_output_handler import LatestOutputHandler

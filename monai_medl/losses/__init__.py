@@ -2,4 +2,5 @@
 from __future__ import annotations
 
 from .adversarial_regularizer import AdversarialRegularizer
+from .me_autoencoder_loss import MixedEffectsAutoEncoderLoss
 from .mixed_effects_loss import MixedEffectsLoss, task_loss

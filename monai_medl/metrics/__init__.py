@@ -1,0 +1,4 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+from __future__ import annotations
+
+from .latent_mixing import batch_probe_accuracy, latent_batch_clustering

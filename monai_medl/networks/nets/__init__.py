@@ -1,10 +1,13 @@
 # Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
 from __future__ import annotations
 
+from .autoencoder_branch import AutoEncoderBranch, AutoEncoderStage
 from .backbone_layouts import BackboneLayout, backbone_layout, register_backbone_layout
 from .cluster_classifier import ClusterAdversary, ClusterClassifier, ClusterPredictor
+from .me_autoencoder import MEAutoEncoder, MixedEffectsAutoEncoder, MixedEffectsAutoEncoderOutput
 from .me_cnn import MECNN, MixedEffectsCNN
 from .me_mlp import MEMLP, MixedEffectsMLP, glorot_init_
+from .me_vector_autoencoder import MEVectorAutoEncoder, MixedEffectsVectorAutoEncoder
 from .mixed_effects_net import MixedEffectsNet, check_finite
 from .multimodal_me_cnn import CovariateEncoder, ModalityBranch, MultimodalMECNN, MultimodalMixedEffectsCNN
 from .small_cnn import SmallCNN

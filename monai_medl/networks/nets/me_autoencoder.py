@@ -1,0 +1,262 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""Mixed-effects autoencoder-classifier (ARMED-AEC): batch-invariant FE autoencoder, batch-specific RE autoencoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple, Optional
+
+import torch
+from monai.networks.layers.utils import get_act_layer
+from torch import nn
+
+from monai_medl.networks.nets.autoencoder_branch import AutoEncoderBranch
+from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet, check_finite
+
+__all__ = ["MixedEffectsAutoEncoderOutput", "MixedEffectsAutoEncoder", "MEAutoEncoder"]
+
+
+class MixedEffectsAutoEncoderOutput(NamedTuple):
+    """Everything a :class:`MixedEffectsAutoEncoder` computes in one pass.
+
+    The first four fields follow :class:`~monai_medl.networks.blocks.MixedEffectsOutput`, so
+    :class:`~monai_medl.losses.MixedEffectsLoss` and the adversary handler read it unchanged.
+
+    Attributes:
+        mixed: ``y_M`` logits, classifier on the concatenated FE and RE latents.
+        fixed: ``y_F`` logits, classifier on the FE latent alone.
+        features: FE encoder activations (pooled per stage) and the FE latent, for the adversary.
+        log_noise_scale: always None (kept for the loss contract).
+        reconstruction: the model's reconstruction (RE branch, using ``z``, when present; else FE).
+        reconstruction_fixed: FE reconstruction (batch-invariant latent; the RE one when there is no FE branch).
+        latent_fixed: FE latent ``(batch, latent_size)`` or None without an FE branch.
+        latent_random: RE latent or None without an RE branch.
+        inputs: the input, the reconstruction target.
+    """
+
+    mixed: torch.Tensor
+    fixed: torch.Tensor
+    features: list[torch.Tensor]
+    log_noise_scale: Optional[torch.Tensor]  # noqa: UP045 (TorchScript needs typing.Optional in NamedTuples)
+    reconstruction: torch.Tensor
+    reconstruction_fixed: torch.Tensor
+    latent_fixed: Optional[torch.Tensor]  # noqa: UP045
+    latent_random: Optional[torch.Tensor]  # noqa: UP045
+    inputs: torch.Tensor
+
+
+class _LatentClassifier(nn.Module):
+    """``Linear -> act -> Linear`` read-out of a latent vector."""
+
+    def __init__(self, in_features: int, hidden: int, out_channels: int, act: str | tuple | None) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden), get_act_layer(act or "relu"), nn.Linear(hidden, out_channels)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MixedEffectsAutoEncoder(MixedEffectsNet):
+    """Mixed-effects autoencoder-classifier for images (2D/3D) after ARMED's ME-AEC (Nguyen et al., TPAMI 2023).
+
+    Two autoencoders share the input (`ARMED <https://arxiv.org/abs/2202.11783>`_, Fig. "ME-AEC"):
+
+    * **fixed effects (FE)**: encoder/decoder with ordinary norms; its pooled encoder activations and latent are
+      exposed in ``features`` so an adversary (:class:`~monai_medl.handlers.AdversaryHandler` or
+      :class:`~monai_medl.losses.AdversarialRegularizer`) can make the latent batch-invariant;
+    * **random effects (RE)**: the same topology whose norms are
+      :class:`~monai_medl.networks.layers.ClusterScaleBias` blocks driven by the batch design ``z``
+      (batch-specific appearance, learned with a KL penalty towards a zero-mean prior).
+
+    A classifier on the FE latent gives ``y_F`` (:attr:`fixed`) and one on the concatenated latents ``y_M``
+    (:attr:`mixed`). :meth:`forward` returns ``y_M`` logits (the ordinary tensor MONAI engines, metrics and
+    TorchScript see); reconstructions and latents are in :attr:`latest_output` (eager) or :meth:`forward_all`.
+    Unseen batches use the same modes as the ME classifiers: ``z = 0`` (population: plain instance norm in the RE
+    branch), a soft ``z`` from a cluster predictor, or a random one-hot row (ablation). :meth:`counterfactual`
+    decodes an image as if acquired in another batch. ``fixed_effects=False`` or ``random_effects=False`` give the
+    single-branch ablations (RE-only; conventional or domain-adversarial autoencoder).
+
+    Args:
+        spatial_dims: number of spatial dimensions (1, 2 or 3).
+        in_shape: input shape ``(channels, *spatial)``; spatial sizes divisible by ``prod(strides)``.
+        num_clusters: number of training batches (width of ``z``).
+        out_channels: classifier outputs (1 for a binary phenotype logit). Defaults to 1.
+        latent_size: length of each latent. Defaults to 16.
+        channels: encoder stage channels. Defaults to ``(16, 32, 64)``.
+        strides: encoder stage strides. Defaults to ``(2, 2, 2)``.
+        kernel_size: convolution kernel size. Defaults to 3.
+        act: activation. Defaults to ``"prelu"``.
+        norm: FE branch norm. Defaults to ``"batch"``.
+        dropout: dropout probability in the stages. Defaults to None.
+        classifier_hidden: hidden width of both classifiers. Defaults to 32.
+        fixed_effects: build the FE autoencoder. Defaults to True.
+        random_effects: build the RE autoencoder. Defaults to True.
+        output_act: activation of the reconstructions. Defaults to ``"sigmoid"``.
+        prior_scale: prior s.d. of the cluster scale/bias effects. Defaults to 0.25.
+        learn_prior_scale: learn that prior s.d. (variance component). Defaults to False.
+        post_loc_init_scale: s.d. of their initial posterior means. Defaults to 0.1.
+
+    Raises:
+        ValueError: for a bad shape configuration or when both branches are switched off.
+
+    Example::
+
+        >>> net = MixedEffectsAutoEncoder(spatial_dims=2, in_shape=(1, 32, 32), num_clusters=4)
+        >>> x, z = torch.rand(2, 1, 32, 32), torch.eye(4)[[0, 3]]
+        >>> net(x, z).shape
+        torch.Size([2, 1])
+        >>> net.counterfactual(x, z, torch.eye(4)[[1, 1]]).shape
+        torch.Size([2, 1, 32, 32])
+    """
+
+    __jit_unused_properties__ = ["adversary_in_features"]
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_shape: Sequence[int],
+        num_clusters: int,
+        out_channels: int = 1,
+        latent_size: int = 16,
+        channels: Sequence[int] = (16, 32, 64),
+        strides: Sequence[int] = (2, 2, 2),
+        kernel_size: int = 3,
+        act: str | tuple | None = "prelu",
+        norm: str | tuple | None = "batch",
+        dropout: float | None = None,
+        classifier_hidden: int = 32,
+        fixed_effects: bool = True,
+        random_effects: bool = True,
+        output_act: str | tuple | None = "sigmoid",
+        prior_scale: float = 0.25,
+        learn_prior_scale: bool = False,
+        post_loc_init_scale: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if not (fixed_effects or random_effects):
+            raise ValueError("at least one of fixed_effects and random_effects must be True.")
+        if num_clusters < 1:
+            raise ValueError(f"num_clusters must be >= 1, got {num_clusters}.")
+        self.num_clusters = num_clusters
+        self.in_shape = [int(s) for s in in_shape]
+        branch = {
+            "spatial_dims": spatial_dims,
+            "in_shape": in_shape,
+            "latent_size": latent_size,
+            "channels": channels,
+            "strides": strides,
+            "kernel_size": kernel_size,
+            "act": act,
+            "norm": norm,
+            "dropout": dropout,
+            "output_act": output_act,
+        }
+        cluster_kwargs = {
+            "prior_scale": prior_scale,
+            "learn_prior_scale": learn_prior_scale,
+            "post_loc_init_scale": post_loc_init_scale,
+        }
+        self.fe: AutoEncoderBranch | None = AutoEncoderBranch(**branch) if fixed_effects else None
+        self.re: AutoEncoderBranch | None = (
+            AutoEncoderBranch(**branch, num_clusters=num_clusters, cluster_kwargs=cluster_kwargs)
+            if random_effects
+            else None
+        )
+        self.classifier_fixed: _LatentClassifier | None = (
+            _LatentClassifier(latent_size, classifier_hidden, out_channels, act) if fixed_effects else None
+        )
+        self.classifier_mixed: _LatentClassifier | None = (
+            _LatentClassifier(latent_size * (int(fixed_effects) + 1), classifier_hidden, out_channels, act)
+            if random_effects
+            else None
+        )
+
+    @property
+    def adversary_in_features(self) -> int:
+        """Total length of :attr:`MixedEffectsAutoEncoderOutput.features` (adversary input size; 0 without FE)."""
+        return 0 if self.fe is None else sum(self.fe.feature_sizes)
+
+    @torch.jit.unused
+    def check_inputs(self, x: torch.Tensor, z: torch.Tensor | None) -> None:
+        if list(x.shape[1:]) != self.in_shape:
+            raise ValueError(
+                f"input must have shape (batch, {', '.join(map(str, self.in_shape))}), got {tuple(x.shape)}."
+            )
+        super().check_inputs(x, z)
+
+    def forward_all(
+        self,
+        x: torch.Tensor,
+        z: Optional[torch.Tensor] = None,  # noqa: UP045
+    ) -> MixedEffectsAutoEncoderOutput:
+        if not torch.jit.is_scripting():
+            self.check_inputs(x, z)
+        features: list[torch.Tensor] = []
+        latent_fixed: Optional[torch.Tensor] = None  # noqa: UP045
+        latent_random: Optional[torch.Tensor] = None  # noqa: UP045
+        recon_fixed: Optional[torch.Tensor] = None  # noqa: UP045
+        recon: Optional[torch.Tensor] = None  # noqa: UP045
+        y_fixed: Optional[torch.Tensor] = None  # noqa: UP045
+        y_mixed: Optional[torch.Tensor] = None  # noqa: UP045
+        fe, re = self.fe, self.re
+        clf_f, clf_m = self.classifier_fixed, self.classifier_mixed
+        if fe is not None:
+            latent_fixed, features = fe.encode(x, None)
+            recon_fixed = fe.decode(latent_fixed, None)
+            if clf_f is not None:
+                y_fixed = clf_f.forward(latent_fixed)
+        if re is not None:
+            latent_random = re.encode(x, z)[0]
+            recon = re.decode(latent_random, z)
+            joint = latent_random if latent_fixed is None else torch.cat([latent_fixed, latent_random], dim=1)
+            if clf_m is not None:
+                y_mixed = clf_m.forward(joint)
+        if recon is None:
+            recon = recon_fixed
+        if recon_fixed is None:
+            recon_fixed = recon
+        if y_mixed is None:
+            y_mixed = y_fixed
+        if y_fixed is None:
+            y_fixed = y_mixed
+        assert recon is not None and recon_fixed is not None and y_mixed is not None and y_fixed is not None
+        return MixedEffectsAutoEncoderOutput(
+            y_mixed, y_fixed, features, None, recon, recon_fixed, latent_fixed, latent_random, x
+        )
+
+    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+        out = self.forward_all(x, z)
+        if not torch.jit.is_scripting():
+            self.__dict__["latest_output"] = out
+        return out.mixed
+
+    @torch.jit.unused
+    def reconstruct(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's reconstruction of ``x`` (RE branch with ``z`` when present, else FE)."""
+        return self.forward_all(x, z).reconstruction
+
+    @torch.jit.unused
+    def counterfactual(self, x: torch.Tensor, z: torch.Tensor | None, z_target: torch.Tensor) -> torch.Tensor:
+        """Decode ``x`` (acquired in batch ``z``) as if acquired in batch ``z_target``.
+
+        The RE encoder removes the appearance of ``z`` with its cluster scale/bias blocks, the RE decoder re-applies
+        that of ``z_target``. ``z`` may be None or zero (population level) for an unseen batch.
+
+        Raises:
+            ValueError: without an RE branch, or when ``z_target`` is not ``(batch, num_clusters)``.
+        """
+        if self.re is None:
+            raise ValueError("counterfactual decoding needs the random-effects branch (random_effects=True).")
+        self.check_inputs(x, z)
+        if z_target.dim() != 2 or z_target.shape != (x.shape[0], self.num_clusters):
+            raise ValueError(
+                f"z_target must have shape ({x.shape[0]}, {self.num_clusters}), got {tuple(z_target.shape)}."
+            )
+        check_finite(z_target, "z_target")
+        latent = self.re.encode(x, z)[0]
+        return self.re.decode(latent, z_target.to(x))
+
+
+MEAutoEncoder = MixedEffectsAutoEncoder
