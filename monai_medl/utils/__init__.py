@@ -1,0 +1,5 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+from __future__ import annotations
+
+from .readouts import InterceptPrevalence, random_intercept_vs_prevalence
+from .summary import MixedEffectsSummary, VarianceComponent, random_intercepts, summary, variance_components
