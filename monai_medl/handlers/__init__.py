@@ -4,3 +4,5 @@ from __future__ import annotations
 from .adversary_handler import AdversaryHandler
 from .counterfactual_image_handler import CounterfactualImageHandler
 from .latest_output_handler import LatestOutputHandler
+from .site_metrics import SiteMetricsHandler
+from .tensorboard_handler import DEFAULT_TERM_TAGS, RandomEffectsTensorBoardHandler

@@ -1,0 +1,157 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""TensorBoard logging of a mixed-effects model: loss terms, adversary, variance components, per-site intercepts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from monai.handlers.tensorboard_handlers import TensorBoardHandler
+from monai.utils import IgniteInfo, min_version, optional_import
+from torch import nn
+
+from monai_medl.networks.utils import unwrap_network
+from monai_medl.utils.summary import summary
+
+Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+plt, has_matplotlib = optional_import("matplotlib.pyplot")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+__all__ = ["RandomEffectsTensorBoardHandler", "DEFAULT_TERM_TAGS"]
+
+DEFAULT_TERM_TAGS: dict[str, str] = {
+    "loss": "loss/total",
+    "loss_mixed": "loss/task_mixed",
+    "loss_fixed": "loss/task_fixed",
+    "adv_loss": "loss/adversary",
+    "kl": "loss/kl",
+    "adv_acc": "adversary/accuracy",
+}
+"""Iteration-output key -> TensorBoard tag, for the keys written by ``SupervisedTrainer`` (``loss``),
+:class:`~monai_medl.losses.MixedEffectsLoss` and :class:`~monai_medl.handlers.AdversaryHandler`."""
+
+
+class RandomEffectsTensorBoardHandler(TensorBoardHandler):
+    """Epoch-level TensorBoard summary of a mixed-effects model in training.
+
+    Attach to the MONAI ``SupervisedTrainer``; at each epoch end (every ``interval`` epochs) it writes
+
+    * the epoch mean of every loss term found in the iteration output (``loss/total``, ``loss/task_mixed``,
+      ``loss/task_fixed``, ``loss/adversary``, ``loss/kl``) and the adversary's accuracy
+      (``adversary/accuracy``), see :data:`DEFAULT_TERM_TAGS`;
+    * per random-effects layer: the prior s.d. (``random_effects/<layer>/prior_sd``, a variance-component
+      estimate when learned), the spread of the posterior means across clusters (``.../posterior_mean_spread``)
+      and the mean posterior s.d. (``.../posterior_sd``), as reported by :func:`~monai_medl.utils.summary`;
+    * a bar plot of every cluster's random intercept (posterior means, one bar per site and output, with the
+      prior +-1 s.d. band) as the image ``random_effects/intercepts`` (needs matplotlib).
+
+    Args:
+        summary_writer: a ``SummaryWriter``; default creates one in ``log_dir``.
+        log_dir: directory of the default writer. Defaults to ``"./runs"``.
+        network: the mixed-effects network; defaults to ``engine.network`` at the first epoch end.
+        term_tags: iteration-output key -> tag of the scalars to average. Defaults to :data:`DEFAULT_TERM_TAGS`.
+        cluster_names: site names for the intercept plot (one per column of ``z``). Defaults to indices.
+        plot_intercepts: write the per-site intercept plot. Defaults to True.
+        interval: write every ``interval`` epochs. Defaults to 1.
+        tag_prefix: prepended to every tag (e.g. ``"train/"``). Defaults to ``""``.
+
+    Example::
+
+        >>> tb = RandomEffectsTensorBoardHandler(log_dir="runs", cluster_names=vocabulary.sites)
+        >>> trainer = SupervisedTrainer(..., train_handlers=[adversary_handler, tb])
+
+    In a bundle config: ``{"_target_": "monai_medl.handlers.RandomEffectsTensorBoardHandler",
+    "log_dir": "@output_dir"}``.
+    """
+
+    def __init__(
+        self,
+        summary_writer: Any = None,
+        log_dir: str = "./runs",
+        network: nn.Module | None = None,
+        term_tags: Mapping[str, str] | None = None,
+        cluster_names: Sequence[str] | None = None,
+        plot_intercepts: bool = True,
+        interval: int = 1,
+        tag_prefix: str = "",
+    ) -> None:
+        super().__init__(summary_writer=summary_writer, log_dir=log_dir)
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}.")
+        self.network = network
+        self.term_tags = dict(DEFAULT_TERM_TAGS if term_tags is None else term_tags)
+        self.cluster_names = None if cluster_names is None else [str(c) for c in cluster_names]
+        self.plot_intercepts = plot_intercepts
+        self.interval = interval
+        self.tag_prefix = tag_prefix
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    def _reset(self, engine: Engine | None = None) -> None:
+        self._sums, self._counts = {}, {}
+
+    def _accumulate(self, engine: Engine) -> None:
+        output = engine.state.output
+        if isinstance(output, (list, tuple)):  # decollated: per-item dicts, scalars replicated
+            output = output[0] if output else {}
+        if not isinstance(output, Mapping):
+            return
+        for key in self.term_tags:
+            value = output.get(key)
+            if isinstance(value, torch.Tensor):
+                if value.numel() != 1:
+                    continue
+                value = value.item()
+            if isinstance(value, (int, float)) and np.isfinite(value):
+                self._sums[key] = self._sums.get(key, 0.0) + float(value)
+                self._counts[key] = self._counts.get(key, 0) + 1
+
+    def __call__(self, engine: Engine) -> None:
+        step = engine.state.epoch
+        tag = self.tag_prefix
+        for key, total in self._sums.items():
+            self._writer.add_scalar(tag + self.term_tags[key], total / self._counts[key], step)
+        net = unwrap_network(self.network if self.network is not None else engine.network)
+        report = summary(net, cluster_names=self.cluster_names)
+        for comp in report.random_effects:
+            layer = f"{tag}random_effects/{comp.layer}"
+            self._writer.add_scalar(f"{layer}/prior_sd", comp.prior_sd, step)
+            self._writer.add_scalar(f"{layer}/posterior_mean_spread", comp.mean_spread_sd, step)
+            self._writer.add_scalar(f"{layer}/posterior_sd", comp.posterior_sd, step)
+        if self.plot_intercepts and report.intercepts:
+            if not has_matplotlib:
+                raise ImportError("the per-site intercept plot needs matplotlib (pip install matplotlib).")
+            fig = self.intercept_figure(report.intercepts, report.cluster_names, report.random_effects)
+            self._writer.add_figure(f"{tag}random_effects/intercepts", fig, step, close=True)
+        self._writer.flush()
+
+    @staticmethod
+    def intercept_figure(intercepts: Mapping[str, list], cluster_names: Sequence[str], components: Sequence[Any]):
+        """Grouped bar plot of per-cluster intercepts (one panel per intercept layer), prior +-1 s.d. shaded."""
+        prior = {c.layer: c.prior_sd for c in components}
+        fig, axes = plt.subplots(1, len(intercepts), figsize=(max(4.0, 0.5 * len(cluster_names) + 2), 3), squeeze=False)
+        for ax, (layer, values) in zip(axes[0], intercepts.items()):
+            values = np.asarray(values, dtype=float)  # (K, out)
+            k, out = values.shape
+            width = 0.8 / out
+            for c in range(out):
+                ax.bar(np.arange(k) + (c - (out - 1) / 2) * width, values[:, c], width, label=f"output {c}")
+            s = prior.get(layer, 0.0)
+            ax.axhspan(-s, s, color="grey", alpha=0.2, label="prior +-1 s.d.")
+            ax.axhline(0.0, color="black", linewidth=0.8)
+            ax.set_xticks(np.arange(k))
+            ax.set_xticklabels(list(cluster_names), rotation=45, ha="right", fontsize=7)
+            ax.set_title(f"random intercepts ({layer})", fontsize=9)
+            ax.set_ylabel("posterior mean")
+            if out > 1:
+                ax.legend(fontsize=6)
+        fig.tight_layout()
+        return fig
