@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from monai_medl.losses import MixedEffectsLoss
+from monai_medl.networks import ClusterScaleBias
 from monai_medl.networks.nets import MixedEffectsMLP
 from monai_medl.networks.utils import random_effects_layers
 from monai_medl.utils import (
@@ -153,4 +154,13 @@ def test_trained_classifier_intercepts_track_site_prevalence():
     res = random_intercept_vs_prevalence(net, sites, y)
     assert res.r > 0.8 and res.p_value < 1e-3
     assert len(res.clusters) == num_sites
-    assert float(random_effects_layers(net)["head.intercept"].prior_scale) > 0.3  # learned spread of the site logits
+    assert float(random_effects_layers(net)["head.intercept"].prior_scale.detach()) > 0.3  # learned site-logit spread
+
+
+def test_summary_of_cluster_scale_bias_layers_uses_layer_names():
+    block = torch.nn.ModuleDict({"norm": ClusterScaleBias(spatial_dims=2, channels=3, num_clusters=5)})
+    s = summary(block, group="batch")
+    assert [c.term for c in s.random_effects] == ["norm.gamma", "norm.beta"]
+    assert [c.prior_sd for c in s.random_effects] == pytest.approx([0.25, 0.25])
+    assert s.intercepts == {} and s.fixed_effects is None
+    assert "Number of groups: batch, 5" in str(s) and "Random intercepts" not in str(s)

@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
-from benchmarks.variance_components import fit_linear_mixed_elbo, fit_mixedlm, simulate_linear_mixed
-from monai_medl.utils import summary, variance_components
+if importlib.util.find_spec("statsmodels") is None:
+    pytest.skip("statsmodels is needed for the reference fits (pip install monai-medl[stats])", allow_module_level=True)
+
+from benchmarks.variance_components import fit_linear_mixed_elbo, fit_mixedlm, simulate_linear_mixed  # noqa: E402
+from monai_medl.utils import summary, variance_components  # noqa: E402
 
 
 def _fit(truth: dict, seed: int, **kwargs):

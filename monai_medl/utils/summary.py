@@ -343,7 +343,7 @@ def _format(s: MixedEffectsSummary, max_clusters: int = 10) -> str:
     lines.append(f"{obs}{s.group}, {len(s.cluster_names)}")
     lines.append("(Spread: s.d. of posterior means across clusters, mean over units; Post.SD: mean posterior s.d.)")
     for c in s.random_effects:
-        if 1 < c.units <= 16:
+        if 1 < c.units <= 8:
             spread = ", ".join(f"{n}: {v:.3g}" for n, v in zip(c.unit_names, c.spread_sd))
             lines.append(f"  {c.term} spread per unit: [{spread}]")
     if s.fixed_effects is not None:
