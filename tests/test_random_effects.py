@@ -30,7 +30,7 @@ def test_learned_prior_scale_gets_gradient_and_moves_towards_effect_spread():
         layer.kl().backward()
         opt.step()
     rms = (layer.loc.square() + layer.scale.square()).mean().sqrt()
-    assert float(layer.prior_scale) == pytest.approx(float(rms), rel=0.02)
+    assert layer.prior_scale.item() == pytest.approx(rms.item(), rel=0.02)
 
 
 def test_eval_is_deterministic_and_uses_posterior_means():
