@@ -70,7 +70,8 @@ class MixedEffectsCNN(MixedEffectsNet):
     eager ``net(x, z)`` the same is kept in ``net.latest_output`` for
     :class:`~monai_medl.losses.MixedEffectsLoss` and :class:`~monai_medl.handlers.AdversaryHandler`. With cluster
     scale/bias blocks and a given ``z`` the layers after the first block run twice (a ``z``-free pass gives the
-    fixed prediction and the adversary's activations, a pass with ``z`` the mixed prediction).
+    fixed prediction and the adversary's activations, a pass with ``z`` the mixed prediction); the scripted
+    ``forward`` (the exported inference path) computes the mixed prediction alone in one pass.
 
     The wrapped backbone stays reachable as ``net.backbone`` (not registered, so it is not saved twice); load
     pretrained weights into it before or after wrapping. The state-dict keys of the wrapper are its own
@@ -261,6 +262,21 @@ class MixedEffectsCNN(MixedEffectsNet):
             hm = global_avg_pool(hm)
         return features, hm
 
+    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+        if torch.jit.is_scripting():
+            return self._predict(x, z)  # exported inference: the mixed prediction alone
+        out = self.forward_all(x, z)
+        self._remember(out)
+        return out.mixed
+
+    def _predict(self, x: torch.Tensor, z: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+        """Mixed prediction in one pass (cluster scale/bias applied for ``z``, no taps, no fixed-effects pass)."""
+        h = x
+        for stage in self.stages:
+            h = stage(h, z)
+        return self.head(global_avg_pool(h), z)[0]
+
+    @torch.jit.export
     def forward_all(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> MixedEffectsOutput:  # noqa: UP045
         if not torch.jit.is_scripting():
             self.check_inputs(x, z)
