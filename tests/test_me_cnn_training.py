@@ -17,7 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from monai_medl.engines import MixedEffectsPrepareBatch
 from monai_medl.handlers import AdversaryHandler
 from monai_medl.losses import MixedEffectsLoss
-from monai_medl.networks.nets import MixedEffectsCNN
+from monai_medl.networks.nets import ImageClusterPredictor, MixedEffectsCNN
 from monai_medl.networks.utils import random_effects_layers
 
 K = 4
@@ -127,3 +127,28 @@ def test_adversary_lowers_site_probe_accuracy_on_a_site_shortcut():
         probes[lambda_g] = site_probe_accuracy(net, held_out)
     assert probes[0.0] > 0.6  # without the adversary the fixed-effects features encode the site
     assert probes[0.3] < probes[0.0] - 0.08
+
+
+def test_image_cluster_predictor_learns_the_site_for_the_inferred_mode():
+    """Trained on training scans only, its soft z picks the right site for new scans of seen sites."""
+    torch.manual_seed(0)
+    predictor = ImageClusterPredictor(K, spatial_dims=3, channels=(8, 16))
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=6,
+        train_data_loader=DataLoader(shortcut_volumes(96, 0), batch_size=16, shuffle=True),
+        network=predictor,
+        optimizer=torch.optim.Adam(predictor.parameters(), 1e-2),
+        loss_function=torch.nn.CrossEntropyLoss(),
+        prepare_batch=lambda batch, device=None, non_blocking=False, **kw: (batch["image"], batch["site"]),
+    )
+    trainer.run()
+    held_out = shortcut_volumes(64, 1)
+    images = torch.stack([d["image"] for d in held_out])
+    z = predictor.predict_design(images)
+    torch.testing.assert_close(z.sum(1), torch.ones(len(held_out)))
+    accuracy = float((z.argmax(1) == torch.tensor([d["site"] for d in held_out])).float().mean())
+    assert accuracy > 0.7  # chance 0.25
+    prepare = MixedEffectsPrepareBatch(K, mode="inferred", z_predictor=predictor.predict_design)
+    batch = {"image": images[:4], "label": torch.zeros(4, 1), "site": torch.full((4,), -1)}
+    torch.testing.assert_close(prepare(batch)[2][0], z[:4])
