@@ -41,8 +41,8 @@ def test_elbo_recovers_random_intercept_and_slope_sd():
     assert fit.residual_sd == pytest.approx(ml.residual_sd, rel=0.02)
     # at the optimum the prior variance is the M-step value mean(mu^2 + sigma^2) of each layer
     for layer in (net.head.intercept, net.linear_slopes):
-        second_moment = float((layer.loc.square() + layer.scale.square()).mean())
-        assert float(layer.prior_scale) ** 2 == pytest.approx(second_moment, rel=0.05)
+        second_moment = float((layer.loc.square() + layer.scale.square()).mean().detach())
+        assert float(layer.prior_scale.detach()) ** 2 == pytest.approx(second_moment, rel=0.05)
     # the read-outs report exactly these (standardised-unit) values
     vc = variance_components(net, sd=True)
     assert vc["head.intercept"] == pytest.approx(fit.intercept_sd / y_sd, rel=1e-5)
