@@ -58,7 +58,7 @@ DEFAULTS = {
     "strides": (2, 2, 2),
     "lr": 1e-3,
     "batch_size": 32,
-    "lambda_g": 0.5,
+    "lambda_g": 0.05,
     "adversary_hidden": (64, 32),
     "lambda_class": 0.05,
     "kl_weight": 1e-7,

@@ -1,0 +1,160 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks import eval_mode
+from monai.networks.utils import convert_to_torchscript
+
+from monai_medl.losses import MixedEffectsAutoEncoderLoss
+from monai_medl.networks.layers import ClusterScaleBias
+from monai_medl.networks.nets import (
+    AutoEncoderBranch,
+    MixedEffectsAutoEncoder,
+    MixedEffectsNet,
+    MixedEffectsVectorAutoEncoder,
+)
+from monai_medl.networks.utils import random_effects_layers
+
+K = 3
+CASES = [  # constructor kwargs, input shape, number of adversary feature tensors
+    ({"spatial_dims": 2, "in_shape": (1, 32, 32)}, (4, 1, 32, 32), 4),
+    ({"spatial_dims": 2, "in_shape": (2, 16, 24), "channels": (4, 8), "strides": (2, 2)}, (4, 2, 16, 24), 3),
+    ({"spatial_dims": 3, "in_shape": (1, 16, 16, 8), "channels": (4, 8), "strides": (2, 2)}, (2, 1, 16, 16, 8), 3),
+    ({"spatial_dims": 1, "in_shape": (3, 32), "channels": (4, 8), "strides": (2, 1)}, (2, 3, 32), 3),
+]
+
+
+def _design(n: int) -> torch.Tensor:
+    return torch.eye(K)[torch.arange(n) % K]
+
+
+@pytest.mark.parametrize("kwargs,shape,n_features", CASES)
+@pytest.mark.parametrize("branches", [(True, True), (True, False), (False, True)])
+def test_shapes_all_dims_and_branches(kwargs, shape, n_features, branches):
+    fe, re = branches
+    net = MixedEffectsAutoEncoder(num_clusters=K, out_channels=2, fixed_effects=fe, random_effects=re, **kwargs)
+    x = torch.rand(shape)
+    out = net.forward_all(x, _design(shape[0]))
+    assert out.mixed.shape == out.fixed.shape == (shape[0], 2)
+    assert out.reconstruction.shape == out.reconstruction_fixed.shape == x.shape
+    assert 0 <= out.reconstruction.min().item() and out.reconstruction.max().item() <= 1  # sigmoid output
+    assert out.inputs is x
+    if fe:
+        assert out.latent_fixed.shape == (shape[0], 16)
+        assert len(out.features) == n_features and all(f.shape[0] == shape[0] and f.dim() == 2 for f in out.features)
+        assert sum(f.shape[1] for f in out.features) == net.adversary_in_features
+    else:
+        assert out.latent_fixed is None and out.features == [] and net.adversary_in_features == 0
+    assert (out.latent_random is not None) == re
+    # forward returns y_M and keeps the full output for the loss/handlers
+    y = net(x, _design(shape[0]))
+    assert y.shape == (shape[0], 2) and net.latest_output.mixed is y
+
+
+def test_vector_autoencoder_shapes_and_cluster_blocks():
+    net = MixedEffectsVectorAutoEncoder(in_features=40, num_clusters=K, latent_size=6, channels=(16, 8))
+    x = torch.randn(5, 40)
+    out = net.forward_all(x, _design(5))
+    assert out.reconstruction.shape == (5, 40) and out.latent_random.shape == (5, 6)
+    assert float(out.reconstruction.min()) < 0  # no output activation by default: real-valued features
+    assert [f.shape[1] for f in out.features] == [16, 8, 6]
+    # RE branch: one cluster scale/bias block per stage (2 encoder + 2 decoder), FE branch none
+    assert sum(isinstance(m, ClusterScaleBias) for m in net.re.modules()) == 4
+    assert not any(isinstance(m, ClusterScaleBias) for m in net.fe.modules())
+    assert all(name.startswith("re.") for name in random_effects_layers(net))
+    assert isinstance(net, MixedEffectsNet)
+
+
+def test_fixed_effects_branch_ignores_z_and_population_equals_no_z():
+    torch.manual_seed(0)
+    net = MixedEffectsAutoEncoder(spatial_dims=2, in_shape=(1, 16, 16), num_clusters=K, channels=(4, 8), strides=(2, 2))
+    x = torch.rand(3, 1, 16, 16)
+    with eval_mode(net):
+        a, b = net.forward_all(x, _design(3)), net.forward_all(x, torch.roll(_design(3), 1, dims=1))
+        none, zero = net.forward_all(x, None), net.forward_all(x, torch.zeros(3, K))
+    # the FE outputs do not depend on z; the RE outputs do
+    assert torch.equal(a.fixed, b.fixed) and torch.equal(a.reconstruction_fixed, b.reconstruction_fixed)
+    assert not torch.allclose(a.reconstruction, b.reconstruction)
+    assert not torch.allclose(a.mixed, b.mixed)
+    # z = 0 is exactly the population path (z = None)
+    assert torch.allclose(none.reconstruction, zero.reconstruction, atol=1e-6)
+    assert torch.allclose(none.mixed, zero.mixed, atol=1e-6)
+
+
+def test_counterfactual_with_own_batch_is_the_reconstruction():
+    net = MixedEffectsAutoEncoder(spatial_dims=2, in_shape=(1, 16, 16), num_clusters=K, channels=(4, 8), strides=(2, 2))
+    x, z = torch.rand(3, 1, 16, 16), _design(3)
+    with eval_mode(net):
+        assert torch.allclose(net.counterfactual(x, z, z), net.reconstruct(x, z))
+        other = net.counterfactual(x, z, torch.roll(z, 1, dims=1))
+    assert other.shape == x.shape and not torch.allclose(other, net.reconstruct(x, z))
+
+
+def test_torchscript_roundtrip(tmp_path):
+    for net, x in [
+        (
+            MixedEffectsAutoEncoder(
+                spatial_dims=3, in_shape=(1, 8, 8, 8), num_clusters=K, channels=(4, 8), strides=(2, 2)
+            ),
+            torch.rand(2, 1, 8, 8, 8),
+        ),
+        (MixedEffectsVectorAutoEncoder(in_features=12, num_clusters=K, random_effects=False), torch.randn(2, 12)),
+    ]:
+        with eval_mode(net):
+            ts = convert_to_torchscript(net, tmp_path / "m.ts", verify=True, inputs=[x], device="cpu")
+            assert torch.allclose(ts(x, _design(2)), net(x, _design(2)), atol=1e-6)
+
+
+def test_bad_configurations_and_inputs_raise():
+    with pytest.raises(ValueError, match="at least one"):
+        MixedEffectsAutoEncoder(2, (1, 16, 16), K, fixed_effects=False, random_effects=False)
+    with pytest.raises(ValueError, match="divisible"):
+        MixedEffectsAutoEncoder(2, (1, 20, 20), K, channels=(4, 8, 8), strides=(2, 2, 2))
+    with pytest.raises(ValueError, match="same non-zero length"):
+        AutoEncoderBranch(2, (1, 16, 16), 4, channels=(4, 8), strides=(2,))
+    with pytest.raises(ValueError, match="in_shape"):
+        AutoEncoderBranch(2, (1, 16), 4, channels=(4,), strides=(2,))
+    with pytest.raises(ValueError, match="instance norm"):
+        MixedEffectsVectorAutoEncoder(10, K, norm="instance")
+    net = MixedEffectsAutoEncoder(2, (1, 16, 16), K, channels=(4, 8), strides=(2, 2))
+    with pytest.raises(ValueError, match=r"input must have shape \(batch, 1, 16, 16\)"):
+        net(torch.rand(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="z must have shape"):
+        net(torch.rand(2, 1, 16, 16), torch.zeros(2, K + 1))
+    with pytest.raises(ValueError, match="NaN"):
+        net(torch.full((2, 1, 16, 16), float("nan")))
+    with pytest.raises(ValueError, match="z_target must have shape"):
+        net.counterfactual(torch.rand(2, 1, 16, 16), None, torch.zeros(2, K - 1))
+    fe_only = MixedEffectsAutoEncoder(2, (1, 16, 16), K, channels=(4, 8), strides=(2, 2), random_effects=False)
+    with pytest.raises(ValueError, match="random-effects branch"):
+        fe_only.counterfactual(torch.rand(2, 1, 16, 16), None, torch.zeros(2, K))
+
+
+def test_loss_terms_weights_and_gradients():
+    torch.manual_seed(0)
+    net = MixedEffectsAutoEncoder(2, (1, 16, 16), K, channels=(4, 8), strides=(2, 2))
+    x, z, y = torch.rand(4, 1, 16, 16), _design(4), torch.tensor([0, 1, 1, 0])
+    loss_fn = MixedEffectsAutoEncoderLoss(net, recon_weight=2.0, recon_fixed_weight=0.5, lambda_mixed=0.1)
+    loss = loss_fn(net(x, z), y)
+    t = loss_fn.terms
+    out = net.latest_output
+    assert t["recon"] == pytest.approx(float(((out.reconstruction - x) ** 2).mean()), rel=1e-5)
+    assert t["recon_fixed"] == pytest.approx(float(((out.reconstruction_fixed - x) ** 2).mean()), rel=1e-5)
+    expected = (
+        2.0 * t["recon"] + 0.5 * t["recon_fixed"] + 0.1 * t["loss_mixed"] + 0.01 * t["loss_fixed"] + 1e-5 * t["kl"]
+    )
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert t["kl"] > 0  # the RE branch's cluster scale/bias blocks
+    loss.backward()
+    assert net.re.encoder[0].cluster_norm.gamma.loc.grad.abs().sum() > 0
+    assert net.fe.encoder[0].op.weight.grad.abs().sum() > 0
+    # single branch: one reconstruction, counted once
+    fe_only = MixedEffectsAutoEncoder(2, (1, 16, 16), K, channels=(4, 8), strides=(2, 2), random_effects=False)
+    single = MixedEffectsAutoEncoderLoss(
+        fe_only, recon_weight=1.0, recon_fixed_weight=5.0, lambda_mixed=0, lambda_fixed=0
+    )
+    value = single(fe_only(x, z), y)
+    assert float(value) == pytest.approx(single.terms["recon"], rel=1e-5)
+    with pytest.raises(ValueError, match="reconstruction weights"):
+        MixedEffectsAutoEncoderLoss(net, recon_weight=-1.0)
