@@ -24,6 +24,7 @@ from monai.utils import ensure_tuple_rep
 
 __all__ = [
     "UNSEEN_SITE",
+    "canonical_site",
     "SiteVocabulary",
     "site_index_to_design",
     "SiteToIndex",
@@ -42,8 +43,14 @@ UNSEEN_SITE: int = -1
 _UNSEEN_MODES = ("marker", "error")
 
 
-def _canonical_site(site: Any) -> str:
-    """Return the canonical (string) name of a raw site value: ``"site_a"``, ``3``, ``np.int64(3)``, ``tensor(3)``."""
+def canonical_site(site: Any) -> str:
+    """Canonical (string) name of a raw site value, so that ``3``, ``np.int64(3)``, ``tensor(3)`` and ``"3"`` agree.
+
+    Example::
+
+        >>> canonical_site(np.int64(3)), canonical_site("site_a")
+        ('3', 'site_a')
+    """
     if isinstance(site, torch.Tensor | np.ndarray):
         if int(np.prod(site.shape)) != 1:
             raise ValueError(f"a site must be a single value, got an array of shape {tuple(site.shape)}.")
@@ -93,7 +100,7 @@ class SiteVocabulary:
     """
 
     def __init__(self, sites: Iterable[Any]) -> None:
-        names = {_canonical_site(s) for s in sites}
+        names = {canonical_site(s) for s in sites}
         if not names:
             raise ValueError("SiteVocabulary needs at least one training site, got none.")
         self._sites: tuple[str, ...] = tuple(sorted(names, key=_site_sort_key))
@@ -128,7 +135,7 @@ class SiteVocabulary:
 
     def __contains__(self, site: Any) -> bool:
         try:
-            return _canonical_site(site) in self._index
+            return canonical_site(site) in self._index
         except (TypeError, ValueError):
             return False
 
@@ -145,7 +152,7 @@ class SiteVocabulary:
         """Index of ``site``; an unknown site gives ``UNSEEN_SITE`` (``unseen="marker"``) or raises (``"error"``)."""
         if unseen not in _UNSEEN_MODES:
             raise ValueError(f"unseen must be one of {_UNSEEN_MODES}, got {unseen!r}.")
-        name = _canonical_site(site)
+        name = canonical_site(site)
         idx = self._index.get(name, UNSEEN_SITE)
         if idx == UNSEEN_SITE and unseen == "error":
             raise ValueError(f"site {name!r} is not in the training vocabulary {list(self._sites)}.")
@@ -168,7 +175,7 @@ class SiteVocabulary:
         if "sites" not in data:
             raise ValueError(f"a site vocabulary needs a 'sites' list, got keys {sorted(data)}.")
         vocab = cls(data["sites"])
-        if list(vocab.sites) != [_canonical_site(s) for s in data["sites"]]:
+        if list(vocab.sites) != [canonical_site(s) for s in data["sites"]]:
             raise ValueError(
                 f"stored site vocabulary {list(data['sites'])} is not unique and sorted; expected {list(vocab.sites)}."
             )

@@ -1,0 +1,306 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""Read, validate and write MONAI-style datalist JSON files whose entries carry a site.
+
+The file format is the one of :func:`monai.data.load_decathlon_datalist` (Medical Segmentation Decathlon)::
+
+    {"description": "...",
+     "training": [{"image": "images/sub-0001_T1w.nii.gz", "label": 1, "site": "site_a", "subject": "sub-0001"}],
+     "validation": [...], "test": [...]}
+
+Image paths (the ``image_keys``) may be relative to the datalist's folder (or ``base_dir``); other keys (label,
+site, subject, covariates such as age) are never rewritten. That is why the reader does not call
+:func:`monai.data.load_decathlon_datalist` itself: it joins *any* string value with the base folder when a file or
+folder of that name exists there, so a site called ``"site_a"`` next to a folder ``site_a/`` would silently become
+a path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import zlib
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from monai.utils import ensure_tuple
+
+__all__ = ["DatalistError", "load_datalist", "write_datalist", "validate_datalist", "check_image_file"]
+
+
+class DatalistError(ValueError):
+    """A datalist failed validation; ``problems`` lists one message per bad entry/key."""
+
+    def __init__(self, path: str, problems: Sequence[str], max_listed: int = 20) -> None:
+        self.path = path
+        self.problems = list(problems)
+        shown = "\n  ".join(self.problems[:max_listed])
+        more = f"\n  ... and {len(self.problems) - max_listed} more" if len(self.problems) > max_listed else ""
+        super().__init__(f"datalist {path!r} has {len(self.problems)} problem(s):\n  {shown}{more}")
+
+
+def _resolve(base_dir: str, value: Any) -> Any:
+    """Join a relative image path (or a list of them, for a multi-file image) with ``base_dir``."""
+    if isinstance(value, str | os.PathLike):
+        return os.path.normpath(os.path.join(base_dir, os.fspath(value)))
+    if isinstance(value, list | tuple) and all(isinstance(v, str | os.PathLike) for v in value):
+        return [_resolve(base_dir, v) for v in value]
+    return value
+
+
+def _read_array(path: str) -> tuple[tuple[int, ...], np.ndarray]:
+    """Read an image's shape and voxels: nibabel first (NIfTI, MGH, ...), SimpleITK for other formats."""
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
+    try:
+        img = nib.load(path)
+    except ImageFileError:
+        img = None
+    if img is not None:
+        return tuple(img.shape), np.asanyarray(img.dataobj)
+    import SimpleITK
+
+    arr = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(path))
+    return tuple(arr.shape), arr
+
+
+def check_image_file(path: str, spatial_dims: int | None = 3, check_voxels: bool = True) -> str | None:
+    """Return ``None`` if ``path`` is a readable image of the expected dimensionality with finite voxels, else why not.
+
+    Args:
+        path: image file.
+        spatial_dims: expected number of spatial dimensions; an extra trailing channel/time axis is allowed.
+            ``None`` skips the check.
+        check_voxels: read every voxel (detects truncated files and NaN/Inf values), not only the header.
+    """
+    if not os.path.exists(path):
+        return f"file not found: {path}"
+    if os.path.isdir(path):
+        return None  # a DICOM series folder; its content is checked by the reader at load time
+    try:
+        shape, data = _read_array(path)
+        if check_voxels:
+            data = np.asarray(data)
+    except (EOFError, OSError, zlib.error, ValueError, RuntimeError) as e:
+        return f"unreadable or truncated image {path}: {type(e).__name__}: {e}"
+    if spatial_dims is not None and len(shape) not in (spatial_dims, spatial_dims + 1):
+        return f"image {path} has shape {shape} ({len(shape)}-D); expected {spatial_dims}-D (plus optional channels)"
+    if check_voxels and np.issubdtype(data.dtype, np.inexact):
+        n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        if n_bad:
+            return f"image {path} has {n_bad} NaN/Inf voxel(s)"
+    return None
+
+
+def _check_label(label: Any, num_classes: int | None) -> str | None:
+    if isinstance(label, bool) or not isinstance(label, numbers.Number):
+        return f"label {label!r} is not a number"
+    if not math.isfinite(float(label)):
+        return f"label {label!r} is not finite"
+    if num_classes is not None and (float(label) != int(label) or not 0 <= int(label) < num_classes):
+        return f"label {label!r} is outside the declared classes 0..{num_classes - 1}"
+    return None
+
+
+def validate_datalist(
+    entries: Sequence[Mapping[Hashable, Any]],
+    image_keys: Sequence[str] | str = ("image",),
+    site_key: str | None = "site",
+    label_key: str | None = "label",
+    num_classes: int | None = None,
+    spatial_dims: int | None = 3,
+    check_voxels: bool = True,
+    optional_image_keys: Sequence[str] | str = (),
+) -> list[str]:
+    """Check every entry and return a list of problems, each naming the entry (index, subject, file) and the key.
+
+    Checks: the entry is a dictionary; each image key is present (keys in ``optional_image_keys`` may be absent,
+    e.g. a modality missing at some sites) and points to a readable image with ``spatial_dims`` dimensions and
+    finite voxels; the site is present and not empty; the label, when ``label_key`` is present, is a finite number
+    and, if ``num_classes`` is given, an integer class in ``0 .. num_classes-1``.
+    """
+    image_keys = ensure_tuple(image_keys)
+    optional = set(ensure_tuple(optional_image_keys))
+    problems: list[str] = []
+    for i, item in enumerate(entries):
+        if not isinstance(item, Mapping):
+            problems.append(f"entry {i}: expected a dictionary, got {type(item).__name__}")
+            continue
+        first = item.get(image_keys[0]) if image_keys else None
+        who = f"entry {i}" + (f" (subject {item['subject']!r})" if "subject" in item else "")
+        who += f" [{first}]" if isinstance(first, str) else ""
+        for key in image_keys:
+            if key not in item or item[key] is None:
+                if key not in optional:
+                    problems.append(f"{who}: missing image key {key!r}")
+                continue
+            for path in ensure_tuple(item[key]):
+                if not isinstance(path, str | os.PathLike):
+                    problems.append(f"{who}: key {key!r} should be a file path, got {path!r}")
+                    continue
+                why = check_image_file(os.fspath(path), spatial_dims=spatial_dims, check_voxels=check_voxels)
+                if why:
+                    problems.append(f"{who}: key {key!r}: {why}")
+        if site_key is not None:
+            site = item.get(site_key)
+            if site is None or (isinstance(site, str) and not site.strip()):
+                problems.append(f"{who}: missing site (key {site_key!r}); every entry needs its site")
+            elif isinstance(site, bool) or not isinstance(site, str | numbers.Integral):
+                problems.append(f"{who}: site {site!r} should be a string or an integer")
+        if label_key is not None and label_key in item:
+            why = _check_label(item[label_key], num_classes)
+            if why:
+                problems.append(f"{who}: {why} (key {label_key!r})")
+        elif label_key is not None and num_classes is not None:
+            problems.append(f"{who}: missing label (key {label_key!r})")
+    return problems
+
+
+def load_datalist(
+    path: str | os.PathLike,
+    data_list_key: str = "training",
+    base_dir: str | os.PathLike | None = None,
+    validate: bool = True,
+    image_keys: Sequence[str] | str = ("image",),
+    num_classes: int | None = None,
+    site_key: str | None = "site",
+    label_key: str | None = "label",
+    spatial_dims: int | None = 3,
+    check_voxels: bool = True,
+    optional_image_keys: Sequence[str] | str = (),
+) -> list[dict]:
+    """Load one section of a datalist JSON, resolve its image paths and (by default) validate every entry.
+
+    Args:
+        path: the datalist JSON file.
+        data_list_key: section to load (``"training"``, ``"validation"``, ``"test"``, ...).
+        base_dir: folder relative image paths start from. Defaults to the datalist's folder.
+        validate: run :func:`validate_datalist` and raise :class:`DatalistError` listing every problem.
+        image_keys: keys holding image paths (one per modality, e.g. ``("image", "flair")``).
+        num_classes: if given, labels must be integers in ``0 .. num_classes-1``.
+        site_key: key of the site (required in every entry); ``None`` to not require one.
+        label_key: key of the label; ``None`` to not check labels.
+        spatial_dims: expected spatial dimensionality of the images (``None`` to skip).
+        check_voxels: read all voxels during validation (finds truncated files and NaN/Inf).
+        optional_image_keys: image keys that may be absent from an entry (a modality missing at some sites).
+
+    Returns:
+        a list of dictionaries with absolute image paths, ready for :class:`monai.data.Dataset`.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if the file is not JSON or has no list under ``data_list_key``.
+        DatalistError: if validation finds problems (the message names each entry and key).
+
+    Example::
+
+        >>> train = load_datalist("cohort/datalist.json", "training", num_classes=2)  # doctest: +SKIP
+        >>> train[0]["site"], train[0]["image"]  # doctest: +SKIP
+        ('site_a', '/abs/cohort/images/sub-0001_T1w.nii.gz')
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"datalist file {path!r} does not exist.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"datalist {path!r} is not valid JSON: {e}") from e
+    if not isinstance(content, Mapping) or data_list_key not in content:
+        keys = sorted(content) if isinstance(content, Mapping) else type(content).__name__
+        raise ValueError(f"datalist {path!r} has no section {data_list_key!r}; found {keys}.")
+    section = content[data_list_key]
+    if not isinstance(section, list):
+        raise ValueError(
+            f"datalist {path!r}: section {data_list_key!r} should be a list, got {type(section).__name__}."
+        )
+    image_keys = ensure_tuple(image_keys)
+    base = os.fspath(base_dir) if base_dir is not None else os.path.dirname(os.path.abspath(path))
+    entries = []
+    for item in section:
+        if isinstance(item, str):  # decathlon "test" sections may list bare image paths
+            item = {image_keys[0]: item}
+        if isinstance(item, Mapping):
+            item = {k: (_resolve(base, v) if k in image_keys else v) for k, v in item.items()}
+        entries.append(item)
+    if validate:
+        problems = validate_datalist(
+            entries,
+            image_keys=image_keys,
+            site_key=site_key,
+            label_key=label_key,
+            num_classes=num_classes,
+            spatial_dims=spatial_dims,
+            check_voxels=check_voxels,
+            optional_image_keys=optional_image_keys,
+        )
+        if problems:
+            raise DatalistError(f"{path} [{data_list_key}]", problems)
+    return entries
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if hasattr(value, "tolist"):  # numpy arrays and torch tensors
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def write_datalist(
+    path: str | os.PathLike,
+    sections: Mapping[str, Sequence[Mapping[Hashable, Any]]],
+    image_keys: Sequence[str] | str = ("image",),
+    relative: bool = True,
+    **metadata: Any,
+) -> str:
+    """Write datalist sections (``{"training": [...], "validation": [...], ...}``) and metadata to a JSON file.
+
+    Args:
+        path: output JSON file (its folder is created).
+        sections: section name -> list of entry dictionaries.
+        image_keys: keys holding image paths.
+        relative: store image paths under the datalist's folder relative to it, so the folder can be moved.
+        metadata: extra top-level items (``description``, ``labels``, ``num_classes``, ...).
+
+    Returns:
+        the path written.
+
+    Example::
+
+        >>> write_datalist("out/datalist.json", {"training": [{"image": "out/a.nii.gz", "label": 0, "site": "s1"}]},
+        ...                description="toy")  # doctest: +SKIP
+    """
+    path = os.path.abspath(os.fspath(path))
+    root = os.path.dirname(path)
+    os.makedirs(root, exist_ok=True)
+    image_keys = ensure_tuple(image_keys)
+
+    def rel(v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            return [rel(x) for x in v]
+        if not isinstance(v, str | os.PathLike):
+            return v
+        v = os.fspath(v)
+        if relative and os.path.isabs(v) and os.path.commonpath([root, os.path.abspath(v)]) == root:
+            return os.path.relpath(v, root).replace(os.sep, "/")
+        return v
+
+    content: dict[str, Any] = _to_jsonable(dict(metadata))
+    for name, entries in sections.items():
+        if name in content:
+            raise ValueError(f"section name {name!r} clashes with a metadata item of the same name.")
+        content[name] = [_to_jsonable({k: (rel(v) if k in image_keys else v) for k, v in e.items()}) for e in entries]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(content, f, indent=2)
+        f.write("\n")
+    return path
