@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from . import datalist, splits
 from .datalist import *  # noqa: F403
+from .spirals import SpiralData, make_spirals, spiral_points
 from .splits import *  # noqa: F403
 
 __all__ = [*datalist.__all__, *splits.__all__]
