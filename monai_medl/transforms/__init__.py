@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
-from . import modality, site
+from . import modality, site, site_augment, site_intensity
 from .modality import *  # noqa: F403
 from .site import *  # noqa: F403
+from .site_augment import *  # noqa: F403
+from .site_intensity import *  # noqa: F403
 
-__all__ = [*site.__all__, *modality.__all__]
+__all__ = [*site.__all__, *site_intensity.__all__, *site_augment.__all__, *modality.__all__]
