@@ -59,7 +59,7 @@ __all__ = [
 MODALITY_KEYS = {"t1": "image", "flair": "flair", "t2": "t2"}
 """Datalist key of each modality (T1 is the primary ``"image"``)."""
 _FILE_SUFFIX = {"t1": "T1w", "flair": "FLAIR", "t2": "T2w"}
-_GENERATOR_VERSION = 1
+_GENERATOR_VERSION = 2
 
 MEDIAL_TEMPORAL_CENTERS = ((-25.0, -20.0, -15.0), (25.0, -20.0, -15.0))
 """MNI coordinates (mm) of the left and right medial temporal atrophy regions."""
@@ -217,7 +217,8 @@ class _Renderer:
         # ventricular enlargement: sample closer to the ventricle centre where the weight is high
         cv = np.asarray(VENTRICLE_CENTER, np.float32).reshape(3, 1, 1, 1)
         src = cv + (src - cv) * (1.0 - p["ventricle_expansion"] * self._gauss(src, VENTRICLE_CENTER, VENTRICLE_SIGMA))
-        gm, wm, csf, mask, residual = self.tpl.sample(src)
+        gm, wm, mask, residual = self.tpl.sample(src)
+        csf = np.clip(mask - gm - wm, 0.0, None)
         mtl = sum(
             a * self._gauss(src, ctr, MEDIAL_TEMPORAL_SIGMA)
             for a, ctr in zip(p["mtl_gm_loss"], MEDIAL_TEMPORAL_CENTERS)

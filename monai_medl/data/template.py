@@ -4,7 +4,8 @@
 nilearn's wheel contains the MNI ICBM152 2009a symmetric T1 template (skull-stripped, 1 mm, 197 x 233 x 189) and
 its grey- and white-matter probability maps. They are read from the installed package at run time and never
 copied into this repository (the template's own licence is not stated, so it must not be redistributed).
-CSF is the rest of the intracranial mask: ``csf = mask * (1 - gm - wm)``.
+CSF is the rest of the intracranial mask: ``csf = mask * (1 - gm - wm)``. Because smoothing and interpolation are
+linear, the CSF of a resampled or smoothed template is ``mask - gm - wm`` as well, so it is not stored.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class TissueTemplate:
     """Tissue maps on a 1 mm grid (cropped to the brain), pre-smoothed for a target voxel spacing.
 
     Attributes:
-        maps: ``(5, X, Y, Z)`` float32 array of grey matter, white matter, CSF, intracranial mask and the T1
+        maps: ``(4, X, Y, Z)`` float32 array of grey matter, white matter, intracranial mask and the T1
             residual (template T1 minus its tissue-mixture fit, in units of the white-matter/CSF contrast, i.e. the
             anatomy detail that three tissue classes do not explain, such as darker deep grey matter).
         origin: world (MNI, mm) coordinate of voxel ``(0, 0, 0)``.
@@ -77,7 +78,7 @@ class TissueTemplate:
     center: np.ndarray
     tissue_t1: dict[str, float]
 
-    GM, WM, CSF, MASK, RESIDUAL = range(5)
+    GM, WM, MASK, RESIDUAL = range(4)
 
     def sample(self, world: np.ndarray) -> np.ndarray:
         """Trilinear samples of all maps at world points ``world`` (shape ``(3, ...)``); zero outside the grid."""
@@ -108,7 +109,7 @@ def load_tissue_template(spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), 
 
         >>> tpl = load_tissue_template((4.0, 4.0, 4.0))  # doctest: +SKIP
         >>> tpl.maps.shape  # doctest: +SKIP
-        (5, 79, 97, 81)
+        (4, 79, 97, 81)
     """
     t1, affine = _read("t1")
     if not np.allclose(affine[:3, :3], np.eye(3)):
@@ -139,9 +140,9 @@ def load_tissue_template(spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), 
     sigma = [np.sqrt(max(float(s) ** 2 - 1.0, 0.0)) / 2.3548 for s in spacing]
     step = 2 if min(spacing) >= 4.0 else 1
     shape = tuple(len(range(0, n, step)) for n in t1.shape)
-    maps = np.empty((5, *shape), dtype=np.float32)
+    maps = np.empty((4, *shape), dtype=np.float32)
     smoothed = np.empty_like(t1)
-    for i, m in enumerate((gm, wm, csf, mask, residual)):
+    for i, m in enumerate((gm, wm, mask, residual)):
         if max(sigma) > 0:
             ndimage.gaussian_filter(m, sigma, output=smoothed)
         else:
