@@ -59,7 +59,7 @@ __all__ = [
 MODALITY_KEYS = {"t1": "image", "flair": "flair", "t2": "t2"}
 """Datalist key of each modality (T1 is the primary ``"image"``)."""
 _FILE_SUFFIX = {"t1": "T1w", "flair": "FLAIR", "t2": "T2w"}
-_GENERATOR_VERSION = 2
+_GENERATOR_VERSION = 3
 
 MEDIAL_TEMPORAL_CENTERS = ((-25.0, -20.0, -15.0), (25.0, -20.0, -15.0))
 """MNI coordinates (mm) of the left and right medial temporal atrophy regions."""
@@ -101,10 +101,11 @@ def _site_names(sites: int | Sequence[str], unseen_sites: int | Sequence[str]) -
         return [str(s) for s in spec]
 
     seen = names(sites, 0)
-    unseen = names(unseen_sites, len(seen) if isinstance(sites, int | np.integer) else 0)
+    unseen = names(unseen_sites, len(seen))
     if not seen:
         raise ValueError("the cohort needs at least one seen (training) site.")
-    clash = sorted(set(seen) & set(unseen)) or sorted({s for s in seen + unseen if (seen + unseen).count(s) > 1})
+    everyone = seen + unseen
+    clash = sorted({s for s in everyone if everyone.count(s) > 1})
     if clash:
         raise ValueError(f"site names must be unique across seen and unseen sites, repeated: {clash}.")
     return seen, unseen
@@ -127,6 +128,7 @@ def _site_effects(rng: np.random.Generator, modalities: Sequence[str], strength:
         base = dict(_BASE_CONTRAST[mod])
         if mod == "t1":
             base.update(gm=round(tissue_t1["gm"], 4), csf=round(tissue_t1["csf"], 4))
+        # the brightest tissue is the reference (1.0); the others vary by site
         contrast[mod] = {
             t: float(np.clip(v + strength * rng.normal(0, 0.05 if v < 1 else 0.0), 0.02, 1.2)) for t, v in base.items()
         }
@@ -168,6 +170,8 @@ def _subject_params(rng: np.random.Generator, label: int, strength: float) -> di
         "mtl_gm_loss": [float(np.clip(0.45 * strength * severity * a + n, 0, 0.9)) for a, n in zip(asym, mtl_normal)],
         "ventricle_expansion": float(np.clip(0.22 * strength * severity + 0.03 * age_term + vent_normal, -0.2, 0.45)),
         "global_gm_loss": float(np.clip(0.03 * age_term, -0.05, 0.1)),
+        "mtl_normal_variation": [float(n) for n in mtl_normal],
+        "ventricle_normal_variation": float(vent_normal),
         "wmh_load": float(np.clip(strength * severity * 0.8 + 0.05 * age_term, 0.0, 1.0)),
         "bias_jitter": [float(c) for c in rng.normal(0, 0.02, size=9)],
         "noise_seed": int(rng.integers(2**31)),
@@ -511,8 +515,10 @@ _EFFECTS_DESCRIPTION = {
     "site.gain": "scanner gain per modality (intensity of white matter on T1 before gamma and bias)",
     "site.offset": "intensity offset inside the brain, in units of the gain",
     "subject.severity": "disease severity in [0, 1]; controls have a small sub-clinical value",
-    "subject.mtl_gm_loss": "peak fraction of grey matter lost in the left and right medial temporal regions",
-    "subject.ventricle_expansion": "local expansion factor e around the ventricles (magnification 1 / (1 - e))",
+    "subject.mtl_gm_loss": "peak fraction of grey matter lost in the left and right medial temporal regions: "
+    "0.45 * disease_strength * severity * asymmetry + mtl_normal_variation",
+    "subject.ventricle_expansion": "local expansion factor e around the ventricles (magnification 1 / (1 - e)): "
+    "0.22 * disease_strength * severity + 0.03 * (age - 70) / 10 + ventricle_normal_variation",
     "subject.global_gm_loss": "age-related fraction of grey matter lost everywhere",
     "subject.wmh_load": "periventricular white-matter hyperintensity load (FLAIR/T2 bright, T1 dark)",
     "subject.head_scale": "global scaling of the anatomy (sex-dependent)",
