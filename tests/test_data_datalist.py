@@ -137,3 +137,20 @@ def test_validate_datalist_returns_all_problems(folder):
     problems = validate_datalist(entries, num_classes=1)
     assert "entry 3: expected a dictionary, got str" in problems
     assert any("entry 1" in p and "outside the declared classes 0..0" in p for p in problems)
+
+
+def test_header_only_check_and_other_formats(folder):
+    import SimpleITK
+
+    root, entries = folder
+    data = np.ones((5, 6, 7), np.float32)
+    data[0, 0, 0] = np.nan
+    entries[0]["image"] = _nifti(root / "images" / "nan.nii.gz", data)
+    mha = str(root / "images" / "vol.mha")
+    SimpleITK.WriteImage(SimpleITK.GetImageFromArray(np.ones((7, 6, 5), np.float32)), mha)  # read by SimpleITK
+    entries[1]["image"] = mha
+    path = _write(root, entries)
+    assert load_datalist(path, check_voxels=False)[1]["image"] == mha  # headers only: the NaN is not seen
+    with pytest.raises(DatalistError, match="entry 0 .*NaN/Inf") as err:
+        load_datalist(path)
+    assert len(err.value.problems) == 1  # the .mha file is valid

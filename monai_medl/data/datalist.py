@@ -50,8 +50,8 @@ def _resolve(base_dir: str, value: Any) -> Any:
     return value
 
 
-def _read_array(path: str) -> tuple[tuple[int, ...], np.ndarray]:
-    """Read an image's shape and voxels: nibabel first (NIfTI, MGH, ...), SimpleITK for other formats."""
+def _read_image(path: str, load_voxels: bool) -> tuple[tuple[int, ...], np.ndarray | None]:
+    """Shape (header only) and, if ``load_voxels``, the voxels: nibabel first (NIfTI, MGH, ...), else SimpleITK."""
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
 
@@ -60,11 +60,17 @@ def _read_array(path: str) -> tuple[tuple[int, ...], np.ndarray]:
     except ImageFileError:
         img = None
     if img is not None:
-        return tuple(img.shape), np.asanyarray(img.dataobj)
+        return tuple(img.shape), (np.asanyarray(img.dataobj) if load_voxels else None)
     import SimpleITK
 
-    arr = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(path))
-    return tuple(arr.shape), arr
+    if load_voxels:
+        arr = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(path))
+        return tuple(arr.shape), arr
+    reader = SimpleITK.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()
+    size = tuple(reversed(reader.GetSize()))
+    return (size + (reader.GetNumberOfComponents(),) if reader.GetNumberOfComponents() > 1 else size), None
 
 
 def check_image_file(path: str, spatial_dims: int | None = 3, check_voxels: bool = True) -> str | None:
@@ -81,14 +87,12 @@ def check_image_file(path: str, spatial_dims: int | None = 3, check_voxels: bool
     if os.path.isdir(path):
         return None  # a DICOM series folder; its content is checked by the reader at load time
     try:
-        shape, data = _read_array(path)
-        if check_voxels:
-            data = np.asarray(data)
+        shape, data = _read_image(path, load_voxels=check_voxels)
     except (EOFError, OSError, zlib.error, ValueError, RuntimeError) as e:
         return f"unreadable or truncated image {path}: {type(e).__name__}: {e}"
     if spatial_dims is not None and len(shape) not in (spatial_dims, spatial_dims + 1):
         return f"image {path} has shape {shape} ({len(shape)}-D); expected {spatial_dims}-D (plus optional channels)"
-    if check_voxels and np.issubdtype(data.dtype, np.inexact):
+    if data is not None and np.issubdtype(data.dtype, np.inexact):
         n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         if n_bad:
             return f"image {path} has {n_bad} NaN/Inf voxel(s)"
