@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .adversary_handler import AdversaryHandler
+from .cluster_predictor_handler import ClusterPredictorHandler
 from .counterfactual_image_handler import CounterfactualImageHandler
 from .latest_output_handler import LatestOutputHandler
 from .site_metrics import SiteMetricsHandler

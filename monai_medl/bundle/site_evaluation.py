@@ -1,0 +1,302 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""Per-scan predictions of MONAI evaluator runs in several ``z`` modes, and per-site / seen-vs-unseen metrics."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from ignite.engine import Events
+from monai.utils import CommonKeys
+
+from monai_medl.engines.prepare_batch import MixedEffectsPrepareBatch
+from monai_medl.metrics.site_metrics import compute_site_metrics, youden_threshold
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+__all__ = [
+    "site_metrics",
+    "SitePredictionCollector",
+    "evaluate_modes",
+    "write_predictions",
+    "write_evaluation",
+]
+
+PREDICTION_FIELDS = ("mode", "z", "split", "image", "site", "seen", "label", "probability", "prediction")
+_Z_OF_MODE = {"population": "zero", "inferred": "inferred", "randomized": "random", "mixed": None}
+"""What ``z`` a scan gets in each mode (in ``"mixed"``: one-hot if seen, else inferred or zero)."""
+METRIC_FIELDS = ("mode", "group", "site", "n", "n_positive", "auroc", "balanced_accuracy", "threshold")
+
+
+def site_metrics(
+    rows: Iterable[Mapping[str, Any]], threshold_split: str = "train", report_splits: Sequence[str] = ("test",)
+) -> list[dict[str, Any]]:
+    """AUROC and balanced accuracy per mode: overall, seen sites, unseen sites and every site.
+
+    The balanced-accuracy threshold of each mode is Youden's on that mode's ``threshold_split`` scans (training
+    data) and is applied unchanged to the reported scans (choosing it on the evaluated split is optimistic).
+
+    Args:
+        rows: per-scan records with keys ``mode``, ``split``, ``site``, ``seen`` (bool), ``label``, ``probability``
+            (e.g. :attr:`SitePredictionCollector.rows`); rows without a label are skipped.
+        threshold_split: split whose scans choose the threshold. Defaults to ``"train"``.
+        report_splits: splits whose scans are reported. Defaults to ``("test",)``.
+
+    Returns:
+        one dictionary per (mode, group, site) with the fields of :data:`METRIC_FIELDS`; ``group`` is
+        ``"overall"``, ``"seen"``, ``"unseen"`` or ``"site"`` (then ``site`` names it). Undefined metrics
+        (a group with one class) are NaN.
+
+    Raises:
+        ValueError: if a mode has no labelled ``threshold_split`` scans of both classes.
+
+    Example::
+
+        >>> metrics = site_metrics(collector.rows)       # after evaluate_modes(evaluator, modes, collector)
+        >>> [m["auroc"] for m in metrics if m["mode"] == "population" and m["group"] == "unseen"]
+    """
+    rows = [r for r in rows if r.get("label") is not None and not _isnan(r["label"])]
+    out: list[dict[str, Any]] = []
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        fit = [r for r in rows if r["mode"] == mode and r["split"] == threshold_split]
+        if len({r["label"] for r in fit}) < 2:
+            raise ValueError(
+                f"mode {mode!r} needs labelled {threshold_split!r} scans of both classes to choose the threshold."
+            )
+        threshold = youden_threshold([r["label"] for r in fit], [r["probability"] for r in fit])
+        test = [r for r in rows if r["mode"] == mode and r["split"] in report_splits]
+        if not test:
+            continue
+        labels = np.array([r["label"] for r in test], dtype=float)
+        res = compute_site_metrics(
+            labels,
+            [r["probability"] for r in test],
+            sites=[0 if r["seen"] else -1 for r in test],
+            threshold=threshold,
+            groups=[r["site"] for r in test],
+        )
+        names = np.array([r["site"] for r in test])
+        seen = np.array([r["seen"] for r in test])
+        masks = {"overall": np.ones(len(test), bool), "seen": seen, "unseen": ~seen}
+        entries = [(g, "", res[g], masks[g]) for g in ("overall", "seen", "unseen")]
+        entries += [("site", site, m, names == site) for site, m in res["per_site"].items()]
+        for group, site, m, mask in entries:
+            if m["n"] == 0:
+                continue
+            out.append(
+                {
+                    "mode": mode,
+                    "group": group,
+                    "site": site,
+                    "n": int(m["n"]),
+                    "n_positive": int((labels[mask] > 0.5).sum()),
+                    "auroc": m["auroc"],
+                    "balanced_accuracy": m["balanced_accuracy"],
+                    "threshold": threshold,
+                }
+            )
+    return out
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def _scalar(v: Any) -> Any:
+    """A one-element tensor/array as a Python scalar (strings and other values unchanged)."""
+    if isinstance(v, torch.Tensor | np.ndarray):
+        a = np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v).reshape(-1)
+        return a[0].item() if a.size == 1 else a.tolist()
+    return v
+
+
+class SitePredictionCollector:
+    """Ignite handler recording one row per scan from a MONAI ``SupervisedEvaluator`` run.
+
+    Attach it to the evaluator (``val_handlers``). After each iteration it reads the decollated batch and
+    output: the probability from ``pred_key`` (apply a sigmoid in the evaluator's postprocessing), the label, the
+    raw site name and the site index (``-1`` = unseen), the split tag of the datalist entry and the scan's file
+    name; the ``z`` mode is read from the evaluator's :class:`~monai_medl.engines.MixedEffectsPrepareBatch`.
+    Rows accumulate over runs, so one collector serves every mode (see :func:`evaluate_modes`).
+
+    Args:
+        pred_key: output key of the positive-class probability. Defaults to ``"pred"``.
+        label_key: batch key of the label (rows get None when missing). Defaults to ``"label"``.
+        site_key: batch key of the site index. Defaults to ``"site"``.
+        site_name_key: batch key of the raw site name (``SiteToIndexd(raw_key_postfix="name")``). Defaults to
+            ``"site_name"``.
+        split_key: batch key of the split tag. Defaults to ``"split"``.
+        image_key: batch key whose meta data give the file name. Defaults to ``"image"``.
+        threshold: probability threshold of the ``prediction`` column. Defaults to 0.5.
+
+    Example::
+
+        >>> collector = SitePredictionCollector()
+        >>> evaluator = SupervisedEvaluator(..., postprocessing=Activationsd("pred", sigmoid=True),
+        ...                                 val_handlers=[collector])
+        >>> evaluate_modes(evaluator, ["population", "inferred"])
+        >>> metrics = site_metrics(collector.rows)
+    """
+
+    def __init__(
+        self,
+        pred_key: str = CommonKeys.PRED,
+        label_key: str = CommonKeys.LABEL,
+        site_key: str = "site",
+        site_name_key: str = "site_name",
+        split_key: str = "split",
+        image_key: str = CommonKeys.IMAGE,
+        threshold: float = 0.5,
+    ) -> None:
+        self.pred_key = pred_key
+        self.label_key = label_key
+        self.site_key = site_key
+        self.site_name_key = site_name_key
+        self.split_key = split_key
+        self.image_key = image_key
+        self.threshold = threshold
+        self.rows: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def reset(self) -> None:
+        self.rows = []
+
+    def __call__(self, engine: Engine) -> None:
+        prepare = getattr(engine, "prepare_batch", None)
+        mode = getattr(prepare, "mode", "mixed")
+        unseen_z = "inferred" if getattr(prepare, "z_predictor", None) is not None else "zero"
+        batch, output = engine.state.batch, engine.state.output
+        if not isinstance(batch, list) or not isinstance(output, list):
+            raise TypeError("SitePredictionCollector needs decollated batches (the evaluator's decollate=True).")
+        for item, out in zip(batch, output):
+            if self.pred_key not in out:
+                raise KeyError(f"evaluator output has no {self.pred_key!r} key; keys: {sorted(out)}.")
+            prob = float(torch.as_tensor(out[self.pred_key]).reshape(-1)[-1])
+            label = item.get(self.label_key)
+            label = None if label is None else float(torch.as_tensor(label).reshape(-1)[0])
+            site_index = int(_scalar(item.get(self.site_key, -1)))
+            image = item.get(self.image_key)
+            meta = getattr(image, "meta", {}) or {}
+            seen = site_index >= 0
+            self.rows.append(
+                {
+                    "mode": mode,
+                    "z": _Z_OF_MODE.get(mode) or ("one-hot" if seen else unseen_z),
+                    "split": str(_scalar(item.get(self.split_key, ""))),
+                    "image": str(meta.get("filename_or_obj", "")),
+                    "site": str(_scalar(item.get(self.site_name_key, site_index))),
+                    "seen": seen,
+                    "label": label,
+                    "probability": prob,
+                    "prediction": int(prob >= self.threshold),
+                }
+            )
+
+
+def evaluate_modes(
+    evaluator: Any, modes: Sequence[str], collector: SitePredictionCollector | None = None
+) -> list[dict[str, Any]]:
+    """Run ``evaluator`` once per ``z`` mode of its :class:`~monai_medl.engines.MixedEffectsPrepareBatch`.
+
+    Each run uses a copy of the evaluator's ``prepare_batch`` with ``mode`` replaced (``"mixed"``,
+    ``"population"``, ``"inferred"`` or ``"randomized"``); the original is restored afterwards.
+
+    Args:
+        evaluator: a MONAI ``SupervisedEvaluator`` whose ``prepare_batch`` is a ``MixedEffectsPrepareBatch``.
+        modes: the modes to run, in order.
+        collector: the :class:`SitePredictionCollector` attached to ``evaluator``; found among its handlers when
+            None.
+
+    Returns:
+        the collector's rows (one per scan and mode).
+    """
+    prepare = evaluator.prepare_batch
+    if not isinstance(prepare, MixedEffectsPrepareBatch):
+        raise TypeError(
+            f"evaluate_modes needs an evaluator with a MixedEffectsPrepareBatch, got {type(prepare).__name__}."
+        )
+    for mode in modes:
+        if mode not in MixedEffectsPrepareBatch.MODES:
+            raise ValueError(f"mode must be one of {MixedEffectsPrepareBatch.MODES}, got {mode!r}.")
+        if mode == "inferred" and prepare.z_predictor is None:
+            raise ValueError("mode 'inferred' needs the prepare_batch's z_predictor (none was given).")
+    try:
+        for mode in modes:
+            evaluator.prepare_batch = copy.copy(prepare)
+            evaluator.prepare_batch.mode = mode
+            logging.getLogger(__name__).info(f"evaluating with z mode {mode!r}")
+            evaluator.run()
+    finally:
+        evaluator.prepare_batch = prepare
+    if collector is None:
+        return []
+    return collector.rows
+
+
+def write_predictions(
+    rows: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    metrics: Sequence[Mapping[str, Any]] | None = None,
+    prefix: str = "",
+) -> dict[str, str]:
+    """Write ``predictions.csv`` and, when given, ``metrics.csv`` and ``metrics.json`` into ``output_dir``.
+
+    Returns:
+        the paths written, keyed ``"predictions"``, ``"metrics_csv"``, ``"metrics_json"``.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {"predictions": os.path.join(output_dir, f"{prefix}predictions.csv")}
+    _write_csv(paths["predictions"], rows, PREDICTION_FIELDS)
+    if metrics is not None:
+        paths["metrics_csv"] = os.path.join(output_dir, f"{prefix}metrics.csv")
+        paths["metrics_json"] = os.path.join(output_dir, f"{prefix}metrics.json")
+        _write_csv(paths["metrics_csv"], metrics, METRIC_FIELDS)
+        with open(paths["metrics_json"], "w", encoding="utf-8") as f:
+            json.dump([{k: (None if _isnan(v) else v) for k, v in m.items()} for m in metrics], f, indent=1)
+            f.write("\n")
+    return paths
+
+
+def _write_csv(path: str, rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in fields})
+
+
+def write_evaluation(
+    rows: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    threshold_split: str = "train",
+    report_splits: Sequence[str] = ("test",),
+) -> list[dict[str, Any]]:
+    """Compute :func:`site_metrics`, write predictions and metrics (CSV and JSON), log a summary, return metrics.
+
+    Example (``configs/evaluate.json``)::
+
+        "run": ["$monai_medl.bundle.evaluate_modes(@validate#evaluator, @modes)",
+                "$monai_medl.bundle.write_evaluation(@evaluate#collector.rows, @output_dir)"]
+    """
+    metrics = site_metrics(rows, threshold_split=threshold_split, report_splits=report_splits)
+    paths = write_predictions(rows, output_dir, metrics)
+    log = logging.getLogger(__name__)
+    for m in metrics:
+        if m["group"] != "site":
+            log.info(
+                f"{m['mode']:>10} {m['group']:>7}: n={m['n']:4d} AUROC={m['auroc']:.3f} "
+                f"balanced accuracy={m['balanced_accuracy']:.3f} (threshold {m['threshold']:.3f} from training scans)"
+            )
+    log.info(f"per-scan predictions: {paths['predictions']}; metrics: {paths['metrics_csv']}, {paths['metrics_json']}")
+    return metrics

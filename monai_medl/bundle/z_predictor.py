@@ -1,0 +1,34 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""A trained site classifier as the ``z_predictor`` of :class:`~monai_medl.engines.MixedEffectsPrepareBatch`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["SoftDesign"]
+
+
+class SoftDesign:
+    """Soft design vector ``z`` = softmax of a site classifier's logits, computed in eval mode without gradients.
+
+    Wraps any network that maps an input batch to ``(batch, num_sites)`` logits (e.g. a ``SmallCNN`` trained by
+    :class:`~monai_medl.handlers.ClusterPredictorHandler`) so it can be passed as ``z_predictor``; the network is
+    put in eval mode at every call (batch-norm statistics, no dropout), so a predictor that was just trained is
+    used correctly.
+
+    Args:
+        network: the site classifier.
+
+    Example::
+
+        >>> prepare = MixedEffectsPrepareBatch(num_clusters=6, mode="inferred", z_predictor=SoftDesign(site_cnn))
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        self.network = network
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.network.eval()
+        with torch.no_grad():
+            return torch.softmax(self.network(x), dim=1)
