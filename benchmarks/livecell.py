@@ -15,9 +15,11 @@ branches and the adversary differ), all :class:`~monai_medl.networks.nets.MixedE
 Every model is trained in a plain MONAI ``SupervisedTrainer`` with :class:`MixedEffectsPrepareBatch` and
 :class:`MixedEffectsAutoEncoderLoss`. Metric: phenotype AUROC of the model's prediction (``y_M``; the FE-only models'
 single head) on held-out tiles of seen batches (one-hot ``z``) and on unseen batches (``z = 0``, population).
-``extra``: reconstruction MSE of the model's reconstruction (seen / unseen), Davies-Bouldin and Calinski-Harabasz
-of the z-scored FE latents of the training tiles by batch (RE latent for ``re_only``, which has no FE latent),
-and a logistic-regression batch probe on those latents (cross-validated accuracy; chance = 1/6).
+``extra``: reconstruction MSE (x 1000) of the model's reconstruction (seen: RE branch with ``z`` when present;
+unseen: the population-level reconstruction, i.e. the FE decoder, or the RE decoder at ``z = 0`` for ``re_only``),
+Davies-Bouldin and Calinski-Harabasz of the z-scored FE latents of the training tiles by batch (RE latent for
+``re_only``, which has no FE latent), and a logistic-regression batch probe on those latents (cross-validated
+accuracy; chance = 1/6).
 
 Run ``python -m benchmarks.livecell [--quick] [--out DIR]``.
 """
@@ -175,8 +177,8 @@ def run(quick: bool, seeds: list[int], epochs: int, tiles_per_batch: int) -> dic
             values = {
                 "seen_auroc": seen["auroc"],
                 "unseen_auroc": unseen["auroc"],
-                "mse_seen": seen["mse"],
-                "mse_unseen": unseen["mse"],
+                "mse_seen_x1000": 1000 * seen["mse"],
+                "mse_unseen_x1000": 1000 * unseen["mse"],
                 "davies_bouldin": mixing["davies_bouldin"],
                 "calinski_harabasz": mixing["calinski_harabasz"],
                 "batch_probe_acc": batch_probe_accuracy(train["latent"], data.batch[train_idx], seed=seed),
@@ -204,11 +206,12 @@ def run(quick: bool, seeds: list[int], epochs: int, tiles_per_batch: int) -> dic
 
 NOTES = """
 How to read: seen/unseen = phenotype AUROC of the model's prediction (y_M for the two-branch models) on held-out
-tiles of training batches (one-hot z) and of the two unseen batches (z = 0). mse_* = reconstruction MSE of the
-model's reconstruction (RE decoder with z for re_only/me*, FE decoder otherwise). davies_bouldin /
-calinski_harabasz / batch_probe_acc describe the training tiles' FE latents grouped by imaging batch (RE latent for
-re_only): higher Davies-Bouldin, lower Calinski-Harabasz and a probe accuracy near 1/6 mean a batch-invariant
-latent. The phenotype is a measured elongation of one real cell re-rendered many times (see
+tiles of training batches (one-hot z) and of the two unseen batches (z = 0). mse_*_x1000 = 1000 x reconstruction MSE
+of the model's reconstruction (seen: RE decoder with the one-hot z for re_only/me*, FE decoder for the FE-only
+models; unseen, z = 0: the FE decoder for every model with an FE branch, the population RE decoder for re_only).
+davies_bouldin / calinski_harabasz / batch_probe_acc describe the training tiles' FE latents grouped by imaging
+batch (RE latent for re_only): higher Davies-Bouldin, lower Calinski-Harabasz and a probe accuracy near 1/6 mean a
+batch-invariant latent. The phenotype is a measured elongation of one real cell re-rendered many times (see
 monai_medl/data/livecell.py), so it is an honest morphology read-out but not a biological cell state.
 """
 

@@ -77,9 +77,16 @@ def test_fixed_effects_branch_ignores_z_and_population_equals_no_z():
     assert torch.equal(a.fixed, b.fixed) and torch.equal(a.reconstruction_fixed, b.reconstruction_fixed)
     assert not torch.allclose(a.reconstruction, b.reconstruction)
     assert not torch.allclose(a.mixed, b.mixed)
-    # z = 0 is exactly the population path (z = None)
+    # z = 0 is exactly the population path (z = None); its reconstruction is the FE one, row by row
     assert torch.allclose(none.reconstruction, zero.reconstruction, atol=1e-6)
     assert torch.allclose(none.mixed, zero.mixed, atol=1e-6)
+    assert torch.equal(zero.reconstruction, zero.reconstruction_fixed)
+    part = _design(3)
+    part[1] = 0
+    with eval_mode(net):
+        rows = net.forward_all(x, part)
+    assert torch.equal(rows.reconstruction[1], rows.reconstruction_fixed[1])
+    assert torch.equal(rows.reconstruction[[0, 2]], a.reconstruction[[0, 2]])
 
 
 def test_counterfactual_with_own_batch_is_the_reconstruction():
@@ -99,11 +106,16 @@ def test_torchscript_roundtrip(tmp_path):
             ),
             torch.rand(2, 1, 8, 8, 8),
         ),
+        (
+            MixedEffectsAutoEncoder(spatial_dims=2, in_shape=(1, 8, 8), num_clusters=K, channels=(4,), strides=(2,)),
+            torch.rand(2, 1, 8, 8),
+        ),
         (MixedEffectsVectorAutoEncoder(in_features=12, num_clusters=K, random_effects=False), torch.randn(2, 12)),
     ]:
         with eval_mode(net):
             ts = convert_to_torchscript(net, tmp_path / "m.ts", verify=True, inputs=[x], device="cpu")
             assert torch.allclose(ts(x, _design(2)), net(x, _design(2)), atol=1e-6)
+            assert torch.allclose(ts(x, torch.zeros(2, K)), net(x), atol=1e-6)
 
 
 def test_bad_configurations_and_inputs_raise():

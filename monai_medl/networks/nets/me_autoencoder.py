@@ -27,7 +27,9 @@ class MixedEffectsAutoEncoderOutput(NamedTuple):
         fixed: ``y_F`` logits, classifier on the FE latent alone.
         features: FE encoder activations (pooled per stage) and the FE latent, for the adversary.
         log_noise_scale: always None (kept for the loss contract).
-        reconstruction: the model's reconstruction (RE branch, using ``z``, when present; else FE).
+        reconstruction: the model's reconstruction: RE branch with ``z`` for rows with a non-zero ``z``; the FE
+            (population-level) reconstruction for rows with ``z = 0`` or ``z`` None, or without an RE branch
+            (without an FE branch, the RE branch at ``z = 0``).
         reconstruction_fixed: FE reconstruction (batch-invariant latent; the RE one when there is no FE branch).
         latent_fixed: FE latent ``(batch, latent_size)`` or None without an FE branch.
         latent_random: RE latent or None without an RE branch.
@@ -71,12 +73,15 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
       (batch-specific appearance, learned with a KL penalty towards a zero-mean prior).
 
     A classifier on the FE latent gives ``y_F`` (:attr:`fixed`) and one on the concatenated latents ``y_M``
-    (:attr:`mixed`). :meth:`forward` returns ``y_M`` logits (the ordinary tensor MONAI engines, metrics and
-    TorchScript see); reconstructions and latents are in :attr:`latest_output` (eager) or :meth:`forward_all`.
-    Unseen batches use the same modes as the ME classifiers: ``z = 0`` (population: plain instance norm in the RE
-    branch), a soft ``z`` from a cluster predictor, or a random one-hot row (ablation). :meth:`counterfactual`
-    decodes an image as if acquired in another batch. ``fixed_effects=False`` or ``random_effects=False`` give the
-    single-branch ablations (RE-only; conventional or domain-adversarial autoencoder).
+    (:attr:`mixed`). The model's reconstruction uses the RE branch with the item's ``z``; at population level
+    (``z = 0`` or None, e.g. an unseen batch) it is the FE reconstruction, as the mixed prediction of an ME classifier
+    falls back to its fixed effects. :meth:`forward` returns ``y_M`` logits (the ordinary tensor MONAI engines,
+    metrics and TorchScript see); reconstructions and latents are in :attr:`latest_output` (eager) or
+    :meth:`forward_all`. Unseen batches use the same modes as the ME classifiers: ``z = 0`` (population: plain
+    instance norm in the RE branch), a soft ``z`` from a cluster predictor, or a random one-hot row (ablation).
+    :meth:`counterfactual` decodes an image as if acquired in another batch. ``fixed_effects=False`` or
+    ``random_effects=False`` give the single-branch ablations (RE-only; conventional or domain-adversarial
+    autoencoder).
 
     Args:
         spatial_dims: number of spatial dimensions (1, 2 or 3).
@@ -213,6 +218,13 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
             joint = latent_random if latent_fixed is None else torch.cat([latent_fixed, latent_random], dim=1)
             if clf_m is not None:
                 y_mixed = clf_m.forward(joint)
+            if recon_fixed is not None:
+                # population level (z None or an all-zero row): the fixed-effects reconstruction
+                if z is None:
+                    recon = recon_fixed
+                else:
+                    population = (z.abs().sum(1) == 0).view([x.shape[0]] + [1] * (x.dim() - 1))
+                    recon = torch.where(population, recon_fixed, recon)
         if recon is None:
             recon = recon_fixed
         if recon_fixed is None:
@@ -234,7 +246,7 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
 
     @torch.jit.unused
     def reconstruct(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """The model's reconstruction of ``x`` (RE branch with ``z`` when present, else FE)."""
+        """The model's reconstruction of ``x`` (RE branch with ``z``; FE for rows with ``z = 0`` or None)."""
         return self.forward_all(x, z).reconstruction
 
     @torch.jit.unused
