@@ -86,3 +86,6 @@ def test_pipeline_batches_and_prepare_batch_feeds_the_network():
     assert "mask" not in MultimodalPrepareBatch(3)(batch)[3]
     with pytest.raises(KeyError, match=r"covariate key\(s\) \['bmi'\]"):
         MultimodalPrepareBatch(3, covariates_key=["age", "bmi"])(batch)
+    assert (
+        "covariates" not in MultimodalPrepareBatch(3, covariates_key=["bmi"], allow_missing_covariates=True)(batch)[3]
+    )

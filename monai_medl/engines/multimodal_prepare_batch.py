@@ -31,6 +31,9 @@ class MultimodalPrepareBatch(MixedEffectsPrepareBatch):
         site_key: site index key. Defaults to ``"site"``.
         mask_key: modality mask key (None to never pass a mask). Defaults to ``"modality_mask"``.
         covariates_key: covariate key(s), or None for a network without covariates. Defaults to None.
+        allow_missing_covariates: pass no covariates (the network's covariate branch is then absent) when a batch
+            lacks a covariate key, e.g. scans from a folder without a table, instead of raising a KeyError.
+            Defaults to False.
         mode: ``"mixed"``, ``"population"``, ``"inferred"`` or ``"randomized"`` (see the parent). Defaults to
             ``"mixed"``.
         z_predictor: soft-``z`` predictor for unseen sites. Defaults to None.
@@ -50,6 +53,7 @@ class MultimodalPrepareBatch(MixedEffectsPrepareBatch):
         site_key: str = "site",
         mask_key: str | None = "modality_mask",
         covariates_key: str | Sequence[str] | None = None,
+        allow_missing_covariates: bool = False,
         mode: str = "mixed",
         z_predictor: Callable[[torch.Tensor], torch.Tensor] | None = None,
         seed: int = 0,
@@ -57,10 +61,13 @@ class MultimodalPrepareBatch(MixedEffectsPrepareBatch):
         super().__init__(num_clusters, image_key, label_key, site_key, mode, z_predictor, seed)
         self.mask_key = mask_key
         self.covariates_key = covariates_key
+        self.allow_missing_covariates = allow_missing_covariates
 
-    def _covariates(self, batchdata: dict, device, non_blocking: bool) -> torch.Tensor:
+    def _covariates(self, batchdata: dict, device, non_blocking: bool) -> torch.Tensor | None:
         keys = [self.covariates_key] if isinstance(self.covariates_key, str) else list(self.covariates_key)
         missing = [k for k in keys if k not in batchdata]
+        if missing and self.allow_missing_covariates:
+            return None
         if missing:
             raise KeyError(f"batch has no covariate key(s) {missing}; available keys: {sorted(batchdata)}.")
         parts = [torch.as_tensor(batchdata[k], dtype=torch.float32) for k in keys]
@@ -75,5 +82,7 @@ class MultimodalPrepareBatch(MixedEffectsPrepareBatch):
         if self.mask_key is not None and self.mask_key in batchdata:
             extra["mask"] = torch.as_tensor(batchdata[self.mask_key]).to(device=device, non_blocking=non_blocking)
         if self.covariates_key is not None:
-            extra["covariates"] = self._covariates(batchdata, device, non_blocking)
+            covariates = self._covariates(batchdata, device, non_blocking)
+            if covariates is not None:
+                extra["covariates"] = covariates
         return image, label, args, extra

@@ -362,8 +362,12 @@ class MultimodalMixedEffectsCNN(MixedEffectsNet):
         return int(sum(self.feature_sizes))
 
     @torch.jit.unused
-    def make_adversary(self, hidden: Sequence[int] = (64, 32), act: str | tuple = "relu", dropout: float = 0.0):
-        """A :class:`~monai_medl.networks.nets.ClusterAdversary` sized for every branch's pooled activations."""
+    def make_adversary(self, hidden: Sequence[int] = (64, 32), act: str | tuple = "leakyrelu", dropout: float = 0.0):
+        """A :class:`~monai_medl.networks.nets.ClusterAdversary` sized for every branch's pooled activations.
+
+        Leaky ReLU by default, as :meth:`MixedEffectsCNN.make_adversary` (dead ReLU units let the encoders silence
+        the adversary without removing site information).
+        """
         return ClusterAdversary(self.adversary_in_features, self.num_clusters, hidden=hidden, act=act, dropout=dropout)
 
     def presence(

@@ -1,0 +1,373 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""Multimodal MRI (T1 + FLAIR): single-modality vs early-fusion vs the multimodal mixed-effects network.
+
+Data: :func:`monai_medl.data.cohort.generate_mri_cohort` with ``modalities=("t1", "flair")`` (MNI152 anatomy,
+disease = medial-temporal atrophy + ventricular enlargement seen by both contrasts + periventricular white-matter
+hyperintensities that FLAIR shows best; site effects per modality; the six seen sites confound disease with site,
+the two unseen sites are balanced). One cohort per seed. Two scenarios on the same cohort:
+
+- ``complete``: every subject has both contrasts;
+- ``missing_site``: FLAIR was never acquired at one seen site (``site_b``: its training, validation and test
+  subjects have T1 only). Models taking FLAIR must cope: the multimodal network through its presence mask, early
+  fusion by a zero-filled FLAIR channel (the usual fallback; an imputation), the FLAIR-only model by never seeing
+  those subjects (it cannot predict them: they are left out of its seen-site score).
+
+Models (same SmallCNN encoder per modality, optimiser, epochs, batch size and loss weights; trained in a MONAI
+``SupervisedTrainer`` with the monai_medl loss, prepare_batch and adversary handler):
+
+- ``me_t1`` / ``me_flair``: :class:`~monai_medl.networks.nets.MixedEffectsCNN` on one contrast (adversary, random
+  slopes and intercept); ``me_best_single``: per seed, whichever of the two has the higher validation AUROC
+  (seen-site validation split: the choice never looks at the test sites);
+- ``conventional_early_fusion``: SmallCNN on both contrasts stacked as channels, plain BCE, no site information;
+- ``me_early_fusion``: MixedEffectsCNN on the stacked channels (adversary, random effects);
+- ``me_multimodal``: :class:`~monai_medl.networks.nets.MultimodalMixedEffectsCNN`, one encoder per contrast,
+  concatenation fusion, per-branch random slopes, ME head, adversary on both branches' taps, modality dropout;
+- ``me_multimodal_attention``: the same with gated-attention fusion.
+
+Metric: AUROC on held-out subjects of the seen sites (mixed prediction with the one-hot ``z``; population for the
+conventional model) and on the unseen sites (population prediction, ``z = 0``). ``extra``: balanced accuracy at the
+training-set Youden threshold (seen / unseen), ``unseen_t1_only``: unseen-site AUROC when FLAIR is withheld at test
+time from every subject (mask for the multimodal networks, zero-filled channel for early fusion), the graceful-
+degradation figure, and training seconds. Results of the ``missing_site`` scenario carry the suffix
+``+missing_site``.
+
+Run ``python -m benchmarks.multimodal [--quick] [--out DIR] [--cache DIR]``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import DataLoader, Dataset
+from monai.engines import SupervisedTrainer
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, NormalizeIntensityd, Resized
+from monai.utils import set_determinism
+from sklearn.metrics import roc_auc_score
+
+from benchmarks._common import benchmark_parser, summarize, write_results
+from monai_medl.data.cohort import generate_mri_cohort
+from monai_medl.data.datalist import load_datalist
+from monai_medl.engines import MixedEffectsPrepareBatch, MultimodalPrepareBatch
+from monai_medl.handlers import AdversaryHandler
+from monai_medl.losses import MixedEffectsLoss
+from monai_medl.metrics.site_metrics import compute_site_metrics, youden_threshold
+from monai_medl.networks.nets import MixedEffectsCNN, MultimodalMixedEffectsCNN, SmallCNN
+from monai_medl.transforms import SiteVocabulary
+
+__all__ = ["MODELS", "default_config", "load_cohort", "train_model", "predict", "run_seed", "run", "main"]
+
+NAME = "multimodal"
+MODALITIES = ("t1", "flair")
+MODELS: dict[str, dict[str, Any]] = {
+    "me_t1": {"kind": "me_cnn", "inputs": ("t1",)},
+    "me_flair": {"kind": "me_cnn", "inputs": ("flair",)},
+    "conventional_early_fusion": {"kind": "conventional", "inputs": MODALITIES},
+    "me_early_fusion": {"kind": "me_cnn", "inputs": MODALITIES},
+    "me_multimodal": {"kind": "multimodal", "inputs": MODALITIES, "fusion": "concat"},
+    "me_multimodal_attention": {"kind": "multimodal", "inputs": MODALITIES, "fusion": "attention"},
+}
+SCENARIOS = ("complete", "missing_site")
+
+
+def default_config(quick: bool = False) -> dict[str, Any]:
+    """Everything that defines a run (written into the results file)."""
+    return {
+        "seeds": [0] if quick else [0, 1, 2, 3, 4],
+        "cohort": {
+            "num_subjects": 160 if quick else 240,
+            "sites": 6,
+            "unseen_sites": 2,
+            "spatial_size": [48, 48, 48],
+            "spacing": [4.0, 4.0, 4.0],
+            "disease_strength": 0.3,
+        },
+        "missing_site": "site_b",
+        "spatial_size": [32, 32, 32],
+        "channels": [8, 16, 32, 64],
+        "epochs": 6 if quick else 20,
+        "batch_size": 16,
+        "lr": 1e-3,
+        "lambda_g": 0.1,
+        "kl_weight": 1e-3,
+        "modality_dropout": 0.25,
+        "adversary_hidden": [64, 32],
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------- data
+def load_cohort(cfg: dict[str, Any], seed: int, cache_dir: str) -> dict[str, Any]:
+    """Generate (once) the two-contrast cohort of ``seed`` and load it into memory at ``cfg["spatial_size"]``.
+
+    Returns arrays ``t1``/``flair`` (``(n, 1, *size)`` float32, z-scored per volume), ``label``, ``site`` (names),
+    ``split`` (``training``/``validation``/``test``) and the seen sites.
+    """
+    tag = f"n{cfg['cohort']['num_subjects']}_d{cfg['cohort']['disease_strength']:g}"
+    out = os.path.join(cache_dir, f"cohort_seed{seed}_{tag}")
+    datalist = generate_mri_cohort(out, seed=seed, modalities=MODALITIES, **cfg["cohort"])
+    cache = os.path.join(out, f"arrays_{'x'.join(map(str, cfg['spatial_size']))}.npz")
+    if os.path.isfile(cache):
+        with np.load(cache, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    keys = ["image", "flair"]
+    xform = Compose(
+        [
+            LoadImaged(keys, image_only=True),
+            EnsureChannelFirstd(keys),
+            Resized(keys, spatial_size=cfg["spatial_size"], mode="area"),
+            NormalizeIntensityd(keys),
+        ]
+    )
+    arrays: dict[str, list] = {"t1": [], "flair": [], "label": [], "site": [], "split": []}
+    for section in ("training", "validation", "test"):
+        for entry in load_datalist(datalist, section, image_keys=keys, num_classes=2, check_voxels=False):
+            d = xform({k: entry[k] for k in keys})
+            arrays["t1"].append(np.asarray(d["image"], np.float32))
+            arrays["flair"].append(np.asarray(d["flair"], np.float32))
+            arrays["label"].append(int(entry["label"]))
+            arrays["site"].append(str(entry["site"]))
+            arrays["split"].append(section)
+    data = {k: np.stack(v) if k in ("t1", "flair") else np.asarray(v) for k, v in arrays.items()}
+    data["seen_sites"] = np.asarray(sorted({s for s, sp in zip(data["site"], data["split"]) if sp == "training"}))
+    np.savez(cache, **data)
+    return data
+
+
+def has_flair(data: dict[str, Any], scenario: str, missing_site: str) -> np.ndarray:
+    """Whether each subject has FLAIR in ``scenario`` (all, or all but the subjects of ``missing_site``)."""
+    if scenario == "complete":
+        return np.ones(len(data["label"]), bool)
+    return data["site"] != missing_site
+
+
+def _items(data, idx, inputs: Sequence[str], flair: np.ndarray, vocab: SiteVocabulary) -> list[dict]:
+    """``{"image", "modality_mask", "label", "site"}`` dictionaries; an absent FLAIR is a zero channel."""
+    items = []
+    for i in idx:
+        parts, mask = [], []
+        for m in inputs:
+            present = m == "t1" or bool(flair[i])
+            parts.append(data[m][i] if present else np.zeros_like(data[m][i]))
+            mask.append(float(present))
+        items.append(
+            {
+                "image": torch.from_numpy(np.concatenate(parts)),
+                "modality_mask": torch.tensor(mask),
+                "label": torch.tensor([float(data["label"][i])]),
+                "site": vocab.index(str(data["site"][i])),
+            }
+        )
+    return items
+
+
+# --------------------------------------------------------------------------------------------------------- models
+def build_model(spec: dict[str, Any], cfg: dict[str, Any], num_sites: int) -> torch.nn.Module:
+    """The network of one benchmark model (3D SmallCNN encoders of ``cfg["channels"]``)."""
+    backbone = {"_target_": "monai_medl.networks.nets.SmallCNN", "spatial_dims": 3, "channels": cfg["channels"]}
+    n_in = len(spec["inputs"])
+    if spec["kind"] == "conventional":
+        return SmallCNN(3, in_channels=n_in, out_channels=1, channels=cfg["channels"])
+    if spec["kind"] == "me_cnn":
+        return MixedEffectsCNN(num_sites, {**backbone, "in_channels": n_in}, probe_size=cfg["spatial_size"])
+    return MultimodalMixedEffectsCNN(
+        num_sites,
+        modalities=spec["inputs"],
+        backbone=backbone,
+        fusion=spec["fusion"],
+        modality_dropout=cfg["modality_dropout"],
+        probe_size=cfg["spatial_size"],
+    )
+
+
+def train_model(
+    spec: dict[str, Any], cfg: dict[str, Any], items: list[dict], num_sites: int, seed: int
+) -> tuple[torch.nn.Module, float]:
+    """Train one model in a MONAI ``SupervisedTrainer``; return it in eval mode and the training seconds."""
+    set_determinism(seed)
+    net = build_model(spec, cfg, num_sites)
+    loader = DataLoader(
+        Dataset(items),
+        batch_size=cfg["batch_size"],
+        shuffle=True,
+        num_workers=0,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    handlers, prepare = [], None
+    if spec["kind"] == "conventional":
+        loss = torch.nn.BCEWithLogitsLoss()
+    else:
+        loss = MixedEffectsLoss(net, task="bce", kl_weight=cfg["kl_weight"])
+        adversary = net.make_adversary(hidden=cfg["adversary_hidden"])
+        handlers.append(
+            AdversaryHandler(adversary, torch.optim.Adam(adversary.parameters(), cfg["lr"]), cfg["lambda_g"])
+        )
+        batch_cls = MultimodalPrepareBatch if spec["kind"] == "multimodal" else MixedEffectsPrepareBatch
+        prepare = batch_cls(num_sites)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=cfg["epochs"],
+        train_data_loader=loader,
+        network=net,
+        optimizer=torch.optim.Adam(net.parameters(), cfg["lr"]),
+        loss_function=loss,
+        train_handlers=handlers,
+        **({"prepare_batch": prepare} if prepare is not None else {}),
+    )
+    start = time.perf_counter()
+    trainer.run()
+    set_determinism(None)
+    return net.eval(), time.perf_counter() - start
+
+
+@torch.no_grad()
+def predict(net: torch.nn.Module, spec: dict[str, Any], items: list[dict], num_sites: int) -> np.ndarray:
+    """Probabilities: mixed prediction with one-hot ``z`` for seen sites, population (``z = 0``) for unseen ones."""
+    if not items:
+        return np.zeros(0)
+    x = torch.stack([it["image"] for it in items])
+    if spec["kind"] == "conventional":
+        logits = net(x)
+    else:
+        sites = torch.tensor([it["site"] for it in items])
+        z = MixedEffectsPrepareBatch(num_sites).design(sites, x)
+        if spec["kind"] == "multimodal":
+            logits = net(x, z, torch.stack([it["modality_mask"] for it in items]))
+        else:
+            logits = net(x, z)
+    return torch.sigmoid(logits).reshape(-1).numpy()
+
+
+def _auroc(y: np.ndarray, prob: np.ndarray) -> float:
+    return float(roc_auc_score(y, prob))
+
+
+def _withhold_flair(items: list[dict], inputs: Sequence[str]) -> list[dict]:
+    """The same subjects with FLAIR withheld (mask 0 and a zero channel)."""
+    j = list(inputs).index("flair")
+    out = []
+    for it in items:
+        image, mask = it["image"].clone(), it["modality_mask"].clone()
+        image[j], mask[j] = 0.0, 0.0
+        out.append({**it, "image": image, "modality_mask": mask})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ protocol
+def run_seed(cfg: dict[str, Any], seed: int, cache_dir: str, log=print) -> dict[str, dict[str, float]]:
+    """Every model in both scenarios for one seed: ``{model_key: {metric: value}}``."""
+    data = load_cohort(cfg, seed, cache_dir)
+    vocab = SiteVocabulary(data["seen_sites"].tolist())
+    num_sites = vocab.num_sites
+    split, site = data["split"], data["site"]
+    unseen = ~np.isin(site, data["seen_sites"])
+    results: dict[str, dict[str, float]] = {}
+    for scenario in SCENARIOS:
+        flair = has_flair(data, scenario, cfg["missing_site"])
+        for name in cfg.get("models", MODELS):
+            spec = MODELS[name]
+            key = name if scenario == "complete" else f"{name}+missing_site"
+            if name == "me_t1" and scenario != "complete":
+                results[key] = dict(results[name])  # T1 data are identical in both scenarios
+                continue
+            usable = flair if spec["inputs"] == ("flair",) else np.ones_like(flair)
+            sel = {s: np.flatnonzero((split == s) & usable) for s in ("training", "validation", "test")}
+            items = {s: _items(data, idx, spec["inputs"], flair, vocab) for s, idx in sel.items()}
+            net, seconds = train_model(spec, cfg, items["training"], num_sites, seed)
+            scores = {s: predict(net, spec, items[s], num_sites) for s in items}
+            labels = {s: data["label"][idx] for s, idx in sel.items()}
+            threshold = youden_threshold(labels["training"], scores["training"])
+            test_sites = [it["site"] for it in items["test"]]
+            metrics = compute_site_metrics(labels["test"], scores["test"], test_sites, threshold=threshold)
+            row = {
+                "seen_auroc": metrics["seen"]["auroc"],
+                "unseen_auroc": metrics["unseen"]["auroc"],
+                "seen_balanced_accuracy": metrics["seen"]["balanced_accuracy"],
+                "unseen_balanced_accuracy": metrics["unseen"]["balanced_accuracy"],
+                "val_auroc": _auroc(labels["validation"], scores["validation"]),
+                "train_seconds": seconds,
+            }
+            if "flair" in spec["inputs"] and "t1" in spec["inputs"]:
+                test_unseen = [it for it, u in zip(items["test"], unseen[sel["test"]]) if u]
+                prob = predict(net, spec, _withhold_flair(test_unseen, spec["inputs"]), num_sites)
+                y = data["label"][sel["test"]][unseen[sel["test"]]]
+                row["unseen_t1_only"] = _auroc(y, prob)
+            results[key] = row
+            log(f"seed {seed} {key}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
+        suffix = "" if scenario == "complete" else "+missing_site"
+        if f"me_flair{suffix}" not in results or "me_t1" not in results:
+            continue
+        best = max(("me_t1", "me_flair"), key=lambda m: results[m + suffix]["val_auroc"])
+        results["me_best_single" + suffix] = {**results[best + suffix], "chose_flair": float(best == "me_flair")}
+    return results
+
+
+def _summaries(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
+    order = [
+        "me_t1",
+        "me_flair",
+        "me_best_single",
+        "conventional_early_fusion",
+        "me_early_fusion",
+        "me_multimodal",
+        "me_multimodal_attention",
+    ]
+    keys = order + [f"{m}+missing_site" for m in order]
+    models = {}
+    for key in keys:
+        rows = [r[key] for r in per_seed]
+        extra: dict[str, Any] = {}
+        for metric in rows[0]:
+            if metric in ("seen_auroc", "unseen_auroc"):
+                continue
+            s = summarize([r[metric] for r in rows])
+            extra[metric] = s["mean"]
+            extra[f"{metric}_ci95"] = s["ci95"]
+        models[key] = {
+            "seen": summarize([r["seen_auroc"] for r in rows]),
+            "unseen": summarize([r["unseen_auroc"] for r in rows]),
+            "extra": extra,
+        }
+    return models
+
+
+NOTES = """
+How to read: seen = AUROC on held-out subjects of the six training sites (mixed prediction, one-hot z; the
+conventional model has no z); unseen = AUROC on the two held-out sites (population prediction, z = 0). Mean [95% CI]
+over seeds (one cohort and one training run per seed). unseen_t1_only = unseen-site AUROC with FLAIR withheld from
+every test subject (presence mask for the multimodal networks, a zero channel for early fusion): the difference
+to `unseen` is the cost of losing FLAIR at test time. `+missing_site` = FLAIR never acquired at site_b (training,
+validation and test); me_flair then never sees site_b and its seen score excludes site_b subjects. me_best_single
+picks, per seed, the single-contrast model with the higher seen-site validation AUROC (chose_flair = how often
+FLAIR won). val_auroc = seen-site validation AUROC (mixed prediction).
+"""
+
+
+def run(quick: bool = False, out_dir=None, cache_dir: str | None = None, log=print) -> dict[str, Any]:
+    """Run the benchmark and write ``<out_dir>/multimodal.json`` and ``.md``."""
+    torch.set_num_threads(1)
+    cfg = default_config(quick)
+    cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "monai_medl_benchmarks", NAME)
+    os.makedirs(cache_dir, exist_ok=True)
+    start = time.perf_counter()
+    per_seed = [run_seed(cfg, seed, cache_dir, log) for seed in cfg["seeds"]]
+    cfg = {**cfg, "models": MODELS, "wall_seconds": round(time.perf_counter() - start, 1)}
+    kwargs = {"out_dir": out_dir} if out_dir is not None else {}
+    return write_results(
+        NAME, quick, "auroc", len(cfg["seeds"]), _summaries(per_seed), cfg, cfg["seeds"], notes=NOTES, **kwargs
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = benchmark_parser(__doc__.splitlines()[1])
+    parser.add_argument("--cache", default=None, help="folder for the generated cohorts (default: a temp folder)")
+    args = parser.parse_args(argv)
+    return run(quick=args.quick, out_dir=args.out, cache_dir=args.cache)
+
+
+if __name__ == "__main__":
+    main()
