@@ -3,23 +3,20 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from . import datalist, splits
 from .datalist import *  # noqa: F403
 from .splits import *  # noqa: F403
 
-__all__ = [*datalist.__all__, *splits.__all__, "generate_mri_cohort", "load_tissue_template"]
+# imported on first use, so that ``python -m monai_medl.data.cohort`` does not import the module twice
+_LAZY = {"generate_mri_cohort": ".cohort", "load_tissue_template": ".template"}
+
+__all__ = [*datalist.__all__, *splits.__all__, *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
-    # imported on first use, so that ``python -m monai_medl.data.cohort`` does not import the module twice
-    if name == "generate_mri_cohort":
-        from .cohort import generate_mri_cohort
-
-        return generate_mri_cohort
-    if name == "load_tissue_template":
-        from .template import load_tissue_template
-
-        return load_tissue_template
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
