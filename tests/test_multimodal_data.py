@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -91,20 +89,3 @@ def test_pipeline_batches_and_prepare_batch_feeds_the_network():
     assert (
         "covariates" not in MultimodalPrepareBatch(3, covariates_key=["bmi"], allow_missing_covariates=True)(batch)[3]
     )
-
-
-def test_bundle_site_data_resolves_every_modality_path(tmp_path):
-    from monai_medl.bundle import inference_datalist, prepare_site_data
-
-    entry = {"image": "img/a_t1.nii.gz", "flair": "img/a_flair.nii.gz", "label": 1, "site": "s1"}
-    no_flair = {"image": "img/b_t1.nii.gz", "label": 0, "site": "s2"}
-    sections = {"training": [entry, no_flair], "validation": [entry], "test": [no_flair]}
-    (tmp_path / "datalist.json").write_text(json.dumps(sections))
-    data = prepare_site_data(tmp_path / "datalist.json", tmp_path / "vocab.json", image_keys=("image", "flair"))
-    assert data.training[0]["flair"] == str(tmp_path / "img" / "a_flair.nii.gz")
-    assert data.training[0]["image"] == str(tmp_path / "img" / "a_t1.nii.gz") and "flair" not in data.training[1]
-    items = inference_datalist(tmp_path / "datalist.json", data.vocabulary, section="validation", image_keys=["flair"])
-    assert items[0]["flair"] == str(tmp_path / "img" / "a_flair.nii.gz")
-    # without image_keys only "image" is resolved (MONAI's own behaviour)
-    plain = prepare_site_data(tmp_path / "datalist.json", tmp_path / "vocab.json")
-    assert plain.training[0]["flair"] == "img/a_flair.nii.gz"

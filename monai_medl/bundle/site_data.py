@@ -41,7 +41,6 @@ def load_split(
     split: str | None = None,
     required_keys: Sequence[str] = ("image", "site"),
     base_dir: str | os.PathLike | None = None,
-    image_keys: Sequence[str] = ("image",),
 ) -> list[dict[str, Any]]:
     """Entries of one section of a MONAI datalist JSON, with paths made absolute and a ``split`` tag.
 
@@ -52,8 +51,6 @@ def load_split(
         split: value of the ``split`` key added to each entry. Defaults to ``key``.
         required_keys: keys every entry must have. Defaults to ``("image", "site")``.
         base_dir: directory of relative paths. Defaults to the datalist's directory.
-        image_keys: keys holding image paths (one per modality, e.g. ``("image", "flair")``); a key may be absent
-            from an entry (a modality not acquired there). Defaults to ``("image",)``.
 
     Raises:
         ValueError: naming the file when the section is missing or an entry lacks a required key.
@@ -70,10 +67,6 @@ def load_split(
                 f"every entry needs {list(required_keys)} (keys found: {sorted(item)})."
             )
         item["split"] = split or key
-        for k in image_keys:  # MONAI resolves "image" only
-            if k != "image" and isinstance(item.get(k), str) and item[k] and not os.path.isabs(item[k]):
-                root = os.fspath(base_dir) if base_dir is not None else os.path.dirname(os.path.abspath(datalist_file))
-                item[k] = os.path.normpath(os.path.join(root, item[k]))
     return items
 
 
@@ -129,7 +122,6 @@ def prepare_site_data(
     validation_key: str = "validation",
     test_key: str | None = "test",
     site_key: str = "site",
-    image_keys: Sequence[str] = ("image",),
 ) -> SiteData:
     """Load (and on first run generate) a site-aware datalist; fit or load the site vocabulary.
 
@@ -152,8 +144,6 @@ def prepare_site_data(
         fitters: callables ``fn(training_entries)`` run when ``fit`` (on rank 0); each writes its own file.
         training_key, validation_key, test_key: datalist sections (``test_key`` None or absent: no test split).
         site_key: the site key of the entries. Defaults to ``"site"``.
-        image_keys: image keys whose relative paths are resolved (``"image"`` plus e.g. ``"flair"`` for several
-            modalities; modalities other than ``"image"`` may be absent from an entry). Defaults to ``("image",)``.
 
     Raises:
         FileNotFoundError: naming the missing datalist or vocabulary file and how to provide it.
@@ -177,20 +167,14 @@ def prepare_site_data(
             if not os.path.isfile(datalist_file):
                 raise FileNotFoundError(f"cohort generation did not create the datalist {datalist_file!r}.")
     _barrier()
-    training = load_split(
-        datalist_file, training_key, split="train", required_keys=("image", "label", site_key), image_keys=image_keys
-    )
-    validation = load_split(
-        datalist_file, validation_key, split="validation", required_keys=("image", site_key), image_keys=image_keys
-    )
+    training = load_split(datalist_file, training_key, split="train", required_keys=("image", "label", site_key))
+    validation = load_split(datalist_file, validation_key, split="validation", required_keys=("image", site_key))
     test: list[dict] = []
     if test_key:
         with open(datalist_file, encoding="utf-8") as f:
             has_test = test_key in json.load(f)
         if has_test:
-            test = load_split(
-                datalist_file, test_key, split="test", required_keys=("image", site_key), image_keys=image_keys
-            )
+            test = load_split(datalist_file, test_key, split="test", required_keys=("image", site_key))
     if fit:
         vocabulary = SiteVocabulary.from_datalist(training, site_key=site_key)
         if _rank() == 0:
@@ -262,7 +246,6 @@ def inference_datalist(
     section: str = "test",
     site: str | None = None,
     site_key: str = "site",
-    image_keys: Sequence[str] = ("image",),
 ) -> list[dict[str, Any]]:
     """Entries to predict from a datalist JSON or a folder of NIfTI files, warning about unseen sites.
 
@@ -280,8 +263,6 @@ def inference_datalist(
         site: site assigned to every scan of a folder (and to datalist entries without one). Defaults to
             :data:`UNKNOWN_SITE`.
         site_key: the site key. Defaults to ``"site"``.
-        image_keys: image keys of datalist entries whose relative paths are resolved (a folder gives
-            ``"image"`` only). Defaults to ``("image",)``.
 
     Raises:
         FileNotFoundError: if ``source`` does not exist or a folder holds no NIfTI file.
@@ -305,11 +286,10 @@ def inference_datalist(
             base = os.path.dirname(os.path.abspath(source))
             items = [dict(e) for e in data]
             for e in items:
-                for k in {"image", *image_keys}:
-                    if isinstance(e.get(k), str) and e[k] and not os.path.isabs(e[k]):
-                        e[k] = os.path.join(base, e[k])
+                if "image" in e and not os.path.isabs(e["image"]):
+                    e["image"] = os.path.join(base, e["image"])
         else:
-            items = load_split(source, section, required_keys=("image",), image_keys=image_keys)
+            items = load_split(source, section, required_keys=("image",))
         for i, e in enumerate(items):
             if "image" not in e:
                 raise ValueError(f"datalist {source!r} entry {i} has no 'image' key (keys: {sorted(e)}).")
