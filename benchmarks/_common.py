@@ -88,31 +88,14 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def markdown_table(results: Mapping[str, Any], digits: int = 3) -> str:
-    """Human-readable table: one row per model, seen and unseen ``mean [95% CI]``, then the ``extra`` columns.
-
-    An extra ``<metric>`` with a ``<metric>_ci95`` companion is shown as one ``mean [lo, hi]`` cell.
-    """
-    models = results["models"]
-    extra_keys: list[str] = []
-    for entry in models.values():
-        for key in entry.get("extra", {}):
-            if key not in extra_keys and not (key.endswith("_ci95") and key[: -len("_ci95")] in entry["extra"]):
-                extra_keys.append(key)
-    metric = results["metric"]
-    header = ["model", f"seen {metric}", f"unseen {metric}", *extra_keys]
-    lines = [
-        f"## {results['benchmark']} ({'quick' if results['quick'] else 'full'} run, {results['repeats']} repeats)",
-        "",
-        f"Mean [95% CI] over repeats. Seeds: {results['env']['seeds']}.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
+def _rows(models: Mapping[str, Any], header: list[str], keys: Sequence[str], with_splits: bool, digits: int):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model, entry in models.items():
         extra = entry.get("extra", {})
-        cells = [model, _fmt(entry.get("seen"), digits), _fmt(entry.get("unseen"), digits)]
-        for key in extra_keys:
+        cells = [model]
+        if with_splits:
+            cells += [_fmt(entry.get("seen"), digits), _fmt(entry.get("unseen"), digits)]
+        for key in keys:
             value = extra.get(key)
             ci = extra.get(f"{key}_ci95")
             if isinstance(value, (int, float)) and ci is not None:
@@ -120,6 +103,39 @@ def markdown_table(results: Mapping[str, Any], digits: int = 3) -> str:
             else:
                 cells.append(_fmt(value, digits))
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown_table(
+    results: Mapping[str, Any], digits: int = 3, extra_tables: Sequence[tuple[str, Sequence[str]]] | None = None
+) -> str:
+    """Human-readable table: one row per model, seen and unseen ``mean [95% CI]``, then the ``extra`` columns.
+
+    An extra ``<metric>`` with a ``<metric>_ci95`` companion is shown as one ``mean [lo, hi]`` cell. With
+    ``extra_tables`` (``[(title, [extra keys]), ...]``) the main table shows only the extras of the first group
+    and every further group gets its own table, which keeps wide results readable.
+    """
+    models = results["models"]
+    extra_keys: list[str] = []
+    for entry in models.values():
+        for key in entry.get("extra", {}):
+            if key not in extra_keys and not (key.endswith("_ci95") and key[: -len("_ci95")] in entry["extra"]):
+                extra_keys.append(key)
+    groups = list(extra_tables) if extra_tables else [("", extra_keys)]
+    metric = results["metric"]
+    lines = [
+        f"## {results['benchmark']} ({'quick' if results['quick'] else 'full'} run, {results['repeats']} repeats)",
+        "",
+        f"Mean [95% CI] over repeats. Seeds: {results['env']['seeds']}.",
+        "",
+    ]
+    if groups[0][0]:
+        lines += [f"### {groups[0][0]}", ""]
+    main_keys = list(groups[0][1])
+    lines += _rows(models, ["model", f"seen {metric}", f"unseen {metric}", *main_keys], main_keys, True, digits)
+    for title, keys in groups[1:]:
+        lines += ["", f"### {title}", ""]
+        lines += _rows(models, ["model", *keys], list(keys), False, digits)
     return "\n".join(lines) + "\n"
 
 
@@ -133,6 +149,7 @@ def write_results(
     seeds: Sequence[int],
     out_dir: str | Path = DEFAULT_OUT,
     notes: str = "",
+    extra_tables: Sequence[tuple[str, Sequence[str]]] | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/<name>.json`` (contract shape) and ``out_dir/<name>.md``, print the table, return the dict.
 
@@ -146,6 +163,8 @@ def write_results(
         seeds: the seeds of the repeats.
         out_dir: output directory (created). Defaults to ``benchmarks/results``.
         notes: free text appended to the markdown file (e.g. how to read the table).
+        extra_tables: optional grouping of the ``extra`` columns into several markdown tables
+            (see :func:`markdown_table`); the JSON is unaffected.
     """
     for model, entry in models.items():
         missing = {"seen", "unseen"} - set(entry)
@@ -165,7 +184,7 @@ def write_results(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
-    table = markdown_table(results)
+    table = markdown_table(results, extra_tables=extra_tables)
     (out / f"{name}.md").write_text(table + ("\n" + notes.strip() + "\n" if notes else ""))
     print(table)
     return results

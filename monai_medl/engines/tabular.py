@@ -182,6 +182,10 @@ class TabularHistory:
     seconds: float = 0.0
 
 
+def _weighted(weight: float, loss: torch.Tensor) -> torch.Tensor:
+    return loss if weight == 1.0 else weight * loss
+
+
 def _as_tensor(value, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
     t = torch.as_tensor(value)
     if dtype is not None:
@@ -271,9 +275,8 @@ class TabularTrainer:
         self.optimizer = ContiguousAdam(network.parameters(), lr=lr)
         self.regularizer: AdversarialRegularizer | None = None
         if adversary is not None:
-            self.regularizer = AdversarialRegularizer(
-                adversary, ContiguousAdam(adversary.parameters(), adversary_lr), lambda_g
-            )
+            adv_opt = ContiguousAdam(adversary.parameters(), lr=adversary_lr)
+            self.regularizer = AdversarialRegularizer(adversary, adv_opt, lambda_g, objective=adversary_objective)
 
     def _check(self, x, y, z, sites) -> tuple[torch.Tensor, ...]:
         x = _as_tensor(x, "x", torch.get_default_dtype())
@@ -297,6 +300,26 @@ class TabularTrainer:
             if sites.shape[0] != n:
                 raise ValueError(f"sites has {sites.shape[0]} entries but x has {n} rows.")
         return x, y, z, sites
+
+    def _loss(self, xb, yb, zb, sb, use_mixed: bool, kl_weight: float) -> torch.Tensor:
+        """Main loss of one mini-batch (and the adversary's update when there is one)."""
+        if not self.is_mixed:
+            return task_loss(self.task, self.network(xb), yb)
+        out = self.network.forward_all(xb, zb)
+        noise = out.log_noise_scale
+        if use_mixed:
+            loss = _weighted(self.lambda_mixed, task_loss(self.task, out.mixed, yb, noise))
+            loss = loss + _weighted(self.lambda_fixed, task_loss(self.task, out.fixed, yb, noise))
+            if kl_weight:
+                kl = self.re_layers[0].kl()
+                for layer in self.re_layers[1:]:
+                    kl = kl + layer.kl()
+                loss = loss + kl_weight * kl
+        else:
+            loss = task_loss(self.task, out.fixed, yb, noise)
+        if self.regularizer is not None:
+            loss = loss + self.regularizer.step(out.features, sb)
+        return loss
 
     def fit(self, x, y, z=None, sites=None) -> TabularHistory:
         """Train on ``x`` ``(n, features)``, targets ``y`` ``(n,)``/``(n, out)``, design ``z`` ``(n, K)`` or None.
@@ -325,21 +348,11 @@ class TabularTrainer:
                 steps = math.ceil(n / self.batch_size)
                 for i in range(0, n, self.batch_size):
                     j = i + self.batch_size
-                    xb, yb = xs[i:j], ys[i:j]
-                    if self.is_mixed:
-                        out = net.forward_all(xb, zs[i:j] if zs is not None else None)
-                        if use_mixed:
-                            loss = self.lambda_mixed * task_loss(self.task, out.mixed, yb, out.log_noise_scale)
-                            loss = loss + self.lambda_fixed * task_loss(self.task, out.fixed, yb, out.log_noise_scale)
-                            if kl_weight:
-                                loss = loss + kl_weight * torch.stack([m.kl() for m in self.re_layers]).sum()
-                        else:
-                            loss = task_loss(self.task, out.fixed, yb, out.log_noise_scale)
-                        if reg is not None:
-                            loss = loss + reg.step(out.features, ss[i:j])
-                            adv_acc += reg.last_accuracy
-                    else:
-                        loss = task_loss(self.task, net(xb), yb)
+                    zb = None if zs is None else zs[i:j]
+                    sb = None if ss is None else ss[i:j]
+                    loss = self._loss(xs[i:j], ys[i:j], zb, sb, use_mixed, kl_weight)
+                    if reg is not None:
+                        adv_acc += reg.last_accuracy
                     opt.zero_grad()
                     loss.backward()
                     opt.step()

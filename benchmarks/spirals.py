@@ -1,0 +1,422 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""Spiral benchmark: ARMED's clustered two-spiral simulation, seen and unseen clusters, every baseline.
+
+Data (:func:`monai_medl.data.make_spirals`): 10 clusters x 1000 points, cluster radius ``~N(1, 0.3^2)``, noise 0.1,
+360 degrees, drawn once with ``data_seed`` (the reference notebook also fixes the data and varies the model seeds).
+Confounded variant: per-cluster prevalence ``p_k ~ N(0.5, 0.3^2)`` clipped to [0.1, 0.9] and two probe features
+``~N(p_k, 0.2^2)`` that say nothing about the spiral.
+
+Protocol per repeat ``r`` (seed ``r``): clusters ``2r mod 10`` and ``2r + 1 mod 10`` are held out entirely (unseen;
+``z`` has only the 8 seen columns, as in the reference's leave-2-clusters-out run); the 8 seen clusters are split
+by a 10-fold ``StratifiedKFold`` on label x cluster (no shuffle, as the reference). Every fold model is trained on
+~7,200 samples and tested on its held-out fold (seen) and on the two unseen clusters. Per repeat a metric is the
+mean over folds; tables show mean and t-based 95% CI over repeats. Features are standardised on the training fold.
+
+Models (same 4-4-4 ReLU MLP, Glorot-uniform weights and zero biases, batch 32, Adam 1e-3, 10 epochs):
+``conventional``; ``cluster_input`` (one-hot z concatenated to x, zeros for unseen clusters);
+``domain_adversarial`` (the MLP + cluster adversary on its three hidden layers); ``me_no_adversary``;
+``me`` (mixed-effects MLP + adversary; seen: mixed prediction with the true z, unseen: the fixed-effects
+(population) prediction); ``me_randomized_z`` (the ``me`` model with a random one-hot z); ``me_inferred_z`` (the
+``me`` model with the soft z of a cluster predictor trained on the training fold only, seen and unseen);
+``traditional`` (scikit-learn HistGradientBoostingClassifier on the same features); ``shuffled_label`` (the ``me``
+recipe trained on permuted labels: chance). Metric: accuracy at probability 0.5; AUROC, training time per fold and
+per epoch (one CPU thread) and, for the confounded variant, the share of the fixed-effects attribution
+``mean |d logit_F / d x|`` carried by the probe features, in ``extra``.
+
+Run ``python -m benchmarks.spirals [--quick] [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.metrics import accuracy_score, roc_auc_score
+from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
+
+from benchmarks._common import benchmark_parser, summarize, write_results
+from monai_medl.data.spirals import SpiralData, make_spirals
+from monai_medl.engines.tabular import TabularTrainer, data_dependent_init_, predict_tabular
+from monai_medl.networks.nets.cluster_classifier import ClusterAdversary, ClusterPredictor
+from monai_medl.networks.nets.me_mlp import MixedEffectsMLP
+from monai_medl.utils.attribution import attribution_share, fixed_effects_attribution, input_gradients
+
+__all__ = ["MODELS", "default_config", "make_data", "run_fold", "run_variant", "run", "main"]
+
+NAME = "spirals"
+MODELS = (
+    "conventional",
+    "cluster_input",
+    "domain_adversarial",
+    "me_no_adversary",
+    "me",
+    "me_randomized_z",
+    "me_inferred_z",
+    "traditional",
+    "shuffled_label",
+)
+TORCH_MODELS = ("conventional", "cluster_input", "domain_adversarial", "me_no_adversary", "me", "shuffled_label")
+
+
+def default_config(quick: bool = False) -> dict[str, Any]:
+    """Every setting of the benchmark (written into the results' ``config``)."""
+    return {
+        "data": {
+            "num_clusters": 10,
+            "points_per_cluster": 1000,
+            "mean_radius": 1.0,
+            "radius_sd": 0.3,
+            "noise": 0.1,
+            "degrees": 360,
+        },
+        "confounded": {"prevalence_sd": 0.3, "num_probes": 2, "probe_sd": 0.2},
+        "data_seed": 48,
+        "variants": ["random_radius", "confounded"],
+        "repeats": 3 if quick else 10,
+        "folds": 10,
+        "folds_run": 3 if quick else 10,
+        "unseen_per_repeat": 2,
+        "hidden": [4, 4, 4],
+        "epochs": 10,
+        "batch_size": 32,
+        "lr": 1e-3,
+        "lambda_g": 0.5,
+        "adversary_hidden": [8, 8, 4],
+        "adversary_objective": "confusion",
+        "kl_weight": 1e-5,
+        "linear_slopes": False,
+        "nonlinear_slopes": True,
+        "random_intercept": True,
+        "slope_prior_scale": 0.3,
+        "intercept_prior_scale": 0.1,
+        "post_loc_init_scale": 0.1,
+        "learn_prior_scale": True,
+        "z_predictor_hidden": [8, 8, 4],
+        "z_predictor_epochs": 10,
+        "traditional": "HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, early_stopping=False)",
+        "threshold": 0.5,
+        "standardize": True,
+        "data_init": True,
+    }
+
+
+def make_data(cfg: dict[str, Any], variant: str) -> SpiralData:
+    """The spiral data of ``variant`` (``"random_radius"`` or ``"confounded"``), drawn with ``cfg["data_seed"]``."""
+    extra = cfg["confounded"] if variant == "confounded" else {}
+    return make_spirals(**cfg["data"], **extra, seed=cfg["data_seed"])
+
+
+def _mlp(cfg: dict[str, Any], in_features: int, num_clusters: int, mixed: bool) -> MixedEffectsMLP:
+    re = {"linear_slopes": False, "nonlinear_slopes": False, "random_intercept": False}
+    if mixed:
+        re = {k: cfg[k] for k in ("linear_slopes", "nonlinear_slopes", "random_intercept")}
+    return MixedEffectsMLP(
+        in_features,
+        1,
+        num_clusters,
+        hidden=cfg["hidden"],
+        slope_prior_scale=cfg["slope_prior_scale"],
+        intercept_prior_scale=cfg["intercept_prior_scale"],
+        learn_prior_scale=cfg["learn_prior_scale"],
+        post_loc_init_scale=cfg["post_loc_init_scale"],
+        glorot_init=True,
+        **re,
+    )
+
+
+class _Clock:
+    """Wall-clock and CPU (process) seconds of a ``with`` block, accumulated over uses."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+
+    def __enter__(self) -> _Clock:
+        self._t = (time.perf_counter(), time.process_time())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall += time.perf_counter() - self._t[0]
+        self.cpu += time.process_time() - self._t[1]
+
+    def __add__(self, other: _Clock) -> _Clock:
+        total = _Clock()
+        total.wall, total.cpu = self.wall + other.wall, self.cpu + other.cpu
+        return total
+
+
+def _train(cfg, seed, x, y, z, sites, num_clusters, mixed: bool, adversary: bool):
+    """Build (seeded) and train one MLP; return the network and the :class:`_Clock` of its training."""
+    torch.manual_seed(seed)
+    net = _mlp(cfg, x.shape[1], num_clusters, mixed)
+    adv = None
+    if adversary:
+        adv = ClusterAdversary(sum(cfg["hidden"]), num_clusters, hidden=cfg["adversary_hidden"])
+    trainer = TabularTrainer(
+        net,
+        epochs=cfg["epochs"],
+        batch_size=cfg["batch_size"],
+        lr=cfg["lr"],
+        kl_weight=cfg["kl_weight"],
+        adversary=adv,
+        lambda_g=cfg["lambda_g"] if adversary else 0.0,
+        adversary_lr=cfg["lr"],
+        adversary_objective=cfg["adversary_objective"],
+        seed=seed,
+    )
+    with _Clock() as clock:
+        if cfg["data_init"]:
+            data_dependent_init_(net, x)
+        trainer.fit(x, y, z if mixed else None, sites)
+    return net, clock
+
+
+def _scores(y: np.ndarray, prob: np.ndarray, threshold: float) -> tuple[float, float]:
+    return float(accuracy_score(y, prob >= threshold)), float(roc_auc_score(y, prob))
+
+
+def _prob(logits: torch.Tensor) -> np.ndarray:
+    return torch.sigmoid(logits.reshape(-1)).numpy()
+
+
+def run_fold(
+    data: SpiralData,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    unseen_idx: np.ndarray,
+    seen_clusters: Sequence[int],
+    cfg: dict[str, Any],
+    seed: int,
+) -> dict[str, dict[str, float]]:
+    """Train every model on ``train_idx``; score it on ``test_idx`` (seen) and ``unseen_idx`` (unseen clusters).
+
+    Returns ``{model: {"seen_acc", "seen_auc", "unseen_acc", "unseen_auc", "seconds", ["probe_share"]}}``.
+    """
+    remap = {c: i for i, c in enumerate(seen_clusters)}
+    k = len(seen_clusters)
+    x = data.x.astype(np.float64)
+    if cfg["standardize"]:
+        mean, sd = x[train_idx].mean(0), x[train_idx].std(0)
+        x = (x - mean) / sd
+    x = torch.as_tensor(x, dtype=torch.float32)
+    y = torch.as_tensor(data.y, dtype=torch.float32)
+    site = torch.as_tensor([remap.get(int(s), -1) for s in data.site])
+    z = torch.zeros(len(site), k)
+    seen_rows = site >= 0
+    z[seen_rows, site[seen_rows]] = 1.0
+    tr, te, un = (torch.as_tensor(i) for i in (train_idx, test_idx, unseen_idx))
+    y_te, y_un = data.y[test_idx], data.y[unseen_idx]
+    thr = cfg["threshold"]
+    rng = torch.Generator().manual_seed(seed)
+    out: dict[str, dict[str, float]] = {}
+    clocks: dict[str, _Clock] = {}
+
+    def record(name, p_seen, p_unseen, clock: _Clock):
+        acc_s, auc_s = _scores(y_te, p_seen, thr)
+        acc_u, auc_u = _scores(y_un, p_unseen, thr)
+        out[name] = {"seen_acc": acc_s, "seen_auc": auc_s, "unseen_acc": acc_u, "unseen_auc": auc_u}
+        # a collapsed model predicts (almost) one class for everything
+        out[name]["collapsed"] = float(not 0.05 <= float(np.mean(p_seen >= thr)) <= 0.95)
+        out[name].update(seconds=clock.wall, cpu_seconds=clock.cpu)
+        clocks[name] = clock
+
+    # fixed-effects MLPs: conventional and domain-adversarial
+    nets: dict[str, torch.nn.Module] = {}
+    for name, adversary in (("conventional", False), ("domain_adversarial", True)):
+        net, clock = _train(cfg, seed, x[tr], y[tr], z[tr], site[tr], k, mixed=False, adversary=adversary)
+        record(name, _prob(predict_tabular(net, x[te])), _prob(predict_tabular(net, x[un])), clock)
+        nets[name] = net
+    # cluster as input: z concatenated (all zeros for unseen clusters)
+    xz = torch.cat([x, z], dim=1)
+    net, clock = _train(cfg, seed, xz[tr], y[tr], z[tr], site[tr], k, mixed=False, adversary=False)
+    record("cluster_input", _prob(predict_tabular(net, xz[te])), _prob(predict_tabular(net, xz[un])), clock)
+    nets["cluster_input"] = net
+    # mixed effects without and with adversary; shuffled labels
+    for name, adversary in (("me_no_adversary", False), ("me", True)):
+        net, clock = _train(cfg, seed, x[tr], y[tr], z[tr], site[tr], k, mixed=True, adversary=adversary)
+        p_seen = _prob(predict_tabular(net, x[te], z[te]))
+        record(name, p_seen, _prob(predict_tabular(net, x[un], head="fixed")), clock)
+        nets[name] = net
+    y_perm = y[tr][torch.randperm(len(tr), generator=rng)]
+    net, clock = _train(cfg, seed, x[tr], y_perm, z[tr], site[tr], k, mixed=True, adversary=True)
+    record(
+        "shuffled_label",
+        _prob(predict_tabular(net, x[te], z[te])),
+        _prob(predict_tabular(net, x[un], head="fixed")),
+        clock,
+    )
+    nets["shuffled_label"] = net
+    me = nets["me"]
+    # randomized z: a random one-hot row for every test sample
+    z_rand = torch.eye(k)[torch.randint(0, k, (len(site),), generator=rng)]
+    record(
+        "me_randomized_z",
+        _prob(predict_tabular(me, x[te], z_rand[te])),
+        _prob(predict_tabular(me, x[un], z_rand[un])),
+        clocks["me"],
+    )
+    # inferred z: a cluster predictor trained on the training fold only
+    torch.manual_seed(seed)
+    predictor = ClusterPredictor(x.shape[1], k, hidden=cfg["z_predictor_hidden"])
+    zp_trainer = TabularTrainer(
+        predictor, task="ce", epochs=cfg["z_predictor_epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed
+    )
+    with _Clock() as zp_clock:
+        if cfg["data_init"]:
+            data_dependent_init_(predictor, x[tr])
+        zp_trainer.fit(x[tr], site[tr])
+    z_hat = predictor.predict_design(x)
+    record(
+        "me_inferred_z",
+        _prob(predict_tabular(me, x[te], z_hat[te])),
+        _prob(predict_tabular(me, x[un], z_hat[un])),
+        clocks["me"] + zp_clock,
+    )
+    out["me_inferred_z"]["z_predictor_accuracy_seen"] = float((z_hat[te].argmax(1) == site[te]).float().mean())
+    # traditional: gradient boosting on the same features
+    with threadpool_limits(1):
+        hgb = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, early_stopping=False, random_state=seed)
+        with _Clock() as clock:
+            hgb.fit(x[tr].numpy(), data.y[train_idx])
+        record("traditional", hgb.predict_proba(x[te].numpy())[:, 1], hgb.predict_proba(x[un].numpy())[:, 1], clock)
+    # attribution of the probe features in each fixed-effects path (confounded variant)
+    if data.probe_columns:
+        probes = list(data.probe_columns)
+        for name in TORCH_MODELS:
+            net = nets[name]
+            if name == "cluster_input":
+                z_te = z[te]
+                grads = input_gradients(lambda xx, net=net, z_te=z_te: net(torch.cat([xx, z_te], 1)).reshape(-1), x[te])
+                attr = grads.abs().mean(0)
+            else:
+                attr = fixed_effects_attribution(net, x[te])
+            out[name]["probe_share"] = attribution_share(attr, probes)
+        for name, src in (("me_randomized_z", "me"), ("me_inferred_z", "me")):
+            out[name]["probe_share"] = out[src]["probe_share"]
+    return out
+
+
+def unseen_clusters(repeat: int, num_clusters: int, count: int) -> list[int]:
+    """Clusters held out in ``repeat``: ``count`` consecutive clusters, rotating so that each pair recurs."""
+    start = (count * repeat) % num_clusters
+    return [(start + i) % num_clusters for i in range(count)]
+
+
+def run_variant(cfg: dict[str, Any], variant: str, seeds: Sequence[int], log=print) -> dict[str, dict[str, list]]:
+    """Run every repeat of one data variant; return ``{model: {measure: [per-repeat value]}}``."""
+    data = make_data(cfg, variant)
+    per_repeat: dict[str, dict[str, list]] = {m: {} for m in MODELS}
+    for r, seed in enumerate(seeds):
+        held = unseen_clusters(r, data.num_clusters, cfg["unseen_per_repeat"])
+        seen = [c for c in range(data.num_clusters) if c not in held]
+        seen_idx = np.flatnonzero(np.isin(data.site, seen))
+        unseen_idx = np.flatnonzero(np.isin(data.site, held))
+        strata = data.y[seen_idx] * data.num_clusters + data.site[seen_idx]
+        splits = list(StratifiedKFold(n_splits=cfg["folds"]).split(seen_idx, strata))[: cfg["folds_run"]]
+        fold_results = []
+        for f, (a, b) in enumerate(splits):
+            res = run_fold(data, seen_idx[a], seen_idx[b], unseen_idx, seen, cfg, seed * 1000 + f)
+            fold_results.append(res)
+            log(
+                f"[{variant}] repeat {r} (seed {seed}, unseen {held}) fold {f}: "
+                + ", ".join(f"{m} {res[m]['seen_acc']:.3f}/{res[m]['unseen_acc']:.3f}" for m in MODELS)
+            )
+        for m in MODELS:
+            for key in fold_results[0][m]:
+                per_repeat[m].setdefault(key, []).append(float(np.mean([fr[m][key] for fr in fold_results])))
+    return per_repeat
+
+
+def _entry(measures: dict[str, list], epochs: int, confounded: dict[str, list] | None) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+
+    def put(key, values):
+        s = summarize(values)
+        extra[key] = s["mean"]
+        extra[f"{key}_ci95"] = s["ci95"]
+
+    put("auroc_seen", measures["seen_auc"])
+    put("auroc_unseen", measures["unseen_auc"])
+    extra["accuracy_seen_sd"] = float(np.std(measures["seen_acc"], ddof=1)) if len(measures["seen_acc"]) > 1 else 0.0
+    extra["collapsed_fold_rate"] = float(np.mean(measures["collapsed"]))
+    extra["time_per_fold_s"] = float(np.mean(measures["seconds"]))
+    extra["time_per_epoch_s"] = float(np.mean(measures["seconds"])) / epochs
+    extra["cpu_time_per_fold_s"] = float(np.mean(measures["cpu_seconds"]))
+    if "z_predictor_accuracy_seen" in measures:
+        extra["z_predictor_accuracy_seen"] = float(np.mean(measures["z_predictor_accuracy_seen"]))
+    if confounded is not None:
+        put("confounded_accuracy_seen", confounded["seen_acc"])
+        put("confounded_accuracy_unseen", confounded["unseen_acc"])
+        put("confounded_auroc_seen", confounded["seen_auc"])
+        put("confounded_auroc_unseen", confounded["unseen_auc"])
+        if "probe_share" in confounded:
+            put("confounded_probe_attribution_share", confounded["probe_share"])
+    return {"seen": summarize(measures["seen_acc"]), "unseen": summarize(measures["unseen_acc"]), "extra": extra}
+
+
+RANDOM_RADIUS_COLUMNS = [
+    "auroc_seen",
+    "auroc_unseen",
+    "accuracy_seen_sd",
+    "collapsed_fold_rate",
+    "z_predictor_accuracy_seen",
+]
+TIME_COLUMNS = ["time_per_fold_s", "time_per_epoch_s", "cpu_time_per_fold_s"]
+CONFOUNDED_COLUMNS = [
+    "confounded_accuracy_seen",
+    "confounded_accuracy_unseen",
+    "confounded_auroc_seen",
+    "confounded_auroc_unseen",
+    "confounded_probe_attribution_share",
+]
+
+NOTES = """
+How to read: `seen`/`unseen` = accuracy (threshold 0.5) on held-out samples of the 8 training clusters / on the two
+clusters never seen in training. `accuracy_seen_sd` = s.d. of the per-repeat seen accuracy over repeats;
+`collapsed_fold_rate` = share of fold models predicting one class for more than 95% of the seen test fold.
+Times: training of one fold model (data-dependent init + 10 epochs), wall clock and CPU (process) seconds, one torch
+thread, on a 2-core machine shared with other jobs (wall time is inflated by contention; CPU time less so).
+`me_randomized_z` and `me_inferred_z` reuse the `me` networks (the latter's time adds the z-predictor's).
+`z_predictor_accuracy_seen`: accuracy of the cluster predictor on the seen test fold (chance 1/8).
+Confounded variant: per-cluster prevalence ~N(0.5, 0.3^2) clipped to [0.1, 0.9] and two probe features
+~N(prevalence, 0.2^2); `confounded_probe_attribution_share` = share of mean |d logit_F / d x| (standardised inputs,
+seen test fold) carried by the probe features in each model's fixed-effects path (lower = less reliance on the
+site shortcut; `traditional` has no gradient; `cluster_input` is differentiated w.r.t. x with the true z appended).
+"""
+
+
+def run(quick: bool = False, out_dir=None, config: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
+    """Run the benchmark and write ``spirals.json``/``spirals.md``; ``config`` overrides :func:`default_config`."""
+    torch.set_num_threads(1)
+    cfg = default_config(quick)
+    cfg.update(config or {})
+    seeds = list(range(cfg["repeats"]))
+    results = {v: run_variant(cfg, v, seeds, log) for v in cfg["variants"]}
+    base = results.get("random_radius") or results[cfg["variants"][0]]
+    conf = results.get("confounded")
+    models = {m: _entry(base[m], cfg["epochs"], conf[m] if conf else None) for m in MODELS}
+    kwargs = {} if out_dir is None else {"out_dir": out_dir}
+    tables = [
+        ("Random-radius spirals", RANDOM_RADIUS_COLUMNS),
+        ("Training time per fold (10 epochs, one thread)", TIME_COLUMNS),
+        ("Confounded variant (site-dependent prevalence + 2 probe features)", CONFOUNDED_COLUMNS),
+    ]
+    if conf is None:
+        tables = tables[:2]
+    return write_results(
+        NAME, quick, "accuracy", len(seeds), models, cfg, seeds, notes=NOTES, extra_tables=tables, **kwargs
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = benchmark_parser(__doc__.splitlines()[0])
+    args = parser.parse_args(argv)
+    run(quick=args.quick, out_dir=args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""A tiny run of ``benchmarks.spirals`` (a few seconds): the results files have the benchmark-contract shape."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds the benchmarks package
+
+spirals = pytest.importorskip("benchmarks.spirals")
+
+TINY = {
+    "data": {
+        "num_clusters": 4,
+        "points_per_cluster": 60,
+        "mean_radius": 1.0,
+        "radius_sd": 0.3,
+        "noise": 0.1,
+        "degrees": 360,
+    },
+    "repeats": 2,
+    "folds": 2,
+    "folds_run": 1,
+    "unseen_per_repeat": 1,
+    "epochs": 1,
+    "z_predictor_epochs": 1,
+}
+
+
+def test_tiny_run_writes_contract_json(tmp_path):
+    results = spirals.run(quick=True, out_dir=tmp_path, config=TINY, log=lambda _: None)
+    on_disk = json.loads((tmp_path / "spirals.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    assert set(on_disk) == {"benchmark", "quick", "metric", "repeats", "models", "config", "env"}
+    assert on_disk["benchmark"] == "spirals" and on_disk["quick"] is True
+    assert on_disk["metric"] == "accuracy" and on_disk["repeats"] == 2
+    assert set(on_disk["env"]) >= {"python", "torch", "monai", "seeds"} and on_disk["env"]["seeds"] == [0, 1]
+    assert list(on_disk["models"]) == list(spirals.MODELS)
+    for name, entry in on_disk["models"].items():
+        assert set(entry) == {"seen", "unseen", "extra"}
+        for split in ("seen", "unseen"):
+            s = entry[split]
+            assert set(s) == {"mean", "ci95", "values"} and len(s["values"]) == 2
+            assert 0.0 <= s["mean"] <= 1.0 and s["ci95"][0] <= s["mean"] <= s["ci95"][1]
+        extra = entry["extra"]
+        assert {"auroc_seen", "auroc_unseen", "time_per_fold_s", "confounded_accuracy_seen"} <= set(extra)
+        assert extra["time_per_fold_s"] > 0
+        assert ("confounded_probe_attribution_share" in extra) == (name != "traditional")
+    table = (tmp_path / "spirals.md").read_text()
+    assert all(f"| {m} |" in table for m in spirals.MODELS)
+
+
+def test_unseen_clusters_rotate_over_repeats():
+    held = [tuple(spirals.unseen_clusters(r, 10, 2)) for r in range(10)]
+    assert held[:5] == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)] and held[5:] == held[:5]
