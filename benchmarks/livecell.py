@@ -10,7 +10,9 @@ branches and the adversary differ), all :class:`~monai_medl.networks.nets.MixedE
 - ``domain_adversarial``: the same with the adversary (``AdversaryHandler``) on encoder activations + latent;
 - ``re_only``: the RE autoencoder (cluster scale/bias blocks) + classifier on its latent, no adversary;
 - ``me_no_adversary``: FE + RE autoencoders, ``y_M`` on the concatenated latents, no adversary;
-- ``me``: the full ARMED-style model (FE with adversary + RE + ``y_M``).
+- ``me``: the full ARMED-style model (FE with adversary + RE + ``y_M``), adversary with the default confusion
+  objective (push the adversary to uniform predictions);
+- ``me_ce_objective``: the same with ARMED's original objective (maximise the adversary's cross-entropy).
 
 Every model is trained in a plain MONAI ``SupervisedTrainer`` with :class:`MixedEffectsPrepareBatch` and
 :class:`MixedEffectsAutoEncoderLoss`. Metric: phenotype AUROC of the model's prediction (``y_M``; the FE-only models'
@@ -53,6 +55,7 @@ MODELS = {
     "re_only": {"fixed_effects": False, "random_effects": True, "adversary": False},
     "me_no_adversary": {"fixed_effects": True, "random_effects": True, "adversary": False},
     "me": {"fixed_effects": True, "random_effects": True, "adversary": True},
+    "me_ce_objective": {"fixed_effects": True, "random_effects": True, "adversary": True, "objective": "ce"},
 }
 DEFAULTS = {
     "latent_size": 16,
@@ -104,12 +107,14 @@ def train_model(
     fixed_effects: bool = True,
     random_effects: bool = True,
     adversary: bool = True,
+    objective: str = "confusion",
     epochs: int = 10,
     seed: int = 0,
     **overrides,
 ) -> tuple[MixedEffectsAutoEncoder, dict]:
     """Train one autoencoder-classifier on the training tiles in a MONAI ``SupervisedTrainer``.
 
+    ``objective`` is the adversary's objective (``"confusion"`` or ``"ce"``, see :class:`AdversaryHandler`).
     Returns the network (eval mode) and a history dict (seconds, last adversary accuracy).
     """
     cfg = {**DEFAULTS, **overrides}
@@ -124,7 +129,11 @@ def train_model(
     handlers = []
     if adversary:
         adv = ClusterAdversary(net.adversary_in_features, num_clusters, hidden=cfg["adversary_hidden"])
-        handlers.append(AdversaryHandler(adv, torch.optim.Adam(adv.parameters(), cfg["lr"]), lambda_g=cfg["lambda_g"]))
+        handlers.append(
+            AdversaryHandler(
+                adv, torch.optim.Adam(adv.parameters(), cfg["lr"]), lambda_g=cfg["lambda_g"], objective=objective
+            )
+        )
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=epochs,
