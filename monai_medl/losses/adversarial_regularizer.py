@@ -58,8 +58,17 @@ class AdversarialRegularizer:
         self.adversary = adversary
         self.optimizer = optimizer
         self.lambda_g = lambda_g
-        self.last_loss = float("nan")
-        self.last_accuracy = float("nan")
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def last_loss(self) -> float:
+        """Adversary cross-entropy of the latest step (NaN before the first)."""
+        return float("nan") if self._last is None else self._last[0].item()
+
+    @property
+    def last_accuracy(self) -> float:
+        """Adversary accuracy on the latest batch (NaN before the first step)."""
+        return float("nan") if self._last is None else self._last[1].item()
 
     def _sync_grads(self) -> None:
         # the adversary is not wrapped in DDP: average its gradients so every rank keeps the same weights
@@ -74,20 +83,23 @@ class AdversarialRegularizer:
         """Update the adversary once and return the (negative) generalisation term for the main loss."""
         sites = torch.as_tensor(sites).reshape(-1).to(features[0].device).long()
         keep = sites >= 0
-        if not bool(keep.any()):
+        if bool(keep.all()):  # the common case: no unseen-marker rows, no masking copies
+            feats, target = list(features), sites
+        elif bool(keep.any()):
+            feats, target = [f[keep] for f in features], sites[keep]
+        else:
             return features[0].new_zeros(())
-        feats = [f[keep] for f in features]
-        target = sites[keep]
 
-        self.adversary.train()
+        if not self.adversary.training:
+            self.adversary.train()
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.adversary([f.detach() for f in feats])
         adv_loss = F.cross_entropy(logits, target)
         adv_loss.backward()
         self._sync_grads()
         self.optimizer.step()
-        self.last_loss = adv_loss.item()
-        self.last_accuracy = float((logits.argmax(1) == target).float().mean())
+        # kept as tensors; converted to floats only when read
+        self._last = (adv_loss.detach(), (logits.detach().argmax(1) == target).float().mean())
 
         if self.lambda_g == 0:
             return features[0].new_zeros(())
