@@ -21,6 +21,7 @@ from monai_medl.bundle import (
     SoftDesign,
     inference_datalist,
     prepare_site_data,
+    random_effects_param_groups,
     site_metrics,
     write_predictions,
 )
@@ -175,3 +176,20 @@ def test_prepare_site_data_fits_on_training_only_and_errors(tmp_path):
     assert calls == [1] and again.vocabulary == data.vocabulary
     with pytest.raises(FileNotFoundError, match="written by training"):
         prepare_site_data(missing, tmp_path / "other.json", fit=False)
+
+
+def test_random_effects_param_groups_split_the_parameters():
+    net = MixedEffectsMLP(in_features=4, out_channels=1, num_clusters=3, hidden=(8,))
+    groups = random_effects_param_groups(net, 0.05)
+    fixed, random = groups
+    assert random["lr"] == 0.05 and "lr" not in fixed
+    names = {id(p): n for n, p in net.named_parameters()}
+    assert sorted(names[id(p)] for p in random["params"]) == sorted(
+        n
+        for n in names.values()
+        if n.split(".")[-1] in ("loc", "rho")  # every RandomEffects layer, nothing else
+    )
+    assert len(fixed["params"]) + len(random["params"]) == len(list(net.parameters()))
+    opt = torch.optim.Adam(groups, lr=1e-3)
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 0.05]
+    assert len(random_effects_param_groups(nn.Linear(2, 1))) == 1  # no random effects: one group

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from .optim import random_effects_param_groups
 from .output_transforms import ScalarsFromOutput
 from .site_data import (
     UNKNOWN_SITE,

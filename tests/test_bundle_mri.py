@@ -1,0 +1,250 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""The MRI ME-CNN bundle: layout and metadata checks, and train -> evaluate -> inference through monai.bundle on a
+tiny generated cohort, followed by the model-zoo checks (verify_net_in_out, ckpt_export) on the trained bundle."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mri_me_cnn_classification"
+SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "monai" / "meta_schema_20240725.json"
+CONFIGS = BUNDLE / "configs"
+
+# a tiny cohort: 16^3 voxels of 12 mm, 6 seen + 2 unseen sites
+TINY = {
+    "spatial_size": [16, 16, 16],
+    "cohort#num_subjects": 64,
+    "cohort#spacing": [12.0, 12.0, 12.0],
+    "train#trainer#max_epochs": 2,
+    "train#dataloader#batch_size": 8,
+}
+
+
+def _load(name: str) -> dict:
+    with open(CONFIGS / name, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_bundle_layout_and_required_ids():
+    for rel in ("LICENSE", "docs/README.md", "configs/logging.conf", "configs/metadata.json"):
+        assert (BUNDLE / rel).is_file(), rel
+    for name in ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json"):
+        assert (CONFIGS / name).is_file(), name
+    meta = _load("metadata.json")
+    assert meta["version"] in meta["changelog"]
+    assert "optional_packages_version" not in meta
+    train, infer = _load("train.json"), _load("inference.json")
+    for key in ("bundle_root", "device", "dataset_dir", "network_def", "train", "validate", "run"):
+        assert key in train, key
+    for key in ("trainer", "dataset", "inferer", "handlers"):
+        assert key in train["train"], key
+    for key in ("bundle_root", "device", "dataset_dir", "dataset", "evaluator", "network_def", "inferer"):
+        assert key in infer, key
+    # inference is standalone but must build exactly the trained network and preprocessing
+    assert infer["network_def"] == train["network_def"]
+    assert infer["z_predictor_def"] == train["z_predictor_def"]
+    infer_steps = [t["_target_"] for t in infer["preprocessing"]["transforms"]]
+    train_steps = [t["_target_"] for t in train["load_transforms"] + train["site_transforms"]]
+    assert infer_steps == train_steps
+    assert infer["spatial_size"] == train["spatial_size"]
+
+
+@pytest.mark.skipif(not SCHEMA.is_file(), reason=f"shared MONAI meta schema not found at {SCHEMA} (outside the repo)")
+def test_metadata_against_the_shared_schema():
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
+
+
+@pytest.fixture(scope="module")
+def trained_bundle(tmp_path_factory):
+    """A copy of the bundle trained for 2 tiny epochs on a cohort generated on first run."""
+    root = tmp_path_factory.mktemp("bundle") / "mri_me_cnn_classification"
+    shutil.copytree(BUNDLE / "configs", root / "configs")
+    shutil.copy(BUNDLE / "LICENSE", root / "LICENSE")
+    workflow = ConfigWorkflow(
+        config_file=str(root / "configs" / "train.json"),
+        meta_file=str(root / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type="train",
+        bundle_root=str(root),
+        **TINY,
+    )
+    workflow.initialize()
+    workflow.check_properties()
+    workflow.run()
+    workflow.finalize()
+    return root
+
+
+def test_training_generates_the_cohort_and_writes_every_artefact(trained_bundle):
+    root = trained_bundle
+    data = json.loads((root / "data" / "datalist.json").read_text())
+    truth = json.loads((root / "data" / "ground_truth.json").read_text())
+    assert len(truth["seen_sites"]) == 6 and len(truth["unseen_sites"]) == 2
+    assert {e["site"] for e in data["training"]} == set(truth["seen_sites"])
+    # vocabulary and intensity statistics come from the training split only
+    vocab = json.loads((root / "models" / "site_vocabulary.json").read_text())
+    assert vocab["sites"] == sorted(truth["seen_sites"])
+    stats = json.loads((root / "models" / "intensity_stats.json").read_text())
+    assert set(stats["stats"]["image"]) - {"__pooled__"} == set(truth["seen_sites"])
+    # model.pt: a plain state_dict of network_def
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser["bundle_root"] = str(root)
+    parser["spatial_size"] = TINY["spatial_size"]
+    net = parser.get_parsed_content("network_def")
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    net.load_state_dict(state, strict=True)
+    # the training checkpoint holds model, adversary, z-predictor and all optimizers
+    ckpts = sorted((root / "models").glob("checkpoint_epoch=*.pt"))
+    assert ckpts, sorted(os.listdir(root / "models"))
+    ckpt = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
+    assert {"model", "adversary", "z_predictor", "optimizer", "adv_optimizer", "z_optimizer"} <= set(ckpt)
+    assert (root / "models" / "z_predictor.pt").is_file()
+    assert list((root / "runs").glob("events.out.tfevents.*")), "no TensorBoard events written"
+
+
+def test_evaluate_reports_per_site_seen_unseen_and_modes(trained_bundle):
+    root = trained_bundle
+    workflow = ConfigWorkflow(
+        config_file=[str(root / "configs" / "train.json"), str(root / "configs" / "evaluate.json")],
+        meta_file=str(root / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type="eval",
+        bundle_root=str(root),
+        **TINY,
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    with open(root / "eval" / "metrics.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    truth = json.loads((root / "data" / "ground_truth.json").read_text())
+    modes = {r["mode"] for r in rows}
+    assert {"population", "inferred", "mixed"} == modes
+    for mode in modes:
+        groups = {r["group"] for r in rows if r["mode"] == mode}
+        assert {"overall", "seen", "unseen", "site"} <= groups
+        sites = {r["site"] for r in rows if r["mode"] == mode and r["group"] == "site"}
+        assert set(truth["unseen_sites"]) <= sites
+        unseen = next(r for r in rows if r["mode"] == mode and r["group"] == "unseen")
+        assert 0.0 <= float(unseen["auroc"]) <= 1.0 and 0.0 <= float(unseen["balanced_accuracy"]) <= 1.0
+    metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    assert len(metrics) == len(rows)
+    with open(root / "eval" / "predictions.csv", encoding="utf-8") as f:
+        preds = list(csv.DictReader(f))
+    unseen_inferred = [p for p in preds if p["mode"] == "inferred" and p["seen"] == "False"]
+    assert unseen_inferred and {p["z"] for p in unseen_inferred} == {"inferred"}
+    assert {p["z"] for p in preds if p["mode"] == "population"} == {"zero"}
+    # the balanced-accuracy threshold of a mode is the same for every group: it was chosen on training scans
+    for mode in modes:
+        assert len({r["threshold"] for r in rows if r["mode"] == mode}) == 1
+
+
+def _infer(root: Path, caplog, **overrides) -> list[dict]:
+    workflow = ConfigWorkflow(
+        config_file=str(root / "configs" / "inference.json"),
+        meta_file=str(root / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type="infer",
+        bundle_root=str(root),
+        spatial_size=TINY["spatial_size"],
+        **overrides,
+    )
+    with caplog.at_level(logging.WARNING):
+        workflow.initialize()
+        workflow.check_properties()
+        workflow.run()
+        workflow.finalize()
+    with open(root / "eval" / "inference_predictions.csv", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_inference_on_the_datalist_and_on_a_folder_of_unseen_site_scans(trained_bundle, caplog, tmp_path):
+    root = trained_bundle
+    rows = _infer(root, caplog)
+    truth = json.loads((root / "data" / "ground_truth.json").read_text())
+    unseen = [r for r in rows if r["site"] in truth["unseen_sites"]]
+    assert unseen and all(r["z"] == "inferred" for r in unseen)
+    assert all(r["z"] == "one-hot" for r in rows if r["site"] in truth["seen_sites"])
+    assert all(0.0 <= float(r["probability"]) <= 1.0 for r in rows)
+    assert "predicting them with mode 'inferred'" in caplog.text
+    caplog.clear()
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    data = json.loads((root / "data" / "datalist.json").read_text())
+    for e in data["test"][:3]:
+        shutil.copy(root / "data" / e["image"], folder / Path(e["image"]).name)
+    rows = _infer(root, caplog, input=str(folder), unseen_mode="population")
+    assert len(rows) == 3 and {r["z"] for r in rows} == {"zero"} and {r["site"] for r in rows} == {"unknown"}
+    assert "predicting them with mode 'population'" in caplog.text
+
+
+def test_model_zoo_checks_on_the_trained_bundle(trained_bundle, tmp_path):
+    root = trained_bundle
+    meta, infer = str(root / "configs" / "metadata.json"), str(root / "configs" / "inference.json")
+    # verify_net_in_out feeds the metadata's 32^3 input shape; the network pools globally, so it accepts it
+    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=infer, bundle_root=str(root))
+    ts = tmp_path / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts),
+        ckpt_file=str(root / "models" / "model.pt"),
+        meta_file=meta,
+        config_file=infer,
+        bundle_root=str(root),
+        spatial_size=TINY["spatial_size"],
+    )
+    scripted = torch.jit.load(str(ts))
+    x = torch.randn(2, 1, *TINY["spatial_size"])
+    parser = ConfigParser()
+    parser.read_config(infer)
+    parser["bundle_root"] = str(root)
+    parser["spatial_size"] = TINY["spatial_size"]
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True))
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x))
+        z = torch.eye(net.num_clusters)[[0, 1]]
+        torch.testing.assert_close(scripted(x, z), net(x, z))
+
+
+@pytest.mark.slow
+def test_two_process_gloo_training_with_torchrun(trained_bundle, tmp_path):
+    """multi_gpu_train.json on CPU: 2 processes, gloo, DistributedSampler, rank-0 logging and checkpoints."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "mri_me_cnn_classification"
+    shutil.copytree(BUNDLE / "configs", root / "configs")
+    configs = [str(root / "configs" / "train.json"), str(root / "configs" / "multi_gpu_train.json")]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run",
+        "--config_file", json.dumps(configs),
+        "--meta_file", str(root / "configs" / "metadata.json"),
+        "--logging_file", str(root / "configs" / "logging.conf"),
+        "--bundle_root", str(root),
+        "--dataset_dir", str(trained_bundle / "data"),
+        "--spatial_size", "[16,16,16]",
+        "--train#trainer#max_epochs", "1",
+        "--train#dataloader#batch_size", "8",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert log.count("Engine run finished") >= 2, log[-3000:]  # the trainer ran on both ranks
+    assert (root / "models" / "model.pt").is_file() and (root / "models" / "z_predictor.pt").is_file()
+    # logging and checkpoints on rank 0 only: one TensorBoard event file per writer of one process
+    events = list((root / "runs").glob("events.out.tfevents.*"))
+    assert len({p.name.split(".")[-2] for p in events}) == 1, [p.name for p in events]
