@@ -1,0 +1,588 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""MRI benchmark: disease vs control from 3D T1 scans across scanner sites, seen and unseen sites, every baseline.
+
+Data (:func:`monai_medl.data.generate_mri_cohort`, generated once per run into a temporary folder unless
+``--cohort-dir`` is given): MNI152 anatomy with simulated subject variation, disease (bilateral medial temporal
+grey-matter loss, ventricular enlargement) and scanner effects (contrast, gamma, bias field, noise, blur, slice
+thickness, gain); 6 training ("seen") sites whose disease prevalence is spread from 20% to 80% (site and label are
+confounded) and 2 balanced sites never used for training ("unseen"). Volumes are 32^3 voxels of 6 mm; every scan
+is z-scored on its own (no site statistics are used, so no model gets site information from preprocessing).
+
+Protocol per repeat ``r`` (seed ``r``): the seen-site subjects are split once into 5 folds stratified on
+label x site (:func:`~monai_medl.data.stratified_group_kfold`); repeat ``r`` trains on the other four folds and
+tests on fold ``r`` (seen) and on every unseen-site scan (unseen). Model initialisation, batch order and
+augmentation (random left-right flips) are seeded by ``r``.
+
+Models (same SmallCNN backbone, channels 8-16-32-64, global average pooling; Adam 1e-3, batch 16, the same number
+of epochs, last epoch used):
+``conventional`` (the backbone, BCE); ``cluster_input`` (one-hot z concatenated to the pooled features before
+the classifier, zeros for unseen sites); ``domain_adversarial`` (the backbone + cluster adversary on its pooled
+block outputs, confusion objective); ``me_no_adversary`` (mixed-effects CNN: random slopes on the pooled
+features and a random intercept per site, both heads trained, KL weight 1e-3); ``me`` (the same plus the
+adversary; seen sites: mixed prediction with the true z, unseen sites: population prediction z = 0);
+``me_randomized_z`` (the ``me`` model with a random one-hot z); ``me_inferred_z`` (the ``me`` model with the soft
+z of an image z-predictor, a SmallCNN site classifier trained on the training scans only, for seen and unseen
+scans); ``traditional`` (logistic regression, C by inner cross-validation, on regional features: CSF fraction and
+mean intensity in the medial temporal and ventricular regions and in a 4x4x4 grid of blocks); ``shuffled_label``
+(the conventional recipe on permuted training labels: chance level).
+
+Metrics: AUROC on seen-site test scans and on unseen-site scans (pooled over sites); in ``extra``: balanced
+accuracy (threshold maximising Youden's J on the training predictions of the same mode), site-probe accuracy
+(logistic regression from the fixed-effects pooled features of training scans to their site, scored on the
+seen-site test scans; chance 1/6), and for the models with per-site intercepts the Pearson correlation of the
+learned intercepts with the generator's true per-site prevalence (logit) and with the generator's site gain.
+
+Run ``python -m benchmarks.mri [--quick] [--out DIR] [--cohort-dir DIR]``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import pearsonr
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from benchmarks._common import benchmark_parser, summarize, write_results
+from monai_medl.bundle.optim import random_effects_param_groups
+from monai_medl.data.cohort import generate_mri_cohort
+from monai_medl.data.splits import stratified_group_kfold
+from monai_medl.losses.adversarial_regularizer import AdversarialRegularizer
+from monai_medl.losses.mixed_effects_loss import MixedEffectsLoss
+from monai_medl.metrics.site_metrics import youden_threshold
+from monai_medl.networks.nets.me_cnn import MixedEffectsCNN
+from monai_medl.networks.nets.small_cnn import SmallCNN
+from monai_medl.transforms.site import site_index_to_design
+
+__all__ = ["MODELS", "ABLATIONS", "default_config", "load_cohort", "run_repeat", "run", "run_ablation", "main"]
+
+NAME = "mri"
+MODELS = (
+    "conventional",
+    "cluster_input",
+    "domain_adversarial",
+    "me_no_adversary",
+    "me",
+    "me_randomized_z",
+    "me_inferred_z",
+    "traditional",
+    "shuffled_label",
+)
+
+
+def default_config(quick: bool = False) -> dict[str, Any]:
+    """Every setting of a run (written to the results' ``config``)."""
+    return {
+        "cohort": {
+            "num_subjects": 400 if quick else 800,
+            "disease_strength": 0.4,
+            "sites": 6,
+            "unseen_sites": 2,
+            "seed": 2024,
+            "spatial_size": [32, 32, 32],
+            "spacing": [6.0, 6.0, 6.0],
+        },
+        "folds": 5,
+        "repeats": 2 if quick else 5,
+        "epochs": 8 if quick else 20,
+        "z_predictor_epochs": 4 if quick else 8,
+        "batch_size": 16,
+        "lr": 1e-3,
+        "channels": [8, 16, 32, 64],
+        "lambda_g": 0.1,
+        "adversary_objective": "confusion",
+        "kl_weight": 1e-3,
+        "slope_prior_scale": 0.1,
+        "intercept_prior_scale": 0.5,
+        "lambda_fixed": 1.0,
+        "re_lr_scale": 10.0,
+        "threads": 1,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------- data
+
+
+def load_cohort(cohort_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Generate (if needed) and load the cohort: z-scored volumes, labels, sites, split tags and ground truth."""
+    datalist_path = generate_mri_cohort(cohort_dir, **cfg["cohort"])
+    with open(datalist_path, encoding="utf-8") as f:
+        datalist = json.load(f)
+    with open(os.path.join(cohort_dir, "ground_truth.json"), encoding="utf-8") as f:
+        truth = json.load(f)
+    entries = [e for key in ("training", "validation", "test") for e in datalist[key]]
+    images = np.stack([nib.load(os.path.join(cohort_dir, e["image"])).get_fdata(dtype=np.float32) for e in entries])
+    flat = images.reshape(len(images), -1)
+    images = (images - flat.mean(1)[:, None, None, None]) / flat.std(1)[:, None, None, None]
+    return {
+        "entries": entries,
+        "images": images[:, None].astype(np.float32),
+        "labels": np.array([e["label"] for e in entries], dtype=np.float32),
+        "sites": [e["site"] for e in entries],
+        "seen_sites": list(truth["seen_sites"]),
+        "unseen_sites": list(truth["unseen_sites"]),
+        "truth": truth,
+        "affine": np.asarray(truth["grid"]["affine"], dtype=float),
+    }
+
+
+def _region_mask(affine: np.ndarray, shape: Sequence[int], center_mm, sigma_mm) -> np.ndarray:
+    """Voxels within 1.5 s.d. of an (anisotropic) Gaussian region given in MNI mm."""
+    idx = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, 3)
+    mm = idx @ affine[:3, :3].T + affine[:3, 3]
+    d = (mm - np.asarray(center_mm)) / np.asarray(sigma_mm, dtype=float)
+    return (np.sqrt((d**2).sum(1)) <= 1.5).reshape(shape)
+
+
+def traditional_features(images: np.ndarray, affine: np.ndarray, regions: dict[str, Any]) -> np.ndarray:
+    """Regional volumes and intensities: CSF fraction (voxels below the scan's 30th brain-intensity percentile)
+    and mean intensity in the medial temporal and ventricular regions and in a 4x4x4 grid of blocks."""
+    vols = images[:, 0]
+    shape = vols.shape[1:]
+    masks = [
+        _region_mask(affine, shape, c, regions["medial_temporal"]["sigma_mm"])
+        for c in regions["medial_temporal"]["centers_mm"]
+    ]
+    masks.append(_region_mask(affine, shape, regions["ventricles"]["center_mm"], regions["ventricles"]["sigma_mm"]))
+    edges = [np.linspace(0, s, 5).astype(int) for s in shape]
+    for i in range(4):
+        for j in range(4):
+            for k in range(4):
+                m = np.zeros(shape, bool)
+                m[edges[0][i] : edges[0][i + 1], edges[1][j] : edges[1][j + 1], edges[2][k] : edges[2][k + 1]] = True
+                masks.append(m)
+    feats = []
+    for v in vols:
+        brain = v > np.quantile(v, 0.5)  # the brain fills about half of the field of view
+        csf = v < np.quantile(v[brain], 0.3)
+        row = []
+        for m in masks:
+            inside = m & brain
+            row += [float(csf[inside].mean()) if inside.any() else 0.0, float(v[m].mean())]
+        feats.append(row)
+    return np.asarray(feats, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------------------------- models
+
+
+class ClusterInputCNN(nn.Module):
+    """Cluster-input baseline: ``logit = W [h, z] + b`` on the backbone's pooled features ``h``."""
+
+    def __init__(self, encoder: MixedEffectsCNN, num_clusters: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.linear = nn.Linear(encoder.feature_dim + num_clusters, 1)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        features, _ = self.encoder.encode(x)
+        return self.linear(torch.cat([features[-1], z], dim=1)), features
+
+
+def _backbone(cfg: dict[str, Any], out_channels: int = 1) -> SmallCNN:
+    return SmallCNN(spatial_dims=3, in_channels=1, out_channels=out_channels, channels=cfg["channels"])
+
+
+def _me_cnn(cfg: dict[str, Any], num_clusters: int, random_effects: bool) -> MixedEffectsCNN:
+    return MixedEffectsCNN(
+        num_clusters,
+        backbone=_backbone(cfg),
+        random_slopes=random_effects,
+        random_intercept=random_effects,
+        slope_prior_scale=cfg["slope_prior_scale"],
+        intercept_prior_scale=cfg["intercept_prior_scale"],
+        probe_size=cfg["cohort"]["spatial_size"],
+    )
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator):
+    order = torch.randperm(n, generator=gen)
+    for i in range(0, n, batch_size):
+        yield order[i : i + batch_size]
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], generator=gen) < 0.5
+    if bool(flip.any()):
+        x = x.clone()
+        x[flip] = torch.flip(x[flip], dims=[2])  # left-right (RAS x axis); the anatomy and disease are bilateral
+    return x
+
+
+def train_model(
+    kind: str, cfg: dict[str, Any], x: torch.Tensor, y: torch.Tensor, site: torch.Tensor, num_clusters: int, seed: int
+) -> nn.Module:
+    """Train one deep model (``conventional``, ``cluster_input``, ``domain_adversarial``, ``me_no_adversary``,
+    ``me`` or ``z_predictor``) with the shared recipe and return it in eval mode."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    z_all = site_index_to_design(site, num_clusters)
+    adversary = regularizer = None
+    if kind == "z_predictor":
+        net: nn.Module = _backbone(cfg, out_channels=num_clusters)
+    elif kind == "cluster_input":
+        net = ClusterInputCNN(_me_cnn(cfg, num_clusters, random_effects=False), num_clusters)
+    else:
+        net = _me_cnn(cfg, num_clusters, random_effects=kind in ("me", "me_no_adversary"))
+        if kind in ("domain_adversarial", "me"):
+            adversary = net.make_adversary()
+            regularizer = AdversarialRegularizer(
+                adversary,
+                torch.optim.Adam(adversary.parameters(), cfg["lr"]),
+                cfg["lambda_g"],
+                cfg["adversary_objective"],
+            )
+    me = kind in ("me", "me_no_adversary")
+    loss_fn = None
+    if isinstance(net, MixedEffectsCNN):
+        loss_fn = MixedEffectsLoss(
+            net, "bce", lambda_mixed=1.0, lambda_fixed=cfg["lambda_fixed"] if me else 0.0, kl_weight=cfg["kl_weight"]
+        )
+    opt = torch.optim.Adam(random_effects_param_groups(net, cfg["lr"] * cfg["re_lr_scale"]), cfg["lr"])
+    epochs = cfg["z_predictor_epochs"] if kind == "z_predictor" else cfg["epochs"]
+    net.train()
+    for _ in range(epochs):
+        for idx in _batches(len(x), cfg["batch_size"], gen):
+            xb, yb, sb, zb = _augment(x[idx], gen), y[idx, None], site[idx], z_all[idx]
+            opt.zero_grad(set_to_none=True)
+            if kind == "z_predictor":
+                loss = F.cross_entropy(net(xb), sb)
+            elif kind == "cluster_input":
+                logit, _ = net(xb, zb)
+                loss = F.binary_cross_entropy_with_logits(logit, yb)
+            else:
+                loss = loss_fn(net(xb, zb if me else None), yb)
+                if regularizer is not None:
+                    loss = loss + regularizer.step(net.latest_output.features, sb)
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def predict(net: nn.Module, x: torch.Tensor, z: torch.Tensor | None, batch_size: int = 64):
+    """Probabilities and fixed-effects pooled features ``h`` (numpy) of ``x`` with design ``z``."""
+    probs, feats = [], []
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size]
+        zb = None if z is None else z[i : i + batch_size]
+        if isinstance(net, ClusterInputCNN):
+            logit, features = net(xb, zb)
+        else:
+            out = net.forward_all(xb, zb)
+            logit, features = out.mixed, out.features
+        probs.append(torch.sigmoid(logit[:, 0]))
+        feats.append(features[-1])
+    return torch.cat(probs).numpy(), torch.cat(feats).numpy()
+
+
+@torch.no_grad()
+def soft_design(z_predictor: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    return torch.cat([torch.softmax(z_predictor(x[i : i + batch_size]), 1) for i in range(0, len(x), batch_size)])
+
+
+# -------------------------------------------------------------------------------------------------------- metrics
+
+
+def _scores(y_train, p_train, y_seen, p_seen, y_unseen, p_unseen) -> dict[str, float]:
+    t = youden_threshold(y_train, p_train)
+    return {
+        "auroc_seen": float(roc_auc_score(y_seen, p_seen)),
+        "auroc_unseen": float(roc_auc_score(y_unseen, p_unseen)),
+        "balanced_accuracy_seen": float(balanced_accuracy_score(y_seen, p_seen >= t)),
+        "balanced_accuracy_unseen": float(balanced_accuracy_score(y_unseen, p_unseen >= t)),
+    }
+
+
+def site_probe_accuracy(h_train: np.ndarray, s_train: np.ndarray, h_test: np.ndarray, s_test: np.ndarray) -> float:
+    """Accuracy of a logistic-regression site probe fitted on training features, scored on test features."""
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    probe.fit(h_train, s_train)
+    return float((probe.predict(h_test) == s_test).mean())
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-3, 1 - 1e-3)
+    return np.log(p / (1 - p))
+
+
+def intercept_recovery(intercepts: np.ndarray, truth: dict[str, Any], seen_sites: Sequence[str]) -> dict[str, float]:
+    """Pearson r of per-site intercepts with the true prevalence logit and with the true log gain."""
+    prev = np.array([truth["sites"][s]["target_prevalence"] for s in seen_sites])
+    gain = np.array([truth["sites"][s]["effects"]["gain"]["t1"] for s in seen_sites])
+    return {
+        "intercept_vs_true_prevalence_r": float(pearsonr(intercepts, _logit(prev))[0]),
+        "intercept_vs_true_gain_r": float(pearsonr(intercepts, np.log(gain))[0]),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ protocol
+
+
+def run_repeat(
+    data: dict[str, Any], cfg: dict[str, Any], repeat: int, models: Sequence[str] = MODELS, log=print
+) -> dict[str, dict[str, float]]:
+    """Train and evaluate ``models`` on repeat ``repeat`` (fold ``repeat`` of the seen sites as test)."""
+    seen_sites = data["seen_sites"]
+    index = {s: i for i, s in enumerate(seen_sites)}
+    entries = data["entries"]
+    seen_idx = [i for i, e in enumerate(entries) if e["site"] in index]
+    unseen_idx = np.array([i for i, e in enumerate(entries) if e["site"] not in index])
+    folds = stratified_group_kfold([dict(entries[i], _i=i) for i in seen_idx], n_splits=cfg["folds"], seed=0)
+    fold = folds[repeat % cfg["folds"]]
+    tr = np.array([e["_i"] for e in fold["training"]])
+    te = np.array([e["_i"] for e in fold["validation"]])
+
+    images, labels = torch.from_numpy(data["images"]), data["labels"]
+    site_idx = np.array([index.get(s, -1) for s in data["sites"]])
+    K = len(seen_sites)
+    x_tr, x_te, x_un = images[tr], images[te], images[unseen_idx]
+    y_tr, y_te, y_un = labels[tr], labels[te], labels[unseen_idx]
+    s_tr = torch.from_numpy(site_idx[tr]).long()
+    z_tr, z_te = site_index_to_design(s_tr, K), site_index_to_design(site_idx[te], K)
+    zeros_te, zeros_un = torch.zeros(len(te), K), torch.zeros(len(unseen_idx), K)
+    seed = 1000 * repeat
+    results: dict[str, dict[str, float]] = {}
+
+    def deep(kind, train_labels=y_tr):
+        start = time.perf_counter()
+        net = train_model(kind, cfg, x_tr, torch.from_numpy(train_labels), s_tr, K, seed)
+        log(f"  repeat {repeat} {kind}: trained in {time.perf_counter() - start:.0f} s")
+        return net
+
+    def probe(h_tr, h_te):
+        return site_probe_accuracy(h_tr, site_idx[tr], h_te, site_idx[te])
+
+    # conventional, shuffled labels and domain-adversarial: the fixed-effects prediction everywhere
+    perm = np.random.default_rng(seed).permutation(len(tr))
+    for name, kind, ytrain in (
+        ("conventional", "conventional", y_tr),
+        ("shuffled_label", "conventional", y_tr[perm]),
+        ("domain_adversarial", "domain_adversarial", y_tr),
+    ):
+        if name not in models:
+            continue
+        net = deep(kind, ytrain)
+        (p_tr, h_tr), (p_te, h_te), (p_un, _) = (predict(net, a, None) for a in (x_tr, x_te, x_un))
+        results[name] = {**_scores(ytrain, p_tr, y_te, p_te, y_un, p_un), "site_probe_accuracy": probe(h_tr, h_te)}
+
+    if "cluster_input" in models:
+        net = deep("cluster_input")
+        (p_tr, h_tr), (p_te, h_te), (p_un, _) = (
+            predict(net, x_tr, z_tr),
+            predict(net, x_te, z_te),
+            predict(net, x_un, zeros_un),
+        )
+        results["cluster_input"] = {
+            **_scores(y_tr, p_tr, y_te, p_te, y_un, p_un),
+            "site_probe_accuracy": probe(h_tr, h_te),
+            **intercept_recovery(net.linear.weight[0, -K:].detach().numpy(), data["truth"], seen_sites),
+        }
+
+    gen = torch.Generator().manual_seed(seed + 7)
+
+    def random_z(n):
+        return site_index_to_design(torch.randint(0, K, (n,), generator=gen), K)
+
+    for kind in ("me_no_adversary", "me"):
+        if kind not in models and (kind == "me_no_adversary" or not {"me_randomized_z", "me_inferred_z"} & set(models)):
+            continue
+        net = deep(kind)
+        intercepts = net.head.intercept.loc[:, 0].detach().numpy()
+        recovery = intercept_recovery(intercepts, data["truth"], seen_sites)
+        (p_tr, h_tr), (p_te, h_te) = predict(net, x_tr, z_tr), predict(net, x_te, z_te)
+        p_un, _ = predict(net, x_un, zeros_un)
+        fe = {"site_probe_accuracy": probe(h_tr, h_te), **recovery}
+        pop_te, _ = predict(net, x_te, zeros_te)
+        fe["auroc_seen_population"] = float(roc_auc_score(y_te, pop_te))
+        results[kind] = {**_scores(y_tr, p_tr, y_te, p_te, y_un, p_un), **fe}
+        if kind == "me":
+            rz = [predict(net, a, random_z(len(a)))[0] for a in (x_tr, x_te, x_un)]
+            results["me_randomized_z"] = {**_scores(y_tr, rz[0], y_te, rz[1], y_un, rz[2]), **fe}
+        if kind == "me" and "me_inferred_z" in models:
+            z_predictor = deep("z_predictor")
+            zi_tr, zi_te, zi_un = (soft_design(z_predictor, a) for a in (x_tr, x_te, x_un))
+            iz = [predict(net, a, z)[0] for a, z in ((x_tr, zi_tr), (x_te, zi_te), (x_un, zi_un))]
+            results["me_inferred_z"] = {
+                **_scores(y_tr, iz[0], y_te, iz[1], y_un, iz[2]),
+                **fe,
+                "z_predictor_accuracy_seen": float((zi_te.argmax(1).numpy() == site_idx[te]).mean()),
+            }
+
+    if "traditional" in models:  # regional volumes and intensities + logistic regression (C by inner 5-fold CV)
+        f_all = data["features"]
+        lr = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=10, cv=5, max_iter=5000, scoring="roc_auc"))
+        lr.fit(f_all[tr], y_tr)
+        p_tr, p_te, p_un = (lr.predict_proba(f_all[a])[:, 1] for a in (tr, te, unseen_idx))
+        results["traditional"] = {
+            **_scores(y_tr, p_tr, y_te, p_te, y_un, p_un),
+            "site_probe_accuracy": probe(f_all[tr], f_all[te]),
+        }
+    for name in results:
+        r = results[name]
+        log(
+            f"  repeat {repeat} {name:>18}: AUROC seen {r['auroc_seen']:.3f} unseen {r['auroc_unseen']:.3f}"
+            f" | site probe {r.get('site_probe_accuracy', math.nan):.2f}"
+        )
+    return results
+
+
+def _entry(values: list[dict[str, float]]) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    for key in values[0]:
+        if key in ("auroc_seen", "auroc_unseen"):
+            continue
+        s = summarize([v[key] for v in values])
+        extra[key] = s["mean"]
+        extra[f"{key}_ci95"] = s["ci95"]
+    return {
+        "seen": summarize([v["auroc_seen"] for v in values]),
+        "unseen": summarize([v["auroc_unseen"] for v in values]),
+        "extra": extra,
+    }
+
+
+NOTES = """
+How to read: `seen` = AUROC on held-out subjects of the 6 training sites (fold r of 5), `unseen` = AUROC on every
+scan of the 2 sites never used in training; mean [t-based 95% CI] over repeats. `me` uses the true site's random
+effects on seen sites and the population prediction (z = 0) on unseen sites; `me_randomized_z` a random training
+site's effects; `me_inferred_z` the z-predictor's soft z everywhere. `site_probe_accuracy`: a logistic regression
+predicting the training site from the fixed-effects pooled features (chance 1/6 = 0.167; lower = more
+site-invariant). `intercept_vs_true_prevalence_r`: Pearson r over the 6 seen sites between the learned random
+intercepts (for cluster_input: the classifier weights on z) and the logit of the generator's per-site disease
+prevalence; `intercept_vs_true_gain_r`: the same against the generator's scanner gain (a nuisance effect the
+intercept should not track). `auroc_seen_population`: the ME model's fixed-effects prediction on seen sites.
+"""
+
+
+def _paired(a: list[dict[str, float]], b: list[dict[str, float]], key: str) -> list[float]:
+    """Per-repeat differences ``a - b`` of ``key`` (same folds and seeds, so the comparison is paired)."""
+    return [x[key] - y[key] for x, y in zip(a, b)]
+
+
+def _with_cohort(cfg: dict[str, Any], cohort_dir: str | None, body, log=print):
+    """Load (generating if needed) the cohort and its regional features, call ``body(data)``, clean up."""
+    torch.set_num_threads(cfg["threads"])
+    tmp = None
+    if cohort_dir is None:
+        tmp = cohort_dir = tempfile.mkdtemp(prefix="mri_benchmark_cohort_")
+    try:
+        start = time.perf_counter()
+        data = load_cohort(cohort_dir, cfg)
+        data["features"] = traditional_features(data["images"], data["affine"], data["truth"]["regions"])
+        log(
+            f"cohort: {len(data['entries'])} scans, sites {data['seen_sites']} seen, {data['unseen_sites']} unseen "
+            f"({time.perf_counter() - start:.0f} s)"
+        )
+        return body(data)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(
+    quick: bool = False, out_dir=None, config: dict[str, Any] | None = None, cohort_dir: str | None = None, log=print
+) -> dict[str, Any]:
+    """The benchmark: every model, ``repeats`` folds; writes ``mri.json`` / ``mri.md``."""
+    cfg = config or default_config(quick)
+    start = time.perf_counter()
+    seeds = list(range(cfg["repeats"]))
+
+    def body(data):
+        per_model: dict[str, list[dict[str, float]]] = {m: [] for m in MODELS}
+        for r in seeds:
+            res = run_repeat(data, cfg, r, log=log)
+            for m in MODELS:
+                per_model[m].append(res[m])
+        return per_model
+
+    per_model = _with_cohort(cfg, cohort_dir, body, log)
+    me = per_model["me"]
+    for name, other, key in (
+        ("paired_unseen_minus_conventional", "conventional", "auroc_unseen"),
+        ("paired_unseen_minus_cluster_input", "cluster_input", "auroc_unseen"),
+        ("paired_seen_minus_randomized_z", "me_randomized_z", "auroc_seen"),
+    ):
+        for entry, diff in zip(me, _paired(me, per_model[other], key)):
+            entry[name] = diff
+    models = {m: _entry(per_model[m]) for m in MODELS}
+    cfg = {**cfg, "seconds": round(time.perf_counter() - start, 1)}
+    kwargs = {} if out_dir is None else {"out_dir": out_dir}
+    return write_results(NAME, quick, "auroc", len(seeds), models, cfg, seeds, notes=NOTES, **kwargs)
+
+
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "me (lambda_g 0.1, kl 1e-3)": {},
+    "lambda_g 0 (no adversary)": {"lambda_g": 0.0},
+    "lambda_g 0.3": {"lambda_g": 0.3},
+    "lambda_g 1.0": {"lambda_g": 1.0},
+    "adversary objective ce": {"adversary_objective": "ce"},
+    "kl_weight 1e-2": {"kl_weight": 1e-2},
+    "kl_weight 1e-4": {"kl_weight": 1e-4},
+    "lambda_fixed 0 (mixed head only)": {"lambda_fixed": 0.0},
+    "random-effects lr x1": {"re_lr_scale": 1.0},
+}
+"""Settings of the ``me`` model varied one at a time by ``--ablation`` (the rest as in :func:`default_config`)."""
+
+
+def run_ablation(
+    quick: bool = False, out_dir=None, config: dict[str, Any] | None = None, cohort_dir: str | None = None, log=print
+) -> dict[str, Any]:
+    """The ``me`` model with one setting changed at a time (:data:`ABLATIONS`), against the conventional model on
+    the same folds; writes ``mri_ablation.json`` / ``.md`` (extra: paired differences to ``conventional``)."""
+    cfg = config or default_config(quick)
+    start = time.perf_counter()
+    seeds = list(range(cfg["repeats"]))
+
+    def body(data):
+        out = {
+            "conventional": [run_repeat(data, cfg, r, models=("conventional",), log=log)["conventional"] for r in seeds]
+        }
+        for name, change in ABLATIONS.items():
+            c = {**cfg, **change}
+            runs = [run_repeat(data, c, r, models=("me", "me_randomized_z"), log=log) for r in seeds]
+            out[name] = [
+                {**r["me"], "seen_minus_randomized_z": r["me"]["auroc_seen"] - r["me_randomized_z"]["auroc_seen"]}
+                for r in runs
+            ]
+            log(f"ablation {name}: unseen {np.mean([v['auroc_unseen'] for v in out[name]]):.3f}")
+        return out
+
+    per_model = _with_cohort(cfg, cohort_dir, body, log)
+    conv = per_model["conventional"]
+    for name in ABLATIONS:
+        for entry, diff in zip(per_model[name], _paired(per_model[name], conv, "auroc_unseen")):
+            entry["paired_unseen_minus_conventional"] = diff
+        for entry, diff in zip(per_model[name], _paired(per_model[name], conv, "auroc_seen")):
+            entry["paired_seen_minus_conventional"] = diff
+    models = {m: _entry(v) for m, v in per_model.items()}
+    cfg = {**cfg, "ablations": ABLATIONS, "seconds": round(time.perf_counter() - start, 1)}
+    kwargs = {} if out_dir is None else {"out_dir": out_dir}
+    notes = "One setting of the `me` model changed at a time; `paired_*` are per-fold differences to `conventional`."
+    return write_results(f"{NAME}_ablation", quick, "auroc", len(seeds), models, cfg, seeds, notes=notes, **kwargs)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = benchmark_parser(__doc__.splitlines()[0])
+    parser.add_argument("--cohort-dir", default=None, help="reuse/generate the cohort here (default: a temp folder)")
+    parser.add_argument("--ablation", action="store_true", help="vary the me model's settings (mri_ablation.*)")
+    args = parser.parse_args(argv)
+    (run_ablation if args.ablation else run)(quick=args.quick, out_dir=args.out, cohort_dir=args.cohort_dir)
+
+
+if __name__ == "__main__":
+    main()
