@@ -80,17 +80,17 @@ def default_config(quick: bool = False) -> dict[str, Any]:
     return {
         "seeds": [0] if quick else [0, 1, 2, 3, 4],
         "cohort": {
-            "num_subjects": 160 if quick else 240,
+            "num_subjects": 300,
             "sites": 6,
             "unseen_sites": 2,
-            "spatial_size": [48, 48, 48],
-            "spacing": [4.0, 4.0, 4.0],
-            "disease_strength": 0.3,
+            "spatial_size": [32, 32, 32],
+            "spacing": [6.0, 6.0, 6.0],
+            "disease_strength": 0.4,
         },
         "missing_site": "site_b",
         "spatial_size": [32, 32, 32],
         "channels": [8, 16, 32, 64],
-        "epochs": 6 if quick else 20,
+        "epochs": 12 if quick else 20,
         "batch_size": 16,
         "lr": 1e-3,
         "lambda_g": 0.1,
@@ -107,7 +107,8 @@ def load_cohort(cfg: dict[str, Any], seed: int, cache_dir: str) -> dict[str, Any
     Returns arrays ``t1``/``flair`` (``(n, 1, *size)`` float32, z-scored per volume), ``label``, ``site`` (names),
     ``split`` (``training``/``validation``/``test``) and the seen sites.
     """
-    tag = f"n{cfg['cohort']['num_subjects']}_d{cfg['cohort']['disease_strength']:g}"
+    c = cfg["cohort"]
+    tag = f"n{c['num_subjects']}_d{c['disease_strength']:g}_{'x'.join(map(str, c['spatial_size']))}"
     out = os.path.join(cache_dir, f"cohort_seed{seed}_{tag}")
     datalist = generate_mri_cohort(out, seed=seed, modalities=MODALITIES, **cfg["cohort"])
     cache = os.path.join(out, f"arrays_{'x'.join(map(str, cfg['spatial_size']))}.npz")
@@ -174,13 +175,9 @@ def build_model(spec: dict[str, Any], cfg: dict[str, Any], num_sites: int) -> to
         return SmallCNN(3, in_channels=n_in, out_channels=1, channels=cfg["channels"])
     if spec["kind"] == "me_cnn":
         return MixedEffectsCNN(num_sites, {**backbone, "in_channels": n_in}, probe_size=cfg["spatial_size"])
+    options = {"fusion": spec["fusion"], "modality_dropout": cfg["modality_dropout"], **spec.get("options", {})}
     return MultimodalMixedEffectsCNN(
-        num_sites,
-        modalities=spec["inputs"],
-        backbone=backbone,
-        fusion=spec["fusion"],
-        modality_dropout=cfg["modality_dropout"],
-        probe_size=cfg["spatial_size"],
+        num_sites, modalities=spec["inputs"], backbone=backbone, probe_size=cfg["spatial_size"], **options
     )
 
 
@@ -266,7 +263,7 @@ def run_seed(cfg: dict[str, Any], seed: int, cache_dir: str, log=print) -> dict[
     split, site = data["split"], data["site"]
     unseen = ~np.isin(site, data["seen_sites"])
     results: dict[str, dict[str, float]] = {}
-    for scenario in SCENARIOS:
+    for scenario in cfg.get("scenarios", SCENARIOS):
         flair = has_flair(data, scenario, cfg["missing_site"])
         for name in cfg.get("models", MODELS):
             spec = MODELS[name]

@@ -135,11 +135,17 @@ def test_training_batch_statistics_ignore_absent_samples():
     out.sum().backward()
     grads = [p.grad for p in net.branches[1].encoder.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-    # a modality absent from the whole batch gets no gradient at all
+    # a modality absent from the whole batch gets an exactly zero gradient, and every trainable parameter is in
+    # the graph (DistributedDataParallel without find_unused_parameters); no data passes through the branch
     net.zero_grad(set_to_none=True)
-    net(x, None, torch.tensor([[1, 0]] * 4)).sum().backward()
-    assert all(p.grad is None for p in net.branches[1].encoder.stages.parameters())
-    assert any(p.grad is not None for p in net.branches[0].encoder.stages.parameters())
+    stats = net.branches[1].encoder.stages[0].body.features_block0_adn_N.running_mean.clone()
+    net(x, torch.eye(K)[[0, 1, 2, 0]], torch.tensor([[1, 0]] * 4)).sum().backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+    assert all(p.grad.abs().sum() == 0 for p in net.branches[1].parameters() if p.requires_grad)
+    assert any(p.grad.abs().sum() > 0 for p in net.branches[0].encoder.stages.parameters())
+    assert torch.equal(net.branches[1].encoder.stages[0].body.features_block0_adn_N.running_mean, stats)
+    # the encoders' own read-outs are unused and frozen
+    assert not any(p.requires_grad for b in net.branches for p in b.encoder.head.parameters())
 
 
 def test_required_modality_and_input_errors():

@@ -277,6 +277,7 @@ class MultimodalMixedEffectsCNN(MixedEffectsNet):
                     learn_prior_scale=learn_prior_scale,
                     probe_size=probe_size,
                 )
+                encoder.head.requires_grad_(False)  # the encoder's own read-out is not used (the fused head is)
                 if shared_weights:
                     shared = encoder
             if channels[i] is not None and int(channels[i]) != encoder.in_channels:
@@ -458,6 +459,8 @@ class MultimodalMixedEffectsCNN(MixedEffectsNet):
                 hm = _scatter_rows(hm_sub, idx, batch)
             else:
                 feats = [x.new_zeros(batch, n) for n in branch.feature_sizes]
+                if self.training and not torch.jit.is_scripting():
+                    feats[-1] = feats[-1] + self._zero_touch(branch)
                 hm = feats[-1]
             features.extend(feats)
             fixed_emb.append(feats[-1])
@@ -471,6 +474,18 @@ class MultimodalMixedEffectsCNN(MixedEffectsNet):
         else:
             mixed = self.head(self.fusion(mixed_emb, present), z)[0]
         return MixedEffectsOutput(mixed, fixed, features, self.head.log_noise_scale)
+
+    @torch.jit.unused
+    def _zero_touch(self, branch: ModalityBranch) -> torch.Tensor:
+        """``0 * sum(parameters)`` of a branch absent from the whole batch, so every trainable parameter is in the
+        graph (with a zero gradient) and ``DistributedDataParallel`` works without ``find_unused_parameters``.
+
+        No data passes through the branch (batch-norm statistics are untouched) and the value is exactly zero.
+        """
+        params = [p for p in branch.parameters() if p.requires_grad]
+        if not params:
+            return torch.zeros(())
+        return torch.stack([p.sum() for p in params]).sum() * 0.0
 
     def forward(
         self,
