@@ -1,0 +1,166 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""The multimodal MRI ME-CNN bundle: metadata and network checks, and train -> evaluate -> inference (tiny cohort)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "mri_multimodal_me_cnn_classification"
+CONFIGS = BUNDLE / "configs"
+SCHEMA_CANDIDATES = [
+    os.environ.get("MONAI_MEDL_BUNDLE_SCHEMA", ""),
+    str(REPO.parent / "shared" / "monai" / "meta_schema_20240725.json"),
+    "/work/shared/monai/meta_schema_20240725.json",
+]
+TINY = {  # 40 subjects on a coarse grid, 24^3 network input, two epochs
+    "cohort#num_subjects": 40,
+    "cohort#spatial_size": [32, 32, 32],
+    "cohort#spacing": [6.0, 6.0, 6.0],
+    "spatial_size": [24, 24, 24],
+}
+
+
+def _schema() -> str:
+    for path in SCHEMA_CANDIDATES:
+        if path and os.path.isfile(path):
+            return path
+    pytest.skip(f"bundle metadata schema meta_schema_20240725.json not found in {SCHEMA_CANDIDATES}")
+
+
+def test_bundle_layout_and_metadata():
+    for rel in (
+        "LICENSE",
+        "configs/metadata.json",
+        "configs/train.json",
+        "configs/evaluate.json",
+        "configs/inference.json",
+        "configs/multi_gpu_train.json",
+        "configs/logging.conf",
+        "docs/README.md",
+        "models/model.pt",
+        "models/site_vocabulary.json",
+    ):
+        assert (BUNDLE / rel).is_file(), rel
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=_schema())
+    meta = ConfigParser.load_config_file(CONFIGS / "metadata.json")
+    assert meta["version"] in meta["changelog"]
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 2
+    assert (BUNDLE / "models" / "model.pt").stat().st_size < 25 * 2**20
+
+
+def test_shipped_network_in_out_and_torchscript_export(tmp_path):
+    kwargs = {
+        "meta_file": str(CONFIGS / "metadata.json"),
+        "config_file": str(CONFIGS / "inference.json"),
+        "bundle_root": str(BUNDLE),
+    }
+    verify_net_in_out(net_id="network_def", **kwargs)
+    ts_path = tmp_path / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(ts_path), ckpt_file=str(BUNDLE / "models" / "model.pt"), **kwargs)
+    parser = ConfigParser(ConfigParser.load_config_file(CONFIGS / "inference.json"))
+    parser["bundle_root"] = str(BUNDLE)
+    network = parser.get_parsed_content("network_def").eval()
+    network.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True))
+    scripted = torch.jit.load(str(ts_path))
+    k = network.num_clusters
+    x, z = torch.rand(3, 2, 32, 32, 32), torch.eye(k)[[0, 1, k - 1]]
+    mask, cov = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]]), torch.tensor([[0.5, 1.0], [-1.0, 0.0], [0.0, 1.0]])
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x, z, mask, cov), network(x, z, mask, cov))
+        torch.testing.assert_close(scripted(x), network(x))
+        with pytest.raises(Exception, match="modality 't1' is required"):
+            scripted(x, z, torch.tensor([[0.0, 1.0]] * 3))
+
+
+def _workflow(config_files, root: Path, workflow_type: str, **override) -> ConfigWorkflow:
+    wf = ConfigWorkflow(
+        config_file=[str(root / "configs" / f) for f in config_files],
+        meta_file=str(root / "configs" / "metadata.json"),
+        logging_file=str(root / "configs" / "logging.conf"),
+        workflow_type=workflow_type,
+        bundle_root=str(root),
+        **override,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+def _metrics(path: Path) -> dict[tuple[str, str], dict]:
+    with open(path) as f:
+        return {(m["mode"], m["group"]): m for m in json.load(f) if m["group"] != "site"}
+
+
+def test_train_evaluate_inference_on_a_tiny_cohort(tmp_path):
+    root = tmp_path / "bundle"
+    shutil.copytree(BUNDLE / "configs", root / "configs")
+    tiny = {**TINY, "dataset_dir": str(tmp_path / "data")}
+    _workflow(["train.json"], root, "train", **tiny, **{"train#trainer#max_epochs": 2})
+    datalist = json.loads((tmp_path / "data" / "datalist.json").read_text())
+    no_flair = {e["site"] for section in ("training", "test") for e in datalist[section] if "flair" not in e}
+    assert no_flair == {"site_b"}  # the default cohort has one site without FLAIR
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert {"branches.0.slopes.loc", "branches.1.slopes.loc", "branches.2.slopes.loc", "head.intercept.loc"} <= set(
+        state
+    )
+    assert (root / "models" / "z_predictor.pt").is_file() and (root / "models" / "site_vocabulary.json").is_file()
+
+    # evaluation: every z mode, seen and unseen sites, thresholds from training scans
+    _workflow(["train.json", "evaluate.json"], root, "train", **tiny)
+    metrics = _metrics(root / "eval" / "metrics.json")
+    for mode in ("mixed", "population", "inferred"):
+        for group in ("seen", "unseen"):
+            assert metrics[(mode, group)]["n"] > 0
+    n_test = len(datalist["test"])
+    with open(root / "eval" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sum(r["mode"] == "population" and r["split"] == "test" for r in rows) == n_test
+    assert all(0 <= float(r["probability"]) <= 1 for r in rows)
+    # evaluation with FLAIR withheld from every scan: the model predicts from T1 (and covariates) alone
+    _workflow(
+        ["train.json", "evaluate.json"],
+        root,
+        "train",
+        **tiny,
+        withhold_modalities=["flair"],
+        output_dir=str(root / "eval_t1_only"),
+        eval_modes=["population"],
+    )
+    with open(root / "eval_t1_only" / "predictions.csv") as f:
+        t1_only = {r["image"]: float(r["probability"]) for r in csv.DictReader(f) if r["split"] == "test"}
+    both = {r["image"]: float(r["probability"]) for r in rows if r["mode"] == "population" and r["split"] == "test"}
+    assert t1_only.keys() == both.keys()
+    with_flair = [img for img, e in zip(both, datalist["test"]) if "flair" in e]
+    assert any(abs(t1_only[i] - both[i]) > 1e-6 for i in with_flair)  # FLAIR mattered where it was present
+
+    # inference on the test section (seen sites mixed, unseen sites inferred), then on a folder of T1 files only
+    _workflow(["inference.json"], root, "infer", dataset_dir=str(tmp_path / "data"), spatial_size=TINY["spatial_size"])
+    with open(root / "eval" / "inference_predictions.csv") as f:
+        preds = list(csv.DictReader(f))
+    assert len(preds) == n_test and all(0 <= float(p["probability"]) <= 1 for p in preds)
+    folder = tmp_path / "t1_folder"
+    folder.mkdir()
+    for e in datalist["test"][:3]:
+        shutil.copy(tmp_path / "data" / e["image"], folder)
+    _workflow(
+        ["inference.json"],
+        root,
+        "infer",
+        input=str(folder),
+        unseen_mode="population",
+        output_dir=str(root / "eval_folder"),
+        spatial_size=TINY["spatial_size"],
+    )
+    with open(root / "eval_folder" / "inference_predictions.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3
