@@ -23,9 +23,30 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-__all__ = ["DEFAULT_OUT", "benchmark_parser", "summarize", "environment", "markdown_table", "write_results"]
+__all__ = [
+    "CONTRACT_MODELS",
+    "DEFAULT_OUT",
+    "benchmark_parser",
+    "summarize",
+    "environment",
+    "markdown_table",
+    "write_results",
+]
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+# the model keys of the benchmark contract (DESIGN.md section 6), in the order tables list them
+CONTRACT_MODELS = (
+    "conventional",
+    "cluster_input",
+    "domain_adversarial",
+    "me_no_adversary",
+    "me",
+    "me_randomized_z",
+    "me_inferred_z",
+    "traditional",
+    "shuffled_label",
+)
 
 
 def benchmark_parser(description: str) -> argparse.ArgumentParser:

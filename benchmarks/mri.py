@@ -57,7 +57,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from benchmarks._common import benchmark_parser, summarize, write_results
+from benchmarks._common import CONTRACT_MODELS, benchmark_parser, summarize, write_results
 from monai_medl.bundle.optim import random_effects_param_groups
 from monai_medl.data.cohort import generate_mri_cohort
 from monai_medl.data.splits import stratified_group_kfold
@@ -71,17 +71,7 @@ from monai_medl.transforms.site import site_index_to_design
 __all__ = ["MODELS", "ABLATIONS", "default_config", "load_cohort", "run_repeat", "run", "run_ablation", "main"]
 
 NAME = "mri"
-MODELS = (
-    "conventional",
-    "cluster_input",
-    "domain_adversarial",
-    "me_no_adversary",
-    "me",
-    "me_randomized_z",
-    "me_inferred_z",
-    "traditional",
-    "shuffled_label",
-)
+MODELS = CONTRACT_MODELS
 
 
 def default_config(quick: bool = False) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
-from benchmarks._common import benchmark_parser, summarize, write_results
+from benchmarks._common import CONTRACT_MODELS, benchmark_parser, summarize, write_results
 from monai_medl.data.spirals import SpiralData, make_spirals
 from monai_medl.engines.tabular import TabularTrainer, data_dependent_init_, predict_tabular
 from monai_medl.networks.nets.cluster_classifier import ClusterAdversary, ClusterPredictor
@@ -49,17 +49,7 @@ from monai_medl.utils.attribution import attribution_share, fixed_effects_attrib
 __all__ = ["MODELS", "default_config", "make_data", "run_fold", "run_variant", "run", "main"]
 
 NAME = "spirals"
-MODELS = (
-    "conventional",
-    "cluster_input",
-    "domain_adversarial",
-    "me_no_adversary",
-    "me",
-    "me_randomized_z",
-    "me_inferred_z",
-    "traditional",
-    "shuffled_label",
-)
+MODELS = CONTRACT_MODELS
 TORCH_MODELS = ("conventional", "cluster_input", "domain_adversarial", "me_no_adversary", "me", "shuffled_label")
 
 
