@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest
@@ -14,60 +13,22 @@ import torch
 if importlib.util.find_spec("skimage") is None:
     pytest.skip("scikit-image (the source of the real cell image) is not installed", allow_module_level=True)
 
-from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out  # noqa: E402
+from monai.bundle import ConfigWorkflow  # noqa: E402
+
+from tests.bundle_checks import check_layout_and_metadata, verify_and_export  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "livecell_me_autoencoder"
 CONFIGS = BUNDLE / "configs"
-SCHEMA_CANDIDATES = [
-    os.environ.get("MONAI_MEDL_BUNDLE_SCHEMA", ""),
-    str(REPO.parent / "shared" / "monai" / "meta_schema_20240725.json"),
-    "/work/shared/monai/meta_schema_20240725.json",
-]
-
-
-def _schema() -> str:
-    for path in SCHEMA_CANDIDATES:
-        if path and os.path.isfile(path):
-            return path
-    pytest.skip(f"bundle metadata schema meta_schema_20240725.json not found in {SCHEMA_CANDIDATES}")
 
 
 def test_bundle_layout_and_metadata():
-    for rel in (
-        "LICENSE",
-        "configs/metadata.json",
-        "configs/train.json",
-        "configs/evaluate.json",
-        "configs/inference.json",
-        "configs/logging.conf",
-        "docs/README.md",
-        "models/model.pt",
-    ):
-        assert (BUNDLE / rel).is_file(), rel
-    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=_schema())
-    meta = ConfigParser.load_config_file(CONFIGS / "metadata.json")
-    assert meta["version"] in meta["changelog"]
-    assert (BUNDLE / "models" / "model.pt").stat().st_size < 25 * 2**20
+    check_layout_and_metadata(BUNDLE)
 
 
 def test_network_in_out_and_torchscript_export(tmp_path):
-    kwargs = {
-        "meta_file": str(CONFIGS / "metadata.json"),
-        "config_file": str(CONFIGS / "inference.json"),
-        "bundle_root": str(BUNDLE),
-    }
-    verify_net_in_out(net_id="network_def", **kwargs)
-    # the shipped weights are a plain state_dict of network_def (strict load) and export to TorchScript
-    ts_path = tmp_path / "model.ts"
-    ckpt_export(net_id="network_def", filepath=str(ts_path), ckpt_file=str(BUNDLE / "models" / "model.pt"), **kwargs)
-    net = ConfigParser.load_config_file(CONFIGS / "inference.json")
-    parser = ConfigParser(net)
-    network = parser.get_parsed_content("network_def")
-    network.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True))
-    scripted = torch.jit.load(str(ts_path))
+    network, scripted = verify_and_export(BUNDLE, tmp_path)  # shipped weights: a plain state_dict of network_def
     x, z = torch.rand(2, 1, 32, 32), torch.eye(6)[[0, 5]]
-    network.eval()
     assert torch.allclose(scripted(x, z), network(x, z), atol=1e-5)
 
 

@@ -15,8 +15,9 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
+from tests.bundle_checks import meta_schema
+
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mri_me_cnn_classification"
-SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "monai" / "meta_schema_20240725.json"
 CONFIGS = BUNDLE / "configs"
 
 # a tiny cohort: 16^3 voxels of 12 mm, 6 seen + 2 unseen sites
@@ -58,9 +59,8 @@ def test_bundle_layout_and_required_ids():
     assert infer["spatial_size"] == train["spatial_size"]
 
 
-@pytest.mark.skipif(not SCHEMA.is_file(), reason=f"shared MONAI meta schema not found at {SCHEMA} (outside the repo)")
 def test_metadata_against_the_shared_schema():
-    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=meta_schema())
 
 
 @pytest.fixture(scope="module")

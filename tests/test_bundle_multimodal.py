@@ -5,22 +5,18 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigWorkflow
+
+from tests.bundle_checks import check_layout_and_metadata, verify_and_export  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "mri_multimodal_me_cnn_classification"
 CONFIGS = BUNDLE / "configs"
-SCHEMA_CANDIDATES = [
-    os.environ.get("MONAI_MEDL_BUNDLE_SCHEMA", ""),
-    str(REPO.parent / "shared" / "monai" / "meta_schema_20240725.json"),
-    "/work/shared/monai/meta_schema_20240725.json",
-]
 TINY = {  # 40 subjects on a coarse grid, 24^3 network input, two epochs
     "cohort#num_subjects": 40,
     "cohort#spatial_size": [32, 32, 32],
@@ -29,48 +25,15 @@ TINY = {  # 40 subjects on a coarse grid, 24^3 network input, two epochs
 }
 
 
-def _schema() -> str:
-    for path in SCHEMA_CANDIDATES:
-        if path and os.path.isfile(path):
-            return path
-    pytest.skip(f"bundle metadata schema meta_schema_20240725.json not found in {SCHEMA_CANDIDATES}")
-
-
 def test_bundle_layout_and_metadata():
-    for rel in (
-        "LICENSE",
-        "configs/metadata.json",
-        "configs/train.json",
-        "configs/evaluate.json",
-        "configs/inference.json",
-        "configs/multi_gpu_train.json",
-        "configs/logging.conf",
-        "docs/README.md",
-        "models/model.pt",
-        "models/site_vocabulary.json",
-    ):
-        assert (BUNDLE / rel).is_file(), rel
-    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=_schema())
-    meta = ConfigParser.load_config_file(CONFIGS / "metadata.json")
-    assert meta["version"] in meta["changelog"]
+    meta = check_layout_and_metadata(
+        BUNDLE, extra_files=("configs/multi_gpu_train.json", "models/site_vocabulary.json")
+    )
     assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 2
-    assert (BUNDLE / "models" / "model.pt").stat().st_size < 25 * 2**20
 
 
 def test_shipped_network_in_out_and_torchscript_export(tmp_path):
-    kwargs = {
-        "meta_file": str(CONFIGS / "metadata.json"),
-        "config_file": str(CONFIGS / "inference.json"),
-        "bundle_root": str(BUNDLE),
-    }
-    verify_net_in_out(net_id="network_def", **kwargs)
-    ts_path = tmp_path / "model.ts"
-    ckpt_export(net_id="network_def", filepath=str(ts_path), ckpt_file=str(BUNDLE / "models" / "model.pt"), **kwargs)
-    parser = ConfigParser(ConfigParser.load_config_file(CONFIGS / "inference.json"))
-    parser["bundle_root"] = str(BUNDLE)
-    network = parser.get_parsed_content("network_def").eval()
-    network.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True))
-    scripted = torch.jit.load(str(ts_path))
+    network, scripted = verify_and_export(BUNDLE, tmp_path)
     k = network.num_clusters
     x, z = torch.rand(3, 2, 32, 32, 32), torch.eye(k)[[0, 1, k - 1]]
     mask, cov = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]]), torch.tensor([[0.5, 1.0], [-1.0, 0.0], [0.0, 1.0]])
