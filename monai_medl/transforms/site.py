@@ -11,7 +11,6 @@ The conventions shared by the whole package:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
@@ -21,6 +20,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.utils import ensure_tuple_rep
+
+from monai_medl.transforms.json_io import JsonFileMixin
 
 __all__ = [
     "UNSEEN_SITE",
@@ -76,7 +77,7 @@ def _site_sort_key(name: str) -> tuple[int, int, str]:
         return (1, 0, name)
 
 
-class SiteVocabulary:
+class SiteVocabulary(JsonFileMixin):
     """Map the sites of the training set to indices ``0 .. K-1`` (sorted order), unseen sites to ``UNSEEN_SITE``.
 
     Raw sites may be strings (``"site_a"``) or integers (``3``); they are stored under a canonical string name,
@@ -98,6 +99,8 @@ class SiteVocabulary:
         >>> vocab.index("site_b"), vocab.index("site_z")
         (1, -1)
     """
+
+    json_description = "site vocabulary"
 
     def __init__(self, sites: Iterable[Any]) -> None:
         names = {canonical_site(s) for s in sites}
@@ -180,25 +183,6 @@ class SiteVocabulary:
                 f"stored site vocabulary {list(data['sites'])} is not unique and sorted; expected {list(vocab.sites)}."
             )
         return vocab
-
-    def to_json(self, path: str | os.PathLike) -> None:
-        """Write the vocabulary to ``path`` as JSON."""
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> SiteVocabulary:
-        """Read a vocabulary written by :meth:`to_json`."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"site vocabulary file {os.fspath(path)!r} is not valid JSON: {e}") from e
-        try:
-            return cls.from_dict(data)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"site vocabulary file {os.fspath(path)!r}: {e}") from e
 
 
 def _as_index_tensor(index: Any) -> torch.Tensor:

@@ -18,7 +18,6 @@ voxels stay zero.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
@@ -30,6 +29,7 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple
 
+from monai_medl.transforms.json_io import JsonFileMixin
 from monai_medl.transforms.site import canonical_site
 
 __all__ = [
@@ -62,7 +62,7 @@ def _affine_of(values: np.ndarray, method: str, lower: float, upper: float) -> d
     return {"p_lower": lo, "p_upper": hi, "center": lo, "scale": hi - lo}
 
 
-class SiteIntensityStats:
+class SiteIntensityStats(JsonFileMixin):
     """Per-site (and pooled) intensity statistics for one or more image keys, fitted on training data only.
 
     Build it with :meth:`fit` on the training entries, save it with :meth:`to_json`, and load it at evaluation and
@@ -83,6 +83,8 @@ class SiteIntensityStats:
         >>> round(stats.get("image", "b")["center"])
         500
     """
+
+    json_description = "intensity statistics"
 
     def __init__(
         self,
@@ -251,21 +253,6 @@ class SiteIntensityStats:
             upper=data.get("upper", 99.0),
             nonzero=data.get("nonzero", True),
         )
-
-    def to_json(self, path: str | os.PathLike) -> None:
-        """Write the statistics to ``path``."""
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> SiteIntensityStats:
-        """Read statistics written by :meth:`to_json`."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                return cls.from_dict(json.load(f))
-        except (json.JSONDecodeError, ValueError, TypeError) as e:
-            raise ValueError(f"intensity statistics file {os.fspath(path)!r}: {e}") from e
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SiteIntensityStats) and self.to_dict() == other.to_dict()
