@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from monai_medl.networks.utils import soft_design
+
 __all__ = ["SoftDesign"]
 
 
@@ -29,6 +31,5 @@ class SoftDesign:
         self.network = network
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.network.eval()
-        with torch.no_grad():
-            return torch.softmax(self.network(x), dim=1)
+        self.network.eval()  # and left in eval mode: the trainer's handler switches it back when it trains
+        return soft_design(self.network, x)

@@ -8,7 +8,7 @@ from torch import nn
 
 from monai_medl.networks.layers.random_effects import RandomEffects
 
-__all__ = ["unwrap_network", "random_effects_layers", "kl_divergence", "random_effects_parameters"]
+__all__ = ["unwrap_network", "random_effects_layers", "kl_divergence", "random_effects_parameters", "soft_design"]
 
 
 def unwrap_network(network: nn.Module) -> nn.Module:
@@ -32,3 +32,17 @@ def kl_divergence(network: nn.Module) -> torch.Tensor:
 def random_effects_parameters(network: nn.Module) -> list[nn.Parameter]:
     """Parameters of the random-effects layers only (what few-shot adaptation to a new cluster updates)."""
     return [p for layer in random_effects_layers(network).values() for p in layer.parameters()]
+
+
+@torch.no_grad()
+def soft_design(network: nn.Module, x) -> torch.Tensor:
+    """Soft design matrix ``softmax(network(x))`` of a cluster classifier: the inferred ``z``.
+
+    Runs in eval mode (batch-norm statistics, no dropout) without gradients and restores the network's mode.
+    """
+    was_training = network.training
+    network.eval()
+    try:
+        return torch.softmax(network(x), dim=1)
+    finally:
+        network.train(was_training)

@@ -9,6 +9,8 @@ import torch
 from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
+from monai_medl.networks.utils import soft_design
+
 __all__ = ["ClusterClassifier", "ClusterAdversary", "ClusterPredictor"]
 
 
@@ -67,15 +69,9 @@ class ClusterClassifier(nn.Module):
             raise ValueError(f"expected {self.in_features} input features in total, got {x.shape[-1]}.")
         return self.net(x)
 
-    @torch.no_grad()
     def predict_design(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """Soft design matrix ``softmax(logits)`` (eval mode, no gradient): the inferred ``z``."""
-        was_training = self.training
-        self.eval()
-        try:
-            return torch.softmax(self(x), dim=1)
-        finally:
-            self.train(was_training)
+        return soft_design(self, x)
 
 
 ClusterAdversary = ClusterPredictor = ClusterClassifier
