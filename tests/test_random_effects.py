@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from monai_medl.networks import ClusterScaleBias, GradientReversal, MixedEffectsHead, RandomEffects
@@ -18,6 +19,33 @@ def test_kl_matches_closed_form_of_torch_distributions():
     expected = kl_divergence(q, p).sum()
     torch.testing.assert_close(layer.kl().detach(), expected)
     torch.testing.assert_close(network_kl(torch.nn.Sequential(layer, layer)).detach(), expected)  # shared once
+
+
+def _reference_kl(layer):
+    q = Normal(layer.loc, F.softplus(layer.rho) + 1e-5)
+    return kl_divergence(q, Normal(0.0, layer.log_prior_scale.exp())).sum()
+
+
+@pytest.mark.parametrize("learn_prior_scale", [True, False])
+def test_kl_gradient_closed_form_matches_autograd(learn_prior_scale):
+    torch.manual_seed(0)
+    layer = RandomEffects(num_clusters=4, units=3, prior_scale=0.3, learn_prior_scale=learn_prior_scale).double()
+    with torch.no_grad():  # away from the initial values: large means, some large and some tiny sigmas
+        layer.loc.normal_(0, 2.0)
+        layer.rho.normal_(-2.0, 2.0)
+    params = [p for p in (layer.loc, layer.rho, layer.log_prior_scale) if p.requires_grad]
+    expected = torch.autograd.grad(_reference_kl(layer), params)
+    actual = torch.autograd.grad(layer.kl(), params)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e)
+    # the same gradient added straight into .grad, scaled by the KL weight, on top of an existing gradient
+    for p in params:
+        p.grad = torch.ones_like(p)
+    value = layer.accumulate_kl_grad_(0.25)
+    torch.testing.assert_close(value, _reference_kl(layer).detach())
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.grad, 1 + 0.25 * e)
+    assert layer.log_prior_scale.grad is None or learn_prior_scale
 
 
 def test_learned_prior_scale_gets_gradient_and_moves_towards_effect_spread():

@@ -10,6 +10,7 @@ from torch import nn
 
 from monai_medl.data.spirals import make_spirals
 from monai_medl.engines.tabular import ContiguousAdam, TabularTrainer, predict_tabular
+from monai_medl.networks import kl_divergence as network_kl
 from monai_medl.networks.nets import ClusterAdversary, ClusterPredictor, MixedEffectsMLP
 
 
@@ -38,6 +39,51 @@ def test_contiguous_adam_matches_torch_adam(weight_decay):
     assert all(p.grad.untyped_storage().data_ptr() == flat.grad.untyped_storage().data_ptr() for p in b.parameters())
     opt_b.zero_grad(set_to_none=True)
     assert all(p.grad is not None and not p.grad.any() for p in b.parameters())
+
+
+def test_closed_form_kl_gradient_steps_equal_autograd_steps():
+    # TabularTrainer adds the KL gradient in closed form after backward; its steps must equal autograd's (several
+    # steps, since a single Adam step only sees the gradient's sign)
+    d, x, y, site = _spiral_tensors(points=8)
+    z = torch.eye(d.num_clusters)[site]
+    nets = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        nets.append(MixedEffectsMLP(2, 1, d.num_clusters, learn_prior_scale=True))
+    trainer = TabularTrainer(nets[0], epochs=3, batch_size=len(y), kl_weight=0.5, lr=0.1, seed=3)
+    trainer.fit(x, y, z)
+    net = nets[1]
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        for _ in range(3):
+            torch.randperm(len(y))  # the trainer's shuffle draws first, then the weight samples
+            out = net.forward_all(x, z)  # (one full batch: the mean loss does not depend on the order)
+            bce = nn.functional.binary_cross_entropy_with_logits
+            loss = bce(out.mixed.reshape(-1), y) + bce(out.fixed.reshape(-1), y) + 0.5 * network_kl(net)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for (name, p), q in zip(net.named_parameters(), nets[0].parameters()):
+        torch.testing.assert_close(p, q, msg=name)
+
+
+def test_fit_skips_per_batch_input_checks_and_restores_them():
+    d, x, y, site = _spiral_tensors(points=10)
+    net = MixedEffectsMLP(2, 1, d.num_clusters)
+    seen = []
+    original = net.check_inputs
+
+    def spy(xb, zb):
+        seen.append(net.validate_inputs)
+        original(xb, zb)
+
+    net.check_inputs = spy
+    TabularTrainer(net, epochs=1).fit(x, y, torch.eye(d.num_clusters)[site])
+    assert seen and not any(seen)  # checked once up front instead
+    assert net.validate_inputs
+    with pytest.raises(ValueError, match="NaN"):
+        net(torch.full((1, 2), float("nan")))
 
 
 def test_contiguous_adam_rejects_empty():

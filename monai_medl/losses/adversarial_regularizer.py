@@ -57,6 +57,9 @@ class AdversarialRegularizer:
             raise ValueError(f"lambda_g must be >= 0 (the minus sign is applied internally), got {lambda_g}.")
         self.adversary = adversary
         self.optimizer = optimizer
+        self._params = list(adversary.parameters())
+        # ContiguousAdam.update skips torch.optim's per-step wrapper; any other optimizer steps as usual
+        self._update = getattr(optimizer, "update", optimizer.step)
         self.lambda_g = lambda_g
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -97,13 +100,13 @@ class AdversarialRegularizer:
         adv_loss = F.cross_entropy(logits, target)
         adv_loss.backward()
         self._sync_grads()
-        self.optimizer.step()
+        self._update()
         # kept as tensors; converted to floats only when read
         self._last = (adv_loss.detach(), (logits.detach().argmax(1) == target).float().mean())
 
         if self.lambda_g == 0:
             return features[0].new_zeros(())
-        params = list(self.adversary.parameters())
+        params = self._params
         flags = [p.requires_grad for p in params]
         for p in params:
             p.requires_grad_(False)  # frozen: the main backward must not move the adversary

@@ -117,14 +117,65 @@ class RandomEffects(nn.Module):
         return z @ weights
 
     def kl(self) -> torch.Tensor:
-        """Closed-form ``KL(q(W) || p(W))`` summed over all ``num_clusters x units`` entries."""
-        sigma = self.scale
-        log_s = self.log_prior_scale
-        var_ratio = (sigma.square() + self.loc.square()) / (2 * (2 * log_s).exp())
-        return (log_s - sigma.log() + var_ratio - 0.5).sum()
+        """Closed-form ``KL(q(W) || p(W))`` summed over all ``num_clusters x units`` entries (differentiable).
+
+        The gradient is closed-form too: one autograd node instead of a dozen, which matters for tiny tabular
+        models where the KL's bookkeeping otherwise costs as much as the network.
+        """
+        return _GaussianKL.apply(self.loc, self.rho, self.log_prior_scale)
+
+    def accumulate_kl_grad_(self, weight: float) -> torch.Tensor:
+        """Add ``weight * dKL/dparameter`` to the parameters' ``.grad`` without autograd; return the KL (detached).
+
+        After ``loss.backward()`` this gives exactly the gradient of ``loss + weight * kl()`` at a fraction of the
+        cost, for training loops that own their backward pass (:class:`~monai_medl.engines.TabularTrainer`).
+        """
+        kl, *grads = _kl_and_grads(self.loc, self.rho, self.log_prior_scale)
+        for param, grad in zip((self.loc, self.rho, self.log_prior_scale), grads):
+            if param.requires_grad:
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+                param.grad.add_(grad, alpha=weight)
+        return kl
 
     def extra_repr(self) -> str:
         return (
             f"num_clusters={self.num_clusters}, units={self.units}, "
             f"prior_scale={float(self.prior_scale):.3g}, learn_prior_scale={self.learn_prior_scale}"
         )
+
+
+@torch.no_grad()
+def _kl_and_grads(
+    loc: torch.Tensor, rho: torch.Tensor, log_s: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``KL(N(loc, sigma^2) || N(0, s^2))`` summed over entries and its gradients w.r.t. ``loc``, ``rho``, ``log_s``.
+
+    With ``sigma = softplus(rho) + floor`` and ``s = exp(log_s)``, per entry
+    ``KL = log s - log sigma + (sigma^2 + loc^2) / (2 s^2) - 1/2``, hence ``dKL/dloc = loc / s^2``,
+    ``dKL/drho = (sigma / s^2 - 1 / sigma) * sigmoid(rho)`` and ``dKL/dlog_s = sum(1 - (sigma^2 + loc^2) / s^2)``.
+    """
+    sigma = F.softplus(rho).add_(_SIGMA_FLOOR)
+    inv_var = torch.exp(-2 * log_s)
+    scaled = sigma.square().addcmul_(loc, loc).mul_(inv_var)  # (sigma^2 + loc^2) / s^2
+    scaled_sum = scaled.sum()
+    n = loc.numel()
+    kl = (log_s - 0.5) * n + (0.5 * scaled_sum - sigma.log().sum())
+    grad_rho = (sigma * inv_var).sub_(sigma.reciprocal()).mul_(torch.sigmoid(rho))
+    return kl, loc * inv_var, grad_rho, n - scaled_sum
+
+
+class _GaussianKL(torch.autograd.Function):
+    """:func:`_kl_and_grads` as an autograd function: the gradients are computed with the value (they share every
+    intermediate) and only scaled in :meth:`backward`."""
+
+    @staticmethod
+    def forward(ctx, loc: torch.Tensor, rho: torch.Tensor, log_s: torch.Tensor) -> torch.Tensor:
+        kl, *grads = _kl_and_grads(loc, rho, log_s)
+        ctx.save_for_backward(*grads)
+        return kl
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: torch.Tensor):
+        return tuple(grad_output * g for g in ctx.saved_tensors)

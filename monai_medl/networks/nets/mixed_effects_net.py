@@ -32,8 +32,11 @@ class MixedEffectsNet(nn.Module):
     :attr:`latest_output`, which :class:`~monai_medl.losses.MixedEffectsLoss` and the adversary handler read inside a
     standard MONAI ``SupervisedTrainer`` iteration.
 
-    Subclasses set ``self.num_clusters`` (the width of ``z``) in ``__init__``.
+    Subclasses set ``self.num_clusters`` (the width of ``z``) in ``__init__``. Setting ``validate_inputs = False``
+    skips the eager per-call input checks (for training loops that validated the whole data set once).
     """
+
+    validate_inputs = True
 
     def forward_all(self, x: torch.Tensor, z: torch.Tensor | None = None) -> MixedEffectsOutput:
         raise NotImplementedError
@@ -52,6 +55,8 @@ class MixedEffectsNet(nn.Module):
     @torch.jit.unused
     def check_inputs(self, x: torch.Tensor, z: torch.Tensor | None) -> None:
         """Eager-mode validation with messages that name the problem (NaN input, wrong ``z`` width or batch)."""
+        if not self.validate_inputs:
+            return
         check_finite(x, "input x")
         if z is not None:
             if z.dim() != 2 or z.shape[1] != self.num_clusters:
