@@ -32,11 +32,40 @@ def test_loss_combines_both_heads_and_kl_with_the_elbo_weight():
 
 
 def test_loss_refuses_a_tensor_that_is_not_the_latest_prediction():
+    torch.manual_seed(0)
     net = MixedEffectsMLP(3, 1, num_clusters=2)
     loss_fn = MixedEffectsLoss(net)
-    pred = net(torch.randn(4, 3))
+    stale = net(torch.randn(4, 3))
+    net(torch.randn(4, 3))
     with pytest.raises(RuntimeError, match="latest forward"):
-        loss_fn(pred.clone(), torch.ones(4, 1))
+        loss_fn(stale, torch.ones(4, 1))
+
+
+def test_loss_accepts_the_output_copy_of_ddp_with_find_unused_parameters(tmp_path):
+    # DDP(find_unused_parameters=True) hands back a copy of the output; the loss and its gradient must not change
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.manual_seed(0)
+    net = MixedEffectsMLP(3, 1, num_clusters=2)
+    x, z, y = torch.randn(4, 3), torch.eye(2)[[0, 1, 1, 0]], torch.ones(4, 1)
+    with torch.random.fork_rng():  # the same weight samples in both passes
+        expected = MixedEffectsLoss(net)(net(x, z), y)
+    expected.backward()
+    expected_grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(net, find_unused_parameters=True)
+        pred = ddp(x, z)
+        assert pred is not net.latest_output.mixed
+        loss = MixedEffectsLoss(ddp)(pred, y)
+        loss.backward()
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(loss, expected)
+    for p, g in zip(net.parameters(), expected_grads):
+        torch.testing.assert_close(p.grad, g)
 
 
 @pytest.mark.parametrize(

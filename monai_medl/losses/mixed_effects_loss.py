@@ -98,12 +98,17 @@ class MixedEffectsLoss(nn.Module):
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         net = unwrap_network(self.network[0])
         out: MixedEffectsOutput | None = net.__dict__.get("latest_output")
-        if out is None or out.mixed is not pred:
+        # DistributedDataParallel(find_unused_parameters=True) returns a copy of the output (through its autograd
+        # "sink"): accept it when it equals the latest mixed output, and take the mixed term on it
+        same = out is not None and (
+            out.mixed is pred or (out.mixed.shape == pred.shape and torch.equal(out.mixed.detach(), pred.detach()))
+        )
+        if not same:
             raise RuntimeError(
                 "MixedEffectsLoss must be called on the tensor the network returned in its latest forward call "
                 "(it reads the fixed-effects head from the same call); got a different tensor."
             )
-        mixed = self._task(out.mixed, target, out)
+        mixed = self._task(pred, target, out)
         fixed = self._task(out.fixed, target, out)
         kl = kl_divergence(net).to(pred.device)
         total = self.lambda_mixed * mixed + self.lambda_fixed * fixed + self.kl_weight * kl
