@@ -21,7 +21,9 @@ SMALL = {"_target_": "monai_medl.networks.nets.SmallCNN", "channels": [4, 8], "s
 
 
 def _net(dims: int = 2, modalities=("t1", "flair"), **kwargs) -> MultimodalMixedEffectsCNN:
+    """Late (concatenation) fusion unless ``fusion`` says otherwise: most tests check per-modality branches."""
     backbone = kwargs.pop("backbone", {**SMALL, "spatial_dims": dims})
+    kwargs.setdefault("fusion", "concat")
     return MultimodalMixedEffectsCNN(K, modalities=modalities, backbone=backbone, **kwargs)
 
 
@@ -225,7 +227,7 @@ def test_backbones_per_modality_and_shared_weights():
     assert mod.branches[0].encoder.stages[0].body[0] is not mod.branches[1].encoder.stages[0].body[0]
     state = shared.state_dict()
     MultimodalMixedEffectsCNN(
-        K, ("t1", "t2", "flair"), {**SMALL, "spatial_dims": 2}, shared_weights=True
+        K, ("t1", "t2", "flair"), {**SMALL, "spatial_dims": 2}, shared_weights=True, fusion="concat"
     ).load_state_dict(state)
 
 
@@ -304,3 +306,76 @@ def test_fusion_block_concat_is_sum_of_present_contributions():
     out = fusion(e, torch.tensor([[True, False], [True, True]]))
     assert torch.equal(out[0, 3:], torch.zeros(2)) and torch.equal(out[1], torch.cat([e[0][1], e[1][1]]))
     assert fusion.out_features == 5 and ModalityFusion([3, 2], "attention", fusion_dim=7).out_features == 7
+
+
+@pytest.mark.parametrize("dims,modalities,num_cov", [(2, ("t1", "flair"), 2), (3, ("t1", "t2", "flair"), 0)])
+def test_early_fusion_shapes_scripting_and_adversary(dims, modalities, num_cov):
+    net = _net(dims, modalities, num_covariates=num_cov, fusion="early", cluster_scale_bias=True)
+    _perturb(net, 0.05)
+    m, shape = len(modalities), (16,) * dims
+    x, z = torch.randn(3, m, *shape), torch.eye(K)
+    cov = torch.randn(3, num_cov) if num_cov else None
+    mask = torch.ones(3, m)
+    mask[1, -1] = mask[2, 0] = 0
+    # one shared encoder after the per-modality first convolutions: its tap (4) and embedding (8), then covariates
+    assert net.feature_sizes == [4, 8] + ([16] if num_cov else [])
+    assert len(net.stem.convs) == m and net.in_channels == m and net.spatial_dims == dims
+    for mode in (True, False):
+        net.train(mode)
+        out = net.forward_all(x, z, mask, cov)
+        assert out.mixed.shape == out.fixed.shape == (3, 1)
+        assert [f.shape[1] for f in out.features] == net.feature_sizes
+    assert net.make_adversary(hidden=(8,))(out.features).shape == (3, K)
+    scripted = torch.jit.script(net)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x, z, mask, cov), net(x, z, mask, cov))
+        torch.testing.assert_close(scripted(x), net(x))
+
+
+def test_early_fusion_is_a_stacked_channel_convolution_and_ignores_absent_modalities():
+    """All present: the stem is one convolution over the stacked channels (weights side by side, / M); absent: the
+    mean over the present modalities, never reading the absent channels; the shared encoder only sees the stem."""
+    net = _net(2, fusion="early", num_covariates=2).eval()
+    _perturb(net)
+    stem = net.stem
+    x = torch.randn(4, 2, 16, 16)
+    w = torch.cat([c.weight for c in stem.convs], dim=1) / 2
+    b = sum(c.bias for c in stem.convs) / 2
+    conv = stem.convs[0]
+    stacked = torch.nn.functional.conv2d(x, w, b, stride=conv.stride, padding=conv.padding)
+    present = torch.tensor([[True, True], [True, False], [False, True], [True, True]])
+    with torch.no_grad():
+        y = stem(x, present)
+        torch.testing.assert_close(y[[0, 3]], stacked[[0, 3]])
+        torch.testing.assert_close(y[1], stem.convs[0](x[1:2, :1])[0])  # T1 only: its own response
+        torch.testing.assert_close(y[2], stem.convs[1](x[2:3, 1:])[0])  # FLAIR only
+    z, cov = torch.eye(K)[[0, 1, 2, 1]], torch.randn(4, 2)
+    mask = present.long()
+    with torch.no_grad():
+        ref = net(x, z, mask, cov)
+        x2 = x.clone()
+        x2[1, 1], x2[2, 0] = float("nan"), float("nan")
+        torch.testing.assert_close(net(x2, z, mask, cov), ref)  # absent channels are never read
+        torch.testing.assert_close(net(x[1:2], z[1:2], mask[1:2], cov[1:2]), ref[1:2])  # per-sample in eval
+        assert (net(x, z, None, cov) - ref)[[1, 2]].abs().min() > 1e-4  # the mask matters
+    with pytest.raises(ValueError, match="shared_weights applies to late fusion"):
+        _net(2, fusion="early", shared_weights=True)
+    with pytest.raises(ValueError, match="takes one backbone"):
+        _net(2, fusion="early", backbone=[SmallCNN(2), SmallCNN(2)])
+    with pytest.raises(ValueError, match="fusion mode must be one of"):
+        _net(2, fusion="late")
+
+
+def test_early_fusion_gradients_and_absent_modality_in_training():
+    net = _net(2, fusion="early")
+    loss_fn = MixedEffectsLoss(net, task="bce", kl_weight=1e-3)
+    x, z, y = torch.randn(4, 2, 16, 16), torch.eye(K)[[0, 1, 2, 0]], torch.tensor([[0.0], [1.0], [1.0], [0.0]])
+    loss_fn(net(x, z, torch.tensor([[1, 1], [1, 0], [0, 1], [1, 1]])), y).backward()
+    assert all(c.weight.grad.abs().sum() > 0 for c in net.stem.convs)
+    assert net.branches[0].slopes.loc.grad.abs().sum() > 0
+    # FLAIR absent from the whole batch: its convolution gets an exactly zero gradient but stays in the graph (DDP)
+    net.zero_grad(set_to_none=True)
+    x[:, 1] = float("nan")
+    loss_fn(net(x, z, torch.tensor([[1, 0]] * 4)), y).backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+    assert net.stem.convs[1].weight.grad.abs().sum() == 0 and net.stem.convs[0].weight.grad.abs().sum() > 0

@@ -5,3 +5,4 @@ from .backbone_stages import BackboneStage, build_stages, global_avg_pool, iter_
 from .mixed_effects_head import MixedEffectsHead
 from .mixed_effects_output import MixedEffectsOutput
 from .modality_fusion import FUSION_MODES, GatedAttentionPooling, ModalityFusion
+from .modality_stem import ModalityMeanConv
