@@ -170,3 +170,22 @@ def test_loss_terms_weights_and_gradients():
     assert float(value) == pytest.approx(single.terms["recon"], rel=1e-5)
     with pytest.raises(ValueError, match="reconstruction weights"):
         MixedEffectsAutoEncoderLoss(net, recon_weight=-1.0)
+
+
+def test_fixed_effects_branch_is_per_sample_by_default():
+    # the adversary trains against the train-mode network: with the default (instance) norm that is the same function
+    # per item as in eval mode and does not depend on the other items of the mini-batch; batch norm is neither
+    torch.manual_seed(0)
+    x, z = torch.rand(6, 1, 16, 16), _design(6)
+    for norm, per_sample in (("instance", True), ("batch", False)):
+        kwargs = {"norm": norm} if norm == "batch" else {}
+        net = MixedEffectsAutoEncoder(2, (1, 16, 16), K, channels=(4, 8), strides=(2, 2), **kwargs)
+        net.train()
+        with torch.no_grad():
+            full = net.forward_all(x, z)
+            part = net.forward_all(x[:3], z[:3])
+            net.eval()
+            evaluated = net.forward_all(x, z)
+        same_batch = torch.allclose(full.latent_fixed[:3], part.latent_fixed, atol=1e-5)
+        same_mode = torch.allclose(full.reconstruction_fixed, evaluated.reconstruction_fixed, atol=1e-5)
+        assert same_batch is per_sample and same_mode is per_sample, norm
