@@ -20,9 +20,14 @@ Models (same SmallCNN encoder per modality, optimiser, epochs, batch size and lo
   (seen-site validation split: the choice never looks at the test sites);
 - ``conventional_early_fusion``: SmallCNN on both contrasts stacked as channels, plain BCE, no site information;
 - ``me_early_fusion``: MixedEffectsCNN on the stacked channels (adversary, random effects);
-- ``me_multimodal``: :class:`~monai_medl.networks.nets.MultimodalMixedEffectsCNN`, one encoder per contrast,
-  concatenation fusion, per-branch random slopes, ME head, adversary on both branches' taps, modality dropout;
-- ``me_multimodal_attention``: the same with gated-attention fusion.
+- ``me_multimodal``: :class:`~monai_medl.networks.nets.MultimodalMixedEffectsCNN` with its default early fusion
+  (the first convolution per contrast, averaged over the contrasts a subject has before the first batch norm,
+  then one shared encoder; random slopes on the image embedding, ME head, adversary, presence mask);
+- ``me_multimodal_dropout``: the same trained with modality dropout (FLAIR dropped with probability 0.25, T1
+  required, as in the bundle), which trades accuracy with both contrasts for accuracy without FLAIR;
+- ``me_multimodal_concat`` / ``me_multimodal_attention``: late fusion, one encoder per contrast, per-branch random
+  slopes, concatenation or gated-attention fusion of the embeddings (the design before early fusion became the
+  default: every model fits its training set, but late fusion generalised worse than FLAIR alone).
 
 Metric: AUROC on held-out subjects of the seen sites (mixed prediction with the one-hot ``z``; population for the
 conventional model) and on the unseen sites (population prediction, ``z = 0``). ``extra``: balanced accuracy at the
@@ -69,7 +74,14 @@ MODELS: dict[str, dict[str, Any]] = {
     "me_flair": {"kind": "me_cnn", "inputs": ("flair",)},
     "conventional_early_fusion": {"kind": "conventional", "inputs": MODALITIES},
     "me_early_fusion": {"kind": "me_cnn", "inputs": MODALITIES},
-    "me_multimodal": {"kind": "multimodal", "inputs": MODALITIES, "fusion": "concat"},
+    "me_multimodal": {"kind": "multimodal", "inputs": MODALITIES, "fusion": "early"},
+    "me_multimodal_dropout": {
+        "kind": "multimodal",
+        "inputs": MODALITIES,
+        "fusion": "early",
+        "options": {"modality_dropout": 0.25, "required": ["t1"]},
+    },
+    "me_multimodal_concat": {"kind": "multimodal", "inputs": MODALITIES, "fusion": "concat"},
     "me_multimodal_attention": {"kind": "multimodal", "inputs": MODALITIES, "fusion": "attention"},
 }
 SCENARIOS = ("complete", "missing_site")
@@ -95,7 +107,7 @@ def default_config(quick: bool = False) -> dict[str, Any]:
         "lr": 1e-3,
         "lambda_g": 0.1,
         "kl_weight": 1e-3,
-        "modality_dropout": 0.25,
+        "modality_dropout": 0.0,
         "adversary_hidden": [64, 32],
     }
 
@@ -311,6 +323,8 @@ def _summaries(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
         "conventional_early_fusion",
         "me_early_fusion",
         "me_multimodal",
+        "me_multimodal_dropout",
+        "me_multimodal_concat",
         "me_multimodal_attention",
     ]
     keys = order + [f"{m}+missing_site" for m in order]
@@ -336,11 +350,15 @@ NOTES = """
 How to read: seen = AUROC on held-out subjects of the six training sites (mixed prediction, one-hot z; the
 conventional model has no z); unseen = AUROC on the two held-out sites (population prediction, z = 0). Mean [95% CI]
 over seeds (one cohort and one training run per seed). unseen_t1_only = unseen-site AUROC with FLAIR withheld from
-every test subject (presence mask for the multimodal networks, a zero channel for early fusion): the difference
+every test subject (presence mask for the multimodal networks, a zero channel for *_early_fusion): the difference
 to `unseen` is the cost of losing FLAIR at test time. `+missing_site` = FLAIR never acquired at site_b (training,
 validation and test); me_flair then never sees site_b and its seen score excludes site_b subjects. me_best_single
 picks, per seed, the single-contrast model with the higher seen-site validation AUROC (chose_flair = how often
-FLAIR won). val_auroc = seen-site validation AUROC (mixed prediction).
+FLAIR won). val_auroc = seen-site validation AUROC (mixed prediction). me_multimodal = MultimodalMixedEffectsCNN
+with its default fusion="early" (per-contrast first convolution averaged over the present contrasts, one shared
+encoder; no modality dropout); me_multimodal_dropout = the same with FLAIR dropped at random (p 0.25, T1 required)
+in training; me_multimodal_concat / _attention = late fusion (one encoder per contrast), no modality dropout.
+`*_early_fusion` = a single-input network on the stacked channels (absent FLAIR = zero channel).
 """
 
 
