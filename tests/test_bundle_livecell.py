@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,3 +84,34 @@ def test_train_evaluate_inference_on_a_tiny_set(tmp_path):
     assert len(preds) == 6 * 2 + 2 * 10  # test_seen (2 per seen day) + test_unseen (10 per unseen day)
     assert all(0 <= float(p[1]) <= 1 for p in preds)
     assert (tmp_path / "eval" / "counterfactuals.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_two_process_gloo_training_with_torchrun(tmp_path):
+    """multi_gpu_train.json on CPU: 2 processes, gloo, dataset generated once, rank-0 logging and checkpoint."""
+    root = tmp_path / "livecell_me_autoencoder"
+    shutil.copytree(CONFIGS, root / "configs")
+    configs = [str(root / "configs" / "train.json"), str(root / "configs" / "multi_gpu_train.json")]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run",
+        "--config_file", json.dumps(configs),
+        "--meta_file", str(root / "configs" / "metadata.json"),
+        "--logging_file", str(root / "configs" / "logging.conf"),
+        "--bundle_root", str(root),
+        "--dataset_dir", str(tmp_path / "data"),
+        "--data_config#tiles_per_batch", "10",
+        "--train#trainer#max_epochs", "2",
+        "--val_interval", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert log.count("SupervisedTrainer - INFO - Engine run finished") == 2, log[-3000:]  # both ranks trained
+    assert (tmp_path / "data" / "ground_truth.json").is_file()
+    # the checkpoint is the plain (unwrapped) state dict of network_def, written once
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert "re.encoder.0.cluster_norm.gamma.loc" in state and not any(k.startswith("module.") for k in state)
+    events = list((root / "runs").glob("events.out.tfevents.*"))
+    assert len({p.name.split(".")[-2] for p in events}) == 1, [p.name for p in events]  # one writing process
