@@ -74,9 +74,10 @@ def test_train_evaluate_inference_on_a_tiny_cohort(tmp_path):
     assert no_flair == {"site_b"}  # the default cohort has one site without FLAIR
     state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
-    assert {"branches.0.slopes.loc", "branches.1.slopes.loc", "branches.2.slopes.loc", "head.intercept.loc"} <= set(
-        state
-    )
+    # early fusion: a first convolution per contrast, one shared image encoder (branch 0), the covariates (branch 1)
+    keys = {"stem.convs.0.weight", "stem.convs.1.weight", "branches.0.slopes.loc", "branches.1.slopes.loc"}
+    assert keys <= set(state)
+    assert "head.intercept.loc" in state and not any(k.startswith("branches.2.") for k in state)
     assert (root / "models" / "z_predictor.pt").is_file() and (root / "models" / "site_vocabulary.json").is_file()
 
     # evaluation: every z mode, seen and unseen sites, thresholds from training scans

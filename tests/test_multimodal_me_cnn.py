@@ -358,6 +358,10 @@ def test_early_fusion_is_a_stacked_channel_convolution_and_ignores_absent_modali
         torch.testing.assert_close(net(x2, z, mask, cov), ref)  # absent channels are never read
         torch.testing.assert_close(net(x[1:2], z[1:2], mask[1:2], cov[1:2]), ref[1:2])  # per-sample in eval
         assert (net(x, z, None, cov) - ref)[[1, 2]].abs().min() > 1e-4  # the mask matters
+    user = SmallCNN(2, channels=(4, 8))
+    net2 = _net(2, fusion="early", backbone=user)
+    assert isinstance(user.features.block0.conv, torch.nn.Conv2d)  # the user's backbone is not modified
+    assert net2.stem.convs[0] is not user.features.block0.conv and net2(x).shape == (4, 1)
     with pytest.raises(ValueError, match="shared_weights applies to late fusion"):
         _net(2, fusion="early", shared_weights=True)
     with pytest.raises(ValueError, match="takes one backbone"):
