@@ -362,6 +362,12 @@ def test_early_fusion_is_a_stacked_channel_convolution_and_ignores_absent_modali
     net2 = _net(2, fusion="early", backbone=user)
     assert isinstance(user.features.block0.conv, torch.nn.Conv2d)  # the user's backbone is not modified
     assert net2.stem.convs[0] is not user.features.block0.conv and net2(x).shape == (4, 1)
+    # a backbone that flattens (no global pooling): the shared encoder is measured at the stem's output size
+    flat = Classifier(in_shape=(1, 16, 16), classes=1, channels=(4, 8), strides=(2, 2), num_res_units=0)
+    net3 = _net(2, fusion="early", backbone=flat)
+    assert net3.feature_sizes == [4, 8 * 4 * 4] and net3(x, z, mask).shape == (4, 1)
+    with pytest.raises(ValueError, match="inside a block"):  # first convolution inside a residual unit
+        _net(2, fusion="early", backbone=Classifier(in_shape=(1, 16, 16), classes=1, channels=(4, 8), strides=(2, 2)))
     with pytest.raises(ValueError, match="shared_weights applies to late fusion"):
         _net(2, fusion="early", shared_weights=True)
     with pytest.raises(ValueError, match="takes one backbone"):

@@ -9,6 +9,7 @@ from typing import Optional
 
 import torch
 from monai.networks.layers.utils import get_act_layer
+from monai.utils import ensure_tuple_rep
 from torch import nn
 
 from monai_medl.networks.blocks.mixed_effects_head import MixedEffectsHead
@@ -18,7 +19,7 @@ from monai_medl.networks.blocks.modality_stem import ModalityMeanConv, scatter_r
 from monai_medl.networks.layers.random_effects import RandomEffects
 from monai_medl.networks.nets.backbone_layouts import backbone_layout
 from monai_medl.networks.nets.cluster_classifier import ClusterAdversary
-from monai_medl.networks.nets.me_cnn import MixedEffectsCNN, _first_conv, _instantiate
+from monai_medl.networks.nets.me_cnn import _DEFAULT_PROBE, MixedEffectsCNN, _first_conv, _instantiate
 from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet, check_finite
 from monai_medl.networks.nets.small_cnn import SmallCNN
 
@@ -35,7 +36,14 @@ def split_first_conv(backbone: nn.Module) -> tuple[nn.Module, nn.Module]:
     put in front of it. The user's backbone is not modified.
     """
     rest = copy.deepcopy(backbone)
-    conv = _first_conv(backbone_layout(rest).layers)
+    layers = backbone_layout(rest).layers
+    conv = _first_conv(layers)
+    if not any(layer is conv for _, layer in layers):
+        raise ValueError(
+            f"fusion='early' needs the first convolution of {type(backbone).__name__} to be a layer of its forward "
+            "path, but it sits inside a block (e.g. a residual unit) that also reads the input; use fusion='concat' "
+            "or 'attention', or a backbone without such a first block."
+        )
     name = next(n for n, m in rest.named_modules() if m is conv)
     parent, _, attr = name.rpartition(".")
     setattr(rest.get_submodule(parent) if parent else rest, attr, nn.Identity())
@@ -414,7 +422,13 @@ class MultimodalMixedEffectsCNN(MixedEffectsNet):
             raise TypeError(f"backbone must be an nn.Module, a config dict or None, got {type(backbone).__name__}.")
         conv, rest = split_first_conv(backbone)
         stem = ModalityMeanConv(conv, [conv.in_channels if c is None else int(c) for c in channels])
-        encoder = MixedEffectsCNN(self.num_clusters, backbone=rest, **encoder_kwargs)
+        # the shared encoder is probed at the size of the first convolution's output, not of the image
+        dims = stem.spatial_dims
+        probe = encoder_kwargs["probe_size"] or getattr(backbone, "in_shape", None) or _DEFAULT_PROBE[dims]
+        with torch.no_grad():
+            x = torch.zeros(1, conv.in_channels, *ensure_tuple_rep(probe, dims), device=conv.weight.device)
+            probe = list(conv(x).shape[2:])
+        encoder = MixedEffectsCNN(self.num_clusters, backbone=rest, **{**encoder_kwargs, "probe_size": probe})
         encoder.head.requires_grad_(False)  # the encoder's own read-out is not used (the fused head is)
         if encoder.in_channels != stem.out_channels:
             raise ValueError(
