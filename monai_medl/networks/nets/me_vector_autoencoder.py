@@ -78,6 +78,7 @@ class MixedEffectsVectorAutoEncoder(MixedEffectsAutoEncoder):
             fixed_effects=fixed_effects,
             random_effects=random_effects,
             output_act=output_act,
+            reversible_norm=False,
             prior_scale=prior_scale,
             learn_prior_scale=learn_prior_scale,
             post_loc_init_scale=post_loc_init_scale,
