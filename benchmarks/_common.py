@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -76,7 +77,8 @@ def summarize(values: Sequence[float]) -> dict[str, Any]:
 
 
 def environment(seeds: Sequence[int]) -> dict[str, Any]:
-    """Versions of python, torch, monai, numpy, scikit-learn and monai_medl, the platform and the seeds used."""
+    """Versions of python, torch, monai, numpy, scikit-learn and monai_medl, the platform, the machine's load and the
+    seeds used."""
     import monai
     import sklearn
     import torch
@@ -92,6 +94,8 @@ def environment(seeds: Sequence[int]) -> dict[str, Any]:
         "monai_medl": monai_medl.__version__,
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()],  # other jobs inflate the timings
         "seeds": [int(s) for s in seeds],
     }
 

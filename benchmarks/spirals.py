@@ -23,7 +23,9 @@ recipe trained on permuted labels: chance). Metric: accuracy at probability 0.5;
 per epoch (one CPU thread) and, for the confounded variant, the share of the fixed-effects attribution
 ``mean |d logit_F / d x|`` carried by the probe features, in ``extra``.
 
-Run ``python -m benchmarks.spirals [--quick] [--out DIR]``.
+Run ``python -m benchmarks.spirals [--quick] [--out DIR]``; ``--timing`` trains one repeat x 3 folds of the
+random-radius variant only and writes ``spirals_timing.json``/``.md`` (run it on an otherwise idle machine: the
+load average at the end is recorded in ``env``).
 """
 
 from __future__ import annotations
@@ -379,8 +381,15 @@ site shortcut; `traditional` has no gradient; `cluster_input` is differentiated 
 """
 
 
-def run(quick: bool = False, out_dir=None, config: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
-    """Run the benchmark and write ``spirals.json``/``spirals.md``; ``config`` overrides :func:`default_config`."""
+# --timing: training times only, one repeat x 3 folds of the random-radius variant, for a run on an idle machine
+# (the full run shares the CPU with whatever else runs, which inflates even the CPU times of a busy 2-core host)
+TIMING_CONFIG = {"variants": ["random_radius"], "repeats": 1, "folds_run": 3}
+
+
+def run(
+    quick: bool = False, out_dir=None, config: dict[str, Any] | None = None, log=print, name: str = NAME
+) -> dict[str, Any]:
+    """Run the benchmark and write ``<name>.json``/``<name>.md``; ``config`` overrides :func:`default_config`."""
     torch.set_num_threads(1)
     cfg = default_config(quick)
     cfg.update(config or {})
@@ -398,14 +407,20 @@ def run(quick: bool = False, out_dir=None, config: dict[str, Any] | None = None,
     if conf is None:
         tables = tables[:2]
     return write_results(
-        NAME, quick, "accuracy", len(seeds), models, cfg, seeds, notes=NOTES, extra_tables=tables, **kwargs
+        name, quick, "accuracy", len(seeds), models, cfg, seeds, notes=NOTES, extra_tables=tables, **kwargs
     )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = benchmark_parser(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--timing", action="store_true", help=f"training times only (1 repeat x 3 folds) -> {NAME}_timing.json/.md"
+    )
     args = parser.parse_args(argv)
-    run(quick=args.quick, out_dir=args.out)
+    if args.timing:
+        run(quick=False, out_dir=args.out, config=TIMING_CONFIG, name=f"{NAME}_timing")
+    else:
+        run(quick=args.quick, out_dir=args.out)
 
 
 if __name__ == "__main__":

@@ -57,3 +57,15 @@ def test_tiny_run_writes_contract_json(tmp_path):
 def test_unseen_clusters_rotate_over_repeats():
     held = [tuple(spirals.unseen_clusters(r, 10, 2)) for r in range(10)]
     assert held[:5] == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)] and held[5:] == held[:5]
+
+
+def test_timing_option_writes_its_own_files(tmp_path, monkeypatch):
+    original = spirals.default_config
+    monkeypatch.setattr(spirals, "default_config", lambda quick=False: {**original(quick), **TINY})
+    spirals.main(["--timing", "--out", str(tmp_path)])
+    assert not (tmp_path / "spirals.json").exists()
+    timing = json.loads((tmp_path / "spirals_timing.json").read_text())
+    assert timing["benchmark"] == "spirals_timing" and timing["repeats"] == 1
+    assert timing["config"]["variants"] == ["random_radius"] and timing["config"]["folds_run"] == 3
+    assert len(timing["env"]["load_average_1_5_15min"]) == 3
+    assert all(entry["extra"]["cpu_time_per_fold_s"] > 0 for entry in timing["models"].values())
