@@ -21,10 +21,12 @@ from monai_medl.networks.nets.small_cnn import SmallCNN
 
 __all__ = ["MixedEffectsCNN", "MECNN"]
 
-_DEFAULT_PROBE = {1: 256, 2: 64, 3: 32}
+# spatial size of the dummy input that measures a backbone's feature widths, per spatial_dims
+DEFAULT_PROBE_SIZE = {1: 256, 2: 64, 3: 32}
 
 
-def _instantiate(config: Mapping) -> nn.Module:
+def instantiate_backbone(config: Mapping) -> nn.Module:
+    """Build a backbone from a MONAI-config-style mapping such as ``{"_target_": "DenseNet121", ...}``."""
     if "_target_" not in config:
         raise ValueError(f"a backbone config needs a '_target_' key (e.g. 'DenseNet121'), got keys {sorted(config)}.")
     net = ConfigParser(dict(config)).get_parsed_content()
@@ -33,7 +35,8 @@ def _instantiate(config: Mapping) -> nn.Module:
     return net
 
 
-def _first_conv(layers: Sequence[tuple[str, nn.Module]]) -> nn.modules.conv._ConvNd:
+def first_conv(layers: Sequence[tuple[str, nn.Module]]) -> nn.modules.conv._ConvNd:
+    """The first convolution inside the ``(name, layer)`` sequence (it fixes the input channels)."""
     for _, layer in layers:
         for m in layer.modules():
             if isinstance(m, nn.modules.conv._ConvNd):
@@ -157,11 +160,11 @@ class MixedEffectsCNN(MixedEffectsNet):
         if backbone is None:
             backbone = SmallCNN(spatial_dims or 3, in_channels or 1, out_channels or 1)
         elif isinstance(backbone, Mapping):
-            backbone = _instantiate(backbone)
+            backbone = instantiate_backbone(backbone)
         elif not isinstance(backbone, nn.Module):
             raise TypeError(f"backbone must be an nn.Module, a config dict or None, got {type(backbone).__name__}.")
         layout = backbone_layout(backbone)
-        conv = _first_conv(layout.layers)
+        conv = first_conv(layout.layers)
         dims, chans = conv.weight.dim() - 2, int(conv.in_channels)
         for name, given, found in (("spatial_dims", spatial_dims, dims), ("in_channels", in_channels, chans)):
             if given is not None and int(given) != found:
@@ -189,7 +192,7 @@ class MixedEffectsCNN(MixedEffectsNet):
         self.__dict__["backbone"] = backbone  # shared modules; not registered, so not saved twice
 
         if probe_size is None:
-            probe_size = getattr(backbone, "in_shape", None) or _DEFAULT_PROBE[dims]
+            probe_size = getattr(backbone, "in_shape", None) or DEFAULT_PROBE_SIZE[dims]
         self.feature_sizes = self._probe(ensure_tuple_rep(probe_size, dims))
         if feature_dim is not None and int(feature_dim) != self.feature_sizes[-1]:
             raise ValueError(

@@ -19,7 +19,7 @@ from monai_medl.networks.blocks.modality_stem import ModalityMeanConv, scatter_r
 from monai_medl.networks.layers.random_effects import RandomEffects
 from monai_medl.networks.nets.backbone_layouts import backbone_layout
 from monai_medl.networks.nets.cluster_classifier import ClusterAdversary
-from monai_medl.networks.nets.me_cnn import _DEFAULT_PROBE, MixedEffectsCNN, _first_conv, _instantiate
+from monai_medl.networks.nets.me_cnn import DEFAULT_PROBE_SIZE, MixedEffectsCNN, first_conv, instantiate_backbone
 from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet, check_finite
 from monai_medl.networks.nets.small_cnn import SmallCNN
 
@@ -37,7 +37,7 @@ def split_first_conv(backbone: nn.Module) -> tuple[nn.Module, nn.Module]:
     """
     rest = copy.deepcopy(backbone)
     layers = backbone_layout(rest).layers
-    conv = _first_conv(layers)
+    conv = first_conv(layers)
     if not any(layer is conv for _, layer in layers):
         raise ValueError(
             f"fusion='early' needs the first convolution of {type(backbone).__name__} to be a layer of its forward "
@@ -417,14 +417,14 @@ class MultimodalMixedEffectsCNN(MixedEffectsNet):
             dims = encoder_kwargs["spatial_dims"] or 3
             backbone = SmallCNN(dims, channels[0] or 1, self.out_channels)
         elif isinstance(backbone, Mapping):
-            backbone = _instantiate(backbone)
+            backbone = instantiate_backbone(backbone)
         elif not isinstance(backbone, nn.Module):
             raise TypeError(f"backbone must be an nn.Module, a config dict or None, got {type(backbone).__name__}.")
         conv, rest = split_first_conv(backbone)
         stem = ModalityMeanConv(conv, [conv.in_channels if c is None else int(c) for c in channels])
         # the shared encoder is probed at the size of the first convolution's output, not of the image
         dims = stem.spatial_dims
-        probe = encoder_kwargs["probe_size"] or getattr(backbone, "in_shape", None) or _DEFAULT_PROBE[dims]
+        probe = encoder_kwargs["probe_size"] or getattr(backbone, "in_shape", None) or DEFAULT_PROBE_SIZE[dims]
         with torch.no_grad():
             x = torch.zeros(1, conv.in_channels, *ensure_tuple_rep(probe, dims), device=conv.weight.device)
             probe = list(conv(x).shape[2:])
