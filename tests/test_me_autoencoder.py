@@ -191,3 +191,20 @@ def test_fixed_effects_branch_is_per_sample_by_default():
         same_batch = torch.allclose(full.latent_fixed[:3], part.latent_fixed, atol=1e-5)
         same_mode = torch.allclose(full.reconstruction_fixed, evaluated.reconstruction_fixed, atol=1e-5)
         assert same_batch is per_sample and same_mode is per_sample, norm
+
+
+def test_classifier_dropout_acts_on_the_latent_in_training_only():
+    torch.manual_seed(0)
+    kwargs = {"channels": (4, 8), "strides": (2, 2), "classifier_dropout": 0.5}
+    net = MixedEffectsAutoEncoder(2, (1, 16, 16), K, **kwargs)
+    x, z = torch.rand(4, 1, 16, 16), _design(4)
+    with eval_mode(net):
+        a, b = net.forward_all(x, z), net.forward_all(x, z)
+        latent = torch.cat([a.latent_fixed, a.latent_random], dim=1)
+        assert torch.allclose(a.mixed, net.classifier_mixed.net(latent)) and torch.equal(a.mixed, b.mixed)
+    net.train()
+    with torch.no_grad():
+        c, d = net.forward_all(x, z), net.forward_all(x, z)
+    # the latents are deterministic given the same input; the two training-mode heads still differ (dropout)
+    assert torch.allclose(c.latent_fixed, d.latent_fixed) and not torch.allclose(c.fixed, d.fixed)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in MixedEffectsAutoEncoder(2, (1, 16, 16), K).modules())
