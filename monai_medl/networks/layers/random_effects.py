@@ -113,7 +113,7 @@ class RandomEffects(nn.Module):
             eps = torch.randn(z.shape[0], self.num_clusters, self.units, device=z.device, dtype=z.dtype)
             weights = self.loc + self.scale * eps
             return torch.bmm(z.unsqueeze(1), weights).squeeze(1)
-        weights = self.loc + self.scale * torch.randn_like(self.loc)
+        weights = torch.addcmul(self.loc, self.scale, torch.randn_like(self.loc))  # loc + sigma * eps
         return z @ weights
 
     def kl(self) -> torch.Tensor:
@@ -155,14 +155,16 @@ def _kl_and_grads(
     ``KL = log s - log sigma + (sigma^2 + loc^2) / (2 s^2) - 1/2``, hence ``dKL/dloc = loc / s^2``,
     ``dKL/drho = (sigma / s^2 - 1 / sigma) * sigmoid(rho)`` and ``dKL/dlog_s = sum(1 - (sigma^2 + loc^2) / s^2)``.
     """
+    # the prior scale is one number: Python-float arithmetic for it saves tensor dispatches (they dominate here)
+    log_s_value = float(log_s)
+    inv_var = math.exp(-2.0 * log_s_value)
     sigma = F.softplus(rho).add_(_SIGMA_FLOOR)
-    inv_var = torch.exp(-2 * log_s)
     scaled = sigma.square().addcmul_(loc, loc).mul_(inv_var)  # (sigma^2 + loc^2) / s^2
     scaled_sum = scaled.sum()
     n = loc.numel()
-    kl = (log_s - 0.5) * n + (0.5 * scaled_sum - sigma.log().sum())
-    grad_rho = (sigma * inv_var).sub_(sigma.reciprocal()).mul_(torch.sigmoid(rho))
-    return kl, loc * inv_var, grad_rho, n - scaled_sum
+    kl = scaled_sum.mul(0.5).sub_(sigma.log().sum()).add_((log_s_value - 0.5) * n)
+    grad_rho = sigma.mul(inv_var).sub_(sigma.reciprocal()).mul_(torch.sigmoid(rho))
+    return kl, loc * inv_var, grad_rho, scaled_sum.neg().add_(n)
 
 
 class _GaussianKL(torch.autograd.Function):
