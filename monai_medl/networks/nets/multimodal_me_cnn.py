@@ -180,7 +180,8 @@ class MultimodalMixedEffectsCNN(MixedEffectsNet):
     listed in ``required`` raise a ValueError naming the modality when absent.
     ``modality_dropout`` drops present, non-required inputs at random during training (at least one input per
     sample is kept) so the model learns to predict from any subset; it costs accuracy with every input present
-    (see the benchmark), so it is off by default. Covariates given as None are absent.
+    (see the benchmark), so it is off by default; switching it on only after a warm-up
+    (:class:`~monai_medl.handlers.ModalityDropoutWarmup`) reduces that cost. Covariates given as None are absent.
 
     Outputs follow :class:`~monai_medl.networks.nets.MixedEffectsNet`: ``net(x, z, mask, covariates)`` returns the
     mixed prediction (the fixed one when ``z`` is None or zero), ``forward_all`` the full
