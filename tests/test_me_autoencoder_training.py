@@ -14,7 +14,7 @@ from scipy import ndimage as ndi
 if importlib.util.find_spec("skimage") is None:
     pytest.skip("scikit-image (the source of the real cell image) is not installed", allow_module_level=True)
 
-from benchmarks.livecell import evaluate_model, train_model  # noqa: E402
+from benchmarks.livecell import MODELS, evaluate_model, select_by_validation, train_model  # noqa: E402
 from monai_medl.data.livecell import make_livecell  # noqa: E402
 from monai_medl.metrics import batch_probe_accuracy, latent_batch_clustering  # noqa: E402
 
@@ -122,3 +122,14 @@ def test_vector_autoencoder_separates_batch_offsets_on_omics_like_data():
     # the batch-aware RE reconstruction beats the FE one (which must carry the batch in its 4-d latent)
     assert mse_re < 0.8 * mse_fe
     assert _corr(moved, true_shift) > 0.8
+
+
+def test_select_by_validation_keeps_the_best_validation_auroc(data):
+    grid = (5e-3, 1e-4)
+    net, hist = select_by_validation(data, MODELS["me"], epochs=2, seed=0, grid=grid)
+    assert len(hist["val_auroc"]) == len(grid) and hist["seconds"] > 0
+    best = int(np.argmax(hist["val_auroc"]))  # first maximum: ties go to the earlier (stronger) adversary
+    assert hist["adversary_lr"] == grid[best]
+    # the returned network is the selected one: its validation AUROC is the maximum, and it is in eval mode
+    assert not net.training
+    assert evaluate_model(net, data, data.select("validation"))["auroc"] == pytest.approx(max(hist["val_auroc"]))
