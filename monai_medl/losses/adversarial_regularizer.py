@@ -58,8 +58,6 @@ class AdversarialRegularizer:
         self.adversary = adversary
         self.optimizer = optimizer
         self._params = list(adversary.parameters())
-        # ContiguousAdam.update skips torch.optim's per-step wrapper; any other optimizer steps as usual
-        self._update = getattr(optimizer, "update", optimizer.step)
         self.lambda_g = lambda_g
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -100,7 +98,8 @@ class AdversarialRegularizer:
         adv_loss = F.cross_entropy(logits, target)
         adv_loss.backward()
         self._sync_grads()
-        self._update()
+        # ContiguousAdam.update skips torch.optim's per-step wrapper; any other optimizer steps as usual
+        getattr(self.optimizer, "update", self.optimizer.step)()
         # kept as tensors; converted to floats only when read
         self._last = (adv_loss.detach(), (logits.detach().argmax(1) == target).float().mean())
 
