@@ -1,9 +1,14 @@
 # Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
-"""Model-zoo style checks shared by the bundle tests: layout, metadata schema, net in/out, TorchScript export."""
+"""Model-zoo style checks shared by the bundle tests: layout, metadata schema, net in/out, TorchScript export, and
+the two-process ``multi_gpu_train.json`` run."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -67,3 +72,27 @@ def verify_and_export(bundle: Path, tmp_path: Path) -> tuple[torch.nn.Module, to
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
     return network.eval(), torch.jit.load(str(ts_path))
+
+
+def run_multi_gpu_train(configs_dir: Path, root: Path, overrides: Sequence[str], timeout: int = 300) -> str:
+    """Copy ``configs_dir`` to ``root/configs`` and run ``train.json`` + ``multi_gpu_train.json`` with ``torchrun``
+    as 2 CPU processes (gloo); assert the run succeeded and return its combined log.
+
+    ``overrides`` are extra ``monai.bundle run`` arguments (``--key value`` pairs, e.g. the dataset folder).
+    """
+    shutil.copytree(configs_dir, root / "configs")
+    configs = [str(root / "configs" / "train.json"), str(root / "configs" / "multi_gpu_train.json")]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run",
+        "--config_file", json.dumps(configs),
+        "--meta_file", str(root / "configs" / "metadata.json"),
+        "--logging_file", str(root / "configs" / "logging.conf"),
+        "--bundle_root", str(root),
+        *overrides,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    return log

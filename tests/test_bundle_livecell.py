@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +15,7 @@ if importlib.util.find_spec("skimage") is None:
 
 from monai.bundle import ConfigWorkflow  # noqa: E402
 
-from tests.bundle_checks import check_layout_and_metadata, verify_and_export  # noqa: E402
+from tests.bundle_checks import check_layout_and_metadata, run_multi_gpu_train, verify_and_export  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "livecell_me_autoencoder"
@@ -90,24 +85,13 @@ def test_train_evaluate_inference_on_a_tiny_set(tmp_path):
 def test_two_process_gloo_training_with_torchrun(tmp_path):
     """multi_gpu_train.json on CPU: 2 processes, gloo, dataset generated once, rank-0 logging and checkpoint."""
     root = tmp_path / "livecell_me_autoencoder"
-    shutil.copytree(CONFIGS, root / "configs")
-    configs = [str(root / "configs" / "train.json"), str(root / "configs" / "multi_gpu_train.json")]
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-        "-m", "monai.bundle", "run",
-        "--config_file", json.dumps(configs),
-        "--meta_file", str(root / "configs" / "metadata.json"),
-        "--logging_file", str(root / "configs" / "logging.conf"),
-        "--bundle_root", str(root),
+    overrides = [
         "--dataset_dir", str(tmp_path / "data"),
         "--data_config#tiles_per_batch", "10",
         "--train#trainer#max_epochs", "2",
         "--val_interval", "1",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-3000:]
+    log = run_multi_gpu_train(CONFIGS, root, overrides)
     assert log.count("SupervisedTrainer - INFO - Engine run finished") == 2, log[-3000:]  # both ranks trained
     assert (tmp_path / "data" / "ground_truth.json").is_file()
     # the checkpoint is the plain (unwrapped) state dict of network_def, written once

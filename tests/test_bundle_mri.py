@@ -15,7 +15,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
-from tests.bundle_checks import meta_schema
+from tests.bundle_checks import meta_schema, run_multi_gpu_train
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mri_me_cnn_classification"
 CONFIGS = BUNDLE / "configs"
@@ -221,28 +221,14 @@ def test_model_zoo_checks_on_the_trained_bundle(trained_bundle, tmp_path):
 @pytest.mark.slow
 def test_two_process_gloo_training_with_torchrun(trained_bundle, tmp_path):
     """multi_gpu_train.json on CPU: 2 processes, gloo, DistributedSampler, rank-0 logging and checkpoints."""
-    import subprocess
-    import sys
-
     root = tmp_path / "mri_me_cnn_classification"
-    shutil.copytree(BUNDLE / "configs", root / "configs")
-    configs = [str(root / "configs" / "train.json"), str(root / "configs" / "multi_gpu_train.json")]
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-        "-m", "monai.bundle", "run",
-        "--config_file", json.dumps(configs),
-        "--meta_file", str(root / "configs" / "metadata.json"),
-        "--logging_file", str(root / "configs" / "logging.conf"),
-        "--bundle_root", str(root),
+    overrides = [
         "--dataset_dir", str(trained_bundle / "data"),
         "--spatial_size", "[16,16,16]",
         "--train#trainer#max_epochs", "1",
         "--train#dataloader#batch_size", "8",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-3000:]
+    log = run_multi_gpu_train(BUNDLE / "configs", root, overrides)
     assert log.count("Engine run finished") >= 2, log[-3000:]  # the trainer ran on both ranks
     assert (root / "models" / "model.pt").is_file() and (root / "models" / "z_predictor.pt").is_file()
     # logging and checkpoints on rank 0 only: one TensorBoard event file per writer of one process
