@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_NAME = "meta_schema_20240725.json"
@@ -96,3 +96,33 @@ def run_multi_gpu_train(configs_dir: Path, root: Path, overrides: Sequence[str],
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     return log
+
+
+def run_workflow(
+    configs_dir: Path,
+    config_files: str | Sequence[str],
+    root: Path,
+    workflow_type: str,
+    logging_file: bool = False,
+    check_properties: bool = True,
+    **override,
+) -> ConfigWorkflow:
+    """Initialise, check (required properties present), run and finalise a bundle workflow through MONAI's
+    ``ConfigWorkflow``; ``config_files`` are names inside ``configs_dir`` (later ones override earlier ones), with
+    ``configs_dir/metadata.json`` (and ``logging.conf`` when ``logging_file``) and ``bundle_root=root``.
+    ``check_properties=False`` skips the property check (the MRI evaluation config names its data differently)."""
+    names = [config_files] if isinstance(config_files, str) else list(config_files)
+    wf = ConfigWorkflow(
+        config_file=[str(configs_dir / name) for name in names],
+        meta_file=str(configs_dir / "metadata.json"),
+        logging_file=str(configs_dir / "logging.conf") if logging_file else False,
+        workflow_type=workflow_type,
+        bundle_root=str(root),
+        **override,
+    )
+    wf.initialize()
+    if check_properties:
+        assert wf.check_properties() in (None, []), wf.check_properties()
+    wf.run()
+    wf.finalize()
+    return wf

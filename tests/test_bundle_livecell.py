@@ -15,7 +15,12 @@ if importlib.util.find_spec("skimage") is None:
 
 from monai.bundle import ConfigWorkflow  # noqa: E402
 
-from tests.bundle_checks import check_layout_and_metadata, run_multi_gpu_train, verify_and_export  # noqa: E402
+from tests.bundle_checks import (  # noqa: E402
+    check_layout_and_metadata,
+    run_multi_gpu_train,
+    run_workflow,
+    verify_and_export,
+)  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "livecell_me_autoencoder"
@@ -33,19 +38,7 @@ def test_network_in_out_and_torchscript_export(tmp_path):
 
 
 def _workflow(config_files, root: Path, workflow_type: str, **override) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=[str(CONFIGS / f) for f in config_files],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type=workflow_type,
-        bundle_root=str(root),
-        **override,
-    )
-    wf.initialize()
-    assert wf.check_properties() in (None, [])
-    wf.run()
-    wf.finalize()
-    return wf
+    return run_workflow(CONFIGS, config_files, root, workflow_type, logging_file=True, **override)
 
 
 def test_train_evaluate_inference_on_a_tiny_set(tmp_path):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
 
-from tests.bundle_checks import meta_schema, run_multi_gpu_train
+from tests.bundle_checks import meta_schema, run_multi_gpu_train, run_workflow
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mri_me_cnn_classification"
 CONFIGS = BUNDLE / "configs"
@@ -69,18 +69,7 @@ def trained_bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle") / "mri_me_cnn_classification"
     shutil.copytree(BUNDLE / "configs", root / "configs")
     shutil.copy(BUNDLE / "LICENSE", root / "LICENSE")
-    workflow = ConfigWorkflow(
-        config_file=str(root / "configs" / "train.json"),
-        meta_file=str(root / "configs" / "metadata.json"),
-        logging_file=False,
-        workflow_type="train",
-        bundle_root=str(root),
-        **TINY,
-    )
-    workflow.initialize()
-    workflow.check_properties()
-    workflow.run()
-    workflow.finalize()
+    run_workflow(root / "configs", "train.json", root, "train", **TINY)
     return root
 
 
@@ -114,17 +103,7 @@ def test_training_generates_the_cohort_and_writes_every_artefact(trained_bundle)
 
 def test_evaluate_reports_per_site_seen_unseen_and_modes(trained_bundle):
     root = trained_bundle
-    workflow = ConfigWorkflow(
-        config_file=[str(root / "configs" / "train.json"), str(root / "configs" / "evaluate.json")],
-        meta_file=str(root / "configs" / "metadata.json"),
-        logging_file=False,
-        workflow_type="eval",
-        bundle_root=str(root),
-        **TINY,
-    )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
+    run_workflow(root / "configs", ["train.json", "evaluate.json"], root, "eval", check_properties=False, **TINY)
     with open(root / "eval" / "metrics.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     truth = json.loads((root / "data" / "ground_truth.json").read_text())
@@ -150,20 +129,8 @@ def test_evaluate_reports_per_site_seen_unseen_and_modes(trained_bundle):
 
 
 def _infer(root: Path, caplog, **overrides) -> list[dict]:
-    workflow = ConfigWorkflow(
-        config_file=str(root / "configs" / "inference.json"),
-        meta_file=str(root / "configs" / "metadata.json"),
-        logging_file=False,
-        workflow_type="infer",
-        bundle_root=str(root),
-        spatial_size=TINY["spatial_size"],
-        **overrides,
-    )
     with caplog.at_level(logging.WARNING):
-        workflow.initialize()
-        workflow.check_properties()
-        workflow.run()
-        workflow.finalize()
+        run_workflow(root / "configs", "inference.json", root, "infer", spatial_size=TINY["spatial_size"], **overrides)
     with open(root / "eval" / "inference_predictions.csv", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from tests.bundle_checks import check_layout_and_metadata, verify_and_export  # noqa: E402
+from tests.bundle_checks import check_layout_and_metadata, run_workflow, verify_and_export  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "mri_multimodal_me_cnn_classification"
@@ -45,18 +45,7 @@ def test_shipped_network_in_out_and_torchscript_export(tmp_path):
 
 
 def _workflow(config_files, root: Path, workflow_type: str, **override) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=[str(root / "configs" / f) for f in config_files],
-        meta_file=str(root / "configs" / "metadata.json"),
-        logging_file=str(root / "configs" / "logging.conf"),
-        workflow_type=workflow_type,
-        bundle_root=str(root),
-        **override,
-    )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
-    return wf
+    return run_workflow(root / "configs", config_files, root, workflow_type, logging_file=True, **override)
 
 
 def _metrics(path: Path) -> dict[tuple[str, str], dict]:
