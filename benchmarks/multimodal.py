@@ -352,12 +352,62 @@ def _summaries(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
             s = summarize([r[metric] for r in rows])
             extra[metric] = s["mean"]
             extra[f"{metric}_ci95"] = s["ci95"]
+            extra[f"{metric}_values"] = s["values"]  # per seed, for paired comparisons
         models[key] = {
             "seen": summarize([r["seen_auroc"] for r in rows]),
             "unseen": summarize([r["unseen_auroc"] for r in rows]),
             "extra": extra,
         }
     return models
+
+
+# (model, its metric) minus (reference model, its metric), paired by seed (same cohort, same splits)
+PAIRED = [
+    ("me_multimodal", "unseen_auroc", "me_best_single", "unseen_auroc"),
+    ("me_multimodal+missing_site", "unseen_auroc", "me_best_single+missing_site", "unseen_auroc"),
+    ("me_early_fusion", "unseen_auroc", "me_best_single", "unseen_auroc"),
+    ("me_multimodal", "unseen_auroc", "me_early_fusion", "unseen_auroc"),
+    ("me_multimodal", "unseen_t1_only", "me_t1", "unseen_auroc"),
+    ("me_multimodal+missing_site", "unseen_t1_only", "me_t1", "unseen_auroc"),
+    ("me_multimodal_dropout_warmup", "unseen_t1_only", "me_t1", "unseen_auroc"),
+]
+
+
+def _per_seed(models: dict[str, Any], model: str, metric: str) -> list[float]:
+    """Per-seed values of ``metric`` (``seen_auroc``/``unseen_auroc`` or an ``extra`` metric) of ``model``."""
+    entry = models[model]
+    if metric in ("seen_auroc", "unseen_auroc"):
+        return entry[metric.split("_")[0]]["values"]
+    return entry["extra"][f"{metric}_values"]
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """Mean of the per-seed differences ``a - b``, its 95% t-interval, the differences and ``wins`` (``a > b``)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values must have equal lengths, got {len(a)} and {len(b)}.")
+    diff = [float(x) - float(y) for x, y in zip(a, b)]
+    return {**summarize(diff), "wins": int(sum(d > 0 for d in diff)), "n": len(diff)}
+
+
+def _add_paired(models: dict[str, Any]) -> list[str]:
+    """Store the :data:`PAIRED` comparisons in the first model's ``extra`` and return their markdown section."""
+    lines = [
+        "### Paired comparisons (per-seed differences)",
+        "",
+        "| comparison | mean difference [95% t-interval] | wins/n |",
+        "|---|---|---|",
+    ]
+    for model, metric, ref, ref_metric in PAIRED:
+        if model not in models or ref not in models:
+            continue
+        d = paired_difference(_per_seed(models, model, metric), _per_seed(models, ref, ref_metric))
+        key = f"paired_{metric}_minus_{ref}_{ref_metric}"
+        models[model]["extra"].update(
+            {key: d["mean"], f"{key}_ci95": d["ci95"], f"{key}_values": d["values"], f"{key}_wins": d["wins"]}
+        )
+        (lo, hi), name = d["ci95"], f"{model} {metric} - {ref} {ref_metric}"
+        lines.append(f"| {name} | {d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {d['wins']}/{d['n']} |")
+    return lines
 
 
 NOTES = """
@@ -417,8 +467,22 @@ def run(quick: bool = False, out_dir=None, cache_dir: str | None = None, log=pri
     per_seed = [run_seed(cfg, seed, cache_dir, log) for seed in cfg["seeds"]]
     cfg = {**cfg, "models": MODELS, "wall_seconds": round(time.perf_counter() - start, 1)}
     kwargs = {"out_dir": out_dir} if out_dir is not None else {}
+    models = _summaries(per_seed)
+    metrics = dict.fromkeys(k for row in per_seed[0].values() for k in row)  # first-seen order
+    columns = [m for m in metrics if m not in ("seen_auroc", "unseen_auroc")]  # means; not _values / paired_*
+    paired = _add_paired(models)
+    notes = "\n".join(paired) + "\n\n" + NOTES.strip()
     return write_results(
-        NAME, quick, "auroc", len(cfg["seeds"]), _summaries(per_seed), cfg, cfg["seeds"], notes=NOTES, **kwargs
+        NAME,
+        quick,
+        "auroc",
+        len(cfg["seeds"]),
+        models,
+        cfg,
+        cfg["seeds"],
+        notes=notes,
+        extra_tables=[("", columns)],
+        **kwargs,
     )
 
 

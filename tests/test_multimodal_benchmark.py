@@ -1,0 +1,85 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""benchmarks.multimodal: per-seed extras in the results and the paired comparisons (no training)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.multimodal import PAIRED, _add_paired, _summaries, paired_difference
+
+
+def _per_seed(n: int = 4) -> list[dict[str, dict[str, float]]]:
+    """Synthetic per-seed rows for every model key the summaries list (values depend on seed and model)."""
+    names = [
+        "me_t1",
+        "me_flair",
+        "me_best_single",
+        "conventional_early_fusion",
+        "me_early_fusion",
+        "me_multimodal",
+        "me_multimodal_dropout",
+        "me_multimodal_dropout_warmup",
+        "me_multimodal_concat",
+        "me_multimodal_attention",
+    ]
+    out = []
+    for seed in range(n):
+        rows = {}
+        for i, name in enumerate(names):
+            for suffix in ("", "+missing_site"):
+                rows[name + suffix] = {
+                    "seen_auroc": 0.6 + 0.01 * i + 0.02 * seed,
+                    "unseen_auroc": 0.5 + 0.02 * i + 0.01 * seed * (-1) ** i,
+                    "val_auroc": 0.7,
+                    "unseen_t1_only": 0.55 + 0.01 * seed - 0.005 * i,
+                }
+        out.append(rows)
+    return out
+
+
+def test_paired_difference_interval_and_wins():
+    d = paired_difference([0.8, 0.7, 0.9], [0.7, 0.75, 0.6])
+    np.testing.assert_allclose(d["values"], [0.1, -0.05, 0.3])
+    assert d["mean"] == pytest.approx(0.35 / 3)
+    half = 4.302653 * np.std([0.1, -0.05, 0.3], ddof=1) / np.sqrt(3)  # t_{0.975, 2}
+    np.testing.assert_allclose(d["ci95"], [0.35 / 3 - half, 0.35 / 3 + half], rtol=1e-5)
+    assert (d["wins"], d["n"]) == (2, 3)
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_difference([0.1, 0.2], [0.1])
+
+
+def test_summaries_keep_per_seed_extras_and_paired_section():
+    per_seed = _per_seed()
+    models = _summaries(per_seed)
+    extra = models["me_multimodal"]["extra"]
+    np.testing.assert_allclose(extra["unseen_t1_only_values"], [r["me_multimodal"]["unseen_t1_only"] for r in per_seed])
+    np.testing.assert_allclose(extra["val_auroc_values"], [0.7] * 4)
+    lines = _add_paired(models)
+    assert len(lines) == 4 + len(PAIRED)
+    # me_multimodal (index 5) unseen_t1_only minus me_t1 (index 0) unseen AUROC, seed by seed
+    key = "paired_unseen_t1_only_minus_me_t1_unseen_auroc"
+    expected = [(0.55 + 0.01 * s - 0.025) - (0.5 + 0.01 * s) for s in range(4)]
+    np.testing.assert_allclose(extra[f"{key}_values"], expected, atol=1e-12)
+    assert extra[key] == pytest.approx(0.025)
+    assert extra[f"{key}_wins"] == 4
+    row = next(x for x in lines if x.startswith("| me_multimodal unseen_t1_only - me_t1"))
+    assert row.endswith("| +0.025 [+0.025, +0.025] | 4/4 |")
+
+
+def test_run_writes_per_seed_extras_and_paired_markdown(tmp_path, monkeypatch):
+    import json
+
+    import benchmarks.multimodal as bench
+
+    per_seed = _per_seed(1)
+    monkeypatch.setattr(bench, "run_seed", lambda cfg, seed, cache_dir, log: per_seed[0])
+    bench.run(quick=True, out_dir=tmp_path, cache_dir=str(tmp_path))
+    results = json.loads((tmp_path / "multimodal.json").read_text())
+    extra = results["models"]["me_multimodal"]["extra"]
+    assert extra["unseen_t1_only_values"] == [per_seed[0]["me_multimodal"]["unseen_t1_only"]]
+    assert "paired_unseen_auroc_minus_me_best_single_unseen_auroc_wins" in extra
+    md = (tmp_path / "multimodal.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| model |"))
+    assert header == "| model | seen auroc | unseen auroc | val_auroc | unseen_t1_only |"  # no _values / paired_*
+    assert "### Paired comparisons (per-seed differences)" in md
