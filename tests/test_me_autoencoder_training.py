@@ -85,45 +85,6 @@ def test_counterfactual_changes_batch_appearance_but_keeps_the_cell(data):
     assert np.mean(edge_cf) > 0.9 * np.mean(edge_rec)
 
 
-def test_vector_autoencoder_separates_batch_offsets_on_omics_like_data():
-    from monai_medl.losses import MixedEffectsAutoEncoderLoss
-    from monai_medl.networks.nets import MixedEffectsVectorAutoEncoder
-
-    # 60 "genes" driven by 3 biological factors; each of 4 batches adds its own per-gene offset and scale
-    rng = np.random.default_rng(0)
-    n, genes, k = 800, 60, 4
-    factors = rng.normal(size=(n, 3))
-    biology = factors @ rng.normal(size=(3, genes))
-    batch = rng.integers(0, k, n)
-    offset, scale = rng.normal(0, 1.0, (k, genes)), np.exp(rng.normal(0, 0.3, (k, genes)))
-    x = torch.tensor(biology * scale[batch] + offset[batch], dtype=torch.float32)
-    y = torch.tensor((factors[:, 0] > 0).astype(np.int64))
-    z = torch.eye(k)[batch]
-    train, test = slice(0, 600), slice(600, n)
-    torch.manual_seed(0)
-    net = MixedEffectsVectorAutoEncoder(in_features=genes, num_clusters=k, latent_size=4, channels=(32, 16))
-    loss_fn = MixedEffectsAutoEncoderLoss(net, lambda_mixed=0.1, lambda_fixed=0.1, kl_weight=1e-6)
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(25):
-        for idx in torch.randperm(600, generator=gen).split(64):
-            opt.zero_grad()
-            loss_fn(net(x[train][idx], z[train][idx]), y[train][idx]).backward()
-            opt.step()
-    net.eval()
-    with torch.no_grad():
-        out = net.forward_all(x[test], z[test])
-        mse_re = float(((out.reconstruction - x[test]) ** 2).mean())
-        mse_fe = float(((out.reconstruction_fixed - x[test]) ** 2).mean())
-        # counterfactual into batch 0: the shift follows the true offset difference gene by gene
-        cf = net.counterfactual(x[test], z[test], torch.eye(k)[[0] * (n - 600)])
-        moved = (cf - out.reconstruction).mean(0).numpy()
-    true_shift = np.mean([offset[0] - offset[b] for b in batch[test]], axis=0)
-    # the batch-aware RE reconstruction beats the FE one (which must carry the batch in its 4-d latent)
-    assert mse_re < 0.8 * mse_fe
-    assert _corr(moved, true_shift) > 0.8
-
-
 def test_select_by_validation_keeps_the_best_validation_auroc(data):
     grid = (5e-3, 1e-4)
     net, hist = select_by_validation(data, MODELS["me"], epochs=2, seed=0, grid=grid)

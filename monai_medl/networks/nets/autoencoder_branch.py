@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 import torch
-from monai.networks.layers.factories import Conv
+from monai.networks.layers.factories import Conv, split_args
 from monai.networks.layers.utils import get_act_layer, get_dropout_layer, get_norm_layer
 from torch import nn
 
@@ -87,7 +87,10 @@ class AutoEncoderStage(nn.Module):
         elif norm is not None:
             if spatial_dims == 0 and "instance" in str(norm).lower():
                 raise ValueError("instance norm is undefined for vectors (spatial_dims=0); use 'batch' or 'layer'.")
-            self.norm = get_norm_layer(norm, spatial_dims=max(spatial_dims, 1), channels=out_channels)
+            name, args = split_args(norm)
+            if spatial_dims == 0 and str(name).lower() == "layer":  # MONAI's factory cannot size a LayerNorm
+                args = {"normalized_shape": out_channels, **args}
+            self.norm = get_norm_layer((name, args), spatial_dims=max(spatial_dims, 1), channels=out_channels)
         self.act: nn.Module = get_act_layer(act) if act is not None else nn.Identity()
         self.dropout: nn.Module = (
             get_dropout_layer(("dropout", {"p": dropout}), dropout_dim=max(spatial_dims, 1))
