@@ -12,7 +12,12 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from tests.bundle_checks import check_layout_and_metadata, run_workflow, verify_and_export  # noqa: E402
+from tests.bundle_checks import (  # noqa: E402
+    check_layout_and_metadata,
+    run_multi_gpu_train,
+    run_workflow,
+    verify_and_export,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "mri_multimodal_me_cnn_classification"
@@ -117,3 +122,20 @@ def test_train_evaluate_inference_on_a_tiny_cohort(tmp_path):
     )
     with open(root / "eval_folder" / "inference_predictions.csv") as f:
         assert len(list(csv.DictReader(f))) == 3
+
+
+@pytest.mark.slow
+def test_two_process_gloo_training_with_torchrun(tmp_path):
+    """multi_gpu_train.json on CPU: 2 processes (gloo), rank 0 generates the cohort and fits the site statistics,
+    DistributedSampler, checkpoints and TensorBoard on rank 0 only."""
+    root = tmp_path / "bundle"
+    overrides: list[str] = []
+    for key, value in {**TINY, "dataset_dir": str(tmp_path / "data"), "train#trainer#max_epochs": 1}.items():
+        overrides += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
+    log = run_multi_gpu_train(CONFIGS, root, overrides)
+    assert log.count("Engine run finished") >= 2, log[-3000:]  # the trainer ran on both ranks
+    assert (tmp_path / "data" / "datalist.json").is_file() and (root / "models" / "model.pt").is_file()
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)  # the plain network's state_dict, not the DDP wrapper's
+    events = list((root / "runs").glob("**/events.out.tfevents.*"))
+    assert events and len({p.name.split(".")[-2] for p in events}) == 1, [p.name for p in events]
