@@ -59,7 +59,7 @@ def test_vector_autoencoder_shapes_and_cluster_blocks():
     x = torch.randn(5, 40)
     out = net.forward_all(x, _design(5))
     assert out.reconstruction.shape == (5, 40) and out.latent_random.shape == (5, 6)
-    assert float(out.reconstruction.min()) < 0  # no output activation by default: real-valued features
+    assert float(out.reconstruction.detach().min()) < 0  # no output activation by default: real-valued features
     assert [f.shape[1] for f in out.features] == [16, 8, 6]
     # RE branch: one cluster scale/bias block per stage (2 encoder + 2 decoder), FE branch none
     assert sum(isinstance(m, ClusterScaleBias) for m in net.re.modules()) == 4
