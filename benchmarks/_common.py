@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_OUT",
     "benchmark_parser",
     "summarize",
+    "paired_difference",
     "environment",
     "markdown_table",
     "write_results",
@@ -74,6 +75,25 @@ def summarize(values: Sequence[float]) -> dict[str, Any]:
         return {"mean": mean, "ci95": [mean, mean], "values": vals}
     half = float(stats.t.ppf(0.975, len(vals) - 1) * np.std(vals, ddof=1) / math.sqrt(len(vals)))
     return {"mean": mean, "ci95": [mean - half, mean + half], "values": vals}
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], higher_is_better: bool = True) -> dict[str, Any]:
+    """Per-seed (paired) comparison of two models: :func:`summarize` of the differences ``a - b``, plus ``wins``.
+
+    ``wins`` counts the pairs where ``a`` is better than ``b`` (``a > b``, or ``a < b`` with ``higher_is_better=False``,
+    e.g. for an error); ``n`` is the number of pairs. The 95% interval is the paired Student-t interval.
+
+    Example::
+
+        >>> d = paired_difference([0.8, 0.9, 0.7], [0.7, 0.8, 0.75])
+        >>> round(d["mean"], 3), d["wins"], d["n"]
+        (0.05, 2, 3)
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired values must have equal lengths, got {len(a)} and {len(b)}.")
+    diff = [float(x) - float(y) for x, y in zip(a, b)]
+    wins = sum(d > 0 for d in diff) if higher_is_better else sum(d < 0 for d in diff)
+    return {**summarize(diff), "wins": int(wins), "n": len(diff)}
 
 
 def environment(seeds: Sequence[int]) -> dict[str, Any]:

@@ -9,14 +9,14 @@ import torch
 __all__ = ["latent_batch_clustering", "batch_probe_accuracy"]
 
 
-def _as_arrays(latents, batches) -> tuple[np.ndarray, np.ndarray]:
+def _as_arrays(latents, batches, two_batches: bool = True) -> tuple[np.ndarray, np.ndarray]:
     x = latents.detach().cpu().numpy() if isinstance(latents, torch.Tensor) else np.asarray(latents)
     b = batches.detach().cpu().numpy() if isinstance(batches, torch.Tensor) else np.asarray(batches)
     x = x.reshape(x.shape[0], -1).astype(np.float64)
     b = b.reshape(-1)
     if x.shape[0] != b.shape[0]:
         raise ValueError(f"latents have {x.shape[0]} rows but batches has {b.shape[0]} labels.")
-    if len(np.unique(b)) < 2:
+    if two_batches and len(np.unique(b)) < 2:
         raise ValueError("batch clustering needs at least two different batches.")
     if not np.all(np.isfinite(x)):
         raise ValueError("latents contain NaN/Inf values.")
@@ -53,9 +53,13 @@ def latent_batch_clustering(latents, batches, standardize: bool = True) -> dict[
     }
 
 
-def batch_probe_accuracy(latents, batches, folds: int = 5, seed: int = 0) -> float:
-    """Cross-validated accuracy of a fresh logistic-regression probe predicting the batch from ``latents``.
+def batch_probe_accuracy(
+    latents, batches, folds: int = 5, seed: int = 0, eval_latents=None, eval_batches=None
+) -> float:
+    """Accuracy of a fresh logistic-regression probe predicting the batch from ``latents``.
 
+    Cross-validated on ``latents`` by default; with ``eval_latents``/``eval_batches`` the probe is fit on all of
+    ``latents`` and scored on the held-out ``eval_latents`` (e.g. fit on training tiles, scored on validation tiles).
     Chance is about ``1 / number of batches``; a batch-invariant latent scores near chance.
 
     Args:
@@ -63,11 +67,17 @@ def batch_probe_accuracy(latents, batches, folds: int = 5, seed: int = 0) -> flo
         batches: ``(n,)`` batch labels.
         folds: stratified cross-validation folds. Defaults to 5.
         seed: seed of the fold split. Defaults to 0.
+        eval_latents: optional ``(m, d)`` held-out latents to score the probe on (no cross-validation then).
+        eval_batches: ``(m,)`` batch labels of ``eval_latents``; required with ``eval_latents``.
 
     Example::
 
         >>> b = np.repeat([0, 1], 50)
         >>> batch_probe_accuracy(np.random.default_rng(0).normal(size=(100, 4)) + 3 * b[:, None], b) > 0.9
+        True
+        >>> rng = np.random.default_rng(1)
+        >>> fit, held_out = rng.normal(size=(100, 4)) + 3 * b[:, None], rng.normal(size=(100, 4)) + 3 * b[:, None]
+        >>> batch_probe_accuracy(fit, b, eval_latents=held_out, eval_batches=b) > 0.9
         True
     """
     from sklearn.linear_model import LogisticRegression
@@ -77,5 +87,12 @@ def batch_probe_accuracy(latents, batches, folds: int = 5, seed: int = 0) -> flo
 
     x, b = _as_arrays(latents, batches)
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    if (eval_latents is None) != (eval_batches is None):
+        raise ValueError("eval_latents and eval_batches must be given together (or neither).")
+    if eval_latents is not None:
+        x_eval, b_eval = _as_arrays(eval_latents, eval_batches, two_batches=False)
+        if x_eval.shape[1] != x.shape[1]:
+            raise ValueError(f"eval_latents have {x_eval.shape[1]} dimensions, latents have {x.shape[1]}.")
+        return float(probe.fit(x, b).score(x_eval, b_eval))
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return float(cross_val_score(probe, x, b, cv=cv).mean())
