@@ -20,6 +20,7 @@ from benchmarks.livecell import (  # noqa: E402
     ME_OBJECTIVES,
     auroc_standard_error,
     paired_comparisons,
+    results_notes,
     run,
     select_best_auroc,
     select_one_standard_error,
@@ -131,23 +132,41 @@ def _entry(seen, extra):
 
 
 def test_paired_comparisons_and_selection_table_markdown():
-    keys = ("mse_seen_x1000", "davies_bouldin", "calinski_harabasz", "batch_probe_acc")
-    me = _entry([0.9, 0.8, 0.85], dict(zip(keys, ([2.0, 3.0, 4.0], [10.0, 9.0, 5.0], [2.0, 3.0, 9.0], [0.5] * 3))))
-    conv = _entry([0.8, 0.82, 0.8], dict(zip(keys, ([3.0, 3.5, 3.0], [6.0, 6.0, 6.0], [8.0, 8.0, 8.0], [0.8] * 3))))
+    keys = ("mse_seen_x1000", "davies_bouldin", "calinski_harabasz", "batch_probe_acc", "mse_unseen_x1000")
+    me = _entry(
+        [0.9, 0.8, 0.85], dict(zip(keys, ([2.0, 3.0, 4.0], [10.0, 9.0, 5.0], [2.0, 3.0, 9.0], [0.5] * 3, [5.0] * 3)))
+    )
+    conv = _entry(
+        [0.8, 0.82, 0.8], dict(zip(keys, ([3.0, 3.5, 3.0], [6.0, 6.0, 6.0], [8.0, 8.0, 8.0], [0.8] * 3, [4.0] * 3)))
+    )
     models = {"me": me, "conventional": conv}
     lines = paired_comparisons(models, pairs=(("me", "conventional"),))
-    assert len(lines) == 4 + 5
+    assert len(lines) == 4 + 7
     assert "| me - conventional: seen_auroc (higher wins) | +0.043" in lines[4] and lines[4].endswith("| 2/3 |")
     assert lines[5].startswith("| me - conventional: mse_seen_x1000 (lower wins) | -0.167") and "| 2/3 |" in lines[5]
     assert lines[8].endswith("| 3/3 |")  # batch probe 0.5 vs 0.8 on every seed
+    assert lines[10].startswith("| me - conventional: mse_unseen_x1000 (lower wins) | +1.000") and "0/3" in lines[10]
     assert models["me"]["extra"]["paired_davies_bouldin_minus_conventional_wins"] == 2
     assert models["me"]["extra"]["paired_calinski_harabasz_minus_conventional_values"] == [-6.0, -5.0, 1.0]
+    # a subset of seeds: compared on its own, nothing stored
+    stored = dict(models["me"]["extra"])
+    sub = paired_comparisons(models, pairs=(("me", "conventional"),), positions=[1, 2], title="fresh")
+    assert sub[0] == "### fresh" and sub[4].startswith("| me - conventional: seen_auroc (higher wins) | +0.015")
+    assert sub[4].endswith("| 1/2 |") and models["me"]["extra"] == stored
 
     grid = [_config(o, lr, 0.8, 0.05, 0.3) for o in ME_OBJECTIVES for lr in ME_ADVERSARY_LR_GRID]
     pick = {"objective": "ce", "adversary_lr": 5e-3}
     table = selection_table({7: {"grid": grid, "me": pick, "me_auroc_selected": pick}})
     assert "| seed | confusion 0.005 | confusion 0.001 | confusion 0.0002 | ce 0.005 |" in table[4]
     assert table[-1].startswith("| 7 | 0.800 (0.050) / 0.300 |") and table[-1].endswith("| ce 0.005 | ce 0.005 |")
+
+    # the notes add the out-of-sample section for the seeds after SEEDS_BEFORE_RULE (here seeds 5 and 6)
+    models = {"me": me, "conventional": conv, "me_auroc_selected": conv}
+    selection = {7: {"grid": grid, "me": pick, "me_auroc_selected": pick}}
+    notes = results_notes(models, selection, seeds=[4, 5, 6])
+    assert "### Out-of-sample check: seeds [5, 6] only" in notes and notes.count("me - conventional: seen_auroc") == 2
+    assert "me - me_auroc_selected: seen_auroc" in notes and "One-standard-error rule" in notes
+    assert "Out-of-sample" not in results_notes(models, selection, seeds=[3, 4, 5])  # one fresh seed: no section
 
 
 def test_run_applies_both_rules_to_one_trained_grid():
