@@ -28,6 +28,9 @@ Models (same SmallCNN encoder per modality, optimiser, epochs, batch size and lo
 - ``me_multimodal_dropout_warmup``: the same dropout switched on only after 60% of the epochs
   (:class:`~monai_medl.handlers.ModalityDropoutWarmup`), so the cross-contrast features form before the network
   has to fit FLAIR-less samples from T1 alone;
+- ``me_multimodal_t1_fallback``: :class:`~monai_medl.networks.nets.ModalityFallback`: the trained ``me_multimodal``
+  for subjects with both contrasts, a T1-only multimodal network (trained on every training subject's T1) for the
+  others; its training seconds are both networks';
 - ``me_multimodal_concat`` / ``me_multimodal_attention``: late fusion, one encoder per contrast, per-branch random
   slopes, concatenation or gated-attention fusion of the embeddings (the design before early fusion became the
   default: every model fits its training set, but late fusion generalised worse than FLAIR alone).
@@ -65,7 +68,7 @@ from monai_medl.engines import MixedEffectsPrepareBatch, MultimodalPrepareBatch
 from monai_medl.handlers import AdversaryHandler, ModalityDropoutWarmup
 from monai_medl.losses import MixedEffectsLoss
 from monai_medl.metrics.site_metrics import compute_site_metrics, youden_threshold
-from monai_medl.networks.nets import MixedEffectsCNN, MultimodalMixedEffectsCNN, SmallCNN
+from monai_medl.networks.nets import MixedEffectsCNN, ModalityFallback, MultimodalMixedEffectsCNN, SmallCNN
 from monai_medl.transforms import SiteVocabulary
 
 __all__ = ["MODELS", "default_config", "load_cohort", "train_model", "predict", "run_seed", "run", "main"]
@@ -91,6 +94,8 @@ MODELS: dict[str, dict[str, Any]] = {
         "options": {"modality_dropout": 0.25, "required": ["t1"]},
         "dropout_warmup": 0.6,
     },
+    # me_multimodal for subjects with both contrasts, a T1-only multimodal network for the others (trained here)
+    "me_multimodal_t1_fallback": {"kind": "fallback", "inputs": MODALITIES, "primary": "me_multimodal"},
     "me_multimodal_concat": {"kind": "multimodal", "inputs": MODALITIES, "fusion": "concat"},
     "me_multimodal_attention": {"kind": "multimodal", "inputs": MODALITIES, "fusion": "attention"},
 }
@@ -257,7 +262,7 @@ def predict(net: torch.nn.Module, spec: dict[str, Any], items: list[dict], num_s
     else:
         sites = torch.tensor([it["site"] for it in items])
         z = MixedEffectsPrepareBatch(num_sites).design(sites, x)
-        if spec["kind"] == "multimodal":
+        if spec["kind"] in ("multimodal", "fallback"):
             logits = net(x, z, torch.stack([it["modality_mask"] for it in items]))
         else:
             logits = net(x, z)
@@ -279,6 +284,16 @@ def _withhold_flair(items: list[dict], inputs: Sequence[str]) -> list[dict]:
     return out
 
 
+def _train_fallback(spec, cfg, data, train_idx, flair, vocab, trained, seed) -> tuple[torch.nn.Module, float]:
+    """:class:`ModalityFallback` of the already trained ``spec["primary"]`` and a T1-only multimodal network
+    trained here on every training subject's T1; returns it and the T1 network's training seconds."""
+    if spec["primary"] not in trained:
+        raise KeyError(f"model {spec['primary']!r} must be trained before its fallback (list it first in models).")
+    t1_spec = {"kind": "multimodal", "inputs": ("t1",), "fusion": "early"}
+    t1_net, seconds = train_model(t1_spec, cfg, _items(data, train_idx, ("t1",), flair, vocab), vocab.num_sites, seed)
+    return ModalityFallback(trained[spec["primary"]], t1_net).eval(), seconds
+
+
 # ------------------------------------------------------------------------------------------------------ protocol
 def run_seed(cfg: dict[str, Any], seed: int, cache_dir: str, log=print) -> dict[str, dict[str, float]]:
     """Every model in both scenarios for one seed: ``{model_key: {metric: value}}``."""
@@ -290,6 +305,7 @@ def run_seed(cfg: dict[str, Any], seed: int, cache_dir: str, log=print) -> dict[
     results: dict[str, dict[str, float]] = {}
     for scenario in cfg.get("scenarios", SCENARIOS):
         flair = has_flair(data, scenario, cfg["missing_site"])
+        trained: dict[str, torch.nn.Module] = {}
         for name in cfg.get("models", MODELS):
             spec = MODELS[name]
             key = name if scenario == "complete" else f"{name}+missing_site"
@@ -299,7 +315,12 @@ def run_seed(cfg: dict[str, Any], seed: int, cache_dir: str, log=print) -> dict[
             usable = flair if spec["inputs"] == ("flair",) else np.ones_like(flair)
             sel = {s: np.flatnonzero((split == s) & usable) for s in ("training", "validation", "test")}
             items = {s: _items(data, idx, spec["inputs"], flair, vocab) for s, idx in sel.items()}
-            net, seconds = train_model(spec, cfg, items["training"], num_sites, seed)
+            if spec["kind"] == "fallback":
+                net, seconds = _train_fallback(spec, cfg, data, sel["training"], flair, vocab, trained, seed)
+                seconds += results[key.replace(name, spec["primary"])]["train_seconds"]
+            else:
+                net, seconds = train_model(spec, cfg, items["training"], num_sites, seed)
+            trained[name] = net
             scores = {s: predict(net, spec, items[s], num_sites) for s in items}
             labels = {s: data["label"][idx] for s, idx in sel.items()}
             threshold = youden_threshold(labels["training"], scores["training"])
@@ -328,20 +349,24 @@ def run_seed(cfg: dict[str, Any], seed: int, cache_dir: str, log=print) -> dict[
     return results
 
 
+# table rows (each also with the suffix +missing_site); me_best_single is derived per seed from me_t1 / me_flair
+TABLE_ORDER = [
+    "me_t1",
+    "me_flair",
+    "me_best_single",
+    "conventional_early_fusion",
+    "me_early_fusion",
+    "me_multimodal",
+    "me_multimodal_dropout",
+    "me_multimodal_dropout_warmup",
+    "me_multimodal_t1_fallback",
+    "me_multimodal_concat",
+    "me_multimodal_attention",
+]
+
+
 def _summaries(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
-    order = [
-        "me_t1",
-        "me_flair",
-        "me_best_single",
-        "conventional_early_fusion",
-        "me_early_fusion",
-        "me_multimodal",
-        "me_multimodal_dropout",
-        "me_multimodal_dropout_warmup",
-        "me_multimodal_concat",
-        "me_multimodal_attention",
-    ]
-    keys = order + [f"{m}+missing_site" for m in order]
+    keys = TABLE_ORDER + [f"{m}+missing_site" for m in TABLE_ORDER]
     models = {}
     for key in keys:
         rows = [r[key] for r in per_seed]
@@ -371,6 +396,10 @@ PAIRED = [
     ("me_multimodal+missing_site", "unseen_t1_only", "me_t1", "unseen_auroc"),
     ("me_multimodal_dropout", "unseen_t1_only", "me_t1", "unseen_auroc"),
     ("me_multimodal_dropout_warmup", "unseen_t1_only", "me_t1", "unseen_auroc"),
+    ("me_multimodal_t1_fallback", "unseen_t1_only", "me_t1", "unseen_auroc"),
+    ("me_multimodal_t1_fallback", "unseen_auroc", "me_best_single", "unseen_auroc"),
+    ("me_multimodal_t1_fallback+missing_site", "seen_auroc", "me_multimodal+missing_site", "seen_auroc"),
+    ("me_multimodal_t1_fallback+missing_site", "unseen_auroc", "me_best_single+missing_site", "unseen_auroc"),
 ]
 
 

@@ -7,23 +7,12 @@ import numpy as np
 import pytest
 
 from benchmarks._common import paired_difference
-from benchmarks.multimodal import PAIRED, _add_paired, _summaries
+from benchmarks.multimodal import PAIRED, TABLE_ORDER, _add_paired, _summaries
 
 
 def _per_seed(n: int = 4) -> list[dict[str, dict[str, float]]]:
     """Synthetic per-seed rows for every model key the summaries list (values depend on seed and model)."""
-    names = [
-        "me_t1",
-        "me_flair",
-        "me_best_single",
-        "conventional_early_fusion",
-        "me_early_fusion",
-        "me_multimodal",
-        "me_multimodal_dropout",
-        "me_multimodal_dropout_warmup",
-        "me_multimodal_concat",
-        "me_multimodal_attention",
-    ]
+    names = TABLE_ORDER
     out = []
     for seed in range(n):
         rows = {}

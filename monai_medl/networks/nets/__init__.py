@@ -10,5 +10,6 @@ from .me_cnn import MECNN, MixedEffectsCNN
 from .me_mlp import MEMLP, MixedEffectsMLP, glorot_init_
 from .me_vector_autoencoder import MEVectorAutoEncoder, MixedEffectsVectorAutoEncoder
 from .mixed_effects_net import MixedEffectsNet, check_finite
+from .modality_fallback import ModalityFallback
 from .multimodal_me_cnn import CovariateEncoder, ModalityBranch, MultimodalMECNN, MultimodalMixedEffectsCNN
 from .small_cnn import SmallCNN
