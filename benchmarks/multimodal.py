@@ -451,9 +451,16 @@ both contrasts everywhere (me_multimodal +0.075 [+0.020, +0.131], 15/20 seeds; s
 +0.179], 7/10, seeds 10-19 +0.070 [-0.003, +0.143], 8/10), not shown with the missing-modality site (+0.018 [-0.039,
 +0.075], 11/20). me_early_fusion does as well or better (+0.097 [+0.059, +0.136], 18/20; me_multimodal minus
 me_early_fusion -0.022 [-0.058, +0.014], 8/20). Degrades gracefully (FLAIR withheld at test time, compared with the
-T1-only model): not met by me_multimodal (-0.033 [-0.076, +0.009], 6/20); only modality dropout from epoch 1 reaches
-the T1-only model (-0.003 [-0.038, +0.032], 12/20), at a large cost with both contrasts (unseen 0.701 vs 0.830, below
-FLAIR alone): no variant meets both targets.
+T1-only model): not met by me_multimodal alone (-0.033 [-0.076, +0.009], 6/20); modality dropout from epoch 1
+reaches the T1-only model (-0.003 [-0.038, +0.032], 12/20) at a large cost with both contrasts (unseen 0.701 vs
+0.830, below FLAIR alone). Met by routing (me_multimodal_t1_fallback, `ModalityFallback`: subjects with both
+contrasts get me_multimodal's prediction, the others that of a T1-only multimodal network trained on every training
+subject's T1): unchanged with both contrasts (0.830, by construction), FLAIR withheld 0.562 vs me_t1 0.553 (+0.009
+[-0.016, +0.034], 11/20), +0.042 [-0.004, +0.088] over me_multimodal's own FLAIR-less path (better on 11/20
+seeds, not significantly), and +0.128 [+0.083, +0.174] over dropout with both contrasts (18/20). The
+price is a second network (training 7.4 s vs 3.9 s per run). With the missing-FLAIR site, sending site_b's seen
+subjects to the T1 network instead of me_multimodal's masked path changes seen AUROC by -0.007 [-0.021, +0.007]
+(8/20): the masked path, trained on site_b, is as good there.
 
 How to read: seen = AUROC on held-out subjects of the six training sites (mixed prediction, one-hot z; the
 conventional model has no z); unseen = AUROC on the two held-out sites (population prediction, z = 0). Mean [95% CI]
@@ -466,6 +473,7 @@ FLAIR won). val_auroc = seen-site validation AUROC (mixed prediction). me_multim
 with its default fusion="early" (per-contrast first convolution averaged over the present contrasts, one shared
 encoder; no modality dropout); me_multimodal_dropout = the same with FLAIR dropped at random (p 0.25, T1 required)
 in training; me_multimodal_dropout_warmup = the same dropout only from epoch 13 of 20 (60% warm-up without it);
+me_multimodal_t1_fallback = ModalityFallback(me_multimodal, a T1-only MultimodalMixedEffectsCNN).
 me_multimodal_concat / _attention = late fusion (one encoder per contrast), no modality dropout.
 `*_early_fusion` = a single-input network on the stacked channels (absent FLAIR = zero channel).
 
