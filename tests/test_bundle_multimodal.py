@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 
+from monai_medl.networks.nets import ModalityFallback
 from tests.bundle_checks import (  # noqa: E402
     check_layout_and_metadata,
     run_multi_gpu_train,
@@ -122,6 +123,25 @@ def test_train_evaluate_inference_on_a_tiny_cohort(tmp_path):
     )
     with open(root / "eval_folder" / "inference_predictions.csv") as f:
         assert len(list(csv.DictReader(f))) == 3
+
+    # a T1-only network trained from the same datalist (its FLAIR entries are dropped, not collated), then combined
+    # with the two-contrast network by ModalityFallback: scans without FLAIR get the T1 network's prediction
+    t1_only = {"modalities": ["t1"], "modality_keys": ["image"], "ckpt_dir": str(root / "models_t1")}
+    _workflow(["train.json"], root, "train", **tiny, **t1_only, **{"train#trainer#max_epochs": 1})
+    nets = {}
+    for name, override in (("both", {}), ("t1", t1_only)):
+        parser = ConfigParser(ConfigParser.load_config_file(root / "configs" / "inference.json"))
+        parser.update({"bundle_root": str(root), "spatial_size": TINY["spatial_size"], **override})
+        net = parser.get_parsed_content("network_def")
+        ckpt = Path(parser.get_parsed_content("ckpt_dir")) / "model.pt"
+        net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+        nets[name] = net.eval()
+    router = torch.jit.script(ModalityFallback(nets["both"], nets["t1"]).eval())
+    x, mask = torch.randn(2, 2, *TINY["spatial_size"]), torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    with torch.no_grad():
+        out = router(x, None, mask)
+        torch.testing.assert_close(out[:1], nets["both"](x[:1], None, mask[:1]))
+        torch.testing.assert_close(out[1:], nets["t1"](x[1:, :1], None, mask[1:, :1]))
 
 
 @pytest.mark.slow
