@@ -142,6 +142,25 @@ def test_train_evaluate_inference_on_a_tiny_cohort(tmp_path):
         out = router(x, None, mask)
         torch.testing.assert_close(out[:1], nets["both"](x[:1], None, mask[:1]))
         torch.testing.assert_close(out[1:], nets["t1"](x[1:, :1], None, mask[1:, :1]))
+    # the same routing in inference.json (fallback_ckpt_dir): scans with FLAIR keep the primary's prediction,
+    # scans without it (site_b) get the T1 network's
+    _workflow(
+        ["inference.json"],
+        root,
+        "infer",
+        dataset_dir=str(tmp_path / "data"),
+        spatial_size=TINY["spatial_size"],
+        fallback_ckpt_dir=str(root / "models_t1"),
+        output_dir=str(root / "eval_fallback"),
+    )
+    with open(root / "eval_fallback" / "inference_predictions.csv") as f:
+        routed = {r["image"]: float(r["probability"]) for r in csv.DictReader(f)}
+    primary_only = {p["image"]: float(p["probability"]) for p in preds}
+    assert routed.keys() == primary_only.keys()
+    has_flair = {str(tmp_path / "data" / e["image"]): "flair" in e for e in datalist["test"]}
+    changed = {img: abs(routed[img] - primary_only[img]) > 1e-6 for img in routed}
+    assert not any(changed[img] for img in routed if has_flair[img])
+    assert all(changed[img] for img in routed if not has_flair[img]) and not all(has_flair.values())
 
 
 @pytest.mark.slow
