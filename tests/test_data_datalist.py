@@ -54,6 +54,8 @@ def test_several_modalities_and_an_optional_one(folder):
         load_datalist(path, image_keys=("image", "flair"))
     data = load_datalist(path, image_keys=("image", "flair"), optional_image_keys="flair")
     assert os.path.isabs(data[0]["flair"]) and "flair" not in data[1]
+    with pytest.raises(ValueError, match=r"optional_image_keys \['flair'\] must also be listed in image_keys"):
+        load_datalist(path, image_keys="image", optional_image_keys="flair")  # its paths would stay unresolved
 
 
 def _write(root, entries):

@@ -189,7 +189,8 @@ def load_datalist(
         label_key: key of the label; ``None`` to not check labels.
         spatial_dims: expected spatial dimensionality of the images (``None`` to skip).
         check_voxels: read all voxels during validation (finds truncated files and NaN/Inf).
-        optional_image_keys: image keys that may be absent from an entry (a modality missing at some sites).
+        optional_image_keys: those of ``image_keys`` that may be absent from an entry (a modality missing at some
+            sites).
 
     Returns:
         a list of dictionaries with absolute image paths, ready for :class:`monai.data.Dataset`.
@@ -222,6 +223,12 @@ def load_datalist(
             f"datalist {path!r}: section {data_list_key!r} should be a list, got {type(section).__name__}."
         )
     image_keys = ensure_tuple(image_keys)
+    stray = [k for k in ensure_tuple(optional_image_keys) if k not in image_keys]
+    if stray:
+        raise ValueError(
+            f"optional_image_keys {stray} must also be listed in image_keys {list(image_keys)} (they are image keys "
+            "that may be absent from an entry)."
+        )
     base = os.fspath(base_dir) if base_dir is not None else os.path.dirname(os.path.abspath(path))
     entries = []
     for item in section:
