@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -94,6 +95,13 @@ def run_multi_gpu_train(configs_dir: Path, root: Path, overrides: Sequence[str],
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     log = proc.stdout + proc.stderr
+    if proc.returncode != 0 and "(SIGABRT)" in log:
+        # a rank was killed by a C++ abort ("terminate called without an active exception"; seen once in ~16 runs
+        # under load, not reproduced since): run once more. A Python error in the bundle exits with 1, not SIGABRT,
+        # and a bundle that aborts every time still fails.
+        warnings.warn(f"torchrun: a rank aborted (SIGABRT), retrying once; log tail:\n{log[-1500:]}", stacklevel=2)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     return log
 
