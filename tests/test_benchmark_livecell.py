@@ -7,9 +7,7 @@ import importlib.util
 
 import numpy as np
 import pytest
-from scipy import stats
 
-from benchmarks._common import paired_difference
 from monai_medl.metrics import batch_probe_accuracy
 
 if importlib.util.find_spec("skimage") is None:
@@ -110,18 +108,6 @@ def test_held_out_batch_probe_fits_on_one_set_and_scores_on_the_other():
         batch_probe_accuracy(fit, b, eval_latents=fit)
     with pytest.raises(ValueError, match="dimensions"):
         batch_probe_accuracy(fit, b, eval_latents=fit[:, :2], eval_batches=b)
-
-
-def test_paired_difference_counts_wins_on_the_better_side():
-    a, b = [0.8, 0.9, 0.7, 0.85], [0.7, 0.8, 0.75, 0.8]
-    d = paired_difference(a, b)
-    assert d["mean"] == pytest.approx(0.05) and d["wins"] == 3 and d["n"] == 4
-    diff = np.subtract(a, b)
-    half = stats.t.ppf(0.975, 3) * diff.std(ddof=1) / 2
-    assert d["ci95"] == pytest.approx([0.05 - half, 0.05 + half])
-    assert paired_difference(a, b, higher_is_better=False)["wins"] == 1
-    with pytest.raises(ValueError, match="equal lengths"):
-        paired_difference([1.0], [1.0, 2.0])
 
 
 def _entry(seen, extra):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks._common import paired_difference
 from benchmarks.multimodal import PAIRED, TABLE_ORDER, _add_paired, _summaries
 
 
@@ -26,17 +25,6 @@ def _per_seed(n: int = 4) -> list[dict[str, dict[str, float]]]:
                 }
         out.append(rows)
     return out
-
-
-def test_paired_difference_interval_and_wins():  # the shared helper the paired section uses
-    d = paired_difference([0.8, 0.7, 0.9], [0.7, 0.75, 0.6])
-    np.testing.assert_allclose(d["values"], [0.1, -0.05, 0.3])
-    assert d["mean"] == pytest.approx(0.35 / 3)
-    half = 4.302653 * np.std([0.1, -0.05, 0.3], ddof=1) / np.sqrt(3)  # t_{0.975, 2}
-    np.testing.assert_allclose(d["ci95"], [0.35 / 3 - half, 0.35 / 3 + half], rtol=1e-5)
-    assert (d["wins"], d["n"]) == (2, 3)
-    with pytest.raises(ValueError, match="equal lengths"):
-        paired_difference([0.1, 0.2], [0.1])
 
 
 def test_summaries_keep_per_seed_extras_and_paired_section():
