@@ -305,10 +305,11 @@ def run_seed(cfg: dict[str, Any], seed: int, cache_dir: str, log=print) -> dict[
     results: dict[str, dict[str, float]] = {}
     for scenario in cfg.get("scenarios", SCENARIOS):
         flair = has_flair(data, scenario, cfg["missing_site"])
+        suffix = "" if scenario == "complete" else "+missing_site"
         trained: dict[str, torch.nn.Module] = {}
         for name in cfg.get("models", MODELS):
             spec = MODELS[name]
-            key = name if scenario == "complete" else f"{name}+missing_site"
+            key = name + suffix
             if name == "me_t1" and scenario != "complete":
                 results[key] = dict(results[name])  # T1 data are identical in both scenarios
                 continue
@@ -317,7 +318,7 @@ def run_seed(cfg: dict[str, Any], seed: int, cache_dir: str, log=print) -> dict[
             items = {s: _items(data, idx, spec["inputs"], flair, vocab) for s, idx in sel.items()}
             if spec["kind"] == "fallback":
                 net, seconds = _train_fallback(spec, cfg, data, sel["training"], flair, vocab, trained, seed)
-                seconds += results[key.replace(name, spec["primary"])]["train_seconds"]
+                seconds += results[spec["primary"] + suffix]["train_seconds"]
             else:
                 net, seconds = train_model(spec, cfg, items["training"], num_sites, seed)
             trained[name] = net
@@ -341,7 +342,6 @@ def run_seed(cfg: dict[str, Any], seed: int, cache_dir: str, log=print) -> dict[
                 row["unseen_t1_only"] = _auroc(y, prob)
             results[key] = row
             log(f"seed {seed} {key}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
-        suffix = "" if scenario == "complete" else "+missing_site"
         if f"me_flair{suffix}" not in results or "me_t1" not in results:
             continue
         best = max(("me_t1", "me_flair"), key=lambda m: results[m + suffix]["val_auroc"])

@@ -77,7 +77,8 @@ def verify_and_export(bundle: Path, tmp_path: Path) -> tuple[torch.nn.Module, to
 
 def run_multi_gpu_train(configs_dir: Path, root: Path, overrides: Sequence[str], timeout: int = 300) -> str:
     """Copy ``configs_dir`` to ``root/configs`` and run ``train.json`` + ``multi_gpu_train.json`` with ``torchrun``
-    as 2 CPU processes (gloo); assert the run succeeded and return its combined log.
+    as 2 CPU processes (gloo); assert the run succeeded, the trainer ran on both ranks and only one process wrote
+    TensorBoard events (under ``root/runs``); return the combined log.
 
     ``overrides`` are extra ``monai.bundle run`` arguments (``--key value`` pairs, e.g. the dataset folder).
     """
@@ -103,6 +104,10 @@ def run_multi_gpu_train(configs_dir: Path, root: Path, overrides: Sequence[str],
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
+    assert log.count("Engine run finished") >= 2, log[-3000:]  # the trainer ran on both ranks
+    # logging and TensorBoard on rank 0 only: every event file comes from one process
+    events = list((root / "runs").glob("**/events.out.tfevents.*"))
+    assert events and len({p.name.split(".")[-2] for p in events}) == 1, [p.name for p in events]
     return log
 
 

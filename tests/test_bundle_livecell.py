@@ -90,5 +90,3 @@ def test_two_process_gloo_training_with_torchrun(tmp_path):
     # the checkpoint is the plain (unwrapped) state dict of network_def, written once
     state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert "re.encoder.0.cluster_norm.gamma.loc" in state and not any(k.startswith("module.") for k in state)
-    events = list((root / "runs").glob("events.out.tfevents.*"))
-    assert len({p.name.split(".")[-2] for p in events}) == 1, [p.name for p in events]  # one writing process
