@@ -69,7 +69,7 @@ def trained_bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle") / "mri_me_cnn_classification"
     shutil.copytree(BUNDLE / "configs", root / "configs")
     shutil.copy(BUNDLE / "LICENSE", root / "LICENSE")
-    run_workflow(root / "configs", "train.json", root, "train", **TINY)
+    run_workflow(root / "configs", "train.json", root, "train", replace_models=True, **TINY)
     return root
 
 
@@ -93,12 +93,15 @@ def test_training_generates_the_cohort_and_writes_every_artefact(trained_bundle)
     state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     net.load_state_dict(state, strict=True)
     # the training checkpoint holds model, adversary, z-predictor and all optimizers
-    ckpts = sorted((root / "models").glob("checkpoint_epoch=*.pt"))
-    assert ckpts, sorted(os.listdir(root / "models"))
-    ckpt = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
-    assert {"model", "adversary", "z_predictor", "optimizer", "adv_optimizer", "z_optimizer"} <= set(ckpt)
-    assert (root / "models" / "z_predictor.pt").is_file()
-    assert list((root / "runs").glob("events.out.tfevents.*")), "no TensorBoard events written"
+    # the training checkpoint (in the run's own folder) holds everything a resumed run needs
+    ckpts = sorted(root.glob("runs/*/models/checkpoint_epoch=*.pt"))
+    assert ckpts, sorted(os.listdir(root / "runs"))
+    ckpt = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
+    expected = {"model", "adversary", "z_predictor", "optimizer", "adv_optimizer", "z_optimizer", "trainer", "progress"}
+    assert expected <= set(ckpt)
+    assert not list((root / "models").glob("checkpoint*"))  # checkpoints are not promoted
+    assert (root / "models" / "z_predictor.pt").is_file() and (root / "models" / "manifest.json").is_file()
+    assert list(root.glob("runs/*/tensorboard/events.out.tfevents.*")), "no TensorBoard events written"
 
 
 def test_evaluate_reports_per_site_seen_unseen_and_modes(trained_bundle):
@@ -194,6 +197,7 @@ def test_two_process_gloo_training_with_torchrun(trained_bundle, tmp_path):
         "--spatial_size", "[16,16,16]",
         "--train#trainer#max_epochs", "1",
         "--train#dataloader#batch_size", "8",
+        "--replace_models", "true",
     ]  # fmt: skip
     run_multi_gpu_train(BUNDLE / "configs", root, overrides)
     assert (root / "models" / "model.pt").is_file() and (root / "models" / "z_predictor.pt").is_file()

@@ -19,7 +19,7 @@ from torch import nn
 from monai_medl.bundle import (
     ScalarsFromOutput,
     SoftDesign,
-    inference_datalist,
+    inference_inputs,
     prepare_site_data,
     random_effects_param_groups,
     site_metrics,
@@ -128,28 +128,28 @@ def _nifti(path):
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(path))
 
 
-def test_inference_datalist_from_folder_and_datalist_warns_about_unseen_sites(tmp_path, caplog):
+def test_inference_inputs_from_folder_and_datalist_warn_about_unseen_sites(tmp_path, caplog):
     vocab = SiteVocabulary(["a", "b"])
     folder = tmp_path / "scans"
     (folder / "sub").mkdir(parents=True)
     _nifti(folder / "x.nii.gz")
     _nifti(folder / "sub" / "y.nii")
     with caplog.at_level(logging.WARNING):
-        items = inference_datalist(folder, vocab, unseen_mode="population")
+        items = inference_inputs(folder, vocab, unseen_mode="population").entries
     assert [i["site"] for i in items] == ["unknown", "unknown"] and len(items) == 2
     assert "'unknown' (2 scans)" in caplog.text and "mode 'population'" in caplog.text
     caplog.clear()
     datalist = tmp_path / "list.json"
     datalist.write_text(json.dumps({"test": [{"image": "scans/x.nii.gz", "site": "a"}, {"image": "scans/x.nii.gz"}]}))
     with caplog.at_level(logging.WARNING):
-        items = inference_datalist(datalist, vocab, site="c")
+        items = inference_inputs(datalist, vocab, site="c").entries
     assert [i["site"] for i in items] == ["a", "c"] and items[0]["image"] == str(folder / "x.nii.gz")
     assert "'c' (1 scans)" in caplog.text and "mode 'inferred'" in caplog.text
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no NIfTI"):
-        inference_datalist(tmp_path / "empty", vocab)
+        inference_inputs(tmp_path / "empty", vocab)
     with pytest.raises(ValueError, match="unseen_mode"):
-        inference_datalist(folder, vocab, unseen_mode="mixed")
+        inference_inputs(folder, vocab, unseen_mode="mixed")
 
 
 def test_prepare_site_data_fits_on_training_only_and_errors(tmp_path):
@@ -159,6 +159,8 @@ def test_prepare_site_data_fits_on_training_only_and_errors(tmp_path):
     calls = []
 
     def generate():
+        for name in "abcd":
+            _nifti(tmp_path / f"{name}.nii")
         data = {
             "training": [{"image": "a.nii", "label": 0, "site": "s1"}, {"image": "b.nii", "label": 1, "site": "s2"}],
             "validation": [{"image": "c.nii", "label": 1, "site": "s1"}],

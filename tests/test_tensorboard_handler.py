@@ -111,3 +111,28 @@ def test_interval_and_custom_writer(tmp_path):
     assert events.Tags()["images"] == []
     with pytest.raises(ValueError, match="interval must be >= 1"):
         RandomEffectsTensorBoardHandler(summary_writer=writer, interval=0)
+
+
+def test_without_matplotlib_the_plot_is_skipped_with_one_warning(tmp_path, monkeypatch):
+    import monai_medl.handlers.tensorboard_handler as module
+
+    monkeypatch.setattr(module, "has_matplotlib", False)
+    torch.manual_seed(0)
+    net = MixedEffectsCNN(K, spatial_dims=3)
+    tb = RandomEffectsTensorBoardHandler(log_dir=str(tmp_path), cluster_names=["a", "b", "c"])
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=2,
+        train_data_loader=DataLoader(_data(8), batch_size=8),
+        network=net,
+        optimizer=torch.optim.Adam(net.parameters(), 1e-2),
+        loss_function=MixedEffectsLoss(net, task="bce"),
+        prepare_batch=MixedEffectsPrepareBatch(num_clusters=K),
+        train_handlers=[tb],
+    )
+    with pytest.warns(UserWarning, match="matplotlib is not installed") as record:
+        trainer.run()
+    assert sum("matplotlib" in str(w.message) for w in record) == 1  # once, not every epoch
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert not events.Tags()["images"] and any("prior_sd" in t for t in events.Tags()["scalars"])

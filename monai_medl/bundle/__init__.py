@@ -3,15 +3,35 @@
 
 from __future__ import annotations
 
+from .artifacts import (
+    MANIFEST_NAME,
+    ArtifactError,
+    TrainingRun,
+    file_sha256,
+    promote_artifacts,
+    read_manifest,
+    verify_artifacts,
+    write_manifest,
+)
+from .input_profile import compare_to_profile, summarize_images
+from .inputs import BundleInputError, BundleInputs, load_bundle_inputs, read_datalist_json
 from .optim import random_effects_param_groups
 from .output_transforms import ScalarsFromOutput
+from .resume import TrainingProgress
 from .site_data import (
     UNKNOWN_SITE,
+    InferenceInputs,
     SiteData,
     fit_intensity_stats,
-    inference_datalist,
-    load_split,
+    inference_inputs,
     prepare_site_data,
 )
-from .site_evaluation import SitePredictionCollector, evaluate_modes, site_metrics, write_evaluation, write_predictions
+from .site_evaluation import (
+    InvalidScansError,
+    SitePredictionCollector,
+    evaluate_modes,
+    site_metrics,
+    write_evaluation,
+    write_predictions,
+)
 from .z_predictor import SoftDesign

@@ -6,19 +6,29 @@ warnings."""
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch.distributed as dist
-from monai.data import load_decathlon_datalist
+from monai.utils import ensure_tuple
 
+from monai_medl.bundle.artifacts import file_sha256
+from monai_medl.bundle.input_profile import compare_to_profile, summarize_images
+from monai_medl.bundle.inputs import BundleInputError, load_bundle_inputs, read_datalist_json
+from monai_medl.data.datalist import _resolve, validate_datalist
 from monai_medl.transforms.site import SiteVocabulary
 from monai_medl.transforms.site_intensity import SiteIntensityStats
 
-__all__ = ["SiteData", "prepare_site_data", "fit_intensity_stats", "load_split", "inference_datalist", "UNKNOWN_SITE"]
+__all__ = [
+    "SiteData",
+    "prepare_site_data",
+    "fit_intensity_stats",
+    "InferenceInputs",
+    "inference_inputs",
+    "UNKNOWN_SITE",
+]
 
 UNKNOWN_SITE = "unknown"
 """Site name given to scans whose site is not known (e.g. a plain folder of NIfTI files); never a training site."""
@@ -35,43 +45,8 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def load_split(
-    datalist_file: str | os.PathLike,
-    key: str,
-    split: str | None = None,
-    required_keys: Sequence[str] = ("image", "site"),
-    base_dir: str | os.PathLike | None = None,
-) -> list[dict[str, Any]]:
-    """Entries of one section of a MONAI datalist JSON, with paths made absolute and a ``split`` tag.
-
-    Args:
-        datalist_file: datalist JSON (``{"training": [...], "validation": [...], "test": [...]}``), entries
-            ``{"image": path, "label": 0/1, "site": name}``; relative paths are relative to ``base_dir``.
-        key: the section to read.
-        split: value of the ``split`` key added to each entry. Defaults to ``key``.
-        required_keys: keys every entry must have. Defaults to ``("image", "site")``.
-        base_dir: directory of relative paths. Defaults to the datalist's directory.
-
-    Raises:
-        ValueError: naming the file when the section is missing or an entry lacks a required key.
-    """
-    try:
-        items = load_decathlon_datalist(datalist_file, is_segmentation=False, data_list_key=key, base_dir=base_dir)
-    except ValueError as e:
-        raise ValueError(f"datalist {os.fspath(datalist_file)!r}: {e}") from e
-    for i, item in enumerate(items):
-        missing = [k for k in required_keys if k not in item]
-        if missing:
-            raise ValueError(
-                f"datalist {os.fspath(datalist_file)!r}, section {key!r}, entry {i}: missing key(s) {missing}; "
-                f"every entry needs {list(required_keys)} (keys found: {sorted(item)})."
-            )
-        item["split"] = split or key
-    return items
-
-
 class SiteData:
-    """The splits of a site-aware bundle and the site vocabulary fitted on its training split.
+    """The validated splits of a site-aware bundle and the site vocabulary fitted on its training split.
 
     Built by :func:`prepare_site_data`; referenced in bundle configs as ``"$@site_data.training"`` etc.
 
@@ -79,6 +54,8 @@ class SiteData:
         training, validation, test: datalist entries (each with a ``split`` tag); ``test`` may be empty.
         vocabulary: the :class:`~monai_medl.transforms.SiteVocabulary` of the training sites.
         vocabulary_file: where the vocabulary is stored (JSON).
+        datalist_file: the datalist the splits come from.
+        profile: geometry and intensity ranges of the training images (:func:`summarize_images`), for the manifest.
     """
 
     def __init__(
@@ -88,12 +65,16 @@ class SiteData:
         test: list[dict],
         vocabulary: SiteVocabulary,
         vocabulary_file: str,
+        datalist_file: str = "",
+        profile: dict | None = None,
     ) -> None:
         self.training = training
         self.validation = validation
         self.test = test
         self.vocabulary = vocabulary
         self.vocabulary_file = vocabulary_file
+        self.datalist_file = datalist_file
+        self.profile = profile or {}
 
     @property
     def num_sites(self) -> int:
@@ -104,6 +85,18 @@ class SiteData:
     def evaluation(self) -> list[dict]:
         """Training then test entries: the training scans choose thresholds, the test scans are reported."""
         return self.training + self.test
+
+    def manifest_record(self, seed: int | None = None, **extra: Any) -> dict[str, Any]:
+        """What a run's manifest records about its data: sites, datalist hash, split sizes, image profile."""
+        return {
+            "sites": list(self.vocabulary.sites),
+            "num_sites": self.num_sites,
+            "seed": seed,
+            "datalist": {"path": os.path.abspath(self.datalist_file), "sha256": file_sha256(self.datalist_file)},
+            "split_sizes": {"training": len(self.training), "validation": len(self.validation), "test": len(self.test)},
+            "input_profile": self.profile,
+            **extra,
+        }
 
     def __repr__(self) -> str:
         return (
@@ -122,16 +115,25 @@ def prepare_site_data(
     validation_key: str = "validation",
     test_key: str | None = "test",
     site_key: str = "site",
+    image_keys: Sequence[str] | str = ("image",),
+    optional_image_keys: Sequence[str] | str = (),
+    num_classes: int | None = 2,
+    spatial_dims: int = 3,
+    in_channels: int | None = 1,
+    min_training_sites: int = 2,
+    check_voxels: bool = True,
 ) -> SiteData:
-    """Load (and on first run generate) a site-aware datalist; fit or load the site vocabulary.
+    """Load (and on first run generate) a site-aware datalist, validate all of it, then fit or load the vocabulary.
 
     1. If ``datalist_file`` does not exist, ``generate()`` is called to create it (e.g. the embedded synthetic
-       cohort, ``functools.partial(generate_mri_cohort, output_dir)``); without ``generate`` a missing file is
-       an error.
-    2. With ``fit=True`` (training) the :class:`~monai_medl.transforms.SiteVocabulary` is fitted on the
-       training section only and written to ``vocabulary_file``, and every ``fitter(training)`` is called to fit
-       and write other training-only preprocessing state (e.g. :func:`fit_intensity_stats`). With ``fit=False``
-       (evaluation, inference) the stored vocabulary is read instead and nothing is fitted.
+       cohort; generators write only into an empty folder or one they made, never into a user's data); without
+       ``generate`` a missing file is an error.
+    2. Every section is validated by :func:`~monai_medl.bundle.load_bundle_inputs` *before anything is written*:
+       all problems are reported together in one :class:`~monai_medl.bundle.BundleInputError`.
+    3. With ``fit=True`` (training) the :class:`~monai_medl.transforms.SiteVocabulary` is fitted on the
+       training section only and written to ``vocabulary_file`` (in the run's own folder), and every
+       ``fitter(training)`` is called to fit and write other training-only preprocessing state (e.g.
+       :func:`fit_intensity_stats`). With ``fit=False`` (evaluation) the stored vocabulary is read instead.
 
     Under ``torch.distributed`` only rank 0 generates and writes; the other ranks wait for it.
 
@@ -144,9 +146,17 @@ def prepare_site_data(
         fitters: callables ``fn(training_entries)`` run when ``fit`` (on rank 0); each writes its own file.
         training_key, validation_key, test_key: datalist sections (``test_key`` None or absent: no test split).
         site_key: the site key of the entries. Defaults to ``"site"``.
+        image_keys: the network's image keys (one per modality); case-sensitive. Defaults to ``("image",)``.
+        optional_image_keys: image keys an entry may lack (a modality missing at some sites).
+        num_classes: labels of training/validation entries must be integers ``0 .. num_classes-1``.
+        spatial_dims: spatial dimensionality of the images. Defaults to 3.
+        in_channels: channels per image file. Defaults to 1.
+        min_training_sites: the training split must span at least this many sites. Defaults to 2.
+        check_voxels: read every voxel while validating (truncated files, NaN/Inf). Defaults to True.
 
     Raises:
         FileNotFoundError: naming the missing datalist or vocabulary file and how to provide it.
+        BundleInputError: listing every invalid section, entry, file and key.
 
     Example (bundle config)::
 
@@ -154,27 +164,43 @@ def prepare_site_data(
                       "vocabulary_file": "@site_vocabulary_file", "generate": "@cohort"}
     """
     datalist_file, vocabulary_file = os.fspath(datalist_file), os.fspath(vocabulary_file)
-    if _rank() == 0:
+    if _rank() == 0 and not os.path.isfile(datalist_file):
+        if generate is None:
+            raise FileNotFoundError(
+                f"datalist {datalist_file!r} does not exist; point 'datalist' at a MONAI datalist JSON with "
+                f"{training_key!r}/{validation_key!r} sections of {{'image', 'label', 'site'}} entries, or "
+                f"enable cohort generation."
+            )
+        logger.info(f"datalist {datalist_file!r} not found: generating the cohort (first run)")
+        generate()
         if not os.path.isfile(datalist_file):
-            if generate is None:
-                raise FileNotFoundError(
-                    f"datalist {datalist_file!r} does not exist; point 'datalist' at a MONAI datalist JSON with "
-                    f"{training_key!r}/{validation_key!r} sections of {{'image', 'label', 'site'}} entries, or "
-                    f"enable cohort generation."
-                )
-            logger.info(f"datalist {datalist_file!r} not found: generating the cohort (first run)")
-            generate()
-            if not os.path.isfile(datalist_file):
-                raise FileNotFoundError(f"cohort generation did not create the datalist {datalist_file!r}.")
+            raise FileNotFoundError(f"cohort generation did not create the datalist {datalist_file!r}.")
     _barrier()
-    training = load_split(datalist_file, training_key, split="train", required_keys=("image", "label", site_key))
-    validation = load_split(datalist_file, validation_key, split="validation", required_keys=("image", site_key))
-    test: list[dict] = []
+    sections = {training_key: True, validation_key: True}
     if test_key:
-        with open(datalist_file, encoding="utf-8") as f:
-            has_test = test_key in json.load(f)
-        if has_test:
-            test = load_split(datalist_file, test_key, split="test", required_keys=("image", site_key))
+        sections[test_key] = False
+    inputs = load_bundle_inputs(
+        datalist_file,
+        sections=sections,
+        labelled=(training_key, validation_key),
+        image_keys=image_keys,
+        optional_image_keys=optional_image_keys,
+        num_classes=num_classes,
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        site_key=site_key,
+        min_training_sites=min_training_sites if fit else 0,
+        training_key=training_key,
+        check_voxels=check_voxels,
+    )
+    tags = {training_key: "train", validation_key: "validation", test_key: "test"}
+    for name, entries in inputs.sections.items():
+        for e in entries:
+            e["split"] = tags[name]
+    training = inputs.sections[training_key]
+    validation = inputs.sections[validation_key]
+    test = inputs.sections.get(test_key, []) if test_key else []
+    profile = {key: summarize_images(inputs.infos(training_key, key)) for key in ensure_tuple(image_keys)}
     if fit:
         vocabulary = SiteVocabulary.from_datalist(training, site_key=site_key)
         if _rank() == 0:
@@ -191,10 +217,10 @@ def prepare_site_data(
         vocabulary = SiteVocabulary.from_json(vocabulary_file)
     unseen = sorted({str(e[site_key]) for e in validation + test if e[site_key] not in vocabulary})
     logger.info(
-        f"{len(training)} training / {len(validation)} validation / {len(test)} test scans; "
+        f"{len(training)} training / {len(validation)} validation / {len(test)} test scans (all validated); "
         f"{vocabulary.num_sites} training sites {list(vocabulary.sites)}; unseen sites in validation/test: {unseen}"
     )
-    return SiteData(training, validation, test, vocabulary, vocabulary_file)
+    return SiteData(training, validation, test, vocabulary, vocabulary_file, datalist_file, profile)
 
 
 def fit_intensity_stats(
@@ -239,15 +265,43 @@ def fit_intensity_stats(
 _NIFTI_PATTERNS = ("*.nii", "*.nii.gz")
 
 
-def inference_datalist(
+class InferenceInputs:
+    """The scans an inference run predicts, and the ones it cannot (each with the reason).
+
+    Attributes:
+        entries: valid entries, ready for a MONAI ``Dataset`` (``input_warning`` holds per-scan warnings).
+        errors: one row per invalid entry (``image``, ``site``, ``split``, ``error``), written into the predictions
+            file by :func:`~monai_medl.bundle.write_predictions`.
+    """
+
+    def __init__(self, entries: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
+        self.entries = entries
+        self.errors = errors
+
+    def __repr__(self) -> str:
+        return f"InferenceInputs({len(self.entries)} scans to predict, {len(self.errors)} invalid)"
+
+
+def inference_inputs(
     source: str | os.PathLike,
     vocabulary: SiteVocabulary | str | os.PathLike,
     unseen_mode: str = "inferred",
     section: str = "test",
     site: str | None = None,
     site_key: str = "site",
-) -> list[dict[str, Any]]:
-    """Entries to predict from a datalist JSON or a folder of NIfTI files, warning about unseen sites.
+    image_keys: Sequence[str] | str = ("image",),
+    optional_image_keys: Sequence[str] | str = (),
+    spatial_dims: int = 3,
+    in_channels: int | None = 1,
+    profile: Mapping[str, Any] | None = None,
+) -> InferenceInputs:
+    """Scans to predict from a datalist JSON or a folder of NIfTI files, validated one by one.
+
+    Each entry is validated like training data (readable image of the expected dimensionality and channel count,
+    finite voxels, image keys exactly the network's, modalities on one grid, a site). An invalid entry does not
+    stop the run: it becomes an error row (file and reason) and the others are predicted. Each valid scan is
+    compared with the training images' ``profile`` (from the model's manifest): a scan far outside it (spacing,
+    field of view, orientation, intensity range) gets a per-scan warning, logged and kept in its row.
 
     A seen site is predicted with its own random effects (mixed model, one-hot ``z``). Scans from sites not in
     the training vocabulary, and scans without a site (a plain folder), get ``unseen_mode``: ``"population"``
@@ -263,43 +317,86 @@ def inference_datalist(
         site: site assigned to every scan of a folder (and to datalist entries without one). Defaults to
             :data:`UNKNOWN_SITE`.
         site_key: the site key. Defaults to ``"site"``.
+        image_keys: the network's image keys (case-sensitive). Defaults to ``("image",)``.
+        optional_image_keys: image keys an entry may lack.
+        spatial_dims: spatial dimensionality of the images. Defaults to 3.
+        in_channels: channels per image file. Defaults to 1.
+        profile: image key -> training profile (the manifest's ``input_profile``); None skips the comparison.
 
     Raises:
         FileNotFoundError: if ``source`` does not exist or a folder holds no NIfTI file.
-        ValueError: for an invalid ``unseen_mode`` or datalist.
+        BundleInputError: the datalist is not valid JSON or has no ``section``.
+        ValueError: for an invalid ``unseen_mode``.
+
+    Example (bundle config)::
+
+        "inputs": {"_target_": "monai_medl.bundle.inference_inputs", "source": "@input",
+                   "vocabulary": "@site_vocabulary", "profile": "@manifest['input_profile']"}
     """
     if unseen_mode not in ("population", "inferred"):
         raise ValueError(f"unseen_mode must be 'population' or 'inferred', got {unseen_mode!r}.")
     if not isinstance(vocabulary, SiteVocabulary):
         vocabulary = SiteVocabulary.from_json(vocabulary)
+    image_keys = ensure_tuple(image_keys)
     source = os.fspath(source)
     default_site = UNKNOWN_SITE if site is None else site
     if os.path.isdir(source):
         files = sorted({f for p in _NIFTI_PATTERNS for f in glob.glob(os.path.join(source, "**", p), recursive=True)})
         if not files:
             raise FileNotFoundError(f"no NIfTI files (*.nii, *.nii.gz) found under {source!r}.")
-        items = [{"image": f, site_key: default_site} for f in files]
+        items: list[Any] = [{image_keys[0]: f, site_key: default_site} for f in files]
     elif os.path.isfile(source):
-        with open(source, encoding="utf-8") as f:
-            data = json.load(f)
-        if isinstance(data, list):
-            base = os.path.dirname(os.path.abspath(source))
-            items = [dict(e) for e in data]
-            for e in items:
-                if "image" in e and not os.path.isabs(e["image"]):
-                    e["image"] = os.path.join(base, e["image"])
-        else:
-            items = load_split(source, section, required_keys=("image",))
-        for i, e in enumerate(items):
-            if "image" not in e:
-                raise ValueError(f"datalist {source!r} entry {i} has no 'image' key (keys: {sorted(e)}).")
-            e.setdefault(site_key, default_site)
+        data = read_datalist_json(source)
+        if isinstance(data, Mapping):
+            if section not in data:
+                raise BundleInputError(source, [f"no section {section!r} (sections found: {sorted(data)})"])
+            data = data[section]
+        if not isinstance(data, list):
+            raise BundleInputError(source, [f"section {section!r} should be a list, got {type(data).__name__}"])
+        base = os.path.dirname(os.path.abspath(source))
+        items = [
+            {k: (_resolve(base, v) if k in image_keys else v) for k, v in e.items()} if isinstance(e, Mapping) else e
+            for e in data
+        ]
+        for e in items:
+            if isinstance(e, dict):
+                e.setdefault(site_key, default_site)
     else:
         raise FileNotFoundError(f"inference input {source!r} is neither a datalist JSON nor a directory.")
-    for e in items:
+    entries, errors = [], []
+    for i, e in enumerate(items):
+        infos: dict[tuple[int, str], Any] = {}
+        problems = validate_datalist(
+            [e],
+            image_keys=image_keys,
+            site_key=site_key,
+            label_key="label",
+            spatial_dims=spatial_dims,
+            optional_image_keys=optional_image_keys,
+            in_channels=in_channels,
+            image_infos=infos,
+        )
+        first = e.get(image_keys[0]) if isinstance(e, Mapping) else None
+        if problems:
+            reason = "; ".join(p.split(": ", 1)[-1] for p in problems)
+            logger.error(f"{source} entry {i}: cannot predict it: {reason}")
+            errors.append(
+                {
+                    "split": "inference",
+                    "image": str(first or ""),
+                    "site": str(e.get(site_key, "")) if isinstance(e, Mapping) else "",
+                    "error": reason,
+                }
+            )
+            continue
+        warnings = [w for (_, key), info in infos.items() for w in compare_to_profile(info, (profile or {}).get(key))]
+        if warnings:
+            logger.warning(f"{first}: far from the training images: {'; '.join(warnings)}")
         e.setdefault("split", "inference")
+        e["input_warning"] = "; ".join(warnings)
+        entries.append(e)
     unseen: dict[str, int] = {}
-    for e in items:
+    for e in entries:
         if e[site_key] not in vocabulary:
             unseen[str(e[site_key])] = unseen.get(str(e[site_key]), 0) + 1
     if unseen:
@@ -310,4 +407,4 @@ def inference_datalist(
         )
         listing = ", ".join(f"{name!r} ({n} scans)" for name, n in sorted(unseen.items()))
         logger.warning(f"sites not seen in training: {listing}; predicting them with mode {unseen_mode!r}: {how}.")
-    return items
+    return InferenceInputs(entries, errors)

@@ -29,9 +29,22 @@ __all__ = [
     "evaluate_modes",
     "write_predictions",
     "write_evaluation",
+    "InvalidScansError",
 ]
 
-PREDICTION_FIELDS = ("mode", "z", "split", "image", "site", "seen", "label", "probability", "prediction")
+PREDICTION_FIELDS = (
+    "mode",
+    "z",
+    "split",
+    "image",
+    "site",
+    "seen",
+    "label",
+    "probability",
+    "prediction",
+    "input_warning",
+    "error",
+)
 _Z_OF_MODE = {"population": "zero", "inferred": "inferred", "randomized": "random", "mixed": None}
 """What ``z`` a scan gets in each mode (in ``"mixed"``: one-hot if seen, else inferred or zero)."""
 METRIC_FIELDS = ("mode", "group", "site", "n", "n_positive", "auroc", "balanced_accuracy", "threshold")
@@ -200,6 +213,7 @@ class SitePredictionCollector:
                     "label": label,
                     "probability": prob,
                     "prediction": int(prob >= self.threshold),
+                    "input_warning": str(_scalar(item.get("input_warning", ""))),
                 }
             )
 
@@ -244,20 +258,37 @@ def evaluate_modes(
     return collector.rows
 
 
+class InvalidScansError(RuntimeError):
+    """Some scans could not be predicted; the predictions file holds the others and an error row for each."""
+
+
 def write_predictions(
     rows: Sequence[Mapping[str, Any]],
     output_dir: str | os.PathLike,
     metrics: Sequence[Mapping[str, Any]] | None = None,
     prefix: str = "",
+    errors: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, str]:
     """Write ``predictions.csv`` and, when given, ``metrics.csv`` and ``metrics.json`` into ``output_dir``.
 
+    Args:
+        rows: per-scan prediction rows (:attr:`SitePredictionCollector.rows`).
+        output_dir: output folder (created).
+        metrics: per-site metric rows (:func:`site_metrics`), or None.
+        prefix: file name prefix (``"inference_"``).
+        errors: rows of scans that could not be predicted (``image``, ``error``; from
+            :func:`~monai_medl.bundle.inference_inputs`): written after the predictions, then the run fails.
+
     Returns:
         the paths written, keyed ``"predictions"``, ``"metrics_csv"``, ``"metrics_json"``.
+
+    Raises:
+        InvalidScansError: after writing everything, if ``errors`` is not empty (a non-zero exit of the bundle
+            run, with a summary naming the files).
     """
     os.makedirs(output_dir, exist_ok=True)
     paths = {"predictions": os.path.join(output_dir, f"{prefix}predictions.csv")}
-    _write_csv(paths["predictions"], rows, PREDICTION_FIELDS)
+    _write_csv(paths["predictions"], [*rows, *errors], PREDICTION_FIELDS)
     if metrics is not None:
         paths["metrics_csv"] = os.path.join(output_dir, f"{prefix}metrics.csv")
         paths["metrics_json"] = os.path.join(output_dir, f"{prefix}metrics.json")
@@ -265,6 +296,12 @@ def write_predictions(
         with open(paths["metrics_json"], "w", encoding="utf-8") as f:
             json.dump([{k: (None if _isnan(v) else v) for k, v in m.items()} for m in metrics], f, indent=1)
             f.write("\n")
+    if errors:
+        listing = "\n  ".join(f"{e.get('image', '?')}: {e.get('error', '?')}" for e in errors)
+        raise InvalidScansError(
+            f"{len(errors)} scan(s) could not be predicted (error rows in {paths['predictions']}; "
+            f"{len({r.get('image') for r in rows})} other scan(s) were predicted):\n  {listing}"
+        )
     return paths
 
 

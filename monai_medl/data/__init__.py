@@ -6,14 +6,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import datalist, splits
+from . import datalist, generated_folder, image_info, splits
 from .datalist import *  # noqa: F403
+from .generated_folder import *  # noqa: F403
+from .image_info import *  # noqa: F403
 from .splits import *  # noqa: F403
 
 # imported on first use, so that ``python -m monai_medl.data.cohort`` does not import the module twice
 _LAZY = {"generate_mri_cohort": ".cohort", "load_tissue_template": ".template"}
 
-__all__ = [*datalist.__all__, *splits.__all__, *_LAZY]
+__all__ = [*datalist.__all__, *generated_folder.__all__, *image_info.__all__, *splits.__all__, *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -44,6 +44,7 @@ import numpy as np
 from scipy import ndimage
 
 from monai_medl.data.datalist import write_datalist
+from monai_medl.data.generated_folder import claim_output_folder
 from monai_medl.data.splits import stratified_group_kfold
 from monai_medl.data.template import TissueTemplate, load_tissue_template, template_checksums
 
@@ -321,7 +322,8 @@ def generate_mri_cohort(
 
     Raises:
         ValueError: for invalid arguments (the message names the argument and the accepted values).
-        FileExistsError: if ``out_dir`` holds a different cohort and ``overwrite`` is False.
+        FileExistsError: if ``out_dir`` holds a different cohort and ``overwrite`` is False, or holds files no
+            generator made (see :func:`~monai_medl.data.claim_output_folder`): a user's data is never written into.
 
     Example::
 
@@ -398,6 +400,7 @@ def generate_mri_cohort(
                 f"{out_dir!r} holds a cohort generated with other arguments ({truth_path}); "
                 "pass overwrite=True (--overwrite) or choose another folder."
             )
+    claim_output_folder(out_dir, "generate_mri_cohort")
     image_dir = os.path.join(out_dir, "images")
     os.makedirs(image_dir, exist_ok=True)
 

@@ -16,16 +16,18 @@ a path.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import numbers
 import os
-import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from monai.utils import ensure_tuple
+
+from monai_medl.data.image_info import ImageInfo, ImageReadError, read_image_info
 
 __all__ = ["DatalistError", "load_datalist", "write_datalist", "validate_datalist", "check_image_file"]
 
@@ -50,52 +52,69 @@ def _resolve(base_dir: str, value: Any) -> Any:
     return value
 
 
-def _read_image(path: str, load_voxels: bool) -> tuple[tuple[int, ...], np.ndarray | None]:
-    """Shape (header only) and, if ``load_voxels``, the voxels: nibabel first (NIfTI, MGH, ...), else SimpleITK."""
-    import nibabel as nib
-    from nibabel.filebasedimages import ImageFileError
-
-    try:
-        img = nib.load(path)
-    except ImageFileError:
-        img = None
-    if img is not None:
-        return tuple(img.shape), (np.asanyarray(img.dataobj) if load_voxels else None)
-    import SimpleITK
-
-    if load_voxels:
-        arr = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(path))
-        return tuple(arr.shape), arr
-    reader = SimpleITK.ImageFileReader()
-    reader.SetFileName(path)
-    reader.ReadImageInformation()
-    size = tuple(reversed(reader.GetSize()))
-    return (size + (reader.GetNumberOfComponents(),) if reader.GetNumberOfComponents() > 1 else size), None
-
-
-def check_image_file(path: str, spatial_dims: int | None = 3, check_voxels: bool = True) -> str | None:
+def check_image_file(
+    path: str, spatial_dims: int | None = 3, check_voxels: bool = True, in_channels: int | None = None
+) -> str | None:
     """Return ``None`` if ``path`` is a readable image of the expected dimensionality with finite voxels, else why not.
 
     Args:
         path: image file.
-        spatial_dims: expected number of spatial dimensions; an extra trailing channel/time axis is allowed.
-            ``None`` skips the check.
+        spatial_dims: expected number of spatial dimensions; an extra channel axis is allowed. ``None`` skips the
+            check.
         check_voxels: read every voxel (detects truncated files and NaN/Inf values), not only the header.
+        in_channels: expected number of channels (``None``: any).
     """
-    if not os.path.exists(path):
-        return f"file not found: {path}"
-    if os.path.isdir(path):
-        return None  # a DICOM series folder; its content is checked by the reader at load time
     try:
-        shape, data = _read_image(path, load_voxels=check_voxels)
-    except (EOFError, OSError, zlib.error, ValueError, RuntimeError) as e:
-        return f"unreadable or truncated image {path}: {type(e).__name__}: {e}"
-    if spatial_dims is not None and len(shape) not in (spatial_dims, spatial_dims + 1):
-        return f"image {path} has shape {shape} ({len(shape)}-D); expected {spatial_dims}-D (plus optional channels)"
-    if data is not None and np.issubdtype(data.dtype, np.inexact):
-        n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-        if n_bad:
-            return f"image {path} has {n_bad} NaN/Inf voxel(s)"
+        _inspect_image(path, spatial_dims, check_voxels, in_channels)
+    except ImageReadError as e:
+        return str(e)
+    return None
+
+
+def _inspect_image(path: str, spatial_dims: int | None, check_voxels: bool, in_channels: int | None) -> ImageInfo:
+    """:func:`read_image_info` plus the dimensionality and channel checks; raises :class:`ImageReadError`."""
+    info = read_image_info(path, spatial_dims=spatial_dims or 3, load_voxels=check_voxels)
+    if spatial_dims is not None:
+        shape = (*info.spatial_shape, info.channels) if info.channels > 1 else info.spatial_shape
+        if len(info.spatial_shape) != spatial_dims:
+            raise ImageReadError(
+                f"image {path} has shape {shape} ({len(shape)}-D); expected {spatial_dims}-D (plus optional channels)"
+            )
+        flat = [i for i, n in enumerate(info.spatial_shape) if n <= 1]
+        if flat:
+            raise ImageReadError(
+                f"image {path} has shape {info.spatial_shape}: spatial axis {flat[0]} has one voxel, i.e. a "
+                f"{spatial_dims - len(flat)}-D image; expected a {spatial_dims}-D volume"
+            )
+    if in_channels is not None and info.channels != in_channels:
+        raise ImageReadError(f"image {path} has {info.channels} channel(s); expected {in_channels}")
+    return info
+
+
+def _near_misses(item: Mapping, expected: Sequence[str]) -> list[str]:
+    """Keys of ``item`` that look like a misspelt expected key (other case, small typo), as did-you-mean hints."""
+    hints = []
+    lowered = {k.lower(): k for k in expected}
+    for key in item:
+        if not isinstance(key, str) or key in expected:
+            continue
+        match = lowered.get(key.lower()) or next(iter(difflib.get_close_matches(key, expected, n=1, cutoff=0.8)), None)
+        if match is not None and match not in item:
+            hints.append(f"key {key!r} is not used: did you mean {match!r}? (keys are case-sensitive)")
+    return hints
+
+
+def _geometry_mismatch(infos: Mapping[str, ImageInfo]) -> str | None:
+    """Why the images of one entry (one per modality) do not describe the same grid, or None."""
+    (ref_key, ref), *others = infos.items()
+    for key, info in others:
+        if info.spatial_shape != ref.spatial_shape or info.orientation != ref.orientation:
+            return (
+                f"modalities {ref_key!r} and {key!r} differ in shape/orientation: {ref.spatial_shape} "
+                f"{ref.orientation or '?'} vs {info.spatial_shape} {info.orientation or '?'}"
+            )
+        if not np.allclose(info.spacing, ref.spacing, rtol=1e-3):
+            return f"modalities {ref_key!r} and {key!r} differ in spacing: {ref.spacing} vs {info.spacing}"
     return None
 
 
@@ -118,13 +137,28 @@ def validate_datalist(
     spatial_dims: int | None = 3,
     check_voxels: bool = True,
     optional_image_keys: Sequence[str] | str = (),
+    in_channels: int | None = None,
+    image_infos: dict[tuple[int, str], ImageInfo] | None = None,
 ) -> list[str]:
     """Check every entry and return a list of problems, each naming the entry (index, subject, file) and the key.
 
     Checks: the entry is a dictionary; each image key is present (keys in ``optional_image_keys`` may be absent,
-    e.g. a modality missing at some sites) and points to a readable image with ``spatial_dims`` dimensions and
-    finite voxels; the site is present and not empty; the label, when ``label_key`` is present, is a finite number
-    and, if ``num_classes`` is given, an integer class in ``0 .. num_classes-1``.
+    e.g. a modality missing at some sites) and points to a readable image with ``spatial_dims`` dimensions,
+    ``in_channels`` channels and finite voxels; the images of one entry (one per modality) share shape,
+    orientation and spacing; a key that differs from an image key only by case or a small typo is reported with a
+    did-you-mean hint (it would otherwise be ignored silently); the site is present and not empty; the label, when
+    ``label_key`` is present, is a finite number and, if ``num_classes`` is given, an integer class in
+    ``0 .. num_classes-1``.
+
+    Args:
+        image_infos: if a dictionary is given, it is filled with the :class:`ImageInfo` of every readable image,
+            keyed ``(entry index, image key)`` (geometry and intensity summaries for later comparisons).
+
+    Example::
+
+        >>> problems = validate_datalist([{"image": "a.nii.gz", "site": "s1", "label": 2}], num_classes=2)
+        >>> problems  # doctest: +SKIP
+        ['entry 0 [a.nii.gz]: key 'image': file not found: a.nii.gz', 'entry 0 [a.nii.gz]: label 2 is outside ...']
     """
     image_keys = ensure_tuple(image_keys)
     optional = set(ensure_tuple(optional_image_keys))
@@ -136,6 +170,8 @@ def validate_datalist(
         first = item.get(image_keys[0]) if image_keys else None
         who = f"entry {i}" + (f" (subject {item['subject']!r})" if "subject" in item else "")
         who += f" [{first}]" if isinstance(first, str) else ""
+        problems.extend(f"{who}: {hint}" for hint in _near_misses(item, image_keys))
+        infos: dict[str, ImageInfo] = {}
         for key in image_keys:
             if key not in item or item[key] is None:
                 if key not in optional:
@@ -145,9 +181,18 @@ def validate_datalist(
                 if not isinstance(path, str | os.PathLike):
                     problems.append(f"{who}: key {key!r} should be a file path, got {path!r}")
                     continue
-                why = check_image_file(os.fspath(path), spatial_dims=spatial_dims, check_voxels=check_voxels)
-                if why:
-                    problems.append(f"{who}: key {key!r}: {why}")
+                if os.path.isdir(path):
+                    continue  # a DICOM series folder; its content is checked by the reader at load time
+                try:
+                    infos[key] = _inspect_image(os.fspath(path), spatial_dims, check_voxels, in_channels)
+                except ImageReadError as e:
+                    problems.append(f"{who}: key {key!r}: {e}")
+        if len(infos) > 1:
+            why = _geometry_mismatch(infos)
+            if why:
+                problems.append(f"{who}: {why}")
+        if image_infos is not None:
+            image_infos.update({(i, k): v for k, v in infos.items()})
         if site_key is not None:
             site = item.get(site_key)
             if site is None or (isinstance(site, str) and not site.strip()):

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from monai_medl.data.generated_folder import claim_output_folder
+
 __all__ = [
     "CELL_IMAGE_SHA256",
     "ImagingBatchEffect",
@@ -413,6 +415,7 @@ def generate_livecell_dataset(out_dir: str | os.PathLike, overwrite: bool = Fals
         if stored == wanted:
             with open(list_path, encoding="utf-8") as f:
                 return json.load(f)
+    claim_output_folder(out_dir, "generate_livecell_dataset")
     data = make_livecell(**kwargs)
     for sub in ("images", "clean"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -126,9 +127,15 @@ class RandomEffectsTensorBoardHandler(TensorBoardHandler):
             self._writer.add_scalar(f"{layer}/prior_sd", comp.prior_sd, step)
             self._writer.add_scalar(f"{layer}/posterior_mean_spread", comp.mean_spread_sd, step)
             self._writer.add_scalar(f"{layer}/posterior_sd", comp.posterior_sd, step)
+        if self.plot_intercepts and report.intercepts and not has_matplotlib:
+            # an optional read-out must not fail a training run: say so once and go on without it
+            warnings.warn(
+                "matplotlib is not installed: the per-site intercept plot (TensorBoard image "
+                "'random_effects/intercepts') is skipped; pip install matplotlib to get it.",
+                stacklevel=2,
+            )
+            self.plot_intercepts = False
         if self.plot_intercepts and report.intercepts:
-            if not has_matplotlib:
-                raise ImportError("the per-site intercept plot needs matplotlib (pip install matplotlib).")
             fig = self.intercept_figure(report.intercepts, report.cluster_names, report.random_effects)
             self._writer.add_figure(f"{tag}random_effects/intercepts", fig, step, close=True)
         self._writer.flush()

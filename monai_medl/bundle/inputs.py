@@ -1,0 +1,178 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""The one validation path of the bundles: read a datalist, check every section and entry, report all problems.
+
+Training, evaluation and inference call :func:`load_bundle_inputs` before anything is written. It reads the
+datalist JSON (a syntax error names the file, line and column), checks each section with
+:func:`~monai_medl.data.validate_datalist` (files exist and are readable images of the expected dimensionality
+and channel count with finite voxels, labels of the task's type and range, site present, image keys exactly the
+network's, modalities of one subject on one grid) and the sections as a whole (non-empty training and validation
+splits, enough training sites for the adversary), and raises one :class:`BundleInputError` listing every problem,
+each naming the section, entry, subject, file and key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from monai.utils import ensure_tuple
+
+from monai_medl.data.datalist import DatalistError, _resolve, validate_datalist
+from monai_medl.data.image_info import ImageInfo
+
+__all__ = ["BundleInputError", "BundleInputs", "read_datalist_json", "load_bundle_inputs"]
+
+
+class BundleInputError(DatalistError):
+    """The bundle's inputs failed validation; nothing was written. ``problems`` lists every problem found."""
+
+
+class BundleInputs:
+    """Validated datalist sections and the image summaries read while validating them.
+
+    Attributes:
+        datalist_file: the datalist JSON.
+        sections: section name -> entries (image paths absolute).
+        image_infos: section name -> ``{(entry index, image key): ImageInfo}``.
+    """
+
+    def __init__(
+        self,
+        datalist_file: str,
+        sections: dict[str, list[dict]],
+        image_infos: dict[str, dict[tuple[int, str], ImageInfo]],
+    ) -> None:
+        self.datalist_file = datalist_file
+        self.sections = sections
+        self.image_infos = image_infos
+
+    def infos(self, section: str, key: str | None = None) -> list[ImageInfo]:
+        """The :class:`ImageInfo` of a section's images (of one image key, or all)."""
+        return [v for (_, k), v in self.image_infos.get(section, {}).items() if key is None or k == key]
+
+
+def read_datalist_json(path: str | os.PathLike) -> Any:
+    """The parsed content of a datalist JSON; a missing file or a syntax error raises naming the file and line.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        BundleInputError: the file is not valid JSON (the message gives line and column).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"datalist {path!r} does not exist.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise BundleInputError(path, [f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"]) from e
+    except UnicodeDecodeError as e:
+        raise BundleInputError(path, [f"not a UTF-8 text file ({e})"]) from e
+
+
+def load_bundle_inputs(
+    datalist_file: str | os.PathLike,
+    sections: Mapping[str, bool] | Sequence[str] = ("training", "validation"),
+    labelled: Sequence[str] = ("training", "validation"),
+    image_keys: Sequence[str] | str = ("image",),
+    optional_image_keys: Sequence[str] | str = (),
+    num_classes: int | None = 2,
+    spatial_dims: int = 3,
+    in_channels: int | None = 1,
+    site_key: str = "site",
+    label_key: str = "label",
+    min_training_sites: int = 0,
+    training_key: str = "training",
+    check_voxels: bool = True,
+    base_dir: str | os.PathLike | None = None,
+) -> BundleInputs:
+    """Read and validate the sections of a site-aware datalist; raise one error listing every problem.
+
+    Args:
+        datalist_file: MONAI datalist JSON (``{"training": [...], "validation": [...], "test": [...]}``);
+            relative image paths start from its folder (or ``base_dir``).
+        sections: the sections to read; a mapping ``name -> required`` (an optional section may be absent, never
+            empty when present) or a sequence of required names.
+        labelled: sections whose entries must carry a valid label.
+        image_keys: the image keys of the network (one per modality), case-sensitive.
+        optional_image_keys: those of ``image_keys`` an entry may lack (a modality missing at some sites).
+        num_classes: labels must be integers in ``0 .. num_classes-1`` (2: binary); None accepts any number.
+        spatial_dims: spatial dimensionality of every image.
+        in_channels: channels per image (None: any).
+        site_key, label_key: the entries' site and label keys.
+        min_training_sites: the training section must span at least this many sites (2 where an adversary or a
+            random effect needs a between-site contrast).
+        training_key: the training section's name.
+        check_voxels: read every voxel (truncated files, NaN/Inf); header only otherwise.
+        base_dir: folder relative paths start from. Defaults to the datalist's folder.
+
+    Returns:
+        the validated :class:`BundleInputs`.
+
+    Raises:
+        FileNotFoundError: the datalist does not exist.
+        BundleInputError: listing every problem ("[section] entry i (subject s) [file]: key 'k': why").
+
+    Example::
+
+        >>> inputs = load_bundle_inputs("data/datalist.json", min_training_sites=2)  # doctest: +SKIP
+        >>> len(inputs.sections["training"])  # doctest: +SKIP
+        480
+    """
+    path = os.fspath(datalist_file)
+    content = read_datalist_json(path)
+    wanted = dict(sections) if isinstance(sections, Mapping) else dict.fromkeys(sections, True)
+    image_keys = ensure_tuple(image_keys)
+    base = os.fspath(base_dir) if base_dir is not None else os.path.dirname(os.path.abspath(path))
+    problems: list[str] = []
+    if not isinstance(content, Mapping):
+        raise BundleInputError(path, [f"expected a JSON object with sections {list(wanted)}, got a JSON array/value"])
+    loaded: dict[str, list[dict]] = {}
+    infos: dict[str, dict[tuple[int, str], ImageInfo]] = {}
+    for name, required in wanted.items():
+        if name not in content:
+            if required:
+                problems.append(f"[{name}] section missing (sections found: {sorted(content)})")
+            continue
+        section = content[name]
+        if not isinstance(section, list):
+            problems.append(f"[{name}] should be a list of entries, got {type(section).__name__}")
+            continue
+        if not section:
+            problems.append(f"[{name}] is empty: it needs at least one entry")
+            continue
+        entries = [
+            {k: (_resolve(base, v) if k in image_keys else v) for k, v in e.items()} if isinstance(e, Mapping) else e
+            for e in section
+        ]
+        infos[name] = {}
+        found = validate_datalist(
+            entries,
+            image_keys=image_keys,
+            site_key=site_key,
+            label_key=label_key,
+            num_classes=num_classes if name in labelled else None,
+            spatial_dims=spatial_dims,
+            check_voxels=check_voxels,
+            optional_image_keys=optional_image_keys,
+            in_channels=in_channels,
+            image_infos=infos[name],
+        )
+        if name in labelled and num_classes is None:  # labels still required, of any numeric value
+            found += [
+                f"entry {i}: missing label (key {label_key!r})" for i, e in enumerate(entries) if label_key not in e
+            ]
+        problems.extend(f"[{name}] {p}" for p in found)
+        loaded[name] = entries
+    training = loaded.get(training_key, [])
+    sites = {str(e.get(site_key)) for e in training if isinstance(e, Mapping) and e.get(site_key) is not None}
+    if training and len(sites) < min_training_sites:
+        problems.append(
+            f"[{training_key}] spans {len(sites)} site(s) {sorted(sites)}; this bundle needs at least "
+            f"{min_training_sites} (the adversary and the random effects learn from differences between sites)"
+        )
+    if problems:
+        raise BundleInputError(path, problems)
+    return BundleInputs(path, loaded, infos)
