@@ -62,7 +62,7 @@ def _metrics(path: Path) -> dict[tuple[str, str], dict]:
 def test_train_evaluate_inference_on_a_tiny_cohort(tmp_path):
     root = tmp_path / "bundle"
     shutil.copytree(BUNDLE / "configs", root / "configs")
-    tiny = {**TINY, "dataset_dir": str(tmp_path / "data")}
+    tiny = {**TINY, "dataset_dir": str(tmp_path / "data"), "replace_models": True}
     _workflow(["train.json"], root, "train", **tiny, **{"train#trainer#max_epochs": 2})
     datalist = json.loads((tmp_path / "data" / "datalist.json").read_text())
     no_flair = {e["site"] for section in ("training", "test") for e in datalist[section] if "flair" not in e}
@@ -169,7 +169,8 @@ def test_two_process_gloo_training_with_torchrun(tmp_path):
     DistributedSampler, checkpoints and TensorBoard on rank 0 only."""
     root = tmp_path / "bundle"
     overrides: list[str] = []
-    for key, value in {**TINY, "dataset_dir": str(tmp_path / "data"), "train#trainer#max_epochs": 1}.items():
+    settings = {**TINY, "dataset_dir": str(tmp_path / "data"), "train#trainer#max_epochs": 1, "replace_models": True}
+    for key, value in settings.items():
         overrides += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
     run_multi_gpu_train(CONFIGS, root, overrides)
     assert (tmp_path / "data" / "datalist.json").is_file() and (root / "models" / "model.pt").is_file()
