@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -42,17 +43,19 @@ def _workflow(config_files, root: Path, workflow_type: str, **override) -> Confi
 
 
 def test_train_evaluate_inference_on_a_tiny_set(tmp_path):
-    tiny = {"data_config#tiles_per_batch": 10, "dataset_dir": str(tmp_path / "data")}
+    tiny = {"data_config#tiles_per_batch": 10, "dataset_dir": str(tmp_path / "data"), "replace_models": True}
     _workflow(["train.json"], tmp_path, "train", **tiny, **{"train#trainer#max_epochs": 1, "val_interval": 1})
     # the generator wrote the set on first run; training wrote a plain state_dict of network_def
     assert (tmp_path / "data" / "ground_truth.json").is_file()
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    manifest = json.loads((tmp_path / "models" / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"model.pt", "site_vocabulary.json"} and manifest["num_sites"] == 6
     assert all(isinstance(v, torch.Tensor) for v in state.values()) and "re.encoder.0.cluster_norm.gamma.loc" in state
     # TensorBoard got the losses, the reconstructions and the counterfactual panel
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tags = {"images": set(), "scalars": set()}
-    for event_file in (tmp_path / "runs").iterdir():
+    for event_file in tmp_path.glob("runs/*/tensorboard/*"):
         acc = EventAccumulator(str(event_file))
         acc.Reload()
         for kind in tags:
@@ -83,6 +86,7 @@ def test_two_process_gloo_training_with_torchrun(tmp_path):
         "--data_config#tiles_per_batch", "10",
         "--train#trainer#max_epochs", "2",
         "--val_interval", "1",
+        "--replace_models", "true",
     ]  # fmt: skip
     log = run_multi_gpu_train(CONFIGS, root, overrides)
     assert log.count("SupervisedTrainer - INFO - Engine run finished") == 2, log[-3000:]  # both ranks trained

@@ -30,6 +30,7 @@ from .site_evaluation import (
     InvalidScansError,
     SitePredictionCollector,
     evaluate_modes,
+    raise_for_invalid_scans,
     site_metrics,
     write_evaluation,
     write_predictions,

@@ -286,7 +286,7 @@ def inference_inputs(
     source: str | os.PathLike,
     vocabulary: SiteVocabulary | str | os.PathLike,
     unseen_mode: str = "inferred",
-    section: str = "test",
+    section: str | Sequence[str] = "test",
     site: str | None = None,
     site_key: str = "site",
     image_keys: Sequence[str] | str = ("image",),
@@ -313,7 +313,7 @@ def inference_inputs(
             directory searched recursively for ``*.nii``/``*.nii.gz``.
         vocabulary: the training site vocabulary or the path of its JSON file.
         unseen_mode: ``"population"`` or ``"inferred"``. Defaults to ``"inferred"``.
-        section: datalist section to read. Defaults to ``"test"``.
+        section: datalist section(s) to read, in order. Defaults to ``"test"``.
         site: site assigned to every scan of a folder (and to datalist entries without one). Defaults to
             :data:`UNKNOWN_SITE`.
         site_key: the site key. Defaults to ``"site"``.
@@ -346,13 +346,18 @@ def inference_inputs(
             raise FileNotFoundError(f"no NIfTI files (*.nii, *.nii.gz) found under {source!r}.")
         items: list[Any] = [{image_keys[0]: f, site_key: default_site} for f in files]
     elif os.path.isfile(source):
-        data = read_datalist_json(source)
-        if isinstance(data, Mapping):
-            if section not in data:
-                raise BundleInputError(source, [f"no section {section!r} (sections found: {sorted(data)})"])
-            data = data[section]
-        if not isinstance(data, list):
-            raise BundleInputError(source, [f"section {section!r} should be a list, got {type(data).__name__}"])
+        content = read_datalist_json(source)
+        data: list[Any] = content if isinstance(content, list) else []
+        for name in ensure_tuple(section) if isinstance(content, Mapping) else ():
+            if name not in content:
+                raise BundleInputError(source, [f"no section {name!r} (sections found: {sorted(content)})"])
+            if not isinstance(content[name], list):
+                raise BundleInputError(
+                    source, [f"section {name!r} should be a list, got {type(content[name]).__name__}"]
+                )
+            data += content[name]
+        if not isinstance(content, list | Mapping):
+            raise BundleInputError(source, [f"expected sections or a list of entries, got {type(content).__name__}"])
         base = os.path.dirname(os.path.abspath(source))
         items = [
             {k: (_resolve(base, v) if k in image_keys else v) for k, v in e.items()} if isinstance(e, Mapping) else e

@@ -30,6 +30,7 @@ __all__ = [
     "write_predictions",
     "write_evaluation",
     "InvalidScansError",
+    "raise_for_invalid_scans",
 ]
 
 PREDICTION_FIELDS = (
@@ -296,13 +297,19 @@ def write_predictions(
         with open(paths["metrics_json"], "w", encoding="utf-8") as f:
             json.dump([{k: (None if _isnan(v) else v) for k, v in m.items()} for m in metrics], f, indent=1)
             f.write("\n")
+    raise_for_invalid_scans(errors, paths["predictions"], len({r.get("image") for r in rows}))
+    return paths
+
+
+def raise_for_invalid_scans(errors: Sequence[Mapping[str, Any]], where: str, num_predicted: int) -> None:
+    """Raise :class:`InvalidScansError` naming each invalid scan and why, if there is any (the bundle exits non-zero
+    after the valid scans were predicted and written to ``where``)."""
     if errors:
         listing = "\n  ".join(f"{e.get('image', '?')}: {e.get('error', '?')}" for e in errors)
         raise InvalidScansError(
-            f"{len(errors)} scan(s) could not be predicted (error rows in {paths['predictions']}; "
-            f"{len({r.get('image') for r in rows})} other scan(s) were predicted):\n  {listing}"
+            f"{len(errors)} scan(s) could not be predicted (error rows in {where}; {num_predicted} other scan(s) were "
+            f"predicted):\n  {listing}"
         )
-    return paths
 
 
 def _write_csv(path: str, rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:
