@@ -298,7 +298,8 @@ class MixedEffectsEstimatorBase(BaseEstimator):
             rows += [
                 {"grp": grp, "var1": n, "var2": None, "vcov": cov[i, i], "sdcor": sd[i]} for i, n in enumerate(names)
             ]
-            for i in range(len(names)):
+            correlated = self.network_.random_effects.factors[factor].correlated
+            for i in range(len(names) if correlated else 0):
                 for j in range(i):
                     corr = cov[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else 0.0
                     rows.append({"grp": grp, "var1": names[j], "var2": names[i], "vcov": cov[i, j], "sdcor": corr})
