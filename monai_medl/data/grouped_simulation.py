@@ -8,11 +8,37 @@ from monai.utils import optional_import
 
 pd, has_pandas = optional_import("pandas")
 
-__all__ = ["simulate_crossed", "simulate_nested"]
+__all__ = ["simulate_random_slope", "simulate_crossed", "simulate_nested"]
 
 
 def _outcome(rng, x: np.ndarray, effects: list[np.ndarray], noise_sd: float, fixed: tuple[float, float]) -> np.ndarray:
     return fixed[0] + fixed[1] * x + sum(effects) + rng.normal(0.0, noise_sd, len(x))
+
+
+def simulate_random_slope(
+    seed: int,
+    num_clusters: int = 100,
+    obs: tuple[int, int] = (20, 50),
+    intercept_sd: float = 1.0,
+    slope_sd: float = 0.5,
+    noise_sd: float = 1.0,
+    fixed: tuple[float, float] = (1.0, 2.0),
+) -> dict[str, np.ndarray]:
+    """One factor with an independent random intercept and random slope: ``y = b0 + b1 x + u0 + u1 x + e``.
+
+    Clusters have ``obs[0]`` to ``obs[1]`` observations, ``x ~ N(0, 1)``.
+
+    Returns:
+        a dict with ``x`` (n, 1), ``groups`` (n,) cluster indices, ``y`` (n,) and the drawn effects ``u0``, ``u1``.
+    """
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(obs[0], obs[1] + 1, num_clusters)
+    groups = np.repeat(np.arange(num_clusters), sizes)
+    x = rng.normal(size=groups.size)
+    u0 = rng.normal(0.0, intercept_sd, num_clusters)
+    u1 = rng.normal(0.0, slope_sd, num_clusters)
+    y = fixed[0] + fixed[1] * x + u0[groups] + u1[groups] * x + rng.normal(0.0, noise_sd, groups.size)
+    return {"x": x[:, None], "groups": groups, "y": y, "u0": u0, "u1": u1}
 
 
 def simulate_crossed(
