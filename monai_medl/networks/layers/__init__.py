@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from .cluster_scale_bias import ClusterScaleBias
+from .correlated_random_effects import CorrelatedRandomEffects, gaussian_kl_cholesky, lower_triangular
 from .gradient_reversal import GradientReversal, grad_reverse
+from .grouped_random_effects import GroupedRandomEffects
 from .random_effects import RandomEffects, inverse_softplus
 from .reversible_instance_norm import ReversibleInstanceNorm

@@ -4,6 +4,7 @@ from __future__ import annotations
 from .autoencoder_branch import AutoEncoderBranch, AutoEncoderStage
 from .backbone_layouts import BackboneLayout, backbone_layout, register_backbone_layout
 from .cluster_classifier import ClusterAdversary, ClusterClassifier, ClusterPredictor
+from .grouped_mixed_effects_net import GroupedMixedEffectsNet
 from .image_cluster_predictor import ImageClusterPredictor
 from .me_autoencoder import MEAutoEncoder, MixedEffectsAutoEncoder, MixedEffectsAutoEncoderOutput
 from .me_cnn import MECNN, MixedEffectsCNN

@@ -1,0 +1,11 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""scikit-learn-style mixed-effects estimators for tabular data (crossed, nested and correlated random effects)."""
+
+from __future__ import annotations
+
+from .base import MixedEffectsEstimatorBase
+from .classifier import MixedEffectsClassifier
+from .elbo_training import train_elbo
+from .grouping import GroupEncoder, as_group_frame, parse_nested
+from .mixed_model_summary import MixedModelSummary
+from .regressor import MixedEffectsRegressor

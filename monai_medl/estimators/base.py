@@ -1,0 +1,347 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""What the scikit-learn-style mixed-effects estimators share: input checks, standardisation, ELBO fit, read-outs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.utils import optional_import
+from sklearn.base import BaseEstimator
+from torch import nn
+
+from monai_medl.estimators.elbo_training import train_elbo
+from monai_medl.estimators.grouping import GroupEncoder, as_group_frame, parse_nested
+from monai_medl.estimators.mixed_model_summary import MixedModelSummary
+from monai_medl.networks.layers.grouped_random_effects import GroupedRandomEffects
+from monai_medl.networks.nets.grouped_mixed_effects_net import GroupedMixedEffectsNet
+from monai_medl.networks.nets.me_mlp import glorot_init_
+
+pd, has_pandas = optional_import("pandas")
+
+__all__ = ["MixedEffectsEstimatorBase"]
+
+_FIXED = ("linear", "mlp")
+
+
+class MixedEffectsEstimatorBase(BaseEstimator):
+    """Base of :class:`MixedEffectsRegressor` and :class:`MixedEffectsClassifier` (see their docstrings).
+
+    Subclasses define ``_target`` (checks and encodes ``y``), ``_expected_nll`` (per-sample expected negative
+    log-likelihood under the posterior) and the output scale ``_y_center``/``_y_scale``.
+    """
+
+    def __init__(
+        self,
+        random_slopes: Sequence | Mapping[str, Sequence] | None = None,
+        correlated: bool | Mapping[str, bool] = True,
+        nested: str | Sequence[str] | None = None,
+        fixed_effects: str = "linear",
+        hidden: Sequence[int] = (32, 32),
+        posterior: str = "full",
+        optimizer: str = "lbfgs",
+        max_iter: int = 1000,
+        lr: float | None = None,
+        batch_size: int | None = None,
+        tol: float = 1e-10,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float64,
+        random_state: int = 0,
+    ) -> None:
+        self.random_slopes = random_slopes
+        self.correlated = correlated
+        self.nested = nested
+        self.fixed_effects = fixed_effects
+        self.hidden = hidden
+        self.posterior = posterior
+        self.optimizer = optimizer
+        self.max_iter = max_iter
+        self.lr = lr
+        self.batch_size = batch_size
+        self.tol = tol
+        self.device = device
+        self.dtype = dtype
+        self.random_state = random_state
+
+    # ----------------------------------------------------------------------------------------- input handling
+    def _features(self, X, n: int | None = None, fitting: bool = False) -> np.ndarray:
+        if X is None:
+            if n is None:
+                raise ValueError("X is None: give X (or y, so the number of rows is known).")
+            array, names = np.zeros((n, 0)), []
+        elif has_pandas and isinstance(X, pd.DataFrame):
+            array, names = X.to_numpy(dtype=float), [str(c) for c in X.columns]
+        elif has_pandas and isinstance(X, pd.Series):
+            array, names = X.to_numpy(dtype=float)[:, None], [str(X.name if X.name is not None else "x0")]
+        else:
+            array = np.asarray(X, dtype=float)
+            array = array[:, None] if array.ndim == 1 else array
+            names = [f"x{i}" for i in range(array.shape[1])] if array.ndim == 2 else []
+        if array.ndim != 2:
+            raise ValueError(f"X must be 2-D (samples, features), got shape {array.shape}.")
+        if not np.isfinite(array).all():
+            raise ValueError("X has missing or infinite values.")
+        if fitting:
+            self.feature_names_in_ = np.asarray(names, dtype=object)
+            self.n_features_in_ = array.shape[1]
+        elif array.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {array.shape[1]} features, the model was fitted with {self.n_features_in_}.")
+        return array
+
+    def _slope_columns(self, factors: Sequence[str]) -> dict[str, list[int]]:
+        names = list(self.feature_names_in_)
+        spec = self.random_slopes
+        if spec is None:
+            return {}
+        if isinstance(spec, (str, int)):
+            spec = [spec]
+        per_factor = dict(spec) if isinstance(spec, Mapping) else {f: list(spec) for f in factors}
+        unknown = set(per_factor) - set(factors)
+        if unknown:
+            raise ValueError(f"random_slopes names unknown grouping factors {sorted(unknown)}; factors: {factors}.")
+        out = {}
+        for factor, columns in per_factor.items():
+            columns = [columns] if isinstance(columns, (str, int)) else list(columns)
+            index = []
+            for c in columns:
+                if isinstance(c, str) and c in names:
+                    index.append(names.index(c))
+                elif isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < len(names):
+                    index.append(int(c))
+                else:
+                    raise ValueError(f"random_slopes: {c!r} is not a column of X ({names}).")
+            out[factor] = index
+        return out
+
+    def _correlated_for(self, factors: Sequence[str]) -> dict[str, bool]:
+        if isinstance(self.correlated, Mapping):
+            unknown = set(self.correlated) - set(factors)
+            if unknown:
+                raise ValueError(f"correlated names unknown grouping factors {sorted(unknown)}; factors: {factors}.")
+            return {f: bool(self.correlated.get(f, True)) for f in factors}
+        return dict.fromkeys(factors, bool(self.correlated))
+
+    def _device(self) -> torch.device:
+        if self.device is not None:
+            return torch.device(self.device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def _tensor(self, array: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.as_tensor(array, dtype=dtype or self.dtype, device=self._device_)
+
+    # -------------------------------------------------------------------------------------------------- fit
+    def fit(self, X, y, groups):
+        """Fit the mixed model by maximising its evidence lower bound.
+
+        Args:
+            X: fixed-effects covariates, ``(n, p)`` array or DataFrame (``None`` for an intercept-only model).
+            y: outcome, length ``n``.
+            groups: grouping factor(s): a 1-D array/Series (one factor), a 2-D array, a DataFrame or a mapping
+                name -> array (one column per factor). Nesting is declared with the ``nested`` parameter.
+
+        Returns:
+            self.
+        """
+        if self.fixed_effects not in _FIXED:
+            raise ValueError(f"fixed_effects must be one of {_FIXED}, got {self.fixed_effects!r}.")
+        y_array = np.asarray(y)
+        if y_array.ndim != 1:
+            raise ValueError(f"y must be 1-D, got shape {y_array.shape}.")
+        n = len(y_array)
+        x = self._features(X, n=n, fitting=True)
+        if len(x) != n:
+            raise ValueError(f"X has {len(x)} rows but y has {n}.")
+        target = self._target(y_array)
+        frame = as_group_frame(groups, n=n)
+        self.encoder_ = GroupEncoder(parse_nested(self.nested, list(frame.columns))).fit(frame)
+        clusters = self.encoder_.transform(frame)
+        factors = self.encoder_.factors
+        slopes = self._slope_columns(factors)
+        correlated = self._correlated_for(factors)
+        # centring a slope column re-parameterises each cluster's (intercept, slope) by an invertible linear map,
+        # which a full prior covariance absorbs exactly; a diagonal one does not, so those columns stay uncentred
+        uncentred = {c for f, cols in slopes.items() if not correlated[f] for c in cols}
+        self.x_center_ = np.array([0.0 if j in uncentred else x[:, j].mean() for j in range(x.shape[1])])
+        scale = x.std(0)
+        self.x_scale_ = np.where(scale > 0, scale, 1.0)
+        self._device_ = self._device()
+        x_std = self._tensor((x - self.x_center_) / self.x_scale_)
+        index = torch.as_tensor(clusters, device=self._device_)
+        y_t = self._tensor(target)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.random_state)
+            fixed = self._fixed_network(x.shape[1])
+            random_effects = GroupedRandomEffects(
+                self.encoder_.num_levels, slopes, correlated=correlated, posterior=self.posterior
+            )
+            self.network_ = GroupedMixedEffectsNet(fixed, random_effects, learn_noise_scale=self._learn_noise)
+            self.network_.to(device=self._device_, dtype=self.dtype)
+            self._init_fixed(x_std, y_t)
+            generator = torch.Generator().manual_seed(self.random_state)
+
+            def objective(rows: torch.Tensor | None) -> torch.Tensor:
+                xb, cb, yb = (x_std, index, y_t) if rows is None else (x_std[rows], index[rows], y_t[rows])
+                mean, var = self.network_.moments(xb, cb)
+                return self._expected_nll(mean[:, 0], var[:, 0], yb).mean() + self.network_.kl() / n
+
+            start = time.perf_counter()
+            self.network_.train()
+            self.fit_info_ = train_elbo(
+                objective,
+                list(self.network_.parameters()),
+                n,
+                optimizer=self.optimizer,
+                max_iter=self.max_iter,
+                lr=self.lr,
+                batch_size=self.batch_size,
+                tol=self.tol,
+                generator=generator,
+                device=self._device_,
+            )
+            self.fit_info_["seconds"] = time.perf_counter() - start
+        self.network_.eval()
+        self.n_obs_ = n
+        self.slope_columns_ = slopes
+        return self
+
+    def _fixed_network(self, in_features: int) -> nn.Module:
+        if self.fixed_effects == "linear":
+            return nn.Linear(in_features, 1)
+        layers, width = [], in_features
+        for units in self.hidden:
+            layers += [nn.Linear(width, units), nn.ReLU()]
+            width = units
+        return glorot_init_(nn.Sequential(*layers, nn.Linear(width, 1)))
+
+    def _init_fixed(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Start linear fixed effects at the least-squares fit (subclasses may override)."""
+
+    # --------------------------------------------------------------------------------------------- predict
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "network_"):
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet: call fit(X, y, groups) first.")
+
+    def decision_function(self, X, groups=None) -> np.ndarray:
+        """Linear predictor in data units (the outcome scale for regression, the logit for classification).
+
+        ``groups=None`` gives population-level predictions (every random effect 0). A level not seen in training
+        contributes its factor's population value 0, while the other factors' effects still apply.
+        """
+        self._check_fitted()
+        x = self._features(X, n=None if groups is None else len(as_group_frame(groups)))
+        x_std = self._tensor((x - self.x_center_) / self.x_scale_)
+        clusters = None
+        if groups is not None:
+            clusters = torch.as_tensor(self.encoder_.transform(as_group_frame(groups, n=len(x))), device=x_std.device)
+        with torch.no_grad():
+            out = self.network_.eval()(x_std, clusters)[:, 0].cpu().numpy()
+        return self._y_center + self._y_scale * out
+
+    # ------------------------------------------------------------------------------------------- read-outs
+    def _transform(self, factor: str) -> np.ndarray:
+        """``A`` with ``u_data = A u_standardised`` for one factor's effect vector (intercept first)."""
+        columns = self.slope_columns_.get(factor, [])
+        q = len(columns) + 1
+        t = np.eye(q)
+        for i, c in enumerate(columns, start=1):
+            t[i, i] = 1.0 / self.x_scale_[c]
+            t[i, 0] = -self.x_center_[c] / self.x_scale_[c]
+        return self._y_scale * t.T
+
+    def term_names(self, factor: str) -> list[str]:
+        """Names of a factor's random-effect terms: ``(Intercept)`` and the slope columns."""
+        self._check_fitted()
+        return ["(Intercept)", *[str(self.feature_names_in_[c]) for c in self.slope_columns_.get(factor, [])]]
+
+    def covariance(self, factor: str) -> np.ndarray:
+        """Estimated covariance of a factor's random effects in data units, ``(q, q)``."""
+        self._check_fitted()
+        self._check_factor(factor)
+        layer = self.network_.random_effects.factors[factor]
+        a = self._transform(factor)
+        return a @ layer.prior_covariance().detach().cpu().double().numpy() @ a.T
+
+    def _check_factor(self, factor: str) -> None:
+        if factor not in self.encoder_.factors:
+            raise ValueError(f"unknown grouping factor {factor!r}; factors: {self.encoder_.factors}.")
+
+    @property
+    def residual_sd_(self) -> float | None:
+        """Residual s.d. in data units (regression), else None."""
+        noise = self.network_.log_noise_scale
+        return None if noise is None else float(noise.detach().exp()) * self._y_scale
+
+    @property
+    def fixed_effects_(self):
+        """Fixed-effects coefficients in data units (``pandas.Series``; linear fixed effects only)."""
+        self._check_fitted()
+        if self.fixed_effects != "linear":
+            raise AttributeError("fixed_effects_ exists for fixed_effects='linear' only (an MLP has no coefficients).")
+        linear: nn.Linear = self.network_.fixed
+        w = linear.weight.detach().cpu().double().numpy()[0] * self._y_scale / self.x_scale_
+        intercept = self._y_center + self._y_scale * float(linear.bias.detach()) - float(w @ self.x_center_)
+        return pd.Series([intercept, *w], index=["(Intercept)", *self.feature_names_in_], name="estimate")
+
+    def var_corr(self):
+        """lme4 ``as.data.frame(VarCorr(fit))``: one row per variance, covariance and the residual, in data units.
+
+        Columns ``grp`` (lme4-style factor name, ``subject:site`` when nested), ``var1``, ``var2`` (None for a
+        variance), ``vcov`` (variance or covariance) and ``sdcor`` (s.d. or correlation).
+        """
+        self._check_fitted()
+        rows = []
+        for factor in self.encoder_.factors:
+            cov, names, grp = self.covariance(factor), self.term_names(factor), self.encoder_.label(factor)
+            sd = np.sqrt(np.diag(cov))
+            rows += [
+                {"grp": grp, "var1": n, "var2": None, "vcov": cov[i, i], "sdcor": sd[i]} for i, n in enumerate(names)
+            ]
+            correlated = self.network_.random_effects.factors[factor].correlated
+            for i in range(len(names) if correlated else 0):
+                for j in range(i):
+                    corr = cov[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else 0.0
+                    rows.append({"grp": grp, "var1": names[j], "var2": names[i], "vcov": cov[i, j], "sdcor": corr})
+        if self.residual_sd_ is not None:
+            rows.append(
+                {
+                    "grp": "Residual",
+                    "var1": None,
+                    "var2": None,
+                    "vcov": self.residual_sd_**2,
+                    "sdcor": self.residual_sd_,
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def random_effects(self, factor: str | None = None):
+        """Conditional modes (posterior means) per level in data units, like lme4's ``ranef``.
+
+        Returns a DataFrame (levels x terms) for ``factor``, or a dict factor -> DataFrame when ``factor`` is None.
+        A nested factor's index has one level per column of its path (``site``, ``subject``).
+        """
+        self._check_fitted()
+        if factor is None:
+            return {f: self.random_effects(f) for f in self.encoder_.factors}
+        self._check_factor(factor)
+        loc = self.network_.random_effects.factors[factor].loc.detach().cpu().double().numpy()
+        return pd.DataFrame(
+            loc @ self._transform(factor).T, index=self.encoder_.levels[factor], columns=self.term_names(factor)
+        )
+
+    ranef = random_effects
+
+    def summary(self) -> MixedModelSummary:
+        """lme4-style summary in data units: variance components with correlations, fixed effects, group counts."""
+        self._check_fitted()
+        fixed = self.fixed_effects_ if self.fixed_effects == "linear" else None
+        return MixedModelSummary(
+            model=type(self).__name__,
+            family=self._family,
+            var_corr=self.var_corr(),
+            fixed_effects=fixed,
+            num_obs=self.n_obs_,
+            num_levels={self.encoder_.label(f): n for f, n in self.encoder_.num_levels.items()},
+            fit_info=dict(self.fit_info_),
+        )

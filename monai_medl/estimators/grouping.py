@@ -1,0 +1,144 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""Grouping factors of tabular data: names, nesting and level vocabularies with an unseen marker."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from monai.utils import optional_import
+
+pd, has_pandas = optional_import("pandas")
+
+__all__ = ["GroupEncoder", "as_group_frame", "parse_nested"]
+
+
+def as_group_frame(groups, n: int | None = None, arg: str = "groups"):
+    """Grouping columns as a ``pandas.DataFrame`` (one column per factor), validated.
+
+    Accepts a 1-D array or Series (one factor, named after the Series or ``"group"``), a 2-D array (factors
+    ``g0, g1, ...``), a DataFrame or a mapping name -> 1-D array. Raises ValueError naming ``arg`` for a wrong
+    length, a missing value or a wrong shape.
+    """
+    if not has_pandas:
+        raise ImportError("the estimators need pandas (pip install monai-medl[stats]).")
+    if isinstance(groups, pd.DataFrame):
+        frame = groups.reset_index(drop=True)
+    elif isinstance(groups, pd.Series):
+        frame = pd.DataFrame({groups.name if groups.name is not None else "group": groups.to_numpy()})
+    elif isinstance(groups, Mapping):
+        frame = pd.DataFrame({str(k): np.asarray(v) for k, v in groups.items()})
+    else:
+        array = np.asarray(groups, dtype=object)
+        if array.ndim == 1:
+            frame = pd.DataFrame({"group": array})
+        elif array.ndim == 2:
+            frame = pd.DataFrame({f"g{i}": array[:, i] for i in range(array.shape[1])})
+        else:
+            raise ValueError(f"{arg} must be 1-D (one factor) or 2-D (one column per factor), got {array.ndim}-D.")
+    if frame.shape[1] == 0:
+        raise ValueError(f"{arg} has no grouping factor.")
+    frame.columns = [str(c) for c in frame.columns]
+    if n is not None and len(frame) != n:
+        raise ValueError(f"{arg} has {len(frame)} rows but X has {n}.")
+    missing = frame.columns[frame.isna().any()].tolist()
+    if missing:
+        raise ValueError(f"{arg} has missing values in {missing}.")
+    return frame
+
+
+def parse_nested(nested: str | Sequence[str] | None, columns: Sequence[str]) -> dict[str, list[str]]:
+    """Nesting specs ``"site/subject"`` (lme4's ``site/subject``, chains ``"a/b/c"`` allowed) -> factor: path.
+
+    Returns, for every grouping column, the columns whose combination defines its levels: ``{"site": ["site"],
+    "subject": ["site", "subject"]}`` for ``"site/subject"``. Raises ValueError naming ``nested`` for an unknown
+    column or a factor nested in two different parents.
+    """
+    paths = {c: [c] for c in columns}
+    specs = [nested] if isinstance(nested, str) else list(nested or [])
+    for spec in specs:
+        parts = [p.strip() for p in str(spec).split("/")]
+        unknown = [p for p in parts if p not in paths]
+        if len(parts) < 2 or unknown or "" in parts:
+            raise ValueError(
+                f"nested spec {spec!r} must be 'parent/child' over the grouping columns {list(columns)}"
+                + (f"; unknown: {unknown}" if unknown else "")
+                + "."
+            )
+        for i in range(1, len(parts)):
+            path = parts[: i + 1]
+            if paths[parts[i]] not in ([parts[i]], path):
+                raise ValueError(f"nested: {parts[i]!r} is nested in two different parents ({paths[parts[i]]}).")
+            paths[parts[i]] = path
+    return paths
+
+
+class GroupEncoder:
+    """Level vocabulary of every grouping factor, fitted on training data; unseen levels encode as ``-1``.
+
+    A nested factor's levels are the combinations of its path (``(site, subject)`` pairs), so a known subject code
+    under a new site is a new level, and a new subject under a known site is a new subject level of a known site.
+
+    Args:
+        paths: factor -> columns defining its levels (:func:`parse_nested`).
+
+    Example::
+
+        >>> import pandas as pd
+        >>> enc = GroupEncoder(parse_nested("site/subject", ["site", "subject"]))
+        >>> enc.fit(pd.DataFrame({"site": ["a", "a", "b"], "subject": [1, 2, 1]})).num_levels
+        {'site': 2, 'subject': 3}
+        >>> enc.transform(pd.DataFrame({"site": ["a", "c"], "subject": [9, 1]})).tolist()
+        [[0, -1], [-1, -1]]
+    """
+
+    def __init__(self, paths: Mapping[str, Sequence[str]]) -> None:
+        self.paths = {k: list(v) for k, v in paths.items()}
+        self.levels: dict = {}
+
+    @property
+    def factors(self) -> list[str]:
+        """Factor names, in the column order of the encoded indices."""
+        return list(self.paths)
+
+    @property
+    def num_levels(self) -> dict[str, int]:
+        """Number of training levels per factor."""
+        return {k: len(v) for k, v in self.levels.items()}
+
+    def label(self, factor: str) -> str:
+        """lme4-style name of a factor: ``"subject:site"`` for ``subject`` nested in ``site``."""
+        return ":".join(reversed(self.paths[factor]))
+
+    def _keys(self, frame, factor: str):
+        path = self.paths[factor]
+        if len(path) == 1:
+            return pd.Index(frame[factor].to_numpy())
+        return pd.MultiIndex.from_arrays([frame[c].to_numpy() for c in path], names=path)
+
+    def fit(self, frame) -> GroupEncoder:
+        """Learn the levels of every factor from a grouping DataFrame (:func:`as_group_frame`)."""
+        self._check_columns(frame)
+        self.levels = {}
+        for factor in self.paths:
+            keys = self._keys(frame, factor).unique()
+            self.levels[factor] = keys.sort_values() if _sortable(keys) else keys
+        return self
+
+    def transform(self, frame) -> np.ndarray:
+        """Indices ``(n, num_factors)`` (int64), ``-1`` where a level was not seen in training."""
+        self._check_columns(frame)
+        return np.stack([self.levels[f].get_indexer(self._keys(frame, f)) for f in self.paths], axis=1).astype(np.int64)
+
+    def _check_columns(self, frame) -> None:
+        needed = {c for path in self.paths.values() for c in path}
+        if set(frame.columns) != needed:
+            raise ValueError(f"groups must have the columns {sorted(needed)}, got {sorted(frame.columns)}.")
+
+
+def _sortable(index) -> bool:
+    try:
+        index.sort_values()
+    except TypeError:
+        return False
+    return True

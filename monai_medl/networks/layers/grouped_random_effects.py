@@ -1,0 +1,137 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""Random effects of several grouping factors (crossed or nested), each with its own variance components."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from monai_medl.networks.layers.correlated_random_effects import CorrelatedRandomEffects
+
+__all__ = ["GroupedRandomEffects"]
+
+
+class GroupedRandomEffects(nn.Module):
+    """Sum of the random effects of several grouping factors: ``sum_f d_f^T u_f[cluster_f]``.
+
+    Each factor ``f`` (e.g. ``"site"``, ``"scanner"``, ``"subject"``) is a
+    :class:`~monai_medl.networks.layers.CorrelatedRandomEffects` layer with its own prior covariance, over the
+    design ``d_f = (1, x[slope_columns[f]])`` (without the leading 1 when ``intercept=False``). Crossed factors
+    (site and scanner) are simply two factors; a nested factor (lme4's ``(1 | site/subject)``) is the factor
+    ``site`` plus a factor whose levels are the ``(site, subject)`` pairs, so the same subject code in two sites is
+    two clusters. The posterior factorises over factors (each factor's clusters are independent Gaussians).
+
+    Clusters come as one integer index per factor, ``(batch, num_factors)`` in the order of ``num_levels``;
+    ``-1`` marks a level not seen in training, whose effect is that factor's population value 0 while the other
+    factors' effects still apply (a known site with a new subject gets the site's effect).
+
+    Args:
+        num_levels: factor name -> number of training levels, in the column order of the cluster indices.
+        slope_columns: factor name -> columns of ``x`` with random slopes for that factor (missing: none).
+        intercept: random intercepts (for every factor). Defaults to True.
+        correlated: full prior covariance per factor, or a mapping factor -> bool. Defaults to True.
+        posterior: ``"full"`` or ``"diagonal"`` (see ``CorrelatedRandomEffects``). Defaults to ``"full"``.
+        prior_scale: initial prior s.d. of every term. Defaults to 0.5.
+        learn_prior_scale: learn the prior covariances. Defaults to True.
+
+    Example::
+
+        >>> re = GroupedRandomEffects({"site": 3, "scanner": 2}, slope_columns={"site": [0]}).eval()
+        >>> clusters = torch.tensor([[0, 1], [2, -1]])  # second sample: a scanner never seen in training
+        >>> re(clusters, torch.randn(2, 4)).shape
+        torch.Size([2, 1])
+        >>> re.factors["site"].num_terms, re.factors["scanner"].num_terms
+        (2, 1)
+    """
+
+    def __init__(
+        self,
+        num_levels: Mapping[str, int],
+        slope_columns: Mapping[str, Sequence[int]] | None = None,
+        intercept: bool = True,
+        correlated: bool | Mapping[str, bool] = True,
+        posterior: str = "full",
+        prior_scale: float = 0.5,
+        learn_prior_scale: bool = True,
+    ) -> None:
+        super().__init__()
+        if not num_levels:
+            raise ValueError("num_levels needs at least one grouping factor.")
+        slope_columns = dict(slope_columns or {})
+        unknown = set(slope_columns) - set(num_levels)
+        if unknown:
+            raise ValueError(f"slope_columns names unknown factors {sorted(unknown)}; factors: {list(num_levels)}.")
+        if isinstance(correlated, Mapping) and set(correlated) - set(num_levels):
+            raise ValueError(f"correlated names unknown factors {sorted(set(correlated) - set(num_levels))}.")
+        self.intercept = intercept
+        self.factors = nn.ModuleDict()
+        self._columns: dict[str, list[int]] = {}
+        for name, levels in num_levels.items():
+            columns = [int(c) for c in slope_columns.get(name, [])]
+            terms = len(columns) + int(intercept)
+            if terms == 0:
+                raise ValueError(f"factor {name!r} has neither a random intercept nor random slopes.")
+            self._columns[name] = columns
+            self.factors[name] = CorrelatedRandomEffects(
+                num_clusters=int(levels),
+                num_terms=terms,
+                correlated=correlated.get(name, True) if isinstance(correlated, Mapping) else correlated,
+                posterior=posterior,
+                prior_scale=prior_scale,
+                learn_prior_scale=learn_prior_scale,
+            )
+
+    @property
+    def factor_names(self) -> list[str]:
+        """Names of the grouping factors, in the column order of the cluster indices."""
+        return list(self.factors.keys())
+
+    def slope_columns(self, factor: str) -> list[int]:
+        """Columns of ``x`` with random slopes for ``factor``."""
+        return list(self._columns[factor])
+
+    def design(self, factor: str, x: torch.Tensor | None) -> torch.Tensor:
+        """Design rows ``d_f`` of ``factor`` for inputs ``x`` (``(batch, q_f)``)."""
+        columns = self._columns[factor]
+        layer: CorrelatedRandomEffects = self.factors[factor]
+        if not columns:
+            batch = 1 if x is None else x.shape[0]
+            return torch.ones(batch, 1, dtype=layer.loc.dtype, device=layer.loc.device)
+        if x is None:
+            raise ValueError(f"factor {factor!r} has random slopes on columns {columns}: x is required.")
+        parts = [x[:, columns].to(layer.loc.dtype)]
+        if self.intercept:
+            parts.insert(0, torch.ones(x.shape[0], 1, dtype=layer.loc.dtype, device=x.device))
+        return torch.cat(parts, dim=1)
+
+    def _check(self, clusters: torch.Tensor, x: torch.Tensor | None) -> None:
+        if clusters.dim() != 2 or clusters.shape[1] != len(self.factors) or clusters.is_floating_point():
+            raise ValueError(
+                f"clusters must be integer indices of shape (batch, {len(self.factors)}) (one column per factor "
+                f"{self.factor_names}), got {clusters.dtype} {list(clusters.shape)}."
+            )
+        if x is not None and x.shape[0] != clusters.shape[0]:
+            raise ValueError(f"x and clusters disagree on the batch size: {x.shape[0]} vs {clusters.shape[0]}.")
+
+    def _per_factor(self, clusters: torch.Tensor, x: torch.Tensor | None):
+        self._check(clusters, x)
+        for i, (name, layer) in enumerate(self.factors.items()):
+            design = self.design(name, x)
+            if design.shape[0] != clusters.shape[0]:
+                design = design.expand(clusters.shape[0], -1)
+            yield layer, clusters[:, i], design
+
+    def forward(self, clusters: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Summed random effect per sample, ``(batch, 1)``: a posterior sample in training, the mean in eval."""
+        return torch.stack([layer(c, d) for layer, c, d in self._per_factor(clusters, x)]).sum(0)
+
+    def moments(self, clusters: torch.Tensor, x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and variance of the summed random effect per sample, each ``(batch, 1)``."""
+        parts = [layer.moments(c, d) for layer, c, d in self._per_factor(clusters, x)]
+        return torch.stack([m for m, _ in parts]).sum(0), torch.stack([v for _, v in parts]).sum(0)
+
+    def kl(self) -> torch.Tensor:
+        """Sum of every factor's closed-form KL term."""
+        return torch.stack([layer.kl() for layer in self.factors.values()]).sum()
