@@ -377,3 +377,54 @@ def test_sigkill_leaves_models_untouched_and_the_run_resumes(user_data, bundle):
     assert manifest["epochs"] == epochs_done + 1 and manifest["run"].endswith("killed")
     assert f"Epoch[{epochs_done + 1}] Complete" in done.stdout + done.stderr
     assert "Epoch[1] Complete" not in done.stdout + done.stderr  # it continued, not restarted
+
+
+def test_inference_reports_each_bad_input_as_an_error_row(trained, user_data, tmp_path):
+    folder = tmp_path / "bad"
+    shutil.copytree(user_data, folder)
+    (folder / "sub-20.nii.gz").write_bytes((folder / "sub-20.nii.gz").read_bytes()[:200])  # truncated
+    _nonfinite(np.nan)(None, folder)  # sub-04: a NaN voxel
+    _scan(folder / "sub-05.nii.gz", seed=5, shape=(16, 16))  # 2-D
+    _scan(folder / "sub-06.nii.gz", seed=6, shape=(16, 16, 16, 2))  # 2 channels
+    entries = [
+        {"image": "sub-20.nii.gz", "site": "a"},
+        {"image": "nope.nii.gz", "site": "a"},
+        {"image": "sub-04.nii.gz", "site": "a"},
+        {"image": "sub-05.nii.gz", "site": "b"},
+        {"image": "sub-06.nii.gz", "site": "b"},
+        {"Image": "sub-07.nii.gz", "site": "b"},
+        {"image": "sub-08.nii.gz", "site": "b"},  # the only good one
+    ]
+    (folder / "list.json").write_text(json.dumps({"test": entries}))
+    with pytest.raises(Exception) as info:
+        run_workflow(
+            trained / "configs", "inference.json", trained, "infer", input=str(folder / "list.json"), spatial_size=SIZE
+        )
+    err = _find(info.value, InvalidScansError)
+    assert (
+        err is not None
+        and "6 scan(s) could not be predicted" in str(err)
+        and "1 other scan(s) were predicted" in str(err)
+    )
+    rows = _predictions(trained)
+    errors = [r["error"] for r in rows if r["error"]]
+    expected = [
+        "unreadable or truncated",
+        "file not found",
+        "1 NaN/Inf voxel",
+        "(2-D); expected 3-D",
+        "2 channel(s); expected 1",
+        "key 'Image' is not used: did you mean 'image'?",
+    ]
+    assert len(errors) == len(expected) and all(e in err for e, err in zip(expected, errors)), errors
+    good = [r for r in rows if not r["error"]]
+    assert len(good) == 1 and good[0]["image"].endswith("sub-08.nii.gz") and good[0]["probability"]
+
+
+def test_inference_datalist_syntax_error_is_one_clear_error(trained, tmp_path):
+    bad = tmp_path / "list.json"
+    bad.write_text('{"test": [{"image": "a.nii.gz" "site": "a"}]}')
+    with pytest.raises(Exception) as info:
+        run_workflow(trained / "configs", "inference.json", trained, "infer", input=str(bad), spatial_size=SIZE)
+    err = _find(info.value, BundleInputError)
+    assert err is not None and "list.json" in str(err) and "not valid JSON" in str(err) and "line 1, column" in str(err)

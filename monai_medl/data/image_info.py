@@ -10,6 +10,7 @@ record the intensity range; the result is a small JSON-friendly record (:class:`
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import os
 import zlib
 from typing import Any
@@ -109,15 +110,42 @@ def read_image_info(path: str | os.PathLike, spatial_dims: int = 3, load_voxels:
         raise ImageReadError(f"unreadable or truncated image {path}: {type(e).__name__}: {e}") from e
 
 
+def _stored_bytes(path: str) -> int:
+    """Bytes of the (decompressed) file; reading a gzip stream to its end finds a truncated one (EOFError)."""
+    if not path.endswith(".gz"):
+        return os.path.getsize(path)
+    total = 0
+    with gzip.open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            total += len(block)
+    return total
+
+
+def _check_nifti_size(img: Any, path: str) -> None:
+    """A NIfTI/Analyze file must hold its header's voxel block (a short file reads back as zeros otherwise)."""
+    header = img.header
+    if not hasattr(header, "get_data_offset"):
+        return
+    expected = int(header.get_data_offset()) + int(np.prod(img.shape)) * np.dtype(header.get_data_dtype()).itemsize
+    stored = _stored_bytes(path)
+    if stored < expected:
+        raise ImageReadError(f"truncated image {path}: {stored} bytes stored, its header describes {expected}")
+
+
 def _read_medical(path: str, spatial_dims: int, load_voxels: bool) -> ImageInfo:
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
 
     try:
         img = nib.load(path)
-    except ImageFileError:
+    except ImageFileError as e:
+        if path.endswith((".nii", ".nii.gz", ".hdr", ".img", ".mgz", ".mgh")):
+            # a damaged NIfTI is not handed to SimpleITK, which reads some truncated files back as garbage
+            raise ImageReadError(f"unreadable or truncated image {path}: {e}") from e
         img = None
     if img is not None:
+        if load_voxels and path.endswith((".nii", ".nii.gz")):
+            _check_nifti_size(img, path)
         spatial, channels = _split_channels(tuple(img.shape), spatial_dims, channel_first=False)
         zooms = tuple(float(z) for z in img.header.get_zooms()[: len(spatial)])
         try:

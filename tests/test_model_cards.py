@@ -1,0 +1,86 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""The model cards say what the configs do: the preprocessing chain and random training transforms the card names
+are the configs' own, and every override in the card's commands (``--key value``) is a key of the configs that
+command loads."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigParser
+
+BUNDLES = sorted((Path(__file__).resolve().parents[1] / "bundles").glob("*/docs/README.md"))
+CLI_ONLY = {"config_file", "meta_file", "logging_file", "args_file", "bundle_root", "filepath", "ckpt_file", "net_id"}
+TRANSFORM = re.compile(r"`(?:monai_medl\.transforms\.)?([A-Z][A-Za-z]*d)(?:\([^`]*\))?`")
+
+
+def _section(card: str, title: str) -> str:
+    match = re.search(rf"^## {title}\n(.*?)(?=^## |\Z)", card, re.S | re.M)
+    assert match, f"no '## {title}' section"
+    return match.group(1)
+
+
+def _targets(transforms) -> list[str]:
+    return [t["_target_"].split(".")[-1] for t in transforms]
+
+
+def _config(bundle: Path, name: str) -> dict:
+    return json.loads((bundle / "configs" / name).read_text())
+
+
+@pytest.mark.parametrize("card", BUNDLES, ids=lambda p: p.parent.parent.name)
+def test_card_preprocessing_and_random_transforms_match_the_configs(card):
+    bundle = card.parent.parent
+    named = TRANSFORM.findall(_section(card.read_text(), "Preprocessing"))
+    train, infer = _config(bundle, "train.json"), _config(bundle, "inference.json")
+    steps = infer["preprocessing"]["transforms"]
+    if isinstance(steps, str):  # "$@load_transforms + @site_transforms": the same lists as training
+        steps = train["load_transforms"] + train["site_transforms"]
+    assert [n for n in named if not n.startswith("Rand")] == _targets(steps)
+    random = [t for t in _targets(train["train"].get("random_transforms", [])) if t.startswith("Rand")]
+    assert [n for n in named if n.startswith("Rand")] == random
+
+
+def _commands(card: str) -> list[list[str]]:
+    """Every ``monai.bundle run`` command of the card's bash blocks, as argument lists (comments dropped)."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", card, re.S):
+        text = re.sub(r"\\\n\s*", " ", block)
+        for line in text.splitlines():
+            if "monai.bundle run" in line:
+                args = shlex.split(line, comments=True)
+                commands.append(args[args.index("run") + 1 :])  # torchrun's own options come before
+    return commands
+
+
+@pytest.mark.parametrize("card", BUNDLES, ids=lambda p: p.parent.parent.name)
+def test_every_override_in_the_card_is_a_config_key(card):
+    bundle = card.parent.parent
+    commands = _commands(card.read_text())
+    assert commands, "the card shows no monai.bundle run command"
+    for args in commands:
+        files = args[args.index("--config_file") + 1]
+        names = ast.literal_eval(files) if files.startswith("[") else [files]
+        parser = ConfigParser()
+        parser.read_config([str(bundle / name) for name in names])
+        keys = [a[2:] for a in args if a.startswith("--") and a[2:] not in CLI_ONLY]
+        for key in keys:
+            try:
+                parser[key]
+            except (KeyError, IndexError, ValueError):
+                pytest.fail(f"{card}: override --{key} in `{' '.join(args)}` is not a key of {names}")
+
+
+def test_card_override_check_can_fail(tmp_path):
+    """The check above rejects an override that is not a key (a misspelt epochs setting)."""
+    bundle = BUNDLES[0].parent.parent
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser["train#trainer#max_epochs"]  # the documented key exists
+    with pytest.raises(KeyError):
+        parser["train#trainer#epochs"]
