@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser
 
+from monai_medl.bundle import file_sha256, verify_artifacts
+from monai_medl.bundle.model_card import BEGIN, END, eval_metrics, render_tables
+
 BUNDLES = sorted((Path(__file__).resolve().parents[1] / "bundles").glob("*/docs/README.md"))
 CLI_ONLY = {"config_file", "meta_file", "logging_file", "args_file", "bundle_root", "filepath", "ckpt_file", "net_id"}
 TRANSFORM = re.compile(r"`(?:monai_medl\.transforms\.)?([A-Z][A-Za-z]*d)(?:\([^`]*\))?`")
@@ -84,3 +87,16 @@ def test_card_override_check_can_fail(tmp_path):
     parser["train#trainer#max_epochs"]  # the documented key exists
     with pytest.raises(KeyError):
         parser["train#trainer#epochs"]
+
+
+@pytest.mark.parametrize("card", BUNDLES, ids=lambda p: p.parent.parent.name)
+def test_card_numbers_are_the_recorded_evaluation_of_the_shipped_model(card):
+    """The performance block and ``eval_metrics`` are rendered from ``docs/evaluation.json``, which was recorded for
+    exactly the shipped ``models/model.pt``; the shipped set matches its manifest."""
+    bundle = card.parent.parent
+    record = json.loads((bundle / "docs" / "evaluation.json").read_text())
+    assert record["model_sha256"] == file_sha256(bundle / "models" / "model.pt"), "card evaluated another model"
+    verify_artifacts(bundle / "models", ["model.pt"])
+    block = re.search(re.escape(BEGIN) + r"\n(.*?)\n" + re.escape(END), card.read_text(), re.S)
+    assert block and block.group(1) == render_tables(record)
+    assert _config(bundle, "metadata.json")["eval_metrics"] == eval_metrics(record)
