@@ -214,7 +214,7 @@ def train_model(
     num_clusters = net.num_clusters
     loader = make_loader(data, data.select("training"), cfg["batch_size"], shuffle=True, seed=seed)
     loss = MixedEffectsAutoEncoderLoss(
-        net, lambda_mixed=cfg["lambda_class"], lambda_fixed=cfg["lambda_class"], kl_weight=cfg["kl_weight"]
+        lambda_mixed=cfg["lambda_class"], lambda_fixed=cfg["lambda_class"], kl_weight=cfg["kl_weight"]
     )
     handlers = []
     if adversary:

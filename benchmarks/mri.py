@@ -240,7 +240,7 @@ def train_model(
     loss_fn = None
     if isinstance(net, MixedEffectsCNN):
         loss_fn = MixedEffectsLoss(
-            net, "bce", lambda_mixed=1.0, lambda_fixed=cfg["lambda_fixed"] if me else 0.0, kl_weight=cfg["kl_weight"]
+            "bce", lambda_mixed=1.0, lambda_fixed=cfg["lambda_fixed"] if me else 0.0, kl_weight=cfg["kl_weight"]
         )
     opt = torch.optim.Adam(random_effects_param_groups(net, cfg["lr"] * cfg["re_lr_scale"]), cfg["lr"])
     epochs = cfg["z_predictor_epochs"] if kind == "z_predictor" else cfg["epochs"]

@@ -112,7 +112,7 @@ class _Pair:
         self.opt_me = torch.optim.Adam(self.me.parameters(), 1e-4)
         self.opt_adv = torch.optim.Adam(self.adversary.parameters(), 1e-4)
         self.regularizer = AdversarialRegularizer(self.adversary, self.opt_adv, lambda_g=0.1)
-        self.loss = MixedEffectsLoss(self.me, task="bce", kl_weight=1e-3)
+        self.loss = MixedEffectsLoss(task="bce", kl_weight=1e-3)
         gen = torch.Generator().manual_seed(seed)
         self.x = torch.randn(batch, 1, size, size, size, generator=gen)
         self.y = torch.randint(0, 2, (batch, 1), generator=gen).float()
