@@ -239,7 +239,7 @@ def train_model(
     )
     start = time.perf_counter()
     trainer.run()
-    history = {"seconds": time.perf_counter() - start, "terms": dict(loss.terms)}
+    history = {"seconds": time.perf_counter() - start}
     if adversary:
         history["adv_acc"] = handlers[0].regularizer.last_accuracy
     set_determinism(None)

@@ -255,9 +255,10 @@ def train_model(
                 logit, _ = net(xb, zb)
                 loss = F.binary_cross_entropy_with_logits(logit, yb)
             else:
-                loss = loss_fn(net(xb, zb if me else None), yb)
+                out = net(xb, zb if me else None)  # training mode: both heads, the adversary's features, the KL
+                loss = loss_fn(out, yb)
                 if regularizer is not None:
-                    loss = loss + regularizer.step(net.latest_output.features, sb)
+                    loss = loss + regularizer.step(out.features, sb)
             loss.backward()
             opt.step()
     return net.eval()

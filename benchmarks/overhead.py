@@ -128,8 +128,8 @@ class _Pair:
     def train_me(self) -> None:
         self.me.train()
         self.opt_me.zero_grad(set_to_none=True)
-        pred = self.me(self.x, self.z)
-        loss = self.loss(pred, self.y) + self.regularizer.step(self.me.latest_output.features, self.sites)
+        out = self.me(self.x, self.z)  # training mode: the structured output
+        loss = self.loss(out, self.y) + self.regularizer.step(out.features, self.sites)
         loss.backward()
         self.opt_me.step()
 
