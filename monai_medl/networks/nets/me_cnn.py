@@ -291,7 +291,7 @@ class MixedEffectsCNN(MixedEffectsNet):
         h = x
         for stage in self.stages:
             h = stage(h, z)
-        return self.head(global_avg_pool(h), z)[0]
+        return self.head.predict(global_avg_pool(h), z)
 
     @torch.jit.export
     def forward_all(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> MixedEffectsOutput:  # noqa: UP045
