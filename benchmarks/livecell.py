@@ -214,7 +214,7 @@ def train_model(
     num_clusters = net.num_clusters
     loader = make_loader(data, data.select("training"), cfg["batch_size"], shuffle=True, seed=seed)
     loss = MixedEffectsAutoEncoderLoss(
-        net, lambda_mixed=cfg["lambda_class"], lambda_fixed=cfg["lambda_class"], kl_weight=cfg["kl_weight"]
+        lambda_mixed=cfg["lambda_class"], lambda_fixed=cfg["lambda_class"], kl_weight=cfg["kl_weight"]
     )
     handlers = []
     if adversary:
@@ -239,7 +239,7 @@ def train_model(
     )
     start = time.perf_counter()
     trainer.run()
-    history = {"seconds": time.perf_counter() - start, "terms": dict(loss.terms)}
+    history = {"seconds": time.perf_counter() - start}
     if adversary:
         history["adv_acc"] = handlers[0].regularizer.last_accuracy
     set_determinism(None)

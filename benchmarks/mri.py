@@ -240,7 +240,7 @@ def train_model(
     loss_fn = None
     if isinstance(net, MixedEffectsCNN):
         loss_fn = MixedEffectsLoss(
-            net, "bce", lambda_mixed=1.0, lambda_fixed=cfg["lambda_fixed"] if me else 0.0, kl_weight=cfg["kl_weight"]
+            "bce", lambda_mixed=1.0, lambda_fixed=cfg["lambda_fixed"] if me else 0.0, kl_weight=cfg["kl_weight"]
         )
     opt = torch.optim.Adam(random_effects_param_groups(net, cfg["lr"] * cfg["re_lr_scale"]), cfg["lr"])
     epochs = cfg["z_predictor_epochs"] if kind == "z_predictor" else cfg["epochs"]
@@ -255,9 +255,10 @@ def train_model(
                 logit, _ = net(xb, zb)
                 loss = F.binary_cross_entropy_with_logits(logit, yb)
             else:
-                loss = loss_fn(net(xb, zb if me else None), yb)
+                out = net(xb, zb if me else None)  # training mode: both heads, the adversary's features, the KL
+                loss = loss_fn(out, yb)
                 if regularizer is not None:
-                    loss = loss + regularizer.step(net.latest_output.features, sb)
+                    loss = loss + regularizer.step(out.features, sb)
             loss.backward()
             opt.step()
     return net.eval()

@@ -225,7 +225,7 @@ def train_model(
     if spec["kind"] == "conventional":
         loss = torch.nn.BCEWithLogitsLoss()
     else:
-        loss = MixedEffectsLoss(net, task="bce", kl_weight=cfg["kl_weight"])
+        loss = MixedEffectsLoss(task="bce", kl_weight=cfg["kl_weight"])
         adversary = net.make_adversary(hidden=cfg["adversary_hidden"])
         handlers.append(
             AdversaryHandler(adversary, torch.optim.Adam(adversary.parameters(), cfg["lr"]), cfg["lambda_g"])

@@ -112,7 +112,7 @@ class _Pair:
         self.opt_me = torch.optim.Adam(self.me.parameters(), 1e-4)
         self.opt_adv = torch.optim.Adam(self.adversary.parameters(), 1e-4)
         self.regularizer = AdversarialRegularizer(self.adversary, self.opt_adv, lambda_g=0.1)
-        self.loss = MixedEffectsLoss(self.me, task="bce", kl_weight=1e-3)
+        self.loss = MixedEffectsLoss(task="bce", kl_weight=1e-3)
         gen = torch.Generator().manual_seed(seed)
         self.x = torch.randn(batch, 1, size, size, size, generator=gen)
         self.y = torch.randint(0, 2, (batch, 1), generator=gen).float()
@@ -128,8 +128,8 @@ class _Pair:
     def train_me(self) -> None:
         self.me.train()
         self.opt_me.zero_grad(set_to_none=True)
-        pred = self.me(self.x, self.z)
-        loss = self.loss(pred, self.y) + self.regularizer.step(self.me.latest_output.features, self.sites)
+        out = self.me(self.x, self.z)  # training mode: the structured output
+        loss = self.loss(out, self.y) + self.regularizer.step(out.features, self.sites)
         loss.backward()
         self.opt_me.step()
 

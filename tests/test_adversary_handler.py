@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
 from monai_medl.engines import MixedEffectsPrepareBatch
-from monai_medl.handlers import AdversaryHandler
+from monai_medl.handlers import AdversaryHandler, LossTermsHandler
 from monai_medl.losses import MixedEffectsLoss
 from monai_medl.networks import ClusterAdversary
 from monai_medl.networks.nets import MixedEffectsMLP
@@ -49,9 +49,9 @@ def build(lambda_g: float, seed: int = 0, epochs: int = 1, objective: str = "con
         train_data_loader=loader,
         network=net,
         optimizer=opt,
-        loss_function=MixedEffectsLoss(net, task="bce", kl_weight=1e-3),
+        loss_function=MixedEffectsLoss(task="bce", kl_weight=1e-3),
         prepare_batch=MixedEffectsPrepareBatch(num_clusters=NUM_SITES),
-        train_handlers=[handler],
+        train_handlers=[handler, LossTermsHandler()],
     )
     return trainer, net, adversary, opt, adv_opt
 
@@ -124,12 +124,15 @@ def test_checkpoint_round_trip_of_model_adversary_and_both_optimizers(tmp_path):
     torch.testing.assert_close(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
 
 
-def test_missing_site_key_is_a_clear_error():
-    trainer, *_ = build(1.0)
+def test_missing_site_key_and_a_tensor_prediction_are_clear_errors():
+    trainer, net, *_ = build(1.0)
     handler = AdversaryHandler(
         ClusterAdversary(32, NUM_SITES), torch.optim.SGD(ClusterAdversary(32, 4).parameters(), 0.1)
     )
+    trainer.state.batch = {"image": torch.zeros(1, 4)}
+    trainer.state.output = {"pred": net.train()(torch.zeros(1, 4)), "loss": torch.zeros(())}
     with pytest.raises(KeyError, match="site"):
-        trainer.state.batch = {"image": torch.zeros(1, 4)}
-        trainer.network(torch.zeros(1, 4))
+        handler(trainer)
+    trainer.state.output = {"pred": net.eval()(torch.zeros(1, 4)), "loss": torch.zeros(())}
+    with pytest.raises(TypeError, match="MixedEffectsOutput"):
         handler(trainer)

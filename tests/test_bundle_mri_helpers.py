@@ -53,7 +53,7 @@ def _trainer(with_handler: bool, epochs: int = 1):
         train_data_loader=DataLoader(_site_data(), batch_size=40, shuffle=False),
         network=net,
         optimizer=opt,
-        loss_function=MixedEffectsLoss(net, task="bce"),
+        loss_function=MixedEffectsLoss(task="bce"),
         prepare_batch=MixedEffectsPrepareBatch(num_clusters=3),
         train_handlers=[handler] if with_handler else [],
     )

@@ -14,58 +14,33 @@ from monai_medl.networks.nets import MixedEffectsMLP
 
 
 def test_loss_combines_both_heads_and_kl_with_the_elbo_weight():
+    torch.manual_seed(0)
     net = MixedEffectsMLP(3, 1, num_clusters=4, hidden=(5,))
     x, y, z = torch.randn(6, 3), torch.randint(0, 2, (6, 1)).float(), torch.eye(4)[[0, 1, 2, 3, 0, 1]]
-    loss_fn = MixedEffectsLoss(
-        net, task="bce", lambda_mixed=1.0, lambda_fixed=0.5, kl_weight="elbo", num_train_samples=60
-    )
-    net.eval()  # deterministic so the expected value can be recomputed
-    pred = net(x, z)
-    out = net.latest_output
+    loss_fn = MixedEffectsLoss(task="bce", lambda_mixed=1.0, lambda_fixed=0.5, kl_weight="elbo", num_train_samples=60)
+    out = net.train()(x, z)  # training mode: the structured output, KL included
     expected = (
         F.binary_cross_entropy_with_logits(out.mixed, y)
         + 0.5 * F.binary_cross_entropy_with_logits(out.fixed, y)
         + kl_divergence(net) / 60
     )
-    torch.testing.assert_close(loss_fn(pred, y), expected)
-    assert set(loss_fn.terms) == {"loss_mixed", "loss_fixed", "kl"}
+    torch.testing.assert_close(loss_fn(out, y), expected)
+    terms = loss_fn.terms(out, y)
+    assert set(terms) == {"loss_mixed", "loss_fixed", "kl"}
+    torch.testing.assert_close(terms["kl"], kl_divergence(net))
+    assert not hasattr(loss_fn, "network")  # the loss holds no reference to the model
 
 
-def test_loss_refuses_a_tensor_that_is_not_the_latest_prediction():
+def test_loss_refuses_a_prediction_tensor_and_the_old_network_argument():
     torch.manual_seed(0)
     net = MixedEffectsMLP(3, 1, num_clusters=2)
-    loss_fn = MixedEffectsLoss(net)
-    stale = net(torch.randn(4, 3))
-    net(torch.randn(4, 3))
-    with pytest.raises(RuntimeError, match="latest forward"):
-        loss_fn(stale, torch.ones(4, 1))
-
-
-def test_loss_accepts_the_output_copy_of_ddp_with_find_unused_parameters(tmp_path):
-    # DDP(find_unused_parameters=True) hands back a copy of the output; the loss and its gradient must not change
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    torch.manual_seed(0)
-    net = MixedEffectsMLP(3, 1, num_clusters=2)
-    x, z, y = torch.randn(4, 3), torch.eye(2)[[0, 1, 1, 0]], torch.ones(4, 1)
-    with torch.random.fork_rng():  # the same weight samples in both passes
-        expected = MixedEffectsLoss(net)(net(x, z), y)
-    expected.backward()
-    expected_grads = [p.grad.clone() for p in net.parameters()]
-    net.zero_grad()
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        ddp = DistributedDataParallel(net, find_unused_parameters=True)
-        pred = ddp(x, z)
-        assert pred is not net.latest_output.mixed
-        loss = MixedEffectsLoss(ddp)(pred, y)
-        loss.backward()
-    finally:
-        dist.destroy_process_group()
-    torch.testing.assert_close(loss, expected)
-    for p, g in zip(net.parameters(), expected_grads):
-        torch.testing.assert_close(p.grad, g)
+    loss_fn = MixedEffectsLoss()
+    with pytest.raises(TypeError, match="train\\(\\) mode"):
+        loss_fn(net.eval()(torch.randn(4, 3)), torch.ones(4, 1))
+    with pytest.raises(ValueError, match="kl is None"):
+        loss_fn(net.train().forward_all(torch.randn(4, 3)), torch.ones(4, 1))
+    with pytest.raises(TypeError, match="no longer takes the network"):
+        MixedEffectsLoss(net)
 
 
 @pytest.mark.parametrize(
@@ -78,7 +53,7 @@ def test_loss_accepts_the_output_copy_of_ddp_with_find_unused_parameters(tmp_pat
 )
 def test_loss_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        MixedEffectsLoss(MixedEffectsMLP(2, 1, 2), **kwargs)
+        MixedEffectsLoss(**kwargs)
 
 
 def test_gaussian_nll_uses_the_learned_noise_scale():
@@ -160,7 +135,7 @@ def test_few_shot_fits_only_the_new_cluster_and_beats_the_population_prediction(
     x, y, k = _logistic_clusters(intercepts, 200, seed=0)
     net = MixedEffectsMLP(1, 1, num_clusters=5, hidden=(), nonlinear_slopes=False, intercept_prior_scale=1.0)
     opt = torch.optim.Adam(net.parameters(), 0.05)
-    loss_fn = MixedEffectsLoss(net, kl_weight="elbo", num_train_samples=len(x))
+    loss_fn = MixedEffectsLoss(kl_weight="elbo", num_train_samples=len(x))
     for _ in range(300):
         opt.zero_grad()
         loss_fn(net(x, F.one_hot(k, 5).float()), y).backward()

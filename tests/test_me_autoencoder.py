@@ -49,9 +49,11 @@ def test_shapes_all_dims_and_branches(kwargs, shape, n_features, branches):
     else:
         assert out.latent_fixed is None and out.features == [] and net.adversary_in_features == 0
     assert (out.latent_random is not None) == re
-    # forward returns y_M and keeps the full output for the loss/handlers
-    y = net(x, _design(shape[0]))
-    assert y.shape == (shape[0], 2) and net.latest_output.mixed is y
+    # training mode: the structured output with the KL; eval mode: the y_M tensor alone, nothing kept on the module
+    train_out = net.train()(x, _design(shape[0]))
+    assert train_out.mixed.shape == (shape[0], 2) and train_out.kl.dim() == 0
+    y = net.eval()(x, _design(shape[0]))
+    assert isinstance(y, torch.Tensor) and y.shape == (shape[0], 2) and "latest_output" not in net.__dict__
 
 
 def test_vector_autoencoder_shapes_and_cluster_blocks():
@@ -149,10 +151,10 @@ def test_loss_terms_weights_and_gradients():
     torch.manual_seed(0)
     net = MixedEffectsAutoEncoder(2, (1, 16, 16), K, channels=(4, 8), strides=(2, 2))
     x, z, y = torch.rand(4, 1, 16, 16), _design(4), torch.tensor([0, 1, 1, 0])
-    loss_fn = MixedEffectsAutoEncoderLoss(net, recon_weight=2.0, recon_fixed_weight=0.5, lambda_mixed=0.1)
-    loss = loss_fn(net(x, z), y)
-    t = loss_fn.terms
-    out = net.latest_output
+    loss_fn = MixedEffectsAutoEncoderLoss(recon_weight=2.0, recon_fixed_weight=0.5, lambda_mixed=0.1)
+    out = net.train()(x, z)
+    loss = loss_fn(out, y)
+    t = {k: float(v.detach()) for k, v in loss_fn.terms(out, y).items()}
     assert t["recon"] == pytest.approx(float(((out.reconstruction - x) ** 2).mean()), rel=1e-5)
     assert t["recon_fixed"] == pytest.approx(float(((out.reconstruction_fixed - x) ** 2).mean()), rel=1e-5)
     expected = (
@@ -166,12 +168,13 @@ def test_loss_terms_weights_and_gradients():
     # single branch: one reconstruction, counted once
     fe_only = MixedEffectsAutoEncoder(2, (1, 16, 16), K, channels=(4, 8), strides=(2, 2), random_effects=False)
     single = MixedEffectsAutoEncoderLoss(
-        fe_only, recon_weight=1.0, recon_fixed_weight=5.0, lambda_mixed=0, lambda_fixed=0
+        recon_weight=1.0, recon_fixed_weight=5.0, lambda_mixed=0, lambda_fixed=0
     )
-    value = single(fe_only(x, z), y)
-    assert float(value) == pytest.approx(single.terms["recon"], rel=1e-5)
+    out = fe_only.train()(x, z)
+    value = single(out, y)
+    assert float(value) == pytest.approx(float(single.terms(out, y)["recon"]), rel=1e-5)
     with pytest.raises(ValueError, match="reconstruction weights"):
-        MixedEffectsAutoEncoderLoss(net, recon_weight=-1.0)
+        MixedEffectsAutoEncoderLoss(recon_weight=-1.0)
 
 
 def test_fixed_effects_branch_is_per_sample_by_default():

@@ -7,9 +7,15 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
+from monai.data import DataLoader
+from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
+from monai.handlers import MeanSquaredError, from_engine
+from monai.transforms import FlattenSubKeysd
 
-from monai_medl.handlers import CounterfactualImageHandler, LatestOutputHandler
+from monai_medl.engines import MixedEffectsPrepareBatch
+from monai_medl.handlers import CounterfactualImageHandler
+from monai_medl.inferers import MixedEffectsInferer
 from monai_medl.metrics import batch_probe_accuracy, latent_batch_clustering
 from monai_medl.networks.nets import MixedEffectsAutoEncoder
 from monai_medl.visualize import counterfactual_grid, counterfactual_panel, plot_counterfactual_panel
@@ -71,29 +77,32 @@ def test_counterfactual_panel_and_grid(spatial_dims):
         plot_counterfactual_panel(panel, target_names=["a"])
 
 
-def test_latest_output_handler_copies_fields_into_engine_output():
-    net = _net()
-    x = torch.rand(2, 1, 16, 16)
-
-    def step(engine, batch):
-        engine.state.output = {"pred": net(x, torch.eye(K)[[0, 1]])}
-        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        return engine.state.output
-
-    engine = Engine(step)
-    engine.register_events(*IterationEvents)
-    engine.network = net
-    LatestOutputHandler({"recon": "reconstruction", "y_fixed": "fixed"}).attach(engine)
-    engine.run([0], max_epochs=1)
-    out = engine.state.output
-    assert torch.equal(out["recon"], net.latest_output.reconstruction)
-    assert not out["recon"].requires_grad and out["y_fixed"].shape == (2, 1)
-    bad = Engine(step)
-    bad.register_events(*IterationEvents)
-    bad.network = net
-    LatestOutputHandler({"r": "no_such_field"}).attach(bad)
+def test_mixed_effects_inferer_gives_an_evaluator_the_reconstruction():
+    # eval mode returns the y_M tensor; an evaluator that also scores reconstructions uses MixedEffectsInferer and
+    # MONAI's FlattenSubKeysd, nothing stored on the network
+    net = _net().eval()
+    data = [{"image": torch.rand(1, 16, 16), "label": torch.tensor([float(i % 2)]), "site": i % K} for i in range(4)]
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(data, batch_size=2),
+        network=net,
+        prepare_batch=MixedEffectsPrepareBatch(num_clusters=K),
+        inferer=MixedEffectsInferer(fields=["mixed", "reconstruction"]),
+        postprocessing=FlattenSubKeysd(keys="pred", prefix="pred"),
+        key_val_metric={"mse": MeanSquaredError(output_transform=from_engine(["pred_reconstruction", "image"]))},
+    )
+    evaluator.run()
+    item = evaluator.state.output[0]
+    x = torch.stack([d["image"] for d in data[2:]])
+    z = torch.eye(K)[[2 % K, 3 % K]]
+    with torch.no_grad():
+        expected = net.forward_all(x, z)
+    torch.testing.assert_close(item["pred_reconstruction"], expected.reconstruction[0])
+    torch.testing.assert_close(item["pred_mixed"], expected.mixed[0])
+    assert evaluator.state.metrics["mse"] > 0
+    assert "latest_output" not in net.__dict__
     with pytest.raises(KeyError, match="no_such_field"):
-        bad.run([0], max_epochs=1)
+        MixedEffectsInferer(fields=["no_such_field"])(x, net, z)
 
 
 def test_counterfactual_image_handler_writes_panels():

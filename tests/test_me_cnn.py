@@ -75,11 +75,13 @@ def test_backbone_wraps_with_correct_shapes_in_train_and_eval(name, dims):
     assert out.mixed.shape == out.fixed.shape == (2, outputs)
     assert [f.shape for f in out.features] == [(2, n) for n in net.feature_sizes]
     assert len(out.features) == len(net.tap_names) + 1 and net.feature_sizes[-1] == net.feature_dim
-    assert net(x, z).shape == (2, outputs) and net.latest_output.mixed.shape == (2, outputs)
+    train_out = net(x, z)  # training mode: the structured output, nothing kept on the module
+    assert train_out.mixed.shape == (2, outputs) and train_out.kl.dim() == 0 and "latest_output" not in net.__dict__
     net.eval()
     with torch.no_grad():
         mixed, fixed = net(x, z), net(x)
         assert mixed.shape == fixed.shape == (2, outputs)
+        torch.testing.assert_close(mixed, net.forward_all(x, z).mixed)  # the one-pass eval path = the full one
         assert not torch.allclose(mixed, fixed)  # random slopes/intercepts act for seen clusters
         torch.testing.assert_close(net(x, torch.zeros(2, K)), fixed)  # z = 0 is the population prediction
 
@@ -287,6 +289,6 @@ def test_register_layout_for_a_new_backbone():
     try:
         net = MixedEffectsCNN(K, TwoConv(), probe_size=12)
         assert net.feature_sizes == [4, 6] and net.out_channels == 2
-        assert net(torch.randn(2, 1, 12, 12), torch.eye(K)[:2]).shape == (2, 2)
+        assert net.eval()(torch.randn(2, 1, 12, 12), torch.eye(K)[:2]).shape == (2, 2)
     finally:
         _LAYOUTS.pop(TwoConv)

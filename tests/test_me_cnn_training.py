@@ -52,7 +52,7 @@ def build_trainer(data, lambda_g, seed=0, epochs=1, lr=1e-3, adv_lr=1e-2, cluste
         train_data_loader=DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed)),
         network=net,
         optimizer=torch.optim.Adam(net.parameters(), lr),
-        loss_function=MixedEffectsLoss(net, task="bce", kl_weight=1e-3),
+        loss_function=MixedEffectsLoss(task="bce", kl_weight=1e-3),
         prepare_batch=MixedEffectsPrepareBatch(num_clusters=K),
         train_handlers=[handler],
     )

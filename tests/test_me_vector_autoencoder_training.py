@@ -34,7 +34,7 @@ def _train(d: dict, random_effects: bool = True, adversary: bool = False, epochs
     net = MixedEffectsVectorAutoEncoder(
         in_features=GENES, num_clusters=BATCHES, latent_size=4, channels=(32, 16), random_effects=random_effects
     )
-    loss_fn = MixedEffectsAutoEncoderLoss(net, lambda_mixed=0.1, lambda_fixed=0.1, kl_weight=1e-6)
+    loss_fn = MixedEffectsAutoEncoderLoss(lambda_mixed=0.1, lambda_fixed=0.1, kl_weight=1e-6)
     opt = torch.optim.Adam(net.parameters(), 3e-3)
     regularizer = None
     if adversary:
@@ -45,9 +45,10 @@ def _train(d: dict, random_effects: bool = True, adversary: bool = False, epochs
     for _ in range(epochs):
         for idx in torch.randperm(N_TRAIN, generator=gen).split(64):
             opt.zero_grad()
-            loss = loss_fn(net(x[idx], z[idx]), y[idx])
+            out = net(x[idx], z[idx])
+            loss = loss_fn(out, y[idx])
             if regularizer is not None:
-                loss = loss + regularizer.step(net.latest_output.features, b[idx])
+                loss = loss + regularizer.step(out.features, b[idx])
             loss.backward()
             opt.step()
     return net.eval()

@@ -36,7 +36,7 @@ def _trainer(net: MultimodalMixedEffectsCNN, epochs: int) -> SupervisedTrainer:
         train_data_loader=loader,
         network=net,
         optimizer=torch.optim.SGD(net.parameters(), 1e-2),
-        loss_function=MixedEffectsLoss(net, task="bce"),
+        loss_function=MixedEffectsLoss(task="bce"),
         prepare_batch=MultimodalPrepareBatch(K),
     )
 

@@ -132,7 +132,7 @@ def test_training_batch_statistics_ignore_absent_samples():
     x = torch.randn(4, 2, 16, 16)
     x[2:, 1] = float("nan")
     mask = torch.tensor([[1, 1], [1, 1], [1, 0], [1, 0]])
-    out = net(x, torch.eye(K)[[0, 1, 2, 0]], mask)
+    out = net(x, torch.eye(K)[[0, 1, 2, 0]], mask).mixed
     assert torch.isfinite(out).all()
     out.sum().backward()
     grads = [p.grad for p in net.branches[1].encoder.parameters() if p.grad is not None]
@@ -141,7 +141,7 @@ def test_training_batch_statistics_ignore_absent_samples():
     # the graph (DistributedDataParallel without find_unused_parameters); no data passes through the branch
     net.zero_grad(set_to_none=True)
     stats = net.branches[1].encoder.stages[0].body.features_block0_adn_N.running_mean.clone()
-    net(x, torch.eye(K)[[0, 1, 2, 0]], torch.tensor([[1, 0]] * 4)).sum().backward()
+    net(x, torch.eye(K)[[0, 1, 2, 0]], torch.tensor([[1, 0]] * 4)).mixed.sum().backward()
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
     assert all(p.grad.abs().sum() == 0 for p in net.branches[1].parameters() if p.requires_grad)
     assert any(p.grad.abs().sum() > 0 for p in net.branches[0].encoder.stages.parameters())
@@ -212,7 +212,7 @@ def test_backbones_per_modality_and_shared_weights():
     cls = Classifier(in_shape=(1, 16, 16), classes=1, channels=(4, 8), strides=(2, 2))
     net = _net(2, backbone=[{**SMALL, "spatial_dims": 2}, cls])
     assert [len(b.feature_sizes) for b in net.branches] == [2, 2]
-    assert net(torch.randn(2, 2, 16, 16)).shape == (2, 1)
+    assert net.eval()(torch.randn(2, 2, 16, 16)).shape == (2, 1)
     shared = _net(2, modalities=("t1", "t2", "flair"), shared_weights=True)
     enc = [b.encoder for b in shared.branches]
     assert enc[0] is enc[1] is enc[2]
@@ -275,15 +275,16 @@ def test_verify_net_in_out(tmp_path):
     )
 
 
-def test_loss_reads_latest_output_and_reaches_every_branch():
+def test_loss_reads_the_structured_output_and_reaches_every_branch():
     net = _net(2, num_covariates=2, cluster_scale_bias=True)
-    loss_fn = MixedEffectsLoss(net, task="bce", kl_weight=1e-3)
+    loss_fn = MixedEffectsLoss(task="bce", kl_weight=1e-3)
     x, z, y = torch.randn(4, 2, 16, 16), torch.eye(K)[[0, 1, 2, 0]], torch.tensor([[0.0], [1.0], [1.0], [0.0]])
-    loss = loss_fn(net(x, z, torch.tensor([[1, 1], [1, 0], [0, 1], [1, 1]]), torch.randn(4, 2)), y)
+    out = net(x, z, torch.tensor([[1, 1], [1, 0], [0, 1], [1, 1]]), torch.randn(4, 2))
+    loss = loss_fn(out, y)
     loss.backward()
     for i, branch in enumerate(net.branches):
         assert branch.slopes.loc.grad is not None and branch.slopes.loc.grad.abs().sum() > 0, i
-    assert set(loss_fn.terms) == {"loss_mixed", "loss_fixed", "kl"}
+    assert set(loss_fn.terms(out, y)) == {"loss_mixed", "loss_fixed", "kl"}
 
 
 def test_me_cnn_encode_matches_forward_all():
@@ -361,11 +362,11 @@ def test_early_fusion_is_a_stacked_channel_convolution_and_ignores_absent_modali
     user = SmallCNN(2, channels=(4, 8))
     net2 = _net(2, fusion="early", backbone=user)
     assert isinstance(user.features.block0.conv, torch.nn.Conv2d)  # the user's backbone is not modified
-    assert net2.stem.convs[0] is not user.features.block0.conv and net2(x).shape == (4, 1)
+    assert net2.stem.convs[0] is not user.features.block0.conv and net2.eval()(x).shape == (4, 1)
     # a backbone that flattens (no global pooling): the shared encoder is measured at the stem's output size
     flat = Classifier(in_shape=(1, 16, 16), classes=1, channels=(4, 8), strides=(2, 2), num_res_units=0)
     net3 = _net(2, fusion="early", backbone=flat)
-    assert net3.feature_sizes == [4, 8 * 4 * 4] and net3(x, z, mask).shape == (4, 1)
+    assert net3.feature_sizes == [4, 8 * 4 * 4] and net3.eval()(x, z, mask).shape == (4, 1)
     with pytest.raises(ValueError, match="inside a block"):  # first convolution inside a residual unit
         _net(2, fusion="early", backbone=Classifier(in_shape=(1, 16, 16), classes=1, channels=(4, 8), strides=(2, 2)))
     with pytest.raises(ValueError, match="shared_weights applies to late fusion"):
@@ -378,7 +379,7 @@ def test_early_fusion_is_a_stacked_channel_convolution_and_ignores_absent_modali
 
 def test_early_fusion_gradients_and_absent_modality_in_training():
     net = _net(2, fusion="early")
-    loss_fn = MixedEffectsLoss(net, task="bce", kl_weight=1e-3)
+    loss_fn = MixedEffectsLoss(task="bce", kl_weight=1e-3)
     x, z, y = torch.randn(4, 2, 16, 16), torch.eye(K)[[0, 1, 2, 0]], torch.tensor([[0.0], [1.0], [1.0], [0.0]])
     loss_fn(net(x, z, torch.tensor([[1, 1], [1, 0], [0, 1], [1, 1]])), y).backward()
     assert all(c.weight.grad.abs().sum() > 0 for c in net.stem.convs)

@@ -145,7 +145,7 @@ def test_trained_classifier_intercepts_track_site_prevalence():
     z = torch.eye(num_sites)[sites]
     torch.manual_seed(0)
     net = MixedEffectsMLP(2, 1, num_sites, hidden=(), nonlinear_slopes=False, learn_prior_scale=True)
-    loss_fn = MixedEffectsLoss(net, task="bce", lambda_fixed=0.0, kl_weight="elbo", num_train_samples=len(y))
+    loss_fn = MixedEffectsLoss(task="bce", lambda_fixed=0.0, kl_weight="elbo", num_train_samples=len(y))
     opt = torch.optim.Adam(net.parameters(), lr=0.05)
     for _ in range(400):
         opt.zero_grad()

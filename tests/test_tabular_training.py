@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from monai_medl.data.spirals import make_spirals
-from monai_medl.engines.tabular import ContiguousAdam, TabularTrainer, predict_tabular
+from monai_medl.engines.tabular import TabularTrainer, make_adam, predict_tabular
 from monai_medl.networks import kl_divergence as network_kl
 from monai_medl.networks.nets import ClusterAdversary, ClusterPredictor, MixedEffectsMLP
 
@@ -19,11 +19,11 @@ def _mlp(seed=0):
     return nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
 
 
-@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
-def test_contiguous_adam_matches_torch_adam(weight_decay):
+def test_make_adam_is_torch_adam_with_the_fused_update():
     a, b = _mlp(), _mlp()
-    opt_a = torch.optim.Adam(a.parameters(), lr=1e-2, weight_decay=weight_decay)
-    opt_b = ContiguousAdam(b.parameters(), lr=1e-2, weight_decay=weight_decay)
+    opt_a = torch.optim.Adam(a.parameters(), lr=1e-2, foreach=False)
+    opt_b = make_adam(b.parameters(), lr=1e-2)
+    assert isinstance(opt_b, torch.optim.Adam) and opt_b.defaults["fused"]
     gen = torch.Generator().manual_seed(1)
     for _ in range(30):
         x = torch.randn(8, 3, generator=gen)
@@ -33,12 +33,36 @@ def test_contiguous_adam_matches_torch_adam(weight_decay):
             opt.step()
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-    # parameters and gradients are views of the two flat buffers
-    flat = opt_b.flat_param
-    assert all(p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr() for p in b.parameters())
-    assert all(p.grad.untyped_storage().data_ptr() == flat.grad.untyped_storage().data_ptr() for p in b.parameters())
-    opt_b.zero_grad(set_to_none=True)
-    assert all(p.grad is not None and not p.grad.any() for p in b.parameters())
+    with pytest.raises(ValueError, match="no parameter"):
+        make_adam([nn.Parameter(torch.zeros(2), requires_grad=False)], lr=1e-3)
+
+
+@pytest.mark.parametrize("move", ["double", "to_cpu", "device_argument"])
+def test_moving_or_casting_the_network_after_building_the_trainer_still_trains(move):
+    # the removed ContiguousAdam rebound parameters into a flat buffer: after .to()/.double() its steps no longer
+    # reached the network and training silently stopped
+    d, x, y, site = _spiral_tensors(points=40)
+    z = torch.eye(d.num_clusters)[site]
+    torch.manual_seed(0)
+    net = MixedEffectsMLP(2, 1, d.num_clusters)
+    adversary = ClusterAdversary(12, d.num_clusters)
+    device = "cpu" if move == "device_argument" else None
+    trainer = TabularTrainer(net, epochs=3, lr=1e-2, adversary=adversary, lambda_g=0.1, device=device)
+    if move == "double":
+        net.double()
+        adversary.double()
+    elif move == "to_cpu":
+        net.to("cpu")
+    assert trainer.device == torch.device("cpu")
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    adv_before = [p.detach().clone() for p in adversary.parameters()]
+    history = trainer.fit(x, y, z)
+    moved = [n for n, p in net.named_parameters() if not torch.equal(p, before[n])]
+    assert "head.linear.weight" in moved and "hidden.0.0.weight" in moved, moved
+    assert any(not torch.equal(p, q) for p, q in zip(adversary.parameters(), adv_before))
+    assert history.loss[-1] < history.loss[0]
+    expected_dtype = torch.float64 if move == "double" else torch.float32
+    assert predict_tabular(net, x, z).dtype == expected_dtype
 
 
 def test_closed_form_kl_gradient_steps_equal_autograd_steps():
@@ -84,11 +108,6 @@ def test_fit_skips_per_batch_input_checks_and_restores_them():
     assert net.validate_inputs
     with pytest.raises(ValueError, match="NaN"):
         net(torch.full((1, 2), float("nan")))
-
-
-def test_contiguous_adam_rejects_empty():
-    with pytest.raises(ValueError, match="no parameter"):
-        ContiguousAdam([nn.Parameter(torch.zeros(2), requires_grad=False)])
 
 
 def _spiral_tensors(num_clusters=4, points=250, seed=0):

@@ -12,7 +12,7 @@ from monai.engines import SupervisedTrainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from monai_medl.engines import MixedEffectsPrepareBatch
-from monai_medl.handlers import AdversaryHandler
+from monai_medl.handlers import AdversaryHandler, LossTermsHandler
 from monai_medl.handlers.tensorboard_handler import RandomEffectsTensorBoardHandler
 from monai_medl.losses import MixedEffectsLoss
 from monai_medl.networks.nets import MixedEffectsCNN
@@ -43,9 +43,13 @@ def test_event_files_hold_every_term_the_variance_components_and_the_intercept_p
         train_data_loader=DataLoader(_data(), batch_size=8),
         network=net,
         optimizer=torch.optim.Adam(net.parameters(), 1e-2),
-        loss_function=MixedEffectsLoss(net, task="bce", kl_weight="elbo", num_train_samples=24),
+        loss_function=MixedEffectsLoss(task="bce", kl_weight="elbo", num_train_samples=24),
         prepare_batch=MixedEffectsPrepareBatch(num_clusters=K),
-        train_handlers=[AdversaryHandler(adversary, torch.optim.Adam(adversary.parameters(), 1e-2), 0.1), tb],
+        train_handlers=[
+            AdversaryHandler(adversary, torch.optim.Adam(adversary.parameters(), 1e-2), 0.1),
+            LossTermsHandler(),
+            tb,
+        ],
     )
     seen: dict[int, list[dict]] = {}
     prior_sd: dict[int, float] = {}
@@ -98,7 +102,7 @@ def test_interval_and_custom_writer(tmp_path):
         train_data_loader=DataLoader(_data(8), batch_size=8),
         network=net,
         optimizer=torch.optim.Adam(net.parameters(), 1e-3),
-        loss_function=MixedEffectsLoss(net, task="bce"),
+        loss_function=MixedEffectsLoss(task="bce"),
         prepare_batch=MixedEffectsPrepareBatch(num_clusters=K),
         train_handlers=[tb],
     )

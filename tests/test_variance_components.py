@@ -106,7 +106,7 @@ def _fit_linear_mixed_elbo(
         learn_prior_scale=learn_prior_scale,
         learn_noise_scale=task == "gaussian_nll",
     )
-    loss_fn = MixedEffectsLoss(net, task=task, lambda_fixed=lambda_fixed, kl_weight=kl_weight, num_train_samples=len(y))
+    loss_fn = MixedEffectsLoss(task=task, lambda_fixed=lambda_fixed, kl_weight=kl_weight, num_train_samples=len(y))
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     start = time.perf_counter()

@@ -117,7 +117,7 @@ def train(keys, modalities):
         train_data_loader=loader,
         network=net,
         optimizer=torch.optim.Adam(net.parameters(), 1e-3),
-        loss_function=MixedEffectsLoss(net, task="bce", kl_weight=1e-3),
+        loss_function=MixedEffectsLoss(task="bce", kl_weight=1e-3),
         prepare_batch=MultimodalPrepareBatch(vocabulary.num_sites),
         train_handlers=[AdversaryHandler(adversary, torch.optim.Adam(adversary.parameters(), 1e-3), lambda_g=0.1)],
     )

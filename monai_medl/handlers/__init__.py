@@ -4,7 +4,7 @@ from __future__ import annotations
 from .adversary_handler import AdversaryHandler
 from .cluster_predictor_handler import ClusterPredictorHandler
 from .counterfactual_image_handler import CounterfactualImageHandler
-from .latest_output_handler import LatestOutputHandler
+from .loss_terms_handler import LossTermsHandler
 from .modality_dropout_warmup import ModalityDropoutWarmup
 from .site_metrics import SiteMetricsHandler
 from .tensorboard_handler import DEFAULT_TERM_TAGS, RandomEffectsTensorBoardHandler

@@ -11,7 +11,6 @@ from monai.utils import CommonKeys
 from torch import nn
 
 from monai_medl.losses.adversarial_regularizer import AdversarialRegularizer
-from monai_medl.networks.utils import unwrap_network
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -22,13 +21,13 @@ __all__ = ["AdversaryHandler"]
 class AdversaryHandler:
     """Adversarial regularisation of a mixed-effects network's fixed effects, as a trainer handler.
 
-    Attached to a ``SupervisedTrainer`` it runs at ``IterationEvents.LOSS_COMPLETED``: it updates the adversary on
-    the detached fixed-effects activations of the current forward pass (its own optimizer), then adds the
-    adversarial term (``-lambda_g * CE(site, adversary(activations))`` or its confusion form) to
-    ``engine.state.output["loss"]`` before the trainer's backward, so the main update sees the term with the
-    adversary frozen. ``adv_loss`` and ``adv_acc`` are written into the iteration output for
-    StatsHandler/TensorBoard, and the loss terms of a :class:`~monai_medl.losses.MixedEffectsLoss`
-    (``loss_mixed``, ``loss_fixed``, ``kl``) too. Save and restore the
+    Attached to a ``SupervisedTrainer`` it runs at ``IterationEvents.LOSS_COMPLETED``: it reads the network's
+    training output (:class:`~monai_medl.networks.blocks.MixedEffectsOutput`) from ``engine.state.output["pred"]``
+    and the site indices from ``engine.state.batch``, updates the adversary on the detached fixed-effects activations
+    (its own optimizer), then adds the adversarial term (``-lambda_g * CE(site, adversary(activations))`` or its
+    confusion form) to ``engine.state.output["loss"]`` before the trainer's backward, so the main update sees the
+    term with the adversary frozen. ``adv_loss`` and ``adv_acc`` are written into the iteration output as detached
+    tensors (no host synchronisation; logging handlers convert them at their own interval). Save and restore the
     adversary and its optimizer with MONAI's ``CheckpointSaver``/``CheckpointLoader`` by listing them in
     ``save_dict``/``load_dict``.
 
@@ -36,7 +35,6 @@ class AdversaryHandler:
         adversary: cluster adversary (e.g. :class:`~monai_medl.networks.nets.ClusterAdversary`).
         optimizer: optimizer over the adversary's parameters.
         lambda_g: weight of the adversarial term. Defaults to 0.1.
-        network: the mixed-effects network; defaults to ``engine.network``.
         site_key: batch key with the site index (``-1`` = unseen, ignored). Defaults to ``"site"``.
         objective: ``"confusion"`` (push the adversary to uniform predictions) or ``"ce"`` (ARMED: maximise its
             cross-entropy); see :class:`~monai_medl.losses.AdversarialRegularizer`. Defaults to ``"confusion"``.
@@ -52,31 +50,26 @@ class AdversaryHandler:
         adversary: nn.Module,
         optimizer: torch.optim.Optimizer,
         lambda_g: float = 0.1,
-        network: nn.Module | None = None,
         site_key: str = "site",
         objective: str = "confusion",
     ) -> None:
         self.regularizer = AdversarialRegularizer(adversary, optimizer, lambda_g, objective)
-        self.network = network
         self.site_key = site_key
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        net = unwrap_network(self.network if self.network is not None else engine.network)
-        out = net.__dict__.get("latest_output")
-        if out is None:
-            raise RuntimeError(
-                f"{type(net).__name__} kept no latest_output: AdversaryHandler needs a MixedEffectsNet "
-                "(forward in eager mode) as the trainer's network."
+        output = engine.state.output
+        pred = output[CommonKeys.PRED]
+        if not hasattr(pred, "features"):
+            raise TypeError(
+                "AdversaryHandler needs the trainer's network to return a MixedEffectsOutput (a mixed-effects network "
+                f"in training mode) as engine.state.output['pred'], got {type(pred).__name__}."
             )
         batch = engine.state.batch
         if self.site_key not in batch:
             raise KeyError(f"batch has no {self.site_key!r} key; available keys: {sorted(batch)}.")
-        output = engine.state.output
-        term = self.regularizer.step(out.features, batch[self.site_key])
+        term = self.regularizer.step(pred.features, batch[self.site_key])
         output[CommonKeys.LOSS] = output[CommonKeys.LOSS] + term
-        output["adv_loss"] = self.regularizer.last_loss
-        output["adv_acc"] = self.regularizer.last_accuracy
-        output.update(getattr(engine.loss_function, "terms", {}))
+        output["adv_loss"], output["adv_acc"] = self.regularizer.last

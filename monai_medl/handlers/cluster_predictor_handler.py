@@ -26,8 +26,8 @@ class ClusterPredictorHandler:
     and only ever sees training data. At ``IterationEvents.LOSS_COMPLETED`` the handler takes the prepared input
     from ``engine.state.output["image"]`` and the site indices from ``engine.state.batch[site_key]`` and makes one
     cross-entropy step of ``predictor`` with its own optimizer; the main network's loss and gradients are not
-    touched. ``site_loss`` and ``site_acc`` are written into the iteration output for StatsHandler/TensorBoard.
-    Items with a negative site index (the unseen marker) are ignored. Save and restore the predictor and its
+    touched. ``site_loss`` and ``site_acc`` are written into the iteration output (detached tensors) for
+    StatsHandler/TensorBoard. Items with a negative site index (the unseen marker) get weight zero. Save and restore the predictor and its
     optimizer with MONAI's ``CheckpointSaver``/``CheckpointLoader``. For multi-process training wrap the
     predictor in ``DistributedDataParallel`` so its gradients are averaged across ranks.
 
@@ -54,8 +54,9 @@ class ClusterPredictorHandler:
         self.predictor = predictor
         self.optimizer = optimizer
         self.site_key = site_key
-        self.last_loss = float("nan")
-        self.last_accuracy = float("nan")
+        # detached tensors of the latest step: converted to numbers only by whoever logs them
+        self.last_loss = torch.tensor(float("nan"))
+        self.last_accuracy = torch.tensor(float("nan"))
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)
@@ -65,17 +66,18 @@ class ClusterPredictorHandler:
         target = torch.as_tensor(sites).reshape(-1).to(image.device).long()
         if target.shape[0] != image.shape[0]:
             raise ValueError(f"got {target.shape[0]} site indices for a batch of {image.shape[0]} inputs.")
-        keep = target >= 0
-        if not bool(keep.any()):
-            return
+        # unseen-marker rows get weight 0 (boolean indexing would synchronise with the device every step)
+        weight = (target >= 0).to(image.dtype)
+        count = weight.sum().clamp_min(1.0)
+        target = target.clamp_min(0)
         self.predictor.train()
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.predictor(image[keep].detach())
-        loss = F.cross_entropy(logits, target[keep])
+        logits = self.predictor(image.detach())
+        loss = (F.cross_entropy(logits, target, reduction="none") * weight).sum() / count
         loss.backward()
         self.optimizer.step()
-        self.last_loss = loss.item()
-        self.last_accuracy = float((logits.argmax(1) == target[keep]).float().mean())
+        self.last_loss = loss.detach()
+        self.last_accuracy = ((logits.detach().argmax(1) == target).to(weight.dtype) * weight).sum() / count
 
     def __call__(self, engine: Engine) -> None:
         batch = engine.state.batch

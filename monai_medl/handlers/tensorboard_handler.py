@@ -32,7 +32,7 @@ DEFAULT_TERM_TAGS: dict[str, str] = {
     "adv_acc": "adversary/accuracy",
 }
 """Iteration-output key -> TensorBoard tag, for the keys written by ``SupervisedTrainer`` (``loss``),
-:class:`~monai_medl.losses.MixedEffectsLoss` and :class:`~monai_medl.handlers.AdversaryHandler`."""
+:class:`~monai_medl.handlers.LossTermsHandler` and :class:`~monai_medl.handlers.AdversaryHandler`."""
 
 
 class RandomEffectsTensorBoardHandler(TensorBoardHandler):
@@ -110,16 +110,20 @@ class RandomEffectsTensorBoardHandler(TensorBoardHandler):
             if isinstance(value, torch.Tensor):
                 if value.numel() != 1:
                     continue
-                value = value.item()
-            if isinstance(value, (int, float)) and np.isfinite(value):
-                self._sums[key] = self._sums.get(key, 0.0) + float(value)
-                self._counts[key] = self._counts.get(key, 0) + 1
+                # summed as tensors: converted to a number once per epoch, not once per iteration
+                value = value.detach().reshape(())
+            elif not isinstance(value, (int, float)):
+                continue
+            self._sums[key] = self._sums.get(key, 0.0) + value
+            self._counts[key] = self._counts.get(key, 0) + 1
 
     def __call__(self, engine: Engine) -> None:
         step = engine.state.epoch
         tag = self.tag_prefix
         for key, total in self._sums.items():
-            self._writer.add_scalar(tag + self.term_tags[key], total / self._counts[key], step)
+            mean = float(total) / self._counts[key]
+            if np.isfinite(mean):
+                self._writer.add_scalar(tag + self.term_tags[key], mean, step)
         net = unwrap_network(self.network if self.network is not None else engine.network)
         report = summary(net, cluster_names=self.cluster_names)
         for comp in report.random_effects:

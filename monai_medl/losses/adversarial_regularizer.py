@@ -28,7 +28,8 @@ class AdversarialRegularizer:
       towards chance-level, uniform predictions. On the same toy problem it lowered a fresh site probe's
       accuracy from 0.89 to 0.37-0.49 (chance 0.25); see ``docs/method.md``.
 
-    Items whose site index is negative (the unseen marker) are ignored. Used by
+    Items whose site index is negative (the unseen marker) get weight zero in both terms (a batch of such items only
+    gives zero gradients; no per-step host synchronisation to count them). Used by
     :class:`~monai_medl.handlers.AdversaryHandler` inside MONAI trainers and directly in plain training loops.
 
     Args:
@@ -62,14 +63,23 @@ class AdversarialRegularizer:
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
+    def last(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cross-entropy, accuracy)`` of the adversary on the latest batch, as detached 0-dim tensors (NaN before
+        the first step); read them as numbers only when logging, a GPU synchronises on each conversion."""
+        if self._last is None:
+            nan = torch.tensor(float("nan"))
+            return nan, nan
+        return self._last
+
+    @property
     def last_loss(self) -> float:
-        """Adversary cross-entropy of the latest step (NaN before the first)."""
-        return float("nan") if self._last is None else self._last[0].item()
+        """Adversary cross-entropy of the latest step as a number (NaN before the first)."""
+        return float(self.last[0])
 
     @property
     def last_accuracy(self) -> float:
-        """Adversary accuracy on the latest batch (NaN before the first step)."""
-        return float("nan") if self._last is None else self._last[1].item()
+        """Adversary accuracy on the latest batch as a number (NaN before the first step)."""
+        return float(self.last[1])
 
     def _sync_grads(self) -> None:
         # the adversary is not wrapped in DDP: average its gradients so every rank keeps the same weights
@@ -83,25 +93,22 @@ class AdversarialRegularizer:
     def step(self, features: Sequence[torch.Tensor], sites: torch.Tensor) -> torch.Tensor:
         """Update the adversary once and return the (negative) generalisation term for the main loss."""
         sites = torch.as_tensor(sites).reshape(-1).to(features[0].device).long()
-        keep = sites >= 0
-        if bool(keep.all()):  # the common case: no unseen-marker rows, no masking copies
-            feats, target = list(features), sites
-        elif bool(keep.any()):
-            feats, target = [f[keep] for f in features], sites[keep]
-        else:
-            return features[0].new_zeros(())
+        # unseen-marker rows get weight 0 instead of being masked out: boolean indexing would synchronise with the
+        # device every step to learn the number of kept rows
+        weight = (sites >= 0).to(features[0].dtype)
+        count = weight.sum().clamp_min(1.0)
+        target = sites.clamp_min(0)
 
         if not self.adversary.training:
             self.adversary.train()
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.adversary([f.detach() for f in feats])
-        adv_loss = F.cross_entropy(logits, target)
+        logits = self.adversary([f.detach() for f in features])
+        adv_loss = (F.cross_entropy(logits, target, reduction="none") * weight).sum() / count
         adv_loss.backward()
         self._sync_grads()
-        # ContiguousAdam.update skips torch.optim's per-step wrapper; any other optimizer steps as usual
-        getattr(self.optimizer, "update", self.optimizer.step)()
-        # kept as tensors; converted to floats only when read
-        self._last = (adv_loss.detach(), (logits.detach().argmax(1) == target).float().mean())
+        self.optimizer.step()
+        correct = (logits.detach().argmax(1) == target).to(weight.dtype)
+        self._last = (adv_loss.detach(), (correct * weight).sum() / count)
 
         if self.lambda_g == 0:
             return features[0].new_zeros(())
@@ -110,10 +117,12 @@ class AdversarialRegularizer:
         for p in params:
             p.requires_grad_(False)  # frozen: the main backward must not move the adversary
         try:
-            logits = self.adversary(feats)
+            logits = self.adversary(list(features))
         finally:
             for p, flag in zip(params, flags):
                 p.requires_grad_(flag)
         if self.objective == "confusion":
-            return self.lambda_g * -F.log_softmax(logits, dim=1).mean()
-        return -self.lambda_g * F.cross_entropy(logits, target)
+            per_item = -F.log_softmax(logits, dim=1).mean(1)
+        else:
+            per_item = -F.cross_entropy(logits, target, reduction="none")
+        return self.lambda_g * (per_item * weight).sum() / count

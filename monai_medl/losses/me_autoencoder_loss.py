@@ -7,10 +7,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from monai_medl.losses.mixed_effects_loss import MixedEffectsLoss
-from monai_medl.networks.utils import unwrap_network
+from monai_medl.networks.nets.me_autoencoder import MixedEffectsAutoEncoderOutput
 
 __all__ = ["MixedEffectsAutoEncoderLoss"]
 
@@ -20,15 +19,15 @@ class MixedEffectsAutoEncoderLoss(MixedEffectsLoss):
     + lambda_fixed * task(y, y_F) + kl_weight * sum(KL)`` for a
     :class:`~monai_medl.networks.nets.MixedEffectsAutoEncoder`.
 
-    Called as ``loss(pred, label)`` inside a plain MONAI ``SupervisedTrainer``: ``pred`` is the ``y_M`` tensor the
-    network just returned, the reconstructions and the input are read from the network's ``latest_output``. When
-    the network has one branch only, its single reconstruction is counted once with ``recon_weight``. The
+    Called as ``loss(pred, label)`` inside a plain MONAI ``SupervisedTrainer``: ``pred`` is the
+    :class:`~monai_medl.networks.nets.MixedEffectsAutoEncoderOutput` the network returns in training mode (both
+    classifiers, both reconstructions, the input and the KL). When the network has one branch only, its single
+    reconstruction is counted once with ``recon_weight``. The
     adversarial term is added separately by :class:`~monai_medl.handlers.AdversaryHandler` (or
     :class:`~monai_medl.losses.AdversarialRegularizer`). Defaults follow ARMED's autoencoders (reconstruction 1,
-    classification 0.01, KL 1e-5). Term values of the latest call are kept in :attr:`terms`.
+    classification 0.01, KL 1e-5). :meth:`terms` gives the unweighted terms as tensors for logging.
 
     Args:
-        network: the autoencoder being trained (may be wrapped in DistributedDataParallel).
         task: classification loss of the phenotype (``"bce"``, ``"ce"``, ... or a callable). Defaults to ``"bce"``.
         recon_weight: weight of the model's reconstruction (RE branch when present). Defaults to 1.0.
         recon_fixed_weight: weight of the FE reconstruction. Defaults to 1.0.
@@ -39,15 +38,15 @@ class MixedEffectsAutoEncoderLoss(MixedEffectsLoss):
 
     Example::
 
-        >>> loss_fn = MixedEffectsAutoEncoderLoss(net)
-        >>> loss = loss_fn(net(x, z), y)
-        >>> sorted(loss_fn.terms)
+        >>> loss_fn = MixedEffectsAutoEncoderLoss()
+        >>> out = net.train()(x, z)
+        >>> loss = loss_fn(out, y)
+        >>> sorted(loss_fn.terms(out, y))
         ['kl', 'loss_fixed', 'loss_mixed', 'recon', 'recon_fixed']
     """
 
     def __init__(
         self,
-        network: nn.Module,
         task: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "bce",
         recon_weight: float = 1.0,
         recon_fixed_weight: float = 1.0,
@@ -56,25 +55,27 @@ class MixedEffectsAutoEncoderLoss(MixedEffectsLoss):
         kl_weight: float | str = 1e-5,
         num_train_samples: int | None = None,
     ) -> None:
-        super().__init__(network, task, lambda_mixed, lambda_fixed, kl_weight, num_train_samples)
+        super().__init__(task, lambda_mixed, lambda_fixed, kl_weight, num_train_samples)
         if recon_weight < 0 or recon_fixed_weight < 0:
             raise ValueError(f"reconstruction weights must be >= 0, got {recon_weight} and {recon_fixed_weight}.")
         self.recon_weight = recon_weight
         self.recon_fixed_weight = recon_fixed_weight
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        total = super().forward(pred, target)
-        out = unwrap_network(self.network[0]).__dict__["latest_output"]
-        if not hasattr(out, "reconstruction"):
-            raise RuntimeError(
-                "MixedEffectsAutoEncoderLoss needs a MixedEffectsAutoEncoder (its output has no 'reconstruction')."
+    def terms(self, pred: MixedEffectsAutoEncoderOutput, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Unweighted terms: those of :class:`MixedEffectsLoss` plus ``recon`` and ``recon_fixed``."""
+        terms = super().terms(pred, target)
+        if not hasattr(pred, "reconstruction"):
+            raise TypeError(
+                "MixedEffectsAutoEncoderLoss needs a MixedEffectsAutoEncoder's output (it has no 'reconstruction')."
             )
-        recon = F.mse_loss(out.reconstruction, out.inputs)
-        if out.reconstruction_fixed is out.reconstruction:
-            recon_fixed = recon
-            total = total + self.recon_weight * recon
-        else:
-            recon_fixed = F.mse_loss(out.reconstruction_fixed, out.inputs)
-            total = total + self.recon_weight * recon + self.recon_fixed_weight * recon_fixed
-        self.terms.update({"recon": recon.item(), "recon_fixed": recon_fixed.item()})
+        recon = F.mse_loss(pred.reconstruction, pred.inputs)
+        single = pred.reconstruction_fixed is pred.reconstruction  # one branch: its reconstruction counts once
+        terms["recon"] = recon
+        terms["recon_fixed"] = recon if single else F.mse_loss(pred.reconstruction_fixed, pred.inputs)
+        return terms
+
+    def combine(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = super().combine(terms) + self.recon_weight * terms["recon"]
+        if terms["recon_fixed"] is not terms["recon"]:
+            total = total + self.recon_fixed_weight * terms["recon_fixed"]
         return total

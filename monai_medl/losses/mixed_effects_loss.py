@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
-from monai_medl.networks.utils import kl_divergence, unwrap_network
+from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet
 
 __all__ = ["MixedEffectsLoss", "task_loss"]
 
@@ -43,15 +43,15 @@ def task_loss(
 
 
 class MixedEffectsLoss(nn.Module):
-    """``lambda_mixed * task(y, mixed) + lambda_fixed * task(y, fixed) + kl_weight * sum(KL)``.
+    """``lambda_mixed * task(y, mixed) + lambda_fixed * task(y, fixed) + kl_weight * KL``.
 
-    Called as ``loss(pred, target)`` like any MONAI loss, where ``pred`` is the tensor the network just returned;
-    the fixed-effects prediction and the KL terms are read from the network itself (its ``latest_output`` and its
-    :class:`~monai_medl.networks.layers.RandomEffects` layers), so it drops into a plain ``SupervisedTrainer``.
-    The value of every term of the latest call is kept in :attr:`terms` for logging.
+    Called as ``loss(pred, target)`` like any MONAI loss, where ``pred`` is the
+    :class:`~monai_medl.networks.blocks.MixedEffectsOutput` a mixed-effects network returns in training mode (both
+    heads and the summed KL of its random-effects layers), so it drops into a plain ``SupervisedTrainer`` with no
+    reference to the network. :meth:`terms` gives the unweighted terms as tensors, for logging
+    (:class:`~monai_medl.handlers.LossTermsHandler`).
 
     Args:
-        network: the mixed-effects network being trained (may be wrapped in DistributedDataParallel).
         task: ``"bce"``, ``"ce"``, ``"mse"``, ``"gaussian_nll"`` or a callable ``(pred, target) -> loss``.
         lambda_mixed: weight of the mixed-effects head. Defaults to 1.0.
         lambda_fixed: weight of the fixed-effects head. Defaults to 1.0.
@@ -61,13 +61,12 @@ class MixedEffectsLoss(nn.Module):
 
     Example::
 
-        >>> loss_fn = MixedEffectsLoss(net, task="bce", kl_weight="elbo", num_train_samples=800)
-        >>> loss = loss_fn(net(x, z), y)
+        >>> loss_fn = MixedEffectsLoss(task="bce", kl_weight="elbo", num_train_samples=800)
+        >>> loss = loss_fn(net.train()(x, z), y)
     """
 
     def __init__(
         self,
-        network: nn.Module,
         task: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "bce",
         lambda_mixed: float = 1.0,
         lambda_fixed: float = 1.0,
@@ -75,6 +74,8 @@ class MixedEffectsLoss(nn.Module):
         num_train_samples: int | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(task, nn.Module) and any(isinstance(m, MixedEffectsNet) for m in task.modules()):
+            raise TypeError("MixedEffectsLoss no longer takes the network: it reads both heads and the KL from pred.")
         if isinstance(task, str) and task not in TASKS:
             raise ValueError(f"task must be one of {TASKS} or a callable, got {task!r}.")
         if kl_weight == "elbo":
@@ -83,34 +84,43 @@ class MixedEffectsLoss(nn.Module):
             kl_weight = 1.0 / num_train_samples
         elif isinstance(kl_weight, str):
             raise ValueError(f"kl_weight must be a float or 'elbo', got {kl_weight!r}.")
-        self.network = [network]  # a list, so the network is not registered (and not saved) as a submodule
         self.task = task
         self.lambda_mixed = lambda_mixed
         self.lambda_fixed = lambda_fixed
         self.kl_weight = float(kl_weight)
-        self.terms: dict[str, float] = {}
 
     def _task(self, pred: torch.Tensor, target: torch.Tensor, out: MixedEffectsOutput) -> torch.Tensor:
         if callable(self.task):
             return self.task(pred, target)
         return task_loss(self.task, pred, target, out.log_noise_scale)
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        net = unwrap_network(self.network[0])
-        out: MixedEffectsOutput | None = net.__dict__.get("latest_output")
-        # DistributedDataParallel(find_unused_parameters=True) returns a copy of the output (through its autograd
-        # "sink"): accept it when it equals the latest mixed output, and take the mixed term on it
-        same = out is not None and (
-            out.mixed is pred or (out.mixed.shape == pred.shape and torch.equal(out.mixed.detach(), pred.detach()))
-        )
-        if not same:
-            raise RuntimeError(
-                "MixedEffectsLoss must be called on the tensor the network returned in its latest forward call "
-                "(it reads the fixed-effects head from the same call); got a different tensor."
+    @staticmethod
+    def check_output(pred: object) -> MixedEffectsOutput:
+        """``pred`` if it is a mixed-effects network's training output, else a TypeError that says what to do."""
+        if not (isinstance(pred, tuple) and hasattr(pred, "fixed") and hasattr(pred, "kl")):
+            raise TypeError(
+                "MixedEffectsLoss needs the structured output of a mixed-effects network in training mode "
+                f"(MixedEffectsOutput: mixed, fixed, features, ..., kl), got {type(pred).__name__}; call the network "
+                "in train() mode (in eval mode it returns the prediction tensor only)."
             )
-        mixed = self._task(pred, target, out)
-        fixed = self._task(out.fixed, target, out)
-        kl = kl_divergence(net).to(pred.device)
-        total = self.lambda_mixed * mixed + self.lambda_fixed * fixed + self.kl_weight * kl
-        self.terms = {"loss_mixed": mixed.item(), "loss_fixed": fixed.item(), "kl": kl.item()}
-        return total
+        return pred  # type: ignore[return-value]
+
+    def terms(self, pred: MixedEffectsOutput, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Unweighted terms ``{"loss_mixed", "loss_fixed", "kl"}`` (tensors; no host synchronisation)."""
+        out = self.check_output(pred)
+        if out.kl is None:
+            raise ValueError("pred.kl is None: pass the network's training-mode output net(x, z), not forward_all.")
+        return {
+            "loss_mixed": self._task(out.mixed, target, out),
+            "loss_fixed": self._task(out.fixed, target, out),
+            "kl": out.kl,
+        }
+
+    def combine(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The weighted sum of :meth:`terms`."""
+        return self.lambda_mixed * terms["loss_mixed"] + self.lambda_fixed * terms["loss_fixed"] + (
+            self.kl_weight * terms["kl"]
+        )
+
+    def forward(self, pred: MixedEffectsOutput, target: torch.Tensor) -> torch.Tensor:
+        return self.combine(self.terms(pred, target))

@@ -25,7 +25,8 @@ def kl_divergence(network: nn.Module) -> torch.Tensor:
     """Sum of the KL terms of every random-effects layer in ``network`` (0 when it has none)."""
     layers = list(random_effects_layers(network).values())
     if not layers:
-        return torch.zeros(())
+        param = next(unwrap_network(network).parameters(), None)
+        return torch.zeros((), device=None if param is None else param.device)
     return torch.stack([layer.kl() for layer in layers]).sum()
 
 

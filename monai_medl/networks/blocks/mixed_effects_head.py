@@ -83,11 +83,22 @@ class MixedEffectsHead(nn.Module):
         fixed = self.linear(h)
         if z is None:
             return fixed, fixed
-        mixed = fixed
+        return self._mixed(h, z, fixed), fixed
+
+    def predict(self, h: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """The mixed logits alone (inference: the fixed head is not evaluated when the slopes replace it)."""
+        if z is None or self.slopes is None:
+            return self.forward(h, z)[0]
+        return self._mixed(h, z, None)
+
+    def _mixed(self, h: torch.Tensor, z: torch.Tensor, fixed: torch.Tensor | None) -> torch.Tensor:
         slopes = self.slopes
         if slopes is not None:
             mixed = self.linear(h * (1 + slopes(z)))
+        else:
+            assert fixed is not None
+            mixed = fixed
         intercept = self.intercept
         if intercept is not None:
             mixed = mixed + intercept(z)
-        return mixed, fixed
+        return mixed

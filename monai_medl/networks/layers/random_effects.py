@@ -119,8 +119,7 @@ class RandomEffects(nn.Module):
     def kl(self) -> torch.Tensor:
         """Closed-form ``KL(q(W) || p(W))`` summed over all ``num_clusters x units`` entries (differentiable).
 
-        The gradient is closed-form too (one autograd node instead of about a dozen). The prior scale is read as a
-        Python number, which synchronises once per call on a GPU.
+        The gradient is closed-form too (one autograd node instead of about a dozen).
         """
         return _GaussianKL.apply(self.loc, self.rho, self.log_prior_scale)
 
@@ -155,14 +154,14 @@ def _kl_and_grads(
     ``KL = log s - log sigma + (sigma^2 + loc^2) / (2 s^2) - 1/2``, hence ``dKL/dloc = loc / s^2``,
     ``dKL/drho = (sigma / s^2 - 1 / sigma) * sigmoid(rho)`` and ``dKL/dlog_s = sum(1 - (sigma^2 + loc^2) / s^2)``.
     """
-    # the prior scale is one number: Python-float arithmetic for it saves tensor dispatches (they dominate here)
-    log_s_value = float(log_s)
-    inv_var = math.exp(-2.0 * log_s_value)
+    # the prior scale stays a tensor: reading it as a Python number would synchronise with the device every step
+    log_s = log_s.detach()
+    inv_var = torch.exp(log_s * -2.0)
     sigma = F.softplus(rho).add_(_SIGMA_FLOOR)
     scaled = sigma.square().addcmul_(loc, loc).mul_(inv_var)  # (sigma^2 + loc^2) / s^2
     scaled_sum = scaled.sum()
     n = loc.numel()
-    kl = scaled_sum.mul(0.5).sub_(sigma.log().sum()).add_((log_s_value - 0.5) * n)
+    kl = scaled_sum.mul(0.5).sub_(sigma.log().sum()).add_((log_s - 0.5) * n)
     grad_rho = sigma.mul(inv_var).sub_(sigma.reciprocal()).mul_(torch.sigmoid(rho))
     return kl, loc * inv_var, grad_rho, scaled_sum.neg().add_(n)
 

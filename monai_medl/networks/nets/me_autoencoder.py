@@ -20,14 +20,16 @@ __all__ = ["MixedEffectsAutoEncoderOutput", "MixedEffectsAutoEncoder", "MEAutoEn
 class MixedEffectsAutoEncoderOutput(NamedTuple):
     """Everything a :class:`MixedEffectsAutoEncoder` computes in one pass.
 
-    The first four fields follow :class:`~monai_medl.networks.blocks.MixedEffectsOutput`, so
-    :class:`~monai_medl.losses.MixedEffectsLoss` and the adversary handler read it unchanged.
+    The first five fields follow :class:`~monai_medl.networks.blocks.MixedEffectsOutput`, so
+    :class:`~monai_medl.losses.MixedEffectsLoss` and the adversary handler read it unchanged. It is what the network
+    returns in training mode (with ``kl``) and what :meth:`MixedEffectsAutoEncoder.forward_all` returns.
 
     Attributes:
         mixed: ``y_M`` logits, classifier on the concatenated FE and RE latents.
         fixed: ``y_F`` logits, classifier on the FE latent alone.
         features: FE encoder activations (pooled per stage) and the FE latent, for the adversary.
         log_noise_scale: always None (kept for the loss contract).
+        kl: summed KL of the random-effects layers in training mode, None from ``forward_all``.
         reconstruction: the model's reconstruction: RE branch with ``z`` for rows with a non-zero ``z``; the FE
             (population-level) reconstruction for rows with ``z = 0`` or ``z`` None, or without an RE branch
             (without an FE branch, the RE branch at ``z = 0``).
@@ -41,6 +43,7 @@ class MixedEffectsAutoEncoderOutput(NamedTuple):
     fixed: torch.Tensor
     features: list[torch.Tensor]
     log_noise_scale: Optional[torch.Tensor]  # noqa: UP045 (TorchScript needs typing.Optional in NamedTuples)
+    kl: Optional[torch.Tensor]  # noqa: UP045
     reconstruction: torch.Tensor
     reconstruction_fixed: torch.Tensor
     latent_fixed: Optional[torch.Tensor]  # noqa: UP045
@@ -79,9 +82,10 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
     A classifier on the FE latent gives ``y_F`` (:attr:`fixed`) and one on the concatenated latents ``y_M``
     (:attr:`mixed`). The model's reconstruction uses the RE branch with the item's ``z``; at population level
     (``z = 0`` or None, e.g. an unseen batch) it is the FE reconstruction, as the mixed prediction of an ME classifier
-    falls back to its fixed effects. :meth:`forward` returns ``y_M`` logits (the ordinary tensor MONAI engines,
-    metrics and TorchScript see); reconstructions and latents are in :attr:`latest_output` (eager) or
-    :meth:`forward_all`. Unseen batches use the same modes as the ME classifiers: ``z = 0`` (population: plain
+    falls back to its fixed effects. In eval mode and TorchScript :meth:`forward` returns ``y_M`` logits (the ordinary
+    tensor MONAI engines, metrics and TorchScript see); in training mode, and from :meth:`forward_all` in any mode,
+    it returns a :class:`MixedEffectsAutoEncoderOutput` with the reconstructions and latents (evaluators get them
+    with :class:`~monai_medl.inferers.MixedEffectsInferer`). Unseen batches use the same modes as the ME classifiers: ``z = 0`` (population: plain
     instance norm in the RE branch), a soft ``z`` from a cluster predictor, or a random one-hot row (ablation).
     :meth:`counterfactual` decodes an image as if acquired in another batch.
 
@@ -277,7 +281,7 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
             y_fixed = y_mixed
         assert recon is not None and recon_fixed is not None and y_mixed is not None and y_fixed is not None
         return MixedEffectsAutoEncoderOutput(
-            y_mixed, y_fixed, features, None, recon, recon_fixed, latent_fixed, latent_random, x
+            y_mixed, y_fixed, features, None, None, recon, recon_fixed, latent_fixed, latent_random, x
         )
 
     def _normalize(
@@ -300,12 +304,6 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
         if revin is None or stats is None:
             return y
         return revin.denormalize(y, stats)
-
-    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
-        out = self.forward_all(x, z)
-        if not torch.jit.is_scripting():
-            self.__dict__["latest_output"] = out
-        return out.mixed
 
     @torch.jit.unused
     def reconstruct(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import pydoc
 from collections.abc import Mapping, Sequence
 from typing import Optional
 
 import torch
-from monai.bundle import ConfigParser
+from monai.networks import nets as monai_nets
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
@@ -26,10 +27,21 @@ DEFAULT_PROBE_SIZE = {1: 256, 2: 64, 3: 32}
 
 
 def instantiate_backbone(config: Mapping) -> nn.Module:
-    """Build a backbone from a MONAI-config-style mapping such as ``{"_target_": "DenseNet121", ...}``."""
+    """Build a backbone from a config-style mapping such as ``{"_target_": "DenseNet121", ...}``.
+
+    ``_target_`` is a class of ``monai.networks.nets`` (short name) or a dotted import path; the other keys are its
+    arguments. Networks stay independent of the bundle machinery: inside a bundle config the nested ``backbone``
+    dictionary is instantiated by ``ConfigParser`` itself and arrives here as a module.
+    """
     if "_target_" not in config:
         raise ValueError(f"a backbone config needs a '_target_' key (e.g. 'DenseNet121'), got keys {sorted(config)}.")
-    net = ConfigParser(dict(config)).get_parsed_content()
+    target = config["_target_"]
+    if isinstance(target, str):
+        component = getattr(monai_nets, target, None) if "." not in target else pydoc.locate(target)
+        if component is None:
+            raise ValueError(f"backbone '_target_' {target!r} is neither in monai.networks.nets nor importable.")
+        target = component
+    net = target(**{k: v for k, v in config.items() if not k.startswith("_")})
     if not isinstance(net, nn.Module):
         raise TypeError(f"backbone config {config['_target_']!r} built a {type(net).__name__}, not an nn.Module.")
     return net
@@ -66,15 +78,16 @@ class MixedEffectsCNN(MixedEffectsNet):
     :func:`~monai_medl.networks.nets.register_backbone_layout`. Layer names are the backbone's qualified module
     names (``"features.transition2"``, ``"layer3"``, ``"features.block1.adn.N"``); a block name means its output.
 
-    Outputs. ``net(x, z)`` returns one tensor: the mixed prediction, which is the fixed-effects prediction when
-    ``z`` is None or all zeros (``z`` is one-hot for a seen cluster, a probability vector for an inferred one).
-    ``net.forward_all(x, z)`` returns a :class:`~monai_medl.networks.blocks.MixedEffectsOutput`
-    ``(mixed, fixed, features, log_noise_scale)`` where ``features`` are the pooled taps followed by ``h``; after an
-    eager ``net(x, z)`` the same is kept in ``net.latest_output`` for
-    :class:`~monai_medl.losses.MixedEffectsLoss` and :class:`~monai_medl.handlers.AdversaryHandler`. With cluster
-    scale/bias blocks and a given ``z`` the layers after the first block run twice (a ``z``-free pass gives the
-    fixed prediction and the adversary's activations, a pass with ``z`` the mixed prediction); the scripted
-    ``forward`` (the exported inference path) computes the mixed prediction alone in one pass.
+    Outputs (see :class:`~monai_medl.networks.nets.MixedEffectsNet`). In eval mode and under TorchScript
+    ``net(x, z)`` returns one tensor, the mixed prediction, computed in one pass (it is the fixed-effects prediction
+    when ``z`` is None or all zeros; ``z`` is one-hot for a seen cluster, a probability vector for an inferred one).
+    In training mode it returns a :class:`~monai_medl.networks.blocks.MixedEffectsOutput`
+    ``(mixed, fixed, features, log_noise_scale, kl)`` where ``features`` are the pooled taps followed by ``h``:
+    :class:`~monai_medl.losses.MixedEffectsLoss` takes it as ``pred`` and
+    :class:`~monai_medl.handlers.AdversaryHandler` reads it from ``engine.state.output``; ``net.forward_all(x, z)``
+    returns the same in either mode (``kl`` None). With cluster scale/bias blocks and a given ``z`` the layers after
+    the first block run twice in training (a ``z``-free pass gives the fixed prediction and the adversary's
+    activations, a pass with ``z`` the mixed prediction).
 
     The wrapped backbone stays reachable as ``net.backbone`` (not registered, so it is not saved twice); load
     pretrained weights into it before or after wrapping. The state-dict keys of the wrapper are its own
@@ -112,12 +125,14 @@ class MixedEffectsCNN(MixedEffectsNet):
         >>> from monai.networks.nets import DenseNet121
         >>> net = MixedEffectsCNN(num_clusters=4, backbone=DenseNet121(spatial_dims=3, in_channels=1, out_channels=1))
         >>> x, z = torch.randn(2, 1, 32, 32, 32), torch.eye(4)[[0, 3]]
-        >>> net(x, z).shape, net(x).shape                      # mixed, and population-level (z = None)
+        >>> out = net(x, z)                                    # training mode: both heads, adversary inputs, KL
+        >>> out.mixed.shape, out.fixed.shape
         (torch.Size([2, 1]), torch.Size([2, 1]))
-        >>> out = net.forward_all(x, z)                        # both heads and the adversary's inputs
         >>> [f.shape[1] for f in out.features] == net.feature_sizes
         True
         >>> adversary = net.make_adversary()                   # ClusterAdversary sized for out.features
+        >>> net.eval()(x, z).shape, net(x).shape               # eval: the mixed, and population-level (z = None)
+        (torch.Size([2, 1]), torch.Size([2, 1]))
 
     In a bundle config (``configs/inference.json`` / ``train.json``)::
 
@@ -265,19 +280,18 @@ class MixedEffectsCNN(MixedEffectsNet):
             hm = global_avg_pool(hm)
         return features, hm
 
-    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
-        if torch.jit.is_scripting():
-            return self._predict(x, z)  # exported inference: the mixed prediction alone
-        out = self.forward_all(x, z)
-        self._remember(out)
-        return out.mixed
+    def predict(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+        """Mixed prediction in one pass (cluster scale/bias applied for ``z``, no taps, no fixed-effects pass).
 
-    def _predict(self, x: torch.Tensor, z: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
-        """Mixed prediction in one pass (cluster scale/bias applied for ``z``, no taps, no fixed-effects pass)."""
+        This is what eval mode and TorchScript return; it equals ``forward_all(x, z).mixed`` in eval mode.
+        """
+        if not torch.jit.is_scripting():
+            self.check_inputs(x, z)
+            self._check_image(x)
         h = x
         for stage in self.stages:
             h = stage(h, z)
-        return self.head(global_avg_pool(h), z)[0]
+        return self.head.predict(global_avg_pool(h), z)
 
     @torch.jit.export
     def forward_all(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> MixedEffectsOutput:  # noqa: UP045
@@ -291,7 +305,7 @@ class MixedEffectsCNN(MixedEffectsNet):
         else:
             mixed = self.head(hm, z)[0]
             fixed = self.head.linear(h)
-        return MixedEffectsOutput(mixed, fixed, features, self.head.log_noise_scale)
+        return MixedEffectsOutput(mixed, fixed, features, self.head.log_noise_scale, None)
 
     def encode(
         self,

@@ -66,9 +66,11 @@ class MixedEffectsMLP(MixedEffectsNet):
 
         >>> net = MixedEffectsMLP(in_features=2, out_channels=1, num_clusters=10)
         >>> x, z = torch.randn(8, 2), torch.eye(10)[torch.randint(0, 10, (8,))]
-        >>> net(x, z).shape
+        >>> out = net(x, z)  # training mode: mixed, fixed, features (hidden activations), log_noise_scale, kl
+        >>> out.mixed.shape
         torch.Size([8, 1])
-        >>> out = net.forward_all(x, z)  # mixed, fixed, features (hidden activations), log_noise_scale
+        >>> net.eval()(x, z).shape  # eval mode: the mixed prediction
+        torch.Size([8, 1])
     """
 
     def __init__(
@@ -146,7 +148,7 @@ class MixedEffectsMLP(MixedEffectsNet):
         if z is not None and slopes is not None:
             u = slopes(z).view(-1, self.out_channels, self.in_features)
             mixed = mixed + torch.bmm(u, x.unsqueeze(-1)).squeeze(-1)
-        return MixedEffectsOutput(mixed, fixed, features, self.head.log_noise_scale)
+        return MixedEffectsOutput(mixed, fixed, features, self.head.log_noise_scale, None)
 
 
 MEMLP = MixedEffectsMLP

@@ -1,5 +1,5 @@
 # Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
-"""Base class of every mixed-effects network: one scriptable tensor out, all heads available for training."""
+"""Base class of every mixed-effects network: a structured output in training, one tensor in eval and TorchScript."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
+from monai_medl.networks.utils import kl_divergence
 
 __all__ = ["MixedEffectsNet", "check_finite"]
 
@@ -23,17 +24,22 @@ def check_finite(x: torch.Tensor, name: str = "input") -> None:
 
 
 class MixedEffectsNet(nn.Module):
-    """Mixed-effects network contract.
+    """Mixed-effects network contract: a structured output in training, one prediction tensor otherwise.
 
     Subclasses implement :meth:`forward_all`, returning a :class:`MixedEffectsOutput` with the mixed prediction,
-    the fixed-effects prediction and the fixed-effects activations for the adversary. :meth:`forward` returns only
-    the mixed prediction (the fixed one when ``z`` is None or all zeros), so MONAI inferers, metrics, post-transforms
-    and ``torch.jit.script`` see an ordinary tensor. In eager mode the full output of the latest call is kept in
-    :attr:`latest_output`, which :class:`~monai_medl.losses.MixedEffectsLoss` and the adversary handler read inside a
-    standard MONAI ``SupervisedTrainer`` iteration.
+    the fixed-effects prediction and the fixed-effects activations for the adversary. :meth:`forward` follows the
+    MONAI precedent of ``DynUNet`` (deep-supervision heads in training mode only):
 
-    Subclasses set ``self.num_clusters`` (the width of ``z``) in ``__init__``. Setting ``validate_inputs = False``
-    skips the eager per-call input checks (for training loops that validated the whole data set once).
+    * in training mode (eager) it returns :meth:`forward_all`'s output with ``kl`` filled in, the summed KL of the
+      random-effects layers, so :class:`~monai_medl.losses.MixedEffectsLoss` gets everything it needs as ``pred``
+      and :class:`~monai_medl.handlers.AdversaryHandler` finds the features in ``engine.state.output``;
+    * in eval mode and under TorchScript it returns :meth:`predict`, the mixed prediction alone (the fixed one when
+      ``z`` is None or all zeros), so MONAI inferers, metrics, post-transforms and ``ckpt_export`` see an ordinary
+      tensor.
+
+    Nothing is kept on the module between calls. Subclasses set ``self.num_clusters`` (the width of ``z``) in
+    ``__init__``. Setting ``validate_inputs = False`` skips the eager per-call input checks (for training loops that
+    validated the whole data set once).
     """
 
     validate_inputs = True
@@ -41,16 +47,23 @@ class MixedEffectsNet(nn.Module):
     def forward_all(self, x: torch.Tensor, z: torch.Tensor | None = None) -> MixedEffectsOutput:
         raise NotImplementedError
 
+    def predict(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """The mixed prediction alone (subclasses may compute it in a cheaper single pass)."""
+        return self.forward_all(x, z).mixed
+
+    # TorchScript compiles only the first branch (``torch.jit.is_scripting()`` is a compile-time constant), so the
+    # exported signature is ``Tensor``; in eager training mode the return value is a MixedEffectsOutput.
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.forward_all(x, z)
-        if not torch.jit.is_scripting():
-            self._remember(out)
-        return out.mixed
+        if torch.jit.is_scripting():
+            return self.predict(x, z)
+        if not self.training:
+            return self.predict(x, z)
+        return self.with_kl(self.forward_all(x, z))
 
     @torch.jit.unused
-    def _remember(self, out: MixedEffectsOutput) -> None:
-        # kept outside the module's registered state so it never reaches state_dict or TorchScript
-        self.__dict__["latest_output"] = out
+    def with_kl(self, out: MixedEffectsOutput) -> MixedEffectsOutput:
+        """``out`` with its ``kl`` field set to the summed KL of this network's random-effects layers."""
+        return out._replace(kl=kl_divergence(self))
 
     @torch.jit.unused
     def check_inputs(self, x: torch.Tensor, z: torch.Tensor | None) -> None:

@@ -584,7 +584,7 @@ class MultimodalMixedEffectsCNN(MixedEffectsNet):
             mixed = fixed
         else:
             mixed = self.head(self.fusion(mixed_emb, branch_present), z)[0]
-        return MixedEffectsOutput(mixed, fixed, features, self.head.log_noise_scale)
+        return MixedEffectsOutput(mixed, fixed, features, self.head.log_noise_scale, None)
 
     @torch.jit.unused
     def _zero_touch(self, branch: nn.Module) -> torch.Tensor:
@@ -599,10 +599,13 @@ class MultimodalMixedEffectsCNN(MixedEffectsNet):
         mask: Optional[torch.Tensor] = None,  # noqa: UP045
         covariates: Optional[torch.Tensor] = None,  # noqa: UP045
     ) -> torch.Tensor:
-        out = self.forward_all(x, z, mask, covariates)
-        if not torch.jit.is_scripting():
-            self._remember(out)
-        return out.mixed
+        # as MixedEffectsNet.forward: the prediction tensor in eval mode and TorchScript, the structured output
+        # (with the KL) in eager training mode
+        if torch.jit.is_scripting():
+            return self.forward_all(x, z, mask, covariates).mixed
+        if not self.training:
+            return self.forward_all(x, z, mask, covariates).mixed
+        return self.with_kl(self.forward_all(x, z, mask, covariates))
 
     @torch.jit.unused
     def _check_inputs(

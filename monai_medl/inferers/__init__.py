@@ -1,0 +1,4 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+from __future__ import annotations
+
+from .mixed_effects_inferer import MixedEffectsInferer
