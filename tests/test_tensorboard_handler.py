@@ -89,6 +89,19 @@ def test_event_files_hold_every_term_the_variance_components_and_the_intercept_p
     assert [im.step for im in images] == [1, 2] and images[-1].width > 100 and images[-1].height > 100
 
 
+def _trainer(net, handlers, epochs: int, lr: float = 1e-3) -> SupervisedTrainer:
+    return SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=epochs,
+        train_data_loader=DataLoader(_data(8), batch_size=8),
+        network=net,
+        optimizer=torch.optim.Adam(net.parameters(), lr),
+        loss_function=MixedEffectsLoss(task="bce"),
+        prepare_batch=MixedEffectsPrepareBatch(num_clusters=K),
+        train_handlers=handlers,
+    )
+
+
 def test_interval_and_custom_writer(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
@@ -96,17 +109,7 @@ def test_interval_and_custom_writer(tmp_path):
     net = MixedEffectsCNN(K, spatial_dims=3)
     writer = SummaryWriter(str(tmp_path))
     tb = RandomEffectsTensorBoardHandler(summary_writer=writer, interval=2, plot_intercepts=False, tag_prefix="me/")
-    trainer = SupervisedTrainer(
-        device=torch.device("cpu"),
-        max_epochs=3,
-        train_data_loader=DataLoader(_data(8), batch_size=8),
-        network=net,
-        optimizer=torch.optim.Adam(net.parameters(), 1e-3),
-        loss_function=MixedEffectsLoss(task="bce"),
-        prepare_batch=MixedEffectsPrepareBatch(num_clusters=K),
-        train_handlers=[tb],
-    )
-    trainer.run()
+    _trainer(net, [tb], epochs=3).run()
     writer.close()
     events = EventAccumulator(str(tmp_path))
     events.Reload()
@@ -124,18 +127,8 @@ def test_without_matplotlib_the_plot_is_skipped_with_one_warning(tmp_path, monke
     torch.manual_seed(0)
     net = MixedEffectsCNN(K, spatial_dims=3)
     tb = RandomEffectsTensorBoardHandler(log_dir=str(tmp_path), cluster_names=["a", "b", "c"])
-    trainer = SupervisedTrainer(
-        device=torch.device("cpu"),
-        max_epochs=2,
-        train_data_loader=DataLoader(_data(8), batch_size=8),
-        network=net,
-        optimizer=torch.optim.Adam(net.parameters(), 1e-2),
-        loss_function=MixedEffectsLoss(net, task="bce"),
-        prepare_batch=MixedEffectsPrepareBatch(num_clusters=K),
-        train_handlers=[tb],
-    )
     with pytest.warns(UserWarning, match="matplotlib is not installed") as record:
-        trainer.run()
+        _trainer(net, [tb], epochs=2, lr=1e-2).run()
     assert sum("matplotlib" in str(w.message) for w in record) == 1  # once, not every epoch
     events = EventAccumulator(str(tmp_path))
     events.Reload()

@@ -82,7 +82,7 @@ def load_bundle_inputs(
     spatial_dims: int = 3,
     in_channels: int | None = 1,
     site_key: str = "site",
-    label_key: str = "label",
+    label_key: str | None = "label",
     min_training_sites: int = 0,
     training_key: str = "training",
     check_voxels: bool = True,
@@ -101,7 +101,8 @@ def load_bundle_inputs(
         num_classes: labels must be integers in ``0 .. num_classes-1`` (2: binary); None accepts any number.
         spatial_dims: spatial dimensionality of every image.
         in_channels: channels per image (None: any).
-        site_key, label_key: the entries' site and label keys.
+        site_key, label_key: the entries' site and class-label keys (``label_key=None``: no class label, e.g. a
+            segmentation whose label image is one of ``image_keys``).
         min_training_sites: the training section must span at least this many sites (2 where an adversary or a
             random effect needs a between-site contrast).
         training_key: the training section's name.

@@ -122,6 +122,7 @@ def prepare_site_data(
     in_channels: int | None = 1,
     min_training_sites: int = 2,
     check_voxels: bool = True,
+    label_key: str | None = "label",
 ) -> SiteData:
     """Load (and on first run generate) a site-aware datalist, validate all of it, then fit or load the vocabulary.
 
@@ -153,6 +154,8 @@ def prepare_site_data(
         in_channels: channels per image file. Defaults to 1.
         min_training_sites: the training split must span at least this many sites. Defaults to 2.
         check_voxels: read every voxel while validating (truncated files, NaN/Inf). Defaults to True.
+        label_key: the class label key; None when the label is an image (segmentation: list ``"label"`` in
+            ``image_keys`` instead). Defaults to ``"label"``.
 
     Raises:
         FileNotFoundError: naming the missing datalist or vocabulary file and how to provide it.
@@ -182,7 +185,8 @@ def prepare_site_data(
     inputs = load_bundle_inputs(
         datalist_file,
         sections=sections,
-        labelled=(training_key, validation_key),
+        labelled=(training_key, validation_key) if label_key else (),
+        label_key=label_key,
         image_keys=image_keys,
         optional_image_keys=optional_image_keys,
         num_classes=num_classes,
