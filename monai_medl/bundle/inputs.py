@@ -161,7 +161,7 @@ def load_bundle_inputs(
             in_channels=in_channels,
             image_infos=infos[name],
         )
-        if name in labelled and num_classes is None:  # labels still required, of any numeric value
+        if name in labelled and num_classes is None and label_key is not None:  # labels required, any number
             found += [
                 f"entry {i}: missing label (key {label_key!r})" for i, e in enumerate(entries) if label_key not in e
             ]
