@@ -13,18 +13,11 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA_NAME = "meta_schema_20240725.json"
-# the schema lives outside the repository, in ../shared/monai/ beside the clone (CI) or the developers' /work/shared
-SCHEMA_CANDIDATES = [
-    os.environ.get("MONAI_MEDL_BUNDLE_SCHEMA", ""),
-    str(REPO.parent / "shared" / "monai" / SCHEMA_NAME),
-    f"/work/shared/monai/{SCHEMA_NAME}",
-]
+SCHEMA = REPO / "tests" / "resources" / "meta_schema_20240725.json"  # MONAI's schema (Apache-2.0), kept offline
 REQUIRED_FILES = (
     "LICENSE",
     "configs/metadata.json",
@@ -38,11 +31,9 @@ REQUIRED_FILES = (
 
 
 def meta_schema() -> str:
-    """Path of the MONAI bundle metadata schema; skips the calling test when it is not available."""
-    for path in SCHEMA_CANDIDATES:
-        if path and os.path.isfile(path):
-            return path
-    pytest.skip(f"bundle metadata schema {SCHEMA_NAME} not found in {SCHEMA_CANDIDATES}")
+    """Path of the MONAI bundle metadata schema, which is part of the repository (a missing one fails the test)."""
+    assert SCHEMA.is_file(), f"bundle metadata schema missing: {SCHEMA}"
+    return str(SCHEMA)
 
 
 def check_layout_and_metadata(bundle: Path, extra_files: Sequence[str] = ()) -> dict:
