@@ -19,6 +19,7 @@ from torch import nn
 from monai_medl.bundle import (
     ScalarsFromOutput,
     SoftDesign,
+    fit_intensity_stats,
     inference_inputs,
     prepare_site_data,
     random_effects_param_groups,
@@ -195,3 +196,29 @@ def test_random_effects_param_groups_split_the_parameters():
     opt = torch.optim.Adam(groups, lr=1e-3)
     assert [g["lr"] for g in opt.param_groups] == [1e-3, 0.05]
     assert len(random_effects_param_groups(nn.Linear(2, 1))) == 1  # no random effects: one group
+
+
+def test_site_state_is_fitted_on_the_training_split_only(tmp_path):
+    """Validation and test entries carry site names that training lacks, so any leakage of them into the
+    vocabulary or the intensity statistics would show up as an extra site."""
+    sections = {"training": [], "validation": [], "test": []}
+    for i, (section, site) in enumerate(
+        [("training", "tr_a")] * 3 + [("training", "tr_b")] * 3 + [("validation", "val_c")] * 2 + [("test", "te_d")] * 2
+    ):
+        path = tmp_path / f"s{i}.nii.gz"
+        value = 1000.0 if section != "training" else 10.0  # leaked scans would also shift the statistics
+        nib.save(nib.Nifti1Image(np.full((4, 4, 4), value + i, np.float32), np.eye(4)), str(path))
+        sections[section].append({"image": path.name, "label": i % 2, "site": site})
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps(sections))
+    stats_file = tmp_path / "stats.json"
+    data = prepare_site_data(
+        datalist,
+        tmp_path / "vocab.json",
+        fitters=[lambda train: fit_intensity_stats(train, stats_file)],
+    )
+    assert data.vocabulary.sites == ("tr_a", "tr_b")
+    stats = json.loads(stats_file.read_text())["stats"]["image"]
+    assert set(stats) - {"__pooled__"} == {"tr_a", "tr_b"}
+    assert max(s["mean"] for s in stats.values()) < 100.0  # no validation/test intensities in any statistic
+    assert {e["site"] for e in data.validation + data.test} == {"val_c", "te_d"}
