@@ -36,14 +36,23 @@ def random_effects_parameters(network: nn.Module) -> list[nn.Parameter]:
 
 
 @torch.no_grad()
-def soft_design(network: nn.Module, x) -> torch.Tensor:
+def soft_design(network: nn.Module, x, batch_size: int | None = None) -> torch.Tensor:
     """Soft design matrix ``softmax(network(x))`` of a cluster classifier: the inferred ``z``.
 
-    Runs in eval mode (batch-norm statistics, no dropout) without gradients and restores the network's mode.
+    Runs in eval mode (batch-norm statistics, no dropout) without gradients and restores the network's mode. This is
+    the one implementation behind ``ClusterClassifier.predict_design``, :class:`~monai_medl.bundle.SoftDesign` and
+    the benchmarks.
+
+    Args:
+        network: a cluster classifier returning ``(batch, num_clusters)`` logits.
+        x: its input (a tensor, or what the classifier takes).
+        batch_size: run ``x`` in chunks of this many rows (a tensor input only); None for one call.
     """
     was_training = network.training
     network.eval()
     try:
-        return torch.softmax(network(x), dim=1)
+        if batch_size is None or not isinstance(x, torch.Tensor):
+            return torch.softmax(network(x), dim=1)
+        return torch.cat([torch.softmax(network(part), dim=1) for part in x.split(batch_size)])
     finally:
         network.train(was_training)
