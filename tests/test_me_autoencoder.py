@@ -167,9 +167,7 @@ def test_loss_terms_weights_and_gradients():
     assert net.fe.encoder[0].op.weight.grad.abs().sum() > 0
     # single branch: one reconstruction, counted once
     fe_only = MixedEffectsAutoEncoder(2, (1, 16, 16), K, channels=(4, 8), strides=(2, 2), random_effects=False)
-    single = MixedEffectsAutoEncoderLoss(
-        recon_weight=1.0, recon_fixed_weight=5.0, lambda_mixed=0, lambda_fixed=0
-    )
+    single = MixedEffectsAutoEncoderLoss(recon_weight=1.0, recon_fixed_weight=5.0, lambda_mixed=0, lambda_fixed=0)
     out = fe_only.train()(x, z)
     value = single(out, y)
     assert float(value) == pytest.approx(float(single.terms(out, y)["recon"]), rel=1e-5)

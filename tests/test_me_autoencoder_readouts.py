@@ -9,7 +9,6 @@ import torch
 from ignite.engine import Engine
 from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator
-from monai.engines.utils import IterationEvents
 from monai.handlers import MeanSquaredError, from_engine
 from monai.transforms import FlattenSubKeysd
 

@@ -8,7 +8,14 @@ from torch import nn
 
 from monai_medl.networks.layers.random_effects import RandomEffects
 
-__all__ = ["unwrap_network", "random_effects_layers", "kl_divergence", "random_effects_parameters", "soft_design"]
+__all__ = [
+    "unwrap_network",
+    "random_effects_layers",
+    "checked_random_effects_layers",
+    "kl_divergence",
+    "random_effects_parameters",
+    "soft_design",
+]
 
 
 def unwrap_network(network: nn.Module) -> nn.Module:
@@ -19,6 +26,21 @@ def unwrap_network(network: nn.Module) -> nn.Module:
 def random_effects_layers(network: nn.Module) -> dict[str, RandomEffects]:
     """All :class:`RandomEffects` submodules of ``network`` keyed by their qualified names."""
     return {name: m for name, m in unwrap_network(network).named_modules() if isinstance(m, RandomEffects)}
+
+
+def checked_random_effects_layers(network: nn.Module, purpose: str) -> tuple[dict[str, RandomEffects], int]:
+    """The random-effects layers of ``network`` and their common number of clusters.
+
+    Raises:
+        ValueError: naming ``purpose`` when there is no such layer, or when the layers disagree on ``num_clusters``.
+    """
+    layers = random_effects_layers(network)
+    if not layers:
+        raise ValueError(f"{type(unwrap_network(network)).__name__} has no RandomEffects layers: {purpose}.")
+    counts = {layer.num_clusters for layer in layers.values()}
+    if len(counts) != 1:
+        raise ValueError(f"random-effects layers disagree on the number of clusters: {sorted(counts)}.")
+    return layers, counts.pop()
 
 
 def kl_divergence(network: nn.Module) -> torch.Tensor:

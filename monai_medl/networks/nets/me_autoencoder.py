@@ -85,8 +85,9 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
     falls back to its fixed effects. In eval mode and TorchScript :meth:`forward` returns ``y_M`` logits (the ordinary
     tensor MONAI engines, metrics and TorchScript see); in training mode, and from :meth:`forward_all` in any mode,
     it returns a :class:`MixedEffectsAutoEncoderOutput` with the reconstructions and latents (evaluators get them
-    with :class:`~monai_medl.inferers.MixedEffectsInferer`). Unseen batches use the same modes as the ME classifiers: ``z = 0`` (population: plain
-    instance norm in the RE branch), a soft ``z`` from a cluster predictor, or a random one-hot row (ablation).
+    with :class:`~monai_medl.inferers.MixedEffectsInferer`). Unseen batches use the same modes as the ME
+    classifiers: ``z = 0`` (population: plain instance norm in the RE branch), a soft ``z`` from a cluster
+    predictor, or a random one-hot row (ablation).
     :meth:`counterfactual` decodes an image as if acquired in another batch.
 
     With ``reversible_norm`` (default) both branches see each image normalised by its own per-channel mean and s.d.
