@@ -66,6 +66,7 @@ from monai_medl.losses.mixed_effects_loss import MixedEffectsLoss
 from monai_medl.metrics.site_metrics import youden_threshold
 from monai_medl.networks.nets.me_cnn import MixedEffectsCNN
 from monai_medl.networks.nets.small_cnn import SmallCNN
+from monai_medl.networks.utils import soft_design
 from monai_medl.transforms.site import site_index_to_design
 
 __all__ = ["MODELS", "ABLATIONS", "default_config", "load_cohort", "run_repeat", "run", "run_ablation", "main"]
@@ -281,11 +282,6 @@ def predict(net: nn.Module, x: torch.Tensor, z: torch.Tensor | None, batch_size:
     return torch.cat(probs).numpy(), torch.cat(feats).numpy()
 
 
-@torch.no_grad()
-def soft_design(z_predictor: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    return torch.cat([torch.softmax(z_predictor(x[i : i + batch_size]), 1) for i in range(0, len(x), batch_size)])
-
-
 # -------------------------------------------------------------------------------------------------------- metrics
 
 
@@ -406,7 +402,7 @@ def run_repeat(
             results["me_randomized_z"] = {**_scores(y_tr, rz[0], y_te, rz[1], y_un, rz[2]), **fe}
         if kind == "me" and "me_inferred_z" in models:
             z_predictor = deep("z_predictor")
-            zi_tr, zi_te, zi_un = (soft_design(z_predictor, a) for a in (x_tr, x_te, x_un))
+            zi_tr, zi_te, zi_un = (soft_design(z_predictor, a, batch_size=64) for a in (x_tr, x_te, x_un))
             iz = [predict(net, a, z)[0] for a, z in ((x_tr, zi_tr), (x_te, zi_te), (x_un, zi_un))]
             results["me_inferred_z"] = {
                 **_scores(y_tr, iz[0], y_te, iz[1], y_un, iz[2]),

@@ -69,7 +69,7 @@ def test_cluster_predictor_handler_learns_the_site_without_touching_the_main_upd
     assert np.mean(outputs[-6:]) > 0.85  # the site is easy to decode from the inputs
     assert handler.last_accuracy == outputs[-1]
     design = SoftDesign(predictor)(torch.as_tensor(np.stack([d["image"] for d in _site_data(seed=1)[:20]])))
-    assert not predictor.training and design.shape == (20, 3)
+    assert predictor.training and design.shape == (20, 3)  # evaluated in eval mode, its mode restored
     torch.testing.assert_close(design.sum(1), torch.ones(20))
     # the main network's trajectory is exactly the one without the handler
     with_h, without_h = _trainer(True)[:2], _trainer(False)[:2]

@@ -15,9 +15,8 @@ class SoftDesign:
     """Soft design vector ``z`` = softmax of a site classifier's logits, computed in eval mode without gradients.
 
     Wraps any network that maps an input batch to ``(batch, num_sites)`` logits (e.g. a ``SmallCNN`` trained by
-    :class:`~monai_medl.handlers.ClusterPredictorHandler`) so it can be passed as ``z_predictor``; the network is
-    put in eval mode at every call (batch-norm statistics, no dropout), so a predictor that was just trained is
-    used correctly.
+    :class:`~monai_medl.handlers.ClusterPredictorHandler`) so a bundle config can pass it as ``z_predictor``; each
+    call is :func:`~monai_medl.networks.soft_design` (eval mode for the call, the network's mode restored).
 
     Args:
         network: the site classifier.
@@ -31,5 +30,4 @@ class SoftDesign:
         self.network = network
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.network.eval()  # and left in eval mode: the trainer's handler switches it back when it trains
         return soft_design(self.network, x)

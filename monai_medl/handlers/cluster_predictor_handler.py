@@ -27,9 +27,9 @@ class ClusterPredictorHandler:
     from ``engine.state.output["image"]`` and the site indices from ``engine.state.batch[site_key]`` and makes one
     cross-entropy step of ``predictor`` with its own optimizer; the main network's loss and gradients are not
     touched. ``site_loss`` and ``site_acc`` are written into the iteration output (detached tensors) for
-    StatsHandler/TensorBoard. Items with a negative site index (the unseen marker) get weight zero. Save and restore the predictor and its
-    optimizer with MONAI's ``CheckpointSaver``/``CheckpointLoader``. For multi-process training wrap the
-    predictor in ``DistributedDataParallel`` so its gradients are averaged across ranks.
+    StatsHandler/TensorBoard. Items with a negative site index (the unseen marker) get weight zero. Save and restore
+    the predictor and its optimizer with MONAI's ``CheckpointSaver``/``CheckpointLoader``. For multi-process
+    training wrap the predictor in ``DistributedDataParallel`` so its gradients are averaged across ranks.
 
     Args:
         predictor: network mapping the trainer's input batch to ``(batch, num_clusters)`` logits, e.g.

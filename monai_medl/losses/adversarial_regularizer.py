@@ -26,7 +26,7 @@ class AdversarialRegularizer:
       before, because the cheapest way to raise CE is to make the adversary confidently *wrong*.
     * ``objective="confusion"`` (default): ``lambda_g * CE(uniform, A(features))``, i.e. push the adversary
       towards chance-level, uniform predictions. On the same toy problem it lowered a fresh site probe's
-      accuracy from 0.89 to 0.37-0.49 (chance 0.25); see ``docs/method.md``.
+      accuracy towards chance; the measurements are in ``docs/method.md`` (section 5).
 
     Items whose site index is negative (the unseen marker) get weight zero in both terms (a batch of such items only
     gives zero gradients; no per-step host synchronisation to count them). Used by

@@ -118,8 +118,10 @@ class MixedEffectsLoss(nn.Module):
 
     def combine(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """The weighted sum of :meth:`terms`."""
-        return self.lambda_mixed * terms["loss_mixed"] + self.lambda_fixed * terms["loss_fixed"] + (
-            self.kl_weight * terms["kl"]
+        return (
+            self.lambda_mixed * terms["loss_mixed"]
+            + self.lambda_fixed * terms["loss_fixed"]
+            + (self.kl_weight * terms["kl"])
         )
 
     def forward(self, pred: MixedEffectsOutput, target: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,14 @@ from torch import nn
 
 from monai_medl.networks.layers.random_effects import RandomEffects
 
-__all__ = ["unwrap_network", "random_effects_layers", "kl_divergence", "random_effects_parameters", "soft_design"]
+__all__ = [
+    "unwrap_network",
+    "random_effects_layers",
+    "checked_random_effects_layers",
+    "kl_divergence",
+    "random_effects_parameters",
+    "soft_design",
+]
 
 
 def unwrap_network(network: nn.Module) -> nn.Module:
@@ -19,6 +26,21 @@ def unwrap_network(network: nn.Module) -> nn.Module:
 def random_effects_layers(network: nn.Module) -> dict[str, RandomEffects]:
     """All :class:`RandomEffects` submodules of ``network`` keyed by their qualified names."""
     return {name: m for name, m in unwrap_network(network).named_modules() if isinstance(m, RandomEffects)}
+
+
+def checked_random_effects_layers(network: nn.Module, purpose: str) -> tuple[dict[str, RandomEffects], int]:
+    """The random-effects layers of ``network`` and their common number of clusters.
+
+    Raises:
+        ValueError: naming ``purpose`` when there is no such layer, or when the layers disagree on ``num_clusters``.
+    """
+    layers = random_effects_layers(network)
+    if not layers:
+        raise ValueError(f"{type(unwrap_network(network)).__name__} has no RandomEffects layers: {purpose}.")
+    counts = {layer.num_clusters for layer in layers.values()}
+    if len(counts) != 1:
+        raise ValueError(f"random-effects layers disagree on the number of clusters: {sorted(counts)}.")
+    return layers, counts.pop()
 
 
 def kl_divergence(network: nn.Module) -> torch.Tensor:
@@ -36,14 +58,23 @@ def random_effects_parameters(network: nn.Module) -> list[nn.Parameter]:
 
 
 @torch.no_grad()
-def soft_design(network: nn.Module, x) -> torch.Tensor:
+def soft_design(network: nn.Module, x, batch_size: int | None = None) -> torch.Tensor:
     """Soft design matrix ``softmax(network(x))`` of a cluster classifier: the inferred ``z``.
 
-    Runs in eval mode (batch-norm statistics, no dropout) without gradients and restores the network's mode.
+    Runs in eval mode (batch-norm statistics, no dropout) without gradients and restores the network's mode. This is
+    the one implementation behind ``ClusterClassifier.predict_design``, :class:`~monai_medl.bundle.SoftDesign` and
+    the benchmarks.
+
+    Args:
+        network: a cluster classifier returning ``(batch, num_clusters)`` logits.
+        x: its input (a tensor, or what the classifier takes).
+        batch_size: run ``x`` in chunks of this many rows (a tensor input only); None for one call.
     """
     was_training = network.training
     network.eval()
     try:
-        return torch.softmax(network(x), dim=1)
+        if batch_size is None or not isinstance(x, torch.Tensor):
+            return torch.softmax(network(x), dim=1)
+        return torch.cat([torch.softmax(network(part), dim=1) for part in x.split(batch_size)])
     finally:
         network.train(was_training)

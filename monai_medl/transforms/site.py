@@ -22,6 +22,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import ensure_tuple_rep
 
 from monai_medl.transforms.json_io import JsonFileMixin
+from monai_medl.transforms.key_errors import errors_name_key
 
 __all__ = [
     "UNSEEN_SITE",
@@ -347,10 +348,8 @@ class SiteToIndexd(MapTransform):
         for key in self.key_iterator(d):
             if self.raw_key_postfix:
                 d[f"{key}_{self.raw_key_postfix}"] = d[key]
-            try:
+            with errors_name_key(key):
                 d[key] = self.converter(d[key])
-            except (TypeError, ValueError) as e:
-                raise type(e)(f"key {key!r}: {e}") from e
         return d
 
 
@@ -403,10 +402,8 @@ class SiteToDesignd(MapTransform):
             if self.soft_key is not None and self.soft_key in d and d[self.soft_key] is not None:
                 d[out] = _check_soft_design(d[self.soft_key], conv.num_sites, f"key {self.soft_key!r}")
                 continue
-            try:
+            with errors_name_key(key):
                 d[out] = conv(d[key])
-            except (TypeError, ValueError) as e:
-                raise type(e)(f"key {key!r}: {e}") from e
         return d
 
 

@@ -30,6 +30,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple
 
 from monai_medl.transforms.json_io import JsonFileMixin
+from monai_medl.transforms.key_errors import errors_name_key
 from monai_medl.transforms.site import canonical_site
 
 __all__ = [
@@ -356,10 +357,8 @@ class NormalizeBySited(MapTransform):
         for key in self.key_iterator(d):
             if self.site_key not in d:
                 raise KeyError(f"NormalizeBySited: the sample has no site key {self.site_key!r} (keys: {list(d)}).")
-            try:
+            with errors_name_key(key):
                 d[key] = self.normalizers[key](d[key], d[self.site_key])
-            except ValueError as e:
-                raise ValueError(f"key {key!r}: {e}") from e
         return d
 
 

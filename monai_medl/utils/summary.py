@@ -12,7 +12,7 @@ from torch import nn
 
 from monai_medl.networks.layers.random_effects import RandomEffects
 from monai_medl.networks.nets.me_mlp import MixedEffectsMLP
-from monai_medl.networks.utils import random_effects_layers, unwrap_network
+from monai_medl.networks.utils import checked_random_effects_layers, random_effects_layers, unwrap_network
 
 pd, has_pandas = optional_import("pandas")
 
@@ -277,13 +277,8 @@ def summary(
         >>> s.to_dataframe("intercepts")
     """
     net = unwrap_network(model)
-    layers = random_effects_layers(net)
-    if not layers:
-        raise ValueError(f"{type(net).__name__} has no RandomEffects layers: nothing to summarise.")
-    counts = {layer.num_clusters for layer in layers.values()}
-    if len(counts) != 1:
-        raise ValueError(f"random-effects layers disagree on the number of clusters: {sorted(counts)}.")
-    names = _names(cluster_names, counts.pop(), "", "cluster_names", "column of z")
+    layers, num_clusters = checked_random_effects_layers(net, "nothing to summarise")
+    names = _names(cluster_names, num_clusters, "", "cluster_names", "column of z")
     features = (
         _names(feature_names, net.in_features, "x", "feature_names", "input feature")
         if isinstance(net, MixedEffectsMLP)

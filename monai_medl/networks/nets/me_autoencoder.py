@@ -85,8 +85,9 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
     falls back to its fixed effects. In eval mode and TorchScript :meth:`forward` returns ``y_M`` logits (the ordinary
     tensor MONAI engines, metrics and TorchScript see); in training mode, and from :meth:`forward_all` in any mode,
     it returns a :class:`MixedEffectsAutoEncoderOutput` with the reconstructions and latents (evaluators get them
-    with :class:`~monai_medl.inferers.MixedEffectsInferer`). Unseen batches use the same modes as the ME classifiers: ``z = 0`` (population: plain
-    instance norm in the RE branch), a soft ``z`` from a cluster predictor, or a random one-hot row (ablation).
+    with :class:`~monai_medl.inferers.MixedEffectsInferer`). Unseen batches use the same modes as the ME
+    classifiers: ``z = 0`` (population: plain instance norm in the RE branch), a soft ``z`` from a cluster
+    predictor, or a random one-hot row (ablation).
     :meth:`counterfactual` decodes an image as if acquired in another batch.
 
     With ``reversible_norm`` (default) both branches see each image normalised by its own per-channel mean and s.d.
@@ -113,10 +114,8 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
         norm: FE branch norm. Defaults to ``"instance"``: a per-sample norm, like the RE branch's cluster
             scale/bias blocks (instance norm plus a cluster affine), so the adversary trains against the same
             function the model computes in eval mode. With ``"batch"`` the mini-batch statistics couple the items
-            seen by the adversary and the eval-mode running statistics drift from them under the adversarial game;
-            on the live-cell benchmark (one seed) the domain-adversarial FE reconstruction MSE was 8.9e-3 in train
-            mode but 22.5e-3 in eval mode, and the full model's eval-mode FE latent stayed batch-predictable (fresh
-            probe accuracy 0.91, even after re-estimating the running statistics, vs 0.40 with instance norm).
+            seen by the adversary and the eval-mode running statistics drift from them under the adversarial game
+            (measured on the live-cell benchmark; see ``docs/method.md``, "Normalisation in the autoencoders").
         dropout: dropout probability in the stages. Defaults to None.
         classifier_hidden: hidden width of both classifiers. Defaults to 32.
         fixed_effects: build the FE autoencoder. Defaults to True.

@@ -346,9 +346,8 @@ class MixedEffectsCNN(MixedEffectsNet):
         """A :class:`~monai_medl.networks.nets.ClusterAdversary` sized for this model's pooled activations.
 
         The leaky activation keeps the adversary trainable: with ReLU units the feature extractor can silence the
-        adversary (dead units, chance-level output) without removing the site information. On the 3D site-shortcut
-        toy of ``tests/test_me_cnn_training.py`` (4 sites, chance 0.25, ``lambda_g=0.3``, seeds 0-3) a fresh site
-        probe on ``h`` scored 0.53-0.68 with a ReLU adversary, 0.46-0.62 with leaky ReLU, 0.58-0.77 without one.
+        adversary (dead units, chance-level output) without removing the site information (measured on the 3D
+        site-shortcut toy of ``tests/test_me_cnn_training.py``; the numbers are in ``docs/method.md``, section 5).
         """
         return ClusterAdversary(self.adversary_in_features, self.num_clusters, hidden=hidden, act=act, dropout=dropout)
 

@@ -17,10 +17,9 @@ class MixedEffectsVectorAutoEncoder(MixedEffectsAutoEncoder):
     cluster scale/bias blocks over features, ``y_F`` and ``y_M`` classifiers); the encoder stages are linear
     layers of widths ``channels``. The FE branch uses layer norm by default, a per-sample norm like the image
     version's instance norm, so the adversary is trained against the features the network computes at inference
-    (with batch norm it trains against train-mode batch statistics). On simulated omics data with per-batch
-    gene offsets and scales (two set-ups, 3 seeds each, adversary on) a fresh probe read the batch from the
-    eval-mode FE latent at 0.52-0.84 with batch norm vs 0.27-0.51 with layer norm (chance 0.25). The RE branch uses a
-    layer norm followed by the cluster-specific scale and bias (as scMEDAL-RE does after its dense layers).
+    (with batch norm it trains against train-mode batch statistics; measured on simulated omics data, see
+    ``docs/method.md``, "Normalisation in the autoencoders"). The RE branch uses a layer norm followed by the
+    cluster-specific scale and bias (as scMEDAL-RE does after its dense layers).
 
     Args:
         in_features: length of the input vectors.
