@@ -428,3 +428,22 @@ def test_inference_datalist_syntax_error_is_one_clear_error(trained, tmp_path):
         run_workflow(trained / "configs", "inference.json", trained, "infer", input=str(bad), spatial_size=SIZE)
     err = _find(info.value, BundleInputError)
     assert err is not None and "list.json" in str(err) and "not valid JSON" in str(err) and "line 1, column" in str(err)
+
+
+def test_a_checkpoint_cut_off_mid_write_is_skipped_for_the_previous_one(tmp_path, caplog):
+    """A SIGKILL while MONAI's saver writes checkpoint N leaves a partial file next to checkpoint N-1."""
+    from monai_medl.bundle import TrainingRun
+
+    models = tmp_path / "runs" / "r" / "models"
+    models.mkdir(parents=True)
+    for epoch in (3, 4):
+        torch.save({"w": torch.randn(2000)}, models / f"checkpoint_epoch={epoch}.pt")
+    raw = (models / "checkpoint_epoch=4.pt").read_bytes()
+    (models / "checkpoint_epoch=4.pt").write_bytes(raw[: len(raw) // 2])
+    with caplog.at_level(logging.WARNING):
+        run = TrainingRun(tmp_path / "runs", name="r", resume=True)
+    assert run.last_checkpoint == str(models / "checkpoint_epoch=3.pt")
+    assert "checkpoint_epoch=4.pt is incomplete" in caplog.text
+    (models / "checkpoint_epoch=3.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(FileNotFoundError, match="has no checkpoint"):
+        TrainingRun(tmp_path / "runs", name="r", resume=True)

@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import shutil
+import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -183,13 +184,29 @@ class TrainingRun:
         return f"TrainingRun({self.path!r}, resume={self.resume})"
 
 
+def _complete(path: str) -> bool:
+    """Whether a ``torch.save`` file was written to the end (its zip archive is whole and its CRCs match)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return False
+
+
 def _last_checkpoint(models_dir: str) -> str | None:
+    """The newest complete ``checkpoint_epoch=N.pt``. MONAI's saver writes in place and removes the previous
+    checkpoint only after the new one is written, so a run killed mid-write leaves a partial newest file and the
+    previous one: that one is used (with a warning), losing only the epoch in progress."""
     found = []
     for path in glob.glob(os.path.join(models_dir, "checkpoint_epoch=*.pt")):
         m = _CHECKPOINT.search(path)
         if m:
             found.append((int(m.group(1)), path))
-    return max(found)[1] if found else None
+    for _, path in sorted(found, reverse=True):
+        if _complete(path):
+            return path
+        logger.warning(f"{path} is incomplete (the run was stopped while writing it); using an earlier checkpoint")
+    return None
 
 
 def write_manifest(models_dir: str | os.PathLike, files: Sequence[str], **record: Any) -> str:
