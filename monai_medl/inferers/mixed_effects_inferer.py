@@ -45,7 +45,9 @@ class MixedEffectsInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         net = unwrap_network(network)
         if not hasattr(net, "forward_all"):
-            raise TypeError(f"MixedEffectsInferer needs a mixed-effects network (forward_all), got {type(net).__name__}.")
+            raise TypeError(
+                f"MixedEffectsInferer needs a mixed-effects network (forward_all), got {type(net).__name__}."
+            )
         out = net.forward_all(inputs, *args, **kwargs)
         missing = [f for f in self.fields if not hasattr(out, f)]
         if missing:
