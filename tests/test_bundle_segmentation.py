@@ -26,6 +26,7 @@ TINY = {
     "cohort#spacing": [8.0, 8.0, 8.0],
     "patch_size": [16, 16, 16],
     "train#trainer#max_epochs": 1,
+    "val_interval": 1,  # validation (and so the best-model save) every epoch
 }
 
 
@@ -165,6 +166,7 @@ def test_two_process_gloo_training_with_torchrun(trained, tmp_path):
         "--dataset_dir", str(trained / "data"),
         "--patch_size", "[16,16,16]",
         "--train#trainer#max_epochs", "1",
+        "--val_interval", "1",
         "--replace_models", "true",
     ]  # fmt: skip
     run_multi_gpu_train(CONFIGS, root, overrides)
