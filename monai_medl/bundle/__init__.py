@@ -18,6 +18,12 @@ from .inputs import BundleInputError, BundleInputs, load_bundle_inputs, read_dat
 from .optim import random_effects_param_groups
 from .output_transforms import ScalarsFromOutput
 from .resume import TrainingProgress
+from .segmentation_evaluation import (
+    SiteDiceCollector,
+    segmentation_site_metrics,
+    write_segmentation_evaluation,
+    write_segmentations,
+)
 from .site_data import (
     UNKNOWN_SITE,
     InferenceInputs,

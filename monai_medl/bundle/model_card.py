@@ -53,7 +53,9 @@ def record_evaluation(bundle_root: str | os.PathLike, evaluations: Mapping[str, 
     record = {
         "model_sha256": file_sha256(os.path.join(root, "models", "model.pt")),
         "training": {
-            k: manifest.get(k) for k in ("epochs", "best_val_auroc", "last_val_auc", "seed", "sites") if k in manifest
+            k: manifest.get(k)
+            for k in ("epochs", "best_val_auroc", "best_val_mean_dice", "last_val_auc", "seed", "sites")
+            if k in manifest
         },
         "evaluations": {name: _load_rows(os.path.join(root, path)) for name, path in evaluations.items()},
     }
@@ -96,6 +98,30 @@ def _classification_tables(evaluations: Mapping[str, list[dict]]) -> list[str]:
     return lines + per_site
 
 
+def _segmentation_tables(evaluations: Mapping[str, list[dict]]) -> list[str]:
+    """Mean Dice per foreground class (``dice_<class>`` columns) by z mode and seen/unseen group, then per site."""
+    first = next(iter(evaluations.values()))
+    classes = [k for k in first[0] if k.startswith("dice_")]
+    heads = [c.removeprefix("dice_").replace("_", " ") for c in classes]
+    lines = [
+        "| scenario | z mode | group | scans | " + " | ".join(heads) + " |",
+        "|---|---|---|---|" + "---|" * len(heads),
+    ]
+    for scenario, rows in evaluations.items():
+        for r in rows:
+            if r["group"] in _CLASSIFICATION_GROUPS:
+                cells = " | ".join(_fmt(r.get(c)) for c in classes)
+                lines.append(f"| {scenario} | {r['mode']} | {r['group']} | {r['n']} | {cells} |")
+    modes = list(dict.fromkeys(r["mode"] for r in first))
+    per_site = ["", f"Per site ({next(iter(evaluations))}), mean Dice by z mode:", ""]
+    per_site += ["| site | scans | " + " | ".join(modes) + " |", "|---|---|" + "---|" * len(modes)]
+    for site in dict.fromkeys(r["site"] for r in first if r["group"] == "site"):
+        cells = {r["mode"]: r for r in first if r["group"] == "site" and r["site"] == site}
+        values = " | ".join(_fmt(cells[m].get("dice_mean")) if m in cells else "" for m in modes)
+        per_site.append(f"| {site} | {next(iter(cells.values()))['n']} | {values} |")
+    return lines + per_site
+
+
 def _autoencoder_tables(evaluations: Mapping[str, list[dict]]) -> list[str]:
     metrics = list(dict.fromkeys(r["metric"] for rows in evaluations.values() for r in rows))
     lines = ["| split | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
@@ -109,7 +135,12 @@ def render_tables(record: Mapping[str, Any]) -> str:
     """The markdown of the card's evaluation block, from a :func:`record_evaluation` record."""
     evaluations = record["evaluations"]
     first = next(iter(evaluations.values()))
-    table = _classification_tables(evaluations) if first and "group" in first[0] else _autoencoder_tables(evaluations)
+    if first and "dice_mean" in first[0]:
+        table = _segmentation_tables(evaluations)
+    elif first and "group" in first[0]:
+        table = _classification_tables(evaluations)
+    else:
+        table = _autoencoder_tables(evaluations)
     training = ", ".join(f"{k} {_fmt(v)}" for k, v in record.get("training", {}).items() if k != "sites")
     sha = record["model_sha256"][:12]
     head = f"Generated from `docs/evaluation.json` (shipped `models/model.pt`, SHA-256 {sha}...; {training})."
@@ -117,11 +148,15 @@ def render_tables(record: Mapping[str, Any]) -> str:
 
 
 def eval_metrics(record: Mapping[str, Any]) -> dict[str, float]:
-    """The metadata's ``eval_metrics``: seen/unseen AUROC per scenario and mode (or each autoencoder metric)."""
+    """The metadata's ``eval_metrics``: seen/unseen AUROC (or mean Dice) per scenario and mode, or each autoencoder
+    metric."""
     out: dict[str, float] = {}
     for scenario, rows in record["evaluations"].items():
         for r in rows:
-            if "group" in r and r["group"] in _CLASSIFICATION_GROUPS and r["auroc"] is not None:
+            if "dice_mean" in r:
+                if r["group"] in _CLASSIFICATION_GROUPS and r["dice_mean"] is not None:
+                    out[f"{scenario}_{r['mode']}_{r['group']}_mean_dice"] = round(float(r["dice_mean"]), 4)
+            elif "group" in r and r["group"] in _CLASSIFICATION_GROUPS and r["auroc"] is not None:
                 out[f"{scenario}_{r['mode']}_{r['group']}_auroc"] = round(float(r["auroc"]), 4)
             elif "metric" in r:
                 out[f"{scenario}_{r['metric']}"] = round(float(r["value"]), 5)

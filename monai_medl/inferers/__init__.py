@@ -2,3 +2,4 @@
 from __future__ import annotations
 
 from .mixed_effects_inferer import MixedEffectsInferer
+from .site_sliding_window_inferer import SiteSlidingWindowInferer

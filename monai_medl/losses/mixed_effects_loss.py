@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceCELoss
 from torch import nn
 
 from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
@@ -15,18 +16,25 @@ from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet
 
 __all__ = ["MixedEffectsLoss", "task_loss"]
 
-TASKS = ("bce", "ce", "mse", "gaussian_nll")
+TASKS = ("bce", "ce", "mse", "gaussian_nll", "dice_ce")
+
+# segmentation: logits (B, C, *spatial) against an integer label map (B, 1, *spatial); stateless, so shared
+_DICE_CE = DiceCELoss(to_onehot_y=True, softmax=True)
 
 
 def task_loss(
     task: str, pred: torch.Tensor, target: torch.Tensor, log_noise_scale: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Per-batch mean task loss for ``task`` in ``("bce", "ce", "mse", "gaussian_nll")``.
+    """Per-batch mean task loss for ``task`` in ``("bce", "ce", "mse", "gaussian_nll", "dice_ce")``.
 
+    ``dice_ce`` is MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True)`` for segmentation logits
+    ``(batch, classes, *spatial)`` and an integer label map ``(batch, 1, *spatial)``.
     ``bce`` takes one logit per item (target 0/1), ``ce`` one logit per class (integer target), ``mse`` and
     ``gaussian_nll`` real targets; ``gaussian_nll`` is the full negative log-likelihood with the learned noise s.d.
     ``exp(log_noise_scale)``, the likelihood that makes an evidence-lower-bound KL weight meaningful.
     """
+    if task == "dice_ce":
+        return _DICE_CE(pred, target)
     if task == "ce":
         return F.cross_entropy(pred, target.reshape(-1).long())
     target = target.reshape(pred.shape).to(pred.dtype)
@@ -52,7 +60,8 @@ class MixedEffectsLoss(nn.Module):
     (:class:`~monai_medl.handlers.LossTermsHandler`).
 
     Args:
-        task: ``"bce"``, ``"ce"``, ``"mse"``, ``"gaussian_nll"`` or a callable ``(pred, target) -> loss``.
+        task: ``"bce"``, ``"ce"``, ``"mse"``, ``"gaussian_nll"``, ``"dice_ce"`` (segmentation) or a callable
+            ``(pred, target) -> loss``.
         lambda_mixed: weight of the mixed-effects head. Defaults to 1.0.
         lambda_fixed: weight of the fixed-effects head. Defaults to 1.0.
         kl_weight: weight of the KL sum; a float (ARMED-style regulariser, default 1e-3) or ``"elbo"`` for

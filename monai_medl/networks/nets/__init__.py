@@ -9,6 +9,7 @@ from .image_cluster_predictor import ImageClusterPredictor
 from .me_autoencoder import MEAutoEncoder, MixedEffectsAutoEncoder, MixedEffectsAutoEncoderOutput
 from .me_cnn import MECNN, MixedEffectsCNN
 from .me_mlp import MEMLP, MixedEffectsMLP, glorot_init_
+from .me_unet import MEUNet, MixedEffectsUNet
 from .me_vector_autoencoder import MEVectorAutoEncoder, MixedEffectsVectorAutoEncoder
 from .mixed_effects_net import MixedEffectsNet, check_finite
 from .modality_fallback import ModalityFallback

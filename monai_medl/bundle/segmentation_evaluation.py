@@ -1,0 +1,196 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""Per-scan Dice of segmentation evaluator runs in several ``z`` modes, summarised per class, site and seen/unseen."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from ignite.engine import Events
+from monai.metrics import compute_dice
+from monai.networks.utils import one_hot
+from monai.utils import CommonKeys
+
+from monai_medl.bundle.site_evaluation import _Z_OF_MODE, _scalar, _write_csv, raise_for_invalid_scans
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+__all__ = ["SiteDiceCollector", "segmentation_site_metrics", "write_segmentation_evaluation", "write_segmentations"]
+
+SEGMENTATION_FIELDS = ("mode", "z", "split", "image", "site", "seen", "input_warning", "error")
+
+
+class SiteDiceCollector:
+    """Ignite handler recording one row per scan (Dice per foreground class) from a ``SupervisedEvaluator`` run.
+
+    Attach it to the evaluator (``val_handlers``) after a post-processing that turns ``pred`` into a label map
+    (``AsDiscreted(keys="pred", argmax=True)``). Each row has the ``z`` mode (from the evaluator's
+    :class:`~monai_medl.engines.MixedEffectsPrepareBatch`), split, file, site, seen, and ``dice_<class>`` for every
+    foreground class plus ``dice_mean`` (None without a label, e.g. at inference). Rows accumulate over runs, so one
+    collector serves every mode (:func:`~monai_medl.bundle.evaluate_modes`).
+
+    Args:
+        class_names: names of the foreground classes 1, 2, ... (class 0 is the background).
+        pred_key, label_key, site_key, site_name_key, split_key, image_key: batch/output keys.
+
+    Example::
+
+        >>> collector = SiteDiceCollector(["csf", "grey_matter", "white_matter"])
+        >>> evaluator = SupervisedEvaluator(..., postprocessing=AsDiscreted("pred", argmax=True),
+        ...                                 val_handlers=[collector])
+    """
+
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        pred_key: str = CommonKeys.PRED,
+        label_key: str = CommonKeys.LABEL,
+        site_key: str = "site",
+        site_name_key: str = "site_name",
+        split_key: str = "split",
+        image_key: str = CommonKeys.IMAGE,
+    ) -> None:
+        if isinstance(class_names, str) or not class_names:
+            raise ValueError(f"class_names must list the foreground classes, got {class_names!r}.")
+        self.class_names = [str(c) for c in class_names]
+        self.pred_key = pred_key
+        self.label_key = label_key
+        self.site_key = site_key
+        self.site_name_key = site_name_key
+        self.split_key = split_key
+        self.image_key = image_key
+        self.rows: list[dict[str, Any]] = []
+
+    @property
+    def dice_fields(self) -> list[str]:
+        return [f"dice_{c}" for c in self.class_names] + ["dice_mean"]
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def dice(self, pred: torch.Tensor, label: torch.Tensor) -> list[float]:
+        """Dice of each foreground class between two label maps ``(1, *spatial)`` (NaN where both are empty)."""
+        n = len(self.class_names) + 1
+        p = one_hot(torch.as_tensor(pred).long().unsqueeze(0), n)
+        y = one_hot(torch.as_tensor(label).long().unsqueeze(0), n)
+        return [float(v) for v in compute_dice(p, y, include_background=False, ignore_empty=True).reshape(-1)]
+
+    def __call__(self, engine: Engine) -> None:
+        prepare = getattr(engine, "prepare_batch", None)
+        mode = getattr(prepare, "mode", "mixed")
+        unseen_z = "inferred" if getattr(prepare, "z_predictor", None) is not None else "zero"
+        batch, output = engine.state.batch, engine.state.output
+        if not isinstance(batch, list) or not isinstance(output, list):
+            raise TypeError("SiteDiceCollector needs decollated batches (the evaluator's decollate=True).")
+        for item, out in zip(batch, output):
+            if self.pred_key not in out:
+                raise KeyError(f"evaluator output has no {self.pred_key!r} key; keys: {sorted(out)}.")
+            pred = torch.as_tensor(out[self.pred_key]).detach().cpu()
+            if pred.shape[0] != 1:
+                raise ValueError(f"{self.pred_key!r} must be a label map (1, *spatial); add AsDiscreted(argmax=True).")
+            label = item.get(self.label_key)
+            scores = [None] * len(self.class_names)
+            if isinstance(label, torch.Tensor):
+                scores = self.dice(pred, label.detach().cpu())
+            finite = [s for s in scores if s is not None and not math.isnan(s)]
+            site_index = int(_scalar(item.get(self.site_key, -1)))
+            meta = getattr(item.get(self.image_key), "meta", {}) or {}
+            seen = site_index >= 0
+            row = {
+                "mode": mode,
+                "z": _Z_OF_MODE.get(mode) or ("one-hot" if seen else unseen_z),
+                "split": str(_scalar(item.get(self.split_key, ""))),
+                "image": str(meta.get("filename_or_obj", "")),
+                "site": str(_scalar(item.get(self.site_name_key, site_index))),
+                "seen": seen,
+                "input_warning": str(_scalar(item.get("input_warning", ""))),
+            }
+            row.update(zip(self.dice_fields, [*scores, float(np.mean(finite)) if finite else None]))
+            self.rows.append(row)
+
+
+def _mean(values: Iterable[Any]) -> float | None:
+    v = [float(x) for x in values if x is not None and not math.isnan(float(x))]
+    return float(np.mean(v)) if v else None
+
+
+def segmentation_site_metrics(
+    rows: Sequence[Mapping[str, Any]], report_splits: Sequence[str] = ("test",)
+) -> list[dict[str, Any]]:
+    """Mean Dice per ``z`` mode over the ``report_splits`` scans: overall, seen sites, unseen sites and every site.
+
+    Each metric row has ``mode``, ``group`` (``overall``/``seen``/``unseen``/``site``), ``site``, ``n`` and the mean
+    of every ``dice_*`` column.
+    """
+    fields = [k for k in (rows[0] if rows else {}) if k.startswith("dice_")]
+    reported = [r for r in rows if r.get("split") in report_splits]
+    out: list[dict[str, Any]] = []
+    for mode in dict.fromkeys(r["mode"] for r in reported):
+        part = [r for r in reported if r["mode"] == mode]
+        groups = [("overall", "all", part)]
+        groups += [
+            ("seen", "all", [r for r in part if r["seen"]]),
+            ("unseen", "all", [r for r in part if not r["seen"]]),
+        ]
+        groups += [("site", s, [r for r in part if r["site"] == s]) for s in sorted({r["site"] for r in part})]
+        for group, site, members in groups:
+            if members:
+                metric = {"mode": mode, "group": group, "site": site, "n": len(members)}
+                metric.update({f: _mean(r.get(f) for r in members) for f in fields})
+                out.append(metric)
+    return out
+
+
+def write_segmentations(
+    rows: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    metrics: Sequence[Mapping[str, Any]] | None = None,
+    prefix: str = "",
+    errors: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, str]:
+    """Write ``<prefix>predictions.csv`` (one row per scan and mode, error rows last) and, when given,
+    ``<prefix>metrics.csv`` / ``.json``; then raise :class:`~monai_medl.bundle.InvalidScansError` if any scan failed.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    dice = [k for k in (rows[0] if rows else {}) if k.startswith("dice_")]
+    paths = {"predictions": os.path.join(output_dir, f"{prefix}predictions.csv")}
+    _write_csv(paths["predictions"], [*rows, *errors], [*SEGMENTATION_FIELDS, *dice])
+    if metrics is not None:
+        paths["metrics_csv"] = os.path.join(output_dir, f"{prefix}metrics.csv")
+        paths["metrics_json"] = os.path.join(output_dir, f"{prefix}metrics.json")
+        _write_csv(paths["metrics_csv"], metrics, ["mode", "group", "site", "n", *dice])
+        with open(paths["metrics_json"], "w", encoding="utf-8") as f:
+            json.dump(list(metrics), f, indent=1)
+            f.write("\n")
+    raise_for_invalid_scans(errors, paths["predictions"], len({r.get("image") for r in rows}))
+    return paths
+
+
+def write_segmentation_evaluation(
+    rows: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, report_splits: Sequence[str] = ("test",)
+) -> list[dict[str, Any]]:
+    """:func:`segmentation_site_metrics` written with the per-scan rows into ``output_dir``; logs a summary.
+
+    Example (``configs/evaluate.json``)::
+
+        "run": ["$monai_medl.bundle.evaluate_modes(@validate#evaluator, @eval_modes)",
+                "$monai_medl.bundle.write_segmentation_evaluation(@collector.rows, @output_dir)"]
+    """
+    metrics = segmentation_site_metrics(rows, report_splits)
+    paths = write_segmentations(rows, output_dir, metrics)
+    log = logging.getLogger(__name__)
+    for m in metrics:
+        if m["group"] != "site":
+            dice = m.get("dice_mean")
+            log.info(
+                f"{m['mode']:>10} {m['group']:>7}: n={m['n']:4d} mean Dice={'n/a' if dice is None else f'{dice:.3f}'}"
+            )
+    log.info(f"per-scan Dice: {paths['predictions']}; metrics: {paths['metrics_csv']}, {paths['metrics_json']}")
+    return metrics

@@ -1,0 +1,305 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""Multi-site brain tissue segmentation from the MNI152 template, with scanner and label-protocol site effects.
+
+The subjects and scanners are those of the MRI cohort generator (:mod:`monai_medl.data.cohort`, whose renderer,
+subject anatomy and site effects are reused): the template's anatomy with head size, translation and a smooth
+deformation per subject, age-related and (optionally) disease-related atrophy, and per-site tissue contrast, gamma,
+bias field, Rician noise, blur and slice thickness. Each T1 scan comes with a tissue label map on the same grid:
+0 background (outside the skull-stripped brain, exactly where the image is zero), 1 CSF (the rest of the brain mask),
+2 grey matter, 3 white matter (the most probable tissue per voxel).
+
+**Label protocols** (a random effect on the labels, not only on the images): ``label_shift`` gives sites whose
+annotators draw grey matter thicker (positive voxels of dilation into the neighbouring brain tissue) or thinner
+(negative: erosion, given back to white matter inside and CSF outside). The ground truth records each site's shift
+and the measured change of its grey-matter volume, so a model's per-site label intercepts can be compared with it.
+
+Output (``out_dir``): ``images/sub-XXXX_T1w.nii.gz`` and ``labels/sub-XXXX_seg.nii.gz`` (int16/uint8 NIfTI in MNI
+space), ``datalist.json`` with ``training``/``validation`` (seen sites) and ``test`` (held-out subjects of the seen
+sites plus every unseen-site subject) sections of ``{"image", "label", "site", "subject"}`` entries, and
+``ground_truth.json``. Byte-identical for the same arguments; written only into a folder the generator owns
+(:func:`~monai_medl.data.claim_output_folder`). Generated data must not be committed.
+
+Command line::
+
+    python -m monai_medl.data.segmentation_cohort --out /tmp/seg --num-subjects 60 --label-shift site_b=1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from monai_medl.data.cohort import (
+    _allocate,
+    _Renderer,
+    _site_effects,
+    _site_names,
+    _subject_params,
+    _write_nifti,
+    cohort_grid,
+)
+from monai_medl.data.datalist import write_datalist
+from monai_medl.data.generated_folder import claim_output_folder
+from monai_medl.data.template import load_tissue_template, template_checksums
+
+__all__ = ["TISSUE_LABELS", "tissue_labels", "apply_label_shift", "generate_segmentation_cohort", "main"]
+
+TISSUE_LABELS = {"0": "background", "1": "csf", "2": "grey_matter", "3": "white_matter"}
+_GENERATOR_VERSION = 1
+_BRAIN_THRESHOLD = 0.3  # the renderer's skull-strip threshold on the intracranial mask
+_MIN_PER_SITE = 3
+
+
+def tissue_labels(maps: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Label map (uint8) from the renderer's tissue maps: 0 outside the brain, else 1 + argmax(csf, gm, wm)."""
+    tissue = np.argmax(np.stack([maps["csf"], maps["gm"], maps["wm"]]), axis=0).astype(np.uint8) + 1
+    return np.where(maps["mask"] > _BRAIN_THRESHOLD, tissue, 0).astype(np.uint8)
+
+
+def apply_label_shift(labels: np.ndarray, voxels: int) -> np.ndarray:
+    """A label protocol that draws grey matter ``voxels`` thicker (dilation, > 0) or thinner (erosion, < 0).
+
+    Dilation takes brain voxels next to grey matter (CSF or white matter); erosion gives the removed voxels to white
+    matter where they touch it and to CSF elsewhere. The background is never changed.
+    """
+    if voxels == 0:
+        return labels
+    gm = labels == 2
+    out = labels.copy()
+    if voxels > 0:
+        out[ndimage.binary_dilation(gm, iterations=voxels) & (labels > 0)] = 2
+        return out
+    removed = gm & ~ndimage.binary_erosion(gm, iterations=-voxels, border_value=1)
+    near_wm = ndimage.binary_dilation(labels == 3, iterations=-voxels)
+    out[removed] = np.where(near_wm[removed], 3, 1)
+    return out
+
+
+def generate_segmentation_cohort(
+    out_dir: str | os.PathLike,
+    num_subjects: int = 60,
+    sites: int | Sequence[str] = 4,
+    unseen_sites: int | Sequence[str] = 2,
+    seed: int = 0,
+    spatial_size: Sequence[int] = (48, 48, 48),
+    spacing: Sequence[float] = (4.0, 4.0, 4.0),
+    label_shift: Mapping[str, int] | None = None,
+    disease_strength: float = 0.5,
+    site_strength: float = 1.0,
+    validation_fraction: float = 0.15,
+    test_fraction: float = 0.2,
+    overwrite: bool = False,
+) -> str:
+    """Generate the segmentation cohort (see the module docstring) and return the path of its datalist.
+
+    A folder holding a cohort generated with the same arguments is reused as it is (bundles call this on every
+    run); one made with other arguments is an error unless ``overwrite``.
+
+    Args:
+        out_dir: output folder (empty, new, or made by a monai_medl generator).
+        num_subjects: scans over all sites (one per subject).
+        sites: seen (training) sites, a count (``site_a``, ``site_b``, ...) or names.
+        unseen_sites: held-out sites, a count (named after the seen ones) or names.
+        seed: random seed; the same arguments give byte-identical files.
+        spatial_size: grid in voxels, centred on the brain.
+        spacing: voxel size in mm.
+        label_shift: site name -> grey-matter label protocol shift in voxels (+ dilation, - erosion). Defaults to
+            None (one protocol everywhere).
+        disease_strength: atrophy of half of the subjects (cohort's disease model; 0 for none). Defaults to 0.5.
+        site_strength: multiplies the scanner effects (0: identical scanners). Defaults to 1.0.
+        validation_fraction: fraction of each seen site's subjects in ``validation``.
+        test_fraction: fraction of each seen site's subjects held out in ``test``.
+        overwrite: replace a cohort generated with other arguments.
+
+    Returns:
+        path of ``datalist.json`` (``ground_truth.json`` is next to it).
+
+    Raises:
+        ValueError: for invalid arguments, naming the argument.
+        FileExistsError: if ``out_dir`` holds a different cohort (without ``overwrite``) or files no generator made.
+
+    Example::
+
+        >>> path = generate_segmentation_cohort("/tmp/seg", label_shift={"site_b": 1})  # doctest: +SKIP
+    """
+    spatial_size = tuple(int(s) for s in spatial_size)
+    spacing = tuple(float(s) for s in spacing)
+    if len(spatial_size) != 3 or min(spatial_size) < 8 or len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(
+            f"spatial_size needs 3 sizes >= 8 and spacing 3 positive values, got {spatial_size}, {spacing}."
+        )
+    seen, unseen = _site_names(sites, unseen_sites)
+    all_sites = seen + unseen
+    shifts = {str(k): int(v) for k, v in (label_shift or {}).items()}
+    bad = sorted(set(shifts) - set(all_sites))
+    if bad:
+        raise ValueError(f"label_shift names sites {bad} that are not cohort sites {all_sites}.")
+    if int(num_subjects) < _MIN_PER_SITE * len(all_sites):
+        raise ValueError(
+            f"num_subjects={num_subjects} is too small for {len(all_sites)} sites (need {_MIN_PER_SITE} per site)."
+        )
+    for name, frac in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
+        if not 0 < frac < 0.5:
+            raise ValueError(f"{name} must be in (0, 0.5), got {frac}.")
+    config = {
+        "num_subjects": int(num_subjects),
+        "sites": seen,
+        "unseen_sites": unseen,
+        "seed": int(seed),
+        "spatial_size": list(spatial_size),
+        "spacing": list(spacing),
+        "label_shift": {s: shifts.get(s, 0) for s in all_sites},
+        "disease_strength": float(disease_strength),
+        "site_strength": float(site_strength),
+        "validation_fraction": float(validation_fraction),
+        "test_fraction": float(test_fraction),
+        "generator_version": _GENERATOR_VERSION,
+    }
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    datalist_path = os.path.join(out_dir, "datalist.json")
+    truth_path = os.path.join(out_dir, "ground_truth.json")
+    if os.path.isfile(datalist_path) and os.path.isfile(truth_path):
+        with open(truth_path, encoding="utf-8") as f:
+            if json.load(f).get("config") == config:
+                return datalist_path
+        if not overwrite:
+            raise FileExistsError(
+                f"{out_dir!r} holds a cohort generated with other arguments ({truth_path}); pass overwrite=True "
+                "(--overwrite) or choose another folder."
+            )
+    claim_output_folder(out_dir, "generate_segmentation_cohort")
+    for sub in ("images", "labels"):
+        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+
+    template = load_tissue_template(spacing)
+    affine = cohort_grid(spatial_size, spacing, template.center)
+    renderer = _Renderer(template, affine, spatial_size)
+    rng = np.random.default_rng([seed, 12])
+    counts = _allocate(int(num_subjects), rng.uniform(0.75, 1.25, size=len(all_sites)), _MIN_PER_SITE)
+    site_info = {
+        name: {
+            "seen": s < len(seen),
+            "num_subjects": int(counts[s]),
+            "effects": _site_effects(np.random.default_rng([seed, 0, s]), ("t1",), site_strength, template.tissue_t1),
+            "label_shift_vox": shifts.get(name, 0),
+        }
+        for s, name in enumerate(all_sites)
+    }
+    rows = [name for name in all_sites for _ in range(site_info[name]["num_subjects"])]
+    order = rng.permutation(len(rows))  # subject ids do not reveal the site
+    subjects: dict[str, dict] = {}
+    entries: list[dict] = []
+    gm_change: dict[str, list[float]] = {s: [] for s in all_sites}
+    for k, r in enumerate(order):
+        site, subject = rows[r], f"sub-{k + 1:04d}"
+        srng = np.random.default_rng([seed, 1, k])
+        p = _subject_params(srng, int(srng.integers(2)), disease_strength)
+        maps = renderer.anatomy(p)
+        image = renderer.image(maps, "t1", site_info[site]["effects"], p, np.random.default_rng(p["noise_seed"]))
+        truth = tissue_labels(maps)
+        labels = apply_label_shift(truth, site_info[site]["label_shift_vox"])
+        gm_change[site].append(float((labels == 2).sum()) / max(float((truth == 2).sum()), 1.0) - 1.0)
+        image_path = os.path.join(out_dir, "images", f"{subject}_T1w.nii.gz")
+        label_path = os.path.join(out_dir, "labels", f"{subject}_seg.nii.gz")
+        _write_nifti(image_path, image, affine)
+        _write_nifti(label_path, labels, affine)
+        entries.append({"image": image_path, "label": label_path, "site": site, "subject": subject})
+        subjects[subject] = {"site": site, **p}
+    for name, changes in gm_change.items():
+        site_info[name]["gm_volume_change"] = float(np.mean(changes))
+
+    # per seen site: a seeded shuffle into test, validation and training subjects
+    sections: dict[str, list[dict]] = {"training": [], "validation": [], "test": []}
+    for s, name in enumerate(all_sites):
+        part = [e for e in entries if e["site"] == name]
+        if not site_info[name]["seen"]:
+            sections["test"] += part
+            continue
+        part = [part[i] for i in np.random.default_rng([seed, 3, s]).permutation(len(part))]
+        n_test = max(1, round(test_fraction * len(part)))
+        n_val = max(1, round(validation_fraction * len(part)))
+        sections["test"] += part[:n_test]
+        sections["validation"] += part[n_test : n_test + n_val]
+        sections["training"] += part[n_test + n_val :]
+    for name, part in sections.items():
+        for e in part:
+            subjects[e["subject"]]["split"] = name
+    write_datalist(
+        datalist_path,
+        sections,
+        image_keys=("image", "label"),
+        description="Synthetic multi-site brain tissue segmentation (MNI152 anatomy), "
+        "monai_medl.data.segmentation_cohort; see ground_truth.json",
+        labels=TISSUE_LABELS,
+        num_classes=len(TISSUE_LABELS),
+        modality={"0": "T1"},
+        seen_sites=seen,
+        unseen_sites=unseen,
+        numTraining=len(sections["training"]),
+        numTest=len(sections["test"]),
+    )
+    ground_truth = {
+        "generator": "monai_medl.data.segmentation_cohort.generate_segmentation_cohort",
+        "config": config,
+        "template": {
+            "source": "MNI ICBM152 2009a symmetric T1 and GM/WM maps shipped in nilearn (loaded at run time)",
+            "sha256": template_checksums(),
+        },
+        "grid": {"spatial_size": list(spatial_size), "spacing": list(spacing), "affine": affine.tolist()},
+        "labels": TISSUE_LABELS,
+        "seen_sites": seen,
+        "unseen_sites": unseen,
+        "sites": site_info,
+        "subjects": subjects,
+        "effects_description": {
+            "site.label_shift_vox": "grey-matter label protocol: voxels of dilation (+) or erosion (-)",
+            "site.gm_volume_change": "mean relative change of the labelled grey-matter volume by the protocol",
+            "site.effects": "scanner effects as in monai_medl.data.cohort (contrast, gamma, bias field, noise, blur)",
+        },
+    }
+    with open(truth_path, "w", encoding="utf-8") as f:
+        json.dump(ground_truth, f, indent=1)
+        f.write("\n")
+    return datalist_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; prints the datalist path."""
+    parser = argparse.ArgumentParser(prog="python -m monai_medl.data.segmentation_cohort", description=__doc__)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--num-subjects", type=int, default=60)
+    parser.add_argument("--sites", type=int, default=4)
+    parser.add_argument("--unseen-sites", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--spatial-size", type=int, nargs=3, default=(48, 48, 48))
+    parser.add_argument("--spacing", type=float, nargs=3, default=(4.0, 4.0, 4.0))
+    parser.add_argument("--label-shift", nargs="*", default=[], help="site=voxels, e.g. site_b=1")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    shifts = {}
+    for item in args.label_shift:
+        name, _, value = item.partition("=")
+        shifts[name] = int(value)
+    path = generate_segmentation_cohort(
+        args.out,
+        num_subjects=args.num_subjects,
+        sites=args.sites,
+        unseen_sites=args.unseen_sites,
+        seed=args.seed,
+        spatial_size=args.spatial_size,
+        spacing=args.spacing,
+        label_shift=shifts,
+        overwrite=args.overwrite,
+    )
+    print(f"segmentation cohort datalist: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""Scriptable encoder/decoder walks over MONAI segmentation networks, with cluster scale/bias in the decoder.
+
+A mixed-effects segmentation wrapper needs three things from a MONAI encoder-decoder that its ``forward`` does not
+give: the encoder's feature maps (what the cluster adversary sees), a way to run the encoder once and the decoder
+twice (without and with the cluster design ``z``), and ``z`` at the decoder's normalisation layers. Forward hooks
+cannot carry ``z`` under TorchScript, so each supported network is walked explicitly, reusing its own modules (no
+copy, no edit of its code): the encoder blocks run as they are, and every decoder block that is a plain
+``nn.Sequential`` (MONAI ``Convolution``/``ADN``/``TwoConv`` are) is split by
+:func:`~monai_medl.networks.blocks.build_stages` at its normalisation layers, each of which becomes a
+:class:`~monai_medl.networks.layers.ClusterScaleBias` that keeps the network's own norm and applies
+``(1 + gamma(z)) * x + beta(z)`` to its output. With ``z`` None or all zeros the walk computes exactly what the
+network's ``forward`` computes.
+
+Supported: ``monai.networks.nets.UNet`` (decoder norms of the up-convolutions; norms inside a ``ResidualUnit`` stay
+fixed), ``BasicUNet`` (every norm of the ``UpCat`` convolutions) and ``SegResNet`` (the norm of its final block;
+its decoder ``ResBlock`` norms stay fixed).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from monai.networks.layers.simplelayers import SkipConnection
+from monai.networks.nets import BasicUNet, SegResNet, UNet
+from torch import nn
+
+from monai_medl.networks.blocks.backbone_stages import build_stages, iter_layers, norm_channels
+
+__all__ = ["DecoderBlock", "EncoderDecoderPath", "UNetPath", "BasicUNetPath", "SegResNetPath", "encoder_decoder_path"]
+
+
+class DecoderBlock(nn.Module):
+    """A decoder block of the wrapped network run as stages that end at its reachable normalisation layers.
+
+    Args:
+        module: the network's own block (its plain ``nn.Sequential`` parts are opened, see
+            :func:`~monai_medl.networks.blocks.iter_layers`).
+        spatial_dims: spatial dimensions.
+        num_clusters: width of ``z``.
+        cluster_scale_bias: give every reachable normalisation layer cluster scale/bias.
+        prior_scale: prior s.d. of the cluster scale/bias effects.
+        learn_prior_scale: learn that prior s.d.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        spatial_dims: int,
+        num_clusters: int,
+        cluster_scale_bias: bool,
+        prior_scale: float,
+        learn_prior_scale: bool,
+    ) -> None:
+        super().__init__()
+        layers = list(iter_layers(module, "block"))
+        norms = [n for n, m in layers if norm_channels(m) is not None] if cluster_scale_bias else []
+        self.stages, _ = build_stages(layers, [], norms, spatial_dims, num_clusters, prior_scale, learn_prior_scale)
+
+    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+        for stage in self.stages:
+            x = stage(x, z)
+        return x
+
+
+def pad_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Pad ``x`` at the end of each spatial axis (replicate) to the spatial size of ``ref`` (odd encoder sizes)."""
+    pads: list[int] = []
+    for i in range(x.dim() - 1, 1, -1):  # F.pad lists the last axis first
+        pads += [0, ref.shape[i] - x.shape[i]]
+    if sum(pads) == 0:
+        return x
+    return F.pad(x, pads, "replicate")
+
+
+class EncoderDecoderPath(nn.Module):
+    """Base of the walks: :meth:`encode` gives the encoder outputs, :meth:`decode` the logits for a ``z``.
+
+    Attributes:
+        spatial_dims, in_channels, out_channels: of the wrapped network.
+        num_cluster_layers: number of decoder normalisation layers with cluster scale/bias.
+    """
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder outputs, shallow to deep; the last one is the bottleneck."""
+        raise NotImplementedError
+
+    def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+        """Logits from the encoder outputs, with the decoder's cluster scale/bias for ``z`` (None: none)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+        return self.decode(self.encode(x), z)
+
+    def _count(self) -> None:
+        self.num_cluster_layers = sum(1 for m in self.modules() if getattr(m, "has_cluster", False))
+
+
+class UNetPath(EncoderDecoderPath):
+    """Walk of ``monai.networks.nets.UNet``: ``Sequential(down, SkipConnection(inner), up)`` unrolled level by level.
+
+    Example::
+
+        >>> unet = UNet(3, 1, 4, channels=(8, 16, 32), strides=(2, 2))
+        >>> path = UNetPath(unet, num_clusters=3)
+        >>> x = torch.randn(1, 1, 16, 16, 16)
+        >>> torch.equal(path.eval()(x), unet.eval()(x))
+        True
+    """
+
+    def __init__(
+        self,
+        unet: UNet,
+        num_clusters: int,
+        cluster_scale_bias: bool = True,
+        prior_scale: float = 0.25,
+        learn_prior_scale: bool = False,
+    ) -> None:
+        super().__init__()
+        downs, ups = [], []
+        block: nn.Module = unet.model
+        while True:
+            if not (isinstance(block, nn.Sequential) and len(block) == 3 and isinstance(block[1], SkipConnection)):
+                raise TypeError(f"unexpected UNet structure at {type(block).__name__}; was UNet.model overridden?")
+            skip = block[1]
+            if skip.mode != "cat" or skip.dim != 1:
+                raise TypeError(f"UNetPath needs channel concatenation skips, got mode={skip.mode!r} dim={skip.dim}.")
+            downs.append(block[0])
+            ups.append(block[2])
+            inner = skip.submodule
+            if isinstance(inner, nn.Sequential) and len(inner) == 3 and isinstance(inner[1], SkipConnection):
+                block = inner
+            else:
+                self.bottom = inner
+                break
+        self.spatial_dims = int(unet.dimensions)
+        self.in_channels = int(unet.in_channels)
+        self.out_channels = int(unet.out_channels)
+        self.downs = nn.ModuleList(downs)
+        args = (self.spatial_dims, num_clusters, cluster_scale_bias, prior_scale, learn_prior_scale)
+        self.ups = nn.ModuleList([DecoderBlock(up, *args) for up in reversed(ups)])  # deepest first
+        self._count()
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        skips: list[torch.Tensor] = []
+        for down in self.downs:
+            x = down(x)
+            skips.append(x)
+        skips.append(self.bottom(x))
+        return skips
+
+    def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+        x = skips[-1]
+        n = len(skips) - 1
+        for i, block in enumerate(self.ups):
+            x = block(torch.cat([skips[n - 1 - i], x], 1), z)
+        return x
+
+
+class BasicUNetPath(EncoderDecoderPath):
+    """Walk of ``monai.networks.nets.BasicUNet``: ``conv_0``, ``down_1..4``, ``upcat_4..1``, ``final_conv``.
+
+    Each ``UpCat`` runs as upsample, pad to the skip's size, concatenate (skip first), then its convolutions split at
+    their normalisation layers.
+
+    Example::
+
+        >>> net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=3, features=(4, 4, 8, 8, 16, 4))
+        >>> x = torch.randn(1, 1, 32, 32)
+        >>> torch.equal(BasicUNetPath(net, num_clusters=2).eval()(x), net.eval()(x))
+        True
+    """
+
+    def __init__(
+        self,
+        net: BasicUNet,
+        num_clusters: int,
+        cluster_scale_bias: bool = True,
+        prior_scale: float = 0.25,
+        learn_prior_scale: bool = False,
+    ) -> None:
+        super().__init__()
+        first = net.conv_0.conv_0.conv
+        self.spatial_dims = first.weight.dim() - 2
+        self.in_channels = int(first.in_channels)
+        self.out_channels = int(net.final_conv.out_channels)
+        self.encoders = nn.ModuleList([net.conv_0, net.down_1, net.down_2, net.down_3, net.down_4])
+        upcats = [net.upcat_4, net.upcat_3, net.upcat_2, net.upcat_1]
+        self.upsamples = nn.ModuleList([u.upsample for u in upcats])
+        args = (self.spatial_dims, num_clusters, cluster_scale_bias, prior_scale, learn_prior_scale)
+        self.ups = nn.ModuleList([DecoderBlock(u.convs, *args) for u in upcats])
+        self.final_conv = net.final_conv
+        self._count()
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        skips: list[torch.Tensor] = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+        return skips
+
+    def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+        x = skips[-1]
+        n = len(skips) - 1
+        for i, (upsample, block) in enumerate(zip(self.upsamples, self.ups)):
+            skip = skips[n - 1 - i]
+            x = block(torch.cat([skip, pad_to(upsample(x), skip)], 1), z)
+        return self.final_conv(x)
+
+
+class SegResNetPath(EncoderDecoderPath):
+    """Walk of ``monai.networks.nets.SegResNet`` (``convInit``, ``down_layers``; ``up_samples``/``up_layers``).
+
+    Example::
+
+        >>> net = SegResNet(3, init_filters=8, in_channels=1, out_channels=2, blocks_down=(1, 1), blocks_up=(1,))
+        >>> x = torch.randn(1, 1, 16, 16, 16)
+        >>> torch.equal(SegResNetPath(net, num_clusters=2).eval()(x), net.eval()(x))
+        True
+    """
+
+    def __init__(
+        self,
+        net: SegResNet,
+        num_clusters: int,
+        cluster_scale_bias: bool = True,
+        prior_scale: float = 0.25,
+        learn_prior_scale: bool = False,
+    ) -> None:
+        super().__init__()
+        self.spatial_dims = int(net.spatial_dims)
+        self.in_channels = int(net.in_channels)
+        convs = [m for m in net.conv_final.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+        self.out_channels = int(convs[-1].out_channels) if net.use_conv_final else int(net.init_filters)
+        self.conv_init = net.convInit
+        self.dropout = net.dropout if net.dropout_prob is not None else nn.Identity()
+        self.down_layers = net.down_layers
+        self.up_samples = net.up_samples
+        self.up_layers = net.up_layers
+        args = (self.spatial_dims, num_clusters, cluster_scale_bias, prior_scale, learn_prior_scale)
+        self.final = DecoderBlock(net.conv_final if net.use_conv_final else nn.Identity(), *args)
+        self._count()
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.dropout(self.conv_init(x))
+        skips: list[torch.Tensor] = []
+        for down in self.down_layers:
+            x = down(x)
+            skips.append(x)
+        return skips
+
+    def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+        x = skips[-1]
+        n = len(skips) - 1
+        for i, (up, layer) in enumerate(zip(self.up_samples, self.up_layers)):
+            x = layer(up(x) + skips[n - 1 - i])
+        return self.final(x, z)
+
+
+def encoder_decoder_path(
+    network: nn.Module,
+    num_clusters: int,
+    cluster_scale_bias: bool = True,
+    prior_scale: float = 0.25,
+    learn_prior_scale: bool = False,
+) -> EncoderDecoderPath:
+    """The :class:`EncoderDecoderPath` for a supported MONAI segmentation network (subclasses included).
+
+    Raises:
+        TypeError: for an unsupported network, naming the supported ones.
+    """
+    for cls, path in ((UNet, UNetPath), (BasicUNet, BasicUNetPath), (SegResNet, SegResNetPath)):
+        if isinstance(network, cls):
+            return path(network, num_clusters, cluster_scale_bias, prior_scale, learn_prior_scale)
+    raise TypeError(
+        f"no encoder-decoder walk for {type(network).__name__}; supported: monai.networks.nets UNet, BasicUNet, "
+        "SegResNet (and their subclasses)."
+    )

@@ -1,0 +1,225 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""Mixed-effects segmentation network: a MONAI encoder-decoder with cluster effects in its decoder and logits."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Optional
+
+import torch
+from monai.networks.nets import UNet
+from monai.utils import ensure_tuple_rep
+from torch import nn
+
+from monai_medl.networks.blocks.backbone_stages import global_avg_pool
+from monai_medl.networks.blocks.encoder_decoder_path import encoder_decoder_path
+from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
+from monai_medl.networks.layers.random_effects import RandomEffects
+from monai_medl.networks.nets.cluster_classifier import ClusterAdversary
+from monai_medl.networks.nets.me_cnn import instantiate_backbone
+from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet
+
+__all__ = ["MixedEffectsUNet", "MEUNet"]
+
+DEFAULT_PROBE_SIZE = {2: 64, 3: 32}
+
+
+class MixedEffectsUNet(MixedEffectsNet):
+    """Mixed-effects segmentation around a MONAI encoder-decoder (``UNet``, ``BasicUNet``, ``SegResNet``; 2D or 3D).
+
+    The network's own modules (not copies; its code is not edited) are walked by an
+    :class:`~monai_medl.networks.blocks.EncoderDecoderPath`: the encoder runs once, the decoder once without and
+    once with the cluster design ``z``. Random effects act in two places:
+
+    * **random slopes on feature maps**: every reachable decoder normalisation layer is followed by a cluster
+      scale/bias ``(1 + gamma(z)) * x + beta(z)`` (:class:`~monai_medl.networks.layers.ClusterScaleBias` keeping the
+      network's own norm), so each site gets its own contrast and offset of decoder features;
+    * **per-cluster, per-class intercepts**: a :class:`~monai_medl.networks.layers.RandomEffects` layer with one unit
+      per output class adds ``u_0(z)`` to every voxel's logits (a site's systematic labelling tendency, e.g. a
+      protocol that draws grey matter thicker).
+
+    The fixed-effects prediction is the decoder without ``z`` (the bare network, exactly); the mixed one adds the
+    effects of ``z``. With ``z`` None or all zeros the mixed prediction equals the bare network's output exactly.
+    The adversary sees every encoder output (the last is the bottleneck) average-pooled to a vector.
+
+    Outputs (see :class:`~monai_medl.networks.nets.MixedEffectsNet`): in eval mode and under TorchScript
+    ``net(x, z)`` returns the mixed logits ``(batch, out_channels, *spatial)`` in one pass, so
+    ``SlidingWindowInferer``, Dice metrics and post-transforms see a tensor. A ``z`` with one row is broadcast over
+    the batch (sliding-window inference passes windows in batches; see
+    :class:`~monai_medl.inferers.SiteSlidingWindowInferer` for batches of several sites). In training mode it
+    returns a :class:`~monai_medl.networks.blocks.MixedEffectsOutput` ``(mixed, fixed, features, None, kl)`` for
+    :class:`~monai_medl.losses.MixedEffectsLoss` (``task="dice_ce"``) and
+    :class:`~monai_medl.handlers.AdversaryHandler`.
+
+    Args:
+        num_clusters: number of training clusters ``K`` (width of ``z``).
+        backbone: a supported MONAI network, a config dictionary with ``"_target_"`` (e.g. ``"BasicUNet"``), or None
+            for ``UNet(spatial_dims, in_channels, out_channels, channels, strides, num_res_units=num_res_units)``.
+        spatial_dims: spatial dimensions (checked against a given backbone). Defaults to 3.
+        in_channels: input channels (checked against a given backbone). Defaults to 1.
+        out_channels: classes (checked against a given backbone; required without one). Defaults to None.
+        channels: UNet channels when ``backbone`` is None. Defaults to ``(16, 32, 64, 128)``.
+        strides: UNet strides when ``backbone`` is None. Defaults to ``(2, 2, 2)``.
+        num_res_units: UNet residual units when ``backbone`` is None. Defaults to 1.
+        cluster_scale_bias: cluster scale/bias on the decoder's normalisation outputs. False gives a one-pass model
+            whose only random effect is the per-class intercept. Defaults to True.
+        random_intercept: per-cluster, per-class logit intercepts. Defaults to True.
+        intercept_prior_scale: prior s.d. of the intercepts. Defaults to 0.5.
+        cluster_prior_scale: prior s.d. of the cluster scale/bias effects. Defaults to 0.25.
+        learn_prior_scale: learn every prior s.d. (variance components). Defaults to False.
+        post_loc_init_scale: s.d. of the intercepts' initial posterior means. Defaults to 0.1.
+        probe_size: spatial size of the zero input used once to measure the encoder widths; defaults to 32 (3D) or
+            64 (2D) per axis.
+
+    Example::
+
+        >>> net = MixedEffectsUNet(num_clusters=4, spatial_dims=3, out_channels=4, channels=(8, 16, 32), strides=(2, 2))
+        >>> x, z = torch.randn(2, 1, 16, 16, 16), torch.eye(4)[[0, 3]]
+        >>> out = net(x, z)                                    # training mode: both predictions, adversary inputs, KL
+        >>> out.mixed.shape, [f.shape[1] for f in out.features]
+        (torch.Size([2, 4, 16, 16, 16]), [8, 16, 32])
+        >>> adversary = net.make_adversary()
+        >>> net.eval()(x).shape                                # eval, population level (z = None): the bare UNet
+        torch.Size([2, 4, 16, 16, 16])
+
+    In a bundle config::
+
+        "network_def": {
+            "_target_": "monai_medl.networks.nets.MixedEffectsUNet",
+            "num_clusters": "@num_sites",
+            "backbone": {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 4,
+                         "channels": [16, 32, 64], "strides": [2, 2], "num_res_units": 1}
+        }
+    """
+
+    def __init__(
+        self,
+        num_clusters: int,
+        backbone: nn.Module | Mapping | None = None,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        out_channels: int | None = None,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        strides: Sequence[int] = (2, 2, 2),
+        num_res_units: int = 1,
+        cluster_scale_bias: bool = True,
+        random_intercept: bool = True,
+        intercept_prior_scale: float = 0.5,
+        cluster_prior_scale: float = 0.25,
+        learn_prior_scale: bool = False,
+        post_loc_init_scale: float = 0.1,
+        probe_size: Sequence[int] | int | None = None,
+    ) -> None:
+        super().__init__()
+        if int(num_clusters) < 1:
+            raise ValueError(f"num_clusters must be >= 1 (the number of training clusters), got {num_clusters}.")
+        if backbone is None:
+            if out_channels is None:
+                raise ValueError("out_channels (the number of classes) is required when no backbone is given.")
+            backbone = UNet(spatial_dims, in_channels, out_channels, channels, strides, num_res_units=num_res_units)
+        elif isinstance(backbone, Mapping):
+            backbone = instantiate_backbone(backbone)
+        elif not isinstance(backbone, nn.Module):
+            raise TypeError(f"backbone must be an nn.Module, a config dict or None, got {type(backbone).__name__}.")
+        self.num_clusters = int(num_clusters)
+        self.path = encoder_decoder_path(
+            backbone, self.num_clusters, bool(cluster_scale_bias), cluster_prior_scale, learn_prior_scale
+        )
+        given = {"spatial_dims": spatial_dims, "in_channels": in_channels, "out_channels": out_channels}
+        for name, value in given.items():
+            found = getattr(self.path, name)
+            if value is not None and int(value) != found:
+                raise ValueError(f"{name}={value} does not match the backbone ({type(backbone).__name__}: {found}).")
+        self.spatial_dims = int(self.path.spatial_dims)
+        self.in_channels = int(self.path.in_channels)
+        self.out_channels = int(self.path.out_channels)
+        self.has_cluster_layers = self.path.num_cluster_layers > 0
+        self.intercept: RandomEffects | None = (
+            RandomEffects(
+                self.num_clusters,
+                self.out_channels,
+                prior_scale=intercept_prior_scale,
+                learn_prior_scale=learn_prior_scale,
+                post_loc_init_scale=post_loc_init_scale,
+            )
+            if random_intercept
+            else None
+        )
+        self.__dict__["backbone"] = backbone  # shared modules; not registered, so not saved twice
+        spatial = ensure_tuple_rep(probe_size or DEFAULT_PROBE_SIZE.get(self.spatial_dims, 64), self.spatial_dims)
+        self.feature_sizes = self._probe(spatial)
+
+    @torch.jit.unused
+    def _probe(self, spatial: Sequence[int]) -> list[int]:
+        """Channel widths of the encoder outputs, from one zero input in eval mode (no state changes)."""
+        param = next(self.path.parameters(), None)
+        x = torch.zeros(1, self.in_channels, *spatial, device=param.device if param is not None else None)
+        modes = [(m, m.training) for m in self.path.modules()]
+        self.path.eval()
+        try:
+            with torch.no_grad():
+                return [int(s.shape[1]) for s in self.path.encode(x)]
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(
+                f"could not run the encoder on a zero input of spatial size {tuple(spatial)} ({e}); pass probe_size= "
+                "a valid input size."
+            ) from e
+        finally:
+            for m, mode in modes:
+                m.training = mode
+
+    def _design(self, x: torch.Tensor, z: Optional[torch.Tensor]) -> Optional[torch.Tensor]:  # noqa: UP045
+        """``z`` with a single row broadcast over the batch (sliding-window batches of one image's windows)."""
+        if z is not None and z.dim() == 2 and z.shape[0] == 1 and x.shape[0] > 1:
+            return z.expand(x.shape[0], z.shape[1])
+        return z
+
+    def _add_intercept(self, logits: torch.Tensor, z: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+        intercept = self.intercept
+        if z is None or intercept is None:
+            return logits
+        shape = [logits.shape[0], logits.shape[1]] + [1] * (logits.dim() - 2)
+        return logits + intercept(z).view(shape)
+
+    def predict(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+        """Mixed logits in one pass (decoder cluster scale/bias and intercepts for ``z``); what eval mode returns."""
+        z = self._design(x, z)
+        if not torch.jit.is_scripting():
+            self.check_inputs(x, z)
+            self._check_image(x)
+        return self._add_intercept(self.path(x, z), z)
+
+    @torch.jit.unused
+    def forward_all(self, x: torch.Tensor, z: torch.Tensor | None = None) -> MixedEffectsOutput:
+        z = self._design(x, z)
+        self.check_inputs(x, z)
+        self._check_image(x)
+        skips = self.path.encode(x)
+        fixed = self.path.decode(skips, None)
+        mixed = fixed
+        if z is not None:
+            if self.has_cluster_layers:
+                mixed = self.path.decode(skips, z)
+            mixed = self._add_intercept(mixed, z)
+        return MixedEffectsOutput(mixed, fixed, [global_avg_pool(s) for s in skips], None, None)
+
+    @torch.jit.unused
+    def _check_image(self, x: torch.Tensor) -> None:
+        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"input must have shape (batch, {self.in_channels}, {self.spatial_dims} spatial axes), "
+                f"got {tuple(x.shape)}."
+            )
+
+    @property
+    def adversary_in_features(self) -> int:
+        """Total length of the adversary's input (sum of :attr:`feature_sizes`)."""
+        return int(sum(self.feature_sizes))
+
+    @torch.jit.unused
+    def make_adversary(self, hidden: Sequence[int] = (64, 32), act: str | tuple = "leakyrelu", dropout: float = 0.0):
+        """A :class:`~monai_medl.networks.nets.ClusterAdversary` sized for the pooled encoder outputs."""
+        return ClusterAdversary(self.adversary_in_features, self.num_clusters, hidden=hidden, act=act, dropout=dropout)
+
+
+MEUNet = MixedEffectsUNet
