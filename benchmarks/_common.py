@@ -17,6 +17,8 @@ import json
 import math
 import os
 import platform
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ __all__ = [
     "environment",
     "markdown_table",
     "write_results",
+    "announce_plan",
 ]
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -117,7 +120,47 @@ def environment(seeds: Sequence[int]) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()],  # other jobs inflate the timings
         "seeds": [int(s) for s in seeds],
+        "commit": _git_commit(),
+        "command": " ".join([os.path.basename(sys.executable), "-m", *_module_argv()]),
     }
+
+
+def _git_commit() -> str:
+    """HEAD of the checkout the benchmark runs from, with ``+dirty`` when it has uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def _module_argv() -> list[str]:
+    """``benchmarks.<name> [args]`` as the run was started (``python -m``), or the script path and its arguments."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return [spec.name if spec is not None else sys.argv[0], *sys.argv[1:]]
+
+
+def announce_plan(
+    name: str, quick: bool, plan: Mapping[str, Any], seeds: Sequence[int], out_dir: str | Path = DEFAULT_OUT
+) -> None:
+    """Write the run's plan to ``out_dir/<name>.json`` before anything is measured (``"status": "running"``); the
+    results replace the file when the run ends. The plan (seeds, splits, primary comparisons, decision rule) is
+    fixed in the benchmark's code; this file and the recorded commit show it predates the results."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "benchmark": name,
+        "quick": bool(quick),
+        "status": "running",
+        "plan": dict(plan),
+        "env": environment(seeds),
+    }
+    (out / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -151,6 +194,14 @@ def _rows(models: Mapping[str, Any], header: list[str], keys: Sequence[str], wit
     return lines
 
 
+def _plan_text(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k}: {_plan_text(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(_plan_text(v) for v in value)
+    return str(value)
+
+
 def markdown_table(
     results: Mapping[str, Any], digits: int = 3, extra_tables: Sequence[tuple[str, Sequence[str]]] | None = None
 ) -> str:
@@ -174,6 +225,11 @@ def markdown_table(
         f"Mean [95% CI] over repeats. Seeds: {results['env']['seeds']}.",
         "",
     ]
+    if "commit" in results["env"]:
+        lines += [f"Run: `{results['env']['command']}` at commit {results['env']['commit']}.", ""]
+    if results.get("plan"):
+        lines += ["Plan (fixed in the benchmark's code before the run):", ""]
+        lines += [f"* **{key}**: {_plan_text(value)}" for key, value in results["plan"].items()] + [""]
     if groups[0][0]:
         lines += [f"### {groups[0][0]}", ""]
     main_keys = list(groups[0][1])
@@ -195,6 +251,7 @@ def write_results(
     out_dir: str | Path = DEFAULT_OUT,
     notes: str = "",
     extra_tables: Sequence[tuple[str, Sequence[str]]] | None = None,
+    plan: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/<name>.json`` (contract shape) and ``out_dir/<name>.md``, print the table, return the dict.
 
@@ -210,6 +267,7 @@ def write_results(
         notes: free text appended to the markdown file (e.g. how to read the table).
         extra_tables: optional grouping of the ``extra`` columns into several markdown tables
             (see :func:`markdown_table`); the JSON is unaffected.
+        plan: the benchmark's pre-registered plan (see :func:`announce_plan`), stored as ``plan``.
     """
     for model, entry in models.items():
         missing = {"seen", "unseen"} - set(entry)
@@ -226,6 +284,8 @@ def write_results(
         "config": dict(config),
         "env": environment(seeds),
     }
+    if plan is not None:
+        results["plan"] = dict(plan)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")

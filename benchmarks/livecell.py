@@ -79,7 +79,7 @@ from monai.utils import set_determinism
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from benchmarks._common import benchmark_parser, paired_difference, summarize, write_results
+from benchmarks._common import announce_plan, benchmark_parser, paired_difference, summarize, write_results
 from monai_medl.data.livecell import LiveCellData, make_livecell
 from monai_medl.engines.prepare_batch import MixedEffectsPrepareBatch
 from monai_medl.handlers.adversary_handler import AdversaryHandler
@@ -576,6 +576,18 @@ def results_notes(models: dict, selection: dict, seeds: list[int]) -> str:
     return "\n".join(lines + selection_table(selection)) + "\n\n" + NOTES.strip()
 
 
+PLAN = {
+    "seeds": "0..9 (0, 1 quick); seeds 5..9 were drawn after the selection rule was fixed and are reported apart",
+    "splits": "generated seen batches' training/validation/test tiles; 2 unseen batches test-only",
+    "primary_comparisons": [
+        "me - conventional: seen MSE, FE-latent Davies-Bouldin and Calinski-Harabasz, batch probe, seen AUROC",
+        "me - me_auroc_selected (the previous rule)",
+    ],
+    "decision_rule": "me's adversary objective and learning rate by the one-standard-error rule on seen-batch "
+    "validation tiles; a difference is claimed when its paired 95% t-interval over seeds excludes 0",
+}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = benchmark_parser(__doc__.splitlines()[0])
     args = parser.parse_args(argv)
@@ -584,6 +596,7 @@ def main(argv: list[str] | None = None) -> dict:
     epochs = 8 if args.quick else 25
     tiles = 60 if args.quick else 100
     selection: dict[int, dict] = {}
+    announce_plan(NAME, args.quick, PLAN, seeds, args.out)
     models = run(args.quick, seeds, epochs, tiles, selection)
     notes = results_notes(models, selection, seeds)
     config = {
@@ -613,6 +626,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.out,
         notes=notes,
         extra_tables=[("", COLUMNS)],
+        plan=PLAN,
     )
 
 

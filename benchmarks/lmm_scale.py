@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 
-from benchmarks._common import benchmark_parser, write_results
+from benchmarks._common import announce_plan, benchmark_parser, write_results
 
 __all__ = ["SIZES", "simulate", "run", "main"]
 
@@ -153,12 +153,22 @@ def run(sizes: list[str]) -> tuple[dict, dict]:
     return models, config
 
 
+PLAN = {
+    "seeds": "data seed 0 per size; one fit per model in its own process, wall-time capped",
+    "primary_comparisons": ["me vs statsmodels_ml and gpboost: wall time; group s.d., residual s.d., x1 vs ML"],
+    "decision_rule": "target: faster than statsmodels at 100,000 x 2,000 with estimates within 2% of it",
+}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = benchmark_parser(__doc__.splitlines()[0]).parse_args(argv)
     sizes = ["100k"] if args.quick else list(SIZES)
+    announce_plan(NAME, args.quick, PLAN, [0], args.out)
     models, config = run(sizes)
     notes = "Wall time of one fit per model (own process, nice'd run on a shared 2-core machine; see config.uptime_*)."
-    return write_results(NAME, args.quick, "fit_seconds", 1, models, config, [0], out_dir=args.out, notes=notes)
+    return write_results(
+        NAME, args.quick, "fit_seconds", 1, models, config, [0], out_dir=args.out, notes=notes, plan=PLAN
+    )
 
 
 if __name__ == "__main__":

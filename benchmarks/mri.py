@@ -57,7 +57,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from benchmarks._common import CONTRACT_MODELS, benchmark_parser, summarize, write_results
+from benchmarks._common import CONTRACT_MODELS, announce_plan, benchmark_parser, summarize, write_results
 from monai_medl.bundle.optim import random_effects_param_groups
 from monai_medl.data.cohort import generate_mri_cohort
 from monai_medl.data.splits import stratified_group_kfold
@@ -481,6 +481,20 @@ def _with_cohort(cfg: dict[str, Any], cohort_dir: str | None, body, log=print):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+PLAN = {
+    "seeds": "repeats 0..4 (fewer in quick mode): repeat r trains on 4 of 5 folds of the seen-site subjects and tests "
+    "on fold r",
+    "splits": "5 folds stratified on label x site over the 6 seen sites; the 2 unseen sites are test-only",
+    "primary_comparisons": [
+        "me - conventional, unseen-site AUROC, paired per fold",
+        "me - cluster_input, unseen-site AUROC, paired per fold",
+        "me - me_randomized_z, seen-site AUROC, paired per fold",
+    ],
+    "decision_rule": "a difference is claimed only when its paired 95% t-interval excludes 0; the last epoch is "
+    "used (no choice on test data)",
+}
+
+
 def run(
     quick: bool = False, out_dir=None, config: dict[str, Any] | None = None, cohort_dir: str | None = None, log=print
 ) -> dict[str, Any]:
@@ -488,6 +502,7 @@ def run(
     cfg = config or default_config(quick)
     start = time.perf_counter()
     seeds = list(range(cfg["repeats"]))
+    announce_plan(NAME, quick, PLAN, seeds, **({} if out_dir is None else {"out_dir": out_dir}))
 
     def body(data):
         per_model: dict[str, list[dict[str, float]]] = {m: [] for m in MODELS}
@@ -509,7 +524,7 @@ def run(
     models = {m: _entry(per_model[m]) for m in MODELS}
     cfg = {**cfg, "seconds": round(time.perf_counter() - start, 1)}
     kwargs = {} if out_dir is None else {"out_dir": out_dir}
-    return write_results(NAME, quick, "auroc", len(seeds), models, cfg, seeds, notes=NOTES, **kwargs)
+    return write_results(NAME, quick, "auroc", len(seeds), models, cfg, seeds, notes=NOTES, plan=PLAN, **kwargs)
 
 
 ABLATIONS: dict[str, dict[str, Any]] = {

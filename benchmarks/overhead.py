@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from monai.networks.nets import DenseNet121
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks._common import benchmark_parser, summarize, write_results
+from benchmarks._common import announce_plan, benchmark_parser, summarize, write_results
 from monai_medl.losses import AdversarialRegularizer, MixedEffectsLoss
 from monai_medl.networks.nets import MixedEffectsCNN, SmallCNN
 
@@ -230,10 +230,19 @@ def measure_case(
     return out
 
 
+PLAN = {
+    "seeds": "one seed (0) for weights and batch; repeats alternate which model runs first",
+    "primary_comparisons": ["ME / bare backbone: train step, eager and scripted inference, peak tensor memory"],
+    "decision_rule": "targets train <= 1.10, inference <= 1.05, memory <= 1.10 on the ratio of thread CPU times "
+    "(median over repeats of the fastest-of-steps per repeat)",
+}
+
+
 def run(quick: bool, out_dir, cases: list[str] | None = None, seed: int = 0) -> dict[str, Any]:
     torch.set_num_threads(1)
     mode = "quick" if quick else "full"
     names = list(CASES) if cases is None else cases
+    announce_plan(NAME, quick, PLAN, [seed], out_dir)
     models: dict[str, dict[str, Any]] = {}
     config: dict[str, Any] = {"num_clusters": NUM_CLUSTERS, "threads": 1, "targets": TARGETS, "cases": {}}
     repeats = 0
@@ -283,7 +292,7 @@ memory <= 1.10.
 cluster block runs twice in training and eager evaluation (z-free pass for the fixed head and the adversary, z pass
 for the mixed head); the scripted forward runs the mixed pass only.
 """
-    return write_results(NAME, quick, "step_time_ratio", repeats, models, config, [seed], out_dir, notes)
+    return write_results(NAME, quick, "step_time_ratio", repeats, models, config, [seed], out_dir, notes, plan=PLAN)
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
-from benchmarks._common import CONTRACT_MODELS, benchmark_parser, summarize, write_results
+from benchmarks._common import CONTRACT_MODELS, announce_plan, benchmark_parser, summarize, write_results
 from monai_medl.data.spirals import SpiralData, make_spirals
 from monai_medl.engines.tabular import TabularTrainer, data_dependent_init_, predict_tabular
 from monai_medl.networks.nets.cluster_classifier import ClusterAdversary, ClusterPredictor
@@ -53,6 +53,19 @@ __all__ = ["MODELS", "default_config", "make_data", "run_fold", "run_variant", "
 NAME = "spirals"
 MODELS = CONTRACT_MODELS
 TORCH_MODELS = ("conventional", "cluster_input", "domain_adversarial", "me_no_adversary", "me", "shuffled_label")
+
+
+PLAN = {
+    "seeds": "repeats 0..9 (0..2 quick); repeat r holds out clusters 2r, 2r+1 (mod 10) as unseen",
+    "splits": "10-fold StratifiedKFold on label x cluster of the 8 seen clusters (no shuffle); features standardised "
+    "on the training fold",
+    "primary_comparisons": [
+        "me vs conventional: seen and unseen accuracy (mean over folds per repeat, t-interval over repeats)",
+        "confounded variant: probe-feature attribution share, me vs conventional and domain_adversarial",
+    ],
+    "decision_rule": "a difference is claimed only when its 95% t-interval over repeats excludes 0; every fixed "
+    "setting is in config, none is tuned on unseen clusters",
+}
 
 
 def default_config(quick: bool = False) -> dict[str, Any]:
@@ -394,6 +407,7 @@ def run(
     cfg = default_config(quick)
     cfg.update(config or {})
     seeds = list(range(cfg["repeats"]))
+    announce_plan(name, quick, PLAN, seeds, **({} if out_dir is None else {"out_dir": out_dir}))
     results = {v: run_variant(cfg, v, seeds, log) for v in cfg["variants"]}
     base = results.get("random_radius") or results[cfg["variants"][0]]
     conf = results.get("confounded")
@@ -407,7 +421,7 @@ def run(
     if conf is None:
         tables = tables[:2]
     return write_results(
-        name, quick, "accuracy", len(seeds), models, cfg, seeds, notes=NOTES, extra_tables=tables, **kwargs
+        name, quick, "accuracy", len(seeds), models, cfg, seeds, notes=NOTES, extra_tables=tables, plan=PLAN, **kwargs
     )
 
 

@@ -22,7 +22,6 @@ Run ``python -m benchmarks.variance_components [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from pathlib import Path
@@ -32,7 +31,7 @@ import pandas as pd
 import statsmodels.api as sm
 import torch
 
-from benchmarks._common import benchmark_parser, summarize, write_results
+from benchmarks._common import announce_plan, benchmark_parser, summarize, write_results
 from monai_medl.data.grouped_simulation import simulate_crossed, simulate_nested, simulate_random_slope
 from monai_medl.data.reference_datasets import load_dietox, load_sleepstudy
 from monai_medl.estimators import MixedEffectsRegressor
@@ -268,7 +267,6 @@ def run(seeds: list[int]) -> tuple[dict, dict]:
         )
     )
     config = {
-        "plan": PLAN,
         "estimator": "MixedEffectsRegressor defaults: full posterior per level, L-BFGS full batch, float64",
         "timing": "wall time per fit after one untimed warm-up fit; torch.set_num_threads(1)",
         "statsmodels": "MixedLM.fit(reml=False); strong/weak: diagonal cov_re, Powell then L-BFGS",
@@ -296,9 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = list(range(3 if args.quick else 10))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    # the plan goes to disk before any fit runs; the results overwrite this file when the run finishes
-    plan = {"benchmark": NAME, "quick": args.quick, "status": "running", "plan": PLAN, "seeds": seeds}
-    (out / f"{NAME}.json").write_text(json.dumps(plan, indent=1) + "\n")
+    announce_plan(NAME, args.quick, PLAN, seeds, out)
     # one untimed fit first: the first fit in a process pays torch's one-off start-up costs (about 2 s here)
     _timed(lambda: MixedEffectsRegressor().fit(np.zeros((4, 1)), np.arange(4.0), groups=[0, 0, 1, 1]))
     models, config = run(seeds)
@@ -313,6 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
         out_dir=out,
         notes=NOTES,
         extra_tables=_extra_tables(models),
+        plan=PLAN,
     )
 
 

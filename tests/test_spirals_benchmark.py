@@ -35,7 +35,9 @@ def test_tiny_run_writes_contract_json(tmp_path):
     results = spirals.run(quick=True, out_dir=tmp_path, config=TINY, log=lambda _: None)
     on_disk = json.loads((tmp_path / "spirals.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
-    assert set(on_disk) == {"benchmark", "quick", "metric", "repeats", "models", "config", "env"}
+    assert set(on_disk) == {"benchmark", "quick", "metric", "repeats", "models", "config", "env", "plan"}
+    assert on_disk["plan"] == spirals.PLAN and {"decision_rule", "primary_comparisons", "seeds"} <= set(spirals.PLAN)
+    assert len(on_disk["env"]["commit"]) >= 40 and "spirals" in on_disk["env"]["command"]
     assert on_disk["benchmark"] == "spirals" and on_disk["quick"] is True
     assert on_disk["metric"] == "accuracy" and on_disk["repeats"] == 2
     assert set(on_disk["env"]) >= {"python", "torch", "monai", "seeds"} and on_disk["env"]["seeds"] == [0, 1]
