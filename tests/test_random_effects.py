@@ -141,3 +141,24 @@ def test_gradient_reversal_flips_and_scales_the_gradient():
     x = torch.randn(4, requires_grad=True)
     (GradientReversal(0.3)(x) * torch.arange(4.0)).sum().backward()
     torch.testing.assert_close(x.grad, -0.3 * torch.arange(4.0))
+
+
+def test_gaussian_kl_of_many_layers_equals_the_sum_of_their_kl_values_and_gradients():
+    from monai_medl.networks.layers.random_effects import gaussian_kl
+
+    torch.manual_seed(0)
+    layers = [
+        RandomEffects(4, units=3, prior_scale=0.1),
+        RandomEffects(4, units=1, prior_scale=0.5, learn_prior_scale=True),
+        RandomEffects(4, units=7, prior_scale=0.25, learn_prior_scale=True),
+    ]
+    with torch.no_grad():
+        for layer in layers:
+            layer.loc.normal_(0, 0.3)  # away from the initial values so every term matters
+    params = [p for layer in layers for p in layer.parameters()]
+    expected = sum(layer.kl() for layer in layers)
+    grads = torch.autograd.grad(expected, params)
+    value = gaussian_kl(layers)
+    torch.testing.assert_close(value, expected)
+    for g, h in zip(torch.autograd.grad(value, params), grads):
+        torch.testing.assert_close(g, h)

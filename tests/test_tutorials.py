@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-TUTORIALS = sorted((Path(__file__).resolve().parents[1] / "tutorials").glob("[0-9][0-9]_*.py"))
+REPO = Path(__file__).resolve().parents[1]
+TUTORIALS = sorted((REPO / "tutorials").glob("[0-9][0-9]_*.py"))
 
 
 def test_tutorials_are_found():
@@ -20,7 +21,9 @@ def test_tutorials_are_found():
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.stem)
 def test_tutorial_runs(path, tmp_path):
-    env = {**os.environ, "MONAI_MEDL_TUTORIAL_QUICK": "1", "OMP_NUM_THREADS": "1"}
+    # the checkout's package first: an installed (e.g. editable) monai_medl elsewhere must not be what runs
+    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "MONAI_MEDL_TUTORIAL_QUICK": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
     proc = subprocess.run(
         [sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from monai_medl.networks.layers.random_effects import RandomEffects
+from monai_medl.networks.layers.random_effects import RandomEffects, gaussian_kl
 
 __all__ = [
     "unwrap_network",
@@ -49,7 +49,7 @@ def kl_divergence(network: nn.Module) -> torch.Tensor:
     if not layers:
         param = next(unwrap_network(network).parameters(), None)
         return torch.zeros((), device=None if param is None else param.device)
-    return torch.stack([layer.kl() for layer in layers]).sum()
+    return gaussian_kl(layers)
 
 
 def random_effects_parameters(network: nn.Module) -> list[nn.Parameter]:

@@ -91,6 +91,8 @@ class ModalityFallback(nn.Module):
         mask: Optional[torch.Tensor] = None,  # noqa: UP045
         covariates: Optional[torch.Tensor] = None,  # noqa: UP045
     ) -> torch.Tensor:
+        if not torch.jit.is_scripting() and self.training:
+            raise RuntimeError("ModalityFallback routes predictions at inference: train its two networks, then eval().")
         out = self.primary(x, z, mask, covariates)
         if mask is None:
             return out
