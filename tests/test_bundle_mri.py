@@ -130,7 +130,7 @@ def test_evaluate_reports_per_site_seen_unseen_and_modes(trained_bundle):
             reported = next(r for r in rows if r["mode"] == mode and r["group"] == group)
             assert float(reported["auroc"]) == pytest.approx(expected, abs=1e-9) and int(reported["n"]) == len(scans)
     unseen_inferred = [p for p in preds if p["mode"] == "inferred" and p["seen"] == "False"]
-    assert unseen_inferred and {p["z"] for p in unseen_inferred} == {"inferred"}
+    assert unseen_inferred and {p["z"] for p in unseen_inferred} == {"soft:z-predictor"}
     assert {p["z"] for p in preds if p["mode"] == "population"} == {"zero"}
     # the balanced-accuracy threshold of a mode is the same for every group: it was chosen on training scans
     for mode in modes:
@@ -149,8 +149,8 @@ def test_inference_on_the_datalist_and_on_a_folder_of_unseen_site_scans(trained_
     rows = _infer(root, caplog)
     truth = json.loads((root / "data" / "ground_truth.json").read_text())
     unseen = [r for r in rows if r["site"] in truth["unseen_sites"]]
-    assert unseen and all(r["z"] == "inferred" for r in unseen)
-    assert all(r["z"] == "one-hot" for r in rows if r["site"] in truth["seen_sites"])
+    assert unseen and all(r["z"] == "soft:z-predictor" for r in unseen)
+    assert all(r["z"] == f"one-hot:{r['site']}" for r in rows if r["site"] in truth["seen_sites"])
     assert all(0.0 <= float(r["probability"]) <= 1.0 for r in rows)
     assert "predicting them with mode 'inferred'" in caplog.text
     caplog.clear()

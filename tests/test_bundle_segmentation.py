@@ -94,7 +94,7 @@ def test_evaluate_reports_dice_per_class_site_and_mode(trained):
         assert set(truth["unseen_sites"]) <= sites
     scans = _rows(root / "eval" / "predictions.csv")
     assert {s["z"] for s in scans if s["mode"] == "population"} == {"zero"}
-    assert {s["z"] for s in scans if s["mode"] == "inferred" and s["seen"] == "False"} == {"inferred"}
+    assert {s["z"] for s in scans if s["mode"] == "inferred" and s["seen"] == "False"} == {"soft:z-predictor"}
 
 
 def test_inference_segments_good_scans_and_reports_a_bad_one(trained, tmp_path):

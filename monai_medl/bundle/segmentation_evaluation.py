@@ -17,7 +17,7 @@ from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 from monai.utils import CommonKeys
 
-from monai_medl.bundle.site_evaluation import _Z_OF_MODE, _scalar, _write_csv, raise_for_invalid_scans
+from monai_medl.bundle.site_evaluation import _write_csv, raise_for_invalid_scans, scan_record
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -83,9 +83,6 @@ class SiteDiceCollector:
         return [float(v) for v in compute_dice(p, y, include_background=False, ignore_empty=True).reshape(-1)]
 
     def __call__(self, engine: Engine) -> None:
-        prepare = getattr(engine, "prepare_batch", None)
-        mode = getattr(prepare, "mode", "mixed")
-        unseen_z = "inferred" if getattr(prepare, "z_predictor", None) is not None else "zero"
         batch, output = engine.state.batch, engine.state.output
         if not isinstance(batch, list) or not isinstance(output, list):
             raise TypeError("SiteDiceCollector needs decollated batches (the evaluator's decollate=True).")
@@ -100,18 +97,7 @@ class SiteDiceCollector:
             if isinstance(label, torch.Tensor):
                 scores = self.dice(pred, label.detach().cpu())
             finite = [s for s in scores if s is not None and not math.isnan(s)]
-            site_index = int(_scalar(item.get(self.site_key, -1)))
-            meta = getattr(item.get(self.image_key), "meta", {}) or {}
-            seen = site_index >= 0
-            row = {
-                "mode": mode,
-                "z": _Z_OF_MODE.get(mode) or ("one-hot" if seen else unseen_z),
-                "split": str(_scalar(item.get(self.split_key, ""))),
-                "image": str(meta.get("filename_or_obj", "")),
-                "site": str(_scalar(item.get(self.site_name_key, site_index))),
-                "seen": seen,
-                "input_warning": str(_scalar(item.get("input_warning", ""))),
-            }
+            row = scan_record(engine, item, self.site_key, self.site_name_key, self.split_key, self.image_key)
             row.update(zip(self.dice_fields, [*scores, float(np.mean(finite)) if finite else None]))
             self.rows.append(row)
 

@@ -29,6 +29,7 @@ __all__ = [
     "evaluate_modes",
     "write_predictions",
     "write_evaluation",
+    "scan_record",
     "InvalidScansError",
     "raise_for_invalid_scans",
 ]
@@ -46,8 +47,9 @@ PREDICTION_FIELDS = (
     "input_warning",
     "error",
 )
-_Z_OF_MODE = {"population": "zero", "inferred": "inferred", "randomized": "random", "mixed": None}
-"""What ``z`` a scan gets in each mode (in ``"mixed"``: one-hot if seen, else inferred or zero)."""
+_Z_OF_MODE = {"population": "zero", "inferred": "soft:z-predictor", "randomized": "one-hot:random", "mixed": None}
+"""The design vector ``z`` a scan gets in each mode (``"mixed"``: ``one-hot:<its site>`` for a seen site, else
+``soft:z-predictor`` or ``zero``), as written in the ``z`` column; the ``mode`` column names the mode."""
 METRIC_FIELDS = ("mode", "group", "site", "n", "n_positive", "auroc", "balanced_accuracy", "threshold")
 
 
@@ -133,6 +135,34 @@ def _scalar(v: Any) -> Any:
     return v
 
 
+def scan_record(
+    engine: Engine,
+    item: Mapping[str, Any],
+    site_key: str = "site",
+    site_name_key: str = "site_name",
+    split_key: str = "split",
+    image_key: str = CommonKeys.IMAGE,
+) -> dict[str, Any]:
+    """Who a decollated item is and which ``z`` it got: ``mode``, ``z``, ``split``, ``image``, ``site``, ``seen``,
+    ``input_warning`` (the identity columns every per-scan collector writes)."""
+    prepare = getattr(engine, "prepare_batch", None)
+    mode = getattr(prepare, "mode", "mixed")
+    unseen_z = _Z_OF_MODE["inferred"] if getattr(prepare, "z_predictor", None) is not None else "zero"
+    site_index = int(_scalar(item.get(site_key, -1)))
+    site = str(_scalar(item.get(site_name_key, site_index)))
+    seen = site_index >= 0
+    meta = getattr(item.get(image_key), "meta", {}) or {}
+    return {
+        "mode": mode,
+        "z": _Z_OF_MODE.get(mode) or (f"one-hot:{site}" if seen else unseen_z),
+        "split": str(_scalar(item.get(split_key, ""))),
+        "image": str(meta.get("filename_or_obj", "")),
+        "site": site,
+        "seen": seen,
+        "input_warning": str(_scalar(item.get("input_warning", ""))),
+    }
+
+
 class SitePredictionCollector:
     """Ignite handler recording one row per scan from a MONAI ``SupervisedEvaluator`` run.
 
@@ -187,9 +217,6 @@ class SitePredictionCollector:
         self.rows = []
 
     def __call__(self, engine: Engine) -> None:
-        prepare = getattr(engine, "prepare_batch", None)
-        mode = getattr(prepare, "mode", "mixed")
-        unseen_z = "inferred" if getattr(prepare, "z_predictor", None) is not None else "zero"
         batch, output = engine.state.batch, engine.state.output
         if not isinstance(batch, list) or not isinstance(output, list):
             raise TypeError("SitePredictionCollector needs decollated batches (the evaluator's decollate=True).")
@@ -199,24 +226,9 @@ class SitePredictionCollector:
             prob = float(torch.as_tensor(out[self.pred_key]).reshape(-1)[-1])
             label = item.get(self.label_key)
             label = None if label is None else float(torch.as_tensor(label).reshape(-1)[0])
-            site_index = int(_scalar(item.get(self.site_key, -1)))
-            image = item.get(self.image_key)
-            meta = getattr(image, "meta", {}) or {}
-            seen = site_index >= 0
-            self.rows.append(
-                {
-                    "mode": mode,
-                    "z": _Z_OF_MODE.get(mode) or ("one-hot" if seen else unseen_z),
-                    "split": str(_scalar(item.get(self.split_key, ""))),
-                    "image": str(meta.get("filename_or_obj", "")),
-                    "site": str(_scalar(item.get(self.site_name_key, site_index))),
-                    "seen": seen,
-                    "label": label,
-                    "probability": prob,
-                    "prediction": int(prob >= self.threshold),
-                    "input_warning": str(_scalar(item.get("input_warning", ""))),
-                }
-            )
+            row = scan_record(engine, item, self.site_key, self.site_name_key, self.split_key, self.image_key)
+            row.update(label=label, probability=prob, prediction=int(prob >= self.threshold))
+            self.rows.append(row)
 
 
 def evaluate_modes(
