@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from ignite.engine import Events
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 from monai.utils import CommonKeys
 
-from monai_medl.bundle.site_evaluation import _write_csv, raise_for_invalid_scans, scan_record
+from monai_medl.bundle.site_evaluation import ScanCollector, _write_csv, raise_for_invalid_scans
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -27,7 +26,7 @@ __all__ = ["SiteDiceCollector", "segmentation_site_metrics", "write_segmentation
 SEGMENTATION_FIELDS = ("mode", "z", "split", "image", "site", "seen", "input_warning", "error")
 
 
-class SiteDiceCollector:
+class SiteDiceCollector(ScanCollector):
     """Ignite handler recording one row per scan (Dice per foreground class) from a ``SupervisedEvaluator`` run.
 
     Attach it to the evaluator (``val_handlers``) after a post-processing that turns ``pred`` into a label map
@@ -59,21 +58,12 @@ class SiteDiceCollector:
     ) -> None:
         if isinstance(class_names, str) or not class_names:
             raise ValueError(f"class_names must list the foreground classes, got {class_names!r}.")
+        super().__init__(pred_key, label_key, site_key, site_name_key, split_key, image_key)
         self.class_names = [str(c) for c in class_names]
-        self.pred_key = pred_key
-        self.label_key = label_key
-        self.site_key = site_key
-        self.site_name_key = site_name_key
-        self.split_key = split_key
-        self.image_key = image_key
-        self.rows: list[dict[str, Any]] = []
 
     @property
     def dice_fields(self) -> list[str]:
         return [f"dice_{c}" for c in self.class_names] + ["dice_mean"]
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def dice(self, pred: torch.Tensor, label: torch.Tensor) -> list[float]:
         """Dice of each foreground class between two label maps ``(1, *spatial)`` (NaN where both are empty)."""
@@ -97,7 +87,7 @@ class SiteDiceCollector:
             if isinstance(label, torch.Tensor):
                 scores = self.dice(pred, label.detach().cpu())
             finite = [s for s in scores if s is not None and not math.isnan(s)]
-            row = scan_record(engine, item, self.site_key, self.site_name_key, self.split_key, self.image_key)
+            row = self.record(engine, item)
             row.update(zip(self.dice_fields, [*scores, float(np.mean(finite)) if finite else None]))
             self.rows.append(row)
 

@@ -163,7 +163,38 @@ def scan_record(
     }
 
 
-class SitePredictionCollector:
+class ScanCollector:
+    """Base of the per-scan Ignite collectors: the batch/output keys, ``rows``, ``attach`` and ``reset``."""
+
+    def __init__(
+        self,
+        pred_key: str = CommonKeys.PRED,
+        label_key: str = CommonKeys.LABEL,
+        site_key: str = "site",
+        site_name_key: str = "site_name",
+        split_key: str = "split",
+        image_key: str = CommonKeys.IMAGE,
+    ) -> None:
+        self.pred_key = pred_key
+        self.label_key = label_key
+        self.site_key = site_key
+        self.site_name_key = site_name_key
+        self.split_key = split_key
+        self.image_key = image_key
+        self.rows: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def reset(self) -> None:
+        self.rows = []
+
+    def record(self, engine: Engine, item: Mapping[str, Any]) -> dict[str, Any]:
+        """The identity columns of one decollated item (:func:`scan_record`)."""
+        return scan_record(engine, item, self.site_key, self.site_name_key, self.split_key, self.image_key)
+
+
+class SitePredictionCollector(ScanCollector):
     """Ignite handler recording one row per scan from a MONAI ``SupervisedEvaluator`` run.
 
     Attach it to the evaluator (``val_handlers``). After each iteration it reads the decollated batch and
@@ -201,20 +232,8 @@ class SitePredictionCollector:
         image_key: str = CommonKeys.IMAGE,
         threshold: float = 0.5,
     ) -> None:
-        self.pred_key = pred_key
-        self.label_key = label_key
-        self.site_key = site_key
-        self.site_name_key = site_name_key
-        self.split_key = split_key
-        self.image_key = image_key
+        super().__init__(pred_key, label_key, site_key, site_name_key, split_key, image_key)
         self.threshold = threshold
-        self.rows: list[dict[str, Any]] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
-    def reset(self) -> None:
-        self.rows = []
 
     def __call__(self, engine: Engine) -> None:
         batch, output = engine.state.batch, engine.state.output
@@ -226,7 +245,7 @@ class SitePredictionCollector:
             prob = float(torch.as_tensor(out[self.pred_key]).reshape(-1)[-1])
             label = item.get(self.label_key)
             label = None if label is None else float(torch.as_tensor(label).reshape(-1)[0])
-            row = scan_record(engine, item, self.site_key, self.site_name_key, self.split_key, self.image_key)
+            row = self.record(engine, item)
             row.update(label=label, probability=prob, prediction=int(prob >= self.threshold))
             self.rows.append(row)
 

@@ -44,7 +44,7 @@ import numpy as np
 from scipy import ndimage
 
 from monai_medl.data.datalist import write_datalist
-from monai_medl.data.generated_folder import claim_output_folder
+from monai_medl.data.generated_folder import reuse_or_claim
 from monai_medl.data.splits import stratified_group_kfold
 from monai_medl.data.template import TissueTemplate, load_tissue_template, template_checksums
 
@@ -388,19 +388,11 @@ def generate_mri_cohort(
         "generator_version": _GENERATOR_VERSION,
     }
     out_dir = os.path.abspath(os.fspath(out_dir))
+    existing = reuse_or_claim(out_dir, config, "generate_mri_cohort", overwrite)
+    if existing:
+        return existing
     datalist_path = os.path.join(out_dir, "datalist.json")
     truth_path = os.path.join(out_dir, "ground_truth.json")
-    if os.path.isfile(datalist_path) and os.path.isfile(truth_path):
-        with open(truth_path, encoding="utf-8") as f:
-            previous = json.load(f).get("config")
-        if previous == config:
-            return datalist_path
-        if not overwrite:
-            raise FileExistsError(
-                f"{out_dir!r} holds a cohort generated with other arguments ({truth_path}); "
-                "pass overwrite=True (--overwrite) or choose another folder."
-            )
-    claim_output_folder(out_dir, "generate_mri_cohort")
     image_dir = os.path.join(out_dir, "images")
     os.makedirs(image_dir, exist_ok=True)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-__all__ = ["GENERATED_MARKER", "claim_output_folder"]
+__all__ = ["GENERATED_MARKER", "claim_output_folder", "reuse_or_claim"]
 
 GENERATED_MARKER = ".monai_medl_generated"
 """File a generator writes into its output folder; only folders with it (or empty ones) are written into."""
@@ -51,3 +51,29 @@ def claim_output_folder(out_dir: str | os.PathLike, generator: str) -> str:
             json.dump({"generator": generator}, f)
             f.write("\n")
     return out_dir
+
+
+def reuse_or_claim(out_dir: str | os.PathLike, config: dict, generator: str, overwrite: bool = False) -> str | None:
+    """The ``datalist.json`` of ``out_dir`` when it already holds data generated with ``config`` (nothing to do), else
+    None after claiming the folder for a new generation (:func:`claim_output_folder`).
+
+    A generation is recognised by ``ground_truth.json``'s ``config`` next to ``datalist.json``.
+
+    Raises:
+        FileExistsError: ``out_dir`` holds data generated with another ``config`` and ``overwrite`` is False, or
+            files no generator made.
+    """
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    datalist_path = os.path.join(out_dir, "datalist.json")
+    truth_path = os.path.join(out_dir, "ground_truth.json")
+    if os.path.isfile(datalist_path) and os.path.isfile(truth_path):
+        with open(truth_path, encoding="utf-8") as f:
+            if json.load(f).get("config") == config:
+                return datalist_path
+        if not overwrite:
+            raise FileExistsError(
+                f"{out_dir!r} holds data generated with other arguments ({truth_path}); pass overwrite=True "
+                "(--overwrite) or choose another folder."
+            )
+    claim_output_folder(out_dir, generator)
+    return None

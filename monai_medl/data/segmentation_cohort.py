@@ -45,7 +45,7 @@ from monai_medl.data.cohort import (
     cohort_grid,
 )
 from monai_medl.data.datalist import write_datalist
-from monai_medl.data.generated_folder import claim_output_folder
+from monai_medl.data.generated_folder import reuse_or_claim
 from monai_medl.data.template import load_tissue_template, template_checksums
 
 __all__ = ["TISSUE_LABELS", "tissue_labels", "apply_label_shift", "generate_segmentation_cohort", "main"]
@@ -162,18 +162,11 @@ def generate_segmentation_cohort(
         "generator_version": _GENERATOR_VERSION,
     }
     out_dir = os.path.abspath(os.fspath(out_dir))
+    existing = reuse_or_claim(out_dir, config, "generate_segmentation_cohort", overwrite)
+    if existing:
+        return existing
     datalist_path = os.path.join(out_dir, "datalist.json")
     truth_path = os.path.join(out_dir, "ground_truth.json")
-    if os.path.isfile(datalist_path) and os.path.isfile(truth_path):
-        with open(truth_path, encoding="utf-8") as f:
-            if json.load(f).get("config") == config:
-                return datalist_path
-        if not overwrite:
-            raise FileExistsError(
-                f"{out_dir!r} holds a cohort generated with other arguments ({truth_path}); pass overwrite=True "
-                "(--overwrite) or choose another folder."
-            )
-    claim_output_folder(out_dir, "generate_segmentation_cohort")
     for sub in ("images", "labels"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
 
