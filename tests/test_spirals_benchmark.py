@@ -72,3 +72,14 @@ def test_timing_option_writes_its_own_files(tmp_path, monkeypatch):
     assert timing["config"]["variants"] == ["random_radius"] and timing["config"]["folds_run"] == 3
     assert len(timing["env"]["load_average_1_5_15min"]) == 3
     assert all(entry["extra"]["cpu_time_per_fold_s"] > 0 for entry in timing["models"].values())
+
+
+def test_reference_protocol_reports_every_fold_and_the_minimum(tmp_path):
+    res = spirals.run_reference_protocol(quick=True, out_dir=tmp_path, log=lambda _: None)
+    assert set(res["models"]) == {"conventional", "me"} and res["plan"] == spirals.REFERENCE_PLAN
+    for entry in res["models"].values():
+        folds = entry["extra"]["fold_accuracies"]
+        assert len(folds) == 3 and entry["extra"]["min_fold_accuracy"] == min(folds)
+        assert entry["extra"]["folds_below_0.70"] == sum(a < 0.70 for a in folds)
+        assert entry["seen"]["values"] == [pytest.approx(sum(folds) / 3)] and entry["unseen"] is None
+    assert "min_fold_accuracy" in (tmp_path / "spirals_reference.md").read_text()
