@@ -75,7 +75,8 @@ def test_timing_option_writes_its_own_files(tmp_path, monkeypatch):
 
 
 def test_reference_protocol_reports_every_fold_and_the_minimum(tmp_path):
-    res = spirals.run_reference_protocol(quick=True, out_dir=tmp_path, log=lambda _: None)
+    small = {"data": {**spirals.default_config()["data"], "points_per_cluster": 100}, "epochs": 2}
+    res = spirals.run_reference_protocol(quick=True, out_dir=tmp_path, config=small, log=lambda _: None)
     assert set(res["models"]) == {"conventional", "me"} and res["plan"] == spirals.REFERENCE_PLAN
     for entry in res["models"].values():
         folds = entry["extra"]["fold_accuracies"]
