@@ -19,7 +19,7 @@ from typing import Any
 
 from monai.utils import ensure_tuple
 
-from monai_medl.data.datalist import DatalistError, _resolve, validate_datalist
+from monai_medl.data.datalist import DatalistError, resolve_entry, validate_datalist
 from monai_medl.data.image_info import ImageInfo
 
 __all__ = ["BundleInputError", "BundleInputs", "read_datalist_json", "load_bundle_inputs"]
@@ -144,10 +144,7 @@ def load_bundle_inputs(
         if not section:
             problems.append(f"[{name}] is empty: it needs at least one entry")
             continue
-        entries = [
-            {k: (_resolve(base, v) if k in image_keys else v) for k, v in e.items()} if isinstance(e, Mapping) else e
-            for e in section
-        ]
+        entries = [resolve_entry(e, base, image_keys) for e in section]
         infos[name] = {}
         found = validate_datalist(
             entries,

@@ -17,7 +17,7 @@ from monai.utils import ensure_tuple
 from monai_medl.bundle.artifacts import file_sha256
 from monai_medl.bundle.input_profile import compare_to_profile, summarize_images
 from monai_medl.bundle.inputs import BundleInputError, load_bundle_inputs, read_datalist_json
-from monai_medl.data.datalist import _resolve, validate_datalist
+from monai_medl.data.datalist import resolve_entry, validate_datalist
 from monai_medl.transforms.site import SiteVocabulary
 from monai_medl.transforms.site_intensity import SiteIntensityStats
 
@@ -363,10 +363,7 @@ def inference_inputs(
         if not isinstance(content, list | Mapping):
             raise BundleInputError(source, [f"expected sections or a list of entries, got {type(content).__name__}"])
         base = os.path.dirname(os.path.abspath(source))
-        items = [
-            {k: (_resolve(base, v) if k in image_keys else v) for k, v in e.items()} if isinstance(e, Mapping) else e
-            for e in data
-        ]
+        items = [resolve_entry(e, base, image_keys) for e in data]
         for e in items:
             if isinstance(e, dict):
                 e.setdefault(site_key, default_site)

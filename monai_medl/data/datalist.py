@@ -29,7 +29,14 @@ from monai.utils import ensure_tuple
 
 from monai_medl.data.image_info import ImageInfo, ImageReadError, read_image_info
 
-__all__ = ["DatalistError", "load_datalist", "write_datalist", "validate_datalist", "check_image_file"]
+__all__ = [
+    "DatalistError",
+    "load_datalist",
+    "write_datalist",
+    "validate_datalist",
+    "check_image_file",
+    "resolve_entry",
+]
 
 
 class DatalistError(ValueError):
@@ -50,6 +57,14 @@ def _resolve(base_dir: str, value: Any) -> Any:
     if isinstance(value, list | tuple) and all(isinstance(v, str | os.PathLike) for v in value):
         return [_resolve(base_dir, v) for v in value]
     return value
+
+
+def resolve_entry(entry: Any, base_dir: str, image_keys: Sequence[str]) -> Any:
+    """``entry`` with the values of its ``image_keys`` joined to ``base_dir`` (other keys, and non-dictionaries such
+    as a bad entry that validation will report, are returned unchanged)."""
+    if not isinstance(entry, Mapping):
+        return entry
+    return {k: (_resolve(base_dir, v) if k in image_keys else v) for k, v in entry.items()}
 
 
 def check_image_file(
@@ -280,7 +295,7 @@ def load_datalist(
         if isinstance(item, str):  # decathlon "test" sections may list bare image paths
             item = {image_keys[0]: item}
         if isinstance(item, Mapping):
-            item = {k: (_resolve(base, v) if k in image_keys else v) for k, v in item.items()}
+            item = resolve_entry(item, base, image_keys)
         entries.append(item)
     if validate:
         problems = validate_datalist(
