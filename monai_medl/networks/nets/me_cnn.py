@@ -16,8 +16,7 @@ from monai_medl.networks.blocks.backbone_stages import build_stages, global_avg_
 from monai_medl.networks.blocks.mixed_effects_head import MixedEffectsHead
 from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
 from monai_medl.networks.nets.backbone_layouts import backbone_layout
-from monai_medl.networks.nets.cluster_classifier import ClusterAdversary
-from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet
+from monai_medl.networks.nets.image_mixed_effects_net import ImageMixedEffectsNet
 from monai_medl.networks.nets.small_cnn import SmallCNN
 
 __all__ = ["MixedEffectsCNN", "MECNN"]
@@ -56,7 +55,7 @@ def first_conv(layers: Sequence[tuple[str, nn.Module]]) -> nn.modules.conv._Conv
     raise TypeError("the backbone has no convolution layer; MixedEffectsCNN wraps image (1D/2D/3D) networks.")
 
 
-class MixedEffectsCNN(MixedEffectsNet):
+class MixedEffectsCNN(ImageMixedEffectsNet):
     """Mixed-effects CNN around an existing MONAI network (2D or 3D), built in one call.
 
     The backbone's own modules (not copies; its code is not edited) form the fixed-effects path. Its
@@ -327,29 +326,6 @@ class MixedEffectsCNN(MixedEffectsNet):
         if hm is None:
             return features, features[-1]
         return features, hm
-
-    @torch.jit.unused
-    def _check_image(self, x: torch.Tensor) -> None:
-        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"input must have shape (batch, {self.in_channels}, {self.spatial_dims} spatial axes), "
-                f"got {tuple(x.shape)}."
-            )
-
-    @property
-    def adversary_in_features(self) -> int:
-        """Total length of the adversary's input (sum of :attr:`feature_sizes`)."""
-        return int(sum(self.feature_sizes))
-
-    @torch.jit.unused
-    def make_adversary(self, hidden: Sequence[int] = (64, 32), act: str | tuple = "leakyrelu", dropout: float = 0.0):
-        """A :class:`~monai_medl.networks.nets.ClusterAdversary` sized for this model's pooled activations.
-
-        The leaky activation keeps the adversary trainable: with ReLU units the feature extractor can silence the
-        adversary (dead units, chance-level output) without removing the site information (measured on the 3D
-        site-shortcut toy of ``tests/test_me_cnn_training.py``; the numbers are in ``docs/method.md``, section 5).
-        """
-        return ClusterAdversary(self.adversary_in_features, self.num_clusters, hidden=hidden, act=act, dropout=dropout)
 
 
 MECNN = MixedEffectsCNN

@@ -15,16 +15,15 @@ from monai_medl.networks.blocks.backbone_stages import global_avg_pool
 from monai_medl.networks.blocks.encoder_decoder_path import encoder_decoder_path
 from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
 from monai_medl.networks.layers.random_effects import RandomEffects
-from monai_medl.networks.nets.cluster_classifier import ClusterAdversary
+from monai_medl.networks.nets.image_mixed_effects_net import ImageMixedEffectsNet
 from monai_medl.networks.nets.me_cnn import instantiate_backbone
-from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet
 
 __all__ = ["MixedEffectsUNet", "MEUNet"]
 
 DEFAULT_PROBE_SIZE = {2: 64, 3: 32}
 
 
-class MixedEffectsUNet(MixedEffectsNet):
+class MixedEffectsUNet(ImageMixedEffectsNet):
     """Mixed-effects segmentation around a MONAI encoder-decoder (``UNet``, ``BasicUNet``, ``SegResNet``; 2D or 3D).
 
     The network's own modules (not copies; its code is not edited) are walked by an
@@ -202,24 +201,6 @@ class MixedEffectsUNet(MixedEffectsNet):
                 mixed = self.path.decode(skips, z)
             mixed = self._add_intercept(mixed, z)
         return MixedEffectsOutput(mixed, fixed, [global_avg_pool(s) for s in skips], None, None)
-
-    @torch.jit.unused
-    def _check_image(self, x: torch.Tensor) -> None:
-        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"input must have shape (batch, {self.in_channels}, {self.spatial_dims} spatial axes), "
-                f"got {tuple(x.shape)}."
-            )
-
-    @property
-    def adversary_in_features(self) -> int:
-        """Total length of the adversary's input (sum of :attr:`feature_sizes`)."""
-        return int(sum(self.feature_sizes))
-
-    @torch.jit.unused
-    def make_adversary(self, hidden: Sequence[int] = (64, 32), act: str | tuple = "leakyrelu", dropout: float = 0.0):
-        """A :class:`~monai_medl.networks.nets.ClusterAdversary` sized for the pooled encoder outputs."""
-        return ClusterAdversary(self.adversary_in_features, self.num_clusters, hidden=hidden, act=act, dropout=dropout)
 
 
 MEUNet = MixedEffectsUNet

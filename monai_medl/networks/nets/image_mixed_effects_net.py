@@ -1,0 +1,46 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""What the image mixed-effects networks share: the input-shape check and the adversary sized for their pooled
+feature taps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from monai_medl.networks.nets.cluster_classifier import ClusterAdversary
+from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet
+
+__all__ = ["ImageMixedEffectsNet"]
+
+
+class ImageMixedEffectsNet(MixedEffectsNet):
+    """A :class:`MixedEffectsNet` on ``(batch, in_channels, *spatial)`` images whose adversary reads the
+    average-pooled feature maps listed in ``feature_sizes``.
+
+    Subclasses set ``spatial_dims``, ``in_channels``, ``num_clusters`` and ``feature_sizes`` (no class-level
+    annotations here: TorchScript would try to resolve them when scripting the subclass).
+    """
+
+    @torch.jit.unused
+    def _check_image(self, x: torch.Tensor) -> None:
+        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"input must have shape (batch, {self.in_channels}, {self.spatial_dims} spatial axes), "
+                f"got {tuple(x.shape)}."
+            )
+
+    @property
+    def adversary_in_features(self) -> int:
+        """Total length of the adversary's input (sum of :attr:`feature_sizes`)."""
+        return int(sum(self.feature_sizes))
+
+    @torch.jit.unused
+    def make_adversary(self, hidden: Sequence[int] = (64, 32), act: str | tuple = "leakyrelu", dropout: float = 0.0):
+        """A :class:`~monai_medl.networks.nets.ClusterAdversary` sized for this model's pooled activations.
+
+        The leaky activation keeps the adversary trainable: with ReLU units the feature extractor can silence the
+        adversary (dead units, chance-level output) without removing the site information (measured on the 3D
+        site-shortcut toy of ``tests/test_me_cnn_training.py``; the numbers are in ``docs/method.md``, section 5).
+        """
+        return ClusterAdversary(self.adversary_in_features, self.num_clusters, hidden=hidden, act=act, dropout=dropout)
