@@ -4,9 +4,10 @@ feature taps."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+from torch import nn
 
 from monai_medl.networks.nets.cluster_classifier import ClusterAdversary
 from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet
@@ -29,6 +30,28 @@ class ImageMixedEffectsNet(MixedEffectsNet):
                 f"input must have shape (batch, {self.in_channels}, {self.spatial_dims} spatial axes), "
                 f"got {tuple(x.shape)}."
             )
+
+    @torch.jit.unused
+    def _probe_channels(
+        self, module: nn.Module, run: Callable[[torch.Tensor], list[torch.Tensor]], spatial: Sequence[int], what: str
+    ) -> list[int]:
+        """Channel widths of the tensors ``run`` returns for one zero input of size ``spatial``, computed in eval mode
+        without gradients; ``module``'s train/eval modes are restored (no state changes)."""
+        param = next(module.parameters(), None)
+        x = torch.zeros(1, self.in_channels, *spatial, device=param.device if param is not None else None)
+        modes = [(m, m.training) for m in module.modules()]
+        module.eval()
+        try:
+            with torch.no_grad():
+                return [int(t.shape[1]) for t in run(x)]
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(
+                f"could not run the {what} on a zero input of spatial size {tuple(spatial)} to measure its features "
+                f"({e}); pass probe_size= a valid input size."
+            ) from e
+        finally:
+            for m, mode in modes:
+                m.training = mode
 
     @property
     def adversary_in_features(self) -> int:

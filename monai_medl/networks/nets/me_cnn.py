@@ -207,7 +207,9 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
 
         if probe_size is None:
             probe_size = getattr(backbone, "in_shape", None) or DEFAULT_PROBE_SIZE[dims]
-        self.feature_sizes = self._probe(ensure_tuple_rep(probe_size, dims))
+        self.feature_sizes = self._probe_channels(
+            self.stages, lambda x: self._walk(x, None)[0], ensure_tuple_rep(probe_size, dims), "backbone"
+        )
         if feature_dim is not None and int(feature_dim) != self.feature_sizes[-1]:
             raise ValueError(
                 f"feature_dim={feature_dim} but the backbone's penultimate features have "
@@ -233,26 +235,6 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
                 self.head.linear.weight.copy_(classifier.weight)
                 if classifier.bias is not None:
                     self.head.linear.bias.copy_(classifier.bias)
-
-    @torch.jit.unused
-    def _probe(self, spatial: Sequence[int]) -> list[int]:
-        """Widths of the pooled taps and of ``h`` from one zero input in eval mode (no state changes)."""
-        param = next(self.stages.parameters(), None)
-        x = torch.zeros(1, self.in_channels, *spatial, device=param.device if param is not None else None)
-        modes = [(m, m.training) for m in self.stages.modules()]
-        self.stages.eval()
-        try:
-            with torch.no_grad():
-                sizes = [f.shape[1] for f in self._walk(x, None)[0]]
-        except RuntimeError as e:
-            raise ValueError(
-                f"could not run the backbone on a zero input of spatial size {tuple(spatial)} to measure its "
-                f"features ({e}); pass probe_size= a valid input size."
-            ) from e
-        finally:
-            for m, mode in modes:
-                m.training = mode
-        return [int(s) for s in sizes]
 
     def _walk(
         self,

@@ -146,26 +146,7 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
         )
         self.__dict__["backbone"] = backbone  # shared modules; not registered, so not saved twice
         spatial = ensure_tuple_rep(probe_size or DEFAULT_PROBE_SIZE.get(self.spatial_dims, 64), self.spatial_dims)
-        self.feature_sizes = self._probe(spatial)
-
-    @torch.jit.unused
-    def _probe(self, spatial: Sequence[int]) -> list[int]:
-        """Channel widths of the encoder outputs, from one zero input in eval mode (no state changes)."""
-        param = next(self.path.parameters(), None)
-        x = torch.zeros(1, self.in_channels, *spatial, device=param.device if param is not None else None)
-        modes = [(m, m.training) for m in self.path.modules()]
-        self.path.eval()
-        try:
-            with torch.no_grad():
-                return [int(s.shape[1]) for s in self.path.encode(x)]
-        except (RuntimeError, ValueError) as e:
-            raise ValueError(
-                f"could not run the encoder on a zero input of spatial size {tuple(spatial)} ({e}); pass probe_size= "
-                "a valid input size."
-            ) from e
-        finally:
-            for m, mode in modes:
-                m.training = mode
+        self.feature_sizes = self._probe_channels(self.path, self.path.encode, spatial, "encoder")
 
     def _design(self, x: torch.Tensor, z: Optional[torch.Tensor]) -> Optional[torch.Tensor]:  # noqa: UP045
         """``z`` with a single row broadcast over the batch (sliding-window batches of one image's windows)."""
