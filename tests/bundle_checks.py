@@ -47,9 +47,10 @@ def check_layout_and_metadata(bundle: Path, extra_files: Sequence[str] = ()) -> 
     return meta
 
 
-def verify_and_export(bundle: Path, tmp_path: Path) -> tuple[torch.nn.Module, torch.jit.ScriptModule]:
-    """Run ``verify_net_in_out`` and ``ckpt_export`` on ``network_def``; return the eager net (shipped weights,
-    eval mode) and the exported TorchScript module for output comparisons."""
+def verify_and_export(bundle: Path, tmp_path: Path, **overrides) -> tuple[torch.nn.Module, torch.jit.ScriptModule]:
+    """Run ``verify_net_in_out`` and ``ckpt_export`` on ``network_def``; return the eager net (the bundle's
+    ``models/model.pt``, eval mode) and the exported TorchScript module for output comparisons. ``overrides`` (e.g.
+    ``spatial_size``) apply to the export and to the eager network; ``verify_net_in_out`` uses the metadata's shape."""
     configs = bundle / "configs"
     kwargs = {
         "meta_file": str(configs / "metadata.json"),
@@ -58,9 +59,10 @@ def verify_and_export(bundle: Path, tmp_path: Path) -> tuple[torch.nn.Module, to
     }
     verify_net_in_out(net_id="network_def", **kwargs)
     ts_path = tmp_path / "model.ts"
-    ckpt_export(net_id="network_def", filepath=str(ts_path), ckpt_file=str(bundle / "models" / "model.pt"), **kwargs)
+    ckpt_file = str(bundle / "models" / "model.pt")
+    ckpt_export(net_id="network_def", filepath=str(ts_path), ckpt_file=ckpt_file, **kwargs, **overrides)
     parser = ConfigParser(ConfigParser.load_config_file(configs / "inference.json"))
-    parser["bundle_root"] = str(bundle)
+    parser.update({"bundle_root": str(bundle), **overrides})
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
     return network.eval(), torch.jit.load(str(ts_path))

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigParser, verify_metadata
 from sklearn.metrics import roc_auc_score
 
-from tests.bundle_checks import meta_schema, run_multi_gpu_train, run_workflow
+from tests.bundle_checks import meta_schema, run_multi_gpu_train, run_workflow, verify_and_export
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mri_me_cnn_classification"
 CONFIGS = BUNDLE / "configs"
@@ -165,29 +165,9 @@ def test_inference_on_the_datalist_and_on_a_folder_of_unseen_site_scans(trained_
 
 
 def test_model_zoo_checks_on_the_trained_bundle(trained_bundle, tmp_path):
-    root = trained_bundle
-    meta, infer = str(root / "configs" / "metadata.json"), str(root / "configs" / "inference.json")
     # verify_net_in_out feeds the metadata's 32^3 input shape; the network pools globally, so it accepts it
-    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=infer, bundle_root=str(root))
-    ts = tmp_path / "model.ts"
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(ts),
-        ckpt_file=str(root / "models" / "model.pt"),
-        meta_file=meta,
-        config_file=infer,
-        bundle_root=str(root),
-        spatial_size=TINY["spatial_size"],
-    )
-    scripted = torch.jit.load(str(ts))
+    net, scripted = verify_and_export(trained_bundle, tmp_path, spatial_size=TINY["spatial_size"])
     x = torch.randn(2, 1, *TINY["spatial_size"])
-    parser = ConfigParser()
-    parser.read_config(infer)
-    parser["bundle_root"] = str(root)
-    parser["spatial_size"] = TINY["spatial_size"]
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True))
-    net.eval()
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), net(x))
         z = torch.eye(net.num_clusters)[[0, 1]]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigParser, verify_metadata
 
 from monai_medl.bundle import BundleInputError, InvalidScansError
-from tests.bundle_checks import meta_schema, run_multi_gpu_train, run_workflow
+from tests.bundle_checks import meta_schema, run_multi_gpu_train, run_workflow, verify_and_export
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mri_me_unet_segmentation"
 CONFIGS = BUNDLE / "configs"
@@ -134,26 +134,9 @@ def test_training_refuses_a_label_map_of_another_grid(trained, tmp_path):
 
 
 def test_model_zoo_checks_and_scripted_network(trained, tmp_path):
-    root = trained
-    meta, infer = str(root / "configs" / "metadata.json"), str(root / "configs" / "inference.json")
-    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=infer, bundle_root=str(root))
-    ts = tmp_path / "model.ts"
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(ts),
-        ckpt_file=str(root / "models" / "model.pt"),
-        meta_file=meta,
-        config_file=infer,
-        bundle_root=str(root),
-    )
-    scripted = torch.jit.load(str(ts))
-    parser = ConfigParser(ConfigParser.load_config_file(infer))
-    parser["bundle_root"] = str(root)
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True))
+    net, scripted = verify_and_export(trained, tmp_path)
     x = torch.randn(2, 1, 32, 32, 32)
     with torch.no_grad():
-        net.eval()
         torch.testing.assert_close(scripted(x), net(x))
         z = torch.eye(net.num_clusters)[[0, 1]]
         torch.testing.assert_close(scripted(x, z), net(x, z))
