@@ -1,5 +1,5 @@
 # Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
-"""Per-site and seen/unseen metrics: the functions, the evaluator handler, and the three unseen-site modes."""
+"""Per-site and seen/unseen metrics: the computation, the cumulative SiteMetric, its evaluator handler, the z modes."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import pytest
 import torch
 from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator
+from monai.transforms import Activationsd
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from monai_medl.engines import MixedEffectsPrepareBatch
 from monai_medl.engines.unseen_sites import FewShotPrepareBatch, fit_unseen_sites
-from monai_medl.handlers.site_metrics import SiteMetricsHandler
-from monai_medl.metrics.site_metrics import compute_site_metrics, youden_threshold
+from monai_medl.handlers import SiteMetricHandler
+from monai_medl.metrics import SiteMetric, compute_site_metrics, flatten_site_metrics, youden_threshold
 from monai_medl.networks.nets import MixedEffectsCNN
 from monai_medl.networks.nets.image_cluster_predictor import ImageClusterPredictor
 
@@ -63,7 +64,64 @@ def test_youden_threshold_separates_and_errors():
     with pytest.raises(ValueError, match="one entry per item"):
         compute_site_metrics([0, 1], [0.1, 0.9], [0])
     with pytest.raises(ValueError, match="unknown metric"):
-        SiteMetricsHandler(metrics=("f2",))
+        SiteMetricHandler(metrics=("f2",))
+    with pytest.raises(ValueError, match="unknown metric"):
+        SiteMetric(metrics="auroc")  # a string, not a sequence of names
+
+
+def test_site_metric_accumulates_batches_and_matches_sklearn_on_each_subset():
+    y = np.array([0, 1, 0, 1, 1, 0, 0, 1, 1, 0])
+    p = np.array([0.1, 0.8, 0.4, 0.35, 0.9, 0.6, 0.2, 0.7, 0.55, 0.3])
+    sites = np.array(["a", "a", "a", "a", "b", "b", "b", "c", "c", "c"])  # "c" was not seen in training
+    metric = SiteMetric(metrics=("auroc", "balanced_accuracy"), seen_sites=["a", "b"], threshold=0.5)
+    for start in (0, 3, 7):  # three uneven batches: tensor, array, list of per-item tensors
+        stop = {0: 3, 3: 7, 7: 10}[start]
+        if start == 0:
+            metric(torch.tensor(p[start:stop]), torch.tensor(y[start:stop]), sites=list(sites[start:stop]))
+        elif start == 3:
+            metric(p[start:stop, None], y[start:stop, None], sites=sites[start:stop])
+        else:
+            metric(
+                [torch.tensor([v]) for v in p[start:stop]],
+                [torch.tensor([v]) for v in y[start:stop]],
+                sites=list(sites[start:stop]),
+            )
+    res = metric.aggregate()
+    seen = sites != "c"
+    # by hand: seen = a, b: positives {0.8, 0.35, 0.9}, negatives {0.1, 0.4, 0.6, 0.2}; 0.35 beats only 0.1 and 0.2,
+    # 0.8 and 0.9 beat all four: (4 + 2 + 4) / 12
+    assert res["seen"]["auroc"] == pytest.approx(10 / 12)
+    assert res["seen"]["auroc"] == pytest.approx(roc_auc_score(y[seen], p[seen]))
+    assert res["unseen"]["auroc"] == pytest.approx(1.0)  # c: positives {0.7, 0.55} over the negative 0.3
+    assert res["overall"]["auroc"] == pytest.approx(roc_auc_score(y, p))
+    assert res["per_site"]["b"]["auroc"] == pytest.approx(roc_auc_score(y[4:7], p[4:7]))
+    assert res["seen"]["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y[seen], p[seen] >= 0.5))
+    assert res["seen"]["n"] == 7 and res["unseen"]["n"] == 3 and sorted(res["per_site"]) == ["a", "b", "c"]
+    assert res == compute_site_metrics(y, p, np.where(seen, 0, -1), threshold=0.5, groups=sites)
+    flat = flatten_site_metrics(res, metric.metrics, prefix="val_")
+    assert flat["val_seen_auroc"] == res["seen"]["auroc"] and flat["val_unseen_balanced_accuracy"] == 1.0
+    assert flat["val_site_b_auroc"] == res["per_site"]["b"]["auroc"] and "val_auroc_seen" not in flat
+    metric.reset()
+    with pytest.raises(ValueError, match="no data"):
+        metric.aggregate()
+
+
+def test_site_metric_seen_from_indices_or_flags_and_bad_inputs():
+    y, p = torch.tensor([0, 1, 0, 1]), torch.tensor([0.2, 0.9, 0.6, 0.7])
+    by_index = SiteMetric(metrics=("auroc",))
+    by_index(p, y, sites=torch.tensor([0, 0, -1, -1]))
+    res = by_index.aggregate()
+    assert res["seen"]["n"] == 2 and res["unseen"]["auroc"] == pytest.approx(1.0)
+    assert set(res["per_site"]) == {"0", "-1"}
+    by_flag = SiteMetric(metrics=("auroc",), seen_sites=["x"])  # the flags override seen_sites
+    by_flag(p, y, sites=["x", "y", "x", "y"], seen=[False, True, True, False])
+    assert by_flag.aggregate()["seen"]["auroc"] == pytest.approx(roc_auc_score([1, 0], [0.9, 0.6]))
+    with pytest.raises(ValueError, match="not site indices"):
+        SiteMetric()(p, y, sites=["x", "y", "x", "y"])  # names need seen_sites or seen flags
+    with pytest.raises(ValueError, match="one per item"):
+        SiteMetric()(p, y, sites=[0, 0, -1])
+    with pytest.raises(ValueError, match="3 seen flags"):
+        SiteMetric()(p, y, sites=[0, 0, -1, -1], seen=[True, True, False])
 
 
 def _items(n: int, seed: int) -> list[dict]:
@@ -97,12 +155,13 @@ def _net():
 
 
 def _evaluate(net, items, prepare, **handler_kwargs):
-    handler = SiteMetricsHandler(group_key="site_raw", prefix="val_", **handler_kwargs)
+    handler = SiteMetricHandler(site_name_key="site_raw", prefix="val_", **handler_kwargs)
     evaluator = SupervisedEvaluator(
         device=torch.device("cpu"),
         val_data_loader=DataLoader(items, batch_size=7),
         network=net,
         prepare_batch=prepare,
+        postprocessing=Activationsd(keys="pred", sigmoid=True),
         val_handlers=[handler],
     )
     evaluator.run()
@@ -127,11 +186,30 @@ def test_handler_in_an_evaluator_reports_overall_seen_unseen_and_per_site():
     expected = _by_hand(net, items, _one_hot)
     for m in ("auroc", "balanced_accuracy"):
         assert metrics[f"val_{m}"] == pytest.approx(expected["overall"][m])
-        assert metrics[f"val_{m}_seen"] == pytest.approx(expected["seen"][m])
-        assert metrics[f"val_{m}_unseen"] == pytest.approx(expected["unseen"][m])
+        assert metrics[f"val_seen_{m}"] == pytest.approx(expected["seen"][m])
+        assert metrics[f"val_unseen_{m}"] == pytest.approx(expected["unseen"][m])
         for site in ("0", "1", "2", "x", "y"):
-            assert metrics[f"val_{m}_site_{site}"] == pytest.approx(expected["per_site"][site][m])
+            assert metrics[f"val_site_{site}_{m}"] == pytest.approx(expected["per_site"][site][m])
     assert handler.results["unseen"]["n"] == sum(d["site"] < 0 for d in items)
+    assert not any(k.endswith(("_seen", "_unseen")) for k in metrics)  # one convention: the split is a prefix
+
+
+def test_handler_errors_name_the_missing_batch_key():
+    net, items = _net(), _items(8, 3)
+    for key, kwargs in (("site_raw", {}), ("centre", {"site_key": "centre"})):
+        handler = SiteMetricHandler(**{"site_name_key": "site_raw", **kwargs})
+        evaluator = SupervisedEvaluator(
+            device=torch.device("cpu"),
+            val_data_loader=DataLoader([{k: v for k, v in d.items() if k != "site_raw"} for d in items], batch_size=4)
+            if key == "site_raw"
+            else DataLoader(items, batch_size=4),
+            network=net,
+            prepare_batch=MixedEffectsPrepareBatch(K, mode="population"),
+            postprocessing=Activationsd(keys="pred", sigmoid=True),
+            val_handlers=[handler],
+        )
+        with pytest.raises(KeyError, match=f"no '{key}' key"):
+            evaluator.run()
 
 
 def test_unseen_site_modes_population_inferred_and_few_shot():
@@ -140,10 +218,10 @@ def test_unseen_site_modes_population_inferred_and_few_shot():
     mixed, _ = _evaluate(net, items, MixedEffectsPrepareBatch(K))
     population, _ = _evaluate(net, items, MixedEffectsPrepareBatch(K, mode="population"))
     # unseen sites get z = 0 in both modes; seen sites lose their random intercepts at population level
-    assert mixed["val_auroc_unseen"] == pytest.approx(population["val_auroc_unseen"])
+    assert mixed["val_unseen_auroc"] == pytest.approx(population["val_unseen_auroc"])
     zero = _by_hand(net, items, lambda its: torch.zeros(len(its), K))
-    assert population["val_balanced_accuracy_seen"] == pytest.approx(zero["seen"]["balanced_accuracy"])
-    assert mixed["val_balanced_accuracy_seen"] != pytest.approx(population["val_balanced_accuracy_seen"])
+    assert population["val_seen_balanced_accuracy"] == pytest.approx(zero["seen"]["balanced_accuracy"])
+    assert mixed["val_seen_balanced_accuracy"] != pytest.approx(population["val_seen_balanced_accuracy"])
 
     torch.manual_seed(0)
     predictor = ImageClusterPredictor(K, spatial_dims=3, channels=(4, 8), strides=2).eval()
@@ -155,8 +233,8 @@ def test_unseen_site_modes_population_inferred_and_few_shot():
             [torch.eye(K)[d["site"]] if d["site"] >= 0 else predictor.predict_design(d["image"][None])[0] for d in its]
         ),
     )
-    assert inferred["val_auroc_unseen"] == pytest.approx(soft["unseen"]["auroc"])
-    assert inferred["val_auroc_seen"] == pytest.approx(mixed["val_auroc_seen"])
+    assert inferred["val_unseen_auroc"] == pytest.approx(soft["unseen"]["auroc"])
+    assert inferred["val_seen_auroc"] == pytest.approx(mixed["val_seen_auroc"])
 
     # few-shot: a handful of labelled scans per unseen site fit that site's random effects only
     support = [d for d in unseen if d["site_raw"] == "x"][:4] + [d for d in unseen if d["site_raw"] == "y"][:4]
@@ -178,9 +256,9 @@ def test_unseen_site_modes_population_inferred_and_few_shot():
 
     few, _ = _evaluate(net, items, FewShotPrepareBatch(net.num_clusters, columns, group_key="site_raw"))
     expected = _by_hand(net, items, few_shot_z)
-    assert few["val_auroc_seen"] == pytest.approx(mixed["val_auroc_seen"])
+    assert few["val_seen_auroc"] == pytest.approx(mixed["val_seen_auroc"])
     for site in ("x", "y"):
-        assert few[f"val_auroc_site_{site}"] == pytest.approx(expected["per_site"][site]["auroc"])
+        assert few[f"val_site_{site}_auroc"] == pytest.approx(expected["per_site"][site]["auroc"])
     # the fitted site effects generalise to that site's other scans: lower loss than the population prediction
     assert _bce(net, query, few_shot_z(query)) < bce_population - 0.05
     with pytest.raises(ValueError, match="site_columns must be columns of z"):

@@ -30,14 +30,15 @@ class SiteDiceCollector(ScanCollector):
     """Ignite handler recording one row per scan (Dice per foreground class) from a ``SupervisedEvaluator`` run.
 
     Attach it to the evaluator (``val_handlers``) after a post-processing that turns ``pred`` into a label map
-    (``AsDiscreted(keys="pred", argmax=True)``). Each row has the ``z`` mode (from the evaluator's
-    :class:`~monai_medl.engines.MixedEffectsPrepareBatch`), split, file, site, seen, and ``dice_<class>`` for every
+    (``AsDiscreted(keys="pred", argmax=True)``). Each row has the mode and the ``z`` the scan got (recorded in the
+    batch by the evaluator's :class:`~monai_medl.engines.MixedEffectsPrepareBatch` with ``design_key="z"``), split,
+    file, site, seen, and ``dice_<class>`` for every
     foreground class plus ``dice_mean`` (None without a label, e.g. at inference). Rows accumulate over runs, so one
     collector serves every mode (:func:`~monai_medl.bundle.evaluate_modes`).
 
     Args:
         class_names: names of the foreground classes 1, 2, ... (class 0 is the background).
-        pred_key, label_key, site_key, site_name_key, split_key, image_key: batch/output keys.
+        pred_key, label_key, site_key, site_name_key, split_key, image_key, design_key: batch/output keys.
 
     Example::
 
@@ -55,10 +56,11 @@ class SiteDiceCollector(ScanCollector):
         site_name_key: str = "site_name",
         split_key: str = "split",
         image_key: str = CommonKeys.IMAGE,
+        design_key: str = "z",
     ) -> None:
         if isinstance(class_names, str) or not class_names:
             raise ValueError(f"class_names must list the foreground classes, got {class_names!r}.")
-        super().__init__(pred_key, label_key, site_key, site_name_key, split_key, image_key)
+        super().__init__(pred_key, label_key, site_key, site_name_key, split_key, image_key, design_key)
         self.class_names = [str(c) for c in class_names]
 
     @property
@@ -87,7 +89,7 @@ class SiteDiceCollector(ScanCollector):
             if isinstance(label, torch.Tensor):
                 scores = self.dice(pred, label.detach().cpu())
             finite = [s for s in scores if s is not None and not math.isnan(s)]
-            row = self.record(engine, item)
+            row = self.record(item)
             row.update(zip(self.dice_fields, [*scores, float(np.mean(finite)) if finite else None]))
             self.rows.append(row)
 

@@ -18,7 +18,7 @@ from ignite.engine import Events
 from monai.utils import CommonKeys
 
 from monai_medl.engines.prepare_batch import MixedEffectsPrepareBatch
-from monai_medl.metrics.site_metrics import compute_site_metrics, youden_threshold
+from monai_medl.metrics.site_metrics import SiteMetric, youden_threshold
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -47,9 +47,6 @@ PREDICTION_FIELDS = (
     "input_warning",
     "error",
 )
-_Z_OF_MODE = {"population": "zero", "inferred": "soft:z-predictor", "randomized": "one-hot:random", "mixed": None}
-"""The design vector ``z`` a scan gets in each mode (``"mixed"``: ``one-hot:<its site>`` for a seen site, else
-``soft:z-predictor`` or ``zero``), as written in the ``z`` column; the ``mode`` column names the mode."""
 METRIC_FIELDS = ("mode", "group", "site", "n", "n_positive", "auroc", "balanced_accuracy", "threshold")
 
 
@@ -93,13 +90,14 @@ def site_metrics(
         if not test:
             continue
         labels = np.array([r["label"] for r in test], dtype=float)
-        res = compute_site_metrics(
+        metric = SiteMetric(threshold=threshold)
+        metric(
+            np.array([r["probability"] for r in test], dtype=float),
             labels,
-            [r["probability"] for r in test],
-            sites=[0 if r["seen"] else -1 for r in test],
-            threshold=threshold,
-            groups=[r["site"] for r in test],
+            sites=[r["site"] for r in test],
+            seen=[bool(r["seen"]) for r in test],
         )
+        res = metric.aggregate()
         names = np.array([r["site"] for r in test])
         seen = np.array([r["seen"] for r in test])
         masks = {"overall": np.ones(len(test), bool), "seen": seen, "unseen": ~seen}
@@ -135,30 +133,55 @@ def _scalar(v: Any) -> Any:
     return v
 
 
+def describe_design(z: Any, mode: str, site_index: int, site: str) -> str:
+    """The ``z`` column of a scan from the design row it got: ``"zero"`` (population prediction),
+    ``"one-hot:<site>"`` (its own site's random effects), ``"one-hot:random"`` (the randomized-z ablation),
+    ``"one-hot:<index>"`` (another site's) or ``"soft:z-predictor"`` (inferred soft ``z``)."""
+    row = np.asarray(z.detach().cpu() if isinstance(z, torch.Tensor) else z, dtype=float).reshape(-1)
+    if not row.any():
+        return "zero"
+    if np.isclose(row, 1.0).sum() != 1 or not np.isclose(row, 0.0).sum() == row.size - 1:
+        return "soft:z-predictor"
+    if mode == "randomized":
+        return "one-hot:random"
+    hot = int(row.argmax())
+    return f"one-hot:{site}" if hot == site_index else f"one-hot:{hot}"
+
+
 def scan_record(
-    engine: Engine,
     item: Mapping[str, Any],
     site_key: str = "site",
     site_name_key: str = "site_name",
     split_key: str = "split",
     image_key: str = CommonKeys.IMAGE,
+    design_key: str = "z",
 ) -> dict[str, Any]:
-    """Who a decollated item is and which ``z`` it got: ``mode``, ``z``, ``split``, ``image``, ``site``, ``seen``,
-    ``input_warning`` (the identity columns every per-scan collector writes)."""
-    prepare = getattr(engine, "prepare_batch", None)
-    mode = getattr(prepare, "mode", "mixed")
-    unseen_z = _Z_OF_MODE["inferred"] if getattr(prepare, "z_predictor", None) is not None else "zero"
+    """Who a decollated batch item is and which ``z`` it got: ``mode``, ``z``, ``split``, ``image``, ``site``,
+    ``seen``, ``input_warning`` (the identity columns every per-scan collector writes).
+
+    The design row and the mode come with the item (``item[design_key]`` and ``item[design_key + "_mode"]``,
+    recorded by :class:`~monai_medl.engines.MixedEffectsPrepareBatch` with ``design_key`` set).
+
+    Raises:
+        KeyError: if the item lacks ``design_key`` or ``design_key + "_mode"``.
+    """
+    missing = [k for k in (design_key, design_key + "_mode") if k not in item]
+    if missing:
+        raise KeyError(
+            f"batch item has no {missing} key(s): give the evaluator's MixedEffectsPrepareBatch "
+            f"design_key={design_key!r} so that each item carries the z it got. Available keys: {sorted(item)}."
+        )
     site_index = int(_scalar(item.get(site_key, -1)))
     site = str(_scalar(item.get(site_name_key, site_index)))
-    seen = site_index >= 0
+    mode = str(_scalar(item[design_key + "_mode"]))
     meta = getattr(item.get(image_key), "meta", {}) or {}
     return {
         "mode": mode,
-        "z": _Z_OF_MODE.get(mode) or (f"one-hot:{site}" if seen else unseen_z),
+        "z": describe_design(item[design_key], mode, site_index, site),
         "split": str(_scalar(item.get(split_key, ""))),
         "image": str(meta.get("filename_or_obj", "")),
         "site": site,
-        "seen": seen,
+        "seen": site_index >= 0,
         "input_warning": str(_scalar(item.get("input_warning", ""))),
     }
 
@@ -174,6 +197,7 @@ class ScanCollector:
         site_name_key: str = "site_name",
         split_key: str = "split",
         image_key: str = CommonKeys.IMAGE,
+        design_key: str = "z",
     ) -> None:
         self.pred_key = pred_key
         self.label_key = label_key
@@ -181,6 +205,7 @@ class ScanCollector:
         self.site_name_key = site_name_key
         self.split_key = split_key
         self.image_key = image_key
+        self.design_key = design_key
         self.rows: list[dict[str, Any]] = []
 
     def attach(self, engine: Engine) -> None:
@@ -189,9 +214,9 @@ class ScanCollector:
     def reset(self) -> None:
         self.rows = []
 
-    def record(self, engine: Engine, item: Mapping[str, Any]) -> dict[str, Any]:
+    def record(self, item: Mapping[str, Any]) -> dict[str, Any]:
         """The identity columns of one decollated item (:func:`scan_record`)."""
-        return scan_record(engine, item, self.site_key, self.site_name_key, self.split_key, self.image_key)
+        return scan_record(item, self.site_key, self.site_name_key, self.split_key, self.image_key, self.design_key)
 
 
 class SitePredictionCollector(ScanCollector):
@@ -199,9 +224,11 @@ class SitePredictionCollector(ScanCollector):
 
     Attach it to the evaluator (``val_handlers``). After each iteration it reads the decollated batch and
     output: the probability from ``pred_key`` (apply a sigmoid in the evaluator's postprocessing), the label, the
-    raw site name and the site index (``-1`` = unseen), the split tag of the datalist entry and the scan's file
-    name; the ``z`` mode is read from the evaluator's :class:`~monai_medl.engines.MixedEffectsPrepareBatch`.
-    Rows accumulate over runs, so one collector serves every mode (see :func:`evaluate_modes`).
+    raw site name and the site index (``-1`` = unseen), the split tag of the datalist entry, the scan's file
+    name, and the ``z`` and mode each scan got (recorded in the batch by the evaluator's
+    :class:`~monai_medl.engines.MixedEffectsPrepareBatch` with ``design_key="z"``). Rows accumulate over runs, so
+    one collector serves every mode (see :func:`evaluate_modes`); :func:`site_metrics` scores them with
+    :class:`~monai_medl.metrics.SiteMetric`.
 
     Args:
         pred_key: output key of the positive-class probability. Defaults to ``"pred"``.
@@ -212,12 +239,13 @@ class SitePredictionCollector(ScanCollector):
         split_key: batch key of the split tag. Defaults to ``"split"``.
         image_key: batch key whose meta data give the file name. Defaults to ``"image"``.
         threshold: probability threshold of the ``prediction`` column. Defaults to 0.5.
+        design_key: batch key of the ``z`` each scan got (``design_key + "_mode"``: the mode). Defaults to ``"z"``.
 
     Example::
 
         >>> collector = SitePredictionCollector()
-        >>> evaluator = SupervisedEvaluator(..., postprocessing=Activationsd("pred", sigmoid=True),
-        ...                                 val_handlers=[collector])
+        >>> evaluator = SupervisedEvaluator(..., prepare_batch=MixedEffectsPrepareBatch(K, design_key="z"),
+        ...                                 postprocessing=Activationsd("pred", sigmoid=True), val_handlers=[collector])
         >>> evaluate_modes(evaluator, ["population", "inferred"])
         >>> metrics = site_metrics(collector.rows)
     """
@@ -231,8 +259,9 @@ class SitePredictionCollector(ScanCollector):
         split_key: str = "split",
         image_key: str = CommonKeys.IMAGE,
         threshold: float = 0.5,
+        design_key: str = "z",
     ) -> None:
-        super().__init__(pred_key, label_key, site_key, site_name_key, split_key, image_key)
+        super().__init__(pred_key, label_key, site_key, site_name_key, split_key, image_key, design_key)
         self.threshold = threshold
 
     def __call__(self, engine: Engine) -> None:
@@ -245,7 +274,7 @@ class SitePredictionCollector(ScanCollector):
             prob = float(torch.as_tensor(out[self.pred_key]).reshape(-1)[-1])
             label = item.get(self.label_key)
             label = None if label is None else float(torch.as_tensor(label).reshape(-1)[0])
-            row = self.record(engine, item)
+            row = self.record(item)
             row.update(label=label, probability=prob, prediction=int(prob >= self.threshold))
             self.rows.append(row)
 

@@ -38,6 +38,8 @@ class MultimodalPrepareBatch(MixedEffectsPrepareBatch):
             ``"mixed"``.
         z_predictor: soft-``z`` predictor for unseen sites. Defaults to None.
         seed: seed of the randomized-z generator. Defaults to 0.
+        design_key: batch key receiving the ``z`` each item got (and ``design_key + "_mode"`` the mode); see the
+            parent. Defaults to None.
 
     Example::
 
@@ -57,8 +59,9 @@ class MultimodalPrepareBatch(MixedEffectsPrepareBatch):
         mode: str = "mixed",
         z_predictor: Callable[[torch.Tensor], torch.Tensor] | None = None,
         seed: int = 0,
+        design_key: str | None = None,
     ) -> None:
-        super().__init__(num_clusters, image_key, label_key, site_key, mode, z_predictor, seed)
+        super().__init__(num_clusters, image_key, label_key, site_key, mode, z_predictor, seed, design_key)
         self.mask_key = mask_key
         self.covariates_key = covariates_key
         self.allow_missing_covariates = allow_missing_covariates

@@ -34,6 +34,10 @@ class MixedEffectsPrepareBatch(PrepareBatch):
         z_predictor: callable mapping the input to ``(batch, num_clusters)`` probabilities (e.g.
             ``ClusterPredictor.predict_design``); required for ``mode="inferred"``, optional for ``"mixed"``.
         seed: seed of the randomized-z generator. Defaults to 0.
+        design_key: when given, the batch dictionary also receives the ``z`` each item got (``batch[design_key]``,
+            ``(batch, num_clusters)``) and the mode (``batch[design_key + "_mode"]``, one string per item), so that
+            handlers read them from ``engine.state.batch`` (e.g. the per-scan rows of
+            :class:`~monai_medl.bundle.SitePredictionCollector`). Defaults to None (the batch is left unchanged).
 
     Example::
 
@@ -51,6 +55,7 @@ class MixedEffectsPrepareBatch(PrepareBatch):
         mode: str = "mixed",
         z_predictor: Callable[[torch.Tensor], torch.Tensor] | None = None,
         seed: int = 0,
+        design_key: str | None = None,
     ) -> None:
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}.")
@@ -63,6 +68,7 @@ class MixedEffectsPrepareBatch(PrepareBatch):
         self.mode = mode
         self.z_predictor = z_predictor
         self.generator = torch.Generator().manual_seed(seed)
+        self.design_key = design_key
 
     def _image(self, batchdata: dict, device, non_blocking: bool, **kwargs) -> torch.Tensor:
         keys = [self.image_key] if isinstance(self.image_key, str) else list(self.image_key)
@@ -104,6 +110,9 @@ class MixedEffectsPrepareBatch(PrepareBatch):
                 f"got {type(sites).__name__}."
             )
         z = self.design(sites, image)
+        if self.design_key is not None:
+            batchdata[self.design_key] = z.detach()
+            batchdata[self.design_key + "_mode"] = [self.mode] * z.shape[0]
         label = None
         if self.label_key is not None and isinstance(batchdata.get(self.label_key), torch.Tensor):
             label = batchdata[self.label_key].to(device=device, non_blocking=non_blocking, **kwargs)

@@ -2,4 +2,4 @@
 from __future__ import annotations
 
 from .latent_mixing import batch_probe_accuracy, latent_batch_clustering
-from .site_metrics import SITE_METRICS, compute_site_metrics, youden_threshold
+from .site_metrics import SITE_METRICS, SiteMetric, compute_site_metrics, flatten_site_metrics, youden_threshold
