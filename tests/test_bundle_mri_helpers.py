@@ -13,14 +13,17 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.data import DataLoader
-from monai.engines import SupervisedTrainer
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.transforms import Activationsd
 from torch import nn
 
 from monai_medl.bundle import (
     ScalarsFromOutput,
+    SitePredictionCollector,
     SoftDesign,
     fit_intensity_stats,
     inference_inputs,
+    evaluate_modes,
     prepare_site_data,
     random_effects_param_groups,
     site_metrics,
@@ -113,6 +116,48 @@ def test_site_metrics_threshold_from_training_and_groups():
     assert by[("unseen", "")]["balanced_accuracy"] == pytest.approx(0.5)  # 0.7 >= 0.6 is a false positive, 0.5 a miss
     with pytest.raises(ValueError, match="both classes"):
         site_metrics(test)
+
+
+class _SiteShift(nn.Module):
+    """``logit = x + z @ [1, 2]``: the site effect shows in the prediction."""
+
+    def forward(self, x, z):
+        return x + z @ torch.tensor([[1.0], [2.0]])
+
+
+def _collector_run(design_key, modes):
+    items = [
+        {"image": torch.tensor([v]), "label": torch.tensor([float(v > 0)]), "site": s, "site_name": n, "split": "test"}
+        for v, s, n in ((-1.0, 0, "a"), (0.5, 1, "b"), (0.2, -1, "new"), (-0.3, -1, "new"))
+    ]
+    collector = SitePredictionCollector()
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(items, batch_size=3),
+        network=_SiteShift(),
+        prepare_batch=MixedEffectsPrepareBatch(
+            2, design_key=design_key, z_predictor=lambda x: torch.full((len(x), 2), 0.5)
+        ),
+        postprocessing=Activationsd(keys="pred", sigmoid=True),
+        val_handlers=[collector],
+    )
+    return evaluate_modes(evaluator, modes, collector)
+
+
+def test_prediction_collector_reads_mode_and_z_from_the_batch():
+    rows = _collector_run("z", ["mixed", "population", "inferred", "randomized"])
+    by = {(r["mode"], r["site"], r["probability"]): r for r in rows}
+    assert [r["mode"] for r in rows] == ["mixed"] * 4 + ["population"] * 4 + ["inferred"] * 4 + ["randomized"] * 4
+    assert [r["z"] for r in rows[:4]] == ["one-hot:a", "one-hot:b", "soft:z-predictor", "soft:z-predictor"]
+    assert {r["z"] for r in rows[4:8]} == {"zero"} and {r["z"] for r in rows[8:12]} == {"soft:z-predictor"}
+    assert {r["z"] for r in rows[12:]} == {"one-hot:random"}
+    # the probability is the network's on the z each scan got: site b (+2) in mixed mode, nothing at population level
+    assert rows[1]["probability"] == pytest.approx(torch.sigmoid(torch.tensor(2.5)).item())
+    assert rows[5]["probability"] == pytest.approx(torch.sigmoid(torch.tensor(0.5)).item())
+    assert rows[2]["probability"] == pytest.approx(torch.sigmoid(torch.tensor(0.2 + 1.5)).item())  # soft z (0.5, 0.5)
+    assert len(by) == 16 and all(r["split"] == "test" and r["label"] in (0.0, 1.0) for r in rows)
+    with pytest.raises(KeyError, match="design_key='z'"):
+        _collector_run(None, ["population"])  # the prepare batch did not record z: the error says how to fix it
 
 
 def test_write_predictions_and_scalars(tmp_path):
