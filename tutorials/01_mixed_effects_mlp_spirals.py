@@ -30,6 +30,7 @@ from sklearn.metrics import roc_auc_score
 from monai_medl.data.spirals import make_spirals
 from monai_medl.engines import fit_new_cluster
 from monai_medl.engines.tabular import TabularTrainer, data_dependent_init_, predict_tabular
+from monai_medl.metrics import SiteMetric
 from monai_medl.networks.nets import ClusterAdversary, MixedEffectsMLP
 from monai_medl.utils import summary
 from monai_medl.utils.attribution import attribution_share, fixed_effects_attribution
@@ -102,16 +103,24 @@ conventional, me = train(mixed=False), train(mixed=True)
 
 
 # %%
-def auroc(net, rows, design=None) -> float:
-    logits = predict_tabular(net, x[rows], None if design is None else design[rows])
-    return roc_auc_score(y[rows].numpy(), logits.reshape(-1).numpy())
+# `SiteMetric` (a MONAI cumulative metric; `SiteMetricHandler` feeds it inside an engine) scores the held-out
+# samples overall, on seen and on unseen clusters (site index -1) and per cluster.
+held_out = ~is_train
+site_index = torch.tensor(np.where(seen, data.site, -1))
+
+
+def site_auroc(net, design=None) -> dict:
+    logits = predict_tabular(net, x[held_out], None if design is None else design[held_out])
+    metric = SiteMetric(metrics=("auroc",))
+    metric(torch.sigmoid(logits).reshape(-1), y[held_out], sites=site_index[held_out])
+    return metric.aggregate()
 
 
 for name, net in (("conventional", conventional), ("mixed effects", me)):
-    design = z if net is me else None
+    res = site_auroc(net, z if net is me else None)
     share = attribution_share(fixed_effects_attribution(net, x[is_test_seen]), data.probe_columns)
     print(
-        f"{name:14s} AUROC seen {auroc(net, is_test_seen, design):.3f}   unseen {auroc(net, is_unseen, design):.3f}"
+        f"{name:14s} AUROC seen {res['seen']['auroc']:.3f}   unseen {res['unseen']['auroc']:.3f}"
         f"   shortcut share {share:.3f}"
     )
 
