@@ -19,7 +19,12 @@ highest running total of the allocations made during one step. This is what the 
 allocator's caching and of the process's other memory (process RSS is not comparable between two models that
 share one process).
 
-Models in the results file are ``<backbone>/train``, ``<backbone>/inference`` and ``<backbone>/inference_scripted``;
+``train_no_adversary`` times the ME step without the adversary (forward with ``z``, both heads, KL, backward, Adam):
+the wrapper's own cost, so the adversary's share of the train step is the difference. ``small_cnn_3d_bundle_batch``
+is SmallCNN at the MRI bundle's training batch size (read from its ``train.json``).
+
+Models in the results file are ``<backbone>/<phase>`` for the phases ``train``, ``train_no_adversary``,
+``inference`` and ``inference_scripted``;
 ``seen`` holds the per-repeat
 ratio summary (there is no seen/unseen split here, ``unseen`` is null) and ``extra`` the milliseconds, the memory
 ratio and the targets (train <= 1.10, inference <= 1.05, peak memory <= 1.10).
@@ -29,8 +34,10 @@ Run ``python -m benchmarks.overhead [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,7 +54,15 @@ __all__ = ["CASES", "measure_case", "run", "main"]
 
 NAME = "overhead"
 NUM_CLUSTERS = 8
-TARGETS = {"train": 1.10, "inference": 1.05, "inference_scripted": 1.05, "memory": 1.10}
+TARGETS = {"train": 1.10, "train_no_adversary": 1.10, "inference": 1.05, "inference_scripted": 1.05, "memory": 1.10}
+PHASES = ("train", "train_no_adversary", "inference", "inference_scripted")
+MRI_BUNDLE_TRAIN = Path(__file__).resolve().parents[1] / "bundles/mri_me_cnn_classification/configs/train.json"
+
+
+def mri_bundle_batch_size() -> int:
+    """The MRI bundle's training batch size, read from its config (the SmallCNN case at the size it is used)."""
+    return int(json.loads(MRI_BUNDLE_TRAIN.read_text())["train"]["dataloader"]["batch_size"])
+
 
 CASES: dict[str, dict[str, Any]] = {
     "densenet121_3d": {
@@ -61,6 +76,12 @@ CASES: dict[str, dict[str, Any]] = {
         "me_kwargs": {},
         "quick": {"batch": 4, "size": 32, "repeats": 10, "inference_repeats": 10, "steps": 10},
         "full": {"batch": 4, "size": 48, "repeats": 20, "inference_repeats": 20, "steps": 10},
+    },
+    "small_cnn_3d_bundle_batch": {
+        "backbone": lambda: SmallCNN(spatial_dims=3, in_channels=1, out_channels=1),
+        "me_kwargs": {},
+        "quick": {"batch": mri_bundle_batch_size, "size": 32, "repeats": 6, "inference_repeats": 6, "steps": 5},
+        "full": {"batch": mri_bundle_batch_size, "size": 32, "repeats": 12, "inference_repeats": 12, "steps": 5},
     },
     "small_cnn_3d_cluster_scale_bias": {
         "backbone": lambda: SmallCNN(spatial_dims=3, in_channels=1, out_channels=1),
@@ -133,6 +154,13 @@ class _Pair:
         loss.backward()
         self.opt_me.step()
 
+    def train_me_no_adversary(self) -> None:
+        """The wrapper's own cost: the ME step without the adversary update and term."""
+        self.me.train()
+        self.opt_me.zero_grad(set_to_none=True)
+        self.loss(self.me(self.x, self.z), self.y).backward()
+        self.opt_me.step()
+
     def infer_bare(self) -> None:
         self.bare.eval()
         with torch.no_grad():
@@ -161,10 +189,12 @@ class _Pair:
             modules, opts = [self.bare], [self.opt_bare]
         elif phase == "train":
             modules, opts = [self.me, self.adversary], [self.opt_me, self.opt_adv]
+        elif phase == "train_no_adversary":
+            modules, opts = [self.me], [self.opt_me]
         else:
             modules, opts = [self.me], []
         tensors = [t for m in modules for t in [*m.parameters(), *m.buffers()]] + inputs
-        if phase == "train":
+        if phase.startswith("train"):
             tensors += [t for o in opts for t in _optimizer_state(o)]
         return _tensor_bytes(tensors)
 
@@ -192,6 +222,7 @@ def measure_case(
     pair.script()
     fns = {
         "train": {"me": pair.train_me, "bare": pair.train_bare},
+        "train_no_adversary": {"me": pair.train_me_no_adversary, "bare": pair.train_bare},
         "inference": {"me": pair.infer_me, "bare": pair.infer_bare},
         "inference_scripted": {"me": pair.infer_me_scripted, "bare": pair.infer_bare_scripted},
     }
@@ -203,7 +234,7 @@ def measure_case(
     for phase, pair_fns in fns.items():
         times: dict[str, list[float]] = {"me": [], "bare": []}
         walls: dict[str, list[float]] = {"me": [], "bare": []}
-        for r in range(repeats if phase == "train" else inference_repeats):
+        for r in range(repeats if phase.startswith("train") else inference_repeats):
             order = ("me", "bare") if r % 2 == 0 else ("bare", "me")
             for which in order:
                 cpu, wall = _time(pair_fns[which], steps)
@@ -232,7 +263,10 @@ def measure_case(
 
 PLAN = {
     "seeds": "one seed (0) for weights and batch; repeats alternate which model runs first",
-    "primary_comparisons": ["ME / bare backbone: train step, eager and scripted inference, peak tensor memory"],
+    "primary_comparisons": [
+        "ME / bare backbone: train step (with and without the adversary), eager and scripted inference, peak tensor "
+        "memory; SmallCNN at batch 4 and at the MRI bundle's training batch size"
+    ],
     "decision_rule": "targets train <= 1.10, inference <= 1.05, memory <= 1.10 on the ratio of thread CPU times "
     "(median over repeats of the fastest-of-steps per repeat)",
 }
@@ -247,13 +281,13 @@ def run(quick: bool, out_dir, cases: list[str] | None = None, seed: int = 0) -> 
     config: dict[str, Any] = {"num_clusters": NUM_CLUSTERS, "threads": 1, "targets": TARGETS, "cases": {}}
     repeats = 0
     for name in names:
-        settings = CASES[name][mode]
+        settings = {k: v() if callable(v) else v for k, v in CASES[name][mode].items()}
         config["cases"][name] = {**settings, "me_kwargs": CASES[name]["me_kwargs"]}
         repeats = max(repeats, settings["repeats"], settings["inference_repeats"])
         started = time.perf_counter()
         res = measure_case(CASES[name], seed=seed, **settings)
         print(f"{name}: measured in {time.perf_counter() - started:.0f} s", flush=True)
-        for phase in ("train", "inference", "inference_scripted"):
+        for phase in PHASES:
             r = res[phase]
             summary = summarize(r["ratios"])
             memory_ratio = r["me_peak_mib"] / r["bare_peak_mib"]
@@ -284,7 +318,9 @@ def run(quick: bool, out_dir, cases: list[str] | None = None, seed: int = 0) -> 
 repeats per phase in `config`; `wall_ratio` = the same in wall-clock time); there is no seen/unseen split here
 (`unseen` is `-`). `me_ms`/`bare_ms` are median thread CPU milliseconds.
 Train step: ME = forward with z + both heads + KL + one adversary update and the adversarial term; bare = forward +
-BCE. Both: backward + Adam. Inference: eval mode, no gradient, eager or TorchScript. Peak memory = tensor memory
+BCE. Both: backward + Adam. `train_no_adversary`: the same ME step without the adversary (the wrapper's own cost).
+`small_cnn_3d_bundle_batch`: SmallCNN at the MRI bundle's training batch size.
+Inference: eval mode, no gradient, eager or TorchScript. Peak memory = tensor memory
 from torch.profiler (resident parameters/buffers/Adam state/inputs + peak of the step's allocations); ME train memory
 includes the adversary and its optimizer. Targets (DenseNet121-class): train <= 1.10, inference <= 1.05, peak
 memory <= 1.10.
