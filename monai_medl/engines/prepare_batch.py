@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from monai.engines.utils import PrepareBatch
 from monai.utils import CommonKeys
 
+from monai_medl.networks.layers.factor_designs import check_num_levels
+from monai_medl.transforms.key_errors import errors_name_key
 from monai_medl.transforms.site import site_index_to_design
 
 __all__ = ["MixedEffectsPrepareBatch"]
@@ -22,13 +24,22 @@ class MixedEffectsPrepareBatch(PrepareBatch):
     item to ``"population"`` (``z = 0``) or ``"inferred"``; ``"randomized"`` replaces every ``z`` by a random one-hot
     row (the randomized-z ablation).
 
+    **Several grouping factors.** With ``num_clusters`` a mapping ``factor -> number of training levels`` (e.g.
+    ``{"site": 6, "subject": 120}``) the batch carries one index per factor (by default under the factor's name;
+    map factors to other keys with ``site_key``), and ``z`` is a dictionary ``factor -> (batch, K_f)`` design, as
+    the multi-factor :class:`~monai_medl.networks.nets.MixedEffectsMLP` and ``MixedEffectsCNN`` take it. An index
+    ``-1`` (a level unseen in training) gives that factor's zero row only: a known site with a new subject keeps its
+    site design. ``"population"`` zeroes every factor and ``"randomized"`` draws every factor at random;
+    ``"inferred"`` and ``z_predictor`` are single-factor only.
+
     Args:
-        num_clusters: number of training clusters (width of ``z``).
+        num_clusters: number of training clusters (width of ``z``), or a mapping grouping factor -> its number of
+            training levels.
         image_key: input key, or a sequence of keys whose tensors are concatenated on the channel axis.
             Defaults to ``"image"``.
         label_key: target key (None for no target). Defaults to ``"label"``.
-        site_key: key holding the site index (after :class:`~monai_medl.transforms.SiteToIndexd`). Defaults to
-            ``"site"``.
+        site_key: key holding the site index (after :class:`~monai_medl.transforms.SiteToIndexd`); with several
+            factors a mapping factor -> key (factors not in it use their own name). Defaults to ``"site"``.
         mode: ``"mixed"`` (one-hot for seen sites, population or inferred for unseen), ``"population"``,
             ``"inferred"`` or ``"randomized"``. Defaults to ``"mixed"``.
         z_predictor: callable mapping the input to ``(batch, num_clusters)`` probabilities (e.g.
@@ -42,16 +53,17 @@ class MixedEffectsPrepareBatch(PrepareBatch):
     Example::
 
         >>> trainer = SupervisedTrainer(..., prepare_batch=MixedEffectsPrepareBatch(num_clusters=6))
+        >>> nested = MixedEffectsPrepareBatch(num_clusters={"site": 6, "subject": 120})  # batch["site"], ["subject"]
     """
 
     MODES = ("mixed", "population", "inferred", "randomized")
 
     def __init__(
         self,
-        num_clusters: int,
+        num_clusters: int | Mapping[str, int],
         image_key: str | Sequence[str] = CommonKeys.IMAGE,
         label_key: str | None = CommonKeys.LABEL,
-        site_key: str = "site",
+        site_key: str | Mapping[str, str] = "site",
         mode: str = "mixed",
         z_predictor: Callable[[torch.Tensor], torch.Tensor] | None = None,
         seed: int = 0,
@@ -61,6 +73,21 @@ class MixedEffectsPrepareBatch(PrepareBatch):
             raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}.")
         if mode == "inferred" and z_predictor is None:
             raise ValueError("mode='inferred' needs a z_predictor (a cluster classifier trained on training data).")
+        self.num_levels = check_num_levels(num_clusters) if isinstance(num_clusters, Mapping) else None
+        if self.num_levels is not None:
+            if mode == "inferred" or z_predictor is not None or design_key is not None:
+                raise ValueError(
+                    f"mode='inferred', z_predictor and design_key need a single grouping factor, got "
+                    f"{list(self.num_levels)}; expected mode 'mixed', 'population' or 'randomized' without "
+                    "z_predictor and design_key."
+                )
+            keys = dict(site_key) if isinstance(site_key, Mapping) else {}
+            unknown = sorted(set(keys) - set(self.num_levels))
+            if unknown:
+                raise ValueError(f"site_key names unknown factors {unknown}; factors: {list(self.num_levels)}.")
+            self.factor_keys = {f: keys.get(f, f) for f in self.num_levels}
+        elif not isinstance(site_key, str):
+            raise TypeError(f"site_key must be a string for a single grouping factor, got {site_key!r}.")
         self.num_clusters = num_clusters
         self.image_key = image_key
         self.label_key = label_key
@@ -94,25 +121,49 @@ class MixedEffectsPrepareBatch(PrepareBatch):
             z[infer.to(z.device)] = soft
         return z
 
+    def _indices(self, batchdata: dict, key: str) -> torch.Tensor:
+        if key not in batchdata:
+            raise KeyError(
+                f"batch has no {key!r} key; every sample must carry its level of each grouping factor "
+                f"(apply monai_medl.transforms.SiteToIndexd). Available keys: {sorted(batchdata)}."
+            )
+        sites = batchdata[key]
+        if not isinstance(sites, torch.Tensor) or sites.is_floating_point():
+            raise TypeError(
+                f"batch[{key!r}] must hold integer level indices (apply SiteToIndexd first), "
+                f"got {type(sites).__name__}."
+            )
+        return sites
+
+    def factor_designs(self, batchdata: dict, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``factor -> (batch, K_f)`` designs of a multi-factor batch according to :attr:`mode`."""
+        batch = image.shape[0]
+        z = {}
+        for factor, levels in self.num_levels.items():
+            if self.mode == "population":
+                z[factor] = image.new_zeros(batch, levels)
+                continue
+            if self.mode == "randomized":
+                idx = torch.randint(0, levels, (batch,), generator=self.generator)
+            else:
+                idx = self._indices(batchdata, self.factor_keys[factor])
+            with errors_name_key(self.factor_keys[factor]):  # an index out of range names the batch key
+                z[factor] = site_index_to_design(idx, levels).to(image)
+        return z
+
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
         if not isinstance(batchdata, dict):
             raise TypeError(f"MixedEffectsPrepareBatch expects a batch dictionary, got {type(batchdata).__name__}.")
-        if self.site_key not in batchdata:
-            raise KeyError(
-                f"batch has no {self.site_key!r} key; every sample must carry its site "
-                f"(apply monai_medl.transforms.SiteToIndexd). Available keys: {sorted(batchdata)}."
-            )
-        image = self._image(batchdata, device, non_blocking, **kwargs)
-        sites = batchdata[self.site_key]
-        if not isinstance(sites, torch.Tensor) or sites.is_floating_point():
-            raise TypeError(
-                f"batch[{self.site_key!r}] must hold integer site indices (apply SiteToIndexd first), "
-                f"got {type(sites).__name__}."
-            )
-        z = self.design(sites, image)
-        if self.design_key is not None:
-            batchdata[self.design_key] = z.detach()
-            batchdata[self.design_key + "_mode"] = [self.mode] * z.shape[0]
+        if self.num_levels is None:
+            sites = self._indices(batchdata, self.site_key)
+            image = self._image(batchdata, device, non_blocking, **kwargs)
+            z = self.design(sites, image)
+            if self.design_key is not None:
+                batchdata[self.design_key] = z.detach()
+                batchdata[self.design_key + "_mode"] = [self.mode] * z.shape[0]
+        else:
+            image = self._image(batchdata, device, non_blocking, **kwargs)
+            z = self.factor_designs(batchdata, image)
         label = None
         if self.label_key is not None and isinstance(batchdata.get(self.label_key), torch.Tensor):
             label = batchdata[self.label_key].to(device=device, non_blocking=non_blocking, **kwargs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from monai_medl.networks.layers.correlated_random_effects import CorrelatedRandomEffects
 from monai_medl.networks.layers.random_effects import RandomEffects, gaussian_kl
 
 __all__ = [
@@ -44,12 +45,21 @@ def checked_random_effects_layers(network: nn.Module, purpose: str) -> tuple[dic
 
 
 def kl_divergence(network: nn.Module) -> torch.Tensor:
-    """Sum of the KL terms of every random-effects layer in ``network`` (0 when it has none)."""
+    """Sum of the KL terms of every random-effects layer in ``network`` (0 when it has none).
+
+    Mean-field :class:`RandomEffects` layers are summed in one pass; correlated ones
+    (:class:`~monai_medl.networks.layers.CorrelatedRandomEffects`, e.g. inside a grouped-factor network) add their
+    own closed-form KL.
+    """
     layers = list(random_effects_layers(network).values())
-    if not layers:
+    correlated = [m for m in unwrap_network(network).modules() if isinstance(m, CorrelatedRandomEffects)]
+    if not layers and not correlated:
         param = next(unwrap_network(network).parameters(), None)
         return torch.zeros((), device=None if param is None else param.device)
-    return gaussian_kl(layers)
+    terms = [layer.kl() for layer in correlated]
+    if layers:
+        terms.insert(0, gaussian_kl(layers))
+    return terms[0] if len(terms) == 1 else torch.stack(terms).sum()
 
 
 def random_effects_parameters(network: nn.Module) -> list[nn.Parameter]:

@@ -313,8 +313,10 @@ class SiteToIndexd(MapTransform):
     vocabulary, unless ``unseen="error"``).
 
     Args:
-        keys: keys holding the raw site. Defaults to ``"site"``.
-        vocabulary: a fitted :class:`SiteVocabulary`, or the path of its JSON file.
+        keys: keys holding the raw site (or the level of another grouping factor, e.g. ``"subject"``).
+            Defaults to ``"site"``.
+        vocabulary: a fitted :class:`SiteVocabulary`, or the path of its JSON file; or, for several grouping
+            factors, a mapping key -> vocabulary (or path), one per key (each factor has its own levels).
         unseen: ``"marker"`` (default) or ``"error"``.
         raw_key_postfix: if given, the raw site is also kept under ``f"{key}_{raw_key_postfix}"``
             (e.g. ``"site_name"``), which per-site metrics for unseen sites need.
@@ -324,6 +326,11 @@ class SiteToIndexd(MapTransform):
 
         >>> t = SiteToIndexd(keys="site", vocabulary=SiteVocabulary(["site_a", "site_b"]))
         >>> t({"site": "site_b"})["site"], t({"site": "site_new"})["site"]
+        (1, -1)
+        >>> vocabs = {"site": SiteVocabulary(["a", "b"]), "subject": SiteVocabulary(["a/1", "a/2", "b/1"])}
+        >>> t = SiteToIndexd(keys=["site", "subject"], vocabulary=vocabs)  # subject nested in site: "site/subject"
+        >>> d = t({"site": "b", "subject": "b/7"})  # a known site with a new subject
+        >>> d["site"], d["subject"]
         (1, -1)
     """
 
@@ -340,7 +347,16 @@ class SiteToIndexd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         if vocabulary is None:
             raise ValueError("SiteToIndexd needs a fitted SiteVocabulary (or the path of its JSON file).")
-        self.converter = SiteToIndex(vocabulary, unseen=unseen)
+        if isinstance(vocabulary, Mapping):
+            missing = [k for k in self.keys if k not in vocabulary]
+            if missing:
+                raise ValueError(
+                    f"vocabulary has no entry for key(s) {missing}; expected one vocabulary per key {list(self.keys)}."
+                )
+            self.converters = {k: SiteToIndex(vocabulary[k], unseen=unseen) for k in self.keys}
+        else:
+            converter = SiteToIndex(vocabulary, unseen=unseen)
+            self.converters = dict.fromkeys(self.keys, converter)
         self.raw_key_postfix = raw_key_postfix
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -349,7 +365,7 @@ class SiteToIndexd(MapTransform):
             if self.raw_key_postfix:
                 d[f"{key}_{self.raw_key_postfix}"] = d[key]
             with errors_name_key(key):
-                d[key] = self.converter(d[key])
+                d[key] = self.converters[key](d[key])
         return d
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from monai_medl.networks.layers.correlated_random_effects import CorrelatedRandomEffects
+from monai_medl.networks.layers.factor_designs import factor_designs
 
 __all__ = ["GroupedRandomEffects"]
 
@@ -25,7 +26,9 @@ class GroupedRandomEffects(nn.Module):
 
     Clusters come as one integer index per factor, ``(batch, num_factors)`` in the order of ``num_levels``;
     ``-1`` marks a level not seen in training, whose effect is that factor's population value 0 while the other
-    factors' effects still apply (a known site with a new subject gets the site's effect).
+    factors' effects still apply (a known site with a new subject gets the site's effect). They may also come as a
+    dictionary ``factor -> design`` (``(batch, K_f)`` one-hot, soft or zero rows, or ``(batch,)`` indices), which is
+    how the networks' batches carry them (see :func:`~monai_medl.networks.layers.factor_designs`).
 
     Args:
         num_levels: factor name -> number of training levels, in the column order of the cluster indices.
@@ -33,8 +36,11 @@ class GroupedRandomEffects(nn.Module):
         intercept: random intercepts (for every factor). Defaults to True.
         correlated: full prior covariance per factor, or a mapping factor -> bool. Defaults to True.
         posterior: ``"full"`` or ``"diagonal"`` (see ``CorrelatedRandomEffects``). Defaults to ``"full"``.
-        prior_scale: initial prior s.d. of every term. Defaults to 0.5.
+        prior_scale: initial prior s.d. of every term (of the slopes when ``intercept_prior_scale`` is given).
+            Defaults to 0.5.
         learn_prior_scale: learn the prior covariances. Defaults to True.
+        intercept_prior_scale: initial prior s.d. of the intercepts; None for ``prior_scale``. Defaults to None.
+        post_loc_init_scale: s.d. of the initial posterior means. Defaults to 0.0.
 
     Example::
 
@@ -55,6 +61,8 @@ class GroupedRandomEffects(nn.Module):
         posterior: str = "full",
         prior_scale: float = 0.5,
         learn_prior_scale: bool = True,
+        intercept_prior_scale: float | None = None,
+        post_loc_init_scale: float = 0.0,
     ) -> None:
         super().__init__()
         if not num_levels:
@@ -74,13 +82,17 @@ class GroupedRandomEffects(nn.Module):
             if terms == 0:
                 raise ValueError(f"factor {name!r} has neither a random intercept nor random slopes.")
             self._columns[name] = columns
+            scales = [float(prior_scale)] * terms
+            if intercept and intercept_prior_scale is not None:
+                scales[0] = float(intercept_prior_scale)
             self.factors[name] = CorrelatedRandomEffects(
                 num_clusters=int(levels),
                 num_terms=terms,
                 correlated=correlated.get(name, True) if isinstance(correlated, Mapping) else correlated,
                 posterior=posterior,
-                prior_scale=prior_scale,
+                prior_scale=scales,
                 learn_prior_scale=learn_prior_scale,
+                post_loc_init_scale=post_loc_init_scale,
             )
 
     @property
@@ -106,6 +118,11 @@ class GroupedRandomEffects(nn.Module):
             parts.insert(0, torch.ones(x.shape[0], 1, dtype=layer.loc.dtype, device=x.device))
         return torch.cat(parts, dim=1)
 
+    @property
+    def num_levels(self) -> dict[str, int]:
+        """Factor name -> number of training levels."""
+        return {name: layer.num_clusters for name, layer in self.factors.items()}
+
     def _check(self, clusters: torch.Tensor, x: torch.Tensor | None) -> None:
         if clusters.dim() != 2 or clusters.shape[1] != len(self.factors) or clusters.is_floating_point():
             raise ValueError(
@@ -115,19 +132,32 @@ class GroupedRandomEffects(nn.Module):
         if x is not None and x.shape[0] != clusters.shape[0]:
             raise ValueError(f"x and clusters disagree on the batch size: {x.shape[0]} vs {clusters.shape[0]}.")
 
-    def _per_factor(self, clusters: torch.Tensor, x: torch.Tensor | None):
-        self._check(clusters, x)
-        for i, (name, layer) in enumerate(self.factors.items()):
+    def _per_factor(self, clusters: torch.Tensor | Mapping[str, torch.Tensor], x: torch.Tensor | None):
+        if isinstance(clusters, Mapping):
+            batch = next(iter(clusters.values())).shape[0] if clusters else 0
+            if x is not None and x.shape[0] != batch:
+                raise ValueError(f"x and clusters disagree on the batch size: {x.shape[0]} vs {batch}.")
+            dtype = next(iter(self.factors.values())).loc.dtype
+            columns = list(factor_designs(clusters, self.num_levels, batch, dtype).values())
+        else:
+            self._check(clusters, x)
+            batch = clusters.shape[0]
+            columns = [clusters[:, i] for i in range(len(self.factors))]
+        for (name, layer), column in zip(self.factors.items(), columns):
             design = self.design(name, x)
-            if design.shape[0] != clusters.shape[0]:
-                design = design.expand(clusters.shape[0], -1)
-            yield layer, clusters[:, i], design
+            if design.shape[0] != batch:
+                design = design.expand(batch, -1)
+            yield layer, column, design
 
-    def forward(self, clusters: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, clusters: torch.Tensor | Mapping[str, torch.Tensor], x: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Summed random effect per sample, ``(batch, 1)``: a posterior sample in training, the mean in eval."""
         return torch.stack([layer(c, d) for layer, c, d in self._per_factor(clusters, x)]).sum(0)
 
-    def moments(self, clusters: torch.Tensor, x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def moments(
+        self, clusters: torch.Tensor | Mapping[str, torch.Tensor], x: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and variance of the summed random effect per sample, each ``(batch, 1)``."""
         parts = [layer.moments(c, d) for layer, c, d in self._per_factor(clusters, x)]
         return torch.stack([m for m, _ in parts]).sum(0), torch.stack([v for _, v in parts]).sum(0)

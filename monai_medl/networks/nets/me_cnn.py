@@ -15,6 +15,8 @@ from torch import nn
 from monai_medl.networks.blocks.backbone_stages import build_stages, global_avg_pool, norm_channels
 from monai_medl.networks.blocks.mixed_effects_head import MixedEffectsHead
 from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
+from monai_medl.networks.layers.factor_designs import check_num_levels
+from monai_medl.networks.layers.random_effects_settings import RandomEffectsLike, resolve_random_effects
 from monai_medl.networks.nets.backbone_layouts import backbone_layout
 from monai_medl.networks.nets.image_mixed_effects_net import ImageMixedEffectsNet
 from monai_medl.networks.nets.small_cnn import SmallCNN
@@ -93,7 +95,8 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
     (``stages.<i>.body.<name with dots as underscores>``, ``head.*``).
 
     Args:
-        num_clusters: number of training clusters ``K`` (width of ``z``).
+        num_clusters: number of training clusters ``K`` (width of ``z``), or a mapping grouping factor -> its
+            number of training levels.
         backbone: an ``nn.Module``, a MONAI config dictionary with ``"_target_"``, or None for
             ``SmallCNN(spatial_dims, in_channels, out_channels)``. Defaults to None.
         spatial_dims: spatial dimensions; inferred from the backbone's first convolution (3 for the default
@@ -107,17 +110,29 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
             backbone's defaults, ``[]`` for ``h`` only. Defaults to None.
         cluster_scale_bias: True to give every normalisation layer on the backbone's forward path cluster
             scale/bias, or a list of those layers' names. Defaults to False.
-        random_slopes: random slopes on ``h`` in the head. Defaults to True.
-        random_intercept: random intercept in the head. Defaults to True.
-        slope_prior_scale: prior s.d. of the random slopes. Defaults to 0.1.
-        intercept_prior_scale: prior s.d. of the random intercept. Defaults to 0.1.
-        cluster_prior_scale: prior s.d. of the cluster scale/bias effects. Defaults to 0.25.
+        random_slopes: random slopes on ``h`` in the head. None: from ``random_effects`` (True by default).
+        random_intercept: random intercept in the head. None: from ``random_effects`` (True by default).
+        slope_prior_scale: prior s.d. of the random slopes. None: from ``random_effects`` (0.1 by default).
+        intercept_prior_scale: prior s.d. of the random intercept. None: from ``random_effects`` (0.1 by default).
+        cluster_prior_scale: prior s.d. of the cluster scale/bias effects. None: from ``random_effects`` (0.25 by
+            default).
         learn_prior_scale: learn every prior s.d. (variance components; use ``kl_weight="elbo"`` in the loss).
-            Defaults to False.
-        post_loc_init_scale: s.d. of the initial posterior means in the head. Defaults to 0.1.
+            None: from ``random_effects`` (False by default).
+        post_loc_init_scale: s.d. of the initial posterior means in the head. None: from ``random_effects`` (0.1
+            by default).
         learn_noise_scale: learned noise s.d. for regression with ``task="gaussian_nll"``. Defaults to False.
         probe_size: spatial size of the zero input used once at construction to measure the tap widths; defaults
             to the backbone's ``in_shape`` if it has one, else 32 (3D), 64 (2D) or 256 (1D) per axis.
+        random_effects: a :class:`~monai_medl.networks.layers.RandomEffectsSettings` (or, in a bundle config, its
+            dictionary) holding the random-effects settings above; ``linear_slopes`` does not apply (no input
+            slopes) and ``correlated=True`` is rejected. Defaults to None (the settings' defaults).
+
+    **Several grouping factors.** ``num_clusters`` may map grouping factors to their numbers of levels (e.g.
+    ``{"site": 6, "subject": 120}``, crossed or nested); ``z`` is then a dictionary of per-factor designs or level
+    indices and the head holds each factor's slopes and intercept (see
+    :class:`~monai_medl.networks.blocks.MixedEffectsHead`, which also documents unseen levels). Cluster scale/bias
+    blocks need a single factor; ``make_adversary`` predicts the first factor. The multi-factor model runs eagerly
+    (``torch.jit.script`` raises a clear error).
 
     Example::
 
@@ -150,7 +165,7 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
 
     def __init__(
         self,
-        num_clusters: int,
+        num_clusters: int | Mapping[str, int],
         backbone: nn.Module | Mapping | None = None,
         spatial_dims: int | None = None,
         in_channels: int | None = None,
@@ -158,17 +173,37 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
         feature_dim: int | None = None,
         tap_layers: Sequence[str] | None = None,
         cluster_scale_bias: bool | Sequence[str] = False,
-        random_slopes: bool = True,
-        random_intercept: bool = True,
-        slope_prior_scale: float = 0.1,
-        intercept_prior_scale: float = 0.1,
-        cluster_prior_scale: float = 0.25,
-        learn_prior_scale: bool = False,
-        post_loc_init_scale: float = 0.1,
+        random_slopes: bool | None = None,
+        random_intercept: bool | None = None,
+        slope_prior_scale: float | None = None,
+        intercept_prior_scale: float | None = None,
+        cluster_prior_scale: float | None = None,
+        learn_prior_scale: bool | None = None,
+        post_loc_init_scale: float | None = None,
         learn_noise_scale: bool = False,
         probe_size: Sequence[int] | int | None = None,
+        random_effects: RandomEffectsLike = None,
     ) -> None:
         super().__init__()
+        settings = resolve_random_effects(
+            random_effects,
+            random_slopes=random_slopes,
+            random_intercept=random_intercept,
+            slope_prior_scale=slope_prior_scale,
+            intercept_prior_scale=intercept_prior_scale,
+            cluster_prior_scale=cluster_prior_scale,
+            learn_prior_scale=learn_prior_scale,
+            post_loc_init_scale=post_loc_init_scale,
+        )
+        if settings.correlated:
+            raise ValueError(
+                "random_effects.correlated=True is not available in MixedEffectsCNN (its random slopes act on "
+                "learned features, not on covariates); expected correlated=False."
+            )
+        self.random_effects_settings = settings
+        self.num_levels = check_num_levels(num_clusters) if isinstance(num_clusters, Mapping) else None
+        if self.num_levels is not None:
+            num_clusters = next(iter(self.num_levels.values()))
         if int(num_clusters) < 1:
             raise ValueError(f"num_clusters must be >= 1 (the number of training clusters), got {num_clusters}.")
         if backbone is None:
@@ -199,8 +234,19 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
             cluster_layers = []
         else:
             cluster_layers = [cluster_scale_bias] if isinstance(cluster_scale_bias, str) else list(cluster_scale_bias)
+        if cluster_layers and self.num_levels is not None:
+            raise ValueError(
+                f"cluster_scale_bias needs an integer num_clusters (one grouping factor), got {self.num_levels}; "
+                "expected cluster_scale_bias=False."
+            )
         self.stages, self.tap_names = build_stages(
-            layout.layers, taps, cluster_layers, dims, self.num_clusters, cluster_prior_scale, learn_prior_scale
+            layout.layers,
+            taps,
+            cluster_layers,
+            dims,
+            self.num_clusters,
+            settings.cluster_prior_scale,
+            settings.learn_prior_scale,
         )
         self.cluster_layer_names = cluster_layers
         self.__dict__["backbone"] = backbone  # shared modules; not registered, so not saved twice
@@ -219,14 +265,9 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
         self.head = MixedEffectsHead(
             self.feature_dim,
             self.out_channels,
-            self.num_clusters,
-            random_slopes=random_slopes,
-            random_intercept=random_intercept,
-            slope_prior_scale=slope_prior_scale,
-            intercept_prior_scale=intercept_prior_scale,
-            learn_prior_scale=learn_prior_scale,
-            post_loc_init_scale=post_loc_init_scale,
+            self.num_clusters if self.num_levels is None else self.num_levels,
             learn_noise_scale=learn_noise_scale,
+            random_effects=settings,
         )
         classifier = layout.classifier
         if isinstance(classifier, nn.Linear) and classifier.weight.shape == self.head.linear.weight.shape:

@@ -15,6 +15,11 @@ from monai_medl.networks.blocks.backbone_stages import global_avg_pool
 from monai_medl.networks.blocks.encoder_decoder_path import encoder_decoder_path
 from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
 from monai_medl.networks.layers.random_effects import RandomEffects
+from monai_medl.networks.layers.random_effects_settings import (
+    RandomEffectsLike,
+    RandomEffectsSettings,
+    resolve_random_effects,
+)
 from monai_medl.networks.nets.image_mixed_effects_net import ImageMixedEffectsNet
 from monai_medl.networks.nets.me_cnn import instantiate_backbone
 
@@ -62,13 +67,21 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
         num_res_units: UNet residual units when ``backbone`` is None. Defaults to 1.
         cluster_scale_bias: cluster scale/bias on the decoder's normalisation outputs. False gives a one-pass model
             whose only random effect is the per-class intercept. Defaults to True.
-        random_intercept: per-cluster, per-class logit intercepts. Defaults to True.
-        intercept_prior_scale: prior s.d. of the intercepts. Defaults to 0.5.
-        cluster_prior_scale: prior s.d. of the cluster scale/bias effects. Defaults to 0.25.
-        learn_prior_scale: learn every prior s.d. (variance components). Defaults to False.
-        post_loc_init_scale: s.d. of the intercepts' initial posterior means. Defaults to 0.1.
+        random_intercept: per-cluster, per-class logit intercepts. None: from ``random_effects`` (True by default).
+        intercept_prior_scale: prior s.d. of the intercepts. None: from ``random_effects`` (0.5 by default, see
+            :attr:`DEFAULT_RANDOM_EFFECTS`).
+        cluster_prior_scale: prior s.d. of the cluster scale/bias effects. None: from ``random_effects`` (0.25 by
+            default).
+        learn_prior_scale: learn every prior s.d. (variance components). None: from ``random_effects`` (False by
+            default).
+        post_loc_init_scale: s.d. of the intercepts' initial posterior means. None: from ``random_effects`` (0.1
+            by default).
         probe_size: spatial size of the zero input used once to measure the encoder widths; defaults to 32 (3D) or
             64 (2D) per axis.
+        random_effects: a :class:`~monai_medl.networks.layers.RandomEffectsSettings` (or its dictionary) holding
+            the settings above; None for :attr:`DEFAULT_RANDOM_EFFECTS`. The UNet has no random slopes on feature
+            vectors (its slopes are the cluster scale/bias blocks), so ``random_slopes`` and ``correlated`` must be
+            False; ``linear_slopes`` does not apply.
 
     Example::
 
@@ -91,6 +104,9 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
         }
     """
 
+    DEFAULT_RANDOM_EFFECTS = RandomEffectsSettings(random_slopes=False, intercept_prior_scale=0.5)
+    """The UNet's random-effects defaults: no feature-vector slopes, a wider intercept prior (per-class logits)."""
+
     def __init__(
         self,
         num_clusters: int,
@@ -102,14 +118,31 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
         strides: Sequence[int] = (2, 2, 2),
         num_res_units: int = 1,
         cluster_scale_bias: bool = True,
-        random_intercept: bool = True,
-        intercept_prior_scale: float = 0.5,
-        cluster_prior_scale: float = 0.25,
-        learn_prior_scale: bool = False,
-        post_loc_init_scale: float = 0.1,
+        random_intercept: bool | None = None,
+        intercept_prior_scale: float | None = None,
+        cluster_prior_scale: float | None = None,
+        learn_prior_scale: bool | None = None,
+        post_loc_init_scale: float | None = None,
         probe_size: Sequence[int] | int | None = None,
+        random_effects: RandomEffectsLike = None,
     ) -> None:
         super().__init__()
+        settings = resolve_random_effects(
+            random_effects,
+            self.DEFAULT_RANDOM_EFFECTS,
+            random_intercept=random_intercept,
+            intercept_prior_scale=intercept_prior_scale,
+            cluster_prior_scale=cluster_prior_scale,
+            learn_prior_scale=learn_prior_scale,
+            post_loc_init_scale=post_loc_init_scale,
+        )
+        for name in ("random_slopes", "correlated"):
+            if getattr(settings, name):
+                raise ValueError(
+                    f"random_effects.{name}=True is not available in MixedEffectsUNet (its slopes are the decoder's "
+                    f"cluster scale/bias blocks); expected {name}=False."
+                )
+        self.random_effects_settings = settings
         if int(num_clusters) < 1:
             raise ValueError(f"num_clusters must be >= 1 (the number of training clusters), got {num_clusters}.")
         if backbone is None:
@@ -122,7 +155,11 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
             raise TypeError(f"backbone must be an nn.Module, a config dict or None, got {type(backbone).__name__}.")
         self.num_clusters = int(num_clusters)
         self.path = encoder_decoder_path(
-            backbone, self.num_clusters, bool(cluster_scale_bias), cluster_prior_scale, learn_prior_scale
+            backbone,
+            self.num_clusters,
+            bool(cluster_scale_bias),
+            settings.cluster_prior_scale,
+            settings.learn_prior_scale,
         )
         given = {"spatial_dims": spatial_dims, "in_channels": in_channels, "out_channels": out_channels}
         for name, value in given.items():
@@ -137,11 +174,11 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
             RandomEffects(
                 self.num_clusters,
                 self.out_channels,
-                prior_scale=intercept_prior_scale,
-                learn_prior_scale=learn_prior_scale,
-                post_loc_init_scale=post_loc_init_scale,
+                prior_scale=settings.intercept_prior_scale,
+                learn_prior_scale=settings.learn_prior_scale,
+                post_loc_init_scale=settings.post_loc_init_scale,
             )
-            if random_intercept
+            if settings.random_intercept
             else None
         )
         self.__dict__["backbone"] = backbone  # shared modules; not registered, so not saved twice

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
 from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
+from monai_medl.networks.layers.factor_designs import factor_designs
 from monai_medl.networks.utils import kl_divergence
 
 __all__ = ["MixedEffectsNet", "check_finite"]
@@ -38,8 +41,9 @@ class MixedEffectsNet(nn.Module):
       tensor.
 
     Nothing is kept on the module between calls. Subclasses set ``self.num_clusters`` (the width of ``z``) in
-    ``__init__``. Setting ``validate_inputs = False`` skips the eager per-call input checks (for training loops that
-    validated the whole data set once).
+    ``__init__``; a network with several grouping factors also sets ``self.num_levels`` (factor -> levels) and
+    takes ``z`` as a dictionary of per-factor designs or level indices. Setting ``validate_inputs = False`` skips
+    the eager per-call input checks (for training loops that validated the whole data set once).
     """
 
     validate_inputs = True
@@ -71,6 +75,17 @@ class MixedEffectsNet(nn.Module):
         if not self.validate_inputs:
             return
         check_finite(x, "input x")
+        num_levels = getattr(self, "num_levels", None)
+        if isinstance(z, Mapping) or num_levels is not None and len(num_levels) > 1:
+            if num_levels is None:
+                raise ValueError(
+                    f"{type(self).__name__} has a single grouping factor: z must be a (batch, {self.num_clusters}) "
+                    f"tensor, got a dictionary with keys {sorted(map(str, z))}."
+                )
+            if z is not None:
+                for name, d in factor_designs(z, num_levels, x.shape[0], torch.float32).items():
+                    check_finite(d, f"z[{name!r}]")
+            return
         if z is not None:
             if z.dim() != 2 or z.shape[1] != self.num_clusters:
                 raise ValueError(

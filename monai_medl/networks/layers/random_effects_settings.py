@@ -1,0 +1,148 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""One object holding a mixed-effects network's random-effects hyper-parameters (the single source of defaults)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Union
+
+__all__ = ["RandomEffectsSettings", "resolve_random_effects"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomEffectsSettings:
+    """Random-effects hyper-parameters shared by :class:`~monai_medl.networks.nets.MixedEffectsMLP`,
+    :class:`~monai_medl.networks.nets.MixedEffectsCNN`, :class:`~monai_medl.networks.blocks.MixedEffectsHead` and
+    :class:`~monai_medl.networks.nets.MixedEffectsUNet`.
+
+    The networks take it as ``random_effects=`` (the object or a plain dictionary, so a bundle's JSON config can
+    write it inline); their individual keyword arguments (``slope_prior_scale=...``) still work and override the
+    matching field. The defaults below are the only ones: a network keyword left at None takes the field's value.
+
+    Args:
+        random_slopes: random slopes on the penultimate features ``h`` (``h * (1 + u_s(z))``; for
+            ``MixedEffectsMLP`` this is ``nonlinear_slopes``). Defaults to True.
+        linear_slopes: random slopes on the inputs (``MixedEffectsMLP`` only; other networks have no input slopes
+            and ignore it). Defaults to True.
+        random_intercept: a random intercept per output. Defaults to True.
+        slope_prior_scale: prior s.d. of the random slopes. Defaults to 0.1.
+        intercept_prior_scale: prior s.d. of the random intercept. Defaults to 0.1.
+        cluster_prior_scale: prior s.d. of the cluster scale/bias effects on feature maps (image networks).
+            Defaults to 0.25.
+        learn_prior_scale: learn every prior s.d. (variance components; use ``kl_weight="elbo"`` in the loss).
+            Defaults to False.
+        post_loc_init_scale: s.d. of the initial posterior means. Defaults to 0.1.
+        correlated: each grouping factor's random intercept and input slopes get a joint Gaussian posterior and a
+            learned prior covariance (lme4's ``(x | g)``, via
+            :class:`~monai_medl.networks.layers.GroupedRandomEffects`); else independent terms. Used by
+            ``MixedEffectsMLP`` (its intercept and input slopes); the feature-map and feature-vector slopes of the
+            image networks are always independent. Defaults to False.
+
+    Example::
+
+        >>> settings = RandomEffectsSettings(intercept_prior_scale=0.5, learn_prior_scale=True)
+        >>> settings.replace(random_slopes=False).random_slopes
+        False
+        >>> RandomEffectsSettings.from_any({"slope_prior_scale": 0.2}).slope_prior_scale
+        0.2
+        >>> RandomEffectsSettings(slope_prior_scale=-1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: RandomEffectsSettings.slope_prior_scale must be a positive number, got -1.0.
+    """
+
+    random_slopes: bool = True
+    linear_slopes: bool = True
+    random_intercept: bool = True
+    slope_prior_scale: float = 0.1
+    intercept_prior_scale: float = 0.1
+    cluster_prior_scale: float = 0.25
+    learn_prior_scale: bool = False
+    post_loc_init_scale: float = 0.1
+    correlated: bool = False
+
+    _POSITIVE = ("slope_prior_scale", "intercept_prior_scale", "cluster_prior_scale")
+    _NON_NEGATIVE = ("post_loc_init_scale",)
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type in ("bool", bool):
+                if not isinstance(value, bool):
+                    raise TypeError(f"RandomEffectsSettings.{field.name} must be True or False, got {value!r}.")
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise TypeError(f"RandomEffectsSettings.{field.name} must be a number, got {value!r}.")
+            if field.name in self._POSITIVE and not value > 0:
+                raise ValueError(f"RandomEffectsSettings.{field.name} must be a positive number, got {value!r}.")
+            if field.name in self._NON_NEGATIVE and value < 0:
+                raise ValueError(f"RandomEffectsSettings.{field.name} must be >= 0, got {value!r}.")
+            object.__setattr__(self, field.name, float(value))
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Names of the settings, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_any(cls, value: RandomEffectsSettings | Mapping[str, Any] | None) -> RandomEffectsSettings:
+        """The settings object for ``value``: itself, one built from a dictionary, or the defaults for None."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            unknown = sorted(set(map(str, value)) - set(cls.field_names()))
+            if unknown:
+                raise ValueError(
+                    f"random_effects has unknown key(s) {unknown}; expected keys among {list(cls.field_names())}."
+                )
+            return cls(**dict(value))
+        raise TypeError(
+            f"random_effects must be a RandomEffectsSettings, a dictionary or None, got {type(value).__name__}."
+        )
+
+    def replace(self, **changes: Any) -> RandomEffectsSettings:
+        """A copy with ``changes`` applied (validated like a new object)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dictionary (JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+
+RandomEffectsLike = Union[RandomEffectsSettings, Mapping[str, Any], None]  # noqa: UP007
+
+
+def resolve_random_effects(
+    random_effects: RandomEffectsLike, base: RandomEffectsSettings | None = None, **keywords: Any
+) -> RandomEffectsSettings:
+    """Merge a network's ``random_effects`` argument with its individual keyword arguments.
+
+    Keywords that are None were not given and take the settings' value. A keyword given together with a
+    ``random_effects`` object that already sets it is ambiguous and raises.
+
+    Args:
+        random_effects: the network's ``random_effects`` argument (object, dictionary or None).
+        base: the network's default settings when ``random_effects`` is None (e.g. a larger intercept prior for
+            segmentation). Defaults to ``RandomEffectsSettings()``.
+        keywords: the network's individual keyword arguments (None: not given).
+    """
+    unknown = sorted(set(keywords) - set(RandomEffectsSettings.field_names()))
+    if unknown:
+        raise ValueError(f"unknown random-effects setting(s) {unknown}.")
+    given = {k: v for k, v in keywords.items() if v is not None}
+    if random_effects is None:
+        settings = base or RandomEffectsSettings()
+    else:
+        settings = RandomEffectsSettings.from_any(random_effects)
+        explicit = (
+            set(random_effects) if isinstance(random_effects, Mapping) else set(RandomEffectsSettings.field_names())
+        )
+        clash = sorted(set(given) & explicit)
+        if clash:
+            raise ValueError(
+                f"{clash} given both as keyword argument(s) and in random_effects; set each in one place only."
+            )
+    return settings.replace(**given) if given else settings
