@@ -32,9 +32,8 @@ class ModalityFallback(nn.Module):
     Args:
         primary: the network for samples with every modality.
         fallback: a :class:`~monai_medl.networks.nets.MultimodalMixedEffectsNet` whose ``modalities`` are a subset
-            of the primary's (same
-            ``in_channels`` per modality, same ``num_clusters``, same ``out_channels``; covariates only if the
-            primary has the same ones).
+            of the primary's (same ``in_channels`` per modality, same ``num_clusters``, same ``out_channels``;
+            covariates only if the primary has the same ones).
 
     Example::
 
