@@ -37,6 +37,7 @@ class ModalityFallback(nn.Module):
 
     Example::
 
+        >>> from monai_medl.networks.nets import MultimodalMixedEffectsCNN
         >>> both = MultimodalMixedEffectsCNN(4, modalities=("t1", "flair"), spatial_dims=3)
         >>> t1 = MultimodalMixedEffectsCNN(4, modalities=("t1",), spatial_dims=3)  # trained on T1 alone
         >>> net = ModalityFallback(both, t1).eval()
