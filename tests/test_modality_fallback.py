@@ -64,7 +64,7 @@ def test_scripted_router_matches_eager_and_keeps_the_error(nets):
 
 def test_bad_network_pairs_are_refused_with_the_reason(nets):
     primary, fallback = nets
-    with pytest.raises(TypeError, match="fallback must be a MultimodalMixedEffectsCNN"):
+    with pytest.raises(TypeError, match="fallback must be a multimodal network"):
         ModalityFallback(primary, torch.nn.Linear(2, 1))
     with pytest.raises(ValueError, match=r"fallback modalities \['pd'\] are not among"):
         ModalityFallback(primary, _net(("t1", "pd"), num_covariates=2))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["ModalityMeanConv", "scatter_rows", "zero_touch"]
+__all__ = ["ModalityMeanConv", "scatter_rows"]
 
 
 def scatter_rows(values: torch.Tensor, index: torch.Tensor, batch: int) -> torch.Tensor:
@@ -21,19 +21,6 @@ def scatter_rows(values: torch.Tensor, index: torch.Tensor, batch: int) -> torch
     """
     shape = [batch] + list(values.shape[1:])
     return values.new_zeros(shape).index_copy(0, index, values)
-
-
-def zero_touch(module: nn.Module) -> torch.Tensor:
-    """``0 * sum(trainable parameters)`` of a module that received no data in this step.
-
-    Adding it to an output keeps every parameter in the autograd graph with an exactly zero gradient, so
-    ``DistributedDataParallel`` works without ``find_unused_parameters``; no data passes through the module (batch-norm
-    statistics are untouched).
-    """
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
-        return torch.zeros(())
-    return torch.stack([p.sum() for p in params]).sum() * 0.0
 
 
 class ModalityMeanConv(nn.Module):
@@ -93,29 +80,20 @@ class ModalityMeanConv(nn.Module):
     def forward(self, x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Mean of the present modalities' responses; ``present`` is boolean ``(batch, num_modalities)``.
 
-        A sample with no modality present gets zeros.
+        Every convolution runs on the whole batch with an absent modality's channels zero-filled and its response
+        masked to zero (a convolution is per sample, so this equals running it on the samples that have the
+        modality; no data-dependent branch, and every convolution stays in the graph). A sample with no modality
+        present gets zeros.
         """
         batch = x.shape[0]
-        total = torch.zeros(0)
-        started = False
-        touch = torch.zeros((), dtype=x.dtype, device=x.device)
+        responses: list[torch.Tensor] = []
         for m, conv in enumerate(self.convs):
             xm = x[:, self.starts[m] : self.starts[m] + self.in_channels[m]]
-            col = present[:, m]
-            if bool(col.any()):
-                if bool(col.all()):
-                    y = conv(xm)
-                else:
-                    idx = col.nonzero().squeeze(1)
-                    y = scatter_rows(conv(xm.index_select(0, idx)), idx, batch)
-                total = y if not started else total + y
-                started = True
-            elif self.training and not torch.jit.is_scripting():
-                touch = touch + self._zero_touch(conv)
+            col = present[:, m].reshape([batch] + [1] * (x.dim() - 1))
+            y = conv(torch.where(col, xm, torch.zeros_like(xm)))
+            responses.append(torch.where(col, y, torch.zeros_like(y)))
+        total = responses[0]
+        for y in responses[1:]:
+            total = total + y
         count = present.to(x.dtype).sum(dim=1).clamp_min(1.0)
-        return total / count.reshape([batch] + [1] * (total.dim() - 1)) + touch
-
-    @torch.jit.unused
-    def _zero_touch(self, conv: nn.Module) -> torch.Tensor:
-        """:func:`zero_touch` of a modality absent from the whole batch."""
-        return zero_touch(conv)
+        return total / count.reshape([batch] + [1] * (total.dim() - 1))

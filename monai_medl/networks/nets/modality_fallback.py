@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from monai_medl.networks.nets.multimodal_me_cnn import MultimodalMixedEffectsCNN
+from monai_medl.networks.nets.multimodal_me_net import MultimodalMixedEffectsNet
 
 __all__ = ["ModalityFallback"]
 
@@ -24,19 +24,20 @@ class ModalityFallback(nn.Module):
     second network to train (with its own trainer, on the fallback's modalities of every training sample) and, for
     batches with incomplete samples, a second forward pass.
 
-    Inputs are those of :class:`~monai_medl.networks.nets.MultimodalMixedEffectsCNN`: ``x`` with the primary's
+    Inputs are those of :class:`~monai_medl.networks.nets.MultimodalMixedEffectsNet`: ``x`` with the primary's
     modalities stacked on the channel axis, optional ``z``, ``mask`` (``(batch, num_modalities)``, optionally with
     a covariate column) and ``covariates``. Without ``mask`` every sample is complete. The fallback receives the
     channels, mask columns and covariates of its own modalities; a routed sample must have all of them.
 
     Args:
         primary: the network for samples with every modality.
-        fallback: a :class:`MultimodalMixedEffectsCNN` whose ``modalities`` are a subset of the primary's (same
-            ``in_channels`` per modality, same ``num_clusters``, same ``out_channels``; covariates only if the
-            primary has the same ones).
+        fallback: a :class:`~monai_medl.networks.nets.MultimodalMixedEffectsNet` whose ``modalities`` are a subset
+            of the primary's (same ``in_channels`` per modality, same ``num_clusters``, same ``out_channels``;
+            covariates only if the primary has the same ones).
 
     Example::
 
+        >>> from monai_medl.networks.nets import MultimodalMixedEffectsCNN
         >>> both = MultimodalMixedEffectsCNN(4, modalities=("t1", "flair"), spatial_dims=3)
         >>> t1 = MultimodalMixedEffectsCNN(4, modalities=("t1",), spatial_dims=3)  # trained on T1 alone
         >>> net = ModalityFallback(both, t1).eval()
@@ -45,11 +46,14 @@ class ModalityFallback(nn.Module):
         torch.Size([2, 1])
     """
 
-    def __init__(self, primary: MultimodalMixedEffectsCNN, fallback: MultimodalMixedEffectsCNN) -> None:
+    def __init__(self, primary: MultimodalMixedEffectsNet, fallback: MultimodalMixedEffectsNet) -> None:
         super().__init__()
         for name, net in (("primary", primary), ("fallback", fallback)):
-            if not isinstance(net, MultimodalMixedEffectsCNN):
-                raise TypeError(f"{name} must be a MultimodalMixedEffectsCNN, got {type(net).__name__}.")
+            if not isinstance(net, MultimodalMixedEffectsNet):
+                raise TypeError(
+                    f"{name} must be a multimodal network (a MultimodalMixedEffectsNet, e.g. built by "
+                    f"MultimodalMixedEffectsCNN), got {type(net).__name__}."
+                )
         names = list(primary.modalities)
         unknown = [m for m in fallback.modalities if m not in names]
         if unknown:

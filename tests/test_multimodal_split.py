@@ -1,0 +1,132 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""Early/late fusion classes, the MultimodalMixedEffectsCNN factory, and the shipped bundle checkpoint."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from monai_medl.networks.blocks.modality_stem import ModalityMeanConv
+from monai_medl.networks.nets import (
+    EarlyFusionMixedEffectsCNN,
+    LateFusionMixedEffectsCNN,
+    MultimodalMixedEffectsCNN,
+    MultimodalMixedEffectsNet,
+    early_fusion_me_cnn,
+    late_fusion_me_cnn,
+    multimodal_me_net,
+)
+
+K = 3
+SMALL = {"_target_": "monai_medl.networks.nets.SmallCNN", "spatial_dims": 2, "channels": [4, 8], "strides": [2, 2]}
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mri_multimodal_me_cnn_classification"
+
+# Predictions of the shipped bundle model on the input built in the test below, computed with the code before the
+# early/late split (commit fbcb1a4, MultimodalMixedEffectsCNN with fusion="early"): the split must not change them.
+BUNDLE_REFERENCE = {
+    "mixed": [-2.16415, 2.776081, -0.211357, 0.952787],
+    "fixed": [-2.064539, 2.803202, -0.001637, 1.033454],
+    "all_present": [-1.966942, -0.921157, -0.282444, -0.156019],
+    "no_cov": [-1.966942, 3.054847, -0.282444, 0.888135],
+}
+
+
+def test_bundle_checkpoint_loads_strictly_and_predicts_as_before():
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser["bundle_root"] = str(BUNDLE)
+    net = parser.get_parsed_content("network_def")
+    assert isinstance(net, EarlyFusionMixedEffectsCNN)
+    state = torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
+    net.load_state_dict(state, strict=True)
+    net.eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 2, 32, 32, 32, generator=g)
+    z = torch.eye(net.num_clusters)[[0, 1, 2, 0]]
+    mask = torch.tensor([[1, 1], [1, 0], [1, 1], [1, 0]])
+    cov = torch.randn(4, 2, generator=g)
+    with torch.no_grad():
+        got = {
+            "mixed": net(x, z, mask, cov),
+            "fixed": net(x, None, mask, cov),
+            "all_present": net(x, z),
+            "no_cov": net(x, z, mask),
+        }
+    for key, values in BUNDLE_REFERENCE.items():
+        torch.testing.assert_close(got[key].flatten(), torch.tensor(values), atol=1e-5, rtol=0, msg=key)
+
+
+@pytest.mark.parametrize("fusion,cls", [("early", EarlyFusionMixedEffectsCNN), ("concat", LateFusionMixedEffectsCNN)])
+def test_factory_builds_the_class_and_the_class_gives_the_same_network(fusion, cls):
+    kwargs = {"modalities": ("t1", "flair"), "backbone": SMALL, "num_covariates": 2, "probe_size": 16}
+    torch.manual_seed(0)
+    via_factory = MultimodalMixedEffectsCNN(K, fusion=fusion, **kwargs)
+    torch.manual_seed(0)
+    direct = cls(K, **kwargs) if fusion == "early" else cls(K, fusion=fusion, **kwargs)
+    assert type(via_factory) is cls and isinstance(via_factory, MultimodalMixedEffectsNet)
+    assert list(via_factory.state_dict()) == list(direct.state_dict())
+    direct.load_state_dict(via_factory.state_dict(), strict=True)
+    x, mask = torch.randn(3, 2, 16, 16), torch.tensor([[1, 1], [1, 0], [0, 1]])
+    with torch.no_grad():
+        torch.testing.assert_close(direct.eval()(x, torch.eye(K), mask), via_factory.eval()(x, torch.eye(K), mask))
+
+
+def test_late_fusion_options_and_errors():
+    with pytest.raises(ValueError, match="fusion mode must be one of"):
+        LateFusionMixedEffectsCNN(K, backbone=SMALL, fusion="early")
+    with pytest.raises(TypeError, match="shared_weights"):
+        EarlyFusionMixedEffectsCNN(K, backbone=SMALL, shared_weights=True)  # a late-fusion option only
+    shared = LateFusionMixedEffectsCNN(K, backbone=SMALL, shared_weights=True, fusion="attention", probe_size=16)
+    assert shared.branches[0].encoder is shared.branches[1].encoder
+    assert shared.branches[0].slopes is not shared.branches[1].slopes
+
+
+def _no_tensor_branch(source: str) -> list[str]:
+    """Lines that branch in Python on a tensor's value (``if bool(...)``/``.any()``/``.all()``/``.item()``)."""
+    bad = []
+    for line in source.splitlines():
+        code = line.split("#")[0].strip()
+        on_tensor = any(t in code for t in ("bool(", ".any()", ".all()", ".item()"))
+        if code.startswith(("if ", "elif ", "while ")) and on_tensor:
+            bad.append(code)
+    return bad
+
+
+def test_forward_pass_has_no_data_dependent_python_branch():
+    """The computation (forward, forward_all, stem) has one path; only the required-modality validation raises."""
+    sources = [
+        inspect.getsource(multimodal_me_net.MultimodalMixedEffectsNet.forward_all),
+        inspect.getsource(multimodal_me_net.MultimodalMixedEffectsNet._rows),
+        inspect.getsource(multimodal_me_net.MultimodalMixedEffectsNet._place),
+        inspect.getsource(early_fusion_me_cnn.EarlyFusionMixedEffectsCNN._image_input),
+        inspect.getsource(early_fusion_me_cnn.EarlyFusionMixedEffectsCNN._branch_presence),
+        inspect.getsource(ModalityMeanConv.forward),
+        inspect.getsource(late_fusion_me_cnn.LateFusionMixedEffectsCNN),
+    ]
+    assert [b for s in sources for b in _no_tensor_branch(s)] == []
+
+
+@pytest.mark.parametrize("fusion", ["early", "attention"])
+def test_eval_matches_training_path_per_sample(fusion):
+    """Eval runs every branch on the whole batch (masked); training on the present rows: same per-sample values
+    when the normalisation does not depend on the batch (BatchNorm in eval statistics here)."""
+    net = MultimodalMixedEffectsCNN(K, ("t1", "flair"), SMALL, fusion=fusion, num_covariates=2, probe_size=16)
+    x, cov = torch.randn(4, 2, 16, 16), torch.randn(4, 2)
+    x[1, 1] = float("nan")  # absent: never read
+    mask = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 1, 1], [1, 1, 0]])
+    net.eval()
+    with torch.no_grad():
+        ref = net.forward_all(x, None, mask, cov)
+        net.train()
+        for m in net.modules():  # batch-independent normalisation, deterministic output
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        out = net.forward_all(x, None, mask, cov)
+    torch.testing.assert_close(out.fixed, ref.fixed)
+    for a, b in zip(out.features, ref.features):
+        torch.testing.assert_close(a, b)
+    assert torch.isfinite(ref.fixed).all()
