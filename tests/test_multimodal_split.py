@@ -130,3 +130,21 @@ def test_eval_matches_training_path_per_sample(fusion):
     for a, b in zip(out.features, ref.features):
         torch.testing.assert_close(a, b)
     assert torch.isfinite(ref.fixed).all()
+
+
+def test_multimodal_networks_take_one_random_effects_settings_object():
+    from monai_medl.networks.layers import RandomEffectsSettings
+    from monai_medl.networks.nets import EarlyFusionMixedEffectsCNN, MultimodalMixedEffectsNet
+
+    settings = RandomEffectsSettings(slope_prior_scale=0.3, intercept_prior_scale=0.2, random_slopes=False)
+    by_object = EarlyFusionMixedEffectsCNN(3, spatial_dims=2, probe_size=16, random_effects=settings)
+    by_keywords = EarlyFusionMixedEffectsCNN(
+        3, spatial_dims=2, probe_size=16, slope_prior_scale=0.3, intercept_prior_scale=0.2
+    )
+    assert by_object.random_effects_settings == by_keywords.random_effects_settings == settings
+    # the one object reaches the branch slopes and the head's intercept
+    assert all(b.slopes.prior_scale == pytest.approx(0.3) for b in by_object.branches)
+    assert by_object.head.intercept.prior_scale == pytest.approx(0.2) and by_object.head.slopes is None
+    assert MultimodalMixedEffectsNet.DEFAULT_RANDOM_EFFECTS.random_slopes is False
+    with pytest.raises(ValueError, match="correlated"):
+        EarlyFusionMixedEffectsCNN(3, spatial_dims=2, probe_size=16, random_effects={"correlated": True})

@@ -9,6 +9,10 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 from monai_medl.networks.layers.random_effects import RandomEffects
+from monai_medl.networks.layers.random_effects_settings import (
+    RandomEffectsLike,
+    RandomEffectsSettings,
+)
 from monai_medl.networks.nets.me_cnn import MixedEffectsCNN, instantiate_backbone
 from monai_medl.networks.nets.modality_branch import ModalityBranch
 from monai_medl.networks.nets.small_cnn import SmallCNN
@@ -32,12 +36,11 @@ class ModalityEncoderFactory:
         spatial_dims: spatial dimensions (checked against the backbone; 3 for the default). Defaults to None.
         tap_layers: adversary taps of each encoder. Defaults to None (the backbone's).
         cluster_scale_bias: cluster scale/bias on the encoders' normalisation layers. Defaults to False.
-        cluster_prior_scale: prior s.d. of the cluster scale/bias effects. Defaults to 0.25.
-        learn_prior_scale: learn every prior s.d. Defaults to False.
         probe_size: spatial size used once to measure an encoder's feature widths. Defaults to None.
         branch_random_slopes: random slopes on every branch embedding. Defaults to True.
-        slope_prior_scale: prior s.d. of the branch slopes. Defaults to 0.1.
-        post_loc_init_scale: s.d. of the initial posterior means of the slopes. Defaults to 0.1.
+        random_effects: :class:`~monai_medl.networks.layers.RandomEffectsSettings` (or its dictionary) of the
+            branch slopes (``slope_prior_scale``, ``learn_prior_scale``, ``post_loc_init_scale``) and the
+            encoders' cluster scale/bias (``cluster_prior_scale``); None for the defaults.
 
     Example::
 
@@ -55,13 +58,11 @@ class ModalityEncoderFactory:
         spatial_dims: int | None = None,
         tap_layers: Sequence[str] | None = None,
         cluster_scale_bias: bool | Sequence[str] = False,
-        cluster_prior_scale: float = 0.25,
-        learn_prior_scale: bool = False,
         probe_size: Sequence[int] | int | None = None,
         branch_random_slopes: bool = True,
-        slope_prior_scale: float = 0.1,
-        post_loc_init_scale: float = 0.1,
+        random_effects: RandomEffectsLike = None,
     ) -> None:
+        settings = RandomEffectsSettings.from_any(random_effects)
         self.num_clusters = int(num_clusters)
         self.out_channels = int(out_channels)
         self.spatial_dims = spatial_dims
@@ -69,16 +70,14 @@ class ModalityEncoderFactory:
         self.encoder_kwargs = {
             "tap_layers": tap_layers,
             "cluster_scale_bias": cluster_scale_bias,
-            "random_slopes": False,
-            "random_intercept": False,
-            "cluster_prior_scale": cluster_prior_scale,
-            "learn_prior_scale": learn_prior_scale,
+            # the encoders' own read-outs are unused: no slopes or intercept there
+            "random_effects": settings.replace(random_slopes=False, random_intercept=False),
         }
         self.branch_random_slopes = bool(branch_random_slopes)
         self.slope_kwargs = {
-            "prior_scale": slope_prior_scale,
-            "learn_prior_scale": learn_prior_scale,
-            "post_loc_init_scale": post_loc_init_scale,
+            "prior_scale": settings.slope_prior_scale,
+            "learn_prior_scale": settings.learn_prior_scale,
+            "post_loc_init_scale": settings.post_loc_init_scale,
         }
 
     def resolve(self, backbone: nn.Module | Mapping | None, in_channels: int | None = None) -> nn.Module:

@@ -13,6 +13,11 @@ from monai_medl.networks.blocks.mixed_effects_head import MixedEffectsHead
 from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
 from monai_medl.networks.blocks.modality_fusion import ModalityFusion
 from monai_medl.networks.blocks.modality_stem import scatter_rows
+from monai_medl.networks.layers.random_effects_settings import (
+    RandomEffectsLike,
+    RandomEffectsSettings,
+    resolve_random_effects,
+)
 from monai_medl.networks.nets.cluster_classifier import ClusterAdversary
 from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet, check_finite
 from monai_medl.networks.nets.modality_branch import CovariateEncoder, ModalityBranch
@@ -70,16 +75,21 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
         cluster_scale_bias: cluster scale/bias on the encoders' normalisation layers (see ``MixedEffectsCNN``).
             Defaults to False.
         branch_random_slopes: random slopes on every branch embedding. Defaults to True.
-        random_slopes: random slopes on the fused embedding in the head. Defaults to False.
-        random_intercept: random intercept in the head. Defaults to True.
-        slope_prior_scale: prior s.d. of every random slope. Defaults to 0.1.
-        intercept_prior_scale: prior s.d. of the random intercept. Defaults to 0.1.
-        cluster_prior_scale: prior s.d. of the cluster scale/bias effects. Defaults to 0.25.
-        learn_prior_scale: learn every prior s.d. (variance components). Defaults to False.
-        post_loc_init_scale: s.d. of the initial posterior means of the slopes and intercept. Defaults to 0.1.
+        random_slopes: random slopes on the fused embedding in the head. None: from ``random_effects`` (False by
+            default, see :attr:`DEFAULT_RANDOM_EFFECTS`).
+        random_intercept: random intercept in the head. None: from ``random_effects`` (True by default).
+        slope_prior_scale: prior s.d. of every random slope (branches and head). None: from ``random_effects``.
+        intercept_prior_scale: prior s.d. of the random intercept. None: from ``random_effects``.
+        cluster_prior_scale: prior s.d. of the cluster scale/bias effects. None: from ``random_effects``.
+        learn_prior_scale: learn every prior s.d. (variance components). None: from ``random_effects``.
+        post_loc_init_scale: s.d. of the initial posterior means of the slopes and intercept. None: from
+            ``random_effects``.
         learn_noise_scale: learned noise s.d. for regression with ``task="gaussian_nll"``. Defaults to False.
         probe_size: spatial size used once to measure each encoder's feature widths (see ``MixedEffectsCNN``).
             Defaults to None.
+        random_effects: a :class:`~monai_medl.networks.layers.RandomEffectsSettings` (or its dictionary) holding
+            the settings above, shared by the branches, the encoders and the head; None for
+            :attr:`DEFAULT_RANDOM_EFFECTS`. A setting given both here and as a keyword raises.
 
     Example::
 
@@ -90,6 +100,8 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
     """
 
     __jit_unused_properties__ = ["feature_sizes", "adversary_in_features"]
+    # the fused embedding carries no head slopes by default: every branch embedding has its own
+    DEFAULT_RANDOM_EFFECTS = RandomEffectsSettings(random_slopes=False)
 
     def __init__(
         self,
@@ -107,17 +119,35 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
         tap_layers: Sequence[str] | None = None,
         cluster_scale_bias: bool | Sequence[str] = False,
         branch_random_slopes: bool = True,
-        random_slopes: bool = False,
-        random_intercept: bool = True,
-        slope_prior_scale: float = 0.1,
-        intercept_prior_scale: float = 0.1,
-        cluster_prior_scale: float = 0.25,
-        learn_prior_scale: bool = False,
-        post_loc_init_scale: float = 0.1,
+        random_slopes: bool | None = None,
+        random_intercept: bool | None = None,
+        slope_prior_scale: float | None = None,
+        intercept_prior_scale: float | None = None,
+        cluster_prior_scale: float | None = None,
+        learn_prior_scale: bool | None = None,
+        post_loc_init_scale: float | None = None,
         learn_noise_scale: bool = False,
         probe_size: Sequence[int] | int | None = None,
+        random_effects: RandomEffectsLike = None,
     ) -> None:
         super().__init__()
+        settings = resolve_random_effects(
+            random_effects,
+            self.DEFAULT_RANDOM_EFFECTS,
+            random_slopes=random_slopes,
+            random_intercept=random_intercept,
+            slope_prior_scale=slope_prior_scale,
+            intercept_prior_scale=intercept_prior_scale,
+            cluster_prior_scale=cluster_prior_scale,
+            learn_prior_scale=learn_prior_scale,
+            post_loc_init_scale=post_loc_init_scale,
+        )
+        if settings.correlated:
+            raise ValueError(
+                "random_effects.correlated=True is not available in the multimodal networks (their random slopes act "
+                "on learned embeddings, not on covariates); expected correlated=False."
+            )
+        self.random_effects_settings = settings
         names = [f"modality{i}" for i in range(modalities)] if isinstance(modalities, int) else list(modalities)
         if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
             raise ValueError(f"modalities must be distinct non-empty names (or a positive count), got {modalities!r}.")
@@ -143,12 +173,9 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
             spatial_dims=spatial_dims,
             tap_layers=tap_layers,
             cluster_scale_bias=cluster_scale_bias,
-            cluster_prior_scale=cluster_prior_scale,
-            learn_prior_scale=learn_prior_scale,
             probe_size=probe_size,
             branch_random_slopes=branch_random_slopes,
-            slope_prior_scale=slope_prior_scale,
-            post_loc_init_scale=post_loc_init_scale,
+            random_effects=settings,
         )
         image_branches, channels, spatial_dims = self._image_branches(factory, backbone, channels)
         branches = nn.ModuleList(image_branches)
@@ -186,13 +213,8 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
             self.feature_dim,
             self.out_channels,
             self.num_clusters,
-            random_slopes=random_slopes,
-            random_intercept=random_intercept,
-            slope_prior_scale=slope_prior_scale,
-            intercept_prior_scale=intercept_prior_scale,
-            learn_prior_scale=learn_prior_scale,
-            post_loc_init_scale=post_loc_init_scale,
             learn_noise_scale=learn_noise_scale,
+            random_effects=settings,
         )
 
     # --- what a subclass provides -----------------------------------------------------------------------------------
