@@ -59,10 +59,8 @@ AUROC alone chose the grid's slowest adversary (2e-4) on 4 of 5 seeds and left t
 clustering (probe 0.52); that model was noticed after the fact, so the rule above replaces it with a choice made on
 validation data. Seeds 5-9 of the default run were never looked at before the rule was fixed: they are an
 out-of-sample check of it.
-Fifth run (10 seeds, this rule): ``me`` chose ``confusion`` on 5 seeds (1e-3 x3, 5e-3 x2) and ``ce`` on 5 (5e-3 x4,
-1e-3 x1), never 2e-4 (the previous rule chose 2e-4 on 8 of 10). Paired against ``conventional``: lower seen MSE,
-higher Davies-Bouldin, lower Calinski-Harabasz and batch probe on 10/10 seeds (5/5 on the fresh seeds 5-9); seen AUROC
-+0.007 [-0.014, 0.028] (6/10, not significant); unseen (FE decoder) MSE worse on 10/10.
+The results of the run with this rule (choices per seed, paired comparisons) are in ``benchmarks/results/livecell.md``,
+rendered from ``livecell.json``.
 
 Run ``python -m benchmarks.livecell [--quick] [--out DIR]``.
 """

@@ -49,9 +49,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import DataLoader, Dataset
+from monai.data import DataLoader, Dataset, get_track_meta, set_track_meta
 from monai.engines import SupervisedTrainer
-from monai.transforms import Compose, EnsureTyped, RandFlipd
+from monai.transforms import RandFlipd
 from scipy.stats import pearsonr
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.pipeline import make_pipeline
@@ -201,8 +201,7 @@ def _loader(x: torch.Tensor, target: torch.Tensor, site: torch.Tensor, batch_siz
     """Shuffled batches (seeded) of ``{"image", "label": target, "site"}``; random left-right flips (RAS x axis; the
     anatomy and the disease are bilateral) with the transform's own seeded random state."""
     items = [{"image": x[i], "label": target[i], "site": int(site[i])} for i in range(len(x))]
-    flip = Compose([RandFlipd("image", prob=0.5, spatial_axis=0), EnsureTyped("image", track_meta=False)])
-    flip.set_random_state(seed)
+    flip = RandFlipd("image", prob=0.5, spatial_axis=0).set_random_state(seed)
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(Dataset(items, transform=flip), batch_size=batch_size, shuffle=True, generator=gen)
 
@@ -251,7 +250,12 @@ def train_model(
         train_handlers=handlers,
         **({"prepare_batch": prepare} if prepare is not None else {}),
     )
-    trainer.run()
+    track_meta = get_track_meta()
+    set_track_meta(False)  # plain tensors: the in-memory volumes carry no metadata worth the per-item MetaTensor cost
+    try:
+        trainer.run()
+    finally:
+        set_track_meta(track_meta)
     return net.eval()
 
 
