@@ -14,7 +14,8 @@ tests on fold ``r`` (seen) and on every unseen-site scan (unseen). Model initial
 augmentation (random left-right flips) are seeded by ``r``.
 
 Models (same SmallCNN backbone, channels 8-16-32-64, global average pooling; Adam 1e-3, batch 16, the same number
-of epochs, last epoch used):
+of epochs, last epoch used; trained in a MONAI ``SupervisedTrainer`` with the package's loss, prepare_batch and
+``AdversaryHandler``):
 ``conventional`` (the backbone, BCE); ``cluster_input`` (one-hot z concatenated to the pooled features before
 the classifier, zeros for unseen sites); ``domain_adversarial`` (the backbone + cluster adversary on its pooled
 block outputs, confusion objective); ``me_no_adversary`` (mixed-effects CNN: random slopes on the pooled
