@@ -19,7 +19,9 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,13 @@ __all__ = [
     "markdown_table",
     "write_results",
     "announce_plan",
+    "Comparison",
+    "run_seeds",
+    "summarize_rows",
+    "per_seed_values",
+    "paired_comparisons",
+    "site_scores",
+    "run_benchmark",
 ]
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -97,6 +106,161 @@ def paired_difference(a: Sequence[float], b: Sequence[float], higher_is_better: 
     diff = [float(x) - float(y) for x, y in zip(a, b)]
     wins = sum(d > 0 for d in diff) if higher_is_better else sum(d < 0 for d in diff)
     return {**summarize(diff), "wins": int(wins), "n": len(diff)}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A pre-registered paired comparison: ``model``'s ``metric`` minus ``reference``'s ``reference_metric``, seed by
+    seed (same data and splits), and which side wins.
+
+    ``metric`` is ``"seen"``/``"unseen"`` (the benchmark's primary metric on that split; the benchmark's own name
+    for it, e.g. ``"seen_auroc"``, also works inside :func:`run_benchmark`) or an ``extra`` metric with per-seed
+    ``<metric>_values``. The result is stored in ``model``'s ``extra`` under :attr:`name` (with ``_ci95``,
+    ``_values`` and ``_wins``).
+
+    Example::
+
+        >>> Comparison("me", "unseen", "conventional").name
+        'paired_unseen_minus_conventional'
+    """
+
+    model: str
+    metric: str
+    reference: str
+    reference_metric: str | None = None  # defaults to metric
+    higher_is_better: bool = True
+    key: str | None = None  # the extra key; defaults to paired_<metric>_minus_<reference>[_<reference_metric>]
+
+    @property
+    def ref_metric(self) -> str:
+        return self.metric if self.reference_metric is None else self.reference_metric
+
+    @property
+    def name(self) -> str:
+        if self.key is not None:
+            return self.key
+        tail = "" if self.reference_metric is None else f"_{self.reference_metric}"
+        return f"paired_{self.metric}_minus_{self.reference}{tail}"
+
+    @property
+    def label(self) -> str:
+        side = "higher" if self.higher_is_better else "lower"
+        if self.reference_metric is None:
+            return f"{self.model} - {self.reference}: {self.metric} ({side} wins)"
+        return f"{self.model} {self.metric} - {self.reference} {self.ref_metric} ({side} wins)"
+
+
+Row = Mapping[str, Mapping[str, float]]  # one seed's results: {model: {metric: value}}
+
+
+def run_seeds(seeds: Sequence[int], run_seed: Callable[[int], Row], log: Callable[[str], Any] = print) -> list[Row]:
+    """Call ``run_seed(seed)`` for every seed, in order, with a progress line after each; return the per-seed rows."""
+    rows, start = [], time.perf_counter()
+    for i, seed in enumerate(seeds):
+        t0 = time.perf_counter()
+        rows.append(run_seed(seed))
+        now = time.perf_counter()
+        log(f"seed {seed} done ({i + 1}/{len(seeds)}) in {now - t0:.0f} s, {now - start:.0f} s in all")
+    return rows
+
+
+def summarize_rows(
+    rows: Sequence[Row], seen: str | None, unseen: str | None, order: Sequence[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The ``models`` of the results from per-seed rows: ``seen``/``unseen`` summaries of the ``seen``/``unseen``
+    metrics (None when the key is None or a model lacks it) and, in ``extra``, every other metric's mean with its
+    ``_ci95`` and per-seed ``_values`` (for paired comparisons). ``order``: the models and their order (default:
+    those of the first row)."""
+    if not rows:
+        raise ValueError("summarize_rows needs at least one seed's rows.")
+    models = {}
+    for model in order if order is not None else list(rows[0]):
+        missing = [i for i, r in enumerate(rows) if model not in r]
+        if missing:
+            raise KeyError(f"model {model!r} is missing from the rows of seed positions {missing}.")
+        metrics = list(dict.fromkeys(k for r in rows for k in r[model]))
+        extra: dict[str, Any] = {}
+        for metric in metrics:
+            if metric in (seen, unseen):
+                continue
+            s = summarize([r[model][metric] for r in rows])
+            extra.update({metric: s["mean"], f"{metric}_ci95": s["ci95"], f"{metric}_values": s["values"]})
+        split = {
+            name: summarize([r[model][key] for r in rows]) if key is not None and key in metrics else None
+            for name, key in (("seen", seen), ("unseen", unseen))
+        }
+        models[model] = {**split, "extra": extra}
+    return models
+
+
+def per_seed_values(
+    models: Mapping[str, Any], model: str, metric: str, splits: Mapping[str, str] | None = None
+) -> list[float]:
+    """Per-seed values of ``metric`` of ``model``: ``"seen"``/``"unseen"`` (or a metric that ``splits`` maps to one
+    of them, e.g. ``{"seen_auroc": "seen"}``) read the split's summary, any other metric its ``extra`` values."""
+    if model not in models:
+        raise KeyError(f"no model {model!r} in the results; models: {list(models)}.")
+    entry = models[model]
+    metric = (splits or {}).get(metric, metric)
+    if metric in ("seen", "unseen"):
+        if entry[metric] is None:
+            raise KeyError(f"model {model!r} has no {metric!r} summary.")
+        return list(entry[metric]["values"])
+    key = f"{metric}_values"
+    if key not in entry["extra"]:
+        raise KeyError(f"model {model!r} has no per-seed {key!r}; extra keys: {sorted(entry['extra'])}.")
+    return list(entry["extra"][key])
+
+
+def paired_comparisons(
+    models: dict[str, Any],
+    comparisons: Sequence[Comparison],
+    positions: Sequence[int] | None = None,
+    title: str = "Paired comparisons (per-seed differences, same data and splits)",
+    splits: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Compute ``comparisons`` (:func:`paired_difference` of per-seed values) and return their markdown section.
+
+    Over all seeds (``positions=None``) each result is also stored in its model's ``extra`` under
+    :attr:`Comparison.name` (with ``_ci95``, ``_values``, ``_wins``); with ``positions`` (indices into the per-seed
+    values) only those seeds are compared and nothing is stored. A comparison whose models are absent is skipped.
+    ``splits`` names the metrics held in the ``seen``/``unseen`` summaries (see :func:`per_seed_values`).
+    """
+    lines = [f"### {title}", "", "| comparison | mean difference [95% t-interval] | wins/n |", "|---|---|---|"]
+    for c in comparisons:
+        if c.model not in models or c.reference not in models:
+            continue
+        a = per_seed_values(models, c.model, c.metric, splits)
+        b = per_seed_values(models, c.reference, c.ref_metric, splits)
+        if positions is not None:
+            a, b = [a[i] for i in positions], [b[i] for i in positions]
+        d = paired_difference(a, b, c.higher_is_better)
+        if positions is None:
+            key = c.name
+            models[c.model]["extra"].update(
+                {key: d["mean"], f"{key}_ci95": d["ci95"], f"{key}_values": d["values"], f"{key}_wins": d["wins"]}
+            )
+        lo, hi = d["ci95"]
+        lines.append(f"| {c.label} | {d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {d['wins']}/{d['n']} |")
+    return lines
+
+
+def site_scores(
+    labels: Sequence[float],
+    prob: Sequence[float],
+    sites: Sequence[Any],
+    train_labels: Sequence[float],
+    train_prob: Sequence[float],
+) -> dict[str, float]:
+    """AUROC and balanced accuracy on seen- and unseen-site items (``site`` index ``-1`` = unseen) by
+    :func:`monai_medl.metrics.compute_site_metrics`, at the Youden threshold of the training predictions:
+    ``{"seen_auroc", "unseen_auroc", "seen_balanced_accuracy", "unseen_balanced_accuracy"}``."""
+    from monai_medl.metrics.site_metrics import compute_site_metrics, youden_threshold
+
+    threshold = youden_threshold(np.asarray(train_labels), np.asarray(train_prob))
+    m = compute_site_metrics(np.asarray(labels), np.asarray(prob), list(sites), threshold=threshold)
+    names = ("auroc", "balanced_accuracy")
+    return {f"{split}_{name}": float(m[split][name]) for split in ("seen", "unseen") for name in names}
 
 
 def environment(seeds: Sequence[int]) -> dict[str, Any]:
@@ -209,13 +373,17 @@ def markdown_table(
 
     An extra ``<metric>`` with a ``<metric>_ci95`` companion is shown as one ``mean [lo, hi]`` cell. With
     ``extra_tables`` (``[(title, [extra keys]), ...]``) the main table shows only the extras of the first group
-    and every further group gets its own table, which keeps wide results readable.
+    and every further group gets its own table, which keeps wide results readable. By default the columns are
+    every extra metric but the per-seed ``_values``/``_wins`` companions and the ``paired_*`` comparisons (those
+    have their own section, see :func:`paired_comparisons`).
     """
     models = results["models"]
     extra_keys: list[str] = []
     for entry in models.values():
-        for key in entry.get("extra", {}):
-            if key not in extra_keys and not (key.endswith("_ci95") and key[: -len("_ci95")] in entry["extra"]):
+        extra = entry.get("extra", {})
+        for key in extra:
+            companion = any(key.endswith(t) and key[: -len(t)] in extra for t in ("_ci95", "_values", "_wins"))
+            if key not in extra_keys and not companion and not key.startswith("paired_"):
                 extra_keys.append(key)
     groups = list(extra_tables) if extra_tables else [("", extra_keys)]
     metric = results["metric"]
@@ -252,6 +420,8 @@ def write_results(
     notes: str = "",
     extra_tables: Sequence[tuple[str, Sequence[str]]] | None = None,
     plan: Mapping[str, Any] | None = None,
+    comparisons: Sequence[Comparison] = (),
+    splits: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/<name>.json`` (contract shape) and ``out_dir/<name>.md``, print the table, return the dict.
 
@@ -268,7 +438,12 @@ def write_results(
         extra_tables: optional grouping of the ``extra`` columns into several markdown tables
             (see :func:`markdown_table`); the JSON is unaffected.
         plan: the benchmark's pre-registered plan (see :func:`announce_plan`), stored as ``plan``.
+        comparisons: the plan's paired comparisons; computed by :func:`paired_comparisons` (stored in the models'
+            ``extra``) and rendered as a section between the table and ``notes``.
+        splits: the metric names of ``seen``/``unseen`` used in ``comparisons`` (e.g. ``{"seen_auroc": "seen"}``).
     """
+    models = {m: {**e, "extra": dict(e.get("extra", {}))} for m, e in models.items()}
+    section = paired_comparisons(models, comparisons, splits=splits) if comparisons else []
     for model, entry in models.items():
         missing = {"seen", "unseen"} - set(entry)
         if missing:
@@ -290,6 +465,68 @@ def write_results(
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     table = markdown_table(results, extra_tables=extra_tables)
-    (out / f"{name}.md").write_text(table + ("\n" + notes.strip() + "\n" if notes else ""))
+    text = "\n\n".join(part for part in ("\n".join(section), notes.strip()) if part)
+    (out / f"{name}.md").write_text(table + ("\n" + text + "\n" if text else ""))
     print(table)
     return results
+
+
+def run_benchmark(
+    name: str,
+    quick: bool,
+    plan: Mapping[str, Any],
+    seeds: Sequence[int],
+    run_seed: Callable[[int], Row],
+    *,
+    metric: str,
+    seen: str | None,
+    unseen: str | None,
+    config: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+    comparisons: Sequence[Comparison] = (),
+    order: Sequence[str] | None = None,
+    derive: Callable[[dict[str, Any], list[Row]], None] | None = None,
+    notes: str | Callable[[dict[str, Any]], str] = "",
+    extra_tables: Sequence[tuple[str, Sequence[str]]] | None = None,
+    out_dir: str | Path | None = None,
+    log: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """The benchmark skeleton: announce the plan, run every seed, summarise, compare, write JSON and markdown.
+
+    1. :func:`announce_plan` writes ``plan`` to ``<out_dir>/<name>.json`` before anything runs;
+    2. :func:`run_seeds` calls ``run_seed(seed)`` (``{model: {metric: value}}``) for each seed with progress output;
+    3. :func:`summarize_rows` turns the rows into the contract's ``models`` (``seen``/``unseen`` from those metric
+       keys, every other metric in ``extra`` with ``_ci95`` and per-seed ``_values``); ``derive(models, rows)`` may
+       add cross-seed read-outs;
+    4. :func:`write_results` computes the pre-registered ``comparisons`` and writes JSON + markdown, whose notes are
+       ``notes`` (or ``notes(models)``, generated from the results) after the comparisons section.
+
+    ``config`` (or ``config()``, evaluated after the run) is stored with the run's ``wall_seconds``.
+
+    Example::
+
+        >>> run_benchmark("toy", True, PLAN, [0, 1], lambda s: {"me": {"seen_auroc": 0.8, "unseen_auroc": 0.7}},
+        ...               metric="auroc", seen="seen_auroc", unseen="unseen_auroc", config={})  # doctest: +SKIP
+    """
+    out = DEFAULT_OUT if out_dir is None else Path(out_dir)
+    announce_plan(name, quick, plan, seeds, out)
+    start = time.perf_counter()
+    rows = run_seeds(seeds, run_seed, log)
+    models = summarize_rows(rows, seen, unseen, order)
+    if derive is not None:
+        derive(models, rows)
+    cfg = {**(config() if callable(config) else config), "wall_seconds": round(time.perf_counter() - start, 1)}
+    return write_results(
+        name,
+        quick,
+        metric,
+        len(seeds),
+        models,
+        cfg,
+        seeds,
+        out,
+        notes=notes(models) if callable(notes) else notes,
+        extra_tables=extra_tables,
+        plan=plan,
+        comparisons=comparisons,
+        splits={k: v for k, v in ((seen, "seen"), (unseen, "unseen")) if k is not None},
+    )

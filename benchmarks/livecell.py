@@ -59,10 +59,8 @@ AUROC alone chose the grid's slowest adversary (2e-4) on 4 of 5 seeds and left t
 clustering (probe 0.52); that model was noticed after the fact, so the rule above replaces it with a choice made on
 validation data. Seeds 5-9 of the default run were never looked at before the rule was fixed: they are an
 out-of-sample check of it.
-Fifth run (10 seeds, this rule): ``me`` chose ``confusion`` on 5 seeds (1e-3 x3, 5e-3 x2) and ``ce`` on 5 (5e-3 x4,
-1e-3 x1), never 2e-4 (the previous rule chose 2e-4 on 8 of 10). Paired against ``conventional``: lower seen MSE,
-higher Davies-Bouldin, lower Calinski-Harabasz and batch probe on 10/10 seeds (5/5 on the fresh seeds 5-9); seen AUROC
-+0.007 [-0.014, 0.028] (6/10, not significant); unseen (FE decoder) MSE worse on 10/10.
+The results of the run with this rule (choices per seed, paired comparisons) are in ``benchmarks/results/livecell.md``,
+rendered from ``livecell.json``.
 
 Run ``python -m benchmarks.livecell [--quick] [--out DIR]``.
 """
@@ -79,7 +77,14 @@ from monai.utils import set_determinism
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from benchmarks._common import announce_plan, benchmark_parser, paired_difference, summarize, write_results
+from benchmarks._common import (
+    Comparison,
+    benchmark_parser,
+    paired_comparisons,
+    run_benchmark,
+    run_seeds,
+    summarize_rows,
+)
 from monai_medl.data.livecell import LiveCellData, make_livecell
 from monai_medl.engines.prepare_batch import MixedEffectsPrepareBatch
 from monai_medl.handlers.adversary_handler import AdversaryHandler
@@ -94,6 +99,7 @@ __all__ = [
     "ME_ADVERSARY_LR_GRID",
     "BOOTSTRAP_RESAMPLES",
     "PAIRED",
+    "COMPARISONS",
     "site_indices",
     "make_loader",
     "train_model",
@@ -103,7 +109,7 @@ __all__ = [
     "select_one_standard_error",
     "select_best_auroc",
     "select_by_validation",
-    "paired_comparisons",
+    "run_seed",
     "results_notes",
     "run",
     "main",
@@ -152,6 +158,8 @@ PAIRED_METRICS = (
     ("mse_unseen_x1000", False),
 )
 PAIRED = (("me", "conventional"), ("me", "me_auroc_selected"))
+COMPARISONS = tuple(Comparison(m, metric, ref, higher_is_better=h) for m, ref in PAIRED for metric, h in PAIRED_METRICS)
+"""The plan's paired comparisons (stored in the model's ``extra`` as ``paired_<metric>_minus_<reference>``)."""
 # the seeds whose results were seen before the one-standard-error rule was fixed; later seeds are out-of-sample
 SEEDS_BEFORE_RULE = (0, 1, 2, 3, 4)
 
@@ -420,96 +428,42 @@ def _grid_models(configs: list[dict]) -> dict[str, tuple[int, float]]:
     }
 
 
+def run_seed(seed: int, epochs: int, tiles_per_batch: int, selection: dict | None = None) -> dict:
+    """Train and evaluate every model on the data of ``seed``: ``{model: {metric: value}}``.
+
+    ``selection``, when given, receives under ``seed`` the validation read-outs of every grid configuration and the
+    configuration each grid model chose (``{"grid": [...], "me": {...}, "me_auroc_selected": {...}, ...}``).
+    """
+    data = make_livecell(tiles_per_batch=tiles_per_batch, seed=seed)
+    per_model: dict[str, dict[str, float]] = {}
+    for name, spec in MODELS.items():
+        if name not in GRID_MODELS:
+            net, hist = train_model(data, epochs=epochs, seed=seed, **spec)
+            per_model[name] = _test_values(net, data, seed, hist["seconds"])
+    configs = train_grid(data, MODELS["me"], epochs, seed)
+    record = {"grid": [{k: v for k, v in c.items() if k != "net"} for c in configs]}
+    for c in record["grid"]:
+        print(
+            f"seed {seed} grid {c['objective']} lr {c['adversary_lr']:g}: val AUROC {c['val_auroc']:.3f} "
+            f"(s.e. {c['val_auroc_se']:.3f}), val probe {c['val_probe_acc']:.3f}",
+            flush=True,
+        )
+    for name, (i, seconds) in _grid_models(configs).items():
+        per_model[name] = _test_values(configs[i]["net"], data, seed, seconds)
+        record[name] = {"objective": configs[i]["objective"], "adversary_lr": configs[i]["adversary_lr"]}
+    if selection is not None:
+        selection[seed] = record
+    print(f"seed {seed} chosen: me {record['me']}, me_auroc_selected {record['me_auroc_selected']}", flush=True)
+    for name in MODELS:
+        print(f"seed {seed} {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in per_model[name].items()), flush=True)
+    return {name: per_model[name] for name in MODELS}
+
+
 def run(quick: bool, seeds: list[int], epochs: int, tiles_per_batch: int, selection: dict | None = None) -> dict:
-    """Train and evaluate every model for every seed; return the contract's ``models`` dict.
-
-    ``selection``, when given, receives per seed the validation read-outs of every grid configuration and the
-    configuration each grid model chose (``{seed: {"grid": [...], "me": {...}, "me_auroc_selected": {...}, ...}}``).
-    Every ``extra`` metric also keeps its per-seed ``<metric>_values`` (for paired comparisons).
-    """
-    collected: dict[str, dict[str, list[float]]] = {m: {} for m in MODELS}
-    for seed in seeds:
-        data = make_livecell(tiles_per_batch=tiles_per_batch, seed=seed)
-        per_model: dict[str, dict[str, float]] = {}
-        for name, spec in MODELS.items():
-            if name not in GRID_MODELS:
-                net, hist = train_model(data, epochs=epochs, seed=seed, **spec)
-                per_model[name] = _test_values(net, data, seed, hist["seconds"])
-        configs = train_grid(data, MODELS["me"], epochs, seed)
-        record = {"grid": [{k: v for k, v in c.items() if k != "net"} for c in configs]}
-        for c in record["grid"]:
-            print(
-                f"seed {seed} grid {c['objective']} lr {c['adversary_lr']:g}: val AUROC {c['val_auroc']:.3f} "
-                f"(s.e. {c['val_auroc_se']:.3f}), val probe {c['val_probe_acc']:.3f}",
-                flush=True,
-            )
-        for name, (i, seconds) in _grid_models(configs).items():
-            per_model[name] = _test_values(configs[i]["net"], data, seed, seconds)
-            record[name] = {"objective": configs[i]["objective"], "adversary_lr": configs[i]["adversary_lr"]}
-        if selection is not None:
-            selection[seed] = record
-        print(f"seed {seed} chosen: me {record['me']}, me_auroc_selected {record['me_auroc_selected']}", flush=True)
-        for name in MODELS:
-            for key, value in per_model[name].items():
-                collected[name].setdefault(key, []).append(value)
-            print(f"seed {seed} {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in per_model[name].items()), flush=True)
-    models = {}
-    for name, vals in collected.items():
-        extra: dict = {}
-        for key, series in vals.items():
-            if key in ("seen_auroc", "unseen_auroc"):
-                continue
-            s = summarize(series)
-            extra[key] = s["mean"]
-            extra[f"{key}_ci95"] = s["ci95"]
-            extra[f"{key}_values"] = s["values"]
-        models[name] = {
-            "seen": summarize(vals["seen_auroc"]),
-            "unseen": summarize(vals["unseen_auroc"]),
-            "extra": extra,
-        }
-    return models
-
-
-def _per_seed(entry: dict, metric: str) -> list[float]:
-    if metric in ("seen_auroc", "unseen_auroc"):
-        return entry[metric.split("_")[0]]["values"]
-    return entry["extra"][f"{metric}_values"]
-
-
-def paired_comparisons(
-    models: dict,
-    pairs=PAIRED,
-    metrics=PAIRED_METRICS,
-    positions: list[int] | None = None,
-    title: str = "Paired comparisons (per-seed differences, same data and splits)",
-) -> list[str]:
-    """Per-seed differences ``model - reference`` of ``metrics``; returns the markdown section.
-
-    Over all seeds (``positions=None``) the results are also stored in the model's ``extra`` as
-    ``paired_<metric>_minus_<reference>`` (with ``_ci95``, ``_values``, ``_wins``); with ``positions`` (indices into
-    the per-seed values) only those seeds are compared and nothing is stored. ``wins`` counts the seeds where the model
-    is on the better side (ARMED Table V: higher AUROC and Davies-Bouldin, lower MSE, Calinski-Harabasz and probe).
-    """
-    lines = [f"### {title}", "", "| comparison | mean difference [95% t-interval] | wins/n |", "|---|---|---|"]
-    for model, ref in pairs:
-        for metric, higher in metrics:
-            a, b = _per_seed(models[model], metric), _per_seed(models[ref], metric)
-            if positions is not None:
-                a, b = [a[i] for i in positions], [b[i] for i in positions]
-            d = paired_difference(a, b, higher)
-            if positions is None:
-                key = f"paired_{metric}_minus_{ref}"
-                models[model]["extra"].update(
-                    {key: d["mean"], f"{key}_ci95": d["ci95"], f"{key}_values": d["values"], f"{key}_wins": d["wins"]}
-                )
-            lo, hi = d["ci95"]
-            side = "higher" if higher else "lower"
-            lines.append(
-                f"| {model} - {ref}: {metric} ({side} wins) | {d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
-                f"{d['wins']}/{d['n']} |"
-            )
-    return lines
+    """Every model for every seed (:func:`run_seed`); return the contract's ``models`` dict (every ``extra`` metric
+    with its per-seed ``<metric>_values``). ``quick`` is kept for the call signature; the caller sets the sizes."""
+    rows = run_seeds(seeds, lambda seed: run_seed(seed, epochs, tiles_per_batch, selection))
+    return summarize_rows(rows, "seen_auroc", "unseen_auroc", list(MODELS))
 
 
 def selection_table(selection: dict) -> list[str]:
@@ -566,14 +520,18 @@ it is an honest morphology read-out but not a biological cell state.
 
 
 def results_notes(models: dict, selection: dict, seeds: list[int]) -> str:
-    """The markdown after the results table: paired comparisons (all seeds, then the seeds after
-    :data:`SEEDS_BEFORE_RULE` when there are at least two), the per-seed validation grid and :data:`NOTES`."""
-    lines = paired_comparisons(models) + [""]
+    """The markdown after the paired comparisons: the same comparisons on the seeds after :data:`SEEDS_BEFORE_RULE`
+    (when there are at least two), the per-seed validation grid and :data:`NOTES`."""
+    lines: list[str] = []
     fresh = [i for i, s in enumerate(seeds) if s not in SEEDS_BEFORE_RULE]
     if len(fresh) >= 2:
         title = f"Out-of-sample check: seeds {[seeds[i] for i in fresh]} only (fresh data, after the rule was fixed)"
-        lines += paired_comparisons(models, pairs=PAIRED[:1], positions=fresh, title=title) + [""]
+        first = [c for c in COMPARISONS if (c.model, c.reference) == PAIRED[0]]
+        lines += paired_comparisons(models, first, positions=fresh, title=title, splits=SPLITS) + [""]
     return "\n".join(lines + selection_table(selection)) + "\n\n" + NOTES.strip()
+
+
+SPLITS = {"seen_auroc": "seen", "unseen_auroc": "unseen"}
 
 
 PLAN = {
@@ -596,37 +554,40 @@ def main(argv: list[str] | None = None) -> dict:
     epochs = 8 if args.quick else 25
     tiles = 60 if args.quick else 100
     selection: dict[int, dict] = {}
-    announce_plan(NAME, args.quick, PLAN, seeds, args.out)
-    models = run(args.quick, seeds, epochs, tiles, selection)
-    notes = results_notes(models, selection, seeds)
-    config = {
-        **{k: list(v) if isinstance(v, tuple) else v for k, v in DEFAULTS.items()},
-        "epochs": epochs,
-        "tiles_per_batch": tiles,
-        "num_batches": 8,
-        "num_unseen": 2,
-        "tile_size": 32,
-        "unseen_mode": "population (z = 0)",
-        "models": MODELS,
-        "me_objectives": list(ME_OBJECTIVES),
-        "me_adversary_lr_grid": list(ME_ADVERSARY_LR_GRID),
-        "me_selection_rule": "one-standard-error: lowest validation batch probe among configs with validation AUROC "
-        ">= best - 1 bootstrap s.e. (200 resamples) of the best; ties -> lower adversary lr",
-        "me_auroc_selected_rule": "best validation AUROC among the confusion-objective configs",
-        "me_selection": {str(k): v for k, v in selection.items()},
-    }
-    return write_results(
+
+    def config() -> dict:  # after the run: it records the choices of the selection rule
+        return {
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in DEFAULTS.items()},
+            "epochs": epochs,
+            "tiles_per_batch": tiles,
+            "num_batches": 8,
+            "num_unseen": 2,
+            "tile_size": 32,
+            "unseen_mode": "population (z = 0)",
+            "models": MODELS,
+            "me_objectives": list(ME_OBJECTIVES),
+            "me_adversary_lr_grid": list(ME_ADVERSARY_LR_GRID),
+            "me_selection_rule": "one-standard-error: lowest validation batch probe among configs with validation "
+            "AUROC >= best - 1 bootstrap s.e. (200 resamples) of the best; ties -> lower adversary lr",
+            "me_auroc_selected_rule": "best validation AUROC among the confusion-objective configs",
+            "me_selection": {str(k): v for k, v in selection.items()},
+        }
+
+    return run_benchmark(
         NAME,
         args.quick,
-        "auroc",
-        len(seeds),
-        models,
-        config,
+        PLAN,
         seeds,
-        args.out,
-        notes=notes,
+        lambda seed: run_seed(seed, epochs, tiles, selection),
+        metric="auroc",
+        seen="seen_auroc",
+        unseen="unseen_auroc",
+        config=config,
+        comparisons=COMPARISONS,
+        order=list(MODELS),
+        notes=lambda models: results_notes(models, selection, seeds),
         extra_tables=[("", COLUMNS)],
-        plan=PLAN,
+        out_dir=args.out,
     )
 
 

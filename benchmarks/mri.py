@@ -14,7 +14,8 @@ tests on fold ``r`` (seen) and on every unseen-site scan (unseen). Model initial
 augmentation (random left-right flips) are seeded by ``r``.
 
 Models (same SmallCNN backbone, channels 8-16-32-64, global average pooling; Adam 1e-3, batch 16, the same number
-of epochs, last epoch used):
+of epochs, last epoch used; trained in a MONAI ``SupervisedTrainer`` with the package's loss, prepare_batch and
+``AdversaryHandler``):
 ``conventional`` (the backbone, BCE); ``cluster_input`` (one-hot z concatenated to the pooled features before
 the classifier, zeros for unseen sites); ``domain_adversarial`` (the backbone + cluster adversary on its pooled
 block outputs, confusion objective); ``me_no_adversary`` (mixed-effects CNN: random slopes on the pooled
@@ -49,21 +50,22 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-import torch.nn.functional as F
+from monai.data import DataLoader, Dataset, get_track_meta, set_track_meta
+from monai.engines import SupervisedTrainer
+from monai.transforms import RandFlipd
 from scipy.stats import pearsonr
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from benchmarks._common import CONTRACT_MODELS, announce_plan, benchmark_parser, summarize, write_results
+from benchmarks._common import CONTRACT_MODELS, Comparison, benchmark_parser, run_benchmark, site_scores
 from monai_medl.bundle.optim import random_effects_param_groups
-from monai_medl.data.cohort import generate_mri_cohort
+from monai_medl.data.cohort import cohort_settings, generate_mri_cohort
 from monai_medl.data.splits import stratified_group_kfold
-from monai_medl.losses.adversarial_regularizer import AdversarialRegularizer
+from monai_medl.engines.prepare_batch import MixedEffectsPrepareBatch
+from monai_medl.handlers.adversary_handler import AdversaryHandler
 from monai_medl.losses.mixed_effects_loss import MixedEffectsLoss
-from monai_medl.metrics.site_metrics import youden_threshold
 from monai_medl.networks.nets.me_cnn import MixedEffectsCNN
 from monai_medl.networks.nets.small_cnn import SmallCNN
 from monai_medl.networks.utils import soft_design
@@ -78,15 +80,7 @@ MODELS = CONTRACT_MODELS
 def default_config(quick: bool = False) -> dict[str, Any]:
     """Every setting of a run (written to the results' ``config``)."""
     return {
-        "cohort": {
-            "num_subjects": 400 if quick else 800,
-            "disease_strength": 0.4,
-            "sites": 6,
-            "unseen_sites": 2,
-            "seed": 2024,
-            "spatial_size": [32, 32, 32],
-            "spacing": [6.0, 6.0, 6.0],
-        },
+        "cohort": cohort_settings("mri_bundle", **({"num_subjects": 400} if quick else {})),  # the bundles' cohort
         "folds": 5,
         "repeats": 2 if quick else 5,
         "epochs": 8 if quick else 20,
@@ -179,9 +173,13 @@ class ClusterInputCNN(nn.Module):
         self.encoder = encoder
         self.linear = nn.Linear(encoder.feature_dim + num_clusters, 1)
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward_all(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The logit and the backbone's pooled features."""
         features, _ = self.encoder.encode(x)
         return self.linear(torch.cat([features[-1], z], dim=1)), features
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.forward_all(x, z)[0]
 
 
 def _backbone(cfg: dict[str, Any], out_channels: int = 1) -> SmallCNN:
@@ -200,68 +198,65 @@ def _me_cnn(cfg: dict[str, Any], num_clusters: int, random_effects: bool) -> Mix
     )
 
 
-def _batches(n: int, batch_size: int, gen: torch.Generator):
-    order = torch.randperm(n, generator=gen)
-    for i in range(0, n, batch_size):
-        yield order[i : i + batch_size]
-
-
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(x.shape[0], generator=gen) < 0.5
-    if bool(flip.any()):
-        x = x.clone()
-        x[flip] = torch.flip(x[flip], dims=[2])  # left-right (RAS x axis); the anatomy and disease are bilateral
-    return x
+def _loader(x: torch.Tensor, target: torch.Tensor, site: torch.Tensor, batch_size: int, seed: int) -> DataLoader:
+    """Shuffled batches (seeded) of ``{"image", "label": target, "site"}``; random left-right flips (RAS x axis; the
+    anatomy and the disease are bilateral) with the transform's own seeded random state."""
+    items = [{"image": x[i], "label": target[i], "site": int(site[i])} for i in range(len(x))]
+    flip = RandFlipd("image", prob=0.5, spatial_axis=0).set_random_state(seed)
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(Dataset(items, transform=flip), batch_size=batch_size, shuffle=True, generator=gen)
 
 
 def train_model(
     kind: str, cfg: dict[str, Any], x: torch.Tensor, y: torch.Tensor, site: torch.Tensor, num_clusters: int, seed: int
 ) -> nn.Module:
     """Train one deep model (``conventional``, ``cluster_input``, ``domain_adversarial``, ``me_no_adversary``,
-    ``me`` or ``z_predictor``) with the shared recipe and return it in eval mode."""
+    ``me`` or ``z_predictor``) with the shared recipe in a MONAI ``SupervisedTrainer`` and return it in eval mode.
+
+    Mixed-effects kinds train with :class:`MixedEffectsLoss` (both heads for ``me*``, the fixed head only for the
+    fixed-effects models) and, when adversarial, :class:`AdversaryHandler`; ``cluster_input`` gets the one-hot ``z``
+    from :class:`MixedEffectsPrepareBatch`; the ``z_predictor`` is a SmallCNN site classifier (cross-entropy)."""
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    z_all = site_index_to_design(site, num_clusters)
-    adversary = regularizer = None
+    handlers: list = []
+    prepare = None
+    target = y.float()[:, None]
     if kind == "z_predictor":
         net: nn.Module = _backbone(cfg, out_channels=num_clusters)
+        loss: nn.Module = nn.CrossEntropyLoss()
+        target = site.long()  # the site index is the target
     elif kind == "cluster_input":
         net = ClusterInputCNN(_me_cnn(cfg, num_clusters, random_effects=False), num_clusters)
+        loss = nn.BCEWithLogitsLoss()
+        prepare = MixedEffectsPrepareBatch(num_clusters)
     else:
-        net = _me_cnn(cfg, num_clusters, random_effects=kind in ("me", "me_no_adversary"))
-        if kind in ("domain_adversarial", "me"):
-            adversary = net.make_adversary()
-            regularizer = AdversarialRegularizer(
-                adversary,
-                torch.optim.Adam(adversary.parameters(), cfg["lr"]),
-                cfg["lambda_g"],
-                cfg["adversary_objective"],
-            )
-    me = kind in ("me", "me_no_adversary")
-    loss_fn = None
-    if isinstance(net, MixedEffectsCNN):
-        loss_fn = MixedEffectsLoss(
+        me = kind in ("me", "me_no_adversary")
+        net = _me_cnn(cfg, num_clusters, random_effects=me)
+        loss = MixedEffectsLoss(
             "bce", lambda_mixed=1.0, lambda_fixed=cfg["lambda_fixed"] if me else 0.0, kl_weight=cfg["kl_weight"]
         )
-    opt = torch.optim.Adam(random_effects_param_groups(net, cfg["lr"] * cfg["re_lr_scale"]), cfg["lr"])
-    epochs = cfg["z_predictor_epochs"] if kind == "z_predictor" else cfg["epochs"]
-    net.train()
-    for _ in range(epochs):
-        for idx in _batches(len(x), cfg["batch_size"], gen):
-            xb, yb, sb, zb = _augment(x[idx], gen), y[idx, None], site[idx], z_all[idx]
-            opt.zero_grad(set_to_none=True)
-            if kind == "z_predictor":
-                loss = F.cross_entropy(net(xb), sb)
-            elif kind == "cluster_input":
-                logit, _ = net(xb, zb)
-                loss = F.binary_cross_entropy_with_logits(logit, yb)
-            else:
-                out = net(xb, zb if me else None)  # training mode: both heads, the adversary's features, the KL
-                loss = loss_fn(out, yb)
-                if regularizer is not None:
-                    loss = loss + regularizer.step(out.features, sb)
-            loss.backward()
-            opt.step()
+        if me:
+            prepare = MixedEffectsPrepareBatch(num_clusters)
+        if kind in ("domain_adversarial", "me"):
+            adversary = net.make_adversary()
+            optimizer = torch.optim.Adam(adversary.parameters(), cfg["lr"])
+            objective = cfg["adversary_objective"]
+            handlers.append(AdversaryHandler(adversary, optimizer, cfg["lambda_g"], objective=objective))
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=cfg["z_predictor_epochs"] if kind == "z_predictor" else cfg["epochs"],
+        train_data_loader=_loader(x, target, site, cfg["batch_size"], seed),
+        network=net,
+        optimizer=torch.optim.Adam(random_effects_param_groups(net, cfg["lr"] * cfg["re_lr_scale"]), cfg["lr"]),
+        loss_function=loss,
+        train_handlers=handlers,
+        **({"prepare_batch": prepare} if prepare is not None else {}),
+    )
+    track_meta = get_track_meta()
+    set_track_meta(False)  # plain tensors: the in-memory volumes carry no metadata worth the per-item MetaTensor cost
+    try:
+        trainer.run()
+    finally:
+        set_track_meta(track_meta)
     return net.eval()
 
 
@@ -273,7 +268,7 @@ def predict(net: nn.Module, x: torch.Tensor, z: torch.Tensor | None, batch_size:
         xb = x[i : i + batch_size]
         zb = None if z is None else z[i : i + batch_size]
         if isinstance(net, ClusterInputCNN):
-            logit, features = net(xb, zb)
+            logit, features = net.forward_all(xb, zb)
         else:
             out = net.forward_all(xb, zb)
             logit, features = out.mixed, out.features
@@ -286,13 +281,11 @@ def predict(net: nn.Module, x: torch.Tensor, z: torch.Tensor | None, batch_size:
 
 
 def _scores(y_train, p_train, y_seen, p_seen, y_unseen, p_unseen) -> dict[str, float]:
-    t = youden_threshold(y_train, p_train)
-    return {
-        "auroc_seen": float(roc_auc_score(y_seen, p_seen)),
-        "auroc_unseen": float(roc_auc_score(y_unseen, p_unseen)),
-        "balanced_accuracy_seen": float(balanced_accuracy_score(y_seen, p_seen >= t)),
-        "balanced_accuracy_unseen": float(balanced_accuracy_score(y_unseen, p_unseen >= t)),
-    }
+    """:func:`~benchmarks._common.site_scores` of the seen test fold and the unseen sites, under this benchmark's
+    keys (``auroc_seen``, ``auroc_unseen``, ``balanced_accuracy_seen``, ``balanced_accuracy_unseen``)."""
+    sites = [0] * len(y_seen) + [-1] * len(y_unseen)
+    s = site_scores(np.concatenate([y_seen, y_unseen]), np.concatenate([p_seen, p_unseen]), sites, y_train, p_train)
+    return {f"{m}_{split}": s[f"{split}_{m}"] for m in ("auroc", "balanced_accuracy") for split in ("seen", "unseen")}
 
 
 def site_probe_accuracy(h_train: np.ndarray, s_train: np.ndarray, h_test: np.ndarray, s_test: np.ndarray) -> float:
@@ -395,7 +388,7 @@ def run_repeat(
         p_un, _ = predict(net, x_un, zeros_un)
         fe = {"site_probe_accuracy": probe(h_tr, h_te), **recovery}
         pop_te, _ = predict(net, x_te, zeros_te)
-        fe["auroc_seen_population"] = float(roc_auc_score(y_te, pop_te))
+        fe["auroc_seen_population"] = _scores(y_tr, p_tr, y_te, pop_te, y_un, p_un)["auroc_seen"]
         results[kind] = {**_scores(y_tr, p_tr, y_te, p_te, y_un, p_un), **fe}
         if kind == "me":
             rz = [predict(net, a, random_z(len(a)))[0] for a in (x_tr, x_te, x_un)]
@@ -428,21 +421,6 @@ def run_repeat(
     return results
 
 
-def _entry(values: list[dict[str, float]]) -> dict[str, Any]:
-    extra: dict[str, Any] = {}
-    for key in values[0]:
-        if key in ("auroc_seen", "auroc_unseen"):
-            continue
-        s = summarize([v[key] for v in values])
-        extra[key] = s["mean"]
-        extra[f"{key}_ci95"] = s["ci95"]
-    return {
-        "seen": summarize([v["auroc_seen"] for v in values]),
-        "unseen": summarize([v["auroc_unseen"] for v in values]),
-        "extra": extra,
-    }
-
-
 NOTES = """
 How to read: `seen` = AUROC on held-out subjects of the 6 training sites (fold r of 5), `unseen` = AUROC on every
 scan of the 2 sites never used in training; mean [t-based 95% CI] over repeats. `me` uses the true site's random
@@ -454,11 +432,6 @@ intercepts (for cluster_input: the classifier weights on z) and the logit of the
 prevalence; `intercept_vs_true_gain_r`: the same against the generator's scanner gain (a nuisance effect the
 intercept should not track). `auroc_seen_population`: the ME model's fixed-effects prediction on seen sites.
 """
-
-
-def _paired(a: list[dict[str, float]], b: list[dict[str, float]], key: str) -> list[float]:
-    """Per-repeat differences ``a - b`` of ``key`` (same folds and seeds, so the comparison is paired)."""
-    return [x[key] - y[key] for x, y in zip(a, b)]
 
 
 def _with_cohort(cfg: dict[str, Any], cohort_dir: str | None, body, log=print):
@@ -495,36 +468,40 @@ PLAN = {
 }
 
 
+COMPARISONS = (
+    Comparison("me", "auroc_unseen", "conventional", key="paired_unseen_minus_conventional"),
+    Comparison("me", "auroc_unseen", "cluster_input", key="paired_unseen_minus_cluster_input"),
+    Comparison("me", "auroc_seen", "me_randomized_z", key="paired_seen_minus_randomized_z"),
+)
+"""The plan's primary comparisons (paired per fold; stored in ``me``'s ``extra`` under these keys)."""
+
+
 def run(
     quick: bool = False, out_dir=None, config: dict[str, Any] | None = None, cohort_dir: str | None = None, log=print
 ) -> dict[str, Any]:
     """The benchmark: every model, ``repeats`` folds; writes ``mri.json`` / ``mri.md``."""
     cfg = config or default_config(quick)
-    start = time.perf_counter()
     seeds = list(range(cfg["repeats"]))
-    announce_plan(NAME, quick, PLAN, seeds, **({} if out_dir is None else {"out_dir": out_dir}))
 
     def body(data):
-        per_model: dict[str, list[dict[str, float]]] = {m: [] for m in MODELS}
-        for r in seeds:
-            res = run_repeat(data, cfg, r, log=log)
-            for m in MODELS:
-                per_model[m].append(res[m])
-        return per_model
+        return run_benchmark(
+            NAME,
+            quick,
+            PLAN,
+            seeds,
+            lambda r: run_repeat(data, cfg, r, log=log),
+            metric="auroc",
+            seen="auroc_seen",
+            unseen="auroc_unseen",
+            config=cfg,
+            comparisons=COMPARISONS,
+            order=MODELS,
+            notes=NOTES,
+            out_dir=out_dir,
+            log=log,
+        )
 
-    per_model = _with_cohort(cfg, cohort_dir, body, log)
-    me = per_model["me"]
-    for name, other, key in (
-        ("paired_unseen_minus_conventional", "conventional", "auroc_unseen"),
-        ("paired_unseen_minus_cluster_input", "cluster_input", "auroc_unseen"),
-        ("paired_seen_minus_randomized_z", "me_randomized_z", "auroc_seen"),
-    ):
-        for entry, diff in zip(me, _paired(me, per_model[other], key)):
-            entry[name] = diff
-    models = {m: _entry(per_model[m]) for m in MODELS}
-    cfg = {**cfg, "seconds": round(time.perf_counter() - start, 1)}
-    kwargs = {} if out_dir is None else {"out_dir": out_dir}
-    return write_results(NAME, quick, "auroc", len(seeds), models, cfg, seeds, notes=NOTES, plan=PLAN, **kwargs)
+    return _with_cohort(cfg, cohort_dir, body, log)
 
 
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -547,35 +524,40 @@ def run_ablation(
     """The ``me`` model with one setting changed at a time (:data:`ABLATIONS`), against the conventional model on
     the same folds; writes ``mri_ablation.json`` / ``.md`` (extra: paired differences to ``conventional``)."""
     cfg = config or default_config(quick)
-    start = time.perf_counter()
     seeds = list(range(cfg["repeats"]))
+    comparisons = [
+        Comparison(name, metric, "conventional", key=f"paired_{split}_minus_conventional")
+        for name in ABLATIONS
+        for metric, split in (("auroc_unseen", "unseen"), ("auroc_seen", "seen"))
+    ]
+
+    def repeat(data, r):
+        row = {"conventional": run_repeat(data, cfg, r, models=("conventional",), log=log)["conventional"]}
+        for name, change in ABLATIONS.items():
+            res = run_repeat(data, {**cfg, **change}, r, models=("me", "me_randomized_z"), log=log)
+            seen_gap = res["me"]["auroc_seen"] - res["me_randomized_z"]["auroc_seen"]
+            row[name] = {**res["me"], "seen_minus_randomized_z": seen_gap}
+        return row
 
     def body(data):
-        out = {
-            "conventional": [run_repeat(data, cfg, r, models=("conventional",), log=log)["conventional"] for r in seeds]
-        }
-        for name, change in ABLATIONS.items():
-            c = {**cfg, **change}
-            runs = [run_repeat(data, c, r, models=("me", "me_randomized_z"), log=log) for r in seeds]
-            out[name] = [
-                {**r["me"], "seen_minus_randomized_z": r["me"]["auroc_seen"] - r["me_randomized_z"]["auroc_seen"]}
-                for r in runs
-            ]
-            log(f"ablation {name}: unseen {np.mean([v['auroc_unseen'] for v in out[name]]):.3f}")
-        return out
+        return run_benchmark(
+            f"{NAME}_ablation",
+            quick,
+            {**PLAN, "primary_comparisons": [c.label for c in comparisons]},
+            seeds,
+            lambda r: repeat(data, r),
+            metric="auroc",
+            seen="auroc_seen",
+            unseen="auroc_unseen",
+            config={**cfg, "ablations": ABLATIONS},
+            comparisons=comparisons,
+            notes="One setting of the `me` model changed at a time; `paired_*` are per-fold differences to "
+            "`conventional`.",
+            out_dir=out_dir,
+            log=log,
+        )
 
-    per_model = _with_cohort(cfg, cohort_dir, body, log)
-    conv = per_model["conventional"]
-    for name in ABLATIONS:
-        for entry, diff in zip(per_model[name], _paired(per_model[name], conv, "auroc_unseen")):
-            entry["paired_unseen_minus_conventional"] = diff
-        for entry, diff in zip(per_model[name], _paired(per_model[name], conv, "auroc_seen")):
-            entry["paired_seen_minus_conventional"] = diff
-    models = {m: _entry(v) for m, v in per_model.items()}
-    cfg = {**cfg, "ablations": ABLATIONS, "seconds": round(time.perf_counter() - start, 1)}
-    kwargs = {} if out_dir is None else {"out_dir": out_dir}
-    notes = "One setting of the `me` model changed at a time; `paired_*` are per-fold differences to `conventional`."
-    return write_results(f"{NAME}_ablation", quick, "auroc", len(seeds), models, cfg, seeds, notes=notes, **kwargs)
+    return _with_cohort(cfg, cohort_dir, body, log)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

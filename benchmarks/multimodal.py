@@ -61,13 +61,12 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Normalize
 from monai.utils import set_determinism
 from sklearn.metrics import roc_auc_score
 
-from benchmarks._common import announce_plan, benchmark_parser, paired_difference, summarize, write_results
-from monai_medl.data.cohort import generate_mri_cohort
+from benchmarks._common import Comparison, benchmark_parser, run_benchmark, site_scores
+from monai_medl.data.cohort import cohort_settings, generate_mri_cohort
 from monai_medl.data.datalist import load_datalist
 from monai_medl.engines import MixedEffectsPrepareBatch, MultimodalPrepareBatch
 from monai_medl.handlers import AdversaryHandler, ModalityDropoutWarmup
 from monai_medl.losses import MixedEffectsLoss
-from monai_medl.metrics.site_metrics import compute_site_metrics, youden_threshold
 from monai_medl.networks.nets import MixedEffectsCNN, ModalityFallback, MultimodalMixedEffectsCNN, SmallCNN
 from monai_medl.transforms import SiteVocabulary
 
@@ -106,14 +105,8 @@ def default_config(quick: bool = False) -> dict[str, Any]:
     """Everything that defines a run (written into the results file)."""
     return {
         "seeds": [0] if quick else list(range(20)),
-        "cohort": {
-            "num_subjects": 300,
-            "sites": 6,
-            "unseen_sites": 2,
-            "spatial_size": [32, 32, 32],
-            "spacing": [6.0, 6.0, 6.0],
-            "disease_strength": 0.4,
-        },
+        # the bundles' cohort (COHORT_PRESETS["mri_bundle"]) with 300 subjects and one cohort per benchmark seed
+        "cohort": {k: v for k, v in cohort_settings("mri_bundle", num_subjects=300).items() if k != "seed"},
         "missing_site": "site_b",
         "spatial_size": [32, 32, 32],
         "channels": [8, 16, 32, 64],
@@ -324,14 +317,9 @@ def run_seed(cfg: dict[str, Any], seed: int, cache_dir: str, log=print) -> dict[
             trained[name] = net
             scores = {s: predict(net, spec, items[s], num_sites) for s in items}
             labels = {s: data["label"][idx] for s, idx in sel.items()}
-            threshold = youden_threshold(labels["training"], scores["training"])
             test_sites = [it["site"] for it in items["test"]]
-            metrics = compute_site_metrics(labels["test"], scores["test"], test_sites, threshold=threshold)
             row = {
-                "seen_auroc": metrics["seen"]["auroc"],
-                "unseen_auroc": metrics["unseen"]["auroc"],
-                "seen_balanced_accuracy": metrics["seen"]["balanced_accuracy"],
-                "unseen_balanced_accuracy": metrics["unseen"]["balanced_accuracy"],
+                **site_scores(labels["test"], scores["test"], test_sites, labels["training"], scores["training"]),
                 "val_auroc": _auroc(labels["validation"], scores["validation"]),
                 "train_seconds": seconds,
             }
@@ -365,84 +353,24 @@ TABLE_ORDER = [
 ]
 
 
-def _summaries(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
-    keys = TABLE_ORDER + [f"{m}+missing_site" for m in TABLE_ORDER]
-    models = {}
-    for key in keys:
-        rows = [r[key] for r in per_seed]
-        extra: dict[str, Any] = {}
-        for metric in rows[0]:
-            if metric in ("seen_auroc", "unseen_auroc"):
-                continue
-            s = summarize([r[metric] for r in rows])
-            extra[metric] = s["mean"]
-            extra[f"{metric}_ci95"] = s["ci95"]
-            extra[f"{metric}_values"] = s["values"]  # per seed, for paired comparisons
-        models[key] = {
-            "seen": summarize([r["seen_auroc"] for r in rows]),
-            "unseen": summarize([r["unseen_auroc"] for r in rows]),
-            "extra": extra,
-        }
-    return models
-
-
 # (model, its metric) minus (reference model, its metric), paired by seed (same cohort, same splits)
-PAIRED = [
-    ("me_multimodal", "unseen_auroc", "me_best_single", "unseen_auroc"),
-    ("me_multimodal+missing_site", "unseen_auroc", "me_best_single+missing_site", "unseen_auroc"),
-    ("me_early_fusion", "unseen_auroc", "me_best_single", "unseen_auroc"),
-    ("me_multimodal", "unseen_auroc", "me_early_fusion", "unseen_auroc"),
-    ("me_multimodal", "unseen_t1_only", "me_t1", "unseen_auroc"),
-    ("me_multimodal+missing_site", "unseen_t1_only", "me_t1", "unseen_auroc"),
-    ("me_multimodal_dropout", "unseen_t1_only", "me_t1", "unseen_auroc"),
-    ("me_multimodal_dropout_warmup", "unseen_t1_only", "me_t1", "unseen_auroc"),
-    ("me_multimodal_t1_fallback", "unseen_t1_only", "me_t1", "unseen_auroc"),
-    ("me_multimodal_t1_fallback", "unseen_auroc", "me_best_single", "unseen_auroc"),
-    ("me_multimodal_t1_fallback+missing_site", "seen_auroc", "me_multimodal+missing_site", "seen_auroc"),
-    ("me_multimodal_t1_fallback+missing_site", "unseen_auroc", "me_best_single+missing_site", "unseen_auroc"),
-]
-
-
-def _per_seed(models: dict[str, Any], model: str, metric: str) -> list[float]:
-    """Per-seed values of ``metric`` (``seen_auroc``/``unseen_auroc`` or an ``extra`` metric) of ``model``."""
-    entry = models[model]
-    if metric in ("seen_auroc", "unseen_auroc"):
-        return entry[metric.split("_")[0]]["values"]
-    return entry["extra"][f"{metric}_values"]
-
-
-def _add_paired(models: dict[str, Any]) -> list[str]:
-    """Store the :data:`PAIRED` comparisons in the first model's ``extra`` and return their markdown section."""
-    lines = [
-        "### Paired comparisons (per-seed differences)",
-        "",
-        "| comparison | mean difference [95% t-interval] | wins/n |",
-        "|---|---|---|",
-    ]
-    for model, metric, ref, ref_metric in PAIRED:
-        if model not in models or ref not in models:
-            continue
-        d = paired_difference(_per_seed(models, model, metric), _per_seed(models, ref, ref_metric))
-        key = f"paired_{metric}_minus_{ref}_{ref_metric}"
-        models[model]["extra"].update(
-            {key: d["mean"], f"{key}_ci95": d["ci95"], f"{key}_values": d["values"], f"{key}_wins": d["wins"]}
-        )
-        (lo, hi), name = d["ci95"], f"{model} {metric} - {ref} {ref_metric}"
-        lines.append(f"| {name} | {d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {d['wins']}/{d['n']} |")
-    return lines
-
-
-def _columns(models: dict[str, Any]) -> list[str]:
-    """The table's ``extra`` columns (means, in first-seen order): not the ``_ci95``/``_values`` companions or
-    ``paired_*`` comparisons (those have their own section)."""
-    keys = dict.fromkeys(k for entry in models.values() for k in entry["extra"])
-    companion = ("_ci95", "_values", "_wins")
-    return [k for k in keys if not k.startswith("paired_") and not k.endswith(companion)]
-
-
-def _notes(models: dict[str, Any]) -> str:
-    """The markdown below the table: the paired comparisons (also stored in ``models``), then :data:`NOTES`."""
-    return "\n".join(_add_paired(models)) + "\n\n" + NOTES.strip()
+COMPARISONS = tuple(
+    Comparison(model, metric, ref, ref_metric)
+    for model, metric, ref, ref_metric in (
+        ("me_multimodal", "unseen_auroc", "me_best_single", "unseen_auroc"),
+        ("me_multimodal+missing_site", "unseen_auroc", "me_best_single+missing_site", "unseen_auroc"),
+        ("me_early_fusion", "unseen_auroc", "me_best_single", "unseen_auroc"),
+        ("me_multimodal", "unseen_auroc", "me_early_fusion", "unseen_auroc"),
+        ("me_multimodal", "unseen_t1_only", "me_t1", "unseen_auroc"),
+        ("me_multimodal+missing_site", "unseen_t1_only", "me_t1", "unseen_auroc"),
+        ("me_multimodal_dropout", "unseen_t1_only", "me_t1", "unseen_auroc"),
+        ("me_multimodal_dropout_warmup", "unseen_t1_only", "me_t1", "unseen_auroc"),
+        ("me_multimodal_t1_fallback", "unseen_t1_only", "me_t1", "unseen_auroc"),
+        ("me_multimodal_t1_fallback", "unseen_auroc", "me_best_single", "unseen_auroc"),
+        ("me_multimodal_t1_fallback+missing_site", "seen_auroc", "me_multimodal+missing_site", "seen_auroc"),
+        ("me_multimodal_t1_fallback+missing_site", "unseen_auroc", "me_best_single+missing_site", "unseen_auroc"),
+    )
+)
 
 
 NOTES = """
@@ -487,25 +415,21 @@ def run(quick: bool = False, out_dir=None, cache_dir: str | None = None, log=pri
     cfg = default_config(quick)
     cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "monai_medl_benchmarks", NAME)
     os.makedirs(cache_dir, exist_ok=True)
-    start = time.perf_counter()
-    announce_plan(NAME, quick, PLAN, cfg["seeds"], **({} if out_dir is None else {"out_dir": out_dir}))
-    per_seed = [run_seed(cfg, seed, cache_dir, log) for seed in cfg["seeds"]]
-    cfg = {**cfg, "models": MODELS, "wall_seconds": round(time.perf_counter() - start, 1)}
-    kwargs = {"out_dir": out_dir} if out_dir is not None else {}
-    models = _summaries(per_seed)
-    notes = _notes(models)
-    return write_results(
+    return run_benchmark(
         NAME,
         quick,
-        "auroc",
-        len(cfg["seeds"]),
-        models,
-        cfg,
+        PLAN,
         cfg["seeds"],
-        notes=notes,
-        extra_tables=[("", _columns(models))],
-        plan=PLAN,
-        **kwargs,
+        lambda seed: run_seed(cfg, seed, cache_dir, log),
+        metric="auroc",
+        seen="seen_auroc",
+        unseen="unseen_auroc",
+        config={**cfg, "models": MODELS},
+        comparisons=COMPARISONS,
+        order=TABLE_ORDER + [f"{m}+missing_site" for m in TABLE_ORDER],
+        notes=NOTES,
+        out_dir=out_dir,
+        log=log,
     )
 
 

@@ -41,14 +41,33 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
-from benchmarks._common import CONTRACT_MODELS, announce_plan, benchmark_parser, summarize, write_results
+from benchmarks._common import (
+    CONTRACT_MODELS,
+    Comparison,
+    announce_plan,
+    benchmark_parser,
+    run_benchmark,
+    summarize,
+    write_results,
+)
 from monai_medl.data.spirals import SpiralData, make_spirals
 from monai_medl.engines.tabular import TabularTrainer, data_dependent_init_, predict_tabular
 from monai_medl.networks.nets.cluster_classifier import ClusterAdversary, ClusterPredictor
 from monai_medl.networks.nets.me_mlp import MixedEffectsMLP
 from monai_medl.utils.attribution import attribution_share, fixed_effects_attribution, input_gradients
 
-__all__ = ["MODELS", "default_config", "make_data", "run_fold", "run_variant", "run", "run_reference_protocol", "main"]
+__all__ = [
+    "MODELS",
+    "COMPARISONS",
+    "default_config",
+    "make_data",
+    "run_fold",
+    "run_variant_repeat",
+    "run_repeat",
+    "run",
+    "run_reference_protocol",
+    "main",
+]
 
 NAME = "spirals"
 MODELS = CONTRACT_MODELS
@@ -311,56 +330,75 @@ def unseen_clusters(repeat: int, num_clusters: int, count: int) -> list[int]:
     return [(start + i) % num_clusters for i in range(count)]
 
 
-def run_variant(cfg: dict[str, Any], variant: str, seeds: Sequence[int], log=print) -> dict[str, dict[str, list]]:
-    """Run every repeat of one data variant; return ``{model: {measure: [per-repeat value]}}``."""
-    data = make_data(cfg, variant)
-    per_repeat: dict[str, dict[str, list]] = {m: {} for m in MODELS}
-    for r, seed in enumerate(seeds):
-        held = unseen_clusters(r, data.num_clusters, cfg["unseen_per_repeat"])
-        seen = [c for c in range(data.num_clusters) if c not in held]
-        seen_idx = np.flatnonzero(np.isin(data.site, seen))
-        unseen_idx = np.flatnonzero(np.isin(data.site, held))
-        strata = data.y[seen_idx] * data.num_clusters + data.site[seen_idx]
-        splits = list(StratifiedKFold(n_splits=cfg["folds"]).split(seen_idx, strata))[: cfg["folds_run"]]
-        fold_results = []
-        for f, (a, b) in enumerate(splits):
-            res = run_fold(data, seen_idx[a], seen_idx[b], unseen_idx, seen, cfg, seed * 1000 + f)
-            fold_results.append(res)
-            log(
-                f"[{variant}] repeat {r} (seed {seed}, unseen {held}) fold {f}: "
-                + ", ".join(f"{m} {res[m]['seen_acc']:.3f}/{res[m]['unseen_acc']:.3f}" for m in MODELS)
-            )
-        for m in MODELS:
-            for key in fold_results[0][m]:
-                per_repeat[m].setdefault(key, []).append(float(np.mean([fr[m][key] for fr in fold_results])))
-    return per_repeat
+def run_variant_repeat(data: SpiralData, cfg: dict[str, Any], r: int, seed: int, log=print) -> dict[str, dict]:
+    """One repeat of one data variant: every fold model; returns ``{model: {measure: mean over folds}}``."""
+    held = unseen_clusters(r, data.num_clusters, cfg["unseen_per_repeat"])
+    seen = [c for c in range(data.num_clusters) if c not in held]
+    seen_idx = np.flatnonzero(np.isin(data.site, seen))
+    unseen_idx = np.flatnonzero(np.isin(data.site, held))
+    strata = data.y[seen_idx] * data.num_clusters + data.site[seen_idx]
+    splits = list(StratifiedKFold(n_splits=cfg["folds"]).split(seen_idx, strata))[: cfg["folds_run"]]
+    variant = "confounded" if data.probe_columns else "random_radius"
+    fold_results = []
+    for f, (a, b) in enumerate(splits):
+        res = run_fold(data, seen_idx[a], seen_idx[b], unseen_idx, seen, cfg, seed * 1000 + f)
+        fold_results.append(res)
+        log(
+            f"[{variant}] repeat {r} (seed {seed}, unseen {held}) fold {f}: "
+            + ", ".join(f"{m} {res[m]['seen_acc']:.3f}/{res[m]['unseen_acc']:.3f}" for m in MODELS)
+        )
+    return {m: {k: float(np.mean([fr[m][k] for fr in fold_results])) for k in fold_results[0][m]} for m in MODELS}
 
 
-def _entry(measures: dict[str, list], epochs: int, confounded: dict[str, list] | None) -> dict[str, Any]:
-    extra: dict[str, Any] = {}
+# results keys of the per-repeat fold means; the confounded variant's carry the prefix "confounded_"
+MEASURES = {
+    "seen_acc": "accuracy_seen",
+    "unseen_acc": "accuracy_unseen",
+    "seen_auc": "auroc_seen",
+    "unseen_auc": "auroc_unseen",
+    "collapsed": "collapsed_fold_rate",
+    "seconds": "time_per_fold_s",
+    "cpu_seconds": "cpu_time_per_fold_s",
+    "z_predictor_accuracy_seen": "z_predictor_accuracy_seen",
+}
+CONFOUNDED_MEASURES = {
+    "seen_acc": "confounded_accuracy_seen",
+    "unseen_acc": "confounded_accuracy_unseen",
+    "seen_auc": "confounded_auroc_seen",
+    "unseen_auc": "confounded_auroc_unseen",
+    "probe_share": "confounded_probe_attribution_share",
+}
 
-    def put(key, values):
-        s = summarize(values)
-        extra[key] = s["mean"]
-        extra[f"{key}_ci95"] = s["ci95"]
 
-    put("auroc_seen", measures["seen_auc"])
-    put("auroc_unseen", measures["unseen_auc"])
-    extra["accuracy_seen_sd"] = float(np.std(measures["seen_acc"], ddof=1)) if len(measures["seen_acc"]) > 1 else 0.0
-    extra["collapsed_fold_rate"] = float(np.mean(measures["collapsed"]))
-    extra["time_per_fold_s"] = float(np.mean(measures["seconds"]))
-    extra["time_per_epoch_s"] = float(np.mean(measures["seconds"])) / epochs
-    extra["cpu_time_per_fold_s"] = float(np.mean(measures["cpu_seconds"]))
-    if "z_predictor_accuracy_seen" in measures:
-        extra["z_predictor_accuracy_seen"] = float(np.mean(measures["z_predictor_accuracy_seen"]))
-    if confounded is not None:
-        put("confounded_accuracy_seen", confounded["seen_acc"])
-        put("confounded_accuracy_unseen", confounded["unseen_acc"])
-        put("confounded_auroc_seen", confounded["seen_auc"])
-        put("confounded_auroc_unseen", confounded["unseen_auc"])
-        if "probe_share" in confounded:
-            put("confounded_probe_attribution_share", confounded["probe_share"])
-    return {"seen": summarize(measures["seen_acc"]), "unseen": summarize(measures["unseen_acc"]), "extra": extra}
+def run_repeat(cfg: dict[str, Any], datasets: dict[str, SpiralData], r: int, log=print) -> dict[str, dict]:
+    """Repeat ``r`` (seed ``r``) of every variant in ``datasets``: ``{model: {metric: value}}`` (main variant
+    ``random_radius``, or the first; the confounded variant's metrics prefixed ``confounded_``)."""
+    per_variant = {v: run_variant_repeat(d, cfg, r, r, log) for v, d in datasets.items()}
+    base = per_variant.get("random_radius") or next(iter(per_variant.values()))
+    conf = per_variant.get("confounded")
+    row = {}
+    for m in MODELS:
+        row[m] = {key: base[m][k] for k, key in MEASURES.items() if k in base[m]}
+        row[m]["time_per_epoch_s"] = base[m]["seconds"] / cfg["epochs"]
+        if conf is not None:
+            row[m].update({key: conf[m][k] for k, key in CONFOUNDED_MEASURES.items() if k in conf[m]})
+    return row
+
+
+def _accuracy_sd(models: dict[str, Any], rows) -> None:
+    """``accuracy_seen_sd``: s.d. of the per-repeat seen accuracy over repeats (0 with one repeat)."""
+    for entry in models.values():
+        values = entry["seen"]["values"]
+        entry["extra"]["accuracy_seen_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+COMPARISONS = (
+    Comparison("me", "accuracy_seen", "conventional"),
+    Comparison("me", "accuracy_unseen", "conventional"),
+    Comparison("me", "confounded_probe_attribution_share", "conventional", higher_is_better=False),
+    Comparison("me", "confounded_probe_attribution_share", "domain_adversarial", higher_is_better=False),
+)
+"""The plan's primary comparisons, paired per repeat (stored in ``me``'s ``extra``)."""
 
 
 RANDOM_RADIUS_COLUMNS = [
@@ -406,22 +444,30 @@ def run(
     torch.set_num_threads(1)
     cfg = default_config(quick)
     cfg.update(config or {})
-    seeds = list(range(cfg["repeats"]))
-    announce_plan(name, quick, PLAN, seeds, **({} if out_dir is None else {"out_dir": out_dir}))
-    results = {v: run_variant(cfg, v, seeds, log) for v in cfg["variants"]}
-    base = results.get("random_radius") or results[cfg["variants"][0]]
-    conf = results.get("confounded")
-    models = {m: _entry(base[m], cfg["epochs"], conf[m] if conf else None) for m in MODELS}
-    kwargs = {} if out_dir is None else {"out_dir": out_dir}
+    datasets = {v: make_data(cfg, v) for v in cfg["variants"]}
+    confounded = "confounded" in datasets
     tables = [
         ("Random-radius spirals", RANDOM_RADIUS_COLUMNS),
         ("Training time per fold (10 epochs, one thread)", TIME_COLUMNS),
         ("Confounded variant (site-dependent prevalence + 2 probe features)", CONFOUNDED_COLUMNS),
     ]
-    if conf is None:
-        tables = tables[:2]
-    return write_results(
-        name, quick, "accuracy", len(seeds), models, cfg, seeds, notes=NOTES, extra_tables=tables, plan=PLAN, **kwargs
+    return run_benchmark(
+        name,
+        quick,
+        PLAN,
+        list(range(cfg["repeats"])),
+        lambda r: run_repeat(cfg, datasets, r, log),
+        metric="accuracy",
+        seen="accuracy_seen",
+        unseen="accuracy_unseen",
+        config=cfg,
+        comparisons=[c for c in COMPARISONS if confounded or not c.metric.startswith("confounded_")],
+        order=MODELS,
+        derive=_accuracy_sd,
+        notes=NOTES,
+        extra_tables=tables if confounded else tables[:2],
+        out_dir=out_dir,
+        log=log,
     )
 
 

@@ -36,3 +36,42 @@ def test_plan_is_on_disk_before_the_results_and_kept_in_them(tmp_path):
     final = json.loads((tmp_path / "toy.json").read_text())
     assert final["plan"] == plan and "status" not in final
     assert "interval excludes 0" in (tmp_path / "toy.md").read_text()
+
+
+def test_run_benchmark_rows_summaries_planned_comparisons_and_generated_notes(tmp_path):
+    from benchmarks._common import Comparison, run_benchmark, summarize_rows
+
+    def run_seed(seed):  # me beats conventional by 0.1 seen on every seed, loses 0.05 unseen on seed 1 only
+        return {
+            "conventional": {"seen_auroc": 0.6 + 0.01 * seed, "unseen_auroc": 0.5, "mse": 2.0},
+            "me": {"seen_auroc": 0.7 + 0.01 * seed, "unseen_auroc": 0.55 - 0.1 * seed, "mse": 1.0 + seed},
+        }
+
+    progress: list[str] = []
+    comparisons = [
+        Comparison("me", "seen_auroc", "conventional"),
+        Comparison("me", "mse", "conventional", higher_is_better=False),
+        Comparison("me", "unseen_auroc", "conventional", key="paired_unseen"),
+    ]
+    plan = {"seeds": "0, 1, 2", "decision_rule": "interval excludes 0"}
+    res = run_benchmark(
+        "toy", True, plan, [0, 1, 2], run_seed, metric="auroc", seen="seen_auroc", unseen="unseen_auroc",
+        config=lambda: {"lr": 1e-3}, comparisons=comparisons, notes=lambda models: f"{len(models)} models",
+        out_dir=tmp_path, log=progress.append,
+    )  # fmt: skip
+    assert [p.split(" in ")[0] for p in progress] == ["seed 0 done (1/3)", "seed 1 done (2/3)", "seed 2 done (3/3)"]
+    on_disk = json.loads((tmp_path / "toy.json").read_text())
+    assert on_disk == json.loads(json.dumps(res)) and on_disk["plan"] == plan and on_disk["config"]["lr"] == 1e-3
+    me = on_disk["models"]["me"]
+    np.testing.assert_allclose(me["seen"]["values"], [0.7, 0.71, 0.72])
+    assert me["extra"]["mse_values"] == [1.0, 2.0, 3.0] and "seen_auroc" not in me["extra"]
+    np.testing.assert_allclose(me["extra"]["paired_seen_auroc_minus_conventional_values"], [0.1] * 3)
+    assert me["extra"]["paired_seen_auroc_minus_conventional_wins"] == 3
+    assert me["extra"]["paired_mse_minus_conventional_wins"] == 1  # lower wins: only seed 0 (1.0 < 2.0)
+    np.testing.assert_allclose(me["extra"]["paired_unseen_values"], [0.05, -0.05, -0.15])
+    md = (tmp_path / "toy.md").read_text()
+    assert "| me - conventional: mse (lower wins) | +0.000 [" in md and md.rstrip().endswith("2 models")
+    header = next(line for line in md.splitlines() if line.startswith("| model |"))
+    assert header == "| model | seen auroc | unseen auroc | mse |"
+    with pytest.raises(KeyError, match="'me' is missing"):
+        summarize_rows([run_seed(0), {"conventional": run_seed(1)["conventional"]}], "seen_auroc", "unseen_auroc")

@@ -196,3 +196,25 @@ def test_cohort_is_learnable_and_confounded(tmp_path):
     onehot = OneHotEncoder().fit_transform(sites[seen, None]).toarray()
     confound = cross_val_score(LogisticRegression(), onehot, labels[seen], cv=cv, scoring="roc_auc").mean()
     assert confound > 0.6, confound
+
+
+def test_cohort_preset_is_the_bundles_cohort_and_rejects_unknown_keys():
+    from monai_medl.data.cohort import COHORT_PRESETS, cohort_settings
+
+    # the shipped MRI models were trained on this cohort (their manifests record its datalist): values are frozen
+    assert cohort_settings("mri_bundle") == {
+        "num_subjects": 800,
+        "sites": 6,
+        "unseen_sites": 2,
+        "seed": 2024,
+        "spatial_size": [32, 32, 32],
+        "spacing": [6.0, 6.0, 6.0],
+        "disease_strength": 0.4,
+    }
+    quick = cohort_settings("mri_bundle", num_subjects=400)
+    quick["spatial_size"].append(1)
+    assert quick["num_subjects"] == 400 and COHORT_PRESETS["mri_bundle"]["spatial_size"] == [32, 32, 32]
+    with pytest.raises(ValueError, match="unknown cohort preset 'nope'"):
+        cohort_settings("nope")
+    with pytest.raises(ValueError, match=r"overrides \['num_subject'\]"):
+        cohort_settings("mri_bundle", num_subject=10)

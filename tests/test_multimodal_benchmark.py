@@ -6,7 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.multimodal import PAIRED, TABLE_ORDER, _add_paired, _summaries
+from benchmarks._common import paired_comparisons, summarize_rows
+from benchmarks.multimodal import COMPARISONS, TABLE_ORDER
+
+SPLITS = {"seen_auroc": "seen", "unseen_auroc": "unseen"}
+KEYS = TABLE_ORDER + [f"{m}+missing_site" for m in TABLE_ORDER]
 
 
 def _per_seed(n: int = 4) -> list[dict[str, dict[str, float]]]:
@@ -29,12 +33,12 @@ def _per_seed(n: int = 4) -> list[dict[str, dict[str, float]]]:
 
 def test_summaries_keep_per_seed_extras_and_paired_section():
     per_seed = _per_seed()
-    models = _summaries(per_seed)
+    models = summarize_rows(per_seed, "seen_auroc", "unseen_auroc", KEYS)
     extra = models["me_multimodal"]["extra"]
     np.testing.assert_allclose(extra["unseen_t1_only_values"], [r["me_multimodal"]["unseen_t1_only"] for r in per_seed])
     np.testing.assert_allclose(extra["val_auroc_values"], [0.7] * 4)
-    lines = _add_paired(models)
-    assert len(lines) == 4 + len(PAIRED)
+    lines = paired_comparisons(models, COMPARISONS, splits=SPLITS)
+    assert len(lines) == 4 + len(COMPARISONS)
     # me_multimodal (index 5) unseen_t1_only minus me_t1 (index 0) unseen AUROC, seed by seed
     key = "paired_unseen_t1_only_minus_me_t1_unseen_auroc"
     expected = [(0.55 + 0.01 * s - 0.025) - (0.5 + 0.01 * s) for s in range(4)]
@@ -60,4 +64,4 @@ def test_run_writes_per_seed_extras_and_paired_markdown(tmp_path, monkeypatch):
     md = (tmp_path / "multimodal.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| model |"))
     assert header == "| model | seen auroc | unseen auroc | val_auroc | unseen_t1_only |"  # no _values / paired_*
-    assert "### Paired comparisons (per-seed differences)" in md
+    assert "### Paired comparisons (per-seed differences" in md

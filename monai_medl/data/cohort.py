@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import inspect
 import json
 import os
 import string
@@ -52,8 +53,11 @@ __all__ = [
     "MODALITY_KEYS",
     "MEDIAL_TEMPORAL_CENTERS",
     "VENTRICLE_CENTER",
+    "COHORT_PRESETS",
+    "cohort_settings",
     "cohort_grid",
     "generate_mri_cohort",
+    "generate_preset_cohort",
     "main",
 ]
 
@@ -78,6 +82,22 @@ _BASE_CONTRAST = {
 _WMH_CONTRAST = {"t1": -0.25, "flair": 0.6, "t2": 0.4}
 _CONTROL_POINTS = 5  # per axis, of the smooth random deformation
 _MIN_PER_SITE = 4
+
+COHORT_PRESETS: dict[str, dict[str, Any]] = {
+    # the MRI bundles' and benchmarks' cohort: 6 seen sites (prevalence confounded with site), 2 balanced unseen
+    # sites, 32^3 voxels of 6 mm. The shipped models' manifests record the datalist this generates: do not change.
+    "mri_bundle": {
+        "num_subjects": 800,
+        "sites": 6,
+        "unseen_sites": 2,
+        "seed": 2024,
+        "spatial_size": [32, 32, 32],
+        "spacing": [6.0, 6.0, 6.0],
+        "disease_strength": 0.4,
+    },
+}
+"""Named keyword sets of :func:`generate_mri_cohort`, the one source of the cohort settings bundles and benchmarks
+share (see :func:`cohort_settings`)."""
 
 
 def cohort_grid(spatial_size: Sequence[int], spacing: Sequence[float], center: Sequence[float]) -> np.ndarray:
@@ -274,6 +294,42 @@ def _write_nifti(path: str, array: np.ndarray, affine: np.ndarray) -> None:
     img.set_sform(affine, code=1)
     with open(path, "wb") as f:
         f.write(gzip.compress(img.to_bytes(), compresslevel=1, mtime=0))
+
+
+def cohort_settings(preset: str, **overrides: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`generate_mri_cohort` for ``preset`` of :data:`COHORT_PRESETS`, with
+    ``overrides`` applied (a fresh dictionary; the preset itself is never modified).
+
+    Args:
+        preset: a key of :data:`COHORT_PRESETS`, e.g. ``"mri_bundle"``.
+        overrides: arguments of :func:`generate_mri_cohort` that replace or add to the preset's.
+
+    Example::
+
+        >>> cohort_settings("mri_bundle", num_subjects=400)["num_subjects"]
+        400
+    """
+    if preset not in COHORT_PRESETS:
+        raise ValueError(f"unknown cohort preset {preset!r}; choose from {sorted(COHORT_PRESETS)}.")
+    unknown = sorted(set(overrides) - _GENERATOR_ARGS)
+    if unknown:
+        raise ValueError(
+            f"cohort overrides {unknown} are not arguments of generate_mri_cohort {sorted(_GENERATOR_ARGS)}."
+        )
+    settings = {k: list(v) if isinstance(v, list) else v for k, v in COHORT_PRESETS[preset].items()}
+    settings.update(overrides)
+    return settings
+
+
+def generate_preset_cohort(out_dir: str | os.PathLike, preset: str, **overrides: Any) -> str:
+    """:func:`generate_mri_cohort` in ``out_dir`` with the settings of ``preset`` (see :func:`cohort_settings`).
+
+    Example (a bundle config)::
+
+        "cohort": {"_target_": "monai_medl.data.cohort.generate_preset_cohort", "_mode_": "callable",
+                   "preset": "mri_bundle", "out_dir": "@dataset_dir"}
+    """
+    return generate_mri_cohort(out_dir, **cohort_settings(preset, **overrides))
 
 
 def generate_mri_cohort(
@@ -498,6 +554,8 @@ def generate_mri_cohort(
         f.write("\n")
     return datalist_path
 
+
+_GENERATOR_ARGS = frozenset(inspect.signature(generate_mri_cohort).parameters) - {"out_dir"}
 
 _EFFECTS_DESCRIPTION = {
     "site.contrast": "pure-tissue intensity (csf, gm, wm) per modality before gamma, bias, gain",
