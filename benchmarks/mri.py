@@ -281,11 +281,10 @@ def predict(net: nn.Module, x: torch.Tensor, z: torch.Tensor | None, batch_size:
 
 
 def _scores(y_train, p_train, y_seen, p_seen, y_unseen, p_unseen) -> dict[str, float]:
-    """:func:`~benchmarks._common.site_scores` of the seen test fold and the unseen sites, under this benchmark's
-    keys (``auroc_seen``, ``auroc_unseen``, ``balanced_accuracy_seen``, ``balanced_accuracy_unseen``)."""
+    """:func:`~benchmarks._common.site_scores` of the seen test fold and the unseen sites (``seen_auroc``,
+    ``unseen_auroc``, ``seen_balanced_accuracy``, ``unseen_balanced_accuracy``)."""
     sites = [0] * len(y_seen) + [-1] * len(y_unseen)
-    s = site_scores(np.concatenate([y_seen, y_unseen]), np.concatenate([p_seen, p_unseen]), sites, y_train, p_train)
-    return {f"{m}_{split}": s[f"{split}_{m}"] for m in ("auroc", "balanced_accuracy") for split in ("seen", "unseen")}
+    return site_scores(np.concatenate([y_seen, y_unseen]), np.concatenate([p_seen, p_unseen]), sites, y_train, p_train)
 
 
 def site_probe_accuracy(h_train: np.ndarray, s_train: np.ndarray, h_test: np.ndarray, s_test: np.ndarray) -> float:
@@ -388,7 +387,7 @@ def run_repeat(
         p_un, _ = predict(net, x_un, zeros_un)
         fe = {"site_probe_accuracy": probe(h_tr, h_te), **recovery}
         pop_te, _ = predict(net, x_te, zeros_te)
-        fe["auroc_seen_population"] = _scores(y_tr, p_tr, y_te, pop_te, y_un, p_un)["auroc_seen"]
+        fe["seen_population_auroc"] = _scores(y_tr, p_tr, y_te, pop_te, y_un, p_un)["seen_auroc"]
         results[kind] = {**_scores(y_tr, p_tr, y_te, p_te, y_un, p_un), **fe}
         if kind == "me":
             rz = [predict(net, a, random_z(len(a)))[0] for a in (x_tr, x_te, x_un)]
@@ -400,7 +399,7 @@ def run_repeat(
             results["me_inferred_z"] = {
                 **_scores(y_tr, iz[0], y_te, iz[1], y_un, iz[2]),
                 **fe,
-                "z_predictor_accuracy_seen": float((zi_te.argmax(1).numpy() == site_idx[te]).mean()),
+                "seen_z_predictor_accuracy": float((zi_te.argmax(1).numpy() == site_idx[te]).mean()),
             }
 
     if "traditional" in models:  # regional volumes and intensities + logistic regression (C by inner 5-fold CV)
@@ -415,7 +414,7 @@ def run_repeat(
     for name in results:
         r = results[name]
         log(
-            f"  repeat {repeat} {name:>18}: AUROC seen {r['auroc_seen']:.3f} unseen {r['auroc_unseen']:.3f}"
+            f"  repeat {repeat} {name:>18}: AUROC seen {r['seen_auroc']:.3f} unseen {r['unseen_auroc']:.3f}"
             f" | site probe {r.get('site_probe_accuracy', math.nan):.2f}"
         )
     return results
@@ -430,7 +429,7 @@ predicting the training site from the fixed-effects pooled features (chance 1/6 
 site-invariant). `intercept_vs_true_prevalence_r`: Pearson r over the 6 seen sites between the learned random
 intercepts (for cluster_input: the classifier weights on z) and the logit of the generator's per-site disease
 prevalence; `intercept_vs_true_gain_r`: the same against the generator's scanner gain (a nuisance effect the
-intercept should not track). `auroc_seen_population`: the ME model's fixed-effects prediction on seen sites.
+intercept should not track). `seen_population_auroc`: the ME model's fixed-effects prediction on seen sites.
 """
 
 
@@ -469,9 +468,9 @@ PLAN = {
 
 
 COMPARISONS = (
-    Comparison("me", "auroc_unseen", "conventional", key="paired_unseen_minus_conventional"),
-    Comparison("me", "auroc_unseen", "cluster_input", key="paired_unseen_minus_cluster_input"),
-    Comparison("me", "auroc_seen", "me_randomized_z", key="paired_seen_minus_randomized_z"),
+    Comparison("me", "unseen_auroc", "conventional", key="paired_unseen_minus_conventional"),
+    Comparison("me", "unseen_auroc", "cluster_input", key="paired_unseen_minus_cluster_input"),
+    Comparison("me", "seen_auroc", "me_randomized_z", key="paired_seen_minus_randomized_z"),
 )
 """The plan's primary comparisons (paired per fold; stored in ``me``'s ``extra`` under these keys)."""
 
@@ -491,8 +490,8 @@ def run(
             seeds,
             lambda r: run_repeat(data, cfg, r, log=log),
             metric="auroc",
-            seen="auroc_seen",
-            unseen="auroc_unseen",
+            seen="seen_auroc",
+            unseen="unseen_auroc",
             config=cfg,
             comparisons=COMPARISONS,
             order=MODELS,
@@ -528,14 +527,14 @@ def run_ablation(
     comparisons = [
         Comparison(name, metric, "conventional", key=f"paired_{split}_minus_conventional")
         for name in ABLATIONS
-        for metric, split in (("auroc_unseen", "unseen"), ("auroc_seen", "seen"))
+        for metric, split in (("unseen_auroc", "unseen"), ("seen_auroc", "seen"))
     ]
 
     def repeat(data, r):
         row = {"conventional": run_repeat(data, cfg, r, models=("conventional",), log=log)["conventional"]}
         for name, change in ABLATIONS.items():
             res = run_repeat(data, {**cfg, **change}, r, models=("me", "me_randomized_z"), log=log)
-            seen_gap = res["me"]["auroc_seen"] - res["me_randomized_z"]["auroc_seen"]
+            seen_gap = res["me"]["seen_auroc"] - res["me_randomized_z"]["seen_auroc"]
             row[name] = {**res["me"], "seen_minus_randomized_z": seen_gap}
         return row
 
@@ -547,8 +546,8 @@ def run_ablation(
             seeds,
             lambda r: repeat(data, r),
             metric="auroc",
-            seen="auroc_seen",
-            unseen="auroc_unseen",
+            seen="seen_auroc",
+            unseen="unseen_auroc",
             config={**cfg, "ablations": ABLATIONS},
             comparisons=comparisons,
             notes="One setting of the `me` model changed at a time; `paired_*` are per-fold differences to "

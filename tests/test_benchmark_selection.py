@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,3 +103,19 @@ def test_multimodal_selection_reads_no_test_split_and_no_unseen_site(monkeypatch
     assert (split[used] != "test").all() and np.isin(sites[used], data["seen_sites"]).all()
     held = selection.pseudo_unseen_cluster(data["seen_sites"].tolist(), 7)
     assert (sites[seen_idx[0]] != held).all()  # the training items exclude the pseudo-unseen site
+
+
+def test_multimodal_bundle_and_benchmark_use_the_selected_settings():
+    """The bundle's fusion and modality dropout are the ones the committed selection run chose (training sites only),
+    and the headline benchmark's me_multimodal is built from the same record."""
+    from benchmarks import multimodal
+
+    chosen, settings = selection.load_choice("multimodal_selection")
+    root = Path(__file__).resolve().parents[1] / "bundles/mri_multimodal_me_cnn_classification/configs"
+    for name in ("train.json", "inference.json"):
+        net = json.loads((root / name).read_text())["network_def"]
+        assert net["fusion"] == settings["fusion"], name
+        assert net["modality_dropout"] == settings.get("options", {}).get("modality_dropout", 0.0), name
+    assert "dropout_warmup" not in settings or settings["dropout_warmup"] is None  # the bundle has no warm-up handler
+    spec = {"kind": "multimodal", "inputs": ("t1", "flair"), **settings}
+    assert multimodal.selected_multimodal_spec() == (chosen, spec)

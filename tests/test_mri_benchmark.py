@@ -24,16 +24,16 @@ def test_tiny_run_writes_contract_json_with_planned_comparisons(tmp_path):
     models = on_disk["models"]
     for entry in models.values():
         assert len(entry["seen"]["values"]) == 2 and len(entry["unseen"]["values"]) == 2
-        assert {"balanced_accuracy_seen", "balanced_accuracy_unseen"} <= set(entry["extra"])
+        assert {"seen_balanced_accuracy", "unseen_balanced_accuracy"} <= set(entry["extra"])
     me = models["me"]["extra"]
     for comparison in mri.COMPARISONS:
-        split = "unseen" if comparison.metric == "auroc_unseen" else "seen"
+        split = "unseen" if comparison.metric == "unseen_auroc" else "seen"
         expected = np.subtract(models["me"][split]["values"], models[comparison.reference][split]["values"])
         np.testing.assert_allclose(me[f"{comparison.name}_values"], expected, atol=1e-12)
         assert me[comparison.name] == pytest.approx(expected.mean())
         assert me[f"{comparison.name}_wins"] == int((expected > 0).sum())
-    assert {"site_probe_accuracy", "intercept_vs_true_prevalence_r", "auroc_seen_population"} <= set(me)
+    assert {"site_probe_accuracy", "intercept_vs_true_prevalence_r", "seen_population_auroc"} <= set(me)
     md = (tmp_path / "mri.md").read_text()
-    assert "| me - conventional: auroc_unseen (higher wins) |" in md
+    assert "| me - conventional: unseen_auroc (higher wins) |" in md
     header = next(line for line in md.splitlines() if line.startswith("| model |"))
     assert "_values" not in header and "paired_" not in header
