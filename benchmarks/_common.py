@@ -290,12 +290,16 @@ def environment(seeds: Sequence[int]) -> dict[str, Any]:
 
 
 def _git_commit() -> str:
-    """HEAD of the checkout the benchmark runs from, with ``+dirty`` when it has uncommitted changes."""
+    """HEAD of the checkout the benchmark runs from, with ``+dirty`` when it has uncommitted changes (results files
+    excepted: a run rewrites its own ``benchmarks/results/<name>.json`` before it ends)."""
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results"],
+            cwd=root,
+            capture_output=True,
+            text=True,
         )
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
