@@ -72,7 +72,17 @@ from monai_medl.losses import MixedEffectsLoss
 from monai_medl.networks.nets import MixedEffectsCNN, ModalityFallback, MultimodalMixedEffectsCNN, SmallCNN
 from monai_medl.transforms import SiteVocabulary
 
-__all__ = ["MODELS", "default_config", "load_cohort", "train_model", "predict", "run_seed", "run", "main"]
+__all__ = [
+    "MODELS",
+    "selected_multimodal_spec",
+    "default_config",
+    "load_cohort",
+    "train_model",
+    "predict",
+    "run_seed",
+    "run",
+    "main",
+]
 
 NAME = "multimodal"
 MODALITIES = ("t1", "flair")
