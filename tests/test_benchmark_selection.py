@@ -119,3 +119,16 @@ def test_multimodal_bundle_and_benchmark_use_the_selected_settings():
     assert "dropout_warmup" not in settings or settings["dropout_warmup"] is None  # the bundle has no warm-up handler
     spec = {"kind": "multimodal", "inputs": ("t1", "flair"), **settings}
     assert multimodal.selected_multimodal_spec() == (chosen, spec)
+
+
+def test_livecell_bundle_and_benchmark_use_the_selected_normalisation():
+    """The live-cell bundle's norm / reversible_norm are the ones the committed selection run chose."""
+    from benchmarks import livecell
+
+    chosen, settings = selection.load_choice("livecell_selection")
+    assert set(settings) == {"norm", "reversible_norm"}
+    root = Path(__file__).resolve().parents[1] / "bundles/livecell_me_autoencoder/configs"
+    for name in ("train.json", "inference.json"):
+        net = json.loads((root / name).read_text())["network_def"]
+        assert (net["norm"], net["reversible_norm"]) == (settings["norm"], settings["reversible_norm"]), name
+    assert livecell.selected_normalisation() == (chosen, settings)
