@@ -268,3 +268,29 @@ def test_trainer_recovers_site_and_subject_intercepts():
     x = torch.zeros(1, 2)
     pred = both(x, {"site": torch.tensor([3]), "subject": torch.tensor([-1])})
     torch.testing.assert_close(pred, both(x) + factors["site"].loc[3, 0])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"num_clusters": {"site": 3, "subject": 7}}, {"num_clusters": 3, "random_effects": {"correlated": True}}],
+)
+def test_mean_field_tools_refuse_grouped_networks_with_a_clear_error(kwargs):
+    # these tools read the mean-field RandomEffects layers only; on grouped or correlated networks they used to
+    # skip the CorrelatedRandomEffects silently (variance_components, summary) or fail with an unrelated message
+    from monai_medl.engines.few_shot import add_clusters, fit_new_cluster
+    from monai_medl.utils.summary import random_intercepts, summary, variance_components
+
+    net = MixedEffectsMLP(2, 1, **kwargs)
+    calls = {
+        "few-shot adaptation": lambda: add_clusters(net),
+        "few-shot adaptation ": lambda: fit_new_cluster(net, torch.randn(4, 2), torch.ones(4, 1)),
+        "summary": lambda: summary(net),
+        "variance_components": lambda: variance_components(net),
+        "random_intercepts": lambda: random_intercepts(net),
+    }
+    for purpose, call in calls.items():
+        with pytest.raises(ValueError, match=rf"{purpose.strip()}.* supports networks with one grouping factor and "):
+            call()
+    with pytest.raises(ValueError, match=r"for the grouping factors \['site', 'subject'\]|'cluster'"):
+        summary(net)
+    assert net.num_clusters == 3  # the refused calls grew nothing

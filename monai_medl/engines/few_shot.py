@@ -10,7 +10,12 @@ from torch import nn
 
 from monai_medl.losses.mixed_effects_loss import task_loss
 from monai_medl.networks.layers.random_effects import RandomEffects
-from monai_medl.networks.utils import checked_random_effects_layers, random_effects_layers, unwrap_network
+from monai_medl.networks.utils import (
+    checked_random_effects_layers,
+    random_effects_layers,
+    require_mean_field,
+    unwrap_network,
+)
 
 __all__ = ["add_clusters", "fit_new_cluster"]
 
@@ -26,6 +31,7 @@ def add_clusters(network: nn.Module, num_new: int = 1) -> int:
     if num_new < 1:
         raise ValueError(f"num_new must be >= 1, got {num_new}.")
     net = unwrap_network(network)
+    require_mean_field(net, "few-shot adaptation (add_clusters, fit_new_cluster)")
     layers, first_new = checked_random_effects_layers(net, "nothing to extend")
     for layer in layers.values():
         _grow(layer, num_new)

@@ -30,7 +30,9 @@ class MixedEffectsEstimatorBase(BaseEstimator):
     """Base of :class:`MixedEffectsRegressor` and :class:`MixedEffectsClassifier` (see their docstrings).
 
     Subclasses define ``_target`` (checks and encodes ``y``), ``_expected_nll`` (per-sample expected negative
-    log-likelihood under the posterior) and the output scale ``_y_center``/``_y_scale``.
+    log-likelihood under the posterior, from the ``(batch, C)`` posterior means and variances of the linear
+    predictor), the output scale ``_y_center``/``_y_scale``, and may override ``_num_outputs`` (C, 1 by default)
+    and ``_likelihood_draws`` (fixed standard-normal draws per sample for a Monte-Carlo expected likelihood).
     """
 
     def __init__(
@@ -81,8 +83,14 @@ class MixedEffectsEstimatorBase(BaseEstimator):
             names = [f"x{i}" for i in range(array.shape[1])] if array.ndim == 2 else []
         if array.ndim != 2:
             raise ValueError(f"X must be 2-D (samples, features), got shape {array.shape}.")
-        if not np.isfinite(array).all():
-            raise ValueError("X has missing or infinite values.")
+        bad = ~np.isfinite(array)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            column = names[col] if col < len(names) else f"x{col}"
+            raise ValueError(
+                f"X has missing or infinite values ({int(bad.sum())} entries; first at row {row}, column "
+                f"{column!r}): every entry must be a finite number."
+            )
         if fitting:
             self.feature_names_in_ = np.asarray(names, dtype=object)
             self.n_features_in_ = array.shape[1]
@@ -152,7 +160,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         n = len(y_array)
         x = self._features(X, n=n, fitting=True)
         if len(x) != n:
-            raise ValueError(f"X has {len(x)} rows but y has {n}.")
+            raise ValueError(f"X has {len(x)} rows but y has {n}: X must have one row per entry of y ({n}).")
         target = self._target(y_array)
         frame = as_group_frame(groups, n=n)
         self.encoder_ = GroupEncoder(parse_nested(self.nested, list(frame.columns))).fit(frame)
@@ -172,19 +180,23 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         y_t = self._tensor(target)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
-            fixed = self._fixed_network(x.shape[1])
+            outputs = self._num_outputs()
+            fixed = self._fixed_network(x.shape[1], outputs)
             random_effects = GroupedRandomEffects(
-                self.encoder_.num_levels, slopes, correlated=correlated, posterior=self.posterior
+                self.encoder_.num_levels, slopes, correlated=correlated, posterior=self.posterior, out_channels=outputs
             )
             self.network_ = GroupedMixedEffectsNet(fixed, random_effects, learn_noise_scale=self._learn_noise)
             self.network_.to(device=self._device_, dtype=self.dtype)
             self._init_fixed(x_std, y_t)
             generator = torch.Generator().manual_seed(self.random_state)
+            draws = self._likelihood_draws(n, generator)
+            draws = None if draws is None else draws.to(device=self._device_, dtype=self.dtype)
 
             def objective(rows: torch.Tensor | None) -> torch.Tensor:
                 xb, cb, yb = (x_std, index, y_t) if rows is None else (x_std[rows], index[rows], y_t[rows])
-                mean, var = self.network_.moments(xb, cb)
-                return self._expected_nll(mean[:, 0], var[:, 0], yb).mean() + self.network_.kl() / n
+                db = draws if draws is None or rows is None else draws[rows.to(draws.device)]
+                mean, spread = self.network_.moments(xb, cb, full_covariance=draws is not None)
+                return self._expected_nll(mean, spread, yb, db).mean() + self.network_.kl() / n
 
             start = time.perf_counter()
             self.network_.train()
@@ -206,14 +218,26 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         self.slope_columns_ = slopes
         return self
 
-    def _fixed_network(self, in_features: int) -> nn.Module:
+    def _num_outputs(self) -> int:
+        """Number of output channels ``C`` of the linear predictor (1; C-class classification: C)."""
+        return 1
+
+    def _likelihood_draws(self, n: int, generator: torch.Generator) -> torch.Tensor | None:
+        """Fixed standard-normal draws per sample for a Monte-Carlo expected likelihood (None: closed form).
+
+        When given, ``_expected_nll`` receives the ``(batch, C, C)`` posterior covariance of the linear predictor
+        instead of its variances.
+        """
+        return None
+
+    def _fixed_network(self, in_features: int, out_features: int = 1) -> nn.Module:
         if self.fixed_effects == "linear":
-            return nn.Linear(in_features, 1)
+            return nn.Linear(in_features, out_features)
         layers, width = [], in_features
         for units in self.hidden:
             layers += [nn.Linear(width, units), nn.ReLU()]
             width = units
-        return glorot_init_(nn.Sequential(*layers, nn.Linear(width, 1)))
+        return glorot_init_(nn.Sequential(*layers, nn.Linear(width, out_features)))
 
     def _init_fixed(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Start linear fixed effects at the least-squares fit (subclasses may override)."""
@@ -226,6 +250,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
     def decision_function(self, X, groups=None) -> np.ndarray:
         """Linear predictor in data units (the outcome scale for regression, the logit for classification).
 
+        ``(n,)``, or ``(n, C)`` (one logit per class, columns in the order of ``classes_``) for a C-class model.
         ``groups=None`` gives population-level predictions (every random effect 0). A level not seen in training
         contributes its factor's population value 0, while the other factors' effects still apply.
         """
@@ -236,7 +261,8 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         if groups is not None:
             clusters = torch.as_tensor(self.encoder_.transform(as_group_frame(groups, n=len(x))), device=x_std.device)
         with torch.no_grad():
-            out = self.network_.eval()(x_std, clusters)[:, 0].cpu().numpy()
+            out = self.network_.eval()(x_std, clusters).cpu().numpy()
+        out = out[:, 0] if out.shape[1] == 1 else out
         return self._y_center + self._y_scale * out
 
     # ------------------------------------------------------------------------------------------- read-outs
@@ -250,18 +276,43 @@ class MixedEffectsEstimatorBase(BaseEstimator):
             t[i, 0] = -self.x_center_[c] / self.x_scale_[c]
         return self._y_scale * t.T
 
+    def _channel_labels(self) -> list | None:
+        """Labels of the output channels when there are several (the classes of a C-class model), else None."""
+        return None
+
+    def _channel(self, cls) -> int:
+        """Output channel of class ``cls`` (0 for a single-output model, where ``cls`` must be None)."""
+        labels = self._channel_labels()
+        if labels is None:
+            if cls is not None:
+                raise ValueError("cls is only for a model with one output per class; this one has one output.")
+            return 0
+        matches = [i for i, label in enumerate(labels) if label == cls]
+        if cls is None or not matches:
+            raise ValueError(f"cls must be one of the classes {list(labels)} (effects are per class), got {cls!r}.")
+        return matches[0]
+
     def term_names(self, factor: str) -> list[str]:
         """Names of a factor's random-effect terms: ``(Intercept)`` and the slope columns."""
         self._check_fitted()
         return ["(Intercept)", *[str(self.feature_names_in_[c]) for c in self.slope_columns_.get(factor, [])]]
 
-    def covariance(self, factor: str) -> np.ndarray:
-        """Estimated covariance of a factor's random effects in data units, ``(q, q)``."""
+    def covariance(self, factor: str, cls=None) -> np.ndarray:
+        """Estimated covariance of a factor's random effects in data units, ``(q, q)``.
+
+        A C-class classifier has independent random effects per class: ``cls`` (one of ``classes_``) picks them.
+        """
         self._check_fitted()
         self._check_factor(factor)
-        layer = self.network_.random_effects.factors[factor]
+        block = self._channel_block(factor, self._channel(cls))
         a = self._transform(factor)
-        return a @ layer.prior_covariance().detach().cpu().double().numpy() @ a.T
+        cov = self.network_.random_effects.factors[factor].prior_covariance().detach().cpu().double().numpy()
+        return a @ cov[block, block] @ a.T
+
+    def _channel_block(self, factor: str, channel: int) -> slice:
+        """Positions of one output channel's terms in a factor's effect vector (channels are consecutive blocks)."""
+        q = len(self.slope_columns_.get(factor, [])) + 1
+        return slice(channel * q, (channel + 1) * q)
 
     def _check_factor(self, factor: str) -> None:
         if factor not in self.encoder_.factors:
@@ -275,34 +326,54 @@ class MixedEffectsEstimatorBase(BaseEstimator):
 
     @property
     def fixed_effects_(self):
-        """Fixed-effects coefficients in data units (``pandas.Series``; linear fixed effects only)."""
+        """Fixed-effects coefficients in data units (linear fixed effects only).
+
+        A ``pandas.Series``, or for a C-class classifier a DataFrame (terms x classes) centred to sum to zero over
+        the classes in every row (softmax logits are identified only up to a shift common to all classes).
+        """
         self._check_fitted()
         if self.fixed_effects != "linear":
             raise AttributeError("fixed_effects_ exists for fixed_effects='linear' only (an MLP has no coefficients).")
         linear: nn.Linear = self.network_.fixed
-        w = linear.weight.detach().cpu().double().numpy()[0] * self._y_scale / self.x_scale_
-        intercept = self._y_center + self._y_scale * float(linear.bias.detach()) - float(w @ self.x_center_)
-        return pd.Series([intercept, *w], index=["(Intercept)", *self.feature_names_in_], name="estimate")
+        w = linear.weight.detach().cpu().double().numpy() * self._y_scale / self.x_scale_  # (C, p)
+        bias = linear.bias.detach().cpu().double().numpy()
+        intercept = self._y_center + self._y_scale * bias - w @ self.x_center_
+        index = ["(Intercept)", *self.feature_names_in_]
+        table = np.column_stack([intercept, w])  # (C, 1 + p)
+        labels = self._channel_labels()
+        if labels is None:
+            return pd.Series(table[0], index=index, name="estimate")
+        table = table - table.mean(0, keepdims=True)
+        return pd.DataFrame(table.T, index=index, columns=pd.Index(labels, name="class"))
 
     def var_corr(self):
         """lme4 ``as.data.frame(VarCorr(fit))``: one row per variance, covariance and the residual, in data units.
 
         Columns ``grp`` (lme4-style factor name, ``subject:site`` when nested), ``var1``, ``var2`` (None for a
-        variance), ``vcov`` (variance or covariance) and ``sdcor`` (s.d. or correlation).
+        variance), ``vcov`` (variance or covariance) and ``sdcor`` (s.d. or correlation). A C-class classifier
+        has independent random effects per class, each with its own variance components: its table has an extra
+        column ``class`` (after ``grp``) naming the class whose logit the effects shift.
         """
         self._check_fitted()
+        labels = self._channel_labels()
         rows = []
         for factor in self.encoder_.factors:
-            cov, names, grp = self.covariance(factor), self.term_names(factor), self.encoder_.label(factor)
-            sd = np.sqrt(np.diag(cov))
-            rows += [
-                {"grp": grp, "var1": n, "var2": None, "vcov": cov[i, i], "sdcor": sd[i]} for i, n in enumerate(names)
-            ]
+            names, grp = self.term_names(factor), self.encoder_.label(factor)
             correlated = self.network_.random_effects.factors[factor].correlated
-            for i in range(len(names) if correlated else 0):
-                for j in range(i):
-                    corr = cov[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else 0.0
-                    rows.append({"grp": grp, "var1": names[j], "var2": names[i], "vcov": cov[i, j], "sdcor": corr})
+            for cls in [None] if labels is None else labels:
+                cov = self.covariance(factor, cls)
+                sd = np.sqrt(np.diag(cov))
+                tag = {} if labels is None else {"class": cls}
+                rows += [
+                    {"grp": grp, **tag, "var1": n, "var2": None, "vcov": cov[i, i], "sdcor": sd[i]}
+                    for i, n in enumerate(names)
+                ]
+                for i in range(len(names) if correlated else 0):
+                    for j in range(i):
+                        corr = cov[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else 0.0
+                        rows.append(
+                            {"grp": grp, **tag, "var1": names[j], "var2": names[i], "vcov": cov[i, j], "sdcor": corr}
+                        )
         if self.residual_sd_ is not None:
             rows.append(
                 {
@@ -319,16 +390,19 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         """Conditional modes (posterior means) per level in data units, like lme4's ``ranef``.
 
         Returns a DataFrame (levels x terms) for ``factor``, or a dict factor -> DataFrame when ``factor`` is None.
-        A nested factor's index has one level per column of its path (``site``, ``subject``).
+        A nested factor's index has one level per column of its path (``site``, ``subject``). For a C-class
+        classifier the columns are a MultiIndex ``(class, term)``.
         """
         self._check_fitted()
         if factor is None:
             return {f: self.random_effects(f) for f in self.encoder_.factors}
         self._check_factor(factor)
+        names, a = self.term_names(factor), self._transform(factor)
         loc = self.network_.random_effects.factors[factor].loc.detach().cpu().double().numpy()
-        return pd.DataFrame(
-            loc @ self._transform(factor).T, index=self.encoder_.levels[factor], columns=self.term_names(factor)
-        )
+        labels = self._channel_labels()
+        blocks = [loc[:, self._channel_block(factor, c)] @ a.T for c in range(1 if labels is None else len(labels))]
+        columns = names if labels is None else pd.MultiIndex.from_product([labels, names], names=["class", "term"])
+        return pd.DataFrame(np.concatenate(blocks, axis=1), index=self.encoder_.levels[factor], columns=columns)
 
     ranef = random_effects
 

@@ -15,9 +15,11 @@ class MixedModelSummary:
 
     Attributes:
         model: estimator class name.
-        family: ``"gaussian"`` or ``"binomial"``.
-        var_corr: ``pandas.DataFrame`` in the layout of lme4's ``as.data.frame(VarCorr(fit))``.
-        fixed_effects: ``pandas.Series`` of fixed-effects coefficients (linear fixed effects), else None.
+        family: ``"gaussian"``, ``"binomial"`` or ``"multinomial"``.
+        var_corr: ``pandas.DataFrame`` in the layout of lme4's ``as.data.frame(VarCorr(fit))`` (plus a ``class``
+            column for a C-class model, whose random effects are per class).
+        fixed_effects: ``pandas.Series`` of fixed-effects coefficients (linear fixed effects; a DataFrame terms x
+            classes for a C-class model), else None.
         num_obs: number of training observations.
         num_levels: lme4-style factor name -> number of training levels.
         fit_info: optimiser report (iterations, final loss, converged, seconds).
@@ -33,27 +35,39 @@ class MixedModelSummary:
 
     def __str__(self) -> str:
         lines = [f"{self.model} ({self.family} mixed model, fitted by maximising the ELBO)", "Random effects:"]
-        table = [("Groups", "Name", "Std.Dev.", "Corr")]
         vc = self.var_corr
-        for grp in dict.fromkeys(vc["grp"]):
-            rows = vc[vc["grp"] == grp]
+        per_class = "class" in vc.columns  # a C-class model: independent effects per class (on that class's logit)
+        header = ("Groups", "Class", "Name", "Std.Dev.", "Corr")
+        header = header if per_class else ("Groups", "Name", "Std.Dev.", "Corr")
+        table = [header]
+        keys = ["grp", "class"] if per_class else ["grp"]
+        for _, rows in vc.groupby(keys, sort=False, dropna=False):
+            grp = rows["grp"].iloc[0]
             variances = rows[rows["var2"].isna()]
-            names = [n for n in variances["var1"]]
+            names = list(variances["var1"])
             for i, (_, row) in enumerate(variances.iterrows()):
                 corr = [
                     f"{float(rows[(rows['var1'] == names[j]) & (rows['var2'] == row['var1'])]['sdcor'].iloc[0]):.2f}"
                     for j in range(i)
+                    if ((rows["var1"] == names[j]) & (rows["var2"] == row["var1"])).any()
                 ]
                 label = "" if grp == "Residual" else str(row["var1"])
-                table.append((grp if i == 0 else "", label, f"{row['sdcor']:.4g}", " ".join(corr)))
-        widths = [max(len(r[c]) for r in table) for c in range(4)]
+                cells = [grp if i == 0 else "", label, f"{row['sdcor']:.4g}", " ".join(corr)]
+                if per_class:
+                    cells.insert(1, "" if grp == "Residual" or i > 0 else str(row["class"]))
+                table.append(tuple(cells))
+        widths = [max(len(r[c]) for r in table) for c in range(len(header))]
         lines += [" " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table]
         counts = "; ".join(f"{k}, {v}" for k, v in self.num_levels.items())
         lines.append(f"Number of obs: {self.num_obs}, groups: {counts}")
-        if self.fixed_effects is not None:
+        if self.fixed_effects is None:
+            lines.append("Fixed effects: a neural network (no coefficients)")
+        elif getattr(self.fixed_effects, "ndim", 1) == 2:
+            lines.append("Fixed effects (per class, centred over the classes):")
+            text = self.fixed_effects.to_string(float_format=lambda v: f"{v:.4g}")
+            lines += [" " + line for line in text.split("\n")]
+        else:
             lines.append("Fixed effects:")
             width = max(len(str(k)) for k in self.fixed_effects.index)
             lines += [f" {str(k).ljust(width)}  {v:.4g}" for k, v in self.fixed_effects.items()]
-        else:
-            lines.append("Fixed effects: a neural network (no coefficients)")
         return "\n".join(lines)

@@ -92,7 +92,8 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsEstimatorBase):
             self.network_.fixed.weight.copy_(coef[:-1][None])
             self.network_.fixed.bias.copy_(coef[-1:])
 
-    def _expected_nll(self, mean: torch.Tensor, var: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _expected_nll(self, mean: torch.Tensor, var: torch.Tensor, y: torch.Tensor, draws=None) -> torch.Tensor:
+        mean, var = mean[:, 0], var[:, 0]
         log_sd = self.network_.log_noise_scale
         return 0.5 * ((y - mean).square() + var) * torch.exp(-2 * log_sd) + log_sd + 0.5 * math.log(2 * math.pi)
 

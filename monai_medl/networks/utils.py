@@ -13,6 +13,7 @@ __all__ = [
     "unwrap_network",
     "random_effects_layers",
     "checked_random_effects_layers",
+    "require_mean_field",
     "kl_divergence",
     "random_effects_parameters",
     "soft_design",
@@ -27,6 +28,29 @@ def unwrap_network(network: nn.Module) -> nn.Module:
 def random_effects_layers(network: nn.Module) -> dict[str, RandomEffects]:
     """All :class:`RandomEffects` submodules of ``network`` keyed by their qualified names."""
     return {name: m for name, m in unwrap_network(network).named_modules() if isinstance(m, RandomEffects)}
+
+
+def require_mean_field(network: nn.Module, purpose: str) -> None:
+    """Raise unless every random effect of ``network`` is a single-factor mean-field :class:`RandomEffects` layer.
+
+    Tools written for those layers (few-shot adaptation, ``monai_medl.utils.summary``) would otherwise silently
+    skip the :class:`~monai_medl.networks.layers.CorrelatedRandomEffects` that a network with several grouping
+    factors (``num_clusters={"site": ..., ...}``) or ``correlated=True`` carries.
+
+    Raises:
+        ValueError: naming ``purpose``, the correlated layers found and the supported configurations.
+    """
+    net = unwrap_network(network)
+    grouped = [name for name, m in net.named_modules() if isinstance(m, CorrelatedRandomEffects)]
+    if grouped:
+        levels = getattr(net, "num_levels", None)
+        raise ValueError(
+            f"{purpose} supports networks with one grouping factor and correlated=False (mean-field RandomEffects "
+            f"layers, an integer num_clusters) only; {type(net).__name__} has correlated/grouped random effects "
+            f"{grouped}" + (f" for the grouping factors {list(levels)}" if levels else "") + ". For those, read "
+            "each factor's prior_covariance() and loc from its GroupedRandomEffects layer, or fit tabular data with "
+            "monai_medl.estimators (summary(), var_corr(), random_effects(); predict handles unseen levels)."
+        )
 
 
 def checked_random_effects_layers(network: nn.Module, purpose: str) -> tuple[dict[str, RandomEffects], int]:

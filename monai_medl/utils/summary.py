@@ -12,7 +12,12 @@ from torch import nn
 
 from monai_medl.networks.layers.random_effects import RandomEffects
 from monai_medl.networks.nets.me_mlp import MixedEffectsMLP
-from monai_medl.networks.utils import checked_random_effects_layers, random_effects_layers, unwrap_network
+from monai_medl.networks.utils import (
+    checked_random_effects_layers,
+    random_effects_layers,
+    require_mean_field,
+    unwrap_network,
+)
 
 pd, has_pandas = optional_import("pandas")
 
@@ -212,6 +217,7 @@ def random_intercepts(model: nn.Module, layer: str | None = None) -> torch.Tenso
 
         >>> u0 = random_intercepts(net)  # (K, 1) for a binary ME-MLP
     """
+    require_mean_field(model, "random_intercepts")
     layers = random_effects_layers(model)
     if layer is not None:
         if layer not in layers:
@@ -238,6 +244,7 @@ def variance_components(model: nn.Module, sd: bool = False) -> dict[str, float]:
         {'head.intercept': 0.71, 'linear_slopes': 0.26, 'Residual': 1.02}
     """
     net = unwrap_network(model)
+    require_mean_field(net, "variance_components")
     power = 1 if sd else 2
     out = {name: float(layer.prior_scale.detach()) ** power for name, layer in random_effects_layers(net).items()}
     noise = _noise_scale(net)
@@ -277,6 +284,7 @@ def summary(
         >>> s.to_dataframe("intercepts")
     """
     net = unwrap_network(model)
+    require_mean_field(net, "summary")
     layers, num_clusters = checked_random_effects_layers(net, "nothing to summarise")
     names = _names(cluster_names, num_clusters, "", "cluster_names", "column of z")
     features = (

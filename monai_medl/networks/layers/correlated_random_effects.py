@@ -85,6 +85,10 @@ class CorrelatedRandomEffects(nn.Module):
         learn_prior_scale: learn the prior covariance (empirical Bayes). Defaults to True.
         post_loc_init_scale: s.d. of the initial posterior means (0 starts them at the population). Defaults to 0.0.
         post_scale_init: initial posterior s.d. of every term. Defaults to 0.1.
+        blocks: number of independent prior blocks: the ``q`` terms split into ``blocks`` consecutive groups of
+            ``q / blocks`` terms (e.g. the intercept and slopes of each class of a C-class model), each with its
+            own prior covariance (full within a block when ``correlated``) and no prior covariance between blocks,
+            while the posterior of each cluster stays joint over all ``q`` terms. Defaults to 1.
 
     Example::
 
@@ -106,10 +110,13 @@ class CorrelatedRandomEffects(nn.Module):
         learn_prior_scale: bool = True,
         post_loc_init_scale: float = 0.0,
         post_scale_init: float = 0.1,
+        blocks: int = 1,
     ) -> None:
         super().__init__()
         if num_clusters < 1 or num_terms < 1:
             raise ValueError(f"num_clusters and num_terms must be >= 1, got {num_clusters}, {num_terms}.")
+        if blocks < 1 or num_terms % blocks:
+            raise ValueError(f"blocks must be a positive divisor of num_terms={num_terms}, got {blocks}.")
         if posterior not in ("full", "diagonal"):
             raise ValueError(f"posterior must be 'full' or 'diagonal', got {posterior!r}.")
         scales = [float(prior_scale)] * num_terms if isinstance(prior_scale, (int, float)) else list(prior_scale)
@@ -120,12 +127,17 @@ class CorrelatedRandomEffects(nn.Module):
         self.num_clusters, self.num_terms = num_clusters, num_terms
         self.correlated, self.posterior = correlated, posterior
         self.learn_prior_scale = learn_prior_scale
+        self.blocks = blocks
         num_off = num_terms * (num_terms - 1) // 2
         self.loc = nn.Parameter(torch.randn(num_clusters, num_terms) * post_loc_init_scale)
         self.post_rho = nn.Parameter(torch.full((num_clusters, num_terms), inverse_softplus(post_scale_init)))
         self.post_offdiag = nn.Parameter(torch.zeros(num_clusters, num_off)) if posterior == "full" else None
         prior_log_diag = torch.tensor([math.log(s) for s in scales])
-        prior_offdiag = torch.zeros(num_off) if correlated else None
+        # positions, in the strict lower triangle, of the entries inside a block (all of them when blocks == 1)
+        rows, cols = torch.tril_indices(num_terms, num_terms, offset=-1)
+        size = num_terms // blocks
+        self.register_buffer("_within_block", torch.nonzero(rows // size == cols // size)[:, 0], persistent=False)
+        prior_offdiag = torch.zeros(len(self._within_block)) if correlated else None
         if learn_prior_scale:
             self.prior_log_diag = nn.Parameter(prior_log_diag)
             self.prior_offdiag = None if prior_offdiag is None else nn.Parameter(prior_offdiag)
@@ -134,8 +146,12 @@ class CorrelatedRandomEffects(nn.Module):
             self.register_buffer("prior_offdiag", prior_offdiag)
 
     def prior_cholesky(self) -> torch.Tensor:
-        """Cholesky factor ``L`` of the prior covariance, ``(q, q)``."""
-        return lower_triangular(self.prior_log_diag.exp(), self.prior_offdiag)
+        """Cholesky factor ``L`` of the prior covariance, ``(q, q)`` (block diagonal when ``blocks > 1``)."""
+        offdiag = self.prior_offdiag
+        if offdiag is not None and self.blocks > 1:
+            full = offdiag.new_zeros(self.num_terms * (self.num_terms - 1) // 2)
+            offdiag = full.scatter(0, self._within_block, offdiag)
+        return lower_triangular(self.prior_log_diag.exp(), offdiag)
 
     def prior_covariance(self) -> torch.Tensor:
         """Prior covariance ``Sigma = L L^T`` (the variance-component estimate when learned), ``(q, q)``."""
@@ -183,14 +199,18 @@ class CorrelatedRandomEffects(nn.Module):
         var = (design.unsqueeze(-1) * chol[index]).sum(-2).square().sum(-1) * seen  # |C_k^T d|^2
         return mean.unsqueeze(-1), var.unsqueeze(-1)
 
+    def effects(self) -> torch.Tensor:
+        """Effect vectors of every cluster, ``(K, q)``: one posterior sample in training, the means in eval."""
+        if not self.training:
+            return self.loc
+        eps = torch.randn_like(self.loc).unsqueeze(-1)
+        return self.loc + (self.posterior_cholesky() @ eps).squeeze(-1)
+
     def forward(self, clusters: torch.Tensor, design: torch.Tensor) -> torch.Tensor:
         """Random effect ``d^T u`` per sample, ``(batch, 1)``: a posterior sample in training, the mean in eval."""
         self._check(clusters, design)
         design = design.to(self.loc.dtype)
-        effects = self.loc
-        if self.training:
-            eps = torch.randn_like(self.loc).unsqueeze(-1)
-            effects = self.loc + (self.posterior_cholesky() @ eps).squeeze(-1)
+        effects = self.effects()
         if clusters.is_floating_point():
             return ((clusters.to(effects.dtype) @ effects) * design).sum(-1, keepdim=True)
         seen = (clusters >= 0).to(design.dtype)
@@ -204,4 +224,5 @@ class CorrelatedRandomEffects(nn.Module):
         return (
             f"num_clusters={self.num_clusters}, num_terms={self.num_terms}, correlated={self.correlated}, "
             f"posterior={self.posterior!r}, learn_prior_scale={self.learn_prior_scale}"
+            + (f", blocks={self.blocks}" if self.blocks > 1 else "")
         )

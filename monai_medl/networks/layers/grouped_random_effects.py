@@ -30,6 +30,12 @@ class GroupedRandomEffects(nn.Module):
     dictionary ``factor -> design`` (``(batch, K_f)`` one-hot, soft or zero rows, or ``(batch,)`` indices), which is
     how the networks' batches carry them (see :func:`~monai_medl.networks.layers.factor_designs`).
 
+    **Several outputs** (``out_channels = C > 1``, e.g. the logits of a C-class model): every factor's level has
+    one effect vector per channel, ``u_f = (u_{f,1}, ..., u_{f,C})``, with a *joint* Gaussian posterior over all
+    ``C q_f`` terms (channels share one level, so their posterior is correlated: a softmax likelihood informs only
+    differences between logits) and a block-diagonal prior, one block (its own variance components) per channel
+    and no prior covariance between channels. The output is ``(batch, C)``.
+
     Args:
         num_levels: factor name -> number of training levels, in the column order of the cluster indices.
         slope_columns: factor name -> columns of ``x`` with random slopes for that factor (missing: none).
@@ -41,6 +47,7 @@ class GroupedRandomEffects(nn.Module):
         learn_prior_scale: learn the prior covariances. Defaults to True.
         intercept_prior_scale: initial prior s.d. of the intercepts; None for ``prior_scale``. Defaults to None.
         post_loc_init_scale: s.d. of the initial posterior means. Defaults to 0.0.
+        out_channels: number of outputs ``C``. Defaults to 1.
 
     Example::
 
@@ -63,8 +70,12 @@ class GroupedRandomEffects(nn.Module):
         learn_prior_scale: bool = True,
         intercept_prior_scale: float | None = None,
         post_loc_init_scale: float = 0.0,
+        out_channels: int = 1,
     ) -> None:
         super().__init__()
+        if out_channels < 1:
+            raise ValueError(f"out_channels must be >= 1, got {out_channels}.")
+        self.out_channels = out_channels
         if not num_levels:
             raise ValueError("num_levels needs at least one grouping factor.")
         slope_columns = dict(slope_columns or {})
@@ -87,10 +98,11 @@ class GroupedRandomEffects(nn.Module):
                 scales[0] = float(intercept_prior_scale)
             self.factors[name] = CorrelatedRandomEffects(
                 num_clusters=int(levels),
-                num_terms=terms,
+                num_terms=terms * out_channels,
+                blocks=out_channels,
                 correlated=correlated.get(name, True) if isinstance(correlated, Mapping) else correlated,
                 posterior=posterior,
-                prior_scale=scales,
+                prior_scale=scales * out_channels,
                 learn_prior_scale=learn_prior_scale,
                 post_loc_init_scale=post_loc_init_scale,
             )
@@ -152,15 +164,52 @@ class GroupedRandomEffects(nn.Module):
     def forward(
         self, clusters: torch.Tensor | Mapping[str, torch.Tensor], x: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Summed random effect per sample, ``(batch, 1)``: a posterior sample in training, the mean in eval."""
-        return torch.stack([layer(c, d) for layer, c, d in self._per_factor(clusters, x)]).sum(0)
+        """Summed random effect per sample, ``(batch, C)``: a posterior sample in training, the mean in eval."""
+        if self.out_channels == 1:
+            return torch.stack([layer(c, d) for layer, c, d in self._per_factor(clusters, x)]).sum(0)
+        parts = []
+        for layer, column, design in self._per_factor(clusters, x):
+            effects = layer.effects().view(layer.num_clusters, self.out_channels, -1)  # (K, C, q)
+            if column.is_floating_point():  # design rows over the levels (one-hot, soft or zero)
+                per_sample = torch.einsum("bk,kcq->bcq", column.to(effects.dtype), effects)
+            else:
+                seen = (column >= 0).to(effects.dtype)[:, None, None]
+                per_sample = effects[column.clamp_min(0)] * seen
+            parts.append((per_sample * design.to(effects.dtype).unsqueeze(1)).sum(-1))
+        return torch.stack(parts).sum(0)
 
     def moments(
-        self, clusters: torch.Tensor | Mapping[str, torch.Tensor], x: torch.Tensor | None = None
+        self,
+        clusters: torch.Tensor | Mapping[str, torch.Tensor],
+        x: torch.Tensor | None = None,
+        full_covariance: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and variance of the summed random effect per sample, each ``(batch, 1)``."""
-        parts = [layer.moments(c, d) for layer, c, d in self._per_factor(clusters, x)]
-        return torch.stack([m for m, _ in parts]).sum(0), torch.stack([v for _, v in parts]).sum(0)
+        """Posterior mean ``(batch, C)`` and variance ``(batch, C)`` of the summed random effect per sample.
+
+        ``full_covariance=True`` returns the covariance between the channels, ``(batch, C, C)``, instead of the
+        variances (cluster indices only when ``C > 1``).
+        """
+        if self.out_channels == 1 and not full_covariance:
+            parts = [layer.moments(c, d) for layer, c, d in self._per_factor(clusters, x)]
+            return torch.stack([m for m, _ in parts]).sum(0), torch.stack([v for _, v in parts]).sum(0)
+        means, covs = [], []
+        for layer, column, design in self._per_factor(clusters, x):
+            if column.is_floating_point():
+                raise NotImplementedError(
+                    "channel covariances need integer level indices (batch,) per factor, not design matrices."
+                )
+            channels, dtype = self.out_channels, layer.loc.dtype
+            seen = (column >= 0).to(dtype)
+            index = column.clamp_min(0)
+            loc = layer.loc[index].view(-1, channels, layer.num_terms // channels)  # (batch, C, q)
+            design = design.to(dtype)
+            means.append((loc * design.unsqueeze(1)).sum(-1) * seen[:, None])
+            # factor rows of the per-sample channel effects: (I_C kron d^T) C_k, (batch, C, C q)
+            chol = layer.posterior_cholesky()[index].view(-1, channels, layer.num_terms // channels, layer.num_terms)
+            factor = (chol * design[:, None, :, None]).sum(2)
+            covs.append(factor @ factor.transpose(-1, -2) * seen[:, None, None])
+        mean, cov = torch.stack(means).sum(0), torch.stack(covs).sum(0)
+        return (mean, cov) if full_covariance else (mean, cov.diagonal(dim1=-2, dim2=-1))
 
     def kl(self) -> torch.Tensor:
         """Sum of every factor's closed-form KL term."""
