@@ -19,7 +19,10 @@ Models (same 4-4-4 ReLU MLP, Glorot-uniform weights and zero biases, batch 32, A
 (population) prediction); ``me_randomized_z`` (the ``me`` model with a random one-hot z); ``me_inferred_z`` (the
 ``me`` model with the soft z of a cluster predictor trained on the training fold only, seen and unseen);
 ``traditional`` (scikit-learn HistGradientBoostingClassifier on the same features); ``shuffled_label`` (the ``me``
-recipe trained on permuted labels: chance). Metric: accuracy at probability 0.5; AUROC, training time per fold and
+recipe trained on permuted labels: chance); ``gpboost`` (an additional baseline, the peer a statistician would
+pick: GPBoost's boosted trees with the ``traditional`` row's tree settings + a grouped random intercept per training
+cluster, ``bernoulli_probit``; seen: the cluster's predicted random effect, unseen: random effect 0, the population
+prediction; see :mod:`benchmarks._gpboost`). Metric: accuracy at probability 0.5; AUROC, training time per fold and
 per epoch (one CPU thread) and, for the confounded variant, the share of the fixed-effects attribution
 ``mean |d logit_F / d x|`` carried by the probe features, in ``extra``.
 
@@ -50,6 +53,7 @@ from benchmarks._common import (
     summarize,
     write_results,
 )
+from benchmarks._gpboost import GPBOOST_TREE_PARAMS, fit_gpboost, predict_gpboost
 from monai_medl.data.spirals import SpiralData, make_spirals
 from monai_medl.engines.tabular import TabularTrainer, data_dependent_init_, predict_tabular
 from monai_medl.networks.nets.cluster_classifier import ClusterAdversary, ClusterPredictor
@@ -70,7 +74,7 @@ __all__ = [
 ]
 
 NAME = "spirals"
-MODELS = CONTRACT_MODELS
+MODELS = (*CONTRACT_MODELS, "gpboost")
 TORCH_MODELS = ("conventional", "cluster_input", "domain_adversarial", "me_no_adversary", "me", "shuffled_label")
 
 
@@ -82,6 +86,9 @@ PLAN = {
         "me vs conventional: seen and unseen accuracy (mean over folds per repeat, t-interval over repeats)",
         "confounded variant: probe-feature attribution share, me vs conventional and domain_adversarial",
     ],
+    "additional_baselines": "gpboost (GPBoost: boosted trees + grouped random intercept; default tree settings, "
+    "the traditional row's, fixed before any run) on the same folds, reported beside the other rows, not a primary "
+    "comparison",
     "decision_rule": "a difference is claimed only when its 95% t-interval over repeats excludes 0; every fixed "
     "setting is in config, none is tuned on unseen clusters",
 }
@@ -123,6 +130,12 @@ def default_config(quick: bool = False) -> dict[str, Any]:
         "z_predictor_hidden": [8, 8, 4],
         "z_predictor_epochs": 10,
         "traditional": "HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, early_stopping=False)",
+        "gpboost": {
+            "likelihood": "bernoulli_probit",
+            "num_boost_round": 100,
+            "tree_params": GPBOOST_TREE_PARAMS,
+            "random_effects": "grouped random intercept per training cluster (covariance fitted by GPBoost)",
+        },
         "threshold": 0.5,
         "standardize": True,
         "data_init": True,
@@ -307,6 +320,24 @@ def run_fold(
         with _Clock() as clock:
             hgb.fit(x[tr].numpy(), data.y[train_idx])
         record("traditional", hgb.predict_proba(x[te].numpy())[:, 1], hgb.predict_proba(x[un].numpy())[:, 1], clock)
+    # gpboost: the same trees + a grouped random intercept; unseen clusters are new levels (random effect 0)
+    gcfg = cfg["gpboost"]
+    with threadpool_limits(1), _Clock() as clock:
+        booster = fit_gpboost(
+            x[tr].numpy(),
+            data.y[train_idx],
+            data.site[train_idx],
+            gcfg["likelihood"],
+            gcfg["num_boost_round"],
+            gcfg["tree_params"],
+            seed=seed,
+        )
+    record(
+        "gpboost",
+        predict_gpboost(booster, x[te].numpy(), data.site[test_idx]),
+        predict_gpboost(booster, x[un].numpy(), data.site[unseen_idx]),
+        clock,
+    )
     # attribution of the probe features in each fixed-effects path (confounded variant)
     if data.probe_columns:
         probes = list(data.probe_columns)
@@ -428,7 +459,12 @@ thread, on a 2-core machine shared with other jobs (wall time is inflated by con
 Confounded variant: per-cluster prevalence ~N(0.5, 0.3^2) clipped to [0.1, 0.9] and two probe features
 ~N(prevalence, 0.2^2); `confounded_probe_attribution_share` = share of mean |d logit_F / d x| (standardised inputs,
 seen test fold) carried by the probe features in each model's fixed-effects path (lower = less reliance on the
-site shortcut; `traditional` has no gradient; `cluster_input` is differentiated w.r.t. x with the true z appended).
+site shortcut; `traditional` and `gpboost` have no gradient; `cluster_input` is differentiated w.r.t. x with the
+true z appended).
+`gpboost` (additional baseline, not a primary comparison): GPBoost's boosted trees with the `traditional` row's tree
+settings plus a grouped random intercept per training cluster (`bernoulli_probit`, covariance fitted by GPBoost);
+seen = GPBoost's predictive probability with the cluster's predicted random effect, unseen = the cluster as a new
+level (random effect 0: the population prediction). Its time is GPBoost's training on one thread.
 """
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds the benchmarks package
@@ -52,9 +53,47 @@ def test_tiny_run_writes_contract_json(tmp_path):
         extra = entry["extra"]
         assert {"auroc_seen", "auroc_unseen", "time_per_fold_s", "confounded_accuracy_seen"} <= set(extra)
         assert extra["time_per_fold_s"] > 0
-        assert ("confounded_probe_attribution_share" in extra) == (name != "traditional")
+        assert ("confounded_probe_attribution_share" in extra) == (name not in ("traditional", "gpboost"))
     table = (tmp_path / "spirals.md").read_text()
     assert all(f"| {m} |" in table for m in spirals.MODELS)
+
+
+def test_gpboost_row_is_trained_on_the_folds_of_the_other_models(monkeypatch):
+    """The gpboost row sees exactly the training rows (and standardised features) of `traditional`, fold by fold,
+    with the clusters as group labels; it is scored on the same seen fold and unseen clusters."""
+    seen_by = {"traditional": [], "gpboost": [], "gpboost_predict": []}
+    original_fit, original_predict = spirals.fit_gpboost, spirals.predict_gpboost
+
+    class RecordingHGB(spirals.HistGradientBoostingClassifier):
+        def fit(self, X, y):
+            seen_by["traditional"].append((np.array(X), np.array(y)))
+            return super().fit(X, y)
+
+    def recording_fit(x, y, groups, *args, **kwargs):
+        seen_by["gpboost"].append((np.array(x), np.array(y), np.array(groups)))
+        return original_fit(x, y, groups, *args, **kwargs)
+
+    def recording_predict(booster, x, groups, *args, **kwargs):
+        seen_by["gpboost_predict"].append(np.array(groups))
+        return original_predict(booster, x, groups, *args, **kwargs)
+
+    monkeypatch.setattr(spirals, "HistGradientBoostingClassifier", RecordingHGB)
+    monkeypatch.setattr(spirals, "fit_gpboost", recording_fit)
+    monkeypatch.setattr(spirals, "predict_gpboost", recording_predict)
+    cfg = {**spirals.default_config(quick=True), **TINY, "folds_run": 2}
+    data = spirals.make_data(cfg, "random_radius")
+    row = spirals.run_variant_repeat(data, cfg, r=1, seed=1, log=lambda _: None)
+    assert len(seen_by["gpboost"]) == len(seen_by["traditional"]) == 2
+    held = spirals.unseen_clusters(1, data.num_clusters, cfg["unseen_per_repeat"])
+    for (x_t, y_t), (x_g, y_g, g) in zip(seen_by["traditional"], seen_by["gpboost"]):
+        np.testing.assert_array_equal(x_g, x_t)
+        np.testing.assert_array_equal(y_g, y_t)
+        assert len(g) == len(y_g) and not set(g.tolist()) & set(held)  # cluster labels of the training rows only
+    seen_groups, unseen_groups = seen_by["gpboost_predict"][0::2], seen_by["gpboost_predict"][1::2]
+    assert all(not set(s.tolist()) & set(held) for s in seen_groups)
+    assert all(set(u.tolist()) == set(held) for u in unseen_groups)  # unseen clusters enter as new levels
+    for key in ("seen_acc", "unseen_acc", "seen_auc", "unseen_auc"):
+        assert 0.0 <= row["gpboost"][key] <= 1.0
 
 
 def test_unseen_clusters_rotate_over_repeats():
