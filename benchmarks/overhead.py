@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import DenseNet121
+from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks._common import announce_plan, benchmark_parser, summarize, write_results
@@ -107,15 +108,28 @@ def _optimizer_state(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
 
 
 def _step_peak_bytes(fn: Callable[[], Any]) -> int:
-    """Highest running total of the tensor allocations made while ``fn`` runs (torch.profiler memory events)."""
+    """Highest running total of the tensor blocks allocated while ``fn`` runs (torch.profiler allocation events).
+
+    Frees of blocks allocated before the window (last step's gradients, released by ``zero_grad``) are ignored: the
+    resident total already leaves them out, and whether the profiler reports them depends on earlier profiling
+    sessions, which made the peak differ by a few hundred bytes from run to run.
+    """
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted(
-        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
-    )
+    allocations, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.tag == _EventType.Allocation:
+            allocations.append((node.start_time_ns, node.extra_fields.ptr, node.extra_fields.alloc_size))
+    live: dict[int, int] = {}
     running = peak = 0
-    for e in events:
-        running += e.nbytes()
+    for _, ptr, size in sorted(allocations):
+        if size > 0:
+            live[ptr] = size
+            running += size
+        elif ptr in live:
+            running -= live.pop(ptr)
         peak = max(peak, running)
     return peak
 

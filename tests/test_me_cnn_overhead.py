@@ -24,6 +24,16 @@ def test_profiler_peak_counts_the_step_allocations():
     assert 4 * 2**20 <= peak < 5 * 2**20
 
 
+def test_profiler_peak_ignores_frees_of_blocks_from_before_the_step():
+    held = [torch.empty(1024, 1024)]  # 4 MiB allocated before the window, like last step's gradients
+
+    def free_then_allocate():
+        held.clear()
+        return torch.empty(256, 1024)  # 1 MiB
+
+    assert overhead._step_peak_bytes(free_then_allocate) == 2**20
+
+
 def test_measure_case_and_results_file(tmp_path, monkeypatch):
     case = {"backbone": lambda: SmallCNN(spatial_dims=3, channels=(4, 8)), "me_kwargs": {}}
     res = overhead.measure_case(case, batch=2, size=16, repeats=2, inference_repeats=2, steps=1, seed=0)
