@@ -13,10 +13,12 @@ The results follow the benchmark contract of the design brief (section 6)::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -40,6 +42,7 @@ __all__ = [
     "announce_plan",
     "Comparison",
     "run_seeds",
+    "saved_rows",
     "summarize_rows",
     "per_seed_values",
     "paired_comparisons",
@@ -153,15 +156,55 @@ class Comparison:
 Row = Mapping[str, Mapping[str, float]]  # one seed's results: {model: {metric: value}}
 
 
-def run_seeds(seeds: Sequence[int], run_seed: Callable[[int], Row], log: Callable[[str], Any] = print) -> list[Row]:
-    """Call ``run_seed(seed)`` for every seed, in order, with a progress line after each; return the per-seed rows."""
+def run_seeds(
+    seeds: Sequence[int],
+    run_seed: Callable[[int], Row],
+    log: Callable[[str], Any] = print,
+    checkpoint: str | Path | None = None,
+    run_key: str | None = None,
+) -> list[Row]:
+    """Call ``run_seed(seed)`` for every seed, in order, with a progress line after each; return the per-seed rows.
+
+    With ``checkpoint`` (a JSON-lines file) each finished seed's row is appended to it under ``run_key``, and seeds
+    already recorded there under the same key are reused instead of rerun, so a long run that is cut off resumes
+    where it stopped. The key must identify the code and the plan (see :func:`run_benchmark`); rows recorded under
+    any other key are ignored.
+    """
+    path = Path(checkpoint) if checkpoint is not None else None
+    done = saved_rows(path, run_key) if path is not None else {}
     rows, start = [], time.perf_counter()
     for i, seed in enumerate(seeds):
         t0 = time.perf_counter()
+        if seed in done:
+            rows.append(done[seed])
+            log(f"seed {seed} reused from {path} ({i + 1}/{len(seeds)})")
+            continue
         rows.append(run_seed(seed))
+        if path is not None and run_key is not None:
+            with path.open("a") as f:
+                f.write(json.dumps({"key": run_key, "seed": int(seed), "row": rows[-1]}) + "\n")
         now = time.perf_counter()
         log(f"seed {seed} done ({i + 1}/{len(seeds)}) in {now - t0:.0f} s, {now - start:.0f} s in all")
     return rows
+
+
+def saved_rows(checkpoint: str | Path, run_key: str | None) -> dict[int, Row]:
+    """The rows a checkpoint holds for ``run_key``, by seed (none for a missing file or a ``None`` key)."""
+    path = Path(checkpoint)
+    if run_key is None or not path.exists():
+        return {}
+    records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {int(r["seed"]): r["row"] for r in records if r.get("key") == run_key}
+
+
+def _resume_key(name: str, quick: bool, plan: Mapping[str, Any], seeds: Sequence[int]) -> str | None:
+    """Commit + mode + plan + seeds of a run, or ``None`` when the checkout is dirty or not a git checkout (then the
+    code that produced saved rows cannot be told apart and nothing is resumed)."""
+    commit = _git_commit()
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        return None
+    blob = json.dumps([name, bool(quick), plan, [int(s) for s in seeds]], sort_keys=True, default=str)
+    return f"{commit}:{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
 def summarize_rows(
@@ -514,12 +557,16 @@ def run_benchmark(
     out = DEFAULT_OUT if out_dir is None else Path(out_dir)
     announce_plan(name, quick, plan, seeds, out)
     start = time.perf_counter()
-    rows = run_seeds(seeds, run_seed, log)
+    checkpoint, key = out / f"{name}.rows.jsonl", _resume_key(name, quick, plan, seeds)
+    resumed = sorted(set(saved_rows(checkpoint, key)) & {int(s) for s in seeds})
+    rows = run_seeds(seeds, run_seed, log, checkpoint=checkpoint, run_key=key)
     models = summarize_rows(rows, seen, unseen, order)
     if derive is not None:
         derive(models, rows)
     cfg = {**(config() if callable(config) else config), "wall_seconds": round(time.perf_counter() - start, 1)}
-    return write_results(
+    if resumed:  # their time is not in wall_seconds
+        cfg["resumed_seeds"] = resumed
+    results = write_results(
         name,
         quick,
         metric,
@@ -534,3 +581,5 @@ def run_benchmark(
         comparisons=comparisons,
         splits={k: v for k, v in ((seen, "seen"), (unseen, "unseen")) if k is not None},
     )
+    checkpoint.unlink(missing_ok=True)  # the results file now holds every row
+    return results

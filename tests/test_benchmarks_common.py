@@ -75,3 +75,33 @@ def test_run_benchmark_rows_summaries_planned_comparisons_and_generated_notes(tm
     assert header == "| model | seen auroc | unseen auroc | mse |"
     with pytest.raises(KeyError, match="'me' is missing"):
         summarize_rows([run_seed(0), {"conventional": run_seed(1)["conventional"]}], "seen_auroc", "unseen_auroc")
+
+
+def test_a_cut_off_run_resumes_from_its_checkpoint_and_only_under_the_same_key(tmp_path):
+    from benchmarks._common import run_seeds
+
+    checkpoint, calls = tmp_path / "toy.rows.jsonl", []
+
+    def run_seed(seed):
+        calls.append(seed)
+        if seed == 2 and len(calls) == 3:
+            raise KeyboardInterrupt  # the session ends during seed 2
+        return {"me": {"seen_auroc": 0.5 + seed / 10}}
+
+    with pytest.raises(KeyboardInterrupt):
+        run_seeds([0, 1, 2], run_seed, log=lambda _: None, checkpoint=checkpoint, run_key="k1")
+    rows = run_seeds([0, 1, 2], run_seed, log=lambda _: None, checkpoint=checkpoint, run_key="k1")
+    assert calls == [0, 1, 2, 2]  # seeds 0 and 1 were reused, 2 was run again
+    assert [r["me"]["seen_auroc"] for r in rows] == pytest.approx([0.5, 0.6, 0.7])
+    run_seeds([0, 1], run_seed, log=lambda _: None, checkpoint=checkpoint, run_key="other code or plan")
+    assert calls[-2:] == [0, 1]  # rows saved under another key are never reused
+
+
+def test_no_resume_from_a_dirty_checkout(monkeypatch):
+    from benchmarks import _common
+
+    monkeypatch.setattr(_common, "_git_commit", lambda: "0123456789abcdef0123456789abcdef01234567+dirty")
+    assert _common._resume_key("toy", False, {"seeds": "0..2"}, [0, 1, 2]) is None
+    monkeypatch.setattr(_common, "_git_commit", lambda: "0123456789abcdef0123456789abcdef01234567")
+    key = _common._resume_key("toy", False, {"seeds": "0..2"}, [0, 1, 2])
+    assert key is not None and key != _common._resume_key("toy", False, {"seeds": "0..3"}, [0, 1, 2])
