@@ -53,10 +53,6 @@ PLAN = {
 }
 
 
-def _spec(settings: Mapping[str, Any]) -> dict[str, Any]:
-    return {"kind": "multimodal", "inputs": mm.MODALITIES, **settings}
-
-
 def evaluate_candidate(cfg: dict[str, Any], cache_dir: str, settings: Mapping[str, Any], seed: int) -> dict[str, float]:
     """Train one candidate on five training sites of cohort ``seed`` and score it on the sixth."""
     data = mm.load_cohort(cfg, seed, cache_dir)
@@ -67,7 +63,7 @@ def evaluate_candidate(cfg: dict[str, Any], cache_dir: str, settings: Mapping[st
     train_idx = np.flatnonzero((split == "training") & np.isin(site, vocab.sites))
     val_idx = np.flatnonzero((split == "validation") & np.isin(site, vocab.sites))
     held_idx = np.flatnonzero((split != "test") & (site == held))
-    spec = _spec(settings)
+    spec = mm.multimodal_spec(settings)
     net, _ = mm.train_model(spec, cfg, mm._items(data, train_idx, spec["inputs"], flair, vocab), vocab.num_sites, seed)
     held_items = mm._items(data, held_idx, spec["inputs"], flair, vocab)  # unknown site -> population (z = 0)
     y_held = data["label"][held_idx]
