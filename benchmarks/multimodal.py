@@ -77,6 +77,7 @@ __all__ = [
     "selected_multimodal_spec",
     "multimodal_spec",
     "default_config",
+    "cohort_cache",
     "load_cohort",
     "train_model",
     "predict",
@@ -134,6 +135,14 @@ def default_config(quick: bool = False) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------------------- data
+def cohort_cache(cache_dir: str | None = None) -> str:
+    """The folder of the generated cohorts (created if needed): ``cache_dir``, or by default one temporary folder that
+    this benchmark and ``benchmarks.multimodal_selection`` share."""
+    cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "monai_medl_benchmarks", NAME)
+    os.makedirs(cache_dir, exist_ok=True)
+    return cache_dir
+
+
 def load_cohort(cfg: dict[str, Any], seed: int, cache_dir: str) -> dict[str, Any]:
     """Generate (once) the two-contrast cohort of ``seed`` and load it into memory at ``cfg["spatial_size"]``.
 
@@ -446,8 +455,7 @@ def run(quick: bool = False, out_dir=None, cache_dir: str | None = None, log=pri
     """Run the benchmark and write ``<out_dir>/multimodal.json`` and ``.md``."""
     torch.set_num_threads(1)
     cfg = default_config(quick)
-    cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "monai_medl_benchmarks", NAME)
-    os.makedirs(cache_dir, exist_ok=True)
+    cache_dir = cohort_cache(cache_dir)
     chosen, spec = selected_multimodal_spec()
     specs = {**MODELS, "me_multimodal": spec}  # the module's MODELS keep the default spec
     cfg["me_multimodal_selection"] = chosen
