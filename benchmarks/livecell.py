@@ -560,7 +560,7 @@ def selected_normalisation(results_dir=None) -> tuple[str, dict]:
     only)."""
     from benchmarks.selection import load_choice
 
-    return load_choice("livecell_selection", **({} if results_dir is None else {"results_dir": results_dir}))
+    return load_choice("livecell_selection", results_dir)
 
 
 def main(argv: list[str] | None = None) -> dict:

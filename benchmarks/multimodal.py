@@ -439,9 +439,7 @@ def selected_multimodal_spec(results_dir=None) -> tuple[str, dict[str, Any]]:
     """``(candidate, model spec)`` of ``me_multimodal``: the settings ``benchmarks.multimodal_selection`` chose."""
     from benchmarks.selection import load_choice
 
-    chosen, settings = load_choice(
-        "multimodal_selection", **({} if results_dir is None else {"results_dir": results_dir})
-    )
+    chosen, settings = load_choice("multimodal_selection", results_dir)
     return chosen, multimodal_spec(settings)
 
 

@@ -188,12 +188,13 @@ def run_selection(
     )
 
 
-def load_choice(name: str, results_dir: str | Path = DEFAULT_OUT) -> tuple[str, dict[str, Any]]:
-    """``(chosen candidate, its settings)`` recorded by the selection run ``name`` (a full run, not ``--quick``).
+def load_choice(name: str, results_dir: str | Path | None = None) -> tuple[str, dict[str, Any]]:
+    """``(chosen candidate, its settings)`` recorded by the selection run ``name`` (a full run, not ``--quick``) in
+    ``results_dir`` (default: ``benchmarks/results``).
 
     Raises a ValueError naming the file when the run is missing, unfinished or quick.
     """
-    path = Path(results_dir) / f"{name}.json"
+    path = Path(DEFAULT_OUT if results_dir is None else results_dir) / f"{name}.json"
     if not path.is_file():
         raise ValueError(f"{path} does not exist: run `python -m benchmarks.{name}` first (it chooses the settings).")
     record = json.loads(path.read_text())
