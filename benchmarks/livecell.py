@@ -56,6 +56,8 @@ Run ``python -m benchmarks.livecell [--quick] [--out DIR]``.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -417,19 +419,28 @@ def _grid_models(configs: list[dict]) -> dict[str, tuple[int, float]]:
     }
 
 
-def run_seed(seed: int, epochs: int, tiles_per_batch: int, selection: dict | None = None) -> dict:
+def run_seed(
+    seed: int,
+    epochs: int,
+    tiles_per_batch: int,
+    selection: dict | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> dict:
     """Train and evaluate every model on the data of ``seed``: ``{model: {metric: value}}``.
 
-    ``selection``, when given, receives under ``seed`` the validation read-outs of every grid configuration and the
-    configuration each grid model chose (``{"grid": [...], "me": {...}, "me_auroc_selected": {...}, ...}``).
+    ``settings`` override :data:`DEFAULTS` for every model (``main`` passes the normalisation that
+    ``benchmarks.livecell_selection`` chose). ``selection``, when given, receives under ``seed`` the validation
+    read-outs of every grid configuration and the configuration each grid model chose (``{"grid": [...], "me": {...},
+    "me_auroc_selected": {...}, ...}``).
     """
+    settings = dict(settings or {})
     data = make_livecell(tiles_per_batch=tiles_per_batch, seed=seed)
     per_model: dict[str, dict[str, float]] = {}
     for name, spec in MODELS.items():
         if name not in GRID_MODELS:
-            net, hist = train_model(data, epochs=epochs, seed=seed, **spec)
+            net, hist = train_model(data, epochs=epochs, seed=seed, **spec, **settings)
             per_model[name] = _test_values(net, data, seed, hist["seconds"])
-    configs = train_grid(data, MODELS["me"], epochs, seed)
+    configs = train_grid(data, {**MODELS["me"], **settings}, epochs, seed)
     record = {"grid": [{k: v for k, v in c.items() if k != "net"} for c in configs]}
     for c in record["grid"]:
         print(
@@ -448,10 +459,17 @@ def run_seed(seed: int, epochs: int, tiles_per_batch: int, selection: dict | Non
     return {name: per_model[name] for name in MODELS}
 
 
-def run(quick: bool, seeds: list[int], epochs: int, tiles_per_batch: int, selection: dict | None = None) -> dict:
+def run(
+    quick: bool,
+    seeds: list[int],
+    epochs: int,
+    tiles_per_batch: int,
+    selection: dict | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> dict:
     """Every model for every seed (:func:`run_seed`); return the contract's ``models`` dict (every ``extra`` metric
     with its per-seed ``<metric>_values``). ``quick`` is kept for the call signature; the caller sets the sizes."""
-    rows = run_seeds(seeds, lambda seed: run_seed(seed, epochs, tiles_per_batch, selection))
+    rows = run_seeds(seeds, lambda seed: run_seed(seed, epochs, tiles_per_batch, selection, settings))
     return summarize_rows(rows, "seen_auroc", "unseen_auroc", list(MODELS))
 
 
@@ -542,7 +560,7 @@ def selected_normalisation(results_dir=None) -> tuple[str, dict]:
     only)."""
     from benchmarks.selection import load_choice
 
-    return load_choice("livecell_selection", **({} if results_dir is None else {"results_dir": results_dir}))
+    return load_choice("livecell_selection", results_dir)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -553,12 +571,11 @@ def main(argv: list[str] | None = None) -> dict:
     epochs = 8 if args.quick else 25
     tiles = 60 if args.quick else 100
     selection: dict[int, dict] = {}
-    normalisation, settings = selected_normalisation()
-    DEFAULTS.update(settings)  # every model is built from DEFAULTS
+    normalisation, settings = selected_normalisation()  # passed to every model; DEFAULTS stay the module's
 
     def config() -> dict:  # after the run: it records the choices of the selection rule
         return {
-            **{k: list(v) if isinstance(v, tuple) else v for k, v in DEFAULTS.items()},
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in {**DEFAULTS, **settings}.items()},
             "epochs": epochs,
             "tiles_per_batch": tiles,
             "num_batches": 8,
@@ -580,7 +597,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.quick,
         PLAN,
         seeds,
-        lambda seed: run_seed(seed, epochs, tiles, selection),
+        lambda seed: run_seed(seed, epochs, tiles, selection, settings),
         metric="auroc",
         seen="seen_auroc",
         unseen="unseen_auroc",

@@ -27,7 +27,7 @@ import torch
 
 from benchmarks import livecell as lc
 from benchmarks._common import benchmark_parser
-from benchmarks.selection import pseudo_unseen_cluster, run_selection
+from benchmarks.selection import pseudo_unseen_cluster, run_selection, selection_plan, selection_seeds
 from monai_medl.data.livecell import LiveCellData, make_livecell
 
 __all__ = ["CANDIDATES", "PLAN", "holdout_training_batch", "evaluate_candidate", "main"]
@@ -41,15 +41,15 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 MODELS = ("conventional", "me_no_adversary")
 SEEDS = (100, 101, 102, 103, 104)
-PLAN = {
-    "seeds": f"selection seeds {list(SEEDS)} (1 in quick mode: {SEEDS[0]}); disjoint from the headline seeds 0..9",
-    "splits": "per seed one of the six training batches held out as pseudo-unseen (rotating); the real unseen "
+PLAN = selection_plan(
+    SEEDS,
+    "0..9",
+    splits="per seed one of the six training batches held out as pseudo-unseen (rotating); the real unseen "
     "batches and all test tiles dropped; train on the other five batches' training tiles; score on the held-out "
     "batch's training + validation tiles",
-    "candidates": list(CANDIDATES),
-    "score": f"population reconstruction MSE x 1000 on the held-out batch, mean of {list(MODELS)} (lower is better)",
-    "decision_rule": "one-standard-error rule over selection seeds, candidates ordered simplest first",
-}
+    candidates=list(CANDIDATES),
+    score=f"population reconstruction MSE x 1000 on the held-out batch, mean of {list(MODELS)} (lower is better)",
+)
 
 
 def holdout_training_batch(data: LiveCellData, held: int) -> LiveCellData:
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = benchmark_parser(__doc__.splitlines()[0])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    seeds = list(SEEDS[:1] if args.quick else SEEDS)
+    seeds = selection_seeds(SEEDS, args.quick)
     epochs, tiles = (8, 60) if args.quick else (25, 100)  # as benchmarks.livecell
     config = {"epochs": epochs, "tiles_per_batch": tiles, "models": list(MODELS), "defaults": dict(lc.DEFAULTS)}
     return run_selection(

@@ -52,7 +52,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,7 +75,9 @@ from monai_medl.transforms import SiteVocabulary
 __all__ = [
     "MODELS",
     "selected_multimodal_spec",
+    "multimodal_spec",
     "default_config",
+    "cohort_cache",
     "load_cohort",
     "train_model",
     "predict",
@@ -133,6 +135,14 @@ def default_config(quick: bool = False) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------------------- data
+def cohort_cache(cache_dir: str | None = None) -> str:
+    """The folder of the generated cohorts (created if needed): ``cache_dir``, or by default one temporary folder that
+    this benchmark and ``benchmarks.multimodal_selection`` share."""
+    cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "monai_medl_benchmarks", NAME)
+    os.makedirs(cache_dir, exist_ok=True)
+    return cache_dir
+
+
 def load_cohort(cfg: dict[str, Any], seed: int, cache_dir: str) -> dict[str, Any]:
     """Generate (once) the two-contrast cohort of ``seed`` and load it into memory at ``cfg["spatial_size"]``.
 
@@ -300,8 +310,11 @@ def _train_fallback(spec, cfg, data, train_idx, flair, vocab, trained, seed) -> 
 
 
 # ------------------------------------------------------------------------------------------------------ protocol
-def run_seed(cfg: dict[str, Any], seed: int, cache_dir: str, log=print) -> dict[str, dict[str, float]]:
-    """Every model in both scenarios for one seed: ``{model_key: {metric: value}}``."""
+def run_seed(
+    cfg: dict[str, Any], seed: int, cache_dir: str, log=print, specs: Mapping[str, dict[str, Any]] = MODELS
+) -> dict[str, dict[str, float]]:
+    """Every model in both scenarios for one seed: ``{model_key: {metric: value}}``; ``specs`` are the model specs by
+    name (:data:`MODELS`, with the selected ``me_multimodal`` in :func:`run`)."""
     data = load_cohort(cfg, seed, cache_dir)
     vocab = SiteVocabulary(data["seen_sites"].tolist())
     num_sites = vocab.num_sites
@@ -312,8 +325,8 @@ def run_seed(cfg: dict[str, Any], seed: int, cache_dir: str, log=print) -> dict[
         flair = has_flair(data, scenario, cfg["missing_site"])
         suffix = "" if scenario == "complete" else "+missing_site"
         trained: dict[str, torch.nn.Module] = {}
-        for name in cfg.get("models", MODELS):
-            spec = MODELS[name]
+        for name in cfg.get("models", specs):
+            spec = specs[name]
             key = name + suffix
             if name == "me_t1" and scenario != "complete":
                 results[key] = dict(results[name])  # T1 data are identical in both scenarios
@@ -426,31 +439,34 @@ def selected_multimodal_spec(results_dir=None) -> tuple[str, dict[str, Any]]:
     """``(candidate, model spec)`` of ``me_multimodal``: the settings ``benchmarks.multimodal_selection`` chose."""
     from benchmarks.selection import load_choice
 
-    chosen, settings = load_choice(
-        "multimodal_selection", **({} if results_dir is None else {"results_dir": results_dir})
-    )
-    return chosen, {"kind": "multimodal", "inputs": MODALITIES, **settings}
+    chosen, settings = load_choice("multimodal_selection", results_dir)
+    return chosen, multimodal_spec(settings)
+
+
+def multimodal_spec(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The model spec of a multimodal network on both contrasts with a selection candidate's ``settings`` (fusion,
+    modality dropout options, warm-up)."""
+    return {"kind": "multimodal", "inputs": MODALITIES, **settings}
 
 
 def run(quick: bool = False, out_dir=None, cache_dir: str | None = None, log=print) -> dict[str, Any]:
     """Run the benchmark and write ``<out_dir>/multimodal.json`` and ``.md``."""
     torch.set_num_threads(1)
     cfg = default_config(quick)
-    cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "monai_medl_benchmarks", NAME)
-    os.makedirs(cache_dir, exist_ok=True)
+    cache_dir = cohort_cache(cache_dir)
     chosen, spec = selected_multimodal_spec()
-    MODELS["me_multimodal"] = spec
+    specs = {**MODELS, "me_multimodal": spec}  # the module's MODELS keep the default spec
     cfg["me_multimodal_selection"] = chosen
     return run_benchmark(
         NAME,
         quick,
         PLAN,
         cfg["seeds"],
-        lambda seed: run_seed(cfg, seed, cache_dir, log),
+        lambda seed: run_seed(cfg, seed, cache_dir, log, specs=specs),
         metric="auroc",
         seen="seen_auroc",
         unseen="unseen_auroc",
-        config={**cfg, "models": MODELS},
+        config={**cfg, "models": specs},
         comparisons=COMPARISONS,
         order=TABLE_ORDER + [f"{m}+missing_site" for m in TABLE_ORDER],
         notes=NOTES,

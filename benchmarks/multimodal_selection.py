@@ -17,8 +17,6 @@ multimodal bundle take the chosen settings from ``benchmarks/results/multimodal_
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,7 +25,7 @@ import torch
 
 from benchmarks import multimodal as mm
 from benchmarks._common import benchmark_parser
-from benchmarks.selection import pseudo_unseen_cluster, run_selection
+from benchmarks.selection import pseudo_unseen_cluster, run_selection, selection_plan, selection_seeds
 from monai_medl.transforms import SiteVocabulary
 
 __all__ = ["CANDIDATES", "PLAN", "evaluate_candidate", "main"]
@@ -42,19 +40,15 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "early_dropout_warmup": {"fusion": "early", "options": DROPOUT, "dropout_warmup": 0.6},
 }
 SEEDS = (100, 101, 102, 103, 104)
-PLAN = {
-    "seeds": f"selection seeds {list(SEEDS)} (1 in quick mode: {SEEDS[0]}); disjoint from the headline seeds 0..19",
-    "splits": "per seed one of the six training sites held out as pseudo-unseen (rotating); train on the training "
+PLAN = selection_plan(
+    SEEDS,
+    "0..19",
+    splits="per seed one of the six training sites held out as pseudo-unseen (rotating); train on the training "
     "split of the other five; score on the held-out site's training + validation subjects; no test split, no "
     "unseen site",
-    "candidates": list(CANDIDATES),
-    "score": "mean of pseudo-unseen AUROC with both contrasts and with FLAIR withheld (population prediction)",
-    "decision_rule": "one-standard-error rule over selection seeds, candidates ordered simplest first",
-}
-
-
-def _spec(settings: Mapping[str, Any]) -> dict[str, Any]:
-    return {"kind": "multimodal", "inputs": mm.MODALITIES, **settings}
+    candidates=list(CANDIDATES),
+    score="mean of pseudo-unseen AUROC with both contrasts and with FLAIR withheld (population prediction)",
+)
 
 
 def evaluate_candidate(cfg: dict[str, Any], cache_dir: str, settings: Mapping[str, Any], seed: int) -> dict[str, float]:
@@ -67,7 +61,7 @@ def evaluate_candidate(cfg: dict[str, Any], cache_dir: str, settings: Mapping[st
     train_idx = np.flatnonzero((split == "training") & np.isin(site, vocab.sites))
     val_idx = np.flatnonzero((split == "validation") & np.isin(site, vocab.sites))
     held_idx = np.flatnonzero((split != "test") & (site == held))
-    spec = _spec(settings)
+    spec = mm.multimodal_spec(settings)
     net, _ = mm.train_model(spec, cfg, mm._items(data, train_idx, spec["inputs"], flair, vocab), vocab.num_sites, seed)
     held_items = mm._items(data, held_idx, spec["inputs"], flair, vocab)  # unknown site -> population (z = 0)
     y_held = data["label"][held_idx]
@@ -89,9 +83,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cfg = mm.default_config(args.quick)
-    seeds = list(SEEDS[:1] if args.quick else SEEDS)
-    cache_dir = args.cache or os.path.join(tempfile.gettempdir(), "monai_medl_benchmarks", "multimodal")
-    os.makedirs(cache_dir, exist_ok=True)
+    seeds = selection_seeds(SEEDS, args.quick)
+    cache_dir = mm.cohort_cache(args.cache)
     config = {k: v for k, v in cfg.items() if k != "seeds"}
     return run_selection(
         NAME,

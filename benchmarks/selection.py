@@ -26,7 +26,51 @@ import numpy as np
 
 from benchmarks._common import DEFAULT_OUT, announce_plan, summarize, write_results
 
-__all__ = ["pseudo_unseen_cluster", "one_standard_error_choice", "run_selection", "load_choice"]
+__all__ = [
+    "DECISION_RULE",
+    "selection_plan",
+    "selection_seeds",
+    "pseudo_unseen_cluster",
+    "one_standard_error_choice",
+    "run_selection",
+    "load_choice",
+]
+
+DECISION_RULE = "one-standard-error rule over selection seeds, candidates ordered simplest first"
+"""The plan's decision rule of every selection run (:func:`one_standard_error_choice` in :func:`run_selection`)."""
+
+
+def selection_seeds(seeds: Sequence[int], quick: bool) -> list[int]:
+    """The selection seeds of a run: all of ``seeds``, or the first one in quick mode (what :func:`selection_plan`
+    announces).
+
+    Example::
+
+        >>> selection_seeds((100, 101, 102), quick=True)
+        [100]
+    """
+    return list(seeds[:1] if quick else seeds)
+
+
+def selection_plan(
+    seeds: Sequence[int], headline_seeds: str, splits: str, candidates: Sequence[str], score: str
+) -> dict[str, Any]:
+    """The pre-registered plan of a selection run: its seeds (disjoint from the headline run's ``headline_seeds``),
+    ``splits``, ``candidates`` (simplest first), ``score`` and the one-standard-error :data:`DECISION_RULE`.
+
+    Example::
+
+        >>> selection_plan((100, 101), "0..9", "one training batch held out", ["a", "b"], "MSE")["seeds"]
+        'selection seeds [100, 101] (1 in quick mode: 100); disjoint from the headline seeds 0..9'
+    """
+    return {
+        "seeds": f"selection seeds {list(seeds)} (1 in quick mode: {seeds[0]}); disjoint from the headline seeds "
+        f"{headline_seeds}",
+        "splits": splits,
+        "candidates": list(candidates),
+        "score": score,
+        "decision_rule": DECISION_RULE,
+    }
 
 
 def pseudo_unseen_cluster(training_clusters: Sequence[str], seed: int) -> str:
@@ -144,12 +188,13 @@ def run_selection(
     )
 
 
-def load_choice(name: str, results_dir: str | Path = DEFAULT_OUT) -> tuple[str, dict[str, Any]]:
-    """``(chosen candidate, its settings)`` recorded by the selection run ``name`` (a full run, not ``--quick``).
+def load_choice(name: str, results_dir: str | Path | None = None) -> tuple[str, dict[str, Any]]:
+    """``(chosen candidate, its settings)`` recorded by the selection run ``name`` (a full run, not ``--quick``) in
+    ``results_dir`` (default: ``benchmarks/results``).
 
     Raises a ValueError naming the file when the run is missing, unfinished or quick.
     """
-    path = Path(results_dir) / f"{name}.json"
+    path = Path(DEFAULT_OUT if results_dir is None else results_dir) / f"{name}.json"
     if not path.is_file():
         raise ValueError(f"{path} does not exist: run `python -m benchmarks.{name}` first (it chooses the settings).")
     record = json.loads(path.read_text())

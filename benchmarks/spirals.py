@@ -233,7 +233,8 @@ def run_fold(
 ) -> dict[str, dict[str, float]]:
     """Train every model on ``train_idx``; score it on ``test_idx`` (seen) and ``unseen_idx`` (unseen clusters).
 
-    Returns ``{model: {"seen_acc", "seen_auc", "unseen_acc", "unseen_auc", "seconds", ["probe_share"]}}``.
+    Returns ``{model: {"seen_accuracy", "seen_auroc", "unseen_accuracy", "unseen_auroc", "collapsed", "seconds",
+    "cpu_seconds", ...}}`` (``"probe_share"`` on the confounded variant).
     """
     remap = {c: i for i, c in enumerate(seen_clusters)}
     k = len(seen_clusters)
@@ -257,7 +258,7 @@ def run_fold(
     def record(name, p_seen, p_unseen, clock: _Clock):
         acc_s, auc_s = _scores(y_te, p_seen, thr)
         acc_u, auc_u = _scores(y_un, p_unseen, thr)
-        out[name] = {"seen_acc": acc_s, "seen_auc": auc_s, "unseen_acc": acc_u, "unseen_auc": auc_u}
+        out[name] = {"seen_accuracy": acc_s, "seen_auroc": auc_s, "unseen_accuracy": acc_u, "unseen_auroc": auc_u}
         # a collapsed model predicts (almost) one class for everything
         out[name]["collapsed"] = float(not 0.05 <= float(np.mean(p_seen >= thr)) <= 0.95)
         out[name].update(seconds=clock.wall, cpu_seconds=clock.cpu)
@@ -315,7 +316,7 @@ def run_fold(
         _prob(predict_tabular(me, x[un], z_hat[un])),
         clocks["me"] + zp_clock,
     )
-    out["me_inferred_z"]["z_predictor_accuracy_seen"] = float((z_hat[te].argmax(1) == site[te]).float().mean())
+    out["me_inferred_z"]["seen_z_predictor_accuracy"] = float((z_hat[te].argmax(1) == site[te]).float().mean())
     # traditional: gradient boosting on the same features
     with threadpool_limits(1):
         hgb = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, early_stopping=False, random_state=seed)
@@ -380,28 +381,29 @@ def run_variant_repeat(data: SpiralData, cfg: dict[str, Any], r: int, seed: int,
         fold_results.append(res)
         log(
             f"[{variant}] repeat {r} (seed {seed}, unseen {held}) fold {f}: "
-            + ", ".join(f"{m} {res[m]['seen_acc']:.3f}/{res[m]['unseen_acc']:.3f}" for m in MODELS)
+            + ", ".join(f"{m} {res[m]['seen_accuracy']:.3f}/{res[m]['unseen_accuracy']:.3f}" for m in MODELS)
         )
     return {m: {k: float(np.mean([fr[m][k] for fr in fold_results])) for k in fold_results[0][m]} for m in MODELS}
 
 
-# results keys of the per-repeat fold means; the confounded variant's carry the prefix "confounded_"
+# results keys of the per-repeat fold means (the split first, as in every benchmark: seen_auroc, unseen_auroc);
+# the confounded variant's carry the prefix "confounded_"
 MEASURES = {
-    "seen_acc": "accuracy_seen",
-    "unseen_acc": "accuracy_unseen",
-    "seen_auc": "auroc_seen",
-    "unseen_auc": "auroc_unseen",
+    "seen_accuracy": "seen_accuracy",
+    "unseen_accuracy": "unseen_accuracy",
+    "seen_auroc": "seen_auroc",
+    "unseen_auroc": "unseen_auroc",
     "collapsed": "collapsed_fold_rate",
     "seconds": "time_per_fold_s",
     "cpu_seconds": "cpu_time_per_fold_s",
-    "z_predictor_accuracy_seen": "z_predictor_accuracy_seen",
+    "seen_z_predictor_accuracy": "seen_z_predictor_accuracy",
     "boost_rounds": "gpboost_boost_rounds",
 }
 CONFOUNDED_MEASURES = {
-    "seen_acc": "confounded_accuracy_seen",
-    "unseen_acc": "confounded_accuracy_unseen",
-    "seen_auc": "confounded_auroc_seen",
-    "unseen_auc": "confounded_auroc_unseen",
+    "seen_accuracy": "confounded_seen_accuracy",
+    "unseen_accuracy": "confounded_unseen_accuracy",
+    "seen_auroc": "confounded_seen_auroc",
+    "unseen_auroc": "confounded_unseen_auroc",
     "probe_share": "confounded_probe_attribution_share",
 }
 
@@ -422,15 +424,15 @@ def run_repeat(cfg: dict[str, Any], datasets: dict[str, SpiralData], r: int, log
 
 
 def _accuracy_sd(models: dict[str, Any], rows) -> None:
-    """``accuracy_seen_sd``: s.d. of the per-repeat seen accuracy over repeats (0 with one repeat)."""
+    """``seen_accuracy_sd``: s.d. of the per-repeat seen accuracy over repeats (0 with one repeat)."""
     for entry in models.values():
         values = entry["seen"]["values"]
-        entry["extra"]["accuracy_seen_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        entry["extra"]["seen_accuracy_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 COMPARISONS = (
-    Comparison("me", "accuracy_seen", "conventional"),
-    Comparison("me", "accuracy_unseen", "conventional"),
+    Comparison("me", "seen_accuracy", "conventional"),
+    Comparison("me", "unseen_accuracy", "conventional"),
     Comparison("me", "confounded_probe_attribution_share", "conventional", higher_is_better=False),
     Comparison("me", "confounded_probe_attribution_share", "domain_adversarial", higher_is_better=False),
 )
@@ -438,29 +440,29 @@ COMPARISONS = (
 
 
 RANDOM_RADIUS_COLUMNS = [
-    "auroc_seen",
-    "auroc_unseen",
-    "accuracy_seen_sd",
+    "seen_auroc",
+    "unseen_auroc",
+    "seen_accuracy_sd",
     "collapsed_fold_rate",
-    "z_predictor_accuracy_seen",
+    "seen_z_predictor_accuracy",
 ]
 TIME_COLUMNS = ["time_per_fold_s", "time_per_epoch_s", "cpu_time_per_fold_s"]
 CONFOUNDED_COLUMNS = [
-    "confounded_accuracy_seen",
-    "confounded_accuracy_unseen",
-    "confounded_auroc_seen",
-    "confounded_auroc_unseen",
+    "confounded_seen_accuracy",
+    "confounded_unseen_accuracy",
+    "confounded_seen_auroc",
+    "confounded_unseen_auroc",
     "confounded_probe_attribution_share",
 ]
 
 NOTES = """
 How to read: `seen`/`unseen` = accuracy (threshold 0.5) on held-out samples of the 8 training clusters / on the two
-clusters never seen in training. `accuracy_seen_sd` = s.d. of the per-repeat seen accuracy over repeats;
+clusters never seen in training. `seen_accuracy_sd` = s.d. of the per-repeat seen accuracy over repeats;
 `collapsed_fold_rate` = share of fold models predicting one class for more than 95% of the seen test fold.
 Times: training of one fold model (data-dependent init + 10 epochs), wall clock and CPU (process) seconds, one torch
 thread, on a 2-core machine shared with other jobs (wall time is inflated by contention; CPU time less so).
 `me_randomized_z` and `me_inferred_z` reuse the `me` networks (the latter's time adds the z-predictor's).
-`z_predictor_accuracy_seen`: accuracy of the cluster predictor on the seen test fold (chance 1/8).
+`seen_z_predictor_accuracy`: accuracy of the cluster predictor on the seen test fold (chance 1/8).
 Confounded variant: per-cluster prevalence ~N(0.5, 0.3^2) clipped to [0.1, 0.9] and two probe features
 ~N(prevalence, 0.2^2); `confounded_probe_attribution_share` = share of mean |d logit_F / d x| (standardised inputs,
 seen test fold) carried by the probe features in each model's fixed-effects path (lower = less reliance on the
@@ -500,8 +502,8 @@ def run(
         list(range(cfg["repeats"])),
         lambda r: run_repeat(cfg, datasets, r, log),
         metric="accuracy",
-        seen="accuracy_seen",
-        unseen="accuracy_unseen",
+        seen="seen_accuracy",
+        unseen="unseen_accuracy",
         config=cfg,
         comparisons=[c for c in COMPARISONS if confounded or not c.metric.startswith("confounded_")],
         order=MODELS,
@@ -564,19 +566,19 @@ def run_reference_protocol(
             "seen": summarize([float(np.mean(s)) for s in per_seed]),
             "unseen": None,
             "extra": {
-                "min_fold_accuracy": min(flat),
-                "folds_below_0.70": sum(a < 0.70 for a in flat),
-                "fold_accuracies": flat,
+                "seen_min_fold_accuracy": min(flat),
+                "seen_folds_below_0.70": sum(a < 0.70 for a in flat),
+                "seen_fold_accuracies": flat,
             },
         }
     config = {**cfg, "protocol": "reference", "seeds": seeds, "folds_run": folds_run}
     notes = (
         "seen = accuracy on the held-out fold (all 10 clusters are training clusters, z one-hot for me), mean over "
-        "folds per seed, t-interval over seeds; min_fold_accuracy over every fold of every seed."
+        "folds per seed, t-interval over seeds; seen_min_fold_accuracy over every fold of every seed."
     )
     return write_results(
         name, quick, "accuracy", len(seeds), models, config, seeds, notes=notes, plan=REFERENCE_PLAN,
-        extra_tables=[("", ["min_fold_accuracy", "folds_below_0.70"])], **kwargs,
+        extra_tables=[("", ["seen_min_fold_accuracy", "seen_folds_below_0.70"])], **kwargs,
     )  # fmt: skip
 
 

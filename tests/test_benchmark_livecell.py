@@ -187,3 +187,29 @@ def test_run_applies_both_rules_to_one_trained_grid():
         "me_ce_objective",
     }
     assert models["me"]["extra"]["batch_probe_acc_values"] == [models["me"]["extra"]["batch_probe_acc"]]
+
+
+def test_main_passes_the_selected_normalisation_to_every_model_without_changing_defaults(monkeypatch):
+    """The selection run's choice reaches the models and the results' config as an argument; DEFAULTS stay as they
+    are (the benchmark used to write the choice into the module's DEFAULTS)."""
+    import benchmarks.livecell as lc
+
+    defaults = dict(lc.DEFAULTS)
+    chosen = {"norm": "batch", "reversible_norm": False}
+    calls, captured = [], {}
+    monkeypatch.setattr(lc, "selected_normalisation", lambda: ("batch_norm", dict(chosen)))
+    monkeypatch.setattr(lc, "make_livecell", lambda tiles_per_batch, seed: None)
+    monkeypatch.setattr(lc, "train_model", lambda data, epochs, seed, **kw: calls.append(kw) or (None, {"seconds": 1}))
+    monkeypatch.setattr(lc, "_test_values", lambda net, data, seed, seconds: {"seen_auroc": 0.5})
+    grid = [{"net": None, "objective": "ce", "adversary_lr": 5e-3, "seconds": 1, "val_auroc": 0.5, "val_auroc_se": 0.1}]
+    grid[0]["val_probe_acc"] = 0.2
+    monkeypatch.setattr(lc, "train_grid", lambda data, spec, epochs, seed: calls.append(spec) or grid)
+    monkeypatch.setattr(lc, "_grid_models", lambda configs: dict.fromkeys(lc.GRID_MODELS, (0, 1.0)))
+    monkeypatch.setattr(lc, "run_benchmark", lambda *args, **kw: captured.update(run_seed=args[4], config=kw["config"]))
+    lc.main(["--quick"])
+    assert set(captured["run_seed"](0)) == set(lc.MODELS)
+    assert len(calls) == len(lc.MODELS) - len(lc.GRID_MODELS) + 1  # the single models, then the grid's spec
+    assert all(kw["norm"] == "batch" and kw["reversible_norm"] is False for kw in calls)
+    config = captured["config"]()
+    assert (config["norm"], config["reversible_norm"]) == ("batch", False)
+    assert lc.DEFAULTS == defaults

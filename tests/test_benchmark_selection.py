@@ -32,6 +32,16 @@ def test_pseudo_unseen_cluster_rotates_over_training_clusters():
         selection.pseudo_unseen_cluster(["a", "b"], 0)
 
 
+def test_selection_plans_announce_the_seeds_the_runs_use():
+    for module in (livecell_selection, multimodal_selection):
+        plan, seeds = module.PLAN, module.SEEDS
+        assert list(plan) == ["seeds", "splits", "candidates", "score", "decision_rule"]
+        assert plan["decision_rule"] == selection.DECISION_RULE and plan["candidates"] == list(module.CANDIDATES)
+        quick = selection.selection_seeds(seeds, quick=True)
+        assert quick == [seeds[0]] and selection.selection_seeds(seeds, quick=False) == list(seeds)
+        assert plan["seeds"].startswith(f"selection seeds {list(seeds)} (1 in quick mode: {quick[0]}); disjoint")
+
+
 def test_run_selection_writes_plan_scores_and_choice(tmp_path):
     def evaluate(name, settings, seed):
         return {"score": settings["value"] + 0.01 * seed, "other": 1.0}

@@ -55,9 +55,18 @@ def test_run_writes_per_seed_extras_and_paired_markdown(tmp_path, monkeypatch):
     import benchmarks.multimodal as bench
 
     per_seed = _per_seed(1)
-    monkeypatch.setattr(bench, "run_seed", lambda cfg, seed, cache_dir, log: per_seed[0])
+    run_specs = []
+    monkeypatch.setattr(
+        bench, "run_seed", lambda cfg, seed, cache_dir, log, specs: run_specs.append(specs) or per_seed[0]
+    )
+    default_spec = dict(bench.MODELS["me_multimodal"])
     bench.run(quick=True, out_dir=tmp_path, cache_dir=str(tmp_path))
     results = json.loads((tmp_path / "multimodal.json").read_text())
+    # the selected me_multimodal reaches the run (and its record) as an argument; the module's MODELS are unchanged
+    selected = bench.selected_multimodal_spec()[1]
+    assert run_specs and all(specs["me_multimodal"] == selected for specs in run_specs)
+    assert results["config"]["models"]["me_multimodal"] == json.loads(json.dumps(selected))
+    assert bench.MODELS["me_multimodal"] == default_spec
     extra = results["models"]["me_multimodal"]["extra"]
     assert extra["unseen_t1_only_values"] == [per_seed[0]["me_multimodal"]["unseen_t1_only"]]
     assert "paired_unseen_auroc_minus_me_best_single_unseen_auroc_wins" in extra

@@ -67,3 +67,14 @@ def test_label_shift_dilates_and_erodes_grey_matter_only_inside_the_brain():
     thin = apply_label_shift(labels, -1)
     assert (thin == 2).sum() < (labels == 2).sum() and np.array_equal(thin == 0, labels == 0)
     assert np.array_equal(apply_label_shift(labels, 0), labels)
+
+
+def test_command_line_generates_the_same_cohort_as_the_function(tmp_path, capsys):
+    from monai_medl.data.segmentation_cohort import main
+
+    argv = ["--out", str(tmp_path / "cli"), "--num-subjects", "9", "--sites", "2", "--unseen-sites", "1", "--seed", "3"]
+    argv += ["--spatial-size", "16", "16", "16", "--spacing", "10", "10", "10", "--label-shift", "site_b=1"]
+    assert main(argv) == 0
+    assert "datalist.json" in capsys.readouterr().out
+    generate_segmentation_cohort(tmp_path / "fn", seed=3, label_shift={"site_b": 1}, **ARGS)
+    assert _digest(str(tmp_path / "cli")) == _digest(str(tmp_path / "fn"))

@@ -51,7 +51,8 @@ def test_tiny_run_writes_contract_json(tmp_path):
             assert s["mean"] == pytest.approx(sum(s["values"]) / 2) and s["ci95"][0] <= s["mean"] <= s["ci95"][1]
             assert s["ci95"][1] - s["ci95"][0] > 0 or s["values"][0] == s["values"][1]  # a t-interval over 2 repeats
         extra = entry["extra"]
-        assert {"auroc_seen", "auroc_unseen", "time_per_fold_s", "confounded_accuracy_seen"} <= set(extra)
+        assert {"seen_auroc", "unseen_auroc", "time_per_fold_s", "confounded_seen_accuracy"} <= set(extra)
+        assert not [k for k in extra if k.endswith(("_seen", "_unseen"))]  # the split is a prefix, as elsewhere
         assert extra["time_per_fold_s"] > 0
         assert ("confounded_probe_attribution_share" in extra) == (name not in ("traditional", "gpboost"))
     table = (tmp_path / "spirals.md").read_text()
@@ -92,7 +93,7 @@ def test_gpboost_row_is_trained_on_the_folds_of_the_other_models(monkeypatch):
     seen_groups, unseen_groups = seen_by["gpboost_predict"][0::2], seen_by["gpboost_predict"][1::2]
     assert all(not set(s.tolist()) & set(held) for s in seen_groups)
     assert all(set(u.tolist()) == set(held) for u in unseen_groups)  # unseen clusters enter as new levels
-    for key in ("seen_acc", "unseen_acc", "seen_auc", "unseen_auc"):
+    for key in ("seen_accuracy", "unseen_accuracy", "seen_auroc", "unseen_auroc"):
         assert 0.0 <= row["gpboost"][key] <= 1.0
 
 
@@ -118,8 +119,8 @@ def test_reference_protocol_reports_every_fold_and_the_minimum(tmp_path):
     res = spirals.run_reference_protocol(quick=True, out_dir=tmp_path, config=small, log=lambda _: None)
     assert set(res["models"]) == {"conventional", "me"} and res["plan"] == spirals.REFERENCE_PLAN
     for entry in res["models"].values():
-        folds = entry["extra"]["fold_accuracies"]
-        assert len(folds) == 3 and entry["extra"]["min_fold_accuracy"] == min(folds)
-        assert entry["extra"]["folds_below_0.70"] == sum(a < 0.70 for a in folds)
+        folds = entry["extra"]["seen_fold_accuracies"]
+        assert len(folds) == 3 and entry["extra"]["seen_min_fold_accuracy"] == min(folds)
+        assert entry["extra"]["seen_folds_below_0.70"] == sum(a < 0.70 for a in folds)
         assert entry["seen"]["values"] == [pytest.approx(sum(folds) / 3)] and entry["unseen"] is None
-    assert "min_fold_accuracy" in (tmp_path / "spirals_reference.md").read_text()
+    assert "seen_min_fold_accuracy" in (tmp_path / "spirals_reference.md").read_text()

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import inspect
-import json
 import os
 import string
 import sys
@@ -44,10 +43,19 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from monai_medl.data.datalist import write_datalist
 from monai_medl.data.generated_folder import reuse_or_claim
 from monai_medl.data.splits import stratified_group_kfold
-from monai_medl.data.template import TissueTemplate, load_tissue_template, template_checksums
+from monai_medl.data.template import TissueTemplate, load_tissue_template
+from monai_medl.data.template_cohort import (
+    add_cohort_arguments,
+    check_grid,
+    check_num_subjects,
+    check_split_fractions,
+    cohort_arguments,
+    record_splits,
+    write_cohort_datalist,
+    write_ground_truth,
+)
 
 __all__ = [
     "MODALITY_KEYS",
@@ -200,10 +208,11 @@ def _subject_params(rng: np.random.Generator, label: int, strength: float) -> di
 
 
 class _Renderer:
-    """Renders subjects on one grid: holds the template, grid coordinates and bias-field basis."""
+    """Renders subjects on one grid: holds the template, grid affine and coordinates, and bias-field basis."""
 
     def __init__(self, template: TissueTemplate, affine: np.ndarray, spatial_size: Sequence[int]) -> None:
         self.tpl = template
+        self.affine = affine
         self.shape = tuple(int(s) for s in spatial_size)
         idx = np.indices(self.shape, dtype=np.float32).reshape(3, -1)
         self.world = (affine[:3, :3] @ idx + affine[:3, 3:4]).astype(np.float32).reshape((3, *self.shape))
@@ -214,6 +223,13 @@ class _Renderer:
             np.stack([ndimage.zoom(e, n / _CONTROL_POINTS, order=3, mode="nearest", grid_mode=True) for e in eye], 1)
             for n in self.shape
         ]
+
+    @classmethod
+    def on_grid(cls, spatial_size: Sequence[int], spacing: Sequence[float]) -> _Renderer:
+        """The renderer of a brain-centred grid of ``spatial_size`` voxels of ``spacing`` mm (every template cohort's
+        grid: the template resampled to ``spacing``, the grid centred on its brain)."""
+        template = load_tissue_template(spacing)
+        return cls(template, cohort_grid(spatial_size, spacing, template.center), spatial_size)
 
     def bias_field(self, c: np.ndarray) -> np.ndarray:
         """``exp`` of the 2nd-order polynomial with coefficients of x, y, z, P2(x), P2(y), P2(z), xy, xz, yz."""
@@ -392,12 +408,7 @@ def generate_mri_cohort(
     unknown = [m for m in modalities if m not in MODALITY_KEYS]
     if unknown:
         raise ValueError(f"unknown modalities {unknown}; choose from {sorted(MODALITY_KEYS)}.")
-    spatial_size = tuple(int(s) for s in spatial_size)
-    spacing = tuple(float(s) for s in spacing)
-    if len(spatial_size) != 3 or min(spatial_size) < 8 or len(spacing) != 3 or min(spacing) <= 0:
-        raise ValueError(
-            f"spatial_size needs 3 sizes >= 8 and spacing 3 positive values, got {spatial_size}, {spacing}."
-        )
+    spatial_size, spacing = check_grid(spatial_size, spacing)
     seen, unseen = _site_names(sites, unseen_sites)
     all_sites = seen + unseen
     missing = [str(s) for s in missing_modality_sites]
@@ -415,16 +426,10 @@ def generate_mri_cohort(
             raise ValueError(
                 f"prevalence needs one value in [0, 1] per seen site ({len(seen)}), got {list(prevalence)}."
             )
-    if int(num_subjects) < _MIN_PER_SITE * len(all_sites):
-        raise ValueError(
-            f"num_subjects={num_subjects} is too small for {len(all_sites)} sites "
-            f"(need at least {_MIN_PER_SITE} per site, {_MIN_PER_SITE * len(all_sites)} in all)."
-        )
+    check_num_subjects(num_subjects, len(all_sites), _MIN_PER_SITE)
     if not 0 <= unseen_prevalence <= 1:
         raise ValueError(f"unseen_prevalence must be in [0, 1], got {unseen_prevalence}.")
-    for name, frac in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
-        if not 0 < frac < 0.5:
-            raise ValueError(f"{name} must be in (0, 0.5), got {frac}.")
+    check_split_fractions(validation_fraction, test_fraction)
 
     config = {
         "num_subjects": int(num_subjects),
@@ -452,9 +457,7 @@ def generate_mri_cohort(
     image_dir = os.path.join(out_dir, "images")
     os.makedirs(image_dir, exist_ok=True)
 
-    template = load_tissue_template(spacing)
-    affine = cohort_grid(spatial_size, spacing, template.center)
-    renderer = _Renderer(template, affine, spatial_size)
+    renderer = _Renderer.on_grid(spatial_size, spacing)
 
     # sites: sizes, prevalences, scanner effects
     cohort_rng = np.random.default_rng([seed, 2])
@@ -467,7 +470,7 @@ def generate_mri_cohort(
         n_dis = int(round(prev * counts[s]))
         labels = np.r_[np.ones(n_dis, int), np.zeros(counts[s] - n_dis, int)]
         rows += [(name, int(lab)) for lab in cohort_rng.permutation(labels)]
-        effects = _site_effects(np.random.default_rng([seed, 0, s]), modalities, site_strength, template.tissue_t1)
+        effects = _site_effects(np.random.default_rng([seed, 0, s]), modalities, site_strength, renderer.tpl.tissue_t1)
         site_info[name] = {
             "seen": is_seen,
             "num_subjects": int(counts[s]),
@@ -490,7 +493,7 @@ def generate_mri_cohort(
         entry: dict[str, Any] = {}
         for mod in site_info[site]["modalities"]:
             path = os.path.join(image_dir, f"{subject}_{_FILE_SUFFIX[mod]}.nii.gz")
-            _write_nifti(path, renderer.image(maps, mod, site_info[site]["effects"], p, noise_rng), affine)
+            _write_nifti(path, renderer.image(maps, mod, site_info[site]["effects"], p, noise_rng), renderer.affine)
             entry[MODALITY_KEYS[mod]] = path
         covariates = {"age": p["age"], "sex": p["sex"]}
         entry.update(label=label, severity=p["severity"], site=site, subject=subject, **covariates)
@@ -506,52 +509,43 @@ def generate_mri_cohort(
         "validation": val_fold["validation"],
         "test": test_fold["validation"] + [e for e in entries if not site_info[e["site"]]["seen"]],
     }
-    for name, part in sections.items():
-        for e in part:
-            subjects[e["subject"]]["split"] = name
+    record_splits(subjects, sections)
 
-    image_keys = [MODALITY_KEYS[m] for m in modalities]
-    write_datalist(
+    write_cohort_datalist(
         datalist_path,
         sections,
-        image_keys=image_keys,
+        image_keys=[MODALITY_KEYS[m] for m in modalities],
         description="Synthetic multi-site 3D brain MRI (MNI152 anatomy), monai_medl.data.cohort; see ground_truth.json",
         labels={"0": "control", "1": "disease"},
         num_classes=2,
         modality={str(i): MODALITY_KEYS[m] for i, m in enumerate(modalities)},
         seen_sites=seen,
         unseen_sites=unseen,
-        numTraining=len(sections["training"]),
-        numTest=len(sections["test"]),
     )
     import nibabel
     import scipy
 
-    truth = {
-        "generator": "monai_medl.data.cohort.generate_mri_cohort",
-        "config": config,
-        "template": {
-            "source": "MNI ICBM152 2009a symmetric T1 and GM/WM maps shipped in nilearn (loaded at run time)",
-            "sha256": template_checksums(),
-        },
-        "grid": {"spatial_size": list(spatial_size), "spacing": list(spacing), "affine": affine.tolist()},
-        "seen_sites": seen,
-        "unseen_sites": unseen,
-        "regions": {
+    write_ground_truth(
+        truth_path,
+        "monai_medl.data.cohort.generate_mri_cohort",
+        config,
+        spatial_size,
+        spacing,
+        renderer.affine,
+        seen_sites=seen,
+        unseen_sites=unseen,
+        regions={
             "medial_temporal": {
                 "centers_mm": [list(c) for c in MEDIAL_TEMPORAL_CENTERS],
                 "sigma_mm": MEDIAL_TEMPORAL_SIGMA,
             },
             "ventricles": {"center_mm": list(VENTRICLE_CENTER), "sigma_mm": list(VENTRICLE_SIGMA)},
         },
-        "effects_description": _EFFECTS_DESCRIPTION,
-        "sites": site_info,
-        "subjects": subjects,
-        "versions": {"numpy": np.__version__, "scipy": scipy.__version__, "nibabel": nibabel.__version__},
-    }
-    with open(truth_path, "w", encoding="utf-8") as f:
-        json.dump(truth, f, indent=1)
-        f.write("\n")
+        effects_description=_EFFECTS_DESCRIPTION,
+        sites=site_info,
+        subjects=subjects,
+        versions={"numpy": np.__version__, "scipy": scipy.__version__, "nibabel": nibabel.__version__},
+    )
     return datalist_path
 
 
@@ -583,18 +577,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m monai_medl.data.cohort",
         description="Generate a synthetic multi-site 3D brain MRI cohort with known site and disease effects.",
     )
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--num-subjects", type=int, default=200)
-    parser.add_argument("--sites", type=int, default=6, help="number of seen (training) sites")
-    parser.add_argument("--unseen-sites", type=int, default=2, help="number of held-out sites")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--spatial-size", type=int, nargs=3, default=(48, 48, 48))
-    parser.add_argument("--spacing", type=float, nargs=3, default=(4.0, 4.0, 4.0))
+    add_cohort_arguments(parser, num_subjects=200, sites=6)
     parser.add_argument("--modalities", nargs="+", default=["t1"], help="t1, or t1 flair, or t1 t2")
     parser.add_argument("--missing-modality-sites", nargs="*", default=[])
     parser.add_argument("--disease-strength", type=float, default=1.0)
     parser.add_argument("--site-strength", type=float, default=1.0)
-    parser.add_argument("--overwrite", action="store_true")
     return parser.parse_args(argv)
 
 
@@ -603,18 +590,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     start = time.perf_counter()
     path = generate_mri_cohort(
-        args.out,
-        num_subjects=args.num_subjects,
-        sites=args.sites,
-        unseen_sites=args.unseen_sites,
-        seed=args.seed,
-        spatial_size=args.spatial_size,
-        spacing=args.spacing,
+        **cohort_arguments(args),
         modalities=args.modalities,
         missing_modality_sites=args.missing_modality_sites,
         disease_strength=args.disease_strength,
         site_strength=args.site_strength,
-        overwrite=args.overwrite,
     )
     print(f"cohort datalist: {path} ({time.perf_counter() - start:.1f} s)")
     return 0

@@ -27,7 +27,6 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -35,18 +34,18 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from monai_medl.data.cohort import (
-    _allocate,
-    _Renderer,
-    _site_effects,
-    _site_names,
-    _subject_params,
-    _write_nifti,
-    cohort_grid,
-)
-from monai_medl.data.datalist import write_datalist
+from monai_medl.data.cohort import _allocate, _Renderer, _site_effects, _site_names, _subject_params, _write_nifti
 from monai_medl.data.generated_folder import reuse_or_claim
-from monai_medl.data.template import load_tissue_template, template_checksums
+from monai_medl.data.template_cohort import (
+    add_cohort_arguments,
+    check_grid,
+    check_num_subjects,
+    check_split_fractions,
+    cohort_arguments,
+    record_splits,
+    write_cohort_datalist,
+    write_ground_truth,
+)
 
 __all__ = ["TISSUE_LABELS", "tissue_labels", "apply_label_shift", "generate_segmentation_cohort", "main"]
 
@@ -128,25 +127,15 @@ def generate_segmentation_cohort(
 
         >>> path = generate_segmentation_cohort("/tmp/seg", label_shift={"site_b": 1})  # doctest: +SKIP
     """
-    spatial_size = tuple(int(s) for s in spatial_size)
-    spacing = tuple(float(s) for s in spacing)
-    if len(spatial_size) != 3 or min(spatial_size) < 8 or len(spacing) != 3 or min(spacing) <= 0:
-        raise ValueError(
-            f"spatial_size needs 3 sizes >= 8 and spacing 3 positive values, got {spatial_size}, {spacing}."
-        )
+    spatial_size, spacing = check_grid(spatial_size, spacing)
     seen, unseen = _site_names(sites, unseen_sites)
     all_sites = seen + unseen
     shifts = {str(k): int(v) for k, v in (label_shift or {}).items()}
     bad = sorted(set(shifts) - set(all_sites))
     if bad:
         raise ValueError(f"label_shift names sites {bad} that are not cohort sites {all_sites}.")
-    if int(num_subjects) < _MIN_PER_SITE * len(all_sites):
-        raise ValueError(
-            f"num_subjects={num_subjects} is too small for {len(all_sites)} sites (need {_MIN_PER_SITE} per site)."
-        )
-    for name, frac in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
-        if not 0 < frac < 0.5:
-            raise ValueError(f"{name} must be in (0, 0.5), got {frac}.")
+    check_num_subjects(num_subjects, len(all_sites), _MIN_PER_SITE)
+    check_split_fractions(validation_fraction, test_fraction)
     config = {
         "num_subjects": int(num_subjects),
         "sites": seen,
@@ -170,16 +159,15 @@ def generate_segmentation_cohort(
     for sub in ("images", "labels"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
 
-    template = load_tissue_template(spacing)
-    affine = cohort_grid(spatial_size, spacing, template.center)
-    renderer = _Renderer(template, affine, spatial_size)
+    renderer = _Renderer.on_grid(spatial_size, spacing)
     rng = np.random.default_rng([seed, 12])
     counts = _allocate(int(num_subjects), rng.uniform(0.75, 1.25, size=len(all_sites)), _MIN_PER_SITE)
+    tissue_t1 = renderer.tpl.tissue_t1
     site_info = {
         name: {
             "seen": s < len(seen),
             "num_subjects": int(counts[s]),
-            "effects": _site_effects(np.random.default_rng([seed, 0, s]), ("t1",), site_strength, template.tissue_t1),
+            "effects": _site_effects(np.random.default_rng([seed, 0, s]), ("t1",), site_strength, tissue_t1),
             "label_shift_vox": shifts.get(name, 0),
         }
         for s, name in enumerate(all_sites)
@@ -200,8 +188,8 @@ def generate_segmentation_cohort(
         gm_change[site].append(float((labels == 2).sum()) / max(float((truth == 2).sum()), 1.0) - 1.0)
         image_path = os.path.join(out_dir, "images", f"{subject}_T1w.nii.gz")
         label_path = os.path.join(out_dir, "labels", f"{subject}_seg.nii.gz")
-        _write_nifti(image_path, image, affine)
-        _write_nifti(label_path, labels, affine)
+        _write_nifti(image_path, image, renderer.affine)
+        _write_nifti(label_path, labels, renderer.affine)
         entries.append({"image": image_path, "label": label_path, "site": site, "subject": subject})
         subjects[subject] = {"site": site, **p}
     for name, changes in gm_change.items():
@@ -220,10 +208,8 @@ def generate_segmentation_cohort(
         sections["test"] += part[:n_test]
         sections["validation"] += part[n_test : n_test + n_val]
         sections["training"] += part[n_test + n_val :]
-    for name, part in sections.items():
-        for e in part:
-            subjects[e["subject"]]["split"] = name
-    write_datalist(
+    record_splits(subjects, sections)
+    write_cohort_datalist(
         datalist_path,
         sections,
         image_keys=("image", "label"),
@@ -234,62 +220,39 @@ def generate_segmentation_cohort(
         modality={"0": "T1"},
         seen_sites=seen,
         unseen_sites=unseen,
-        numTraining=len(sections["training"]),
-        numTest=len(sections["test"]),
     )
-    ground_truth = {
-        "generator": "monai_medl.data.segmentation_cohort.generate_segmentation_cohort",
-        "config": config,
-        "template": {
-            "source": "MNI ICBM152 2009a symmetric T1 and GM/WM maps shipped in nilearn (loaded at run time)",
-            "sha256": template_checksums(),
-        },
-        "grid": {"spatial_size": list(spatial_size), "spacing": list(spacing), "affine": affine.tolist()},
-        "labels": TISSUE_LABELS,
-        "seen_sites": seen,
-        "unseen_sites": unseen,
-        "sites": site_info,
-        "subjects": subjects,
-        "effects_description": {
+    write_ground_truth(
+        truth_path,
+        "monai_medl.data.segmentation_cohort.generate_segmentation_cohort",
+        config,
+        spatial_size,
+        spacing,
+        renderer.affine,
+        labels=TISSUE_LABELS,
+        seen_sites=seen,
+        unseen_sites=unseen,
+        sites=site_info,
+        subjects=subjects,
+        effects_description={
             "site.label_shift_vox": "grey-matter label protocol: voxels of dilation (+) or erosion (-)",
             "site.gm_volume_change": "mean relative change of the labelled grey-matter volume by the protocol",
             "site.effects": "scanner effects as in monai_medl.data.cohort (contrast, gamma, bias field, noise, blur)",
         },
-    }
-    with open(truth_path, "w", encoding="utf-8") as f:
-        json.dump(ground_truth, f, indent=1)
-        f.write("\n")
+    )
     return datalist_path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; prints the datalist path."""
     parser = argparse.ArgumentParser(prog="python -m monai_medl.data.segmentation_cohort", description=__doc__)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--num-subjects", type=int, default=60)
-    parser.add_argument("--sites", type=int, default=4)
-    parser.add_argument("--unseen-sites", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--spatial-size", type=int, nargs=3, default=(48, 48, 48))
-    parser.add_argument("--spacing", type=float, nargs=3, default=(4.0, 4.0, 4.0))
+    add_cohort_arguments(parser, num_subjects=60, sites=4)
     parser.add_argument("--label-shift", nargs="*", default=[], help="site=voxels, e.g. site_b=1")
-    parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     shifts = {}
     for item in args.label_shift:
         name, _, value = item.partition("=")
         shifts[name] = int(value)
-    path = generate_segmentation_cohort(
-        args.out,
-        num_subjects=args.num_subjects,
-        sites=args.sites,
-        unseen_sites=args.unseen_sites,
-        seed=args.seed,
-        spatial_size=args.spatial_size,
-        spacing=args.spacing,
-        label_shift=shifts,
-        overwrite=args.overwrite,
-    )
+    path = generate_segmentation_cohort(**cohort_arguments(args), label_shift=shifts)
     print(f"segmentation cohort datalist: {path}")
     return 0
 
