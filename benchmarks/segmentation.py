@@ -394,9 +394,7 @@ def run_seed(
         net = deep(kind, kind, x)
         fe = {
             "intercept_vs_protocol_r": intercept_protocol_r(net, data["truth"], seen_sites),
-            "seen_population_dice": _split_scores(
-                "seen", *segmentation_scores(segment(net, x[te], zeros_te), labels[te], spacing)
-            )["seen_dice"],
+            "seen_population_dice": dice(segment(net, x[te], zeros_te), te, "seen")["seen_dice"],
         }
         results[kind] = {**scores(segment(net, x[te], z_te), segment(net, x[un], zeros_un)), **fe}
         if kind == "me" and "me_inferred_z" in models:
