@@ -1,7 +1,8 @@
 # Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
 """Overhead of the mixed-effects wrapper: ME model vs the same bare backbone, train step and inference.
 
-For each backbone, the bare network and ``MixedEffectsCNN(backbone)`` are built from the same seed and timed in one
+For each backbone, the bare network and ``MixedEffectsCNN(backbone)`` (``MixedEffectsUNet(backbone)`` for the UNet
+case, with ``dice_ce`` losses on a label map in place of BCE) are built from the same seed and timed in one
 process on the same batch: a **train step** (bare: forward, BCE, backward, Adam step; ME: forward with ``z``,
 :class:`~monai_medl.losses.MixedEffectsLoss` on both heads + KL, one :class:`~monai_medl.losses.AdversarialRegularizer`
 step (adversary update on the detached pooled taps, then the adversarial term), backward, Adam step) and
@@ -21,7 +22,8 @@ share one process).
 
 ``train_no_adversary`` times the ME step without the adversary (forward with ``z``, both heads, KL, backward, Adam):
 the wrapper's own cost, so the adversary's share of the train step is the difference. ``small_cnn_3d_bundle_batch``
-is SmallCNN at the MRI bundle's training batch size (read from its ``train.json``).
+is SmallCNN at the MRI bundle's training batch size (read from its ``train.json``); ``unet_3d_segmentation_bundle`` is
+the segmentation bundle's UNet at its training patch size (read from its ``train.json``), batch 4.
 
 Models in the results file are ``<backbone>/<phase>`` for the phases ``train``, ``train_no_adversary``,
 ``inference`` and ``inference_scripted``;
@@ -43,13 +45,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import DenseNet121
+from monai.networks.nets import DenseNet121, UNet
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks._common import announce_plan, benchmark_parser, summarize, write_results
 from monai_medl.losses import AdversarialRegularizer, MixedEffectsLoss
-from monai_medl.networks.nets import MixedEffectsCNN, SmallCNN
+from monai_medl.losses.mixed_effects_loss import task_loss
+from monai_medl.networks.nets import MixedEffectsCNN, MixedEffectsUNet, SmallCNN
 
 __all__ = ["CASES", "measure_case", "run", "main"]
 
@@ -58,6 +61,7 @@ NUM_CLUSTERS = 8
 TARGETS = {"train": 1.10, "train_no_adversary": 1.10, "inference": 1.05, "inference_scripted": 1.05, "memory": 1.10}
 PHASES = ("train", "train_no_adversary", "inference", "inference_scripted")
 MRI_BUNDLE_TRAIN = Path(__file__).resolve().parents[1] / "bundles/mri_me_cnn_classification/configs/train.json"
+SEGMENTATION_BUNDLE_TRAIN = Path(__file__).resolve().parents[1] / "bundles/mri_me_unet_segmentation/configs/train.json"
 
 
 def mri_bundle_batch_size() -> int:
@@ -65,6 +69,21 @@ def mri_bundle_batch_size() -> int:
     return int(json.loads(MRI_BUNDLE_TRAIN.read_text())["train"]["dataloader"]["batch_size"])
 
 
+def segmentation_bundle_unet() -> UNet:
+    """The segmentation bundle's UNet backbone, built from its ``train.json`` (4 classes)."""
+    spec = dict(json.loads(SEGMENTATION_BUNDLE_TRAIN.read_text())["network_def"]["backbone"])
+    spec.pop("_target_")
+    spec["out_channels"] = 4
+    return UNet(**spec)
+
+
+def segmentation_bundle_patch() -> int:
+    """The segmentation bundle's training patch size (first axis; its patches are cubes)."""
+    return int(json.loads(SEGMENTATION_BUNDLE_TRAIN.read_text())["patch_size"][0])
+
+
+# a case's "wrapper" (default MixedEffectsCNN) builds the ME model around the backbone; "task" (default "bce") is the
+# loss task of both models (segmentation: "dice_ce" against a random label map of the backbone's classes)
 CASES: dict[str, dict[str, Any]] = {
     "densenet121_3d": {
         "backbone": lambda: DenseNet121(spatial_dims=3, in_channels=1, out_channels=1),
@@ -89,6 +108,14 @@ CASES: dict[str, dict[str, Any]] = {
         "me_kwargs": {"cluster_scale_bias": True},
         "quick": {"batch": 4, "size": 32, "repeats": 10, "inference_repeats": 10, "steps": 10},
         "full": {"batch": 4, "size": 48, "repeats": 20, "inference_repeats": 20, "steps": 10},
+    },
+    "unet_3d_segmentation_bundle": {
+        "backbone": segmentation_bundle_unet,
+        "wrapper": MixedEffectsUNet,
+        "task": "dice_ce",
+        "me_kwargs": {},
+        "quick": {"batch": 4, "size": segmentation_bundle_patch, "repeats": 6, "inference_repeats": 10, "steps": 5},
+        "full": {"batch": 4, "size": segmentation_bundle_patch, "repeats": 12, "inference_repeats": 20, "steps": 5},
     },
 }
 
@@ -141,23 +168,28 @@ class _Pair:
         torch.manual_seed(seed)
         self.bare = case["backbone"]()
         torch.manual_seed(seed)
-        self.me = MixedEffectsCNN(NUM_CLUSTERS, case["backbone"](), **case["me_kwargs"])
+        wrapper = case.get("wrapper", MixedEffectsCNN)
+        self.me = wrapper(NUM_CLUSTERS, backbone=case["backbone"](), **case["me_kwargs"])
+        self.task = case.get("task", "bce")
         self.adversary = self.me.make_adversary()
         self.opt_bare = torch.optim.Adam(self.bare.parameters(), 1e-4)
         self.opt_me = torch.optim.Adam(self.me.parameters(), 1e-4)
         self.opt_adv = torch.optim.Adam(self.adversary.parameters(), 1e-4)
         self.regularizer = AdversarialRegularizer(self.adversary, self.opt_adv, lambda_g=0.1)
-        self.loss = MixedEffectsLoss(task="bce", kl_weight=1e-3)
+        self.loss = MixedEffectsLoss(task=self.task, kl_weight=1e-3)
         gen = torch.Generator().manual_seed(seed)
         self.x = torch.randn(batch, 1, size, size, size, generator=gen)
-        self.y = torch.randint(0, 2, (batch, 1), generator=gen).float()
+        if self.task == "dice_ce":  # a label map of the wrapper's classes
+            self.y = torch.randint(0, self.me.out_channels, (batch, 1, size, size, size), generator=gen)
+        else:
+            self.y = torch.randint(0, 2, (batch, 1), generator=gen).float()
         self.sites = torch.arange(batch) % NUM_CLUSTERS
         self.z = F.one_hot(self.sites, NUM_CLUSTERS).float()
 
     def train_bare(self) -> None:
         self.bare.train()
         self.opt_bare.zero_grad(set_to_none=True)
-        F.binary_cross_entropy_with_logits(self.bare(self.x), self.y).backward()
+        task_loss(self.task, self.bare(self.x), self.y).backward()
         self.opt_bare.step()
 
     def train_me(self) -> None:
@@ -279,7 +311,7 @@ PLAN = {
     "seeds": "one seed (0) for weights and batch; repeats alternate which model runs first",
     "primary_comparisons": [
         "ME / bare backbone: train step (with and without the adversary), eager and scripted inference, peak tensor "
-        "memory; SmallCNN at batch 4 and at the MRI bundle's training batch size"
+        "memory; SmallCNN at batch 4 and at the MRI bundle's training batch size; the segmentation bundle's UNet"
     ],
     "decision_rule": "targets train <= 1.10, inference <= 1.05, memory <= 1.10 on the ratio of thread CPU times "
     "(median over repeats of the fastest-of-steps per repeat)",

@@ -157,14 +157,9 @@ def build_stages(
     for i, (name, layer) in enumerate(layers):
         cluster = None
         if i in clusters:
-            cluster = ClusterScaleBias(
-                spatial_dims,
-                clusters[i],
-                num_clusters,
-                prior_scale=cluster_prior_scale,
-                learn_prior_scale=learn_prior_scale,
+            cluster = ClusterScaleBias.around(
+                layer, clusters[i], spatial_dims, num_clusters, cluster_prior_scale, learn_prior_scale
             )
-            cluster.norm = layer  # keep the backbone's own normalisation (and its weights) inside the block
         else:
             body.append((name.replace(".", "_"), layer))
         if cluster is not None or i in taps or i == last:

@@ -13,8 +13,10 @@ copy, no edit of its code): the encoder blocks run as they are, and every decode
 network's ``forward`` computes.
 
 Supported: ``monai.networks.nets.UNet`` (decoder norms of the up-convolutions; norms inside a ``ResidualUnit`` stay
-fixed), ``BasicUNet`` (every norm of the ``UpCat`` convolutions) and ``SegResNet`` (the norm of its final block;
-its decoder ``ResBlock`` norms stay fixed).
+fixed), ``BasicUNet`` (every norm of the ``UpCat`` convolutions), ``SegResNet`` (the norm of its final block;
+its decoder ``ResBlock`` norms stay fixed) and ``SwinUNETR`` (the two main-path norms of every decoder
+``UnetrUpBlock``'s residual block; the norm of the residual projection stays fixed). ``SwinUNETR`` itself cannot be
+scripted (MONAI's implementation is not TorchScript-compatible), so neither can its walk.
 """
 
 from __future__ import annotations
@@ -23,13 +25,24 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetResBlock
 from monai.networks.layers.simplelayers import SkipConnection
-from monai.networks.nets import BasicUNet, SegResNet, UNet
+from monai.networks.nets import BasicUNet, SegResNet, SwinUNETR, UNet
 from torch import nn
 
 from monai_medl.networks.blocks.backbone_stages import build_stages, iter_layers, norm_channels
+from monai_medl.networks.layers.cluster_scale_bias import ClusterScaleBias
 
-__all__ = ["DecoderBlock", "EncoderDecoderPath", "UNetPath", "BasicUNetPath", "SegResNetPath", "encoder_decoder_path"]
+__all__ = [
+    "DecoderBlock",
+    "UnetResBlockWalk",
+    "EncoderDecoderPath",
+    "UNetPath",
+    "BasicUNetPath",
+    "SegResNetPath",
+    "SwinUNETRPath",
+    "encoder_decoder_path",
+]
 
 
 class DecoderBlock(nn.Module):
@@ -65,6 +78,62 @@ class DecoderBlock(nn.Module):
         return x
 
 
+class UnetResBlockWalk(nn.Module):
+    """A ``UnetResBlock`` or ``UnetBasicBlock`` (MONAI's DynUNet blocks, used by UNETR and SwinUNETR decoders) run
+    from its own modules, with cluster scale/bias on the outputs of its main-path norms ``norm1`` and ``norm2``.
+
+    The residual projection (``conv3``/``norm3`` of a ``UnetResBlock``) stays fixed. With ``z`` None or all zeros the
+    walk computes exactly what the block's ``forward`` computes.
+
+    Args:
+        block: the network's own ``UnetResBlock`` or ``UnetBasicBlock``.
+        spatial_dims: spatial dimensions.
+        num_clusters: width of ``z``.
+        cluster_scale_bias: give ``norm1`` and ``norm2`` cluster scale/bias (False: the block as it is).
+        prior_scale: prior s.d. of the cluster scale/bias effects.
+        learn_prior_scale: learn that prior s.d.
+    """
+
+    def __init__(
+        self,
+        block: nn.Module,
+        spatial_dims: int,
+        num_clusters: int,
+        cluster_scale_bias: bool,
+        prior_scale: float,
+        learn_prior_scale: bool,
+    ) -> None:
+        super().__init__()
+        if not isinstance(block, (UnetResBlock, UnetBasicBlock)):
+            raise TypeError(f"expected a MONAI UnetResBlock or UnetBasicBlock, got {type(block).__name__}.")
+        self.residual = isinstance(block, UnetResBlock)
+        self.conv1, self.conv2, self.lrelu = block.conv1, block.conv2, block.lrelu
+        norms = []
+        for norm in (block.norm1, block.norm2):
+            channels = norm_channels(norm)
+            if cluster_scale_bias and channels is not None:
+                args = (channels, spatial_dims, num_clusters, prior_scale, learn_prior_scale)
+                norm = ClusterScaleBias.around(norm, *args)
+            norms.append(norm)
+        self.norm1, self.norm2 = norms
+        projection = getattr(block, "conv3", None) if self.residual else None
+        self.conv3 = projection if projection is not None else nn.Identity()
+        norm3 = getattr(block, "norm3", None) if self.residual else None
+        self.norm3 = norm3 if norm3 is not None else nn.Identity()
+
+    def _norm(self, norm: nn.Module, x: torch.Tensor, z: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+        if isinstance(norm, ClusterScaleBias):
+            return norm(x, z)
+        return norm(x)
+
+    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+        out = self.lrelu(self._norm(self.norm1, self.conv1(x), z))
+        out = self._norm(self.norm2, self.conv2(out), z)
+        if self.residual:
+            return self.lrelu(out + self.norm3(self.conv3(x)))
+        return self.lrelu(out)
+
+
 def pad_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Pad ``x`` at the end of each spatial axis (replicate) to the spatial size of ``ref`` (odd encoder sizes)."""
     pads: list[int] = []
@@ -81,7 +150,10 @@ class EncoderDecoderPath(nn.Module):
     Attributes:
         spatial_dims, in_channels, out_channels: of the wrapped network.
         num_cluster_layers: number of decoder normalisation layers with cluster scale/bias.
+        min_size: smallest spatial size per axis the network runs on in training mode (0: no constraint known).
     """
+
+    min_size: int = 0
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder outputs, shallow to deep; the last one is the bottleneck."""
@@ -95,7 +167,7 @@ class EncoderDecoderPath(nn.Module):
         return self.decode(self.encode(x), z)
 
     def _count(self) -> None:
-        self.num_cluster_layers = sum(1 for m in self.modules() if getattr(m, "has_cluster", False))
+        self.num_cluster_layers = sum(1 for m in self.modules() if isinstance(m, ClusterScaleBias))
 
 
 class UNetPath(EncoderDecoderPath):
@@ -259,6 +331,70 @@ class SegResNetPath(EncoderDecoderPath):
         return self.final(x, z)
 
 
+class SwinUNETRPath(EncoderDecoderPath):
+    """Walk of ``monai.networks.nets.SwinUNETR``: the Swin transformer and ``encoder1..4``/``encoder10`` as they are,
+    each decoder ``UnetrUpBlock`` as transposed convolution, concatenation and a :class:`UnetResBlockWalk`.
+
+    The encoder outputs (what the adversary sees) are ``encoder1..4``, the transformer's fourth stage and the
+    ``encoder10`` bottleneck. Inputs must be divisible by ``patch_size ** 5`` per spatial axis (32 by default), as
+    for ``SwinUNETR`` itself.
+
+    Example::
+
+        >>> net = SwinUNETR(in_channels=1, out_channels=3, feature_size=12, spatial_dims=2, depths=(1, 1, 1, 1),
+        ...                 num_heads=(1, 1, 1, 1))
+        >>> x = torch.randn(1, 1, 32, 32)
+        >>> torch.equal(SwinUNETRPath(net, num_clusters=2).eval()(x), net.eval()(x))
+        True
+    """
+
+    def __init__(
+        self,
+        net: SwinUNETR,
+        num_clusters: int,
+        cluster_scale_bias: bool = True,
+        prior_scale: float = 0.25,
+        learn_prior_scale: bool = False,
+    ) -> None:
+        super().__init__()
+        out_conv = net.out.conv.conv
+        self.spatial_dims = out_conv.weight.dim() - 2
+        self.in_channels = int(net.swinViT.patch_embed.proj.in_channels)
+        self.out_channels = int(out_conv.out_channels)
+        self.divisor = [int(p) ** 5 for p in net.swinViT.patch_size]
+        self.min_size = 2 * max(self.divisor)  # the bottleneck's instance norm needs more than one voxel
+        self.normalize = bool(net.normalize)
+        self.swin = net.swinViT
+        self.encoders = nn.ModuleList([net.encoder1, net.encoder2, net.encoder3, net.encoder4])
+        self.bottleneck = net.encoder10
+        decoders = [net.decoder5, net.decoder4, net.decoder3, net.decoder2, net.decoder1]  # deepest first
+        self.upsamples = nn.ModuleList([d.transp_conv for d in decoders])
+        args = (self.spatial_dims, num_clusters, cluster_scale_bias, prior_scale, learn_prior_scale)
+        self.ups = nn.ModuleList([UnetResBlockWalk(d.conv_block, *args) for d in decoders])
+        self.out = net.out
+        self._count()
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if not torch.jit.is_scripting():
+            bad = [int(s) for s, d in zip(x.shape[2:], self.divisor) if int(s) % d]
+            if bad:
+                raise ValueError(
+                    f"SwinUNETR needs spatial sizes divisible by {self.divisor} (patch_size ** 5), got "
+                    f"{list(x.shape[2:])}."
+                )
+        hidden = self.swin(x, self.normalize)
+        inputs = [x, hidden[0], hidden[1], hidden[2]]
+        skips = [encoder(h) for encoder, h in zip(self.encoders, inputs)]
+        return skips + [hidden[3], self.bottleneck(hidden[4])]
+
+    def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+        x = skips[-1]
+        n = len(skips) - 1
+        for i, (upsample, block) in enumerate(zip(self.upsamples, self.ups)):
+            x = block(torch.cat([upsample(x), skips[n - 1 - i]], 1), z)
+        return self.out(x)
+
+
 def encoder_decoder_path(
     network: nn.Module,
     num_clusters: int,
@@ -271,10 +407,11 @@ def encoder_decoder_path(
     Raises:
         TypeError: for an unsupported network, naming the supported ones.
     """
-    for cls, path in ((UNet, UNetPath), (BasicUNet, BasicUNetPath), (SegResNet, SegResNetPath)):
+    walks = ((UNet, UNetPath), (BasicUNet, BasicUNetPath), (SegResNet, SegResNetPath), (SwinUNETR, SwinUNETRPath))
+    for cls, path in walks:
         if isinstance(network, cls):
             return path(network, num_clusters, cluster_scale_bias, prior_scale, learn_prior_scale)
     raise TypeError(
         f"no encoder-decoder walk for {type(network).__name__}; supported: monai.networks.nets UNet, BasicUNet, "
-        "SegResNet (and their subclasses)."
+        "SegResNet, SwinUNETR (and their subclasses)."
     )

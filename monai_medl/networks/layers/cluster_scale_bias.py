@@ -67,6 +67,22 @@ class ClusterScaleBias(nn.Module):
         self.gamma = RandomEffects(**kwargs)
         self.beta = RandomEffects(**kwargs)
 
+    @classmethod
+    def around(
+        cls,
+        norm: nn.Module,
+        channels: int,
+        spatial_dims: int,
+        num_clusters: int,
+        prior_scale: float = 0.25,
+        learn_prior_scale: bool = False,
+    ) -> ClusterScaleBias:
+        """A block that keeps an existing normalisation layer ``norm`` (the backbone's own module and weights, so that
+        ``z = 0`` reproduces the backbone exactly) and adds the cluster scale/bias to its output."""
+        block = cls(spatial_dims, channels, num_clusters, prior_scale=prior_scale, learn_prior_scale=learn_prior_scale)
+        block.norm = norm
+        return block
+
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         x = self.norm(x)
         if z is None:

@@ -29,7 +29,8 @@ DEFAULT_PROBE_SIZE = {2: 64, 3: 32}
 
 
 class MixedEffectsUNet(ImageMixedEffectsNet):
-    """Mixed-effects segmentation around a MONAI encoder-decoder (``UNet``, ``BasicUNet``, ``SegResNet``; 2D or 3D).
+    """Mixed-effects segmentation around a MONAI encoder-decoder (``UNet``, ``BasicUNet``, ``SegResNet``,
+    ``SwinUNETR``; 2D or 3D).
 
     The network's own modules (not copies; its code is not edited) are walked by an
     :class:`~monai_medl.networks.blocks.EncoderDecoderPath`: the encoder runs once, the decoder once without and
@@ -77,7 +78,7 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
         post_loc_init_scale: s.d. of the intercepts' initial posterior means. None: from ``random_effects`` (0.1
             by default).
         probe_size: spatial size of the zero input used once to measure the encoder widths; defaults to 32 (3D) or
-            64 (2D) per axis.
+            64 (2D) per axis, or the backbone's smallest trainable size if larger (64 for ``SwinUNETR``).
         random_effects: a :class:`~monai_medl.networks.layers.RandomEffectsSettings` (or its dictionary) holding
             the settings above; None for :attr:`DEFAULT_RANDOM_EFFECTS`. The UNet has no random slopes on feature
             vectors (its slopes are the cluster scale/bias blocks), so ``random_slopes`` and ``correlated`` must be
@@ -182,7 +183,8 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
             else None
         )
         self.__dict__["backbone"] = backbone  # shared modules; not registered, so not saved twice
-        spatial = ensure_tuple_rep(probe_size or DEFAULT_PROBE_SIZE.get(self.spatial_dims, 64), self.spatial_dims)
+        default_probe = max(DEFAULT_PROBE_SIZE.get(self.spatial_dims, 64), self.path.min_size)
+        spatial = ensure_tuple_rep(probe_size or default_probe, self.spatial_dims)
         self.feature_sizes = self._probe_channels(self.path, self.path.encode, spatial, "encoder")
 
     def _design(self, x: torch.Tensor, z: Optional[torch.Tensor]) -> Optional[torch.Tensor]:  # noqa: UP045
