@@ -10,6 +10,7 @@ import torch
 from sklearn.base import RegressorMixin
 
 from monai_medl.estimators.base import MixedEffectsEstimatorBase
+from monai_medl.estimators.conjugate_posterior import ConjugatePosterior
 
 __all__ = ["MixedEffectsRegressor"]
 
@@ -71,6 +72,18 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsEstimatorBase):
 
     _family = "gaussian"
     _learn_noise = True
+    _conjugate = True
+
+    def _posterior_update(self, x: torch.Tensor, index: torch.Tensor, y: torch.Tensor):
+        network = self.network_
+        ((name, layer),) = network.random_effects.factors.items()
+        conjugate = ConjugatePosterior(layer, index[:, 0], network.random_effects.design(name, x))
+
+        def refresh() -> None:
+            with torch.no_grad():
+                conjugate.update(y - network.fixed(x)[:, 0], torch.exp(2 * network.log_noise_scale))
+
+        return refresh
 
     def _target(self, y: np.ndarray) -> np.ndarray:
         try:
@@ -96,6 +109,11 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsEstimatorBase):
         mean, var = mean[:, 0], var[:, 0]
         log_sd = self.network_.log_noise_scale
         return 0.5 * ((y - mean).square() + var) * torch.exp(-2 * log_sd) + log_sd + 0.5 * math.log(2 * math.pi)
+
+    def _validation_loss(self, mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, draws=None) -> torch.Tensor:
+        # squared error of the prediction (the posterior mean): it judges the fitted function alone, while the
+        # expected log-likelihood also falls as the noise s.d. shrinks while the network starts fitting noise
+        return (y - mean[:, 0]).square().mean()
 
     def predict(self, X, groups=None) -> np.ndarray:
         """Predicted outcome in data units; ``groups=None`` (or an unseen level) gives population predictions."""
