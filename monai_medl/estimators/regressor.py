@@ -127,7 +127,8 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsEstimatorBase):
 
     def _validation_loss(self, mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, draws=None) -> torch.Tensor:
         # squared error of the prediction (the posterior mean): it judges the fitted function alone, while the
-        # expected log-likelihood also falls as the noise s.d. shrinks while the network starts fitting noise
+        # held-out expected log-likelihood also depends on the noise s.d., which shrinks on the training rows as
+        # soon as the network starts fitting noise, and so turns upward long before the prediction stops improving
         return (y - mean[:, 0]).square().mean()
 
     def predict(self, X, groups=None) -> np.ndarray:
