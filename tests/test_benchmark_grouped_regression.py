@@ -74,5 +74,7 @@ def test_grouped_baselines_beat_conventional_on_seen_groups(tiny_run):
 
 
 def test_me_beats_conventional_on_seen_groups(tiny_run):
+    """Measured on this tiny run (seeds 0, 1): me seen RMSE 2.62, 2.39 against conventional's 3.38, 3.11 (0.77 of
+    it). Without early stopping the MLP interpolated its training rows (noise s.d. -> 0) and reached 3.65, 2.49."""
     _, res = tiny_run
     assert np.all(_seen(res, "me") < 0.8 * _seen(res, "conventional"))
