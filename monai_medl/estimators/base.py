@@ -33,7 +33,10 @@ class MixedEffectsEstimatorBase(BaseEstimator):
     Subclasses define ``_target`` (checks and encodes ``y``), ``_expected_nll`` (per-sample expected negative
     log-likelihood under the posterior, from the ``(batch, C)`` posterior means and variances of the linear
     predictor), the output scale ``_y_center``/``_y_scale``, and may override ``_num_outputs`` (C, 1 by default)
-    and ``_likelihood_draws`` (fixed standard-normal draws per sample for a Monte-Carlo expected likelihood).
+    and ``_likelihood_draws`` (fixed standard-normal draws per sample for a Monte-Carlo expected likelihood),
+    ``_validation_loss`` (the held-out loss of early stopping; the expected negative log-likelihood by default) and,
+    with ``_conjugate = True``, ``_posterior_update`` (a callable setting the random effects' posterior to its
+    closed-form ELBO optimum, see :class:`~monai_medl.estimators.ConjugatePosterior`).
     """
 
     _conjugate = False  # True where the random effects' posterior has a closed-form ELBO optimum
@@ -229,15 +232,17 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         early = self.fixed_effects == "mlp" if self.early_stopping is None else bool(self.early_stopping)
         if early and self.n_iter_no_change < 1:
             raise ValueError(f"n_iter_no_change must be >= 1, got {self.n_iter_no_change}.")
+        if early and not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}.")
         return early
 
     def _fit_network(self, x, index, y, slopes, correlated, conjugate: bool, held_out=None) -> dict:
         """Build the network from ``random_state`` and maximise the ELBO of rows ``(x, index, y)``.
 
         ``held_out``: validation rows for early stopping (None: none). Stage 1 maximises the ELBO of the other
-        rows, monitoring the expected negative log-likelihood of the held-out ones, and keeps the parameters where
-        it was lowest (:func:`train_elbo`); stage 2 freezes the fixed-effects network and maximises the ELBO of
-        every row over the rest (noise s.d., variance components, random effects).
+        rows, monitoring ``_validation_loss`` on the held-out ones, and keeps the parameters where it was lowest
+        (:func:`train_elbo`); stage 2 freezes the fixed-effects network and maximises the ELBO of every row over the
+        rest (noise s.d., variance components, random effects).
         """
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
