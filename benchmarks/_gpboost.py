@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from monai_medl.estimators.grouping import validation_rows
+
 __all__ = ["GPBOOST_TREE_PARAMS", "GPBOOST_EARLY_STOPPING", "gpboost_rounds", "fit_gpboost", "predict_gpboost"]
 
 GPBOOST_TREE_PARAMS = {"learning_rate": 0.1, "num_leaves": 31, "min_data_in_leaf": 20, "max_depth": -1}
@@ -61,17 +63,6 @@ def _params(tree_params: dict[str, Any] | None, likelihood: str, seed: int) -> d
     return {**tree, "num_threads": 1, "verbose": -1, "seed": int(seed), "metric": metric}
 
 
-def _validation_rows(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """``fraction`` of the rows of every group with at least two rows (at least one row each), at random."""
-    rng = np.random.default_rng(seed)
-    picked = []
-    for g in np.unique(groups):
-        rows = np.flatnonzero(groups == g)
-        if len(rows) >= 2:
-            picked.append(rng.permutation(rows)[: max(1, int(round(fraction * len(rows))))])
-    return np.sort(np.concatenate(picked))
-
-
 def gpboost_rounds(
     x: np.ndarray,
     y: np.ndarray,
@@ -88,7 +79,7 @@ def gpboost_rounds(
     """
     gpb = _gpboost()
     stop = GPBOOST_EARLY_STOPPING if early_stopping is None else early_stopping
-    valid = _validation_rows(groups, stop["valid_fraction"], seed)
+    valid = validation_rows(groups, stop["valid_fraction"], seed)
     fit = np.setdiff1d(np.arange(len(y)), valid)
     gp_model = _gp_model(gpb, groups[fit], likelihood, None if slopes is None else slopes[fit])
     gp_model.set_prediction_data(

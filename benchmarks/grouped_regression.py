@@ -15,10 +15,11 @@ rows; see :mod:`benchmarks._gpboost`); ``gpboost_intercept`` (the same with a ra
 added after the first quick run showed GPBoost's random slope absorbing the ``x4`` trend, see the notes);
 ``linear_mixed`` (statsmodels ``MixedLM`` ML fit: linear fixed effects on all features, correlated random intercept
 and ``x4`` slope); ``me`` (``monai_medl.estimators.MixedEffectsRegressor`` with MLP fixed effects and a correlated
-random intercept and ``x4`` slope, the estimator's defaults otherwise); ``oracle`` (the true mean ``f(x) + u``;
-``f(x)`` for unseen groups: the floor a population prediction can reach). Seen groups use their predicted random
-effects; unseen groups the population prediction (random effects 0). Metric: RMSE on the seen test rows and on the
-unseen groups; training seconds in ``extra``.
+random intercept and ``x4`` slope, the estimator's defaults otherwise, which for an MLP include early stopping on
+20% of every group's training rows); ``oracle`` (the true mean ``f(x) + u``; ``f(x)`` for unseen groups: the floor a
+population prediction can reach). Seen groups use their predicted random effects; unseen groups the population
+prediction (random effects 0). Metric: RMSE on the seen test rows and on the unseen groups; training seconds in
+``extra``.
 
 Run ``python -m benchmarks.grouped_regression [--quick] [--out DIR]``.
 """

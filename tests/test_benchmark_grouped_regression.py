@@ -73,12 +73,8 @@ def test_grouped_baselines_beat_conventional_on_seen_groups(tiny_run):
     assert np.all(_seen(res, "linear_mixed") < conventional), (_seen(res, "linear_mixed"), conventional)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MixedEffectsRegressor(fixed_effects='mlp') with full-batch L-BFGS interpolates a few hundred training "
-    "rows (training RMSE ~0.001, noise s.d. -> 0): the MLP absorbs the group intercepts and the seen RMSE is no "
-    "better than conventional's (measured 3.65 vs 3.38, 2.49 vs 3.11)",
-)
 def test_me_beats_conventional_on_seen_groups(tiny_run):
+    """Measured on this tiny run (seeds 0, 1): me seen RMSE 2.62, 2.39 against conventional's 3.38, 3.11 (0.77 of
+    it). Without early stopping the MLP interpolated its training rows (noise s.d. -> 0) and reached 3.65, 2.49."""
     _, res = tiny_run
     assert np.all(_seen(res, "me") < 0.8 * _seen(res, "conventional"))

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from .base import MixedEffectsEstimatorBase
 from .classifier import MixedEffectsClassifier
+from .conjugate_posterior import ConjugatePosterior
 from .elbo_training import train_elbo
-from .grouping import GroupEncoder, as_group_frame, parse_nested
+from .grouping import GroupEncoder, as_group_frame, parse_nested, validation_rows
 from .mixed_model_summary import MixedModelSummary
 from .regressor import MixedEffectsRegressor

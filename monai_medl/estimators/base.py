@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -13,7 +14,7 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from monai_medl.estimators.elbo_training import train_elbo
-from monai_medl.estimators.grouping import GroupEncoder, as_group_frame, parse_nested
+from monai_medl.estimators.grouping import GroupEncoder, as_group_frame, parse_nested, validation_rows
 from monai_medl.estimators.mixed_model_summary import MixedModelSummary
 from monai_medl.networks.layers.grouped_random_effects import GroupedRandomEffects
 from monai_medl.networks.nets.grouped_mixed_effects_net import GroupedMixedEffectsNet
@@ -32,8 +33,13 @@ class MixedEffectsEstimatorBase(BaseEstimator):
     Subclasses define ``_target`` (checks and encodes ``y``), ``_expected_nll`` (per-sample expected negative
     log-likelihood under the posterior, from the ``(batch, C)`` posterior means and variances of the linear
     predictor), the output scale ``_y_center``/``_y_scale``, and may override ``_num_outputs`` (C, 1 by default)
-    and ``_likelihood_draws`` (fixed standard-normal draws per sample for a Monte-Carlo expected likelihood).
+    and ``_likelihood_draws`` (fixed standard-normal draws per sample for a Monte-Carlo expected likelihood),
+    ``_validation_loss`` (the held-out loss of early stopping; the expected negative log-likelihood by default) and,
+    with ``_conjugate = True``, ``_posterior_update`` (a callable setting the random effects' posterior to its
+    closed-form ELBO optimum, see :class:`~monai_medl.estimators.ConjugatePosterior`).
     """
+
+    _conjugate = False  # True where the random effects' posterior has a closed-form ELBO optimum
 
     def __init__(
         self,
@@ -48,6 +54,10 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         lr: float | None = None,
         batch_size: int | None = None,
         tol: float = 1e-10,
+        conjugate_update: bool | None = None,
+        early_stopping: bool | None = None,
+        validation_fraction: float = 0.2,
+        n_iter_no_change: int = 20,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float64,
         random_state: int = 0,
@@ -63,6 +73,10 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         self.lr = lr
         self.batch_size = batch_size
         self.tol = tol
+        self.conjugate_update = conjugate_update
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
         self.device = device
         self.dtype = dtype
         self.random_state = random_state
@@ -178,6 +192,58 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         x_std = self._tensor((x - self.x_center_) / self.x_scale_)
         index = torch.as_tensor(clusters, device=self._device_)
         y_t = self._tensor(target)
+        self.n_obs_ = n
+        self.slope_columns_ = slopes
+        conjugate = self._use_conjugate(factors, slopes)
+        early = self._use_early_stopping()
+        held_out = validation_rows(clusters, self.validation_fraction, self.random_state) if early else None
+        if early and held_out.size == 0:
+            warnings.warn(
+                "early_stopping: no level (combination) has two rows to hold one out; fitting without early stopping.",
+                stacklevel=2,
+            )
+            early = False
+        start = time.perf_counter()
+        info = self._fit_network(x_std, index, y_t, slopes, correlated, conjugate, held_out if early else None)
+        info["conjugate_update"] = conjugate
+        info["seconds"] = time.perf_counter() - start
+        self.fit_info_ = info
+        self.network_.eval()
+        return self
+
+    def _use_conjugate(self, factors: Sequence[str], slopes: Mapping[str, Sequence[int]]) -> bool:
+        """Whether the random effects' posterior is updated in closed form (:class:`ConjugatePosterior`)."""
+        exact = (
+            self._conjugate
+            and self.optimizer == "lbfgs"
+            and len(factors) == 1
+            and (self.posterior == "full" or not slopes.get(factors[0]))
+        )
+        if self.conjugate_update is None:
+            return exact
+        if self.conjugate_update and not exact:
+            raise ValueError(
+                "conjugate_update=True needs a Gaussian likelihood (regression), optimizer='lbfgs', one grouping "
+                "factor and posterior='full' (or no random slopes); use None or False here."
+            )
+        return bool(self.conjugate_update)
+
+    def _use_early_stopping(self) -> bool:
+        early = self.fixed_effects == "mlp" if self.early_stopping is None else bool(self.early_stopping)
+        if early and self.n_iter_no_change < 1:
+            raise ValueError(f"n_iter_no_change must be >= 1, got {self.n_iter_no_change}.")
+        if early and not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}.")
+        return early
+
+    def _fit_network(self, x, index, y, slopes, correlated, conjugate: bool, held_out=None) -> dict:
+        """Build the network from ``random_state`` and maximise the ELBO of rows ``(x, index, y)``.
+
+        ``held_out``: validation rows for early stopping (None: none). Stage 1 maximises the ELBO of the other
+        rows, monitoring ``_validation_loss`` on the held-out ones, and keeps the parameters where it was lowest
+        (:func:`train_elbo`); stage 2 freezes the fixed-effects network and maximises the ELBO of every row over the
+        rest (noise s.d., variance components, random effects).
+        """
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
             outputs = self._num_outputs()
@@ -187,36 +253,92 @@ class MixedEffectsEstimatorBase(BaseEstimator):
             )
             self.network_ = GroupedMixedEffectsNet(fixed, random_effects, learn_noise_scale=self._learn_noise)
             self.network_.to(device=self._device_, dtype=self.dtype)
-            self._init_fixed(x_std, y_t)
+            self._init_fixed(x, y)
             generator = torch.Generator().manual_seed(self.random_state)
-            draws = self._likelihood_draws(n, generator)
-            draws = None if draws is None else draws.to(device=self._device_, dtype=self.dtype)
-
-            def objective(rows: torch.Tensor | None) -> torch.Tensor:
-                xb, cb, yb = (x_std, index, y_t) if rows is None else (x_std[rows], index[rows], y_t[rows])
-                db = draws if draws is None or rows is None else draws[rows.to(draws.device)]
-                mean, spread = self.network_.moments(xb, cb, full_covariance=draws is not None)
-                return self._expected_nll(mean, spread, yb, db).mean() + self.network_.kl() / n
-
-            start = time.perf_counter()
             self.network_.train()
-            self.fit_info_ = train_elbo(
-                objective,
-                list(self.network_.parameters()),
-                n,
-                optimizer=self.optimizer,
-                max_iter=self.max_iter,
-                lr=self.lr,
-                batch_size=self.batch_size,
-                tol=self.tol,
-                generator=generator,
-                device=self._device_,
-            )
-            self.fit_info_["seconds"] = time.perf_counter() - start
-        self.network_.eval()
-        self.n_obs_ = n
-        self.slope_columns_ = slopes
-        return self
+            if held_out is None:
+                return self._maximise_elbo(x, index, y, conjugate, generator)
+            rows = torch.as_tensor(np.setdiff1d(np.arange(len(y)), held_out), device=self._device_)
+            valid = torch.as_tensor(held_out, device=self._device_)
+            validation = (x[valid], index[valid], y[valid])
+            search = self._maximise_elbo(x[rows], index[rows], y[rows], conjugate, generator, validation)
+            frozen = [p for p in self.network_.fixed.parameters() if p.requires_grad]
+            for p in frozen:
+                p.requires_grad_(False)
+            info = self._maximise_elbo(x, index, y, conjugate, generator)
+            for p in frozen:
+                p.requires_grad_(True)
+        info["early_stopping"] = {
+            "validation_rows": int(len(held_out)),
+            "best_iteration": search["best_iteration"],
+            "stopped_at": search["iterations"],
+            "validation_loss": search["best_monitor"],
+        }
+        return info
+
+    def _maximise_elbo(self, x, index, y, conjugate: bool, generator: torch.Generator, validation=None) -> dict:
+        """One :func:`train_elbo` run on rows ``(x, index, y)`` over the network's trainable parameters."""
+        n = len(y)
+        draws = self._likelihood_draws(n, generator)
+        draws = None if draws is None else draws.to(device=self._device_, dtype=self.dtype)
+        refresh, posterior = None, []
+        if conjugate:
+            # the posterior is set in closed form before every evaluation: no gradients for it
+            refresh = self._posterior_update(x, index, y)
+            layers = self.network_.random_effects.factors.values()
+            posterior = [p for layer in layers for p in layer.posterior_parameters() if p.requires_grad]
+            for p in posterior:
+                p.requires_grad_(False)
+
+        def objective(rows: torch.Tensor | None) -> torch.Tensor:
+            if refresh is not None:
+                refresh()  # the posterior's exact optimum at the current parameters (rows is None: L-BFGS)
+            xb, cb, yb = (x, index, y) if rows is None else (x[rows], index[rows], y[rows])
+            db = draws if draws is None or rows is None else draws[rows.to(draws.device)]
+            mean, spread = self.network_.moments(xb, cb, full_covariance=draws is not None)
+            return self._expected_nll(mean, spread, yb, db).mean() + self.network_.kl() / n
+
+        monitor = None
+        if validation is not None:
+            xv, cv, yv = validation
+            dv = self._likelihood_draws(len(yv), generator)
+            dv = None if dv is None else dv.to(device=self._device_, dtype=self.dtype)
+
+            def monitor() -> float:
+                with torch.no_grad():
+                    if refresh is not None:
+                        refresh()
+                    mean, spread = self.network_.moments(xv, cv, full_covariance=dv is not None)
+                    return float(self._validation_loss(mean, spread, yv, dv))
+
+        info = train_elbo(
+            objective,
+            list(self.network_.parameters()),
+            n,
+            optimizer=self.optimizer,
+            max_iter=self.max_iter,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            tol=self.tol,
+            generator=generator,
+            device=self._device_,
+            monitor=monitor,
+            patience=self.n_iter_no_change,
+        )
+        if refresh is not None:
+            refresh()  # the posterior at the returned parameters (early stopping may restore earlier ones)
+        for p in posterior:
+            p.requires_grad_(True)
+        return info
+
+    def _validation_loss(self, mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, draws=None) -> torch.Tensor:
+        """Held-out loss monitored for early stopping (default: the expected negative log-likelihood)."""
+        return self._expected_nll(mean, spread, y, draws).mean()
+
+    def _posterior_update(self, x: torch.Tensor, index: torch.Tensor, y: torch.Tensor):
+        """A callable setting the random effects' posterior to its exact optimum (regression only, see
+        :class:`ConjugatePosterior`)."""
+        raise NotImplementedError
 
     def _num_outputs(self) -> int:
         """Number of output channels ``C`` of the linear predictor (1; C-class classification: C)."""

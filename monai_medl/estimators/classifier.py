@@ -39,9 +39,11 @@ class MixedEffectsClassifier(ClassifierMixin, MixedEffectsEstimatorBase):
     per sample (16 antithetic pairs), drawn once from ``random_state`` and held fixed during the fit (a sample-
     average approximation), which keeps the objective deterministic for L-BFGS; the KL term stays closed-form.
 
-    Only the covariates are standardised. ``predict_proba`` gives the class probabilities at the conditional
-    modes (columns in the order of ``classes_``, rows sum to 1); ``predict`` returns labels of ``y``'s own type
-    (scikit-learn's ``LabelEncoder`` order). An unseen level (or ``groups=None``) gives the population prediction.
+    Early stopping (``early_stopping``, on by default for MLP fixed effects; see :class:`MixedEffectsRegressor`)
+    monitors the held-out expected negative log-likelihood. Only the covariates are standardised.
+    ``predict_proba`` gives the class probabilities at the conditional modes (columns in the order of ``classes_``,
+    rows sum to 1); ``predict`` returns labels of ``y``'s own type (scikit-learn's ``LabelEncoder`` order). An
+    unseen level (or ``groups=None``) gives the population prediction.
 
     Example::
 

@@ -10,7 +10,7 @@ from monai.utils import optional_import
 
 pd, has_pandas = optional_import("pandas")
 
-__all__ = ["GroupEncoder", "as_group_frame", "parse_nested"]
+__all__ = ["GroupEncoder", "as_group_frame", "parse_nested", "validation_rows"]
 
 
 def as_group_frame(groups, n: int | None = None, arg: str = "groups"):
@@ -134,6 +134,37 @@ class GroupEncoder:
         needed = {c for path in self.paths.values() for c in path}
         if set(frame.columns) != needed:
             raise ValueError(f"groups must have the columns {sorted(needed)}, got {sorted(frame.columns)}.")
+
+
+def validation_rows(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A held-out share of every group's rows: ``round(fraction * size)`` of them (at least one), at random.
+
+    Groups with a single row keep it (so every level keeps at least one row outside the validation rows). The rows
+    of a group are drawn with one ``numpy`` permutation per group, groups in sorted order, from ``seed``.
+
+    Args:
+        groups: group label per row ``(n,)``, or ``(n, f)`` level indices of several factors (then a group is one
+            combination of levels).
+        fraction: share of each group's rows held out, in ``(0, 1)``.
+        seed: seed of the draw.
+
+    Returns:
+        Sorted row indices of the validation rows.
+
+    Example::
+
+        >>> validation_rows(np.array([0, 0, 0, 0, 0, 1, 2, 2]), 0.2, seed=0).size  # 1 of group 0 and of group 2
+        2
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}.")
+    groups = np.asarray(groups)
+    labels = np.unique(groups, axis=0, return_inverse=True)[1].reshape(-1) if groups.ndim == 2 else groups
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])  # ascending rows per group
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(rows)[: max(1, int(round(fraction * len(rows))))] for rows in members if len(rows) >= 2]
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
 def _sortable(index) -> bool:

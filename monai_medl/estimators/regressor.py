@@ -10,6 +10,7 @@ import torch
 from sklearn.base import RegressorMixin
 
 from monai_medl.estimators.base import MixedEffectsEstimatorBase
+from monai_medl.estimators.conjugate_posterior import ConjugatePosterior
 
 __all__ = ["MixedEffectsRegressor"]
 
@@ -43,7 +44,22 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsEstimatorBase):
         max_iter: L-BFGS iterations or Adam epochs. Defaults to 1000.
         lr: learning rate (L-BFGS step scale 1.0, Adam 0.05 when None). Defaults to None.
         batch_size: Adam mini-batch size (None: full batch). Defaults to None.
-        tol: L-BFGS tolerance on the change of the objective. Defaults to 1e-10.
+        tol: L-BFGS stops when an iteration changes the objective (the negative ELBO per sample) by less than
+            ``tol``, or when no gradient entry exceeds ``1e-7`` (see :func:`train_elbo`). Defaults to 1e-10.
+        conjugate_update: set the random effects' posterior in closed form before every evaluation of the ELBO
+            (its exact optimum given the other parameters, :class:`ConjugatePosterior`), so the optimiser only
+            iterates over the fixed effects, the noise s.d. and the variance components. None (default) does so
+            whenever that optimum is exact: one grouping factor, ``posterior="full"`` (or no random slopes) and
+            ``optimizer="lbfgs"``; False optimises the posterior by gradient with everything else.
+        early_stopping: hold out ``validation_fraction`` of the rows of every level (:func:`validation_rows`),
+            maximise the ELBO of the other rows while monitoring the held-out squared error of the prediction,
+            stop after ``n_iter_no_change`` iterations without improvement and keep the parameters where it was
+            lowest; then freeze the fixed-effects network and maximise the ELBO of all rows over the rest (noise
+            s.d., variance components, random effects). None (default) does so for MLP fixed effects, which can
+            otherwise interpolate small training sets (the maximum-likelihood noise s.d. then tends to 0); a linear
+            model keeps its plain maximum-likelihood-type fit.
+        validation_fraction: share of every level's rows held out for early stopping. Defaults to 0.2.
+        n_iter_no_change: patience of early stopping, in L-BFGS iterations (Adam epochs). Defaults to 20.
         device: torch device; None picks CUDA when available. Defaults to None.
         dtype: parameter dtype. Defaults to ``torch.float64``.
         random_state: seed of the initialisation and mini-batch order. Defaults to 0.
@@ -71,6 +87,18 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsEstimatorBase):
 
     _family = "gaussian"
     _learn_noise = True
+    _conjugate = True
+
+    def _posterior_update(self, x: torch.Tensor, index: torch.Tensor, y: torch.Tensor):
+        network = self.network_
+        ((name, layer),) = network.random_effects.factors.items()
+        conjugate = ConjugatePosterior(layer, index[:, 0], network.random_effects.design(name, x))
+
+        def refresh() -> None:
+            with torch.no_grad():
+                conjugate.update(y - network.fixed(x)[:, 0], torch.exp(2 * network.log_noise_scale))
+
+        return refresh
 
     def _target(self, y: np.ndarray) -> np.ndarray:
         try:
@@ -96,6 +124,12 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsEstimatorBase):
         mean, var = mean[:, 0], var[:, 0]
         log_sd = self.network_.log_noise_scale
         return 0.5 * ((y - mean).square() + var) * torch.exp(-2 * log_sd) + log_sd + 0.5 * math.log(2 * math.pi)
+
+    def _validation_loss(self, mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, draws=None) -> torch.Tensor:
+        # squared error of the prediction (the posterior mean): it judges the fitted function alone, while the
+        # held-out expected log-likelihood also depends on the noise s.d., which shrinks on the training rows as
+        # soon as the network starts fitting noise, and so turns upward long before the prediction stops improving
+        return (y - mean[:, 0]).square().mean()
 
     def predict(self, X, groups=None) -> np.ndarray:
         """Predicted outcome in data units; ``groups=None`` (or an unseen level) gives population predictions."""

@@ -167,6 +167,33 @@ class CorrelatedRandomEffects(nn.Module):
         chol = self.posterior_cholesky()
         return chol @ chol.transpose(-1, -2)
 
+    def posterior_parameters(self) -> list[nn.Parameter]:
+        """The posterior's parameters (means, scales and, for a full posterior, the Cholesky off-diagonals)."""
+        return [p for p in (self.loc, self.post_rho, self.post_offdiag) if p is not None]
+
+    @torch.no_grad()
+    def set_posterior(self, loc: torch.Tensor, chol: torch.Tensor) -> None:
+        """Set every cluster's posterior to ``N(loc_k, chol_k chol_k^T)`` (e.g. a closed-form optimum).
+
+        Args:
+            loc: posterior means, ``(K, q)``.
+            chol: lower-triangular posterior Cholesky factors with positive diagonals, ``(K, q, q)``; a diagonal
+                posterior (``posterior="diagonal"``) keeps only their diagonals. Diagonals below the layer's floor
+                (``1e-5``) are raised to just above it.
+        """
+        shape = (self.num_clusters, self.num_terms)
+        if tuple(loc.shape) != shape or tuple(chol.shape) != (*shape, self.num_terms):
+            raise ValueError(
+                f"loc must be {list(shape)} and chol {[*shape, self.num_terms]}, got {list(loc.shape)}, "
+                f"{list(chol.shape)}."
+            )
+        self.loc.copy_(loc)
+        excess = (chol.diagonal(dim1=-2, dim2=-1) - _SIGMA_FLOOR).clamp_min(1e-12)
+        self.post_rho.copy_(excess + torch.log(-torch.expm1(-excess)))  # inverse softplus
+        if self.post_offdiag is not None:
+            rows, cols = torch.tril_indices(self.num_terms, self.num_terms, offset=-1, device=chol.device)
+            self.post_offdiag.copy_(chol[:, rows, cols])
+
     def _check(self, clusters: torch.Tensor, design: torch.Tensor) -> None:
         if design.dim() != 2 or design.shape[1] != self.num_terms:
             raise ValueError(f"design must have shape (batch, {self.num_terms}), got {list(design.shape)}.")
