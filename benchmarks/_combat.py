@@ -79,9 +79,8 @@ class ComBat:
             raise ValueError(f"covariates lack the protected {missing}; got {sorted(covariates)}.")
         names, counts = np.unique(sites, return_counts=True)
         if len(names) < 2 or counts.min() < 2:
-            raise ValueError(
-                f"ComBat needs at least 2 sites with at least 2 scans each, got {dict(zip(names.tolist(), counts.tolist()))}."
-            )
+            sizes = dict(zip(names.tolist(), counts.tolist()))
+            raise ValueError(f"ComBat needs at least 2 sites with at least 2 scans each, got {sizes}.")
         varying = features.std(0) > 1e-12
         covars = pd.DataFrame({"site": sites, **{c: np.asarray(covariates[c]) for c in self.protect}})
         with contextlib.redirect_stdout(io.StringIO()):  # neuroCombat prints its progress
@@ -114,7 +113,7 @@ class ComBat:
         sites = np.asarray(sites).astype(str)
         s = self._standardise(np.asarray(features, dtype=np.float64))
         params = {}
-        for site in np.unique(sites):
+        for site in map(str, np.unique(sites)):
             if site in e["sites"]:
                 i = e["sites"].index(site)
                 params[site] = (e["gamma"][i], e["delta"][i])

@@ -123,7 +123,7 @@ MODELS = tuple(TRAININGS)
 assert set(CONTRACT_MODELS) <= set(MODELS), "the benchmark contract's models must all be in the table"
 
 
-FULL_DESIGN = {"repeats": 15, "extra_unseen_subjects": 1000}
+FULL_DESIGN = {"repeats": 12, "extra_unseen_subjects": 2000}
 """The full run's repeats and extra unseen-site subjects: the design :mod:`benchmarks.mri_power` chose (a test
 checks that they agree with ``benchmarks/results/mri_power.json``)."""
 

@@ -29,9 +29,10 @@ repeat (:func:`benchmarks.mri.training_epochs`); seconds per generated scan and 
 ``R * (epochs per repeat * s_epoch + n * passes * s_pass) + scans * s_scan``; it must stay under
 ``budget_fraction * budget_seconds``.
 
-Design rule: repeats are multiples of the fold count (whole cross-validation rounds) and extra unseen subjects
-steps of :data:`EXTRA_UNSEEN_STEP` up to :data:`MAX_EXTRA_UNSEEN` (memory); among the designs within budget, the
-cheapest whose MDE reaches the target, else the one with the smallest MDE (ties: fewer repeats).
+Design rule: repeats from the fold count to :data:`MAX_REPEATS` (a repeat beyond the first ``folds`` starts a new
+cross-validation split; a last, partial round is allowed) and extra unseen subjects in steps of
+:data:`EXTRA_UNSEEN_STEP` up to :data:`MAX_EXTRA_UNSEEN` (memory); among the designs within budget, the cheapest
+whose MDE reaches the target, else the one with the smallest MDE (ties: fewer repeats).
 
 Run ``python -m benchmarks.mri_power [--out DIR] [--pilot-file FILE]``; it writes ``mri_power.json``, which
 :func:`benchmarks.mri.make_plan` reads to state the run's MDE in its plan.
@@ -67,6 +68,7 @@ __all__ = [
     "analyse",
     "design_power",
     "load_power",
+    "pilot_of",
     "main",
 ]
 
@@ -79,8 +81,10 @@ PILOT_SEED = 2025
 PILOT_REPEATS = 3
 PILOT_EXTRA_UNSEEN = 1200
 EXTRA_UNSEEN_STEP = 200
+MAX_REPEATS = 40
 MAX_EXTRA_UNSEEN = 2000
 BOOTSTRAP = 1000
+TIMING_SUBJECTS = 100
 POWER_FILE = DEFAULT_OUT / "mri_power.json"
 
 
@@ -137,7 +141,8 @@ def paired_t_power(difference: float, sd: float, repeats: int, alpha: float = 0.
     df = repeats - 1
     crit = stats.t.ppf(1 - alpha / 2, df)
     nc = difference * math.sqrt(repeats) / sd
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    power = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    return power if math.isfinite(power) else float(nc > crit)  # scipy's nct fails far in the tail
 
 
 def minimum_detectable_effect(sd: float, repeats: int, power: float = 0.8, alpha: float = 0.05) -> float:
@@ -148,7 +153,8 @@ def minimum_detectable_effect(sd: float, repeats: int, power: float = 0.8, alpha
         >>> round(minimum_detectable_effect(0.03, 20), 4)
         0.0204
     """
-    return float(optimize.brentq(lambda d: paired_t_power(d, sd, repeats, alpha) - power, 1e-9, 100 * sd))
+    upper = 30 * sd / math.sqrt(repeats) + stats.t.ppf(1 - alpha / 2, repeats - 1) * sd  # power ~1 there
+    return float(optimize.brentq(lambda d: paired_t_power(d, sd, repeats, alpha) - power, 1e-9, upper))
 
 
 def required_repeats(difference: float, sd: float, power: float = 0.8, alpha: float = 0.05) -> int:
@@ -165,7 +171,12 @@ def _sd_at(n: float, variance: Mapping[str, float]) -> float:
 
 def run_pilot(cohort_dir: str | None = None, log=print) -> dict[str, Any]:
     """Train ``conventional`` and ``me`` (the benchmark's recipe) on :data:`PILOT_REPEATS` repeats of the pilot
-    cohort and return their unseen-site probabilities, the labels and the per-scan timings."""
+    cohort and return their unseen-site probabilities, the labels and timings: seconds per training epoch (a
+    repeat's wall time over its training epochs), per scan for one inference pass, and per scan to generate, load
+    and featurise a fresh cohort (:data:`TIMING_SUBJECTS` subjects). The analysis divides the per-scan timings by
+    the ratio of this epoch time to the committed run's, so that a loaded machine does not inflate them."""
+    import tempfile
+
     import torch
 
     from benchmarks import mri
@@ -174,15 +185,21 @@ def run_pilot(cohort_dir: str | None = None, log=print) -> dict[str, Any]:
     cfg = mri.default_config()
     cfg["cohort"] = cohort_settings("mri_bundle", seed=PILOT_SEED, extra_unseen_subjects=PILOT_EXTRA_UNSEEN)
     models = (TARGET["reference"], TARGET["model"])
-    start = time.perf_counter()
+
+    with tempfile.TemporaryDirectory(prefix="mri_power_timing_") as tmp:
+        t0 = time.perf_counter()
+        small = {**cfg, "cohort": cohort_settings("mri_bundle", seed=PILOT_SEED + 1, num_subjects=TIMING_SUBJECTS)}
+        mri._with_cohort(small, tmp, lambda data: None, log)
+        seconds_per_scan_generated = (time.perf_counter() - t0) / TIMING_SUBJECTS
 
     def body(data):
-        load_seconds = time.perf_counter() - start
         probs: dict[str, list[list[float]]] = {m: [] for m in models}
-        labels = None
+        labels, repeat_seconds = None, []
         for r in range(PILOT_REPEATS):
             preds: dict[str, np.ndarray] = {}
+            t0 = time.perf_counter()
             mri.run_repeat(data, cfg, r, models=models, log=log, unseen_predictions=preds)
+            repeat_seconds.append(time.perf_counter() - t0)
             labels = preds["labels"]
             for m in models:
                 probs[m].append([round(float(p), 6) for p in preds[m]])
@@ -195,7 +212,10 @@ def run_pilot(cohort_dir: str | None = None, log=print) -> dict[str, Any]:
             "probabilities": probs,
             "cohort": cfg["cohort"],
             "repeats": PILOT_REPEATS,
-            "seconds_per_scan_generated": load_seconds / len(data["entries"]),
+            "repeat_seconds": repeat_seconds,
+            "seconds_per_training_epoch": float(np.sum(repeat_seconds))
+            / (PILOT_REPEATS * mri.training_epochs(cfg, models)),
+            "seconds_per_scan_generated": seconds_per_scan_generated,
             "seconds_per_scan_inference_pass": (time.perf_counter() - t0) / int(unseen.sum()),
             "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()],
         }
@@ -211,8 +231,8 @@ def analyse(results: Mapping[str, Any], pilot: Mapping[str, Any]) -> dict[str, A
 
     diffs = paired_differences(results, TARGET["model"], TARGET["reference"])
     sd_0 = float(np.std(diffs, ddof=1))
-    sizes_0 = site_sizes(**results["config"]["cohort"])
-    n_0 = sum(n for s, n in sizes_0.items() if s not in _seen(results["config"]["cohort"]))
+    seen_0 = _seen(results["config"]["cohort"])
+    n_0 = sum(n for s, n in site_sizes(**results["config"]["cohort"]).items() if s not in seen_0)
     labels = np.asarray(pilot["labels"])
     p_model = np.asarray(pilot["probabilities"][TARGET["model"]])
     p_reference = np.asarray(pilot["probabilities"][TARGET["reference"]])
@@ -227,18 +247,21 @@ def analyse(results: Mapping[str, Any], pilot: Mapping[str, Any]) -> dict[str, A
     epochs = mri.training_epochs(cfg, mri.MODELS)
     passes = mri.inference_passes(mri.MODELS)
     base = site_sizes(**{**cfg["cohort"], "extra_unseen_subjects": 0})
-    n_seen = sum(n for s, n in base.items() if s in _seen(cfg["cohort"]))
+    seen = _seen(cfg["cohort"])
+    n_seen = sum(n for s, n in base.items() if s in seen)
     n_unseen_base = sum(base.values()) - n_seen
+    load_factor = pilot["seconds_per_training_epoch"] / s_epoch  # the pilot machine's slowdown against the run's
     cost = {
         "seconds_per_training_epoch": s_epoch,
         "training_epochs_per_repeat": epochs,
         "inference_passes_per_unseen_scan": passes,
-        "seconds_per_scan_inference_pass": pilot["seconds_per_scan_inference_pass"],
-        "seconds_per_scan_generated": pilot["seconds_per_scan_generated"],
+        "pilot_load_factor": load_factor,
+        "seconds_per_scan_inference_pass": pilot["seconds_per_scan_inference_pass"] / load_factor,
+        "seconds_per_scan_generated": pilot["seconds_per_scan_generated"] / load_factor,
         **BUDGET,
     }
     designs = []
-    for repeats in range(cfg["folds"], 41, cfg["folds"]):
+    for repeats in range(cfg["folds"], MAX_REPEATS + 1):
         for extra in range(0, MAX_EXTRA_UNSEEN + 1, EXTRA_UNSEEN_STEP):
             n = n_unseen_base + extra
             wall = _wall(cost, repeats, n, n_seen + n)
@@ -262,6 +285,12 @@ def analyse(results: Mapping[str, Any], pilot: Mapping[str, Any]) -> dict[str, A
     best_sd = math.sqrt(variance["train"])
     return {
         "target": TARGET,
+        "source_results": {  # what this analysis read from the committed run, to recompute it
+            "repeats": results["repeats"],
+            "config": results["config"],
+            "env": {"commit": results["env"].get("commit")},
+            "models": {m: {"unseen": {"values": e["unseen"]["values"]}} for m, e in results["models"].items()},
+        },
         "observed": {
             "source_commit": results["env"].get("commit"),
             "paired_unseen_differences": diffs,
@@ -305,6 +334,12 @@ def _wall(cost: Mapping[str, float], repeats: int, unseen_scans: int, scans: int
     return repeats * per_repeat + scans * cost["seconds_per_scan_generated"]
 
 
+def pilot_of(power: Mapping[str, Any]) -> dict[str, Any]:
+    """The pilot (as :func:`run_pilot` returned it) recorded in a power analysis."""
+    derived = ("unseen_scans", "test_sampling_variance")
+    return {**{k: v for k, v in power["pilot"].items() if k not in derived}, **power["pilot_data"]}
+
+
 def load_power(path: str | os.PathLike = POWER_FILE) -> dict[str, Any]:
     """The power analysis written by :func:`main` (``mri_power.json``)."""
     path = Path(path)
@@ -319,8 +354,8 @@ def design_power(cfg: Mapping[str, Any], power: Mapping[str, Any] | None = None)
     from monai_medl.data.cohort import site_sizes
 
     power = load_power() if power is None else power
-    sizes = site_sizes(**cfg["cohort"])
-    n = sum(v for s, v in sizes.items() if s not in _seen(cfg["cohort"]))
+    seen = _seen(cfg["cohort"])
+    n = sum(v for s, v in site_sizes(**cfg["cohort"]).items() if s not in seen)
     sd = _sd_at(n, power["variance"])
     target = power["target"]
     repeats = int(cfg["repeats"])
@@ -349,6 +384,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.pilot_file:
         pilot = json.loads(Path(args.pilot_file).read_text())
+        if "pilot_data" in pilot:  # an mri_power.json: its pilot
+            pilot = pilot_of(pilot)
     else:
         pilot = run_pilot(args.cohort_dir)
         (out / "mri_power_pilot.json").write_text(json.dumps(pilot) + "\n")
