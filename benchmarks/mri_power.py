@@ -151,7 +151,7 @@ def minimum_detectable_effect(sd: float, repeats: int, power: float = 0.8, alpha
     Example::
 
         >>> round(minimum_detectable_effect(0.03, 20), 4)
-        0.0204
+        0.0198
     """
     upper = 30 * sd / math.sqrt(repeats) + stats.t.ppf(1 - alpha / 2, repeats - 1) * sd  # power ~1 there
     return float(optimize.brentq(lambda d: paired_t_power(d, sd, repeats, alpha) - power, 1e-9, upper))
@@ -366,6 +366,12 @@ def design_power(cfg: Mapping[str, Any], power: Mapping[str, Any] | None = None)
         "expected_sd_of_paired_differences": round(sd, 5),
         "minimum_detectable_effect": round(minimum_detectable_effect(sd, repeats, target["power"], target["alpha"]), 4),
         "power_at_target_difference": round(paired_t_power(target["difference"], sd, repeats, target["alpha"]), 3),
+        "repeats_for_target_at_these_unseen_scans": required_repeats(
+            target["difference"], sd, target["power"], target["alpha"]
+        ),
+        "target_reachable_within_budget": bool(power["target_reached"]),
+        "budget": f"{power['cost']['budget_seconds'] / 60:.0f} min wall on one idle core, planned at "
+        f"{power['cost']['budget_fraction']:.0%} of it",
         "target": {k: target[k] for k in ("difference", "power", "alpha")},
         "source": "benchmarks/results/mri_power.json (benchmarks.mri_power: committed run's paired s.d. + pilot)",
     }
