@@ -549,8 +549,9 @@ def run_repeat(
 
 
 NOTES = """
-How to read: `seen` = AUROC on held-out subjects of the 6 training sites (fold r of 5), `unseen` = AUROC on every
-scan of the 2 sites never used in training; mean [t-based 95% CI] over repeats. `me` uses the true site's random
+How to read: `seen` = AUROC on held-out subjects of the 6 training sites (fold r % 5 of repeat r's split),
+`unseen` = AUROC on every scan of the 2 sites never used in training (a larger set than the bundles' cohort has:
+see `extra_unseen_subjects` in the config); mean [t-based 95% CI] over repeats. `me` uses the true site's random
 effects on seen sites and the population prediction (z = 0) on unseen sites; `me_randomized_z` a random training
 site's effects; `me_inferred_z` the z-predictor's soft z everywhere. `site_probe_accuracy`: a logistic regression
 predicting the training site from the fixed-effects pooled features (chance 1/6 = 0.167; lower = more

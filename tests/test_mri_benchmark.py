@@ -193,3 +193,13 @@ def test_full_design_is_the_power_analysis_choice_and_the_plan_states_its_mde():
     assert chosen["wall_seconds"] <= power["cost"]["budget_fraction"] * power["cost"]["budget_seconds"]
     if not power["target_reached"]:
         assert chosen["mde"] > power["target"]["difference"]
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from benchmarks import _combat
+
+    for module in (_combat, mri_power):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
