@@ -8,10 +8,15 @@ thickness, gain); 6 training ("seen") sites whose disease prevalence is spread f
 confounded) and 2 balanced sites never used for training ("unseen"). Volumes are 32^3 voxels of 6 mm; every scan
 is z-scored on its own (no site statistics are used, so no model gets site information from preprocessing).
 
-Protocol per repeat ``r`` (seed ``r``): the seen-site subjects are split once into 5 folds stratified on
-label x site (:func:`~monai_medl.data.stratified_group_kfold`); repeat ``r`` trains on the other four folds and
-tests on fold ``r`` (seen) and on every unseen-site scan (unseen). Model initialisation, batch order and
-augmentation (random left-right flips) are seeded by ``r``.
+The full run adds ``extra_unseen_subjects`` scans at the two unseen sites (the rest of the cohort is unchanged):
+a larger unseen test set costs only its generation and inference. The numbers of repeats and of unseen scans are
+the design chosen by :mod:`benchmarks.mri_power` for the primary comparison's power; the run's plan states the
+minimum detectable effect of that design, computed before the run.
+
+Protocol per repeat ``r``: the seen-site subjects are split into 5 folds stratified on label x site
+(:func:`~monai_medl.data.stratified_group_kfold`, split seed ``r // 5``: repeated cross-validation); repeat ``r``
+trains on the other four folds and tests on fold ``r % 5`` (seen) and on every unseen-site scan (unseen). Model
+initialisation, batch order and augmentation (random left-right flips) are seeded by ``r``.
 
 Models (same SmallCNN backbone, channels 8-16-32-64, global average pooling; Adam 1e-3, batch 16, the same number
 of epochs, last epoch used; trained in a MONAI ``SupervisedTrainer`` with the package's loss, prepare_batch and
@@ -25,7 +30,12 @@ adversary; seen sites: mixed prediction with the true z, unseen sites: populatio
 z of an image z-predictor, a SmallCNN site classifier trained on the training scans only, for seen and unseen
 scans); ``traditional`` (logistic regression, C by inner cross-validation, on regional features: CSF fraction and
 mean intensity in the medial temporal and ventricular regions and in a 4x4x4 grid of blocks); ``shuffled_label``
-(the conventional recipe on permuted training labels: chance level).
+(the conventional recipe on permuted training labels: chance level). Harmonisation baselines:
+``conventional_site_normalised`` (the conventional recipe on scans z-scored per site instead of per scan: mean and
+s.d. of the brain voxels of the site's own scans, the training scans for a seen site and all of its unlabelled
+scans for an unseen site); ``combat_logistic`` (the traditional features harmonised by ComBat, fitted on the
+training scans with the label protected and applied label-free; an unseen site's parameters are estimated from its
+own unlabelled scans at test time; see :mod:`benchmarks._combat`; then the traditional model's logistic regression).
 
 Metrics: AUROC on seen-site test scans and on unseen-site scans (pooled over sites); in ``extra``: balanced
 accuracy (threshold maximising Youden's J on the training predictions of the same mode), site-probe accuracy
@@ -59,6 +69,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from benchmarks._combat import ComBat
 from benchmarks._common import CONTRACT_MODELS, Comparison, benchmark_parser, run_benchmark, site_scores
 from monai_medl.bundle.optim import random_effects_param_groups
 from monai_medl.data.cohort import cohort_settings, generate_mri_cohort
@@ -70,19 +81,65 @@ from monai_medl.networks.nets.me_cnn import MixedEffectsCNN
 from monai_medl.networks.nets.small_cnn import SmallCNN
 from monai_medl.networks.utils import soft_design
 from monai_medl.transforms.site import site_index_to_design
+from monai_medl.transforms.site_intensity import NormalizeBySite, SiteIntensityStats
 
-__all__ = ["MODELS", "ABLATIONS", "default_config", "load_cohort", "run_repeat", "run", "run_ablation", "main"]
+__all__ = [
+    "MODELS",
+    "TRAININGS",
+    "COMPARISONS",
+    "ABLATIONS",
+    "default_config",
+    "make_plan",
+    "training_epochs",
+    "inference_passes",
+    "load_cohort",
+    "site_normalised_images",
+    "combat_harmonised",
+    "split_indices",
+    "run_repeat",
+    "run",
+    "run_ablation",
+    "main",
+]
 
 NAME = "mri"
-MODELS = CONTRACT_MODELS
+
+TRAININGS: dict[str, tuple[str, ...]] = {
+    "conventional": ("conventional",),
+    "conventional_site_normalised": ("conventional_site_normalised",),
+    "cluster_input": ("cluster_input",),
+    "domain_adversarial": ("domain_adversarial",),
+    "me_no_adversary": ("me_no_adversary",),
+    "me": ("me",),
+    "me_randomized_z": ("me",),
+    "me_inferred_z": ("me", "z_predictor"),
+    "traditional": (),
+    "combat_logistic": (),
+    "shuffled_label": ("shuffled_label",),
+}
+"""Every model of the benchmark (in table order) and the networks it needs trained per repeat (a network shared by
+several models, e.g. ``me``'s, is trained once). A new model is a row here and a block in :func:`run_repeat`."""
+MODELS = tuple(TRAININGS)
+assert set(CONTRACT_MODELS) <= set(MODELS), "the benchmark contract's models must all be in the table"
+
+
+FULL_DESIGN = {"repeats": 12, "extra_unseen_subjects": 2000}
+"""The full run's repeats and extra unseen-site subjects: the design :mod:`benchmarks.mri_power` chose (a test
+checks that they agree with ``benchmarks/results/mri_power.json``)."""
 
 
 def default_config(quick: bool = False) -> dict[str, Any]:
-    """Every setting of a run (written to the results' ``config``)."""
+    """Every setting of a run (written to the results' ``config``).
+
+    The cohort is the bundles' (:func:`~monai_medl.data.cohort.cohort_settings` ``"mri_bundle"``, whose scans are
+    unchanged) plus ``extra_unseen_subjects`` scans at the two unseen sites (test-only: a larger unseen test set)."""
+    extra = 100 if quick else FULL_DESIGN["extra_unseen_subjects"]
     return {
-        "cohort": cohort_settings("mri_bundle", **({"num_subjects": 400} if quick else {})),  # the bundles' cohort
+        "cohort": cohort_settings(
+            "mri_bundle", extra_unseen_subjects=extra, **({"num_subjects": 400} if quick else {})
+        ),
         "folds": 5,
-        "repeats": 2 if quick else 5,
+        "repeats": 2 if quick else FULL_DESIGN["repeats"],
         "epochs": 8 if quick else 20,
         "z_predictor_epochs": 4 if quick else 8,
         "batch_size": 16,
@@ -99,23 +156,40 @@ def default_config(quick: bool = False) -> dict[str, Any]:
     }
 
 
+def training_epochs(cfg: dict[str, Any], models: Sequence[str]) -> int:
+    """Training epochs one repeat of ``models`` runs (each network of :data:`TRAININGS` once)."""
+    unknown = sorted(set(models) - set(TRAININGS))
+    if unknown:
+        raise KeyError(f"unknown models {unknown}; the benchmark's models are {list(TRAININGS)}.")
+    runs = {t for m in models for t in TRAININGS[m]}
+    return sum(cfg["z_predictor_epochs"] if t == "z_predictor" else cfg["epochs"] for t in runs)
+
+
+def inference_passes(models: Sequence[str]) -> int:
+    """Forward passes over each unseen-site scan in one repeat of ``models``: one per deep model, plus the
+    z-predictor's for ``me_inferred_z``."""
+    return sum(1 for m in models if TRAININGS[m]) + int("me_inferred_z" in models)
+
+
 # ----------------------------------------------------------------------------------------------------------- data
 
 
 def load_cohort(cohort_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Generate (if needed) and load the cohort: z-scored volumes, labels, sites, split tags and ground truth."""
+    """Generate (if needed) and load the cohort: volumes z-scored per scan (``images``) and as generated
+    (``raw_images``), labels, sites, split tags and ground truth."""
     datalist_path = generate_mri_cohort(cohort_dir, **cfg["cohort"])
     with open(datalist_path, encoding="utf-8") as f:
         datalist = json.load(f)
     with open(os.path.join(cohort_dir, "ground_truth.json"), encoding="utf-8") as f:
         truth = json.load(f)
     entries = [e for key in ("training", "validation", "test") for e in datalist[key]]
-    images = np.stack([nib.load(os.path.join(cohort_dir, e["image"])).get_fdata(dtype=np.float32) for e in entries])
-    flat = images.reshape(len(images), -1)
-    images = (images - flat.mean(1)[:, None, None, None]) / flat.std(1)[:, None, None, None]
+    raw = np.stack([nib.load(os.path.join(cohort_dir, e["image"])).get_fdata(dtype=np.float32) for e in entries])
+    flat = raw.reshape(len(raw), -1)
+    images = (raw - flat.mean(1)[:, None, None, None]) / flat.std(1)[:, None, None, None]
     return {
         "entries": entries,
         "images": images[:, None].astype(np.float32),
+        "raw_images": raw[:, None],
         "labels": np.array([e["label"] for e in entries], dtype=np.float32),
         "sites": [e["site"] for e in entries],
         "seen_sites": list(truth["seen_sites"]),
@@ -312,19 +386,65 @@ def intercept_recovery(intercepts: np.ndarray, truth: dict[str, Any], seen_sites
 # ------------------------------------------------------------------------------------------------------ protocol
 
 
+def site_normalised_images(raw: np.ndarray, sites: Sequence[str], reference: Sequence[int]) -> np.ndarray:
+    """Every scan z-scored with the mean and s.d. of the brain (non-zero) voxels of its own site's ``reference``
+    scans (:class:`~monai_medl.transforms.SiteIntensityStats`, background kept at zero).
+
+    Pass as ``reference`` the training scans of the seen sites and every scan of each unseen site (its own images,
+    no labels): each site's statistics then come from that site's images only. A scan whose site has no reference
+    scans is an error (no fallback to other sites' statistics).
+    """
+    stats = SiteIntensityStats.fit(({"image": raw[i], "site": sites[i]} for i in reference), keys="image")
+    normalise = NormalizeBySite(stats, key="image", fallback="error")
+    return np.stack([normalise(raw[i], sites[i]) for i in range(len(raw))]).astype(np.float32)
+
+
+def combat_harmonised(
+    features: np.ndarray, sites: Sequence[str], labels: np.ndarray, train: Sequence[int]
+) -> tuple[np.ndarray, ComBat]:
+    """The features of every scan harmonised by :class:`~benchmarks._combat.ComBat` fitted on the ``train`` scans
+    only (site as batch, the label protected); returns them and the fitted harmonisation.
+
+    Scans of a training site use that site's fitted parameters; each other (unseen) site's parameters are
+    estimated from all of its scans in ``features`` (unlabelled, at test time).
+    """
+    sites = np.asarray(sites)
+    combat = ComBat(protect=("label",)).fit(features[train], sites[train], {"label": labels[train]})
+    return combat.transform(features, sites), combat
+
+
+def _logistic_regression(f_train: np.ndarray, y_train: np.ndarray):
+    """Standardised features + logistic regression, C by inner 5-fold cross-validation on the training scans."""
+    lr = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=10, cv=5, max_iter=5000, scoring="roc_auc"))
+    return lr.fit(f_train, y_train)
+
+
+def split_indices(entries: Sequence[dict], seen_sites: Sequence[str], folds: int, repeat: int):
+    """``(train, seen_test, unseen)`` scan indices of ``repeat``: fold ``repeat % folds`` of a label x site
+    stratified ``folds``-fold split of the seen-site scans (split seed ``repeat // folds``: repeats beyond
+    ``folds`` start a new split) is the seen test set; every unseen-site scan is in ``unseen``."""
+    seen = set(seen_sites)
+    seen_idx = [i for i, e in enumerate(entries) if e["site"] in seen]
+    split = stratified_group_kfold([dict(entries[i], _i=i) for i in seen_idx], n_splits=folds, seed=repeat // folds)
+    fold = split[repeat % folds]
+    train = np.array([e["_i"] for e in fold["training"]])
+    test = np.array([e["_i"] for e in fold["validation"]])
+    return train, test, np.array([i for i, e in enumerate(entries) if e["site"] not in seen])
+
+
 def run_repeat(
-    data: dict[str, Any], cfg: dict[str, Any], repeat: int, models: Sequence[str] = MODELS, log=print
+    data: dict[str, Any],
+    cfg: dict[str, Any],
+    repeat: int,
+    models: Sequence[str] = MODELS,
+    log=print,
+    unseen_predictions: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Train and evaluate ``models`` on repeat ``repeat`` (fold ``repeat`` of the seen sites as test)."""
+    """Train and evaluate ``models`` on repeat ``repeat`` (see :func:`split_indices`); with ``unseen_predictions``
+    (a dict) each model's unseen-site probabilities are stored in it, with the labels under ``"labels"``."""
     seen_sites = data["seen_sites"]
     index = {s: i for i, s in enumerate(seen_sites)}
-    entries = data["entries"]
-    seen_idx = [i for i, e in enumerate(entries) if e["site"] in index]
-    unseen_idx = np.array([i for i, e in enumerate(entries) if e["site"] not in index])
-    folds = stratified_group_kfold([dict(entries[i], _i=i) for i in seen_idx], n_splits=cfg["folds"], seed=0)
-    fold = folds[repeat % cfg["folds"]]
-    tr = np.array([e["_i"] for e in fold["training"]])
-    te = np.array([e["_i"] for e in fold["validation"]])
+    tr, te, unseen_idx = split_indices(data["entries"], seen_sites, cfg["folds"], repeat)
 
     images, labels = torch.from_numpy(data["images"]), data["labels"]
     site_idx = np.array([index.get(s, -1) for s in data["sites"]])
@@ -336,28 +456,39 @@ def run_repeat(
     zeros_te, zeros_un = torch.zeros(len(te), K), torch.zeros(len(unseen_idx), K)
     seed = 1000 * repeat
     results: dict[str, dict[str, float]] = {}
+    p_unseen: dict[str, np.ndarray] = {}
 
-    def deep(kind, train_labels=y_tr):
+    def deep(kind, train_labels=y_tr, x_train=x_tr):
         start = time.perf_counter()
-        net = train_model(kind, cfg, x_tr, torch.from_numpy(train_labels), s_tr, K, seed)
+        net = train_model(kind, cfg, x_train, torch.from_numpy(train_labels), s_tr, K, seed)
         log(f"  repeat {repeat} {kind}: trained in {time.perf_counter() - start:.0f} s")
         return net
 
     def probe(h_tr, h_te):
         return site_probe_accuracy(h_tr, site_idx[tr], h_te, site_idx[te])
 
-    # conventional, shuffled labels and domain-adversarial: the fixed-effects prediction everywhere
+    def score(name, p_tr, p_te, p_un, extra, train_labels=y_tr):
+        results[name] = {**_scores(train_labels, p_tr, y_te, p_te, y_un, p_un), **extra}
+        p_unseen[name] = p_un
+
+    # the fixed-effects CNNs (conventional recipe, its shuffled-label control, on per-site-normalised images, and
+    # domain-adversarial): the fixed-effects prediction everywhere
     perm = np.random.default_rng(seed).permutation(len(tr))
-    for name, kind, ytrain in (
-        ("conventional", "conventional", y_tr),
-        ("shuffled_label", "conventional", y_tr[perm]),
-        ("domain_adversarial", "domain_adversarial", y_tr),
-    ):
+    fixed = [
+        ("conventional", "conventional", y_tr, None),
+        ("shuffled_label", "conventional", y_tr[perm], None),
+        ("conventional_site_normalised", "conventional", y_tr, "site_normalised"),
+        ("domain_adversarial", "domain_adversarial", y_tr, None),
+    ]
+    for name, kind, ytrain, inputs in fixed:
         if name not in models:
             continue
-        net = deep(kind, ytrain)
-        (p_tr, h_tr), (p_te, h_te), (p_un, _) = (predict(net, a, None) for a in (x_tr, x_te, x_un))
-        results[name] = {**_scores(ytrain, p_tr, y_te, p_te, y_un, p_un), "site_probe_accuracy": probe(h_tr, h_te)}
+        x = images
+        if inputs == "site_normalised":  # seen sites: their training scans; unseen sites: their own scans
+            x = torch.from_numpy(site_normalised_images(data["raw_images"], data["sites"], [*tr, *unseen_idx]))
+        net = deep(kind, ytrain, x[tr])
+        (p_tr, h_tr), (p_te, h_te), (p_un, _) = (predict(net, x[a], None) for a in (tr, te, unseen_idx))
+        score(name, p_tr, p_te, p_un, {"site_probe_accuracy": probe(h_tr, h_te)}, ytrain)
 
     if "cluster_input" in models:
         net = deep("cluster_input")
@@ -366,11 +497,9 @@ def run_repeat(
             predict(net, x_te, z_te),
             predict(net, x_un, zeros_un),
         )
-        results["cluster_input"] = {
-            **_scores(y_tr, p_tr, y_te, p_te, y_un, p_un),
-            "site_probe_accuracy": probe(h_tr, h_te),
-            **intercept_recovery(net.linear.weight[0, -K:].detach().numpy(), data["truth"], seen_sites),
-        }
+        weights = net.linear.weight[0, -K:].detach().numpy()
+        extra = {"site_probe_accuracy": probe(h_tr, h_te), **intercept_recovery(weights, data["truth"], seen_sites)}
+        score("cluster_input", p_tr, p_te, p_un, extra)
 
     gen = torch.Generator().manual_seed(seed + 7)
 
@@ -388,41 +517,41 @@ def run_repeat(
         fe = {"site_probe_accuracy": probe(h_tr, h_te), **recovery}
         pop_te, _ = predict(net, x_te, zeros_te)
         fe["seen_population_auroc"] = _scores(y_tr, p_tr, y_te, pop_te, y_un, p_un)["seen_auroc"]
-        results[kind] = {**_scores(y_tr, p_tr, y_te, p_te, y_un, p_un), **fe}
+        score(kind, p_tr, p_te, p_un, fe)
         if kind == "me":
-            rz = [predict(net, a, random_z(len(a)))[0] for a in (x_tr, x_te, x_un)]
-            results["me_randomized_z"] = {**_scores(y_tr, rz[0], y_te, rz[1], y_un, rz[2]), **fe}
+            score("me_randomized_z", *(predict(net, a, random_z(len(a)))[0] for a in (x_tr, x_te, x_un)), fe)
         if kind == "me" and "me_inferred_z" in models:
             z_predictor = deep("z_predictor")
             zi_tr, zi_te, zi_un = (soft_design(z_predictor, a, batch_size=64) for a in (x_tr, x_te, x_un))
             iz = [predict(net, a, z)[0] for a, z in ((x_tr, zi_tr), (x_te, zi_te), (x_un, zi_un))]
-            results["me_inferred_z"] = {
-                **_scores(y_tr, iz[0], y_te, iz[1], y_un, iz[2]),
-                **fe,
-                "seen_z_predictor_accuracy": float((zi_te.argmax(1).numpy() == site_idx[te]).mean()),
-            }
+            z_accuracy = float((zi_te.argmax(1).numpy() == site_idx[te]).mean())
+            score("me_inferred_z", *iz, {**fe, "seen_z_predictor_accuracy": z_accuracy})
 
-    if "traditional" in models:  # regional volumes and intensities + logistic regression (C by inner 5-fold CV)
+    # regional features + logistic regression: as they are (traditional) and ComBat-harmonised (combat_logistic)
+    for name in ("traditional", "combat_logistic"):
+        if name not in models:
+            continue
         f_all = data["features"]
-        lr = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=10, cv=5, max_iter=5000, scoring="roc_auc"))
-        lr.fit(f_all[tr], y_tr)
+        if name == "combat_logistic":
+            f_all = combat_harmonised(f_all, data["sites"], labels, tr)[0]
+        lr = _logistic_regression(f_all[tr], y_tr)
         p_tr, p_te, p_un = (lr.predict_proba(f_all[a])[:, 1] for a in (tr, te, unseen_idx))
-        results["traditional"] = {
-            **_scores(y_tr, p_tr, y_te, p_te, y_un, p_un),
-            "site_probe_accuracy": probe(f_all[tr], f_all[te]),
-        }
+        score(name, p_tr, p_te, p_un, {"site_probe_accuracy": probe(f_all[tr], f_all[te])})
     for name in results:
         r = results[name]
         log(
-            f"  repeat {repeat} {name:>18}: AUROC seen {r['seen_auroc']:.3f} unseen {r['unseen_auroc']:.3f}"
+            f"  repeat {repeat} {name:>28}: AUROC seen {r['seen_auroc']:.3f} unseen {r['unseen_auroc']:.3f}"
             f" | site probe {r.get('site_probe_accuracy', math.nan):.2f}"
         )
+    if unseen_predictions is not None:
+        unseen_predictions.update(p_unseen, labels=y_un)
     return results
 
 
 NOTES = """
-How to read: `seen` = AUROC on held-out subjects of the 6 training sites (fold r of 5), `unseen` = AUROC on every
-scan of the 2 sites never used in training; mean [t-based 95% CI] over repeats. `me` uses the true site's random
+How to read: `seen` = AUROC on held-out subjects of the 6 training sites (fold r % 5 of repeat r's split),
+`unseen` = AUROC on every scan of the 2 sites never used in training (a larger set than the bundles' cohort has:
+see `extra_unseen_subjects` in the config); mean [t-based 95% CI] over repeats. `me` uses the true site's random
 effects on seen sites and the population prediction (z = 0) on unseen sites; `me_randomized_z` a random training
 site's effects; `me_inferred_z` the z-predictor's soft z everywhere. `site_probe_accuracy`: a logistic regression
 predicting the training site from the fixed-effects pooled features (chance 1/6 = 0.167; lower = more
@@ -430,6 +559,9 @@ site-invariant). `intercept_vs_true_prevalence_r`: Pearson r over the 6 seen sit
 intercepts (for cluster_input: the classifier weights on z) and the logit of the generator's per-site disease
 prevalence; `intercept_vs_true_gain_r`: the same against the generator's scanner gain (a nuisance effect the
 intercept should not track). `seen_population_auroc`: the ME model's fixed-effects prediction on seen sites.
+`combat_logistic`: the traditional features after ComBat (fitted on training scans, label protected; unseen sites
+estimated from their own unlabelled scans); its site probe reads the harmonised features.
+`conventional_site_normalised`: the conventional CNN on per-site z-scored intensities (each site's own scans).
 """
 
 
@@ -453,26 +585,48 @@ def _with_cohort(cfg: dict[str, Any], cohort_dir: str | None, body, log=print):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-PLAN = {
-    "seeds": "repeats 0..4 (fewer in quick mode): repeat r trains on 4 of 5 folds of the seen-site subjects and tests "
-    "on fold r",
-    "splits": "5 folds stratified on label x site over the 6 seen sites; the 2 unseen sites are test-only",
-    "primary_comparisons": [
-        "me - conventional, unseen-site AUROC, paired per fold",
-        "me - cluster_input, unseen-site AUROC, paired per fold",
-        "me - me_randomized_z, seen-site AUROC, paired per fold",
-    ],
-    "decision_rule": "a difference is claimed only when its paired 95% t-interval excludes 0; the last epoch is "
-    "used (no choice on test data)",
-}
-
-
 COMPARISONS = (
     Comparison("me", "unseen_auroc", "conventional", key="paired_unseen_minus_conventional"),
     Comparison("me", "unseen_auroc", "cluster_input", key="paired_unseen_minus_cluster_input"),
+    Comparison("me", "unseen_auroc", "combat_logistic", key="paired_unseen_minus_combat_logistic"),
+    Comparison(
+        "me", "unseen_auroc", "conventional_site_normalised", key="paired_unseen_minus_conventional_site_normalised"
+    ),
     Comparison("me", "seen_auroc", "me_randomized_z", key="paired_seen_minus_randomized_z"),
 )
-"""The plan's primary comparisons (paired per fold; stored in ``me``'s ``extra`` under these keys)."""
+"""The plan's primary comparisons (paired per repeat; stored in ``me``'s ``extra`` under these keys)."""
+
+
+def make_plan(cfg: dict[str, Any], comparisons: Sequence[Comparison] = COMPARISONS) -> dict[str, Any]:
+    """The run's pre-registered plan: seeds, splits, baselines' rules, primary comparisons, decision rule and the
+    power of the design in ``cfg`` (:func:`benchmarks.mri_power.design_power`, computed from
+    ``benchmarks/results/mri_power.json``)."""
+    from benchmarks.mri_power import design_power
+
+    repeats, folds = cfg["repeats"], cfg["folds"]
+    power = design_power(cfg)
+    return {
+        "seeds": f"repeats 0..{repeats - 1} (training seed 1000 r): repeat r trains on {folds - 1} of {folds} folds of "
+        f"the seen-site subjects and tests on fold r % {folds} of the split drawn with seed r // {folds} (repeated "
+        "cross-validation)",
+        "splits": f"{folds} folds stratified on label x site over the seen sites; the unseen sites are test-only "
+        f"({power['unseen_scans']} scans, every repeat)",
+        "baselines": "combat_logistic: the traditional model's regional features, ComBat (neuroCombat, parametric "
+        "empirical Bayes) fitted on each repeat's training scans only with site as batch and the label protected "
+        "(prevalence is confounded with site; an unprotected fit would remove disease signal as site effect), "
+        "applied label-free; seen sites use their fitted parameters, each unseen site's are estimated at test time "
+        "from its own unlabelled scans (ComBat cannot estimate them from training data), then logistic regression "
+        "as for traditional. conventional_site_normalised: the conventional CNN on the generated intensities "
+        "z-scored per site (mean and s.d. of the brain voxels of the site's own scans: training scans for seen "
+        "sites, all of its unlabelled scans for an unseen site) instead of per scan",
+        "primary_comparisons": [
+            f"{c.model} - {c.reference}, {c.metric.split('_')[0]}-site AUROC, paired per repeat" for c in comparisons
+        ],
+        "decision_rule": "a difference is claimed only when its paired 95% t-interval excludes 0 (each comparison "
+        "separately, no multiplicity correction; all are reported whatever the outcome); the last epoch is used (no "
+        "choice on test data)",
+        "power": power,
+    }
 
 
 def run(
@@ -486,7 +640,7 @@ def run(
         return run_benchmark(
             NAME,
             quick,
-            PLAN,
+            make_plan(cfg),
             seeds,
             lambda r: run_repeat(data, cfg, r, log=log),
             metric="auroc",
@@ -521,8 +675,9 @@ def run_ablation(
     quick: bool = False, out_dir=None, config: dict[str, Any] | None = None, cohort_dir: str | None = None, log=print
 ) -> dict[str, Any]:
     """The ``me`` model with one setting changed at a time (:data:`ABLATIONS`), against the conventional model on
-    the same folds; writes ``mri_ablation.json`` / ``.md`` (extra: paired differences to ``conventional``)."""
-    cfg = config or default_config(quick)
+    the same folds (one cross-validation round: ``folds`` repeats); writes ``mri_ablation.json`` / ``.md`` (extra:
+    paired differences to ``conventional``)."""
+    cfg = config or {**default_config(quick), **({} if quick else {"repeats": default_config()["folds"]})}
     seeds = list(range(cfg["repeats"]))
     comparisons = [
         Comparison(name, metric, "conventional", key=f"paired_{split}_minus_conventional")
@@ -542,7 +697,7 @@ def run_ablation(
         return run_benchmark(
             f"{NAME}_ablation",
             quick,
-            {**PLAN, "primary_comparisons": [c.label for c in comparisons]},
+            {**make_plan(cfg), "primary_comparisons": [c.label for c in comparisons]},
             seeds,
             lambda r: repeat(data, r),
             metric="auroc",

@@ -112,6 +112,40 @@ def test_byte_identical_for_the_same_seed(small, tmp_path):
     assert again.endswith("datalist.json")
 
 
+def test_extra_unseen_subjects_are_added_to_unseen_sites_and_leave_the_cohort_unchanged(small, tmp_path):
+    from monai_medl.data.cohort import site_sizes
+
+    out, path, truth = small
+    assert "extra_unseen_subjects" not in truth["config"]  # the default writes what it wrote before the option
+    assert site_sizes(**SMALL) == {s: v["num_subjects"] for s, v in truth["sites"].items()}
+    bigger = generate_mri_cohort(tmp_path / "bigger", **SMALL, extra_unseen_subjects=7)
+    with open(os.path.join(os.path.dirname(bigger), "ground_truth.json")) as f:
+        truth7 = json.load(f)
+    assert site_sizes(**SMALL, extra_unseen_subjects=7) == {s: v["num_subjects"] for s, v in truth7["sites"].items()}
+    names = sorted(os.listdir(os.path.join(out, "images")))
+    _, mismatch, errors = filecmp.cmpfiles(os.path.join(out, "images"), tmp_path / "bigger" / "images", names, False)
+    assert not mismatch and not errors  # every scan of the cohort is byte-identical
+    before, after = _all_entries(path), _all_entries(bigger)
+    old = {e["subject"]: e for e in before}
+    added = [e for e in after if e["subject"] not in old]
+    assert len(added) == 7 and len(after) == len(before) + 7
+    assert all(
+        {k: v for k, v in e.items() if k not in ("image", "flair")}
+        == {k: v for k, v in old[e["subject"]].items() if k not in ("image", "flair")}
+        for e in after
+        if e["subject"] in old
+    )
+    assert {e["site"] for e in added} == set(truth["unseen_sites"])  # test-only sites
+    with open(bigger) as f:
+        test_subjects = {os.path.basename(e["image"]).split("_")[0] for e in json.load(f)["test"]}
+    assert {e["subject"] for e in added} <= test_subjects
+    for site in truth["unseen_sites"]:
+        n = sum(e["site"] == site for e in added)
+        assert n in (3, 4) and truth7["sites"][site]["num_subjects"] == truth["sites"][site]["num_subjects"] + n
+    with pytest.raises(ValueError, match="extra_unseen_subjects must be a non-negative integer"):
+        generate_mri_cohort(tmp_path / "bad", **SMALL, extra_unseen_subjects=-1)
+
+
 def test_rerun_reuses_and_other_arguments_need_overwrite(small):
     out, path, _ = small
     before = os.path.getmtime(path)

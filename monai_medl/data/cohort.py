@@ -66,6 +66,7 @@ __all__ = [
     "cohort_grid",
     "generate_mri_cohort",
     "generate_preset_cohort",
+    "site_sizes",
     "main",
 ]
 
@@ -148,6 +149,49 @@ def _allocate(total: int, weights: np.ndarray, minimum: int) -> np.ndarray:
     order = np.argsort(-(raw - counts), kind="stable")
     counts[order[: extra - counts.sum()]] += 1
     return counts + minimum
+
+
+def _site_counts(seed: int, num_sites: int, num_subjects: int) -> tuple[np.ndarray, np.random.Generator]:
+    """Subjects per site (seen sites first) and the cohort's random stream after drawing them."""
+    rng = np.random.default_rng([seed, 2])
+    return _allocate(num_subjects, rng.uniform(0.75, 1.25, size=num_sites), _MIN_PER_SITE), rng
+
+
+def site_sizes(
+    num_subjects: int = 200,
+    sites: int | Sequence[str] = 6,
+    unseen_sites: int | Sequence[str] = 2,
+    seed: int = 0,
+    extra_unseen_subjects: int = 0,
+    **_: Any,
+) -> dict[str, int]:
+    """Scans per site of the cohort :func:`generate_mri_cohort` makes with these arguments (others are ignored),
+    without generating it.
+
+    Example::
+
+        >>> sum(site_sizes(**cohort_settings("mri_bundle", extra_unseen_subjects=100)).values())
+        900
+    """
+    seen, unseen = _site_names(sites, unseen_sites)
+    counts = _site_counts(seed, len(seen) + len(unseen), int(num_subjects))[0]
+    sizes = {name: int(n) for name, n in zip(seen + unseen, counts)}
+    for name, _label in _extra_unseen_rows(seed, unseen, int(extra_unseen_subjects), 0.5):
+        sizes[name] += 1
+    return sizes
+
+
+def _extra_unseen_rows(seed: int, unseen: Sequence[str], total: int, prevalence: float) -> list[tuple[str, int]]:
+    """``(site, label)`` of ``total`` subjects added to the unseen sites: split evenly over the sites, ``prevalence``
+    diseased at each, in a seeded order drawn from a stream of its own (the rest of the cohort is unchanged)."""
+    if total == 0:
+        return []
+    rng = np.random.default_rng([seed, 3])
+    rows: list[tuple[str, int]] = []
+    for name, n in zip(unseen, _allocate(total, np.ones(len(unseen)), 0)):
+        n_dis = int(round(prevalence * n))
+        rows += [(name, int(lab)) for lab in rng.permutation(np.r_[np.ones(n_dis, int), np.zeros(n - n_dis, int)])]
+    return [rows[i] for i in rng.permutation(len(rows))]
 
 
 def _site_effects(rng: np.random.Generator, modalities: Sequence[str], strength: float, tissue_t1: dict) -> dict:
@@ -364,6 +408,7 @@ def generate_mri_cohort(
     site_strength: float = 1.0,
     validation_fraction: float = 0.15,
     test_fraction: float = 0.2,
+    extra_unseen_subjects: int = 0,
     overwrite: bool = False,
 ) -> str:
     """Generate the multi-site 3D MRI cohort (see the module docstring) and return the path of its datalist.
@@ -387,6 +432,10 @@ def generate_mri_cohort(
         site_strength: multiplies the site effects (0 gives identical scanners).
         validation_fraction: approximate fraction of seen-site subjects in ``validation``.
         test_fraction: approximate fraction of seen-site subjects held out in ``test`` (stratified by label x site).
+        extra_unseen_subjects: subjects added to the unseen sites (split evenly, prevalence ``unseen_prevalence``)
+            after the ``num_subjects`` of the cohort, which stay byte-identical: a larger unseen-site test set at
+            the cost of generating its scans only. Their subject numbers follow the cohort's, so no added subject
+            shares a random stream with another subject.
         overwrite: replace a cohort generated with other arguments.
 
     Returns:
@@ -429,6 +478,10 @@ def generate_mri_cohort(
     check_num_subjects(num_subjects, len(all_sites), _MIN_PER_SITE)
     if not 0 <= unseen_prevalence <= 1:
         raise ValueError(f"unseen_prevalence must be in [0, 1], got {unseen_prevalence}.")
+    if int(extra_unseen_subjects) != extra_unseen_subjects or extra_unseen_subjects < 0:
+        raise ValueError(f"extra_unseen_subjects must be a non-negative integer, got {extra_unseen_subjects!r}.")
+    if extra_unseen_subjects and not unseen:
+        raise ValueError("extra_unseen_subjects needs at least one unseen site (unseen_sites > 0).")
     check_split_fractions(validation_fraction, test_fraction)
 
     config = {
@@ -448,6 +501,8 @@ def generate_mri_cohort(
         "test_fraction": float(test_fraction),
         "generator_version": _GENERATOR_VERSION,
     }
+    if extra_unseen_subjects:  # absent by default, so cohorts generated before this option are reused as they are
+        config["extra_unseen_subjects"] = int(extra_unseen_subjects)
     out_dir = os.path.abspath(os.fspath(out_dir))
     existing = reuse_or_claim(out_dir, config, "generate_mri_cohort", overwrite)
     if existing:
@@ -460,8 +515,7 @@ def generate_mri_cohort(
     renderer = _Renderer.on_grid(spatial_size, spacing)
 
     # sites: sizes, prevalences, scanner effects
-    cohort_rng = np.random.default_rng([seed, 2])
-    counts = _allocate(int(num_subjects), cohort_rng.uniform(0.75, 1.25, size=len(all_sites)), _MIN_PER_SITE)
+    counts, cohort_rng = _site_counts(seed, len(all_sites), int(num_subjects))
     site_info: dict[str, dict] = {}
     rows: list[tuple[str, int]] = []
     for s, name in enumerate(all_sites):
@@ -480,11 +534,14 @@ def generate_mri_cohort(
             "effects": effects,
         }
     order = cohort_rng.permutation(len(rows))  # subject ids do not reveal the site
+    rows = [rows[r] for r in order] + _extra_unseen_rows(seed, unseen, int(extra_unseen_subjects), unseen_prevalence)
+    for name in unseen if extra_unseen_subjects else ():
+        site_labels = [label for site, label in rows if site == name]
+        site_info[name].update(num_subjects=len(site_labels), prevalence=sum(site_labels) / len(site_labels))
 
     subjects: dict[str, dict] = {}
     entries: list[dict] = []
-    for k, r in enumerate(order):
-        site, label = rows[r]
+    for k, (site, label) in enumerate(rows):
         subject = f"sub-{k + 1:04d}"
         rng = np.random.default_rng([seed, 1, k])
         p = _subject_params(rng, label, disease_strength)
