@@ -77,6 +77,18 @@ NAME = "mri"
 MODELS = CONTRACT_MODELS
 
 
+ADVERSARY_DEFAULTS: dict[str, Any] = {
+    "adversary_taps": "all",  # "all": the backbone's pooled block outputs and h; "h": the pooled features h only
+    "adversary_hidden": [64, 32],
+    "adversary_input_norm": False,
+    "adversary_lr": 1e-3,
+    "adversary_steps": 1,  # adversary updates per trainer iteration
+    "adversary_warmup_epochs": 0,  # epochs in which the adversary learns but its term is not applied
+}
+"""The adversary's settings besides ``lambda_g`` and ``adversary_objective`` (``benchmarks.mri_selection`` varies
+them)."""
+
+
 def default_config(quick: bool = False) -> dict[str, Any]:
     """Every setting of a run (written to the results' ``config``)."""
     return {
@@ -90,6 +102,7 @@ def default_config(quick: bool = False) -> dict[str, Any]:
         "channels": [8, 16, 32, 64],
         "lambda_g": 0.1,
         "adversary_objective": "confusion",
+        **ADVERSARY_DEFAULTS,
         "kl_weight": 1e-3,
         "slope_prior_scale": 0.1,
         "intercept_prior_scale": 0.5,
@@ -118,6 +131,7 @@ def load_cohort(cohort_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
         "images": images[:, None].astype(np.float32),
         "labels": np.array([e["label"] for e in entries], dtype=np.float32),
         "sites": [e["site"] for e in entries],
+        "splits": [key for key in ("training", "validation", "test") for _ in datalist[key]],
         "seen_sites": list(truth["seen_sites"]),
         "unseen_sites": list(truth["unseen_sites"]),
         "truth": truth,
@@ -195,6 +209,7 @@ def _me_cnn(cfg: dict[str, Any], num_clusters: int, random_effects: bool) -> Mix
         slope_prior_scale=cfg["slope_prior_scale"],
         intercept_prior_scale=cfg["intercept_prior_scale"],
         probe_size=cfg["cohort"]["spatial_size"],
+        tap_layers=[] if cfg["adversary_taps"] == "h" else None,
     )
 
 
@@ -237,10 +252,18 @@ def train_model(
         if me:
             prepare = MixedEffectsPrepareBatch(num_clusters)
         if kind in ("domain_adversarial", "me"):
-            adversary = net.make_adversary()
-            optimizer = torch.optim.Adam(adversary.parameters(), cfg["lr"])
-            objective = cfg["adversary_objective"]
-            handlers.append(AdversaryHandler(adversary, optimizer, cfg["lambda_g"], objective=objective))
+            adversary = net.make_adversary(cfg["adversary_hidden"], input_norm=cfg["adversary_input_norm"])
+            optimizer = torch.optim.Adam(adversary.parameters(), cfg["adversary_lr"])
+            handlers.append(
+                AdversaryHandler(
+                    adversary,
+                    optimizer,
+                    cfg["lambda_g"],
+                    objective=cfg["adversary_objective"],
+                    steps=cfg["adversary_steps"],
+                    warmup_epochs=cfg["adversary_warmup_epochs"],
+                )
+            )
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=cfg["z_predictor_epochs"] if kind == "z_predictor" else cfg["epochs"],
