@@ -71,7 +71,17 @@ from monai_medl.networks.nets.small_cnn import SmallCNN
 from monai_medl.networks.utils import soft_design
 from monai_medl.transforms.site import site_index_to_design
 
-__all__ = ["MODELS", "ABLATIONS", "default_config", "load_cohort", "run_repeat", "run", "run_ablation", "main"]
+__all__ = [
+    "MODELS",
+    "ABLATIONS",
+    "default_config",
+    "load_cohort",
+    "run_repeat",
+    "selected_adversary",
+    "run",
+    "run_ablation",
+    "main",
+]
 
 NAME = "mri"
 MODELS = CONTRACT_MODELS
@@ -83,6 +93,7 @@ ADVERSARY_DEFAULTS: dict[str, Any] = {
     "adversary_input_norm": False,
     "adversary_lr": 1e-3,
     "adversary_steps": 1,  # adversary updates per trainer iteration
+    "adversary_memory": 0,  # past batches' features the adversary also trains on
     "adversary_warmup_epochs": 0,  # epochs in which the adversary learns but its term is not applied
 }
 """The adversary's settings besides ``lambda_g`` and ``adversary_objective`` (``benchmarks.mri_selection`` varies
@@ -231,6 +242,8 @@ def train_model(
     Mixed-effects kinds train with :class:`MixedEffectsLoss` (both heads for ``me*``, the fixed head only for the
     fixed-effects models) and, when adversarial, :class:`AdversaryHandler`; ``cluster_input`` gets the one-hot ``z``
     from :class:`MixedEffectsPrepareBatch`; the ``z_predictor`` is a SmallCNN site classifier (cross-entropy)."""
+    if kind == "me":  # the adversary benchmarks.mri_selection chose (run() puts it in the config)
+        cfg = {**cfg, **cfg.get("me_adversary", {})}
     torch.manual_seed(seed)
     handlers: list = []
     prepare = None
@@ -262,6 +275,7 @@ def train_model(
                     objective=cfg["adversary_objective"],
                     steps=cfg["adversary_steps"],
                     warmup_epochs=cfg["adversary_warmup_epochs"],
+                    memory=cfg["adversary_memory"],
                 )
             )
     trainer = SupervisedTrainer(
@@ -498,11 +512,23 @@ COMPARISONS = (
 """The plan's primary comparisons (paired per fold; stored in ``me``'s ``extra`` under these keys)."""
 
 
+def selected_adversary(results_dir=None) -> tuple[str, dict[str, Any]]:
+    """``(candidate, settings)`` of the ``me`` model's adversary chosen by ``benchmarks.mri_selection`` (changes to
+    :func:`default_config`, applied to ``me`` only)."""
+    from benchmarks.selection import load_choice
+
+    return load_choice("mri_selection", **({} if results_dir is None else {"results_dir": results_dir}))
+
+
 def run(
     quick: bool = False, out_dir=None, config: dict[str, Any] | None = None, cohort_dir: str | None = None, log=print
 ) -> dict[str, Any]:
-    """The benchmark: every model, ``repeats`` folds; writes ``mri.json`` / ``mri.md``."""
-    cfg = config or default_config(quick)
+    """The benchmark: every model, ``repeats`` folds; writes ``mri.json`` / ``mri.md``. Without ``config`` the ``me``
+    model's adversary is the one ``benchmarks.mri_selection`` chose (:func:`selected_adversary`)."""
+    if config is None:
+        chosen, settings = selected_adversary()
+        config = {**default_config(quick), "me_adversary_selection": chosen, "me_adversary": settings}
+    cfg = config
     seeds = list(range(cfg["repeats"]))
 
     def body(data):

@@ -166,10 +166,11 @@ def test_warmup_epochs_train_the_adversary_but_leave_the_model_to_the_task():
     assert not torch.allclose(warm2[0].state_dict()[weight], free2[0].state_dict()[weight])
 
 
-def _regularizer(steps: int, lr: float = 0.05) -> AdversarialRegularizer:
+def _regularizer(steps: int, lr: float = 0.05, memory: int = 0) -> AdversarialRegularizer:
     torch.manual_seed(3)
     adversary = ClusterAdversary(in_features=6, num_clusters=3, hidden=(8,))
-    return AdversarialRegularizer(adversary, torch.optim.Adam(adversary.parameters(), lr), lambda_g=1.0, steps=steps)
+    opt = torch.optim.Adam(adversary.parameters(), lr)
+    return AdversarialRegularizer(adversary, opt, lambda_g=1.0, steps=steps, memory=memory)
 
 
 def test_steps_update_the_adversary_that_many_times_on_the_same_features():
@@ -190,6 +191,29 @@ def test_steps_update_the_adversary_that_many_times_on_the_same_features():
     zero = single.step(features, sites, penalize=False)
     assert zero.item() == 0.0 and not zero.requires_grad
     assert any(not torch.equal(before[k], v) for k, v in single.adversary.state_dict().items())
+
+
+def test_memory_trains_the_adversary_on_past_batches_too_and_reads_out_the_current_one():
+    torch.manual_seed(1)
+    a, b = [torch.randn(10, 2), torch.randn(10, 4)], [torch.randn(6, 2), torch.randn(6, 4)]
+    sa, sb = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, -1]), torch.tensor([2, 2, 1, 0, -1, 1])
+    with_memory, plain = _regularizer(2, memory=1), _regularizer(2)
+    with_memory.step(a, sa)
+    plain.step(a, sa)
+    with torch.no_grad():
+        before = with_memory.adversary(b).argmax(1)
+    with_memory.step(b, sb)
+    # the second update saw batch a again (memory) and b: the same as training on both at once without memory
+    plain.step([torch.cat([x, y]) for x, y in zip(a, b)], torch.cat([sa, sb]))
+    for name, value in plain.adversary.state_dict().items():
+        torch.testing.assert_close(with_memory.adversary.state_dict()[name], value, msg=name)
+    # the logged accuracy is the current batch's (unseen-marker rows excluded), before the update on it
+    keep = sb >= 0
+    assert with_memory.last_accuracy == pytest.approx(float((before[keep] == sb[keep]).float().mean()))
+    with pytest.raises(ValueError, match="memory"):
+        _regularizer(1, memory=-1)
+    with pytest.raises(ValueError, match="memory"):
+        AdversaryHandler(with_memory.adversary, with_memory.optimizer, memory=1.5)
 
 
 @pytest.mark.parametrize("steps", [0, -1, 1.5, True])

@@ -39,6 +39,8 @@ class AdversaryHandler:
         objective: ``"confusion"`` (push the adversary to uniform predictions) or ``"ce"`` (ARMED: maximise its
             cross-entropy); see :class:`~monai_medl.losses.AdversarialRegularizer`. Defaults to ``"confusion"``.
         steps: adversary updates per trainer iteration (on the same detached activations). Defaults to 1.
+        memory: past iterations' detached activations the adversary also trains on (see
+            :class:`~monai_medl.losses.AdversarialRegularizer`). Defaults to 0.
         warmup_epochs: epochs at the start during which the adversary is trained but its term is not added to the
             loss (the main model first learns the task and the adversary learns its features, then the unlearning
             starts, as in iterative unlearning). Defaults to 0 (the term from the first iteration).
@@ -58,10 +60,11 @@ class AdversaryHandler:
         objective: str = "confusion",
         steps: int = 1,
         warmup_epochs: int = 0,
+        memory: int = 0,
     ) -> None:
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}.")
-        self.regularizer = AdversarialRegularizer(adversary, optimizer, lambda_g, objective, steps=steps)
+        self.regularizer = AdversarialRegularizer(adversary, optimizer, lambda_g, objective, steps=steps, memory=memory)
         self.site_key = site_key
         self.warmup_epochs = warmup_epochs
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 import torch
@@ -41,6 +42,10 @@ class AdversarialRegularizer:
             computed. More than one keeps the adversary close to the best classifier of the current features (the
             iterative-unlearning idea of training the domain classifier towards optimality before each confusion
             step). Defaults to 1.
+        memory: number of past batches whose detached activations (and sites) the adversary also trains on, so that
+            it approximates a classifier fitted on many recent items rather than chasing the features batch by
+            batch (the stored activations are up to ``memory`` iterations old; they are not checkpointed).
+            Defaults to 0 (the current batch only).
 
     Example::
 
@@ -55,10 +60,16 @@ class AdversarialRegularizer:
         lambda_g: float = 0.1,
         objective: str = "confusion",
         steps: int = 1,
+        memory: int = 0,
     ) -> None:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps (adversary updates per step) must be an integer >= 1, got {steps!r}.")
         self.steps = steps
+        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
+            raise ValueError(
+                f"memory (past batches the adversary also trains on) must be an integer >= 0, got {memory!r}."
+            )
+        self._memory: deque | None = deque(maxlen=memory) if memory > 0 else None
         if objective not in ("ce", "confusion"):
             raise ValueError(f"objective must be 'ce' or 'confusion', got {objective!r}.")
         self.objective = objective
@@ -72,7 +83,7 @@ class AdversarialRegularizer:
 
     @property
     def last(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cross-entropy, accuracy)`` of the adversary on the latest batch (before its last update), as detached
+        """``(cross-entropy, accuracy)`` of the adversary on the latest batch (before its update on it), as detached
         0-dim tensors (NaN before the first step); read them as numbers only when logging, a GPU synchronises on each
         conversion."""
         if self._last is None:
@@ -113,16 +124,25 @@ class AdversarialRegularizer:
 
         if not self.adversary.training:
             self.adversary.train()
-        detached = [f.detach() for f in features]
-        for _ in range(self.steps):
+        batch = ([f.detach() for f in features], target, weight)
+        bank = [*self._memory, batch] if self._memory is not None else [batch]
+        inputs = [torch.cat([b[0][i] for b in bank]) for i in range(len(features))] if len(bank) > 1 else batch[0]
+        all_target, all_weight = (torch.cat([b[k] for b in bank]) for k in (1, 2))
+        all_count = all_weight.sum().clamp_min(1.0)
+        n = target.shape[0]
+        for i in range(self.steps):
             self.optimizer.zero_grad(set_to_none=True)
-            logits = self.adversary(detached)
-            adv_loss = (F.cross_entropy(logits, target, reduction="none") * weight).sum() / count
-            adv_loss.backward()
+            logits = self.adversary(inputs)
+            per_item = F.cross_entropy(logits, all_target, reduction="none")
+            if i == 0:  # read-outs on the current batch before the adversary is updated on it
+                current = logits.detach()[-n:]
+                correct = (current.argmax(1) == target).to(weight.dtype)
+                self._last = ((per_item.detach()[-n:] * weight).sum() / count, (correct * weight).sum() / count)
+            ((per_item * all_weight).sum() / all_count).backward()
             self._sync_grads()
             self.optimizer.step()
-        correct = (logits.detach().argmax(1) == target).to(weight.dtype)
-        self._last = (adv_loss.detach(), (correct * weight).sum() / count)
+        if self._memory is not None:
+            self._memory.append(batch)
 
         if self.lambda_g == 0 or not penalize:
             return features[0].new_zeros(())
