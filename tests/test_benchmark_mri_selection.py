@@ -104,13 +104,13 @@ def test_validation_probe_separates_decodable_from_random_features():
 
 
 def test_tiny_selection_run_records_plan_read_outs_and_choice(tmp_path, monkeypatch):
-    keep = (mri_selection.REFERENCE, "current", "unlearning_lambda_1")  # the reference and the new levers
+    keep = (mri_selection.REFERENCE, "current", "memory_mlp_unlearning_lambda_1")  # the reference, the new levers
     monkeypatch.setattr(mri_selection, "CANDIDATES", {k: mri_selection.CANDIDATES[k] for k in keep})
     real_config = mri_selection.selection_config
 
     def tiny_config(quick):
         cfg = real_config(quick)
-        cfg.update(cohort={**cfg["cohort"], "num_subjects": 96}, epochs=2, adversary_warmup_epochs=1)
+        cfg.update(cohort={**cfg["cohort"], "num_subjects": 96}, epochs=2)
         return cfg
 
     monkeypatch.setattr(mri_selection, "selection_config", tiny_config)
