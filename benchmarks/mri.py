@@ -212,6 +212,8 @@ def _backbone(cfg: dict[str, Any], out_channels: int = 1) -> SmallCNN:
 
 
 def _me_cnn(cfg: dict[str, Any], num_clusters: int, random_effects: bool) -> MixedEffectsCNN:
+    if cfg["adversary_taps"] not in ("all", "h"):
+        raise ValueError(f"adversary_taps must be 'all' or 'h', got {cfg['adversary_taps']!r}.")
     return MixedEffectsCNN(
         num_clusters,
         backbone=_backbone(cfg),

@@ -153,3 +153,5 @@ def test_headline_me_model_takes_the_recorded_adversary(tmp_path, monkeypatch):
             mri.train_model(kind, cfg, x, y, s, 6, seed=0)
     # me: the adversary reads h only (64 features of the last block), lambda_g 2, 3 steps; the others keep the default
     assert captured == [(64, 2.0, 3), (8 + 16 + 32 + 64, 0.1, 1)]
+    with pytest.raises(ValueError, match="adversary_taps must be 'all' or 'h'"):
+        mri.train_model("domain_adversarial", {**cfg, "adversary_taps": "last"}, x, y, s, 6, seed=0)
