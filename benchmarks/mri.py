@@ -88,6 +88,7 @@ __all__ = [
     "TRAININGS",
     "COMPARISONS",
     "ABLATIONS",
+    "ADVERSARY_DEFAULTS",
     "default_config",
     "make_plan",
     "training_epochs",
@@ -97,6 +98,7 @@ __all__ = [
     "combat_harmonised",
     "split_indices",
     "run_repeat",
+    "selected_adversary",
     "run",
     "run_ablation",
     "main",
@@ -128,6 +130,19 @@ FULL_DESIGN = {"repeats": 12, "extra_unseen_subjects": 2000}
 checks that they agree with ``benchmarks/results/mri_power.json``)."""
 
 
+ADVERSARY_DEFAULTS: dict[str, Any] = {
+    "adversary_taps": "all",  # "all": the backbone's pooled block outputs and h; "h": the pooled features h only
+    "adversary_hidden": [64, 32],
+    "adversary_input_norm": False,
+    "adversary_lr": 1e-3,
+    "adversary_steps": 1,  # adversary updates per trainer iteration
+    "adversary_memory": 0,  # past batches' features the adversary also trains on
+    "adversary_warmup_epochs": 0,  # epochs in which the adversary learns but its term is not applied
+}
+"""The adversary's settings besides ``lambda_g`` and ``adversary_objective`` (``benchmarks.mri_selection`` varies
+them)."""
+
+
 def default_config(quick: bool = False) -> dict[str, Any]:
     """Every setting of a run (written to the results' ``config``).
 
@@ -147,6 +162,7 @@ def default_config(quick: bool = False) -> dict[str, Any]:
         "channels": [8, 16, 32, 64],
         "lambda_g": 0.1,
         "adversary_objective": "confusion",
+        **ADVERSARY_DEFAULTS,
         "kl_weight": 1e-3,
         "slope_prior_scale": 0.1,
         "intercept_prior_scale": 0.5,
@@ -192,6 +208,7 @@ def load_cohort(cohort_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
         "raw_images": raw[:, None],
         "labels": np.array([e["label"] for e in entries], dtype=np.float32),
         "sites": [e["site"] for e in entries],
+        "splits": [key for key in ("training", "validation", "test") for _ in datalist[key]],
         "seen_sites": list(truth["seen_sites"]),
         "unseen_sites": list(truth["unseen_sites"]),
         "truth": truth,
@@ -261,6 +278,8 @@ def _backbone(cfg: dict[str, Any], out_channels: int = 1) -> SmallCNN:
 
 
 def _me_cnn(cfg: dict[str, Any], num_clusters: int, random_effects: bool) -> MixedEffectsCNN:
+    if cfg["adversary_taps"] not in ("all", "h"):
+        raise ValueError(f"adversary_taps must be 'all' or 'h', got {cfg['adversary_taps']!r}.")
     return MixedEffectsCNN(
         num_clusters,
         backbone=_backbone(cfg),
@@ -269,6 +288,7 @@ def _me_cnn(cfg: dict[str, Any], num_clusters: int, random_effects: bool) -> Mix
         slope_prior_scale=cfg["slope_prior_scale"],
         intercept_prior_scale=cfg["intercept_prior_scale"],
         probe_size=cfg["cohort"]["spatial_size"],
+        tap_layers=[] if cfg["adversary_taps"] == "h" else None,
     )
 
 
@@ -290,6 +310,8 @@ def train_model(
     Mixed-effects kinds train with :class:`MixedEffectsLoss` (both heads for ``me*``, the fixed head only for the
     fixed-effects models) and, when adversarial, :class:`AdversaryHandler`; ``cluster_input`` gets the one-hot ``z``
     from :class:`MixedEffectsPrepareBatch`; the ``z_predictor`` is a SmallCNN site classifier (cross-entropy)."""
+    if kind == "me":  # the adversary benchmarks.mri_selection chose (run() puts it in the config)
+        cfg = {**cfg, **cfg.get("me_adversary", {})}
     torch.manual_seed(seed)
     handlers: list = []
     prepare = None
@@ -311,10 +333,19 @@ def train_model(
         if me:
             prepare = MixedEffectsPrepareBatch(num_clusters)
         if kind in ("domain_adversarial", "me"):
-            adversary = net.make_adversary()
-            optimizer = torch.optim.Adam(adversary.parameters(), cfg["lr"])
-            objective = cfg["adversary_objective"]
-            handlers.append(AdversaryHandler(adversary, optimizer, cfg["lambda_g"], objective=objective))
+            adversary = net.make_adversary(cfg["adversary_hidden"], input_norm=cfg["adversary_input_norm"])
+            optimizer = torch.optim.Adam(adversary.parameters(), cfg["adversary_lr"])
+            handlers.append(
+                AdversaryHandler(
+                    adversary,
+                    optimizer,
+                    cfg["lambda_g"],
+                    objective=cfg["adversary_objective"],
+                    steps=cfg["adversary_steps"],
+                    warmup_epochs=cfg["adversary_warmup_epochs"],
+                    memory=cfg["adversary_memory"],
+                )
+            )
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=cfg["z_predictor_epochs"] if kind == "z_predictor" else cfg["epochs"],
@@ -629,11 +660,23 @@ def make_plan(cfg: dict[str, Any], comparisons: Sequence[Comparison] = COMPARISO
     }
 
 
+def selected_adversary(results_dir=None) -> tuple[str, dict[str, Any]]:
+    """``(candidate, settings)`` of the ``me`` model's adversary chosen by ``benchmarks.mri_selection`` (changes to
+    :func:`default_config`, applied to ``me`` only)."""
+    from benchmarks.selection import load_choice
+
+    return load_choice("mri_selection", **({} if results_dir is None else {"results_dir": results_dir}))
+
+
 def run(
     quick: bool = False, out_dir=None, config: dict[str, Any] | None = None, cohort_dir: str | None = None, log=print
 ) -> dict[str, Any]:
-    """The benchmark: every model, ``repeats`` folds; writes ``mri.json`` / ``mri.md``."""
-    cfg = config or default_config(quick)
+    """The benchmark: every model, ``repeats`` folds; writes ``mri.json`` / ``mri.md``. Without ``config`` the ``me``
+    model's adversary is the one ``benchmarks.mri_selection`` chose (:func:`selected_adversary`)."""
+    if config is None:
+        chosen, settings = selected_adversary()
+        config = {**default_config(quick), "me_adversary_selection": chosen, "me_adversary": settings}
+    cfg = config
     seeds = list(range(cfg["repeats"]))
 
     def body(data):

@@ -137,12 +137,15 @@ def run_selection(
     higher_is_better: bool = True,
     out_dir: str | Path = DEFAULT_OUT,
     log: Callable[[str], None] = print,
+    decide: Callable[[Mapping[str, Mapping[str, Sequence[float]]]], Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate every candidate on every selection seed, apply :func:`one_standard_error_choice` to ``score`` and
-    write ``<out_dir>/<name>.json`` / ``.md`` (the plan is written before the first evaluation).
+    """Evaluate every candidate on every selection seed, apply :func:`one_standard_error_choice` to ``score`` (or
+    ``decide``) and write ``<out_dir>/<name>.json`` / ``.md`` (the plan is written before the first evaluation).
 
     ``evaluate(candidate_name, candidate_settings, seed)`` returns the validation read-outs of one candidate trained
-    with one selection seed (``score`` among them). Candidates are listed from the simplest.
+    with one selection seed (``score`` among them). Candidates are listed from the simplest. ``decide``, for a rule
+    that is not one-standard-error on one score, maps ``{candidate: {read-out: per-seed values}}`` to a decision
+    dictionary with the ``"chosen"`` candidate and a markdown ``"summary"`` of how it was reached.
     """
     announce_plan(name, quick, plan, seeds, out_dir)
     per_seed: dict[str, dict[str, list[float]]] = {c: {} for c in candidates}
@@ -156,7 +159,15 @@ def run_selection(
                 f"[{time.perf_counter() - start:6.0f} s] selection seed {seed} {cand}: "
                 + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
             )
-    decision = one_standard_error_choice({c: v[score] for c, v in per_seed.items()}, higher_is_better)
+    if decide is None:
+        decision = one_standard_error_choice({c: v[score] for c, v in per_seed.items()}, higher_is_better)
+    else:
+        decision = dict(decide(per_seed))
+        if decision.get("chosen") not in candidates or not isinstance(decision.get("summary"), str):
+            raise ValueError(
+                "decide must return a 'chosen' candidate among "
+                f"{list(candidates)} and a 'summary' string, got {decision}."
+            )
     models = {}
     for cand, values in per_seed.items():
         extra: dict[str, Any] = {}
@@ -177,7 +188,9 @@ def run_selection(
     }
     direction = "higher" if higher_is_better else "lower"
     notes = (
-        f"Score: `{score}` ({direction} is better), mean over selection seeds {list(seeds)}. One-standard-error "
+        decision["summary"]
+        if decide is not None
+        else f"Score: `{score}` ({direction} is better), mean over selection seeds {list(seeds)}. One-standard-error "
         f"rule: best mean {decision['best_mean']:.4f} (`{decision['best']}`), standard error "
         f"{decision['standard_error']:.4f}, threshold {decision['threshold']:.4f}; the first candidate in the listed "
         f"order (simplest first) within it is chosen: **`{decision['chosen']}`**."

@@ -15,7 +15,7 @@ from sklearn.model_selection import cross_val_score
 
 from monai_medl.engines import MixedEffectsPrepareBatch
 from monai_medl.handlers import AdversaryHandler, LossTermsHandler
-from monai_medl.losses import MixedEffectsLoss
+from monai_medl.losses import AdversarialRegularizer, MixedEffectsLoss
 from monai_medl.networks import ClusterAdversary
 from monai_medl.networks.nets import MixedEffectsMLP
 
@@ -33,13 +33,13 @@ def site_shortcut_data(n: int = 480, seed: int = 0) -> list[dict]:
     return [{"image": x[i], "label": label[i : i + 1], "site": int(site[i])} for i in range(n)]
 
 
-def build(lambda_g: float, seed: int = 0, epochs: int = 1, objective: str = "confusion"):
+def build(lambda_g: float, seed: int = 0, epochs: int = 1, objective: str = "confusion", **handler_options):
     torch.manual_seed(seed)
     net = MixedEffectsMLP(in_features=4, out_channels=1, num_clusters=NUM_SITES, hidden=(16, 16))
     adversary = ClusterAdversary(in_features=32, num_clusters=NUM_SITES, hidden=(32, 32))
     opt = torch.optim.Adam(net.parameters(), 1e-2)
     adv_opt = torch.optim.Adam(adversary.parameters(), 1e-2)
-    handler = AdversaryHandler(adversary, adv_opt, lambda_g=lambda_g, objective=objective)
+    handler = AdversaryHandler(adversary, adv_opt, lambda_g=lambda_g, objective=objective, **handler_options)
     loader = DataLoader(
         site_shortcut_data(), batch_size=48, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
@@ -136,3 +136,98 @@ def test_missing_site_key_and_a_tensor_prediction_are_clear_errors():
     trainer.state.output = {"pred": net.eval()(torch.zeros(1, 4)), "loss": torch.zeros(())}
     with pytest.raises(TypeError, match="MixedEffectsOutput"):
         handler(trainer)
+
+
+def _states(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def _trained(lambda_g: float, epochs: int, **handler_options):
+    trainer, net, adversary, *_ = build(lambda_g, epochs=epochs, **handler_options)
+    adversary_init = _states(adversary)
+    torch.manual_seed(123)  # the same random-effects sampling noise in every run
+    trainer.run()
+    return net, adversary, adversary_init
+
+
+def test_warmup_epochs_train_the_adversary_but_leave_the_model_to_the_task():
+    free, warm, on = _trained(0.0, 1), _trained(5.0, 1, warmup_epochs=1), _trained(5.0, 1)
+    # during the warm-up epoch the strong term is not applied: the model trains exactly as without the adversary ...
+    for name, value in free[0].state_dict().items():
+        torch.testing.assert_close(warm[0].state_dict()[name], value, msg=name)
+    # ... while the adversary learns (as in the adversary-free run); without a warm-up the model moves
+    assert any(not torch.equal(warm[2][k], v) for k, v in warm[1].state_dict().items())
+    for name, value in free[1].state_dict().items():
+        torch.testing.assert_close(warm[1].state_dict()[name], value, msg=name)
+    weight = "hidden.0.0.weight"
+    assert not torch.allclose(on[0].state_dict()[weight], free[0].state_dict()[weight])
+    # after the warm-up the term applies
+    free2, warm2 = _trained(0.0, 2), _trained(5.0, 2, warmup_epochs=1)
+    assert not torch.allclose(warm2[0].state_dict()[weight], free2[0].state_dict()[weight])
+
+
+def _regularizer(steps: int, lr: float = 0.05, memory: int = 0) -> AdversarialRegularizer:
+    torch.manual_seed(3)
+    adversary = ClusterAdversary(in_features=6, num_clusters=3, hidden=(8,))
+    opt = torch.optim.Adam(adversary.parameters(), lr)
+    return AdversarialRegularizer(adversary, opt, lambda_g=1.0, steps=steps, memory=memory)
+
+
+def test_steps_update_the_adversary_that_many_times_on_the_same_features():
+    torch.manual_seed(0)
+    features = [torch.randn(12, 2, requires_grad=True), torch.randn(12, 4, requires_grad=True)]
+    sites = torch.tensor([0, 1, 2, -1] * 3)
+    multi, single = _regularizer(3), _regularizer(1)
+    term = multi.step(features, sites)
+    for _ in range(3):
+        single.step(features, sites, penalize=False)
+    assert int(multi.optimizer.state_dict()["state"][0]["step"]) == 3
+    for name, value in single.adversary.state_dict().items():
+        torch.testing.assert_close(multi.adversary.state_dict()[name], value, msg=name)
+    term.backward()
+    assert features[0].grad is not None and features[0].grad.abs().sum() > 0  # the term reaches the features
+    # penalize=False: the adversary still learns, the returned term is a constant zero
+    before = _states(single.adversary)
+    zero = single.step(features, sites, penalize=False)
+    assert zero.item() == 0.0 and not zero.requires_grad
+    assert any(not torch.equal(before[k], v) for k, v in single.adversary.state_dict().items())
+
+
+def test_memory_trains_the_adversary_on_past_batches_too_and_reads_out_the_current_one():
+    torch.manual_seed(1)
+    a, b = [torch.randn(10, 2), torch.randn(10, 4)], [torch.randn(6, 2), torch.randn(6, 4)]
+    sa, sb = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, -1]), torch.tensor([2, 2, 1, 0, -1, 1])
+    with_memory, plain = _regularizer(2, memory=1), _regularizer(2)
+    with_memory.step(a, sa)
+    plain.step(a, sa)
+    with torch.no_grad():
+        before = with_memory.adversary(b).argmax(1)
+    with_memory.step(b, sb)
+    # the second update saw batch a again (memory) and b: the same as training on both at once without memory
+    plain.step([torch.cat([x, y]) for x, y in zip(a, b)], torch.cat([sa, sb]))
+    for name, value in plain.adversary.state_dict().items():
+        torch.testing.assert_close(with_memory.adversary.state_dict()[name], value, msg=name)
+    # the logged accuracy is the current batch's (unseen-marker rows excluded), before the update on it
+    keep = sb >= 0
+    assert with_memory.last_accuracy == pytest.approx(float((before[keep] == sb[keep]).float().mean()))
+    with pytest.raises(ValueError, match="memory"):
+        _regularizer(1, memory=-1)
+    with pytest.raises(ValueError, match="memory"):
+        AdversaryHandler(with_memory.adversary, with_memory.optimizer, memory=1.5)
+
+
+@pytest.mark.parametrize("steps", [0, -1, 1.5, True])
+def test_bad_steps_are_a_clear_error(steps):
+    adversary = ClusterAdversary(in_features=6, num_clusters=3)
+    opt = torch.optim.SGD(adversary.parameters(), 0.1)
+    with pytest.raises(ValueError, match="steps"):
+        AdversarialRegularizer(adversary, opt, steps=steps)
+    with pytest.raises(ValueError, match="steps"):
+        AdversaryHandler(adversary, opt, steps=steps)
+
+
+@pytest.mark.parametrize("warmup", [-1, 0.5, True])
+def test_bad_warmup_epochs_are_a_clear_error(warmup):
+    adversary = ClusterAdversary(in_features=6, num_clusters=3)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        AdversaryHandler(adversary, torch.optim.SGD(adversary.parameters(), 0.1), warmup_epochs=warmup)

@@ -235,6 +235,23 @@ def test_make_adversary_matches_features():
     assert adv(out.features).shape == (3, K)
 
 
+def test_adversary_input_norm_makes_it_blind_to_the_activations_scale():
+    net = MixedEffectsCNN(K, spatial_dims=3, tap_layers=[])
+    plain = net.make_adversary(hidden=(16,))
+    assert not any(k.startswith("input_norm") for k in plain.state_dict())  # default: state-dict keys unchanged
+    torch.manual_seed(0)
+    adv = net.make_adversary(hidden=(16,), input_norm=True).train()
+    h = [4.0 * torch.randn(8, net.adversary_in_features) + 1.0]
+    # shrinking the activations (what a feature extractor can do to hide the site) does not change its output ...
+    torch.testing.assert_close(adv([0.1 * h[0]]), adv(h), atol=2e-3, rtol=2e-3)
+    # ... while it does change the plain adversary's
+    assert not torch.allclose(plain([0.1 * h[0]]), plain(h), atol=2e-2)
+    one = adv([h[0][:1]])  # a single-item training batch uses the running statistics
+    assert one.shape == (1, K) and torch.isfinite(one).all()
+    adv.eval()
+    assert torch.isfinite(adv(h)).all()
+
+
 def test_errors_name_the_problem():
     net = MixedEffectsCNN(K, spatial_dims=3)
     with pytest.raises(ValueError, match=r"input must have shape \(batch, 1, 3 spatial axes\)"):

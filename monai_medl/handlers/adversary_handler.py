@@ -38,6 +38,12 @@ class AdversaryHandler:
         site_key: batch key with the site index (``-1`` = unseen, ignored). Defaults to ``"site"``.
         objective: ``"confusion"`` (push the adversary to uniform predictions) or ``"ce"`` (ARMED: maximise its
             cross-entropy); see :class:`~monai_medl.losses.AdversarialRegularizer`. Defaults to ``"confusion"``.
+        steps: adversary updates per trainer iteration (on the same detached activations). Defaults to 1.
+        memory: past iterations' detached activations the adversary also trains on (see
+            :class:`~monai_medl.losses.AdversarialRegularizer`). Defaults to 0.
+        warmup_epochs: epochs at the start during which the adversary is trained but its term is not added to the
+            loss (the main model first learns the task and the adversary learns its features, then the unlearning
+            starts, as in iterative unlearning). Defaults to 0 (the term from the first iteration).
 
     Example::
 
@@ -52,9 +58,15 @@ class AdversaryHandler:
         lambda_g: float = 0.1,
         site_key: str = "site",
         objective: str = "confusion",
+        steps: int = 1,
+        warmup_epochs: int = 0,
+        memory: int = 0,
     ) -> None:
-        self.regularizer = AdversarialRegularizer(adversary, optimizer, lambda_g, objective)
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}.")
+        self.regularizer = AdversarialRegularizer(adversary, optimizer, lambda_g, objective, steps=steps, memory=memory)
         self.site_key = site_key
+        self.warmup_epochs = warmup_epochs
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)
@@ -70,6 +82,7 @@ class AdversaryHandler:
         batch = engine.state.batch
         if self.site_key not in batch:
             raise KeyError(f"batch has no {self.site_key!r} key; available keys: {sorted(batch)}.")
-        term = self.regularizer.step(pred.features, batch[self.site_key])
+        penalize = engine.state.epoch > self.warmup_epochs  # Ignite counts epochs from 1
+        term = self.regularizer.step(pred.features, batch[self.site_key], penalize=penalize)
         output[CommonKeys.LOSS] = output[CommonKeys.LOSS] + term
         output["adv_loss"], output["adv_acc"] = self.regularizer.last

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 import torch
@@ -37,6 +38,14 @@ class AdversarialRegularizer:
         optimizer: optimizer over the adversary's parameters only.
         lambda_g: weight of the generalisation (adversarial) term. Defaults to 0.1.
         objective: ``"confusion"`` or ``"ce"`` (see above). Defaults to ``"confusion"``.
+        steps: adversary updates per :meth:`step`, all on the same detached activations, before the term is
+            computed. More than one keeps the adversary close to the best classifier of the current features (the
+            iterative-unlearning idea of training the domain classifier towards optimality before each confusion
+            step). Defaults to 1.
+        memory: number of past batches whose detached activations (and sites) the adversary also trains on, so that
+            it approximates a classifier fitted on many recent items rather than chasing the features batch by
+            batch (the stored activations are up to ``memory`` iterations old; they are not checkpointed).
+            Defaults to 0 (the current batch only).
 
     Example::
 
@@ -50,7 +59,17 @@ class AdversarialRegularizer:
         optimizer: torch.optim.Optimizer,
         lambda_g: float = 0.1,
         objective: str = "confusion",
+        steps: int = 1,
+        memory: int = 0,
     ) -> None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps (adversary updates per step) must be an integer >= 1, got {steps!r}.")
+        self.steps = steps
+        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
+            raise ValueError(
+                f"memory (past batches the adversary also trains on) must be an integer >= 0, got {memory!r}."
+            )
+        self._memory: deque | None = deque(maxlen=memory) if memory > 0 else None
         if objective not in ("ce", "confusion"):
             raise ValueError(f"objective must be 'ce' or 'confusion', got {objective!r}.")
         self.objective = objective
@@ -64,8 +83,9 @@ class AdversarialRegularizer:
 
     @property
     def last(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cross-entropy, accuracy)`` of the adversary on the latest batch, as detached 0-dim tensors (NaN before
-        the first step); read them as numbers only when logging, a GPU synchronises on each conversion."""
+        """``(cross-entropy, accuracy)`` of the adversary on the latest batch (before its update on it), as detached
+        0-dim tensors (NaN before the first step); read them as numbers only when logging, a GPU synchronises on each
+        conversion."""
         if self._last is None:
             nan = torch.tensor(float("nan"))
             return nan, nan
@@ -90,8 +110,11 @@ class AdversarialRegularizer:
                     dist.all_reduce(p.grad)
                     p.grad /= world
 
-    def step(self, features: Sequence[torch.Tensor], sites: torch.Tensor) -> torch.Tensor:
-        """Update the adversary once and return the (negative) generalisation term for the main loss."""
+    def step(self, features: Sequence[torch.Tensor], sites: torch.Tensor, penalize: bool = True) -> torch.Tensor:
+        """Update the adversary ``steps`` times and return the generalisation term for the main loss.
+
+        With ``penalize=False`` the adversary is still updated but the returned term is zero (a warm-up in which the
+        adversary learns the features before the main model is pushed against it)."""
         sites = torch.as_tensor(sites).reshape(-1).to(features[0].device).long()
         # unseen-marker rows get weight 0 instead of being masked out: boolean indexing would synchronise with the
         # device every step to learn the number of kept rows
@@ -101,16 +124,27 @@ class AdversarialRegularizer:
 
         if not self.adversary.training:
             self.adversary.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        logits = self.adversary([f.detach() for f in features])
-        adv_loss = (F.cross_entropy(logits, target, reduction="none") * weight).sum() / count
-        adv_loss.backward()
-        self._sync_grads()
-        self.optimizer.step()
-        correct = (logits.detach().argmax(1) == target).to(weight.dtype)
-        self._last = (adv_loss.detach(), (correct * weight).sum() / count)
+        batch = ([f.detach() for f in features], target, weight)
+        bank = [*self._memory, batch] if self._memory is not None else [batch]
+        inputs = [torch.cat([b[0][i] for b in bank]) for i in range(len(features))] if len(bank) > 1 else batch[0]
+        all_target, all_weight = (torch.cat([b[k] for b in bank]) for k in (1, 2))
+        all_count = all_weight.sum().clamp_min(1.0)
+        n = target.shape[0]
+        for i in range(self.steps):
+            self.optimizer.zero_grad(set_to_none=True)
+            logits = self.adversary(inputs)
+            per_item = F.cross_entropy(logits, all_target, reduction="none")
+            if i == 0:  # read-outs on the current batch before the adversary is updated on it
+                current = logits.detach()[-n:]
+                correct = (current.argmax(1) == target).to(weight.dtype)
+                self._last = ((per_item.detach()[-n:] * weight).sum() / count, (correct * weight).sum() / count)
+            ((per_item * all_weight).sum() / all_count).backward()
+            self._sync_grads()
+            self.optimizer.step()
+        if self._memory is not None:
+            self._memory.append(batch)
 
-        if self.lambda_g == 0:
+        if self.lambda_g == 0 or not penalize:
             return features[0].new_zeros(())
         params = self._params
         flags = [p.requires_grad for p in params]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from monai.networks.layers.utils import get_act_layer
 from torch import nn
+from torch.nn import functional as F
 
 from monai_medl.networks.utils import soft_design
 
@@ -28,6 +29,10 @@ class ClusterClassifier(nn.Module):
         hidden: hidden layer widths. Defaults to ``(8, 8, 4)`` (ARMED's tabular adversary).
         act: activation, MONAI name or ``(name, kwargs)``. Defaults to ``"relu"``.
         dropout: dropout probability after each hidden layer. Defaults to 0.0.
+        input_norm: standardise each input feature first (batch statistics in training, running statistics in
+            eval mode or for a single-item batch; no learned scale). As an adversary this stops the feature
+            extractor from defeating it by shrinking the activations' scale, which hides the site from the
+            adversary but not from a probe on standardised features. Defaults to False.
 
     Example::
 
@@ -43,6 +48,7 @@ class ClusterClassifier(nn.Module):
         hidden: Sequence[int] = (8, 8, 4),
         act: str | tuple = "relu",
         dropout: float = 0.0,
+        input_norm: bool = False,
     ) -> None:
         super().__init__()
         if in_features < 1 or num_clusters < 2:
@@ -61,12 +67,19 @@ class ClusterClassifier(nn.Module):
             width = units
         layers.append(nn.Linear(width, num_clusters))
         self.net = nn.Sequential(*layers)
+        self.input_norm = nn.BatchNorm1d(in_features, affine=False) if input_norm else None
 
     def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             x = torch.cat([t.flatten(1) for t in x], dim=1)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected {self.in_features} input features in total, got {x.shape[-1]}.")
+        norm = self.input_norm
+        if norm is not None:
+            if self.training and x.shape[0] < 2:  # batch statistics need two items: use the running ones
+                x = F.batch_norm(x, norm.running_mean, norm.running_var, training=False, eps=norm.eps)
+            else:
+                x = norm(x)
         return self.net(x)
 
     def predict_design(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:

@@ -59,11 +59,19 @@ class ImageMixedEffectsNet(MixedEffectsNet):
         return int(sum(self.feature_sizes))
 
     @torch.jit.unused
-    def make_adversary(self, hidden: Sequence[int] = (64, 32), act: str | tuple = "leakyrelu", dropout: float = 0.0):
-        """A :class:`~monai_medl.networks.nets.ClusterAdversary` sized for this model's pooled activations.
+    def make_adversary(
+        self,
+        hidden: Sequence[int] = (64, 32),
+        act: str | tuple = "leakyrelu",
+        dropout: float = 0.0,
+        input_norm: bool = False,
+    ):
+        """A :class:`~monai_medl.networks.nets.ClusterAdversary` sized for this model's pooled activations
+        (``input_norm``: standardise its inputs, see :class:`~monai_medl.networks.nets.ClusterClassifier`).
 
         The leaky activation keeps the adversary trainable: with ReLU units the feature extractor can silence the
         adversary (dead units, chance-level output) without removing the site information (measured on the 3D
         site-shortcut toy of ``tests/test_me_cnn_training.py``; the numbers are in ``docs/method.md``, section 5).
         """
-        return ClusterAdversary(self.adversary_in_features, self.num_clusters, hidden=hidden, act=act, dropout=dropout)
+        width, k = self.adversary_in_features, self.num_clusters
+        return ClusterAdversary(width, k, hidden=hidden, act=act, dropout=dropout, input_norm=input_norm)
