@@ -10,6 +10,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from monai_medl.networks.nets.cluster_classifier import ClusterClassifier
+
 __all__ = ["AdversarialRegularizer"]
 
 
@@ -102,7 +104,13 @@ class AdversarialRegularizer:
         if not self.adversary.training:
             self.adversary.train()
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.adversary([f.detach() for f in features])
+        if isinstance(self.adversary, ClusterClassifier):
+            # it concatenates its inputs: do that once for both passes (the same values, two operations fewer)
+            live = torch.cat([f.flatten(1) for f in features], dim=1)
+            detached = live.detach()
+        else:
+            live, detached = list(features), [f.detach() for f in features]
+        logits = self.adversary(detached)
         adv_loss = (F.cross_entropy(logits, target, reduction="none") * weight).sum() / count
         adv_loss.backward()
         self._sync_grads()
@@ -117,7 +125,7 @@ class AdversarialRegularizer:
         for p in params:
             p.requires_grad_(False)  # frozen: the main backward must not move the adversary
         try:
-            logits = self.adversary(list(features))
+            logits = self.adversary(live)
         finally:
             for p, flag in zip(params, flags):
                 p.requires_grad_(flag)

@@ -292,9 +292,10 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
                 h = stage(h, None)
             else:
                 h = stage.body(h)
-                if z is not None and stage.has_cluster:
-                    hm = stage.apply_cluster(h, z)  # the paths split at the first cluster scale/bias block
-                h = stage.apply_cluster(h, None)
+                if stage.has_cluster:
+                    if z is not None:
+                        hm = stage.apply_cluster(h, z)  # the paths split at the first cluster scale/bias block
+                    h = stage.apply_cluster(h, None)
             if stage.tap:
                 features.append(global_avg_pool(h))
         features.append(global_avg_pool(h))
@@ -308,12 +309,19 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
         This is what eval mode and TorchScript return; it equals ``forward_all(x, z).mixed`` in eval mode.
         """
         if not torch.jit.is_scripting():
-            self.check_inputs(x, z)
+            # eval mode changes no state: NaN/Inf in x are caught through the prediction (no pass over the image)
+            self.check_inputs(x, z, values=self.training)
             self._check_image(x)
         h = x
         for stage in self.stages:
-            h = stage(h, z)
-        return self.head.predict(global_avg_pool(h), z)
+            h = stage.body(h)
+            if stage.has_cluster:
+                h = stage.apply_cluster(h, z)
+        pred = self.head.predict(global_avg_pool(h), z)
+        if not torch.jit.is_scripting():
+            if not self.training:
+                self.check_prediction(pred, x, z)
+        return pred
 
     @torch.jit.export
     def forward_all(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> MixedEffectsOutput:  # noqa: UP045
