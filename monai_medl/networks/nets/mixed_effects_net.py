@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
 from monai_medl.networks.layers.factor_designs import factor_designs
+from monai_medl.networks.layers.random_effects_settings import (
+    RandomEffectsLike,
+    RandomEffectsSettings,
+    resolve_random_effects,
+)
 from monai_medl.networks.utils import kl_divergence
 
 __all__ = ["MixedEffectsNet", "check_finite", "check_all_finite"]
@@ -69,6 +75,13 @@ class MixedEffectsNet(nn.Module):
     """
 
     validate_inputs = True
+    # random-effects keywords (see :meth:`resolve_random_effects`): the names this network takes (None: every
+    # field of RandomEffectsSettings), its own names for fields, the fields it cannot turn on (with the reason) and
+    # its defaults
+    RANDOM_EFFECTS_KEYWORDS = None
+    RANDOM_EFFECTS_ALIASES: dict = {}
+    UNSUPPORTED_RANDOM_EFFECTS: dict = {}
+    DEFAULT_RANDOM_EFFECTS = RandomEffectsSettings()
 
     def forward_all(self, x: torch.Tensor, z: torch.Tensor | None = None) -> MixedEffectsOutput:
         raise NotImplementedError
@@ -85,6 +98,25 @@ class MixedEffectsNet(nn.Module):
         if not self.training:
             return self.predict(x, z)
         return self.with_kl(self.forward_all(x, z))
+
+    @torch.jit.unused
+    def resolve_random_effects(
+        self, random_effects: RandomEffectsLike, keywords: Mapping[str, Any]
+    ) -> RandomEffectsSettings:
+        """The network's random-effects settings from its ``random_effects`` argument and ``**random_effects_kwargs``
+        (one helper for every network: :func:`~monai_medl.networks.layers.resolve_random_effects` with this class's
+        keywords, aliases, unsupported fields and defaults); also kept as ``self.random_effects_settings``."""
+        settings = resolve_random_effects(
+            random_effects,
+            self.DEFAULT_RANDOM_EFFECTS,
+            network=type(self).__name__,
+            accepts=self.RANDOM_EFFECTS_KEYWORDS,
+            aliases=self.RANDOM_EFFECTS_ALIASES,
+            unsupported=self.UNSUPPORTED_RANDOM_EFFECTS,
+            **keywords,
+        )
+        self.random_effects_settings = settings
+        return settings
 
     @torch.jit.unused
     def with_kl(self, out: MixedEffectsOutput) -> MixedEffectsOutput:
