@@ -62,7 +62,7 @@ class AdversarialRegularizer:
         self.optimizer = optimizer
         self._params = list(adversary.parameters())
         self.lambda_g = lambda_g
-        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._last: tuple[torch.Tensor, ...] | None = None  # (loss, accuracy) or what the accuracy is computed from
 
     @property
     def last(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +71,11 @@ class AdversarialRegularizer:
         if self._last is None:
             nan = torch.tensor(float("nan"))
             return nan, nan
-        return self._last
+        if len(self._last) > 2:  # the accuracy is computed when first read, not on every step
+            loss, logits, target, weight, count = self._last
+            correct = (logits.argmax(1) == target).to(weight.dtype)
+            self._last = (loss, (correct * weight).sum() / count)
+        return self._last[0], self._last[1]
 
     @property
     def last_loss(self) -> float:
@@ -115,8 +119,7 @@ class AdversarialRegularizer:
         adv_loss.backward()
         self._sync_grads()
         self.optimizer.step()
-        correct = (logits.detach().argmax(1) == target).to(weight.dtype)
-        self._last = (adv_loss.detach(), (correct * weight).sum() / count)
+        self._last = (adv_loss.detach(), logits.detach(), target, weight, count)
 
         if self.lambda_g == 0:
             return features[0].new_zeros(())

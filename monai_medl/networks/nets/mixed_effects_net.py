@@ -160,9 +160,11 @@ class MixedEffectsNet(nn.Module):
         """After :meth:`check_inputs` with ``values=False``: the NaN/Inf check of ``x`` and ``z``, done through
         ``pred``.
 
-        NaN/Inf in the input reach the prediction, so a finite prediction (and ``z``) clears the input without
-        summing the whole image; otherwise the inputs are checked one by one and the error names the bad one. Only
-        for passes that change no state (eval mode): a training pass would first update batch-norm statistics.
+        A NaN/Inf input value that the prediction depends on makes it non-finite, so a finite prediction (and
+        ``z``) clears the input without another pass over the image; otherwise the inputs are checked one by one and
+        the error names the bad one (values the network never reads, e.g. voxels skipped by a stride larger than its
+        kernel, are not reported). Only for passes that change no state (eval mode): a training pass would first
+        write the NaN into batch-norm statistics, so training checks the inputs before the pass.
         """
         if not self.validate_inputs or isinstance(z, Mapping):
             return
