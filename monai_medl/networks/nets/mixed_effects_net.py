@@ -72,6 +72,12 @@ class MixedEffectsNet(nn.Module):
     ``__init__``; a network with several grouping factors also sets ``self.num_levels`` (factor -> levels) and
     takes ``z`` as a dictionary of per-factor designs or level indices. Setting ``validate_inputs = False`` skips
     the eager per-call input checks (for training loops that validated the whole data set once).
+
+    Random-effects hyper-parameters arrive as ``random_effects=`` (a
+    :class:`~monai_medl.networks.layers.RandomEffectsSettings` or its dictionary) and/or as individual keywords
+    collected with ``**random_effects_kwargs``; every network merges them with :meth:`resolve_random_effects`,
+    declaring only the class attributes ``RANDOM_EFFECTS_KEYWORDS`` (the keywords it takes),
+    ``RANDOM_EFFECTS_ALIASES``, ``UNSUPPORTED_RANDOM_EFFECTS`` and ``DEFAULT_RANDOM_EFFECTS``.
     """
 
     validate_inputs = True
