@@ -13,7 +13,12 @@ from monai_medl.engines import MixedEffectsPrepareBatch
 from monai_medl.losses import MixedEffectsLoss
 from monai_medl.networks.blocks import MixedEffectsHead
 from monai_medl.networks.layers import RandomEffectsSettings
-from monai_medl.networks.nets import MixedEffectsCNN, MixedEffectsMLP, MixedEffectsUNet
+from monai_medl.networks.nets import (
+    EarlyFusionMixedEffectsCNN,
+    MixedEffectsCNN,
+    MixedEffectsMLP,
+    MixedEffectsUNet,
+)
 from monai_medl.networks.utils import kl_divergence
 from monai_medl.transforms import SiteToIndexd, SiteVocabulary
 
@@ -53,6 +58,26 @@ def test_keyword_and_settings_for_the_same_field_is_an_error():
     net = MixedEffectsMLP(3, 1, 4, slope_prior_scale=0.2, random_effects={"intercept_prior_scale": 0.3})
     assert float(net.head.intercept.prior_scale) == pytest.approx(0.3)
     assert float(net.head.slopes.prior_scale) == pytest.approx(0.2)
+
+
+def test_each_network_takes_its_own_random_effects_keywords():
+    # every network resolves its keywords in one place: an unknown one is a TypeError naming it and the accepted ones
+    with pytest.raises(TypeError, match=r"MixedEffectsCNN got unexpected keyword argument\(s\) \['linear_slopes'\]"):
+        MixedEffectsCNN(4, linear_slopes=False)
+    with pytest.raises(TypeError, match=r"MixedEffectsHead got unexpected .*\['cluster_prior_scale'\]"):
+        MixedEffectsHead(5, 1, 4, cluster_prior_scale=0.3)
+    with pytest.raises(TypeError, match=r"MixedEffectsMLP got unexpected .*'nonlinear_slopes'"):
+        MixedEffectsMLP(3, 1, 4, random_slopes=False)  # the MLP calls them nonlinear_slopes
+    with pytest.raises(TypeError, match=r"MixedEffectsUNet got unexpected .*\['random_slopes'\]"):
+        MixedEffectsUNet(2, spatial_dims=2, out_channels=2, random_slopes=False)
+    mlp = MixedEffectsMLP(3, 1, 4, nonlinear_slopes=False, linear_slopes=False)
+    assert mlp.head.slopes is None and mlp.linear_slopes is None
+    assert not mlp.random_effects_settings.random_slopes
+    cnn = MixedEffectsCNN(4, spatial_dims=2, cluster_scale_bias=True, cluster_prior_scale=0.5, random_intercept=False)
+    assert cnn.head.intercept is None and cnn.random_effects_settings.cluster_prior_scale == 0.5
+    assert all(float(m.prior_scale) == pytest.approx(0.5) for n, m in cnn.named_modules() if n.endswith(".gamma"))
+    with pytest.raises(ValueError, match="correlated=True is not available in EarlyFusionMixedEffectsCNN"):
+        EarlyFusionMixedEffectsCNN(4, spatial_dims=2, probe_size=16, random_effects={"correlated": True})
 
 
 def test_single_factor_state_dict_keys_are_unchanged():

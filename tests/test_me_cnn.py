@@ -286,6 +286,31 @@ def test_errors_name_the_problem():
         MixedEffectsCNN(K, Changed())
 
 
+@pytest.mark.parametrize("csb", [False, True])
+def test_nan_or_inf_inputs_are_named_in_train_and_eval(csb):
+    net = MixedEffectsCNN(K, spatial_dims=3, cluster_scale_bias=csb)
+    x, z = torch.randn(2, 1, 16, 16, 16), torch.eye(K)[[0, 2]]
+    bad_x = x.clone()
+    bad_x[1, 0, 3, 4, 5] = float("nan")
+    bad_z = z.clone()
+    bad_z[0, 1] = float("inf")
+    for mode in ("train", "eval"):
+        getattr(net, mode)()
+        stats = [b.clone() for b in net.buffers()]
+        with pytest.raises(ValueError, match=r"input x contains 1 NaN/Inf value\(s\)"):
+            net(bad_x, z)
+        with pytest.raises(ValueError, match=r"^z contains 1 NaN/Inf value\(s\)"):
+            net(x, bad_z)
+        with pytest.raises(ValueError, match="input x contains"):
+            net.forward_all(bad_x, None)
+        # the error comes before a training pass could write NaN into the batch-norm statistics
+        assert all(torch.equal(a, b) for a, b in zip(stats, net.buffers()))
+    # eval mode checks the values through the prediction: a finite pass is unchanged and raises nothing
+    torch.testing.assert_close(net.eval()(x, z), net.forward_all(x, z).mixed)
+    net.validate_inputs = False
+    assert not bool(torch.isfinite(net(bad_x, z)).all())
+
+
 def test_register_layout_for_a_new_backbone():
     class TwoConv(nn.Module):
         def __init__(self):

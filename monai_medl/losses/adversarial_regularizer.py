@@ -11,6 +11,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from monai_medl.networks.nets.cluster_classifier import ClusterClassifier
+
 __all__ = ["AdversarialRegularizer"]
 
 
@@ -79,7 +81,7 @@ class AdversarialRegularizer:
         self.optimizer = optimizer
         self._params = list(adversary.parameters())
         self.lambda_g = lambda_g
-        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._last: tuple[torch.Tensor, ...] | None = None  # (loss, accuracy) or what the accuracy is computed from
 
     @property
     def last(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +91,11 @@ class AdversarialRegularizer:
         if self._last is None:
             nan = torch.tensor(float("nan"))
             return nan, nan
-        return self._last
+        if len(self._last) > 2:  # the accuracy is computed when first read, not on every step
+            loss, logits, target, weight, count = self._last
+            correct = (logits.argmax(1) == target).to(weight.dtype)
+            self._last = (loss, (correct * weight).sum() / count)
+        return self._last[0], self._last[1]
 
     @property
     def last_loss(self) -> float:
@@ -124,20 +130,32 @@ class AdversarialRegularizer:
 
         if not self.adversary.training:
             self.adversary.train()
-        batch = ([f.detach() for f in features], target, weight)
+        if isinstance(self.adversary, ClusterClassifier):
+            # it concatenates its inputs: do that once for the update and the penalty (same values, fewer ops)
+            live: list[torch.Tensor] = [torch.cat([f.flatten(1) for f in features], dim=1)]
+        else:
+            live = list(features)
+        concatenated = len(live) == 1 and isinstance(self.adversary, ClusterClassifier)
+        batch = ([f.detach() for f in live], target, weight)
         bank = [*self._memory, batch] if self._memory is not None else [batch]
-        inputs = [torch.cat([b[0][i] for b in bank]) for i in range(len(features))] if len(bank) > 1 else batch[0]
-        all_target, all_weight = (torch.cat([b[k] for b in bank]) for k in (1, 2))
+        inputs = [torch.cat([b[0][i] for b in bank]) for i in range(len(live))] if len(bank) > 1 else batch[0]
+        all_target, all_weight = (
+            (torch.cat([b[k] for b in bank]) for k in (1, 2)) if len(bank) > 1 else (target, weight)
+        )
         all_count = all_weight.sum().clamp_min(1.0)
         n = target.shape[0]
         for i in range(self.steps):
             self.optimizer.zero_grad(set_to_none=True)
-            logits = self.adversary(inputs)
+            logits = self.adversary(inputs[0] if concatenated else inputs)
             per_item = F.cross_entropy(logits, all_target, reduction="none")
-            if i == 0:  # read-outs on the current batch before the adversary is updated on it
-                current = logits.detach()[-n:]
-                correct = (current.argmax(1) == target).to(weight.dtype)
-                self._last = ((per_item.detach()[-n:] * weight).sum() / count, (correct * weight).sum() / count)
+            if i == 0:  # read-outs on the current batch before the adversary is updated on it (accuracy: lazily)
+                self._last = (
+                    (per_item.detach()[-n:] * weight).sum() / count,
+                    logits.detach()[-n:],
+                    target,
+                    weight,
+                    count,
+                )
             ((per_item * all_weight).sum() / all_count).backward()
             self._sync_grads()
             self.optimizer.step()
@@ -151,7 +169,7 @@ class AdversarialRegularizer:
         for p in params:
             p.requires_grad_(False)  # frozen: the main backward must not move the adversary
         try:
-            logits = self.adversary(list(features))
+            logits = self.adversary(live[0] if concatenated else live)
         finally:
             for p, flag in zip(params, flags):
                 p.requires_grad_(flag)

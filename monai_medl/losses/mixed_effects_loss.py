@@ -50,6 +50,11 @@ def task_loss(
     raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
 
 
+def _scaled(weight: float, term: torch.Tensor) -> torch.Tensor:
+    # a weight of 1 leaves the term as it is (the same value and gradient, one operation and autograd node fewer)
+    return term if weight == 1.0 else weight * term
+
+
 class MixedEffectsLoss(nn.Module):
     """``lambda_mixed * task(y, mixed) + lambda_fixed * task(y, fixed) + kl_weight * KL``.
 
@@ -128,9 +133,9 @@ class MixedEffectsLoss(nn.Module):
     def combine(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """The weighted sum of :meth:`terms`."""
         return (
-            self.lambda_mixed * terms["loss_mixed"]
-            + self.lambda_fixed * terms["loss_fixed"]
-            + (self.kl_weight * terms["kl"])
+            _scaled(self.lambda_mixed, terms["loss_mixed"])
+            + _scaled(self.lambda_fixed, terms["loss_fixed"])
+            + _scaled(self.kl_weight, terms["kl"])
         )
 
     def forward(self, pred: MixedEffectsOutput, target: torch.Tensor) -> torch.Tensor:

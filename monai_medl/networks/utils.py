@@ -75,8 +75,13 @@ def kl_divergence(network: nn.Module) -> torch.Tensor:
     (:class:`~monai_medl.networks.layers.CorrelatedRandomEffects`, e.g. inside a grouped-factor network) add their
     own closed-form KL.
     """
-    layers = list(random_effects_layers(network).values())
-    correlated = [m for m in unwrap_network(network).modules() if isinstance(m, CorrelatedRandomEffects)]
+    layers: list[RandomEffects] = []
+    correlated: list[CorrelatedRandomEffects] = []
+    for m in unwrap_network(network).modules():  # one walk (no qualified names): this runs every training step
+        if isinstance(m, RandomEffects):
+            layers.append(m)
+        elif isinstance(m, CorrelatedRandomEffects):
+            correlated.append(m)
     if not layers and not correlated:
         param = next(unwrap_network(network).parameters(), None)
         return torch.zeros((), device=None if param is None else param.device)

@@ -11,7 +11,11 @@ from torch import nn
 
 from monai_medl.networks.layers.factor_designs import check_num_levels, factor_designs
 from monai_medl.networks.layers.random_effects import RandomEffects
-from monai_medl.networks.layers.random_effects_settings import RandomEffectsLike, resolve_random_effects
+from monai_medl.networks.layers.random_effects_settings import (
+    HEAD_KEYWORDS,
+    RandomEffectsLike,
+    resolve_random_effects,
+)
 
 __all__ = ["MixedEffectsHead"]
 
@@ -66,24 +70,13 @@ class MixedEffectsHead(nn.Module):
         in_features: int,
         out_channels: int,
         num_clusters: int | Mapping[str, int],
-        random_slopes: bool | None = None,
-        random_intercept: bool | None = None,
-        slope_prior_scale: float | None = None,
-        intercept_prior_scale: float | None = None,
-        learn_prior_scale: bool | None = None,
-        post_loc_init_scale: float | None = None,
         learn_noise_scale: bool = False,
         random_effects: RandomEffectsLike = None,
+        **random_effects_kwargs: bool | float | None,
     ) -> None:
         super().__init__()
         settings = resolve_random_effects(
-            random_effects,
-            random_slopes=random_slopes,
-            random_intercept=random_intercept,
-            slope_prior_scale=slope_prior_scale,
-            intercept_prior_scale=intercept_prior_scale,
-            learn_prior_scale=learn_prior_scale,
-            post_loc_init_scale=post_loc_init_scale,
+            random_effects, network="MixedEffectsHead", accepts=HEAD_KEYWORDS, **random_effects_kwargs
         )
         self.random_effects_settings = settings
         self.linear = nn.Linear(in_features, out_channels)

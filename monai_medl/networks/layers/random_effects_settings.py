@@ -4,10 +4,17 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
-__all__ = ["RandomEffectsSettings", "resolve_random_effects"]
+__all__ = [
+    "RandomEffectsSettings",
+    "resolve_random_effects",
+    "HEAD_KEYWORDS",
+    "IMAGE_HEAD_KEYWORDS",
+    "MLP_KEYWORDS",
+    "UNET_KEYWORDS",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,27 +119,80 @@ class RandomEffectsSettings:
         return dataclasses.asdict(self)
 
 
+# the individual random-effects keyword arguments each network takes (``**random_effects_kwargs``)
+HEAD_KEYWORDS = (
+    "random_slopes",
+    "random_intercept",
+    "slope_prior_scale",
+    "intercept_prior_scale",
+    "learn_prior_scale",
+    "post_loc_init_scale",
+)
+"""MixedEffectsHead: slopes on the feature vector and an intercept."""
+IMAGE_HEAD_KEYWORDS = (*HEAD_KEYWORDS, "cluster_prior_scale")
+"""MixedEffectsCNN and the multimodal networks: the head's, plus the cluster scale/bias prior."""
+MLP_KEYWORDS = ("linear_slopes", "nonlinear_slopes", *HEAD_KEYWORDS[1:])
+"""MixedEffectsMLP: input slopes, ``nonlinear_slopes`` (its name for ``random_slopes``) and the rest of the head's."""
+UNET_KEYWORDS = (
+    "random_intercept",
+    "intercept_prior_scale",
+    "cluster_prior_scale",
+    "learn_prior_scale",
+    "post_loc_init_scale",
+)
+"""MixedEffectsUNet: no feature-vector slopes (its slopes are the cluster scale/bias blocks)."""
+
 RandomEffectsLike = Union[RandomEffectsSettings, Mapping[str, Any], None]  # noqa: UP007
 
 
 def resolve_random_effects(
-    random_effects: RandomEffectsLike, base: RandomEffectsSettings | None = None, **keywords: Any
+    random_effects: RandomEffectsLike,
+    base: RandomEffectsSettings | None = None,
+    *,
+    network: str = "the network",
+    accepts: Sequence[str] | None = None,
+    aliases: Mapping[str, str] | None = None,
+    unsupported: Mapping[str, str] | None = None,
+    **keywords: Any,
 ) -> RandomEffectsSettings:
-    """Merge a network's ``random_effects`` argument with its individual keyword arguments.
+    """The one way a network turns its ``random_effects`` argument and individual keywords into settings.
 
-    Keywords that are None were not given and take the settings' value. A keyword given together with a
-    ``random_effects`` object that already sets it is ambiguous and raises.
+    Every mixed-effects network takes ``random_effects=`` (a :class:`RandomEffectsSettings`, its dictionary or None)
+    plus the individual settings as keyword arguments (``slope_prior_scale=0.2``; collected with ``**kwargs``),
+    and forwards both here. Keywords that are None were not given and take the settings' value; a keyword given
+    together with a ``random_effects`` object that already sets it is ambiguous and raises.
 
     Args:
         random_effects: the network's ``random_effects`` argument (object, dictionary or None).
         base: the network's default settings when ``random_effects`` is None (e.g. a larger intercept prior for
             segmentation). Defaults to ``RandomEffectsSettings()``.
+        network: the network's name, for error messages.
+        accepts: the keyword names the network takes, as it spells them; None for every field name.
+        aliases: the network's own name for a field, e.g. ``{"nonlinear_slopes": "random_slopes"}``.
+        unsupported: fields the network cannot turn on, mapped to the reason; a True value raises.
         keywords: the network's individual keyword arguments (None: not given).
+
+    Raises:
+        TypeError: for a keyword the network does not take (as Python does for an unexpected argument).
+        ValueError: for a keyword set twice, or an unsupported field turned on.
+
+    Example::
+
+        >>> resolve_random_effects({"slope_prior_scale": 0.2}, intercept_prior_scale=0.5).intercept_prior_scale
+        0.5
+        >>> resolve_random_effects(None, network="MixedEffectsMLP", accepts=["nonlinear_slopes"],
+        ...                        aliases={"nonlinear_slopes": "random_slopes"}, nonlinear_slopes=False).random_slopes
+        False
     """
-    unknown = sorted(set(keywords) - set(RandomEffectsSettings.field_names()))
+    aliases = dict(aliases or {})
+    names = list(RandomEffectsSettings.field_names() if accepts is None else accepts)
+    unknown = [k for k in keywords if k not in names]
     if unknown:
-        raise ValueError(f"unknown random-effects setting(s) {unknown}.")
-    given = {k: v for k, v in keywords.items() if v is not None}
+        raise TypeError(
+            f"{network} got unexpected keyword argument(s) {unknown}; its random-effects keywords are {names} "
+            "(or random_effects=RandomEffectsSettings(...))."
+        )
+    given = {aliases.get(k, k): v for k, v in keywords.items() if v is not None}
     if random_effects is None:
         settings = base or RandomEffectsSettings()
     else:
@@ -145,4 +205,10 @@ def resolve_random_effects(
             raise ValueError(
                 f"{clash} given both as keyword argument(s) and in random_effects; set each in one place only."
             )
-    return settings.replace(**given) if given else settings
+    settings = settings.replace(**given) if given else settings
+    for name, reason in (unsupported or {}).items():
+        if getattr(settings, name):
+            raise ValueError(
+                f"random_effects.{name}=True is not available in {network} ({reason}); expected {name}=False."
+            )
+    return settings

@@ -16,7 +16,10 @@ from monai_medl.networks.blocks.backbone_stages import build_stages, global_avg_
 from monai_medl.networks.blocks.mixed_effects_head import MixedEffectsHead
 from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
 from monai_medl.networks.layers.factor_designs import check_num_levels
-from monai_medl.networks.layers.random_effects_settings import RandomEffectsLike, resolve_random_effects
+from monai_medl.networks.layers.random_effects_settings import (
+    IMAGE_HEAD_KEYWORDS,
+    RandomEffectsLike,
+)
 from monai_medl.networks.nets.backbone_layouts import backbone_layout
 from monai_medl.networks.nets.image_mixed_effects_net import ImageMixedEffectsNet
 from monai_medl.networks.nets.small_cnn import SmallCNN
@@ -163,6 +166,9 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
     (:class:`~monai_medl.engines.MixedEffectsPrepareBatch`) passes ``z`` during training and evaluation.
     """
 
+    RANDOM_EFFECTS_KEYWORDS = IMAGE_HEAD_KEYWORDS
+    UNSUPPORTED_RANDOM_EFFECTS = {"correlated": "its random slopes act on learned features, not on covariates"}
+
     def __init__(
         self,
         num_clusters: int | Mapping[str, int],
@@ -173,34 +179,13 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
         feature_dim: int | None = None,
         tap_layers: Sequence[str] | None = None,
         cluster_scale_bias: bool | Sequence[str] = False,
-        random_slopes: bool | None = None,
-        random_intercept: bool | None = None,
-        slope_prior_scale: float | None = None,
-        intercept_prior_scale: float | None = None,
-        cluster_prior_scale: float | None = None,
-        learn_prior_scale: bool | None = None,
-        post_loc_init_scale: float | None = None,
         learn_noise_scale: bool = False,
         probe_size: Sequence[int] | int | None = None,
         random_effects: RandomEffectsLike = None,
+        **random_effects_kwargs: bool | float | None,
     ) -> None:
         super().__init__()
-        settings = resolve_random_effects(
-            random_effects,
-            random_slopes=random_slopes,
-            random_intercept=random_intercept,
-            slope_prior_scale=slope_prior_scale,
-            intercept_prior_scale=intercept_prior_scale,
-            cluster_prior_scale=cluster_prior_scale,
-            learn_prior_scale=learn_prior_scale,
-            post_loc_init_scale=post_loc_init_scale,
-        )
-        if settings.correlated:
-            raise ValueError(
-                "random_effects.correlated=True is not available in MixedEffectsCNN (its random slopes act on "
-                "learned features, not on covariates); expected correlated=False."
-            )
-        self.random_effects_settings = settings
+        settings = self.resolve_random_effects(random_effects, random_effects_kwargs)
         self.num_levels = check_num_levels(num_clusters) if isinstance(num_clusters, Mapping) else None
         if self.num_levels is not None:
             num_clusters = next(iter(self.num_levels.values()))
@@ -292,9 +277,10 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
                 h = stage(h, None)
             else:
                 h = stage.body(h)
-                if z is not None and stage.has_cluster:
-                    hm = stage.apply_cluster(h, z)  # the paths split at the first cluster scale/bias block
-                h = stage.apply_cluster(h, None)
+                if stage.has_cluster:
+                    if z is not None:
+                        hm = stage.apply_cluster(h, z)  # the paths split at the first cluster scale/bias block
+                    h = stage.apply_cluster(h, None)
             if stage.tap:
                 features.append(global_avg_pool(h))
         features.append(global_avg_pool(h))
@@ -308,12 +294,19 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
         This is what eval mode and TorchScript return; it equals ``forward_all(x, z).mixed`` in eval mode.
         """
         if not torch.jit.is_scripting():
-            self.check_inputs(x, z)
+            # eval mode changes no state: NaN/Inf in x are caught through the prediction (no pass over the image)
+            self.check_inputs(x, z, values=self.training)
             self._check_image(x)
         h = x
         for stage in self.stages:
-            h = stage(h, z)
-        return self.head.predict(global_avg_pool(h), z)
+            h = stage.body(h)
+            if stage.has_cluster:
+                h = stage.apply_cluster(h, z)
+        pred = self.head.predict(global_avg_pool(h), z)
+        if not torch.jit.is_scripting():
+            if not self.training:
+                self.check_prediction(pred, x, z)
+        return pred
 
     @torch.jit.export
     def forward_all(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> MixedEffectsOutput:  # noqa: UP045

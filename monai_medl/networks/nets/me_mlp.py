@@ -15,7 +15,10 @@ from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
 from monai_medl.networks.layers.factor_designs import check_num_levels
 from monai_medl.networks.layers.grouped_random_effects import GroupedRandomEffects
 from monai_medl.networks.layers.random_effects import RandomEffects
-from monai_medl.networks.layers.random_effects_settings import RandomEffectsLike, resolve_random_effects
+from monai_medl.networks.layers.random_effects_settings import (
+    MLP_KEYWORDS,
+    RandomEffectsLike,
+)
 from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet
 
 __all__ = ["MixedEffectsMLP", "MEMLP", "glorot_init_"]
@@ -100,6 +103,9 @@ class MixedEffectsMLP(MixedEffectsNet):
         torch.Size([2, 1])
     """
 
+    RANDOM_EFFECTS_KEYWORDS = MLP_KEYWORDS
+    RANDOM_EFFECTS_ALIASES = {"nonlinear_slopes": "random_slopes"}
+
     def __init__(
         self,
         in_features: int,
@@ -108,31 +114,15 @@ class MixedEffectsMLP(MixedEffectsNet):
         hidden: Sequence[int] = (4, 4, 4),
         act: str | tuple = "relu",
         dropout: float = 0.0,
-        linear_slopes: bool | None = None,
-        nonlinear_slopes: bool | None = None,
-        random_intercept: bool | None = None,
-        slope_prior_scale: float | None = None,
-        intercept_prior_scale: float | None = None,
-        learn_prior_scale: bool | None = None,
-        post_loc_init_scale: float | None = None,
         learn_noise_scale: bool = False,
         glorot_init: bool = True,
         random_effects: RandomEffectsLike = None,
+        **random_effects_kwargs: bool | float | None,
     ) -> None:
         super().__init__()
         if in_features < 1 or out_channels < 1:
             raise ValueError(f"in_features and out_channels must be >= 1, got {in_features}, {out_channels}.")
-        settings = resolve_random_effects(
-            random_effects,
-            linear_slopes=linear_slopes,
-            random_slopes=nonlinear_slopes,
-            random_intercept=random_intercept,
-            slope_prior_scale=slope_prior_scale,
-            intercept_prior_scale=intercept_prior_scale,
-            learn_prior_scale=learn_prior_scale,
-            post_loc_init_scale=post_loc_init_scale,
-        )
-        self.random_effects_settings = settings
+        settings = self.resolve_random_effects(random_effects, random_effects_kwargs)
         if isinstance(num_clusters, Mapping):
             self.num_levels: dict[str, int] | None = check_num_levels(num_clusters)
         elif settings.correlated:

@@ -16,9 +16,9 @@ from monai_medl.networks.blocks.encoder_decoder_path import encoder_decoder_path
 from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
 from monai_medl.networks.layers.random_effects import RandomEffects
 from monai_medl.networks.layers.random_effects_settings import (
+    UNET_KEYWORDS,
     RandomEffectsLike,
     RandomEffectsSettings,
-    resolve_random_effects,
 )
 from monai_medl.networks.nets.image_mixed_effects_net import ImageMixedEffectsNet
 from monai_medl.networks.nets.me_cnn import instantiate_backbone
@@ -107,6 +107,10 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
 
     DEFAULT_RANDOM_EFFECTS = RandomEffectsSettings(random_slopes=False, intercept_prior_scale=0.5)
     """The UNet's random-effects defaults: no feature-vector slopes, a wider intercept prior (per-class logits)."""
+    RANDOM_EFFECTS_KEYWORDS = UNET_KEYWORDS
+    UNSUPPORTED_RANDOM_EFFECTS = dict.fromkeys(
+        ("random_slopes", "correlated"), "its slopes are the decoder's cluster scale/bias blocks"
+    )
 
     def __init__(
         self,
@@ -119,31 +123,12 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
         strides: Sequence[int] = (2, 2, 2),
         num_res_units: int = 1,
         cluster_scale_bias: bool = True,
-        random_intercept: bool | None = None,
-        intercept_prior_scale: float | None = None,
-        cluster_prior_scale: float | None = None,
-        learn_prior_scale: bool | None = None,
-        post_loc_init_scale: float | None = None,
         probe_size: Sequence[int] | int | None = None,
         random_effects: RandomEffectsLike = None,
+        **random_effects_kwargs: bool | float | None,
     ) -> None:
         super().__init__()
-        settings = resolve_random_effects(
-            random_effects,
-            self.DEFAULT_RANDOM_EFFECTS,
-            random_intercept=random_intercept,
-            intercept_prior_scale=intercept_prior_scale,
-            cluster_prior_scale=cluster_prior_scale,
-            learn_prior_scale=learn_prior_scale,
-            post_loc_init_scale=post_loc_init_scale,
-        )
-        for name in ("random_slopes", "correlated"):
-            if getattr(settings, name):
-                raise ValueError(
-                    f"random_effects.{name}=True is not available in MixedEffectsUNet (its slopes are the decoder's "
-                    f"cluster scale/bias blocks); expected {name}=False."
-                )
-        self.random_effects_settings = settings
+        settings = self.resolve_random_effects(random_effects, random_effects_kwargs)
         if int(num_clusters) < 1:
             raise ValueError(f"num_clusters must be >= 1 (the number of training clusters), got {num_clusters}.")
         if backbone is None:

@@ -3,27 +3,55 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
 from monai_medl.networks.layers.factor_designs import factor_designs
+from monai_medl.networks.layers.random_effects_settings import (
+    RandomEffectsLike,
+    RandomEffectsSettings,
+    resolve_random_effects,
+)
 from monai_medl.networks.utils import kl_divergence
 
-__all__ = ["MixedEffectsNet", "check_finite"]
+__all__ = ["MixedEffectsNet", "check_finite", "check_all_finite"]
 
 
 def check_finite(x: torch.Tensor, name: str = "input") -> None:
     """Raise a ValueError naming ``name`` when ``x`` holds NaN or Inf values (eager mode only)."""
     # a finite sum proves every value finite and costs ~20x less than isfinite(x).all() on a 3D batch
-    if not torch.jit.is_scripting() and x.is_floating_point() and not bool(torch.isfinite(x.sum())):
+    if not torch.jit.is_scripting() and x.is_floating_point() and not _finite_number(x.sum()):
         bad = int((~torch.isfinite(x)).sum())
         if bad:  # else the sum merely overflowed
             raise ValueError(
                 f"{name} contains {bad} NaN/Inf value(s) (shape {tuple(x.shape)}); clean or mask them first."
             )
+
+
+def _finite_number(total: torch.Tensor) -> bool:
+    # one read of the 0-dim tensor instead of torch.isfinite's four small operations before it
+    return math.isfinite(total.item())
+
+
+def check_all_finite(named: Sequence[tuple[torch.Tensor | None, str]]) -> None:
+    """:func:`check_finite` for several ``(tensor, name)`` pairs with one host synchronisation.
+
+    The sums of the floating-point tensors are added and tested once; only when that total is not finite is every
+    tensor checked on its own, in order, so the error names the first one holding NaN/Inf. None entries are skipped.
+    """
+    total: torch.Tensor | None = None
+    for t, _ in named:
+        if t is not None and t.is_floating_point():
+            total = t.sum() if total is None else total + t.sum()
+    if total is not None and not _finite_number(total):
+        for t, name in named:
+            if t is not None:
+                check_finite(t, name)
 
 
 class MixedEffectsNet(nn.Module):
@@ -44,9 +72,22 @@ class MixedEffectsNet(nn.Module):
     ``__init__``; a network with several grouping factors also sets ``self.num_levels`` (factor -> levels) and
     takes ``z`` as a dictionary of per-factor designs or level indices. Setting ``validate_inputs = False`` skips
     the eager per-call input checks (for training loops that validated the whole data set once).
+
+    Random-effects hyper-parameters arrive as ``random_effects=`` (a
+    :class:`~monai_medl.networks.layers.RandomEffectsSettings` or its dictionary) and/or as individual keywords
+    collected with ``**random_effects_kwargs``; every network merges them with :meth:`resolve_random_effects`,
+    declaring only the class attributes ``RANDOM_EFFECTS_KEYWORDS`` (the keywords it takes),
+    ``RANDOM_EFFECTS_ALIASES``, ``UNSUPPORTED_RANDOM_EFFECTS`` and ``DEFAULT_RANDOM_EFFECTS``.
     """
 
     validate_inputs = True
+    # random-effects keywords (see :meth:`resolve_random_effects`): the names this network takes (None: every
+    # field of RandomEffectsSettings), its own names for fields, the fields it cannot turn on (with the reason) and
+    # its defaults
+    RANDOM_EFFECTS_KEYWORDS = None
+    RANDOM_EFFECTS_ALIASES: dict = {}
+    UNSUPPORTED_RANDOM_EFFECTS: dict = {}
+    DEFAULT_RANDOM_EFFECTS = RandomEffectsSettings()
 
     def forward_all(self, x: torch.Tensor, z: torch.Tensor | None = None) -> MixedEffectsOutput:
         raise NotImplementedError
@@ -65,18 +106,41 @@ class MixedEffectsNet(nn.Module):
         return self.with_kl(self.forward_all(x, z))
 
     @torch.jit.unused
+    def resolve_random_effects(
+        self, random_effects: RandomEffectsLike, keywords: Mapping[str, Any]
+    ) -> RandomEffectsSettings:
+        """The network's random-effects settings from its ``random_effects`` argument and ``**random_effects_kwargs``
+        (one helper for every network: :func:`~monai_medl.networks.layers.resolve_random_effects` with this class's
+        keywords, aliases, unsupported fields and defaults); also kept as ``self.random_effects_settings``."""
+        settings = resolve_random_effects(
+            random_effects,
+            self.DEFAULT_RANDOM_EFFECTS,
+            network=type(self).__name__,
+            accepts=self.RANDOM_EFFECTS_KEYWORDS,
+            aliases=self.RANDOM_EFFECTS_ALIASES,
+            unsupported=self.UNSUPPORTED_RANDOM_EFFECTS,
+            **keywords,
+        )
+        self.random_effects_settings = settings
+        return settings
+
+    @torch.jit.unused
     def with_kl(self, out: MixedEffectsOutput) -> MixedEffectsOutput:
         """``out`` with its ``kl`` field set to the summed KL of this network's random-effects layers."""
         return out._replace(kl=kl_divergence(self))
 
     @torch.jit.unused
-    def check_inputs(self, x: torch.Tensor, z: torch.Tensor | None) -> None:
-        """Eager-mode validation with messages that name the problem (NaN input, wrong ``z`` width or batch)."""
+    def check_inputs(self, x: torch.Tensor, z: torch.Tensor | None, values: bool = True) -> None:
+        """Eager-mode validation with messages that name the problem (NaN input, wrong ``z`` width or batch).
+
+        With ``values=False`` only the shapes are checked here and the NaN/Inf check is left to
+        :meth:`check_prediction`, which runs it through the (small) prediction after the forward pass.
+        """
         if not self.validate_inputs:
             return
-        check_finite(x, "input x")
         num_levels = getattr(self, "num_levels", None)
         if isinstance(z, Mapping) or num_levels is not None and len(num_levels) > 1:
+            check_finite(x, "input x")
             if num_levels is None:
                 raise ValueError(
                     f"{type(self).__name__} has a single grouping factor: z must be a (batch, {self.num_clusters}) "
@@ -94,4 +158,22 @@ class MixedEffectsNet(nn.Module):
                 )
             if z.shape[0] != x.shape[0]:
                 raise ValueError(f"z has {z.shape[0]} rows but the input batch has {x.shape[0]} items.")
-            check_finite(z, "z")
+        if values:
+            check_all_finite([(x, "input x"), (z, "z")])
+
+    @torch.jit.unused
+    def check_prediction(self, pred: torch.Tensor, x: torch.Tensor, z: torch.Tensor | None) -> None:
+        """After :meth:`check_inputs` with ``values=False``: the NaN/Inf check of ``x`` and ``z``, done through
+        ``pred``.
+
+        A NaN/Inf input value that the prediction depends on makes it non-finite, so a finite prediction (and
+        ``z``) clears the input without another pass over the image; otherwise the inputs are checked one by one and
+        the error names the bad one (values the network never reads, e.g. voxels skipped by a stride larger than its
+        kernel, are not reported). Only for passes that change no state (eval mode): a training pass would first
+        write the NaN into batch-norm statistics, so training checks the inputs before the pass.
+        """
+        if not self.validate_inputs or isinstance(z, Mapping):
+            return
+        quick = pred.sum() if z is None or not z.is_floating_point() else pred.sum() + z.sum()
+        if not _finite_number(quick):
+            check_all_finite([(x, "input x"), (z, "z")])

@@ -14,9 +14,9 @@ from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
 from monai_medl.networks.blocks.modality_fusion import ModalityFusion
 from monai_medl.networks.blocks.modality_stem import scatter_rows
 from monai_medl.networks.layers.random_effects_settings import (
+    IMAGE_HEAD_KEYWORDS,
     RandomEffectsLike,
     RandomEffectsSettings,
-    resolve_random_effects,
 )
 from monai_medl.networks.nets.cluster_classifier import ClusterAdversary
 from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet, check_finite
@@ -102,6 +102,8 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
     __jit_unused_properties__ = ["feature_sizes", "adversary_in_features"]
     # the fused embedding carries no head slopes by default: every branch embedding has its own
     DEFAULT_RANDOM_EFFECTS = RandomEffectsSettings(random_slopes=False)
+    RANDOM_EFFECTS_KEYWORDS = IMAGE_HEAD_KEYWORDS
+    UNSUPPORTED_RANDOM_EFFECTS = {"correlated": "their random slopes act on learned embeddings, not on covariates"}
 
     def __init__(
         self,
@@ -119,35 +121,13 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
         tap_layers: Sequence[str] | None = None,
         cluster_scale_bias: bool | Sequence[str] = False,
         branch_random_slopes: bool = True,
-        random_slopes: bool | None = None,
-        random_intercept: bool | None = None,
-        slope_prior_scale: float | None = None,
-        intercept_prior_scale: float | None = None,
-        cluster_prior_scale: float | None = None,
-        learn_prior_scale: bool | None = None,
-        post_loc_init_scale: float | None = None,
         learn_noise_scale: bool = False,
         probe_size: Sequence[int] | int | None = None,
         random_effects: RandomEffectsLike = None,
+        **random_effects_kwargs: bool | float | None,
     ) -> None:
         super().__init__()
-        settings = resolve_random_effects(
-            random_effects,
-            self.DEFAULT_RANDOM_EFFECTS,
-            random_slopes=random_slopes,
-            random_intercept=random_intercept,
-            slope_prior_scale=slope_prior_scale,
-            intercept_prior_scale=intercept_prior_scale,
-            cluster_prior_scale=cluster_prior_scale,
-            learn_prior_scale=learn_prior_scale,
-            post_loc_init_scale=post_loc_init_scale,
-        )
-        if settings.correlated:
-            raise ValueError(
-                "random_effects.correlated=True is not available in the multimodal networks (their random slopes act "
-                "on learned embeddings, not on covariates); expected correlated=False."
-            )
-        self.random_effects_settings = settings
+        settings = self.resolve_random_effects(random_effects, random_effects_kwargs)
         names = [f"modality{i}" for i in range(modalities)] if isinstance(modalities, int) else list(modalities)
         if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
             raise ValueError(f"modalities must be distinct non-empty names (or a positive count), got {modalities!r}.")
