@@ -60,9 +60,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import DataLoader, Dataset, get_track_meta, set_track_meta
-from monai.engines import SupervisedTrainer
-from monai.transforms import RandFlipd
 from scipy.stats import pearsonr
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.pipeline import make_pipeline
@@ -71,6 +68,7 @@ from torch import nn
 
 from benchmarks._combat import ComBat
 from benchmarks._common import CONTRACT_MODELS, Comparison, benchmark_parser, run_benchmark, site_scores
+from benchmarks._training import flipped_loader, train_supervised
 from monai_medl.bundle.optim import random_effects_param_groups
 from monai_medl.data.cohort import cohort_settings, generate_mri_cohort
 from monai_medl.data.splits import stratified_group_kfold
@@ -292,15 +290,6 @@ def _me_cnn(cfg: dict[str, Any], num_clusters: int, random_effects: bool) -> Mix
     )
 
 
-def _loader(x: torch.Tensor, target: torch.Tensor, site: torch.Tensor, batch_size: int, seed: int) -> DataLoader:
-    """Shuffled batches (seeded) of ``{"image", "label": target, "site"}``; random left-right flips (RAS x axis; the
-    anatomy and the disease are bilateral) with the transform's own seeded random state."""
-    items = [{"image": x[i], "label": target[i], "site": int(site[i])} for i in range(len(x))]
-    flip = RandFlipd("image", prob=0.5, spatial_axis=0).set_random_state(seed)
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(Dataset(items, transform=flip), batch_size=batch_size, shuffle=True, generator=gen)
-
-
 def train_model(
     kind: str, cfg: dict[str, Any], x: torch.Tensor, y: torch.Tensor, site: torch.Tensor, num_clusters: int, seed: int
 ) -> nn.Module:
@@ -346,23 +335,17 @@ def train_model(
                     memory=cfg["adversary_memory"],
                 )
             )
-    trainer = SupervisedTrainer(
-        device=torch.device("cpu"),
-        max_epochs=cfg["z_predictor_epochs"] if kind == "z_predictor" else cfg["epochs"],
-        train_data_loader=_loader(x, target, site, cfg["batch_size"], seed),
-        network=net,
-        optimizer=torch.optim.Adam(random_effects_param_groups(net, cfg["lr"] * cfg["re_lr_scale"]), cfg["lr"]),
-        loss_function=loss,
-        train_handlers=handlers,
-        **({"prepare_batch": prepare} if prepare is not None else {}),
+    loader = flipped_loader(x, target, site, cfg["batch_size"], seed)
+    optimizer = torch.optim.Adam(random_effects_param_groups(net, cfg["lr"] * cfg["re_lr_scale"]), cfg["lr"])
+    return train_supervised(
+        net,
+        loss,
+        loader,
+        optimizer,
+        cfg["z_predictor_epochs"] if kind == "z_predictor" else cfg["epochs"],
+        handlers,
+        prepare,
     )
-    track_meta = get_track_meta()
-    set_track_meta(False)  # plain tensors: the in-memory volumes carry no metadata worth the per-item MetaTensor cost
-    try:
-        trainer.run()
-    finally:
-        set_track_meta(track_meta)
-    return net.eval()
 
 
 @torch.no_grad()

@@ -62,15 +62,13 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import DataLoader, Dataset, get_track_meta, set_track_meta
-from monai.engines import SupervisedTrainer
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.networks.utils import one_hot
-from monai.transforms import RandFlipd
 from scipy.stats import pearsonr
 from torch import nn
 
 from benchmarks._common import Comparison, benchmark_parser, run_benchmark
+from benchmarks._training import flipped_loader, train_supervised
 from monai_medl.bundle.optim import random_effects_param_groups
 from monai_medl.data.segmentation_cohort import TISSUE_LABELS, generate_segmentation_cohort
 from monai_medl.engines.prepare_batch import MixedEffectsPrepareBatch
@@ -213,16 +211,6 @@ def _unet(cfg: dict[str, Any], num_clusters: int, random_effects: bool) -> Mixed
     )
 
 
-def _loader(x: torch.Tensor, y: torch.Tensor, site: torch.Tensor, batch_size: int, seed: int) -> DataLoader:
-    """Shuffled batches (seeded) of ``{"image", "label", "site"}`` with seeded random left-right flips (RAS x axis) of
-    the image and, when it is a label map, of the label."""
-    items = [{"image": x[i], "label": y[i], "site": int(site[i])} for i in range(len(x))]
-    keys = ("image", "label") if y.dim() == x.dim() else ("image",)
-    flip = RandFlipd(keys, prob=0.5, spatial_axis=0).set_random_state(seed)
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(Dataset(items, transform=flip), batch_size=batch_size, shuffle=True, generator=gen)
-
-
 def train_model(
     kind: str, cfg: dict[str, Any], x: torch.Tensor, y: torch.Tensor, site: torch.Tensor, num_clusters: int, seed: int
 ) -> nn.Module:
@@ -253,23 +241,9 @@ def train_model(
         raise ValueError(
             f"kind must be one of conventional, domain_adversarial, me_no_adversary, me, z_predictor; got {kind!r}."
         )
-    trainer = SupervisedTrainer(
-        device=torch.device("cpu"),
-        max_epochs=epochs,
-        train_data_loader=_loader(x, y, site, cfg["batch_size"], seed),
-        network=net,
-        optimizer=torch.optim.Adam(random_effects_param_groups(net, cfg["re_lr"]), cfg["lr"]),
-        loss_function=loss,
-        train_handlers=handlers,
-        **({"prepare_batch": prepare} if prepare is not None else {}),
-    )
-    track_meta = get_track_meta()
-    set_track_meta(False)  # plain tensors: the in-memory volumes carry no metadata worth the per-item cost
-    try:
-        trainer.run()
-    finally:
-        set_track_meta(track_meta)
-    return net.eval()
+    loader = flipped_loader(x, y, site, cfg["batch_size"], seed)
+    optimizer = torch.optim.Adam(random_effects_param_groups(net, cfg["re_lr"]), cfg["lr"])
+    return train_supervised(net, loss, loader, optimizer, epochs, handlers, prepare)
 
 
 @torch.no_grad()
