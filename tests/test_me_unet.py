@@ -16,8 +16,8 @@ from monai_medl.engines import MixedEffectsPrepareBatch, fit_new_cluster
 from monai_medl.handlers import AdversaryHandler, LossTermsHandler
 from monai_medl.inferers import SiteSlidingWindowInferer
 from monai_medl.losses import MixedEffectsLoss
-from monai_medl.networks.blocks import MixedEffectsOutput
 from monai_medl.networks.nets import MixedEffectsUNet
+from tests.me_unet_checks import check_zero_design_and_training_output
 
 K = 3
 
@@ -41,19 +41,7 @@ def test_zero_design_reproduces_the_bare_network(make, shape):
     net = MixedEffectsUNet(K, backbone=copy.deepcopy(bare), spatial_dims=len(shape) - 2)
     x = torch.randn(*shape)
     z = torch.eye(K)[torch.arange(shape[0]) % K]
-    with torch.no_grad():
-        net.eval(), bare.eval()
-        expected = bare(x)
-        torch.testing.assert_close(net(x), expected, rtol=0, atol=0)
-        torch.testing.assert_close(net(x, torch.zeros_like(z)), expected, rtol=0, atol=0)
-        assert not torch.allclose(net(x, z), expected, atol=1e-4)  # the random effects act
-        net.train(), bare.train()
-        out = net(x, z)
-        assert isinstance(out, MixedEffectsOutput) and out.kl is not None and out.kl > 0
-        torch.testing.assert_close(out.fixed, bare(x), rtol=0, atol=0)  # fixed effects = the bare network
-        assert len(out.features) == len(net.feature_sizes)
-        assert [f.shape for f in out.features] == [(shape[0], n) for n in net.feature_sizes]
-        assert net.make_adversary()(out.features).shape == (shape[0], K)
+    check_zero_design_and_training_output(net, bare, x, z)
 
 
 def test_scripted_network_matches_eager_with_and_without_z():

@@ -13,9 +13,9 @@ from monai.networks.nets import SwinUNETR
 
 from monai_medl.inferers import SiteSlidingWindowInferer
 from monai_medl.losses import MixedEffectsLoss
-from monai_medl.networks.blocks import MixedEffectsOutput
 from monai_medl.networks.blocks.encoder_decoder_path import SwinUNETRPath, UnetResBlockWalk
 from monai_medl.networks.nets import MixedEffectsUNet
+from tests.me_unet_checks import check_zero_design_and_training_output
 
 pytest.importorskip("einops")  # MONAI's SwinUNETR needs it (the package's "swin" extra)
 
@@ -45,19 +45,8 @@ def test_zero_design_reproduces_the_bare_swin_unetr(spatial_dims):
     batch = 2 if spatial_dims == 2 else 1
     x = torch.randn(batch, 1, *([64] * spatial_dims))
     z = torch.eye(K)[torch.arange(batch) % K + 1]
-    with torch.no_grad():
-        net.eval(), bare.eval()
-        expected = bare(x)
-        torch.testing.assert_close(net(x), expected, rtol=0, atol=0)
-        torch.testing.assert_close(net(x, torch.zeros_like(z)), expected, rtol=0, atol=0)
-        assert not torch.allclose(net(x, z), expected, atol=1e-4)  # the random effects act
-    if spatial_dims == 2:  # training mode (the fixed path is the bare network) in 2D only: 3D SwinUNETR is slow
-        net.train(), bare.train()
-        out = net(x, z)
-        assert isinstance(out, MixedEffectsOutput) and out.kl is not None and out.kl > 0
-        torch.testing.assert_close(out.fixed, bare(x), rtol=0, atol=0)
-        assert [f.shape for f in out.features] == [(batch, n) for n in net.feature_sizes]
-        assert net.make_adversary()(out.features).shape == (batch, K)
+    # training mode in 2D only: 3D SwinUNETR is slow
+    check_zero_design_and_training_output(net, bare, x, z, training=spatial_dims == 2)
 
 
 def test_swin_decoder_effects_train_with_the_package_loss():
