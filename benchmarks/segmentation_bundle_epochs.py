@@ -153,7 +153,9 @@ def run(out_dir: Path, runs_dir: str) -> dict[str, Any]:
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, _val_iteration)
     evaluator.add_event_handler(Events.EPOCH_COMPLETED, _val_completed)
     trainer.add_event_handler(Events.EPOCH_STARTED, _epoch_started)
-    trainer._event_handlers[Events.EPOCH_COMPLETED].insert(0, (_epoch_completed, (), {}))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, _epoch_completed)
+    completed = trainer._event_handlers[Events.EPOCH_COMPLETED]  # run it first, before the ValidationHandler
+    completed.insert(0, completed.pop())
     run_cpu = time.thread_time()
     parser.get_parsed_content("run")
     run_cpu = time.thread_time() - run_cpu
