@@ -16,11 +16,12 @@ bundle's own evaluator (sliding-window inference of whole volumes, mean Dice ove
 metric the bundle's early stopping and best-model saving use); per-class Dice is recorded beside it. Test scans are
 never read.
 
-Curve: one training run of the bundle's ``train.json`` with the largest candidate and validation every
-:data:`VAL_EVERY` epochs gives every candidate's validation score, because nothing in the recipe depends on
-``max_epochs`` (Adam at a constant learning rate, no scheduler; validation draws no random numbers), so the first
-``N`` epochs of that run are the run with ``max_epochs = N``. Early stopping (patience counted in validations) does
-not trigger in this run.
+Curve: one training run of the bundle's ``train.json`` with the largest candidate, everything else at the bundle's
+defaults (validation every ``val_interval`` epochs, early stopping, best-model saving), gives every candidate's
+validation score, because nothing in the recipe depends on ``max_epochs`` (Adam at a constant learning rate, no
+scheduler), so the first ``N`` epochs of that run are the run with ``max_epochs = N``. The validation interval must
+stay the bundle's: each validation's ``DataLoader`` draws a base seed from torch's global generator, so another
+interval changes the later training batches. A candidate the run does not reach (early stopping) is an error.
 
 Timing: torch and OpenMP use one thread and data loading runs in the main thread, so the main thread's CPU time
 approximates the wall time of the same work on an idle core. The estimate for ``N`` epochs with the default
@@ -44,12 +45,11 @@ from typing import Any
 
 from benchmarks._common import benchmark_parser, environment
 
-__all__ = ["CANDIDATES", "TOLERANCE", "BUDGET_S", "VAL_EVERY", "estimated_idle_seconds", "decide", "run"]
+__all__ = ["CANDIDATES", "TOLERANCE", "BUDGET_S", "estimated_idle_seconds", "decide", "run"]
 
 CANDIDATES = (10, 20, 30, 40)
 TOLERANCE = 0.01
 BUDGET_S = 300.0
-VAL_EVERY = 10
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mri_me_unet_segmentation"
 
 
@@ -87,7 +87,7 @@ def decide(curve: Mapping[int, Mapping[str, float]], seconds: Mapping[int, float
 
 
 def run(out_dir: Path, runs_dir: str) -> dict[str, Any]:
-    """Train the bundle once for ``max(CANDIDATES)`` epochs (validation every :data:`VAL_EVERY`) and decide."""
+    """Train the bundle once for ``max(CANDIDATES)`` epochs (its own validation interval) and decide."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
     from ignite.engine import Events
@@ -105,7 +105,6 @@ def run(out_dir: Path, runs_dir: str) -> dict[str, Any]:
             "runs_dir": runs_dir,
             "run_name": "epochs_curve",
             "train#trainer#max_epochs": max(CANDIDATES),
-            "val_interval": VAL_EVERY,
             "replace_models": False,
         }
     )
@@ -174,6 +173,9 @@ def run(out_dir: Path, runs_dir: str) -> dict[str, Any]:
         "load_average_end": [round(v, 2) for v in load_end],
     }
     seconds = {n: estimated_idle_seconds(timing, n, default_val) for n in CANDIDATES}
+    missing = [n for n in CANDIDATES if n not in curve]
+    if missing:
+        raise RuntimeError(f"the run stopped at epoch {trainer.state.epoch}; candidates {missing} have no validation.")
     candidates = {n: curve[n] for n in CANDIDATES}
     record = {
         "benchmark": "segmentation_bundle_epochs",
@@ -181,9 +183,9 @@ def run(out_dir: Path, runs_dir: str) -> dict[str, Any]:
             "candidates": list(CANDIDATES),
             "tolerance": TOLERANCE,
             "budget_s": BUDGET_S,
-            "val_every": VAL_EVERY,
+            "val_every": default_val,
             "default_val_interval": default_val,
-            "former_default_epochs": default_epochs,
+            "config_max_epochs": default_epochs,
         },
         "curve": {str(n): v for n, v in curve.items()},
         "estimated_idle_seconds": {str(n): s for n, s in seconds.items()},
