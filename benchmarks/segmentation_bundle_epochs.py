@@ -30,7 +30,7 @@ cohort is excluded and reported apart) + ``N`` x mean training-epoch CPU time + 
 time. Wall times and the load average are recorded beside it.
 
 Run ``python -m benchmarks.segmentation_bundle_epochs [--out DIR]`` from the repository root (writes
-``segmentation_bundle_epochs.json``).
+``segmentation_bundle_epochs.{json,md}``; there is no ``--quick``, the run is one short training).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from typing import Any
 
 from benchmarks._common import benchmark_parser, environment
 
-__all__ = ["CANDIDATES", "TOLERANCE", "BUDGET_S", "estimated_idle_seconds", "decide", "run"]
+__all__ = ["CANDIDATES", "TOLERANCE", "BUDGET_S", "estimated_idle_seconds", "decide", "markdown", "run"]
 
 CANDIDATES = (10, 20, 30, 40)
 TOLERANCE = 0.01
@@ -84,6 +84,36 @@ def decide(curve: Mapping[int, Mapping[str, float]], seconds: Mapping[int, float
     if curve[chosen]["csf"] <= 0.0:
         return {"chosen_epochs": None, "affordable": affordable, "reason": f"{chosen} epochs do not learn CSF"}
     return {"chosen_epochs": chosen, "affordable": affordable, "best_affordable_mean_dice": best, "reason": "rule"}
+
+
+def markdown(record: Mapping[str, Any]) -> str:
+    """The record's candidates (validation Dice per class, estimated idle time) and decision as markdown."""
+    plan, timing = record["plan"], record["timing"]
+    lines = [
+        "# Segmentation bundle: default training length",
+        "",
+        f"Validation split of the training sites, validated every {plan['val_every']} epochs. Rule: the smallest "
+        f"candidate within {plan['tolerance']} mean Dice of the best one whose estimated idle time is at most "
+        f"{plan['budget_s']:.0f} s.",
+        "",
+        "| epochs | val mean Dice | csf | grey matter | white matter | estimated idle s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n in plan["candidates"]:
+        c = record["curve"][str(n)]
+        lines.append(
+            f"| {n} | {c['mean']:.3f} | {c['csf']:.3f} | {c['grey_matter']:.3f} | {c['white_matter']:.3f} "
+            f"| {record['estimated_idle_seconds'][str(n)]:.0f} |"
+        )
+    decision = record["decision"]
+    lines += [
+        "",
+        f"Chosen: {decision['chosen_epochs']} epochs ({decision['reason']}). Run: {timing['total_wall_s']:.0f} s wall, "
+        f"{timing['total_cpu_s']:.0f} s CPU, load average {timing['load_average_start'][0]} -> "
+        f"{timing['load_average_end'][0]}; commit {record['env']['commit']}.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def run(out_dir: Path, runs_dir: str) -> dict[str, Any]:
@@ -196,12 +226,15 @@ def run(out_dir: Path, runs_dir: str) -> dict[str, Any]:
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "segmentation_bundle_epochs.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out_dir / "segmentation_bundle_epochs.md").write_text(markdown(record))
     return record
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = benchmark_parser("Choose the segmentation bundle's default training length on validation data.")
     args = parser.parse_args(argv)
+    if args.quick:
+        parser.error("--quick: there is no reduced run (one training of the largest candidate); run without --quick")
     with tempfile.TemporaryDirectory() as runs_dir:
         record = run(args.out, runs_dir)
     print(json.dumps(record["decision"]), flush=True)
