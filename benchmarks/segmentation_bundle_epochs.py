@@ -27,7 +27,8 @@ Timing: torch and OpenMP use one thread and data loading runs in the main thread
 approximates the wall time of the same work on an idle core. The estimate for ``N`` epochs with the default
 validation interval ``v`` is set-up CPU time (config, cohort loading and caching, intensity statistics; generating the
 cohort is excluded and reported apart) + ``N`` x mean training-epoch CPU time + ``floor(N / v)`` x mean validation CPU
-time. Wall times and the load average are recorded beside it.
+time. Python start-up and imports come on top (the bundle card quotes a whole ``monai.bundle run``). Wall times and
+the load average are recorded beside it.
 
 Run ``python -m benchmarks.segmentation_bundle_epochs [--out DIR]`` from the repository root (writes
 ``segmentation_bundle_epochs.{json,md}``; there is no ``--quick``, the run is one short training).
