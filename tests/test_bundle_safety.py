@@ -352,25 +352,33 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(user_data, tm
 @pytest.mark.slow
 def test_sigkill_leaves_models_untouched_and_the_run_resumes(user_data, bundle):
     models_before = _tree_hashes(bundle / "models")
+    # far more epochs than can run before the kill; the saver keeps the newest two checkpoints, so the kill comes at
+    # any epoch >= 2: a fast machine finishes several epochs between two polls
+    many_epochs = "1000"
     cmd = [
         sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "train.json"),
         "--bundle_root", str(bundle), "--datalist", str(user_data / "datalist.json"), "--generate_cohort", "false",
-        "--spatial_size", "[16,16,16]", "--train#trainer#max_epochs", "40", "--train#dataloader#batch_size", "8",
+        "--spatial_size", "[16,16,16]", "--train#trainer#max_epochs", many_epochs, "--train#dataloader#batch_size", "8",
         "--early_stop_patience", "100", "--replace_models", "true", "--run_name", "killed",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     run_models = bundle / "runs" / "killed" / "models"
     deadline = time.time() + 240
-    while not list(run_models.glob("checkpoint_epoch=2.pt")) and time.time() < deadline and proc.poll() is None:
+
+    def epochs_saved() -> int:
+        return max((int(p.stem.split("=")[1]) for p in run_models.glob("checkpoint_epoch=*.pt")), default=0)
+
+    while epochs_saved() < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert proc.poll() is None, "training ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert _tree_hashes(bundle / "models") == models_before
-    epochs_done = max(int(p.stem.split("=")[1]) for p in run_models.glob("checkpoint_epoch=*.pt"))
+    epochs_done = epochs_saved()
     assert epochs_done >= 2
-    resume = [*cmd[: cmd.index("40")], str(epochs_done + 1), *cmd[cmd.index("40") + 1 :], "--resume", "true"]
+    at = cmd.index(many_epochs)
+    resume = [*cmd[:at], str(epochs_done + 1), *cmd[at + 1 :], "--resume", "true"]
     done = subprocess.run(resume, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((bundle / "models" / "manifest.json").read_text())

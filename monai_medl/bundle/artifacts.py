@@ -194,9 +194,10 @@ def _complete(path: str) -> bool:
 
 
 def _last_checkpoint(models_dir: str) -> str | None:
-    """The newest complete ``checkpoint_epoch=N.pt``. MONAI's saver writes in place and removes the previous
-    checkpoint only after the new one is written, so a run killed mid-write leaves a partial newest file and the
-    previous one: that one is used (with a warning), losing only the epoch in progress."""
+    """The newest complete ``checkpoint_epoch=N.pt``. MONAI's saver writes in place, and ignite removes the oldest
+    kept checkpoint *before* writing the new one, so the bundles keep two (``n_saved=2``): a run killed mid-write
+    leaves a partial newest file and the previous one, which is used (with a warning), losing only the epoch in
+    progress."""
     found = []
     for path in glob.glob(os.path.join(models_dir, "checkpoint_epoch=*.pt")):
         m = _CHECKPOINT.search(path)
