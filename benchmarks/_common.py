@@ -197,13 +197,15 @@ def saved_rows(checkpoint: str | Path, run_key: str | None) -> dict[int, Row]:
     return {int(r["seed"]): r["row"] for r in records if r.get("key") == run_key}
 
 
-def _resume_key(name: str, quick: bool, plan: Mapping[str, Any], seeds: Sequence[int]) -> str | None:
-    """Commit + mode + plan + seeds of a run, or ``None`` when the checkout is dirty or not a git checkout (then the
-    code that produced saved rows cannot be told apart and nothing is resumed)."""
+def _resume_key(
+    name: str, quick: bool, plan: Mapping[str, Any], seeds: Sequence[int], config: Mapping[str, Any] | None
+) -> str | None:
+    """Commit + mode + plan + seeds + config of a run, or ``None`` when saved rows could come from other code or
+    settings: a dirty or non-git checkout, or a config only known after the run (a callable)."""
     commit = _git_commit()
-    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+    if config is None or not re.fullmatch(r"[0-9a-f]{40}", commit):
         return None
-    blob = json.dumps([name, bool(quick), plan, [int(s) for s in seeds]], sort_keys=True, default=str)
+    blob = json.dumps([name, bool(quick), plan, [int(s) for s in seeds], config], sort_keys=True, default=str)
     return f"{commit}:{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
@@ -557,7 +559,10 @@ def run_benchmark(
     out = DEFAULT_OUT if out_dir is None else Path(out_dir)
     announce_plan(name, quick, plan, seeds, out)
     start = time.perf_counter()
-    checkpoint, key = out / f"{name}.rows.jsonl", _resume_key(name, quick, plan, seeds)
+    checkpoint, key = (
+        out / f"{name}.rows.jsonl",
+        _resume_key(name, quick, plan, seeds, config if isinstance(config, Mapping) else None),
+    )
     resumed = sorted(set(saved_rows(checkpoint, key)) & {int(s) for s in seeds})
     rows = run_seeds(seeds, run_seed, log, checkpoint=checkpoint, run_key=key)
     models = summarize_rows(rows, seen, unseen, order)

@@ -97,11 +97,15 @@ def test_a_cut_off_run_resumes_from_its_checkpoint_and_only_under_the_same_key(t
     assert calls[-2:] == [0, 1]  # rows saved under another key are never reused
 
 
-def test_no_resume_from_a_dirty_checkout(monkeypatch):
+def test_no_resume_from_a_dirty_checkout_or_under_other_settings(monkeypatch):
     from benchmarks import _common
 
+    plan, seeds, cfg = {"seeds": "0..2"}, [0, 1, 2], {"epochs": 20}
     monkeypatch.setattr(_common, "_git_commit", lambda: "0123456789abcdef0123456789abcdef01234567+dirty")
-    assert _common._resume_key("toy", False, {"seeds": "0..2"}, [0, 1, 2]) is None
+    assert _common._resume_key("toy", False, plan, seeds, cfg) is None
     monkeypatch.setattr(_common, "_git_commit", lambda: "0123456789abcdef0123456789abcdef01234567")
-    key = _common._resume_key("toy", False, {"seeds": "0..2"}, [0, 1, 2])
-    assert key is not None and key != _common._resume_key("toy", False, {"seeds": "0..3"}, [0, 1, 2])
+    key = _common._resume_key("toy", False, plan, seeds, cfg)
+    assert key is not None and key == _common._resume_key("toy", False, dict(plan), list(seeds), dict(cfg))
+    assert key != _common._resume_key("toy", False, {"seeds": "0..3"}, seeds, cfg)
+    assert key != _common._resume_key("toy", False, plan, seeds, {"epochs": 8})  # same plan, other settings
+    assert _common._resume_key("toy", False, plan, seeds, None) is None  # a config known only after the run
