@@ -94,6 +94,8 @@ def run_multi_gpu_train(configs_dir: Path, root: Path, overrides: Sequence[str],
         # under load, not reproduced since): run once more. A Python error in the bundle exits with 1, not SIGABRT,
         # and a bundle that aborts every time still fails.
         warnings.warn(f"torchrun: a rank aborted (SIGABRT), retrying once; log tail:\n{log[-1500:]}", stacklevel=2)
+        # the aborted attempt's run folder (its event files, partial checkpoints) must not count for the retry
+        shutil.rmtree(root / "runs", ignore_errors=True)
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
