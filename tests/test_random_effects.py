@@ -162,3 +162,27 @@ def test_gaussian_kl_of_many_layers_equals_the_sum_of_their_kl_values_and_gradie
     torch.testing.assert_close(value, expected)
     for g, h in zip(torch.autograd.grad(value, params), grads):
         torch.testing.assert_close(g, h)
+
+
+@pytest.mark.parametrize("per_item", [False, True])
+def test_add_to_equals_base_plus_effects_in_train_and_eval(per_item):
+    re = RandomEffects(num_clusters=3, units=2, sample_per_item=per_item)
+    base, z = torch.randn(4, 2), torch.eye(3)[[0, 1, 2, 0]]
+    for mode in ("train", "eval"):
+        getattr(re, mode)()
+        torch.manual_seed(5)
+        fused = re.add_to(base, z)
+        torch.manual_seed(5)
+        torch.testing.assert_close(fused, base + re(z))  # the same draw in training
+    with pytest.raises(ValueError, match=r"z must have shape \(batch, 3\)"):
+        re.add_to(base, torch.eye(2))
+
+
+def test_nan_z_is_named_in_eval_when_no_layer_reads_z():
+    from monai_medl.networks.nets import MixedEffectsCNN
+
+    net = MixedEffectsCNN(3, spatial_dims=2, random_slopes=False, random_intercept=False).eval()
+    bad_z = torch.eye(3)[[0, 1]]
+    bad_z[1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"^z contains 1 NaN/Inf value\(s\)"):
+        net(torch.randn(2, 1, 16, 16), bad_z)

@@ -343,7 +343,7 @@ class SwinUNETRPath(EncoderDecoderPath):
 
         >>> net = SwinUNETR(in_channels=1, out_channels=3, feature_size=12, spatial_dims=2, depths=(1, 1, 1, 1),
         ...                 num_heads=(1, 1, 1, 1))
-        >>> x = torch.randn(1, 1, 32, 32)
+        >>> x = torch.randn(1, 1, 64, 64)
         >>> torch.equal(SwinUNETRPath(net, num_clusters=2).eval()(x), net.eval()(x))
         True
     """

@@ -138,13 +138,13 @@ class MixedEffectsHead(nn.Module):
                 return self._grouped_mixed(h, z)
         slopes = self.slopes
         if slopes is not None:
-            mixed = self.linear(h * (1 + slopes(z)))
+            mixed = self.linear(torch.addcmul(h, h, slopes(z)))  # h * (1 + u_s): one operation
         else:
             assert fixed is not None
             mixed = fixed
         intercept = self.intercept
         if intercept is not None:
-            mixed = mixed + intercept(z)
+            mixed = intercept.add_to(mixed, z)
         return mixed
 
     @torch.jit.unused

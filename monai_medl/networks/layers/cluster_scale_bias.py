@@ -88,5 +88,5 @@ class ClusterScaleBias(nn.Module):
         if z is None:
             return x
         shape = [x.shape[0], x.shape[1]] + [1] * self.spatial_dims
-        # the bias is added in place: one feature-map-sized allocation fewer (the product is not saved for backward)
-        return ((1 + self.gamma(z).view(shape)) * x).add_(self.beta(z).view(shape))
+        # beta + x * (1 + gamma) in one pass over the feature map
+        return torch.addcmul(self.beta(z).view(shape), x, 1 + self.gamma(z).view(shape))

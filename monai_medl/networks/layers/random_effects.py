@@ -106,17 +106,37 @@ class RandomEffects(nn.Module):
             )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        self.check_design(z)
-        if z.dtype != self.loc.dtype:
-            z = z.to(self.loc.dtype)
+        z = self._design(z)
         if not self.training:
             return z @ self.loc
         if self.sample_per_item:
             eps = torch.randn(z.shape[0], self.num_clusters, self.units, device=z.device, dtype=z.dtype)
             weights = self.loc + self.scale * eps
             return torch.bmm(z.unsqueeze(1), weights).squeeze(1)
-        weights = torch.addcmul(self.loc, self.scale, torch.randn_like(self.loc))  # loc + sigma * eps
-        return z @ weights
+        return z @ self._draw()
+
+    def add_to(self, base: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``base + self(z)`` for a ``(batch, units)`` ``base``, as one fused operation (``addmm``) where possible.
+
+        Example::
+
+            >>> re = RandomEffects(num_clusters=3, units=2).eval()
+            >>> base, z = torch.randn(4, 2), torch.eye(3)[[0, 1, 2, 0]]
+            >>> torch.allclose(re.add_to(base, z), base + re(z))
+            True
+        """
+        if self.sample_per_item:
+            return base + self.forward(z)
+        z = self._design(z)
+        return torch.addmm(base, z, self.loc if not self.training else self._draw())
+
+    def _design(self, z: torch.Tensor) -> torch.Tensor:
+        self.check_design(z)
+        return z if z.dtype == self.loc.dtype else z.to(self.loc.dtype)
+
+    def _draw(self) -> torch.Tensor:
+        """One reparameterised sample of the effects: ``loc + sigma * eps``."""
+        return torch.addcmul(self.loc, self.scale, torch.randn_like(self.loc))
 
     def kl(self) -> torch.Tensor:
         """Closed-form ``KL(q(W) || p(W))`` summed over all ``num_clusters x units`` entries (differentiable).

@@ -12,6 +12,7 @@ from torch import nn
 
 from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
 from monai_medl.networks.layers.factor_designs import factor_designs
+from monai_medl.networks.layers.random_effects import RandomEffects
 from monai_medl.networks.layers.random_effects_settings import (
     RandomEffectsLike,
     RandomEffectsSettings,
@@ -174,6 +175,18 @@ class MixedEffectsNet(nn.Module):
         """
         if not self.validate_inputs or isinstance(z, Mapping):
             return
-        quick = pred.sum() if z is None or not z.is_floating_point() else pred.sum() + z.sum()
+        quick = pred.sum()
+        if z is not None and z.is_floating_point() and not self._reads_z():
+            quick = quick + z.sum()  # else a NaN/Inf in z reaches pred through the random effects' matmul
         if not _finite_number(quick):
             check_all_finite([(x, "input x"), (z, "z")])
+
+    @torch.jit.unused
+    def _reads_z(self) -> bool:
+        """Whether the network has a random-effects layer (so every value of ``z`` reaches the prediction);
+        computed once: it depends on the architecture only."""
+        reads = self.__dict__.get("_reads_z_cached")
+        if reads is None:
+            reads = any(isinstance(m, RandomEffects) for m in self.modules())
+            self.__dict__["_reads_z_cached"] = reads
+        return reads
