@@ -136,6 +136,7 @@ ADVERSARY_DEFAULTS: dict[str, Any] = {
     "adversary_steps": 1,  # adversary updates per trainer iteration
     "adversary_memory": 0,  # past batches' features the adversary also trains on
     "adversary_warmup_epochs": 0,  # epochs in which the adversary learns but its term is not applied
+    "adversary_label_conditional": False,  # the adversary also reads the label; confusion target P(site | label)
 }
 """The adversary's settings besides ``lambda_g`` and ``adversary_objective`` (``benchmarks.mri_selection`` varies
 them)."""
@@ -322,7 +323,10 @@ def train_model(
         if me:
             prepare = MixedEffectsPrepareBatch(num_clusters)
         if kind in ("domain_adversarial", "me"):
-            adversary = net.make_adversary(cfg["adversary_hidden"], input_norm=cfg["adversary_input_norm"])
+            label_classes = 2 if cfg["adversary_label_conditional"] else 0  # binary disease label
+            adversary = net.make_adversary(
+                cfg["adversary_hidden"], input_norm=cfg["adversary_input_norm"], label_classes=label_classes
+            )
             optimizer = torch.optim.Adam(adversary.parameters(), cfg["adversary_lr"])
             handlers.append(
                 AdversaryHandler(
@@ -333,6 +337,7 @@ def train_model(
                     steps=cfg["adversary_steps"],
                     warmup_epochs=cfg["adversary_warmup_epochs"],
                     memory=cfg["adversary_memory"],
+                    label_classes=label_classes,
                 )
             )
     loader = flipped_loader(x, target, site, cfg["batch_size"], seed)

@@ -78,6 +78,19 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "memory_mlp_unlearning_lambda_1": {**_MEMORY, "adversary_warmup_epochs": 5, "lambda_g": 1.0},
 }
 """Changes to the ``me`` settings of :func:`benchmarks.mri.default_config`; the reference first, then simplest first."""
+_CONDITIONAL = {"adversary_label_conditional": True}
+CONDITIONAL_CANDIDATES: dict[str, dict[str, Any]] = {
+    REFERENCE: CANDIDATES[REFERENCE],
+    "current": CANDIDATES["current"],
+    "conditional_lambda_1": {**_CONDITIONAL, "lambda_g": 1.0},
+    "conditional_h_norm_lambda_1": {**_CONDITIONAL, **_H_NORM, "lambda_g": 1.0},
+    "conditional_memory_mlp_lambda_1": {**_CONDITIONAL, **_MEMORY, "lambda_g": 1.0},
+    "conditional_memory_mlp_lambda_3": {**_CONDITIONAL, **_MEMORY, "lambda_g": 3.0},
+}
+"""Second round (``--round conditional``): label-conditional adversaries (they also read the disease label and push
+the site read-out towards ``P(site | label)``, see :class:`~monai_medl.losses.AdversarialRegularizer`), added after
+the first round found no qualifying candidate and ``benchmarks.mri_probe_floor`` measured how much of the probe the
+site-confounded label alone explains; same seeds, rule and reference; results in ``mri_selection_conditional``."""
 SEEDS = (100, 101, 102, 103, 104)
 PLAN = {
     "seeds": f"selection seeds {list(SEEDS)} (1 in quick mode: {SEEDS[0]}): fresh cohorts (generator seed = selection "
@@ -93,6 +106,21 @@ PLAN = {
     f"qualifies: lowest mean site_probe among candidates within {AUROC_MARGIN} AUROC, target not met; if none is "
     "within: 'current', target not met",
 }
+CONDITIONAL_PLAN = {
+    **PLAN,
+    "round": "second: label-conditional adversaries, added after the first round (mri_selection.json) found no "
+    "qualifying candidate; the probe floor of the label alone is in mri_probe_floor.json; same seeds, cohorts, "
+    "scores, rule and reference (validation data looked at twice: the headline run stays the test)",
+    "candidates": list(CONDITIONAL_CANDIDATES),
+}
+ROUNDS = ("first", "conditional")
+
+
+def _round(name: str) -> tuple[str, dict[str, dict[str, Any]], dict[str, Any]]:
+    """``(results name, candidates, plan)`` of a selection round (looked up when run)."""
+    if name == "first":
+        return NAME, CANDIDATES, PLAN
+    return f"{NAME}_conditional", CONDITIONAL_CANDIDATES, CONDITIONAL_PLAN
 
 
 def selection_config(quick: bool = False) -> dict[str, Any]:
@@ -205,7 +233,14 @@ def decide(per_seed: Mapping[str, Mapping[str, Sequence[float]]]) -> dict[str, A
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--cache", default=None, help="folder for the generated cohorts (default: a temp folder)")
+    parser.add_argument(
+        "--round",
+        choices=list(ROUNDS),
+        default="first",
+        help="candidate round (first -> mri_selection.json, conditional -> mri_selection_conditional.json)",
+    )
     args = parser.parse_args(argv)
+    name, candidates, plan = _round(args.round)
     torch.set_num_threads(1)
     cfg = selection_config(args.quick)
     seeds = list(SEEDS[:1] if args.quick else SEEDS)
@@ -223,9 +258,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return out
 
     return run_selection(
-        NAME,
-        PLAN,
-        CANDIDATES,
+        name,
+        plan,
+        candidates,
         evaluate,
         "validation_auroc",
         seeds,

@@ -155,3 +155,25 @@ def test_headline_me_model_takes_the_recorded_adversary(tmp_path, monkeypatch):
     assert captured == [(64, 2.0, 3), (8 + 16 + 32 + 64, 0.1, 1)]
     with pytest.raises(ValueError, match="adversary_taps must be 'all' or 'h'"):
         mri.train_model("domain_adversarial", {**cfg, "adversary_taps": "last"}, x, y, s, 6, seed=0)
+
+
+def test_tiny_conditional_round_writes_its_own_results(tmp_path, monkeypatch):
+    keep = (mri_selection.REFERENCE, "conditional_lambda_1")
+    monkeypatch.setattr(
+        mri_selection, "CONDITIONAL_CANDIDATES", {k: mri_selection.CONDITIONAL_CANDIDATES[k] for k in keep}
+    )
+    real_config = mri_selection.selection_config
+    monkeypatch.setattr(
+        mri_selection,
+        "selection_config",
+        lambda quick: {
+            **real_config(quick),
+            "cohort": {**real_config(quick)["cohort"], "num_subjects": 96},
+            "epochs": 1,
+        },
+    )
+    mri_selection.main(["--quick", "--round", "conditional", "--out", str(tmp_path), "--cache", str(tmp_path / "c")])
+    record = json.loads((tmp_path / "mri_selection_conditional.json").read_text())
+    assert record["plan"] == mri_selection.CONDITIONAL_PLAN and list(record["models"]) == list(keep)
+    assert record["config"]["chosen"] == "conditional_lambda_1"  # the reference cannot be chosen
+    assert not (tmp_path / "mri_selection.json").exists()

@@ -44,6 +44,10 @@ class AdversaryHandler:
         warmup_epochs: epochs at the start during which the adversary is trained but its term is not added to the
             loss (the main model first learns the task and the adversary learns its features, then the unlearning
             starts, as in iterative unlearning). Defaults to 0 (the term from the first iteration).
+        label_classes: 0 (default), or the number of classes ``C`` for a label-conditional adversary that also reads
+            the class label from ``batch[label_key]`` (see :class:`~monai_medl.losses.AdversarialRegularizer`; build
+            the adversary with ``make_adversary(label_classes=C)``).
+        label_key: batch key with the class label, read only when ``label_classes`` is set. Defaults to ``"label"``.
 
     Example::
 
@@ -61,11 +65,16 @@ class AdversaryHandler:
         steps: int = 1,
         warmup_epochs: int = 0,
         memory: int = 0,
+        label_classes: int = 0,
+        label_key: str = CommonKeys.LABEL,
     ) -> None:
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}.")
-        self.regularizer = AdversarialRegularizer(adversary, optimizer, lambda_g, objective, steps=steps, memory=memory)
+        self.regularizer = AdversarialRegularizer(
+            adversary, optimizer, lambda_g, objective, steps=steps, memory=memory, label_classes=label_classes
+        )
         self.site_key = site_key
+        self.label_key = label_key
         self.warmup_epochs = warmup_epochs
 
     def attach(self, engine: Engine) -> None:
@@ -80,9 +89,12 @@ class AdversaryHandler:
                 f"in training mode) as engine.state.output['pred'], got {type(pred).__name__}."
             )
         batch = engine.state.batch
-        if self.site_key not in batch:
-            raise KeyError(f"batch has no {self.site_key!r} key; available keys: {sorted(batch)}.")
+        keys = [self.site_key] + ([self.label_key] if self.regularizer.label_classes else [])
+        for key in keys:
+            if key not in batch:
+                raise KeyError(f"batch has no {key!r} key; available keys: {sorted(batch)}.")
         penalize = engine.state.epoch > self.warmup_epochs  # Ignite counts epochs from 1
-        term = self.regularizer.step(pred.features, batch[self.site_key], penalize=penalize)
+        labels = batch[self.label_key] if self.regularizer.label_classes else None
+        term = self.regularizer.step(pred.features, batch[self.site_key], penalize=penalize, labels=labels)
         output[CommonKeys.LOSS] = output[CommonKeys.LOSS] + term
         output["adv_loss"], output["adv_acc"] = self.regularizer.last

@@ -48,6 +48,14 @@ class AdversarialRegularizer:
             it approximates a classifier fitted on many recent items rather than chasing the features batch by
             batch (the stored activations are up to ``memory`` iterations old; they are not checkpointed).
             Defaults to 0 (the current batch only).
+        label_classes: 0 (default) for the adversary above; ``C >= 2`` makes it **label-conditional**: it also reads
+            the one-hot class label (``step(..., labels=...)``; build it with ``C`` extra inputs, e.g.
+            ``make_adversary(label_classes=C)``) and the confusion target of item ``i`` is the training data's site
+            distribution among items of its class, ``P(site | y_i)`` (running counts of the batches seen), instead of
+            uniform. When disease prevalence differs between sites, any disease-predictive feature also predicts
+            the site; the unconditional adversary then fights the disease signal itself, while the conditional one
+            only removes site information beyond the label (equalised odds, as in Zhang, Lemoine & Mitchell 2018).
+            Needs ``objective="confusion"``.
 
     Example::
 
@@ -63,7 +71,14 @@ class AdversarialRegularizer:
         objective: str = "confusion",
         steps: int = 1,
         memory: int = 0,
+        label_classes: int = 0,
     ) -> None:
+        if type(label_classes) is not int or label_classes < 0 or label_classes == 1:  # bool is not accepted
+            raise ValueError(f"label_classes must be 0 (unconditional) or an integer >= 2, got {label_classes!r}.")
+        if label_classes and objective != "confusion":
+            raise ValueError(f"a label-conditional adversary needs objective='confusion', got {objective!r}.")
+        self.label_classes = label_classes
+        self._site_counts: torch.Tensor | None = None  # (label_classes, clusters) running counts, conditional only
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps (adversary updates per step) must be an integer >= 1, got {steps!r}.")
         self.steps = steps
@@ -116,17 +131,29 @@ class AdversarialRegularizer:
                     dist.all_reduce(p.grad)
                     p.grad /= world
 
-    def step(self, features: Sequence[torch.Tensor], sites: torch.Tensor, penalize: bool = True) -> torch.Tensor:
+    def step(
+        self,
+        features: Sequence[torch.Tensor],
+        sites: torch.Tensor,
+        penalize: bool = True,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Update the adversary ``steps`` times and return the generalisation term for the main loss.
 
         With ``penalize=False`` the adversary is still updated but the returned term is zero (a warm-up in which the
-        adversary learns the features before the main model is pushed against it)."""
+        adversary learns the features before the main model is pushed against it). ``labels``: the class index of
+        every item (``(batch,)`` or ``(batch, 1)``, integer or 0/1 float), required by a label-conditional
+        adversary and ignored otherwise."""
         sites = torch.as_tensor(sites).reshape(-1).to(features[0].device).long()
         # unseen-marker rows get weight 0 instead of being masked out: boolean indexing would synchronise with the
         # device every step to learn the number of kept rows
         weight = (sites >= 0).to(features[0].dtype)
         count = weight.sum().clamp_min(1.0)
         target = sites.clamp_min(0)
+        label_index: torch.Tensor | None = None
+        if self.label_classes:
+            label_index = self._label_index(labels, target)
+            features = [*features, F.one_hot(label_index, self.label_classes).to(weight.dtype)]
 
         if not self.adversary.training:
             self.adversary.train()
@@ -161,6 +188,8 @@ class AdversarialRegularizer:
             self.optimizer.step()
         if self._memory is not None:
             self._memory.append(batch)
+        if label_index is not None:  # counted in warm-up too
+            self._count_sites(label_index, target, weight, logits.shape[1])
 
         if self.lambda_g == 0 or not penalize:
             return features[0].new_zeros(())
@@ -173,8 +202,42 @@ class AdversarialRegularizer:
         finally:
             for p, flag in zip(params, flags):
                 p.requires_grad_(flag)
-        if self.objective == "confusion":
+        if label_index is not None:
+            rows = self._site_counts[label_index]  # P(site | label) of the training items seen, this batch included
+            site_given_label = rows / rows.sum(1, keepdim=True).clamp_min(1.0)
+            per_item = -(site_given_label * F.log_softmax(logits, dim=1)).sum(1)
+        elif self.objective == "confusion":
             per_item = -F.log_softmax(logits, dim=1).mean(1)
         else:
             per_item = -F.cross_entropy(logits, target, reduction="none")
         return self.lambda_g * (per_item * weight).sum() / count
+
+    def _label_index(self, labels: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
+        """Validated class indices ``(batch,)`` of a label-conditional adversary's items."""
+        if labels is None:
+            raise ValueError(
+                f"this adversary is label-conditional (label_classes={self.label_classes}): pass labels= to step()."
+            )
+        labels = torch.as_tensor(labels)
+        if labels.dim() > 1:
+            labels = labels.reshape(labels.shape[0], -1)
+            if labels.shape[1] != 1:
+                raise ValueError(f"labels must have one class index per item, got shape {tuple(labels.shape)}.")
+            labels = labels[:, 0]
+        if labels.shape[0] != target.shape[0]:
+            raise ValueError(f"labels has {labels.shape[0]} items but the batch has {target.shape[0]} site indices.")
+        index = labels.round().long() if labels.is_floating_point() else labels.long()
+        # checked where it costs no device synchronisation (labels usually arrive on the CPU with the batch)
+        if index.device.type == "cpu" and bool(((index < 0) | (index >= self.label_classes)).any()):
+            raise ValueError(
+                f"labels must be class indices in [0, {self.label_classes - 1}], got values "
+                f"{sorted(set(labels.tolist()))[:10]}."
+            )
+        return index.to(target.device)
+
+    def _count_sites(self, index: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, clusters: int) -> None:
+        """Add the batch's training items to the running (label, site) counts."""
+        counts = self._site_counts
+        if counts is None or counts.shape[1] != clusters or counts.device != target.device:
+            counts = self._site_counts = torch.zeros(self.label_classes, clusters, device=target.device)
+        counts.index_put_((index, target), weight, accumulate=True)

@@ -65,13 +65,16 @@ class ImageMixedEffectsNet(MixedEffectsNet):
         act: str | tuple = "leakyrelu",
         dropout: float = 0.0,
         input_norm: bool = False,
+        label_classes: int = 0,
     ):
         """A :class:`~monai_medl.networks.nets.ClusterAdversary` sized for this model's pooled activations
-        (``input_norm``: standardise its inputs, see :class:`~monai_medl.networks.nets.ClusterClassifier`).
+        (``input_norm``: standardise its inputs, see :class:`~monai_medl.networks.nets.ClusterClassifier`;
+        ``label_classes``: that many extra inputs for the one-hot label of a label-conditional adversary, see
+        :class:`~monai_medl.losses.AdversarialRegularizer`).
 
         The leaky activation keeps the adversary trainable: with ReLU units the feature extractor can silence the
         adversary (dead units, chance-level output) without removing the site information (measured on the 3D
         site-shortcut toy of ``tests/test_me_cnn_training.py``; the numbers are in ``docs/method.md``, section 5).
         """
-        width, k = self.adversary_in_features, self.num_clusters
+        width, k = self.adversary_in_features + label_classes, self.num_clusters
         return ClusterAdversary(width, k, hidden=hidden, act=act, dropout=dropout, input_norm=input_norm)
