@@ -30,9 +30,20 @@ def summarize_images(infos: Iterable[ImageInfo]) -> dict[str, Any]:
 
     Example::
 
-        >>> profile = summarize_images(infos)  # doctest: +SKIP
-        >>> profile["spacing"]  # doctest: +SKIP
-        {'min': [6.0, 6.0, 6.0], 'max': [6.0, 6.0, 6.0]}
+        >>> import os, tempfile
+        >>> import nibabel as nib
+        >>> import numpy as np
+        >>> from monai_medl.data import read_image_info
+        >>> folder = tempfile.mkdtemp()
+        >>> infos = []
+        >>> for i in range(2):  # two training scans on a 6 mm grid
+        ...     path = os.path.join(folder, f"sub-{i}.nii.gz")
+        ...     nib.save(nib.Nifti1Image(np.random.rand(16, 16, 16).astype(np.float32), np.diag([6.0, 6.0, 6.0, 1.0])),
+        ...              path)
+        ...     infos.append(read_image_info(path))
+        >>> profile = summarize_images(infos)
+        >>> profile["count"], profile["spacing"], profile["orientations"]
+        (2, {'min': [6.0, 6.0, 6.0], 'max': [6.0, 6.0, 6.0]}, ['RAS'])
     """
     infos = list(infos)
     if not infos:

@@ -118,9 +118,30 @@ def load_bundle_inputs(
 
     Example::
 
-        >>> inputs = load_bundle_inputs("data/datalist.json", min_training_sites=2)  # doctest: +SKIP
-        >>> len(inputs.sections["training"])  # doctest: +SKIP
-        480
+        >>> import tempfile
+        >>> import nibabel as nib
+        >>> import numpy as np
+        >>> from monai_medl.data import write_datalist
+        >>> data = tempfile.mkdtemp()  # a bundle's data/ folder
+        >>> entries = []
+        >>> for i, site in enumerate(["site_a", "site_a", "site_b", "site_b", "site_b"]):
+        ...     path = os.path.join(data, f"sub-{i}.nii.gz")
+        ...     nib.save(nib.Nifti1Image(np.random.rand(8, 8, 8).astype(np.float32), np.eye(4)), path)
+        ...     entries.append({"image": path, "label": i % 2, "site": site})
+        >>> datalist = write_datalist(os.path.join(data, "datalist.json"),
+        ...                           {"training": entries[:4], "validation": entries[4:]})
+        >>> inputs = load_bundle_inputs(datalist, min_training_sites=2)
+        >>> len(inputs.sections["training"]), len(inputs.sections["validation"])
+        (4, 1)
+        >>> entries[0]["label"] = 2  # not a class of a binary task: every problem is listed in one error
+        >>> datalist = write_datalist(os.path.join(data, "datalist.json"),
+        ...                           {"training": entries[:2], "validation": entries[4:]})
+        >>> load_bundle_inputs(datalist, min_training_sites=2)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        monai_medl.bundle.inputs.BundleInputError: datalist '...datalist.json' has 2 problem(s):
+          [training] entry 0 [...sub-0.nii.gz]: label 2 is outside the declared classes 0..1 (key 'label')
+          [training] spans 1 site(s) ['site_a']; this bundle needs at least 2 (the adversary and the random ...
     """
     path = os.fspath(datalist_file)
     content = read_datalist_json(path)

@@ -31,7 +31,12 @@ def random_effects_param_groups(network: nn.Module, random_effects_lr: float | N
 
     Example::
 
+        >>> import torch
+        >>> from monai_medl.networks.nets import MixedEffectsMLP
+        >>> net = MixedEffectsMLP(in_features=4, out_channels=1, num_clusters=3)
         >>> opt = torch.optim.Adam(random_effects_param_groups(net, random_effects_lr=1e-2), lr=1e-3)
+        >>> [group["lr"] for group in opt.param_groups]  # fixed effects, random effects
+        [0.001, 0.01]
 
     In a bundle config::
 

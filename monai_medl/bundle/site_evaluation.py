@@ -74,8 +74,18 @@ def site_metrics(
 
     Example::
 
-        >>> metrics = site_metrics(collector.rows)       # after evaluate_modes(evaluator, modes, collector)
-        >>> [m["auroc"] for m in metrics if m["mode"] == "population" and m["group"] == "unseen"]
+        >>> def rows(split, site, seen, labels, probs):  # as SitePredictionCollector.rows has them
+        ...     return [{"mode": "population", "split": split, "site": site, "seen": seen, "label": float(y),
+        ...              "probability": p} for y, p in zip(labels, probs)]
+        >>> train = rows("train", "a", True, [0, 0, 1, 1], [0.1, 0.2, 0.6, 0.7])  # Youden threshold: 0.6
+        >>> test = rows("test", "a", True, [0, 1, 1], [0.3, 0.65, 0.9])
+        >>> test += rows("test", "new", False, [0, 1, 0, 1], [0.7, 0.8, 0.1, 0.5])
+        >>> metrics = site_metrics(train + test)
+        >>> [(m["group"], m["site"], m["n"], m["auroc"]) for m in metrics]  # doctest: +NORMALIZE_WHITESPACE +ELLIPSIS
+        [('overall', '', 7, 0.8333...), ('seen', '', 3, 1.0), ('unseen', '', 4, 0.75), ('site', 'a', 3, 1.0),
+         ('site', 'new', 4, 0.75)]
+        >>> [m["balanced_accuracy"] for m in metrics if m["group"] == "unseen"]  # threshold 0.6 from training
+        [0.5]
     """
     rows = [r for r in rows if r.get("label") is not None and not _isnan(r["label"])]
     out: list[dict[str, Any]] = []
@@ -243,11 +253,26 @@ class SitePredictionCollector(ScanCollector):
 
     Example::
 
+        >>> import torch
+        >>> from monai.data import DataLoader
+        >>> from monai.engines import SupervisedEvaluator
+        >>> from monai.transforms import Activationsd
+        >>> from monai_medl.networks.nets import MixedEffectsMLP
+        >>> items = [{"image": torch.randn(4), "label": torch.tensor([float(i % 2)]), "site": s, "site_name": name,
+        ...           "split": "test"} for i, (s, name) in enumerate([(0, "a"), (1, "b"), (-1, "new")])]
         >>> collector = SitePredictionCollector()
-        >>> evaluator = SupervisedEvaluator(..., prepare_batch=MixedEffectsPrepareBatch(K, design_key="z"),
+        >>> evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=DataLoader(items, batch_size=2),
+        ...                                 network=MixedEffectsMLP(4, 1, num_clusters=2),
+        ...                                 prepare_batch=MixedEffectsPrepareBatch(2, design_key="z"),
         ...                                 postprocessing=Activationsd("pred", sigmoid=True), val_handlers=[collector])
-        >>> evaluate_modes(evaluator, ["population", "inferred"])
-        >>> metrics = site_metrics(collector.rows)
+        >>> rows = evaluate_modes(evaluator, ["mixed", "population"], collector)
+        >>> [(row["mode"], row["site"], row["z"], row["label"]) for row in rows]  # doctest: +NORMALIZE_WHITESPACE
+        [('mixed', 'a', 'one-hot:a', 0.0), ('mixed', 'b', 'one-hot:b', 1.0), ('mixed', 'new', 'zero', 0.0),
+         ('population', 'a', 'zero', 0.0), ('population', 'b', 'zero', 1.0), ('population', 'new', 'zero', 0.0)]
+        >>> all(0 < row["probability"] < 1 for row in rows)
+        True
+
+    :func:`site_metrics` then scores the rows (it needs labelled ``"train"`` rows to choose the threshold).
     """
 
     def __init__(

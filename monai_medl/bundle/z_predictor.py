@@ -23,7 +23,15 @@ class SoftDesign:
 
     Example::
 
+        >>> import torch
+        >>> from monai_medl.engines import MixedEffectsPrepareBatch
+        >>> from monai_medl.networks.nets import SmallCNN
+        >>> site_cnn = SmallCNN(spatial_dims=2, in_channels=1, out_channels=6, channels=(4, 8))  # 6 training sites
         >>> prepare = MixedEffectsPrepareBatch(num_clusters=6, mode="inferred", z_predictor=SoftDesign(site_cnn))
+        >>> batch = {"image": torch.randn(3, 1, 16, 16), "label": torch.ones(3, 1), "site": torch.tensor([0, 2, -1])}
+        >>> image, label, (z,), kwargs = prepare(batch)
+        >>> z.shape, torch.allclose(z.sum(1), torch.ones(3)), site_cnn.training  # soft rows; mode restored
+        (torch.Size([3, 6]), True, True)
     """
 
     def __init__(self, network: nn.Module) -> None:

@@ -172,8 +172,10 @@ def validate_datalist(
     Example::
 
         >>> problems = validate_datalist([{"image": "a.nii.gz", "site": "s1", "label": 2}], num_classes=2)
-        >>> problems  # doctest: +SKIP
-        ['entry 0 [a.nii.gz]: key 'image': file not found: a.nii.gz', 'entry 0 [a.nii.gz]: label 2 is outside ...']
+        >>> for problem in problems:
+        ...     print(problem)
+        entry 0 [a.nii.gz]: key 'image': file not found: a.nii.gz
+        entry 0 [a.nii.gz]: label 2 is outside the declared classes 0..1 (key 'label')
     """
     image_keys = ensure_tuple(image_keys)
     optional = set(ensure_tuple(optional_image_keys))
@@ -262,9 +264,17 @@ def load_datalist(
 
     Example::
 
-        >>> train = load_datalist("cohort/datalist.json", "training", num_classes=2)  # doctest: +SKIP
-        >>> train[0]["site"], train[0]["image"]  # doctest: +SKIP
-        ('site_a', '/abs/cohort/images/sub-0001_T1w.nii.gz')
+        >>> import tempfile
+        >>> import nibabel as nib
+        >>> cohort = tempfile.mkdtemp()
+        >>> os.makedirs(os.path.join(cohort, "images"))
+        >>> nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)),
+        ...          os.path.join(cohort, "images", "sub-0001_T1w.nii.gz"))
+        >>> with open(os.path.join(cohort, "datalist.json"), "w") as f:  # image paths relative to the datalist
+        ...     _ = f.write('{"training": [{"image": "images/sub-0001_T1w.nii.gz", "label": 1, "site": "site_a"}]}')
+        >>> train = load_datalist(os.path.join(cohort, "datalist.json"), "training", num_classes=2)
+        >>> train[0]["site"], train[0]["image"] == os.path.join(cohort, "images", "sub-0001_T1w.nii.gz")  # absolute
+        ('site_a', True)
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -348,8 +358,24 @@ def write_datalist(
 
     Example::
 
-        >>> write_datalist("out/datalist.json", {"training": [{"image": "out/a.nii.gz", "label": 0, "site": "s1"}]},
-        ...                description="toy")  # doctest: +SKIP
+        >>> import tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> path = write_datalist(os.path.join(out, "datalist.json"),
+        ...                       {"training": [{"image": os.path.join(out, "a.nii.gz"), "label": 0, "site": "s1"}]},
+        ...                       description="toy")
+        >>> with open(path) as f:
+        ...     print(f.read())
+        {
+          "description": "toy",
+          "training": [
+            {
+              "image": "a.nii.gz",
+              "label": 0,
+              "site": "s1"
+            }
+          ]
+        }
+        <BLANKLINE>
     """
     path = os.path.abspath(os.fspath(path))
     root = os.path.dirname(path)

@@ -30,7 +30,17 @@ def claim_output_folder(out_dir: str | os.PathLike, generator: str) -> str:
 
     Example::
 
-        >>> out = claim_output_folder("bundle/data", "generate_mri_cohort")  # doctest: +SKIP
+        >>> import tempfile
+        >>> out = claim_output_folder(os.path.join(tempfile.mkdtemp(), "data"), "generate_mri_cohort")
+        >>> os.listdir(out)  # the marker: a later generator run may write here again
+        ['.monai_medl_generated']
+        >>> users_folder = tempfile.mkdtemp()
+        >>> with open(os.path.join(users_folder, "notes.txt"), "w") as f:
+        ...     _ = f.write("a user's file")
+        >>> claim_output_folder(users_folder, "generate_mri_cohort")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        FileExistsError: refusing to generate the synthetic data set into '...': the folder holds files that no ...
     """
     out_dir = os.path.abspath(os.fspath(out_dir))
     marker = os.path.join(out_dir, GENERATED_MARKER)

@@ -88,8 +88,14 @@ def read_image_info(path: str | os.PathLike, spatial_dims: int = 3, load_voxels:
 
     Example::
 
-        >>> info = read_image_info("sub-0001_T1w.nii.gz")  # doctest: +SKIP
-        >>> info.spatial_shape, info.spacing, info.orientation  # doctest: +SKIP
+        >>> import os, tempfile
+        >>> import nibabel as nib
+        >>> import numpy as np
+        >>> path = os.path.join(tempfile.mkdtemp(), "sub-0001_T1w.nii.gz")
+        >>> voxels, affine = np.random.rand(32, 32, 32).astype(np.float32), np.diag([6.0, 6.0, 6.0, 1.0])
+        >>> nib.save(nib.Nifti1Image(voxels, affine), path)
+        >>> info = read_image_info(path)
+        >>> info.spatial_shape, info.spacing, info.orientation
         ((32, 32, 32), (6.0, 6.0, 6.0), 'RAS')
     """
     path = os.fspath(path)

@@ -319,7 +319,7 @@ def make_livecell(
     Example::
 
         >>> data = make_livecell(num_batches=3, num_unseen=1, tiles_per_batch=10, tile_size=32)
-        >>> data.image.shape, sorted(set(data.split))
+        >>> data.image.shape, sorted(set(data.split.tolist()))
         ((30, 1, 32, 32), ['test_seen', 'test_unseen', 'training', 'validation'])
     """
     if not 0 < num_unseen < num_batches:
@@ -401,7 +401,9 @@ def generate_livecell_dataset(out_dir: str | os.PathLike, overwrite: bool = Fals
 
     Example::
 
-        >>> datalist = generate_livecell_dataset("data/livecell", tiles_per_batch=20)
+        >>> import tempfile
+        >>> out_dir = os.path.join(tempfile.mkdtemp(), "livecell")  # e.g. "data/livecell" in a project
+        >>> datalist = generate_livecell_dataset(out_dir, tiles_per_batch=20)
         >>> sorted(datalist)
         ['test_seen', 'test_unseen', 'training', 'validation']
     """

@@ -125,7 +125,17 @@ def generate_segmentation_cohort(
 
     Example::
 
-        >>> path = generate_segmentation_cohort("/tmp/seg", label_shift={"site_b": 1})  # doctest: +SKIP
+        >>> import json, tempfile
+        >>> out_dir = os.path.join(tempfile.mkdtemp(), "seg")
+        >>> path = generate_segmentation_cohort(out_dir, num_subjects=12, sites=2, unseen_sites=1,
+        ...                                     spatial_size=(16, 16, 16), spacing=(8.0, 8.0, 8.0),
+        ...                                     label_shift={"site_b": 1})
+        >>> with open(path) as f:
+        ...     datalist = json.load(f)
+        >>> datalist["seen_sites"], datalist["unseen_sites"], datalist["num_classes"]
+        (['site_a', 'site_b'], ['site_c'], 4)
+        >>> datalist["training"][0]["label"]  # a tissue label map per scan
+        'labels/sub-0002_seg.nii.gz'
     """
     spatial_size, spacing = check_grid(spatial_size, spacing)
     seen, unseen = _site_names(sites, unseen_sites)

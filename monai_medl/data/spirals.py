@@ -103,8 +103,10 @@ def make_spirals(
     Example::
 
         >>> data = make_spirals(num_clusters=4, points_per_cluster=100, prevalence_sd=0.2, num_probes=2, seed=1)
-        >>> data.x.shape, data.y.mean().round(1), data.probe_columns
-        ((400, 4), 0.5, (2, 3))
+        >>> data.x.shape, data.probe_columns
+        ((400, 4), (2, 3))
+        >>> data.prevalence.tolist()  # label prevalence of each cluster
+        [0.68, 0.59, 0.39, 0.62]
     """
     if num_clusters < 1 or points_per_cluster < 2:
         raise ValueError(

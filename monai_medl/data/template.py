@@ -107,8 +107,8 @@ def load_tissue_template(spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), 
 
     Example::
 
-        >>> tpl = load_tissue_template((4.0, 4.0, 4.0))  # doctest: +SKIP
-        >>> tpl.maps.shape  # doctest: +SKIP
+        >>> tpl = load_tissue_template((4.0, 4.0, 4.0))
+        >>> tpl.maps.shape
         (4, 79, 97, 81)
     """
     t1, affine = _read("t1")

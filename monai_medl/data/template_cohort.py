@@ -147,8 +147,18 @@ def write_cohort_datalist(
 
     Example::
 
-        >>> write_cohort_datalist("out/datalist.json", sections, ("image",), ["site_a"], ["site_b"],
-        ...                       description="toy cohort", num_classes=2)  # doctest: +SKIP
+        >>> import os, tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> sections = {"training": [{"image": os.path.join(out, "a.nii.gz"), "label": 0, "site": "site_a"}],
+        ...             "test": [{"image": os.path.join(out, "b.nii.gz"), "label": 1, "site": "site_b"}]}
+        >>> path = write_cohort_datalist(os.path.join(out, "datalist.json"), sections, ("image",), ["site_a"],
+        ...                              ["site_b"], description="toy cohort", num_classes=2)
+        >>> with open(path) as f:
+        ...     datalist = json.load(f)
+        >>> list(datalist)
+        ['description', 'num_classes', 'seen_sites', 'unseen_sites', 'numTraining', 'numTest', 'training', 'test']
+        >>> datalist["test"][0]["image"]  # relative to the datalist's folder
+        'b.nii.gz'
     """
     return write_datalist(
         path,
@@ -176,8 +186,16 @@ def write_ground_truth(
 
     Example::
 
-        >>> write_ground_truth("out/ground_truth.json", "my.generator", config, (32, 32, 32), (6.0, 6.0, 6.0),
-        ...                    affine, sites=site_info, subjects=subjects)  # doctest: +SKIP
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "ground_truth.json")
+        >>> affine, config = np.diag([6.0, 6.0, 6.0, 1.0]), {"num_subjects": 1, "seed": 0}
+        >>> site_info, subjects = {"site_a": {"seen": True}}, {"sub-0001": {"site": "site_a", "label": 1}}
+        >>> write_ground_truth(path, "my.generator", config, (32, 32, 32), (6.0, 6.0, 6.0),
+        ...                    affine, sites=site_info, subjects=subjects)
+        >>> with open(path) as f:
+        ...     truth = json.load(f)
+        >>> list(truth), truth["grid"]["spacing"]
+        (['generator', 'config', 'template', 'grid', 'sites', 'subjects'], [6.0, 6.0, 6.0])
     """
     truth = {
         "generator": generator,

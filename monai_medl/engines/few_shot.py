@@ -76,9 +76,18 @@ def fit_new_cluster(
 
     Example::
 
-        >>> k = fit_new_cluster(net, x_few, y_few, task="bce")
+        >>> import torch
+        >>> from monai_medl.networks.nets import MixedEffectsMLP
+        >>> net = MixedEffectsMLP(in_features=2, out_channels=1, num_clusters=3)  # stands in for a trained net
+        >>> x_few, y_few = torch.randn(8, 2), torch.ones(8, 1)  # 8 labelled samples of a new, all-positive cluster
+        >>> k = fit_new_cluster(net, x_few, y_few, task="bce", steps=50)
+        >>> k, net.num_clusters
+        (3, 4)
+        >>> x_test = torch.randn(5, 2)
         >>> z = torch.zeros(len(x_test), net.num_clusters); z[:, k] = 1
         >>> pred = net(x_test, z)
+        >>> bool((pred > net(x_test, torch.zeros_like(z))).all())  # the new cluster's effects raise its logits
+        True
     """
     if len(inputs) == 0 or len(inputs) != len(targets):
         raise ValueError(f"need the same non-zero number of inputs and targets, got {len(inputs)} and {len(targets)}.")

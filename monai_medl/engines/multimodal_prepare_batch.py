@@ -43,8 +43,18 @@ class MultimodalPrepareBatch(MixedEffectsPrepareBatch):
 
     Example::
 
-        >>> prepare = MultimodalPrepareBatch(num_clusters=4, covariates_key=["age", "sex"])
-        >>> trainer = SupervisedTrainer(..., prepare_batch=prepare)
+        >>> import torch
+        >>> prepare = MultimodalPrepareBatch(num_clusters=4, image_key=["t1", "flair"], covariates_key=["age", "sex"])
+        >>> batch = {"t1": torch.randn(2, 1, 8, 8), "flair": torch.randn(2, 1, 8, 8),
+        ...          "label": torch.tensor([[0.0], [1.0]]), "site": torch.tensor([1, -1]),
+        ...          "modality_mask": torch.tensor([[1, 1], [1, 0]]),
+        ...          "age": torch.tensor([61.0, 70.0]), "sex": torch.tensor([0.0, 1.0])}
+        >>> image, label, (z,), kwargs = prepare(batch)  # what SupervisedTrainer(..., prepare_batch=prepare) does
+        >>> image.shape, z
+        (torch.Size([2, 2, 8, 8]), tensor([[0., 1., 0., 0.],
+                [0., 0., 0., 0.]]))
+        >>> kwargs["mask"].tolist(), kwargs["covariates"].tolist()
+        ([[1, 1], [1, 0]], [[61.0, 0.0], [70.0, 1.0]])
     """
 
     def __init__(

@@ -52,8 +52,19 @@ class MixedEffectsPrepareBatch(PrepareBatch):
 
     Example::
 
-        >>> trainer = SupervisedTrainer(..., prepare_batch=MixedEffectsPrepareBatch(num_clusters=6))
-        >>> nested = MixedEffectsPrepareBatch(num_clusters={"site": 6, "subject": 120})  # batch["site"], ["subject"]
+        >>> import torch
+        >>> prepare = MixedEffectsPrepareBatch(num_clusters=3)  # SupervisedTrainer(..., prepare_batch=prepare)
+        >>> batch = {"image": torch.randn(3, 4), "label": torch.ones(3, 1), "site": torch.tensor([0, 2, -1])}
+        >>> image, label, (z,), kwargs = prepare(batch)  # the engine then calls network(image, z)
+        >>> z  # one-hot for seen sites, zeros (population level) for the unseen site -1
+        tensor([[1., 0., 0.],
+                [0., 0., 1.],
+                [0., 0., 0.]])
+        >>> nested = MixedEffectsPrepareBatch(num_clusters={"site": 3, "subject": 5})  # batch["site"], ["subject"]
+        >>> batch["subject"] = torch.tensor([4, -1, 0])  # -1: a new subject; its site keeps its design
+        >>> image, label, (z,), kwargs = nested(batch)
+        >>> {factor: tuple(design.shape) for factor, design in z.items()}, z["subject"].sum(1).tolist()
+        ({'site': (3, 3), 'subject': (3, 5)}, [1.0, 0.0, 1.0])
     """
 
     MODES = ("mixed", "population", "inferred", "randomized")

@@ -74,7 +74,13 @@ def data_dependent_init_(
 
     Example::
 
-        >>> data_dependent_init_(net, x_train[:1024])
+        >>> import torch
+        >>> from monai_medl.networks.nets import MixedEffectsMLP
+        >>> net = MixedEffectsMLP(in_features=2, out_channels=1, num_clusters=4)
+        >>> x_train = torch.randn(101, 2)
+        >>> net = data_dependent_init_(net, x_train[:1024])
+        >>> (net.hidden[0](x_train) > 0).sum(0).tolist()  # every first-layer unit fires on half of the 101 inputs
+        [50, 50, 50, 50]
     """
     targets = list(layers) if layers is not None else _hidden_linears(network)
     for layer in targets:
@@ -169,11 +175,22 @@ class TabularTrainer:
 
     Example::
 
-        >>> net = MixedEffectsMLP(in_features=2, out_channels=1, num_clusters=8)
-        >>> adv = ClusterAdversary(in_features=12, num_clusters=8)
-        >>> trainer = TabularTrainer(net, kl_weight=1e-5, adversary=adv, lambda_g=0.5, seed=0)
-        >>> history = trainer.fit(x, y, z=torch.eye(8)[site], sites=site)
+        >>> import torch
+        >>> from monai_medl.data.spirals import make_spirals
+        >>> from monai_medl.networks.nets import ClusterAdversary, MixedEffectsMLP
+        >>> data = make_spirals(num_clusters=4, points_per_cluster=50, seed=0)
+        >>> x, y = torch.from_numpy(data.x), torch.from_numpy(data.y).float().unsqueeze(1)
+        >>> site = torch.from_numpy(data.site)
+        >>> net = MixedEffectsMLP(in_features=2, out_channels=1, num_clusters=4)
+        >>> adv = ClusterAdversary(in_features=12, num_clusters=4)  # reads the three hidden layers (4 + 4 + 4 units)
+        >>> trainer = TabularTrainer(net, epochs=2, kl_weight=1e-5, adversary=adv, lambda_g=0.5, seed=0)
+        >>> history = trainer.fit(x, y, z=torch.eye(4)[site], sites=site)
+        >>> len(history.loss), len(history.adversary_accuracy)
+        (2, 2)
+        >>> x_test = torch.randn(5, 2)
         >>> prob = torch.sigmoid(predict_tabular(net, x_test, head="fixed"))
+        >>> prob.shape
+        torch.Size([5, 1])
     """
 
     def __init__(

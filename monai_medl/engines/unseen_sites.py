@@ -49,7 +49,14 @@ def fit_unseen_sites(
 
     Example::
 
-        >>> columns = fit_unseen_sites(net, support_items, group_key="site_raw")
+        >>> import torch
+        >>> from monai_medl.networks.nets import MixedEffectsMLP
+        >>> net = MixedEffectsMLP(in_features=4, out_channels=1, num_clusters=3)  # stands in for a trained net
+        >>> support_items = [{"image": torch.randn(4), "label": torch.tensor([float(i % 2)]), "site_raw": name}
+        ...                  for i, name in enumerate(["new_a"] * 4 + ["new_b"] * 4)]
+        >>> columns = fit_unseen_sites(net, support_items, group_key="site_raw", steps=20)
+        >>> columns, net.num_clusters
+        ({'new_a': 3, 'new_b': 4}, 5)
         >>> prepare = FewShotPrepareBatch(net.num_clusters, site_columns=columns, group_key="site_raw")
     """
     by_site: dict[str, list[Mapping[str, Any]]] = {}
@@ -81,7 +88,15 @@ class FewShotPrepareBatch(MixedEffectsPrepareBatch):
 
     Example::
 
-        >>> evaluator = SupervisedEvaluator(..., prepare_batch=FewShotPrepareBatch(net.num_clusters, columns))
+        >>> import torch
+        >>> prepare = FewShotPrepareBatch(5, {"new_a": 3, "new_b": 4})  # SupervisedEvaluator(..., prepare_batch=...)
+        >>> batch = {"image": torch.randn(3, 4), "label": torch.ones(3, 1), "site": torch.tensor([1, -1, -1]),
+        ...          "site_raw": ["b", "new_b", "other"]}
+        >>> image, label, (z,), kwargs = prepare(batch)
+        >>> z  # a training site, a few-shot-fitted site, an unseen site without support items (population)
+        tensor([[0., 1., 0., 0., 0.],
+                [0., 0., 0., 0., 1.],
+                [0., 0., 0., 0., 0.]])
     """
 
     def __init__(

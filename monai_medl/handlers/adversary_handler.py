@@ -51,8 +51,25 @@ class AdversaryHandler:
 
     Example::
 
+        >>> import torch
+        >>> from monai.data import DataLoader
+        >>> from monai.engines import SupervisedTrainer
+        >>> from monai_medl.engines import MixedEffectsPrepareBatch
+        >>> from monai_medl.losses import MixedEffectsLoss
+        >>> from monai_medl.networks.nets import ClusterAdversary, MixedEffectsMLP
+        >>> items = [{"image": torch.randn(4), "label": torch.tensor([float(i % 2)]), "site": i % 3} for i in range(12)]
+        >>> net = MixedEffectsMLP(4, 1, num_clusters=3, hidden=(8,))
+        >>> adversary = ClusterAdversary(8, num_clusters=3, hidden=(8,))  # reads the 8 hidden units
         >>> handler = AdversaryHandler(adversary, torch.optim.Adam(adversary.parameters(), 1e-4), lambda_g=0.1)
-        >>> trainer = SupervisedTrainer(..., train_handlers=[handler])
+        >>> trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1,
+        ...                             train_data_loader=DataLoader(items, batch_size=4), network=net,
+        ...                             optimizer=torch.optim.Adam(net.parameters(), 1e-3),
+        ...                             loss_function=MixedEffectsLoss(task="bce"),
+        ...                             prepare_batch=MixedEffectsPrepareBatch(num_clusters=3),
+        ...                             train_handlers=[handler])
+        >>> trainer.run()
+        >>> sorted(k for k in trainer.state.output[0] if k.startswith("adv_"))  # for StatsHandler / TensorBoard
+        ['adv_acc', 'adv_loss']
     """
 
     def __init__(

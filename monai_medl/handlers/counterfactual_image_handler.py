@@ -43,7 +43,23 @@ class CounterfactualImageHandler:
 
     Example::
 
-        >>> CounterfactualImageHandler(first(val_loader), log_dir="runs").attach(trainer)
+        >>> import tempfile
+        >>> import torch
+        >>> from ignite.engine import Engine
+        >>> from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        >>> from monai.data import DataLoader
+        >>> from monai.utils import first
+        >>> from monai_medl.networks.nets import MixedEffectsAutoEncoder
+        >>> net = MixedEffectsAutoEncoder(spatial_dims=2, in_shape=(1, 16, 16), num_clusters=3, channels=(4, 8),
+        ...                               strides=(2, 2))
+        >>> val_loader = DataLoader([{"image": torch.rand(1, 16, 16), "site": i % 3} for i in range(4)], batch_size=4)
+        >>> trainer = Engine(lambda engine, batch: None)  # stands in for the SupervisedTrainer of ``net``
+        >>> handler = CounterfactualImageHandler(first(val_loader), network=net, log_dir=tempfile.mkdtemp())
+        >>> handler.attach(trainer)
+        >>> _ = trainer.run([0], max_epochs=2)
+        >>> handler.writer.close()
+        >>> [image.step for image in EventAccumulator(handler.log_dir).Reload().Images("counterfactual")]  # epochs
+        [1, 2]
     """
 
     def __init__(

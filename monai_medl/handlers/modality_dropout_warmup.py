@@ -34,8 +34,16 @@ class ModalityDropoutWarmup:
 
     Example::
 
+        >>> from ignite.engine import Engine, Events
+        >>> from monai_medl.networks.nets import MultimodalMixedEffectsCNN
         >>> net = MultimodalMixedEffectsCNN(6, modalities=("t1", "flair"), required=["t1"])
-        >>> ModalityDropoutWarmup(rate=0.25, start_epoch=13).attach(trainer)  # dropout in epochs 13..20
+        >>> trainer = Engine(lambda engine, batch: None)  # stands in for a SupervisedTrainer of ``net``
+        >>> ModalityDropoutWarmup(rate=0.25, start_epoch=13, network=net).attach(trainer)  # dropout in epochs 13..20
+        >>> rates = []
+        >>> _ = trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: rates.append(net.modality_dropout))
+        >>> _ = trainer.run([0], max_epochs=20)
+        >>> rates.count(0.0), rates.count(0.25)
+        (12, 8)
     """
 
     def __init__(self, rate: float, start_epoch: int, network: nn.Module | None = None) -> None:

@@ -67,10 +67,25 @@ class SiteMetricHandler:
 
     Example::
 
+        >>> import torch
+        >>> from monai.data import DataLoader
+        >>> from monai.engines import SupervisedEvaluator
+        >>> from monai.transforms import Activationsd
+        >>> from monai_medl.engines import MixedEffectsPrepareBatch
+        >>> from monai_medl.networks.nets import MixedEffectsMLP
+        >>> sites = [(0, "a"), (1, "b"), (-1, "new")] * 4  # -1: a site not seen in training
+        >>> items = [{"image": torch.randn(4), "label": torch.tensor([float(i % 2)]), "site": s, "site_name": name}
+        ...          for i, (s, name) in enumerate(sites)]
         >>> handler = SiteMetricHandler(metrics=("auroc",), site_name_key="site_name", prefix="val_")
-        >>> evaluator = SupervisedEvaluator(..., prepare_batch=MixedEffectsPrepareBatch(K),
+        >>> evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=DataLoader(items, batch_size=6),
+        ...                                 network=MixedEffectsMLP(4, 1, num_clusters=2),
+        ...                                 prepare_batch=MixedEffectsPrepareBatch(2),
         ...                                 postprocessing=Activationsd("pred", sigmoid=True), val_handlers=[handler])
-        >>> evaluator.run(); evaluator.state.metrics["val_unseen_auroc"]
+        >>> evaluator.run(); sorted(evaluator.state.metrics)  # doctest: +NORMALIZE_WHITESPACE
+        ['val_auroc', 'val_seen_auroc', 'val_site_a_auroc', 'val_site_b_auroc', 'val_site_new_auroc',
+         'val_unseen_auroc']
+        >>> 0.0 <= evaluator.state.metrics["val_unseen_auroc"] <= 1.0
+        True
     """
 
     def __init__(

@@ -61,8 +61,40 @@ class RandomEffectsTensorBoardHandler(TensorBoardHandler):
 
     Example::
 
-        >>> tb = RandomEffectsTensorBoardHandler(log_dir="runs", cluster_names=vocabulary.sites)
-        >>> trainer = SupervisedTrainer(..., train_handlers=[adversary_handler, tb])
+        >>> import torch
+        >>> from monai.data import DataLoader
+        >>> from monai.engines import SupervisedTrainer
+        >>> from monai_medl.engines import MixedEffectsPrepareBatch
+        >>> from monai_medl.losses import MixedEffectsLoss
+        >>> from monai_medl.networks.nets import ClusterAdversary, MixedEffectsMLP
+        >>> items = [{"image": torch.randn(4), "label": torch.tensor([float(i % 2)]), "site": i % 3} for i in range(12)]
+        >>> net = MixedEffectsMLP(4, 1, num_clusters=3, hidden=(8,))
+        >>> import tempfile
+        >>> from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        >>> from monai_medl.handlers import AdversaryHandler
+        >>> from monai_medl.transforms import SiteVocabulary
+        >>> vocabulary = SiteVocabulary(["site_a", "site_b", "site_c"])
+        >>> adversary = ClusterAdversary(8, num_clusters=3, hidden=(8,))
+        >>> adversary_handler = AdversaryHandler(adversary, torch.optim.Adam(adversary.parameters(), 1e-4))
+        >>> log_dir = tempfile.mkdtemp()
+        >>> tb = RandomEffectsTensorBoardHandler(log_dir=log_dir, cluster_names=vocabulary.sites)
+        >>> trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1,
+        ...                             train_data_loader=DataLoader(items, batch_size=4), network=net,
+        ...                             optimizer=torch.optim.Adam(net.parameters(), 1e-3),
+        ...                             loss_function=MixedEffectsLoss(task="bce"),
+        ...                             prepare_batch=MixedEffectsPrepareBatch(num_clusters=3),
+        ...                             train_handlers=[adversary_handler, tb])
+        >>> trainer.run()
+        >>> tb.close()
+        >>> tags = EventAccumulator(log_dir).Reload().Tags()
+        >>> scalars = sorted(t for t in tags["scalars"] if not t.startswith("random_effects/head.slopes"))
+        >>> scalars  # doctest: +NORMALIZE_WHITESPACE
+        ['adversary/accuracy', 'loss/adversary', 'loss/total', 'random_effects/head.intercept/posterior_mean_spread',
+         'random_effects/head.intercept/posterior_sd', 'random_effects/head.intercept/prior_sd',
+         'random_effects/linear_slopes/posterior_mean_spread', 'random_effects/linear_slopes/posterior_sd',
+         'random_effects/linear_slopes/prior_sd']
+        >>> tags["images"]
+        ['random_effects/intercepts']
 
     In a bundle config: ``{"_target_": "monai_medl.handlers.RandomEffectsTensorBoardHandler",
     "log_dir": "@output_dir"}``.

@@ -59,8 +59,20 @@ class AdversarialRegularizer:
 
     Example::
 
+        >>> from monai_medl.losses import MixedEffectsLoss
+        >>> from monai_medl.networks.nets import ClusterAdversary, MixedEffectsMLP
+        >>> net = MixedEffectsMLP(4, 1, num_clusters=3, hidden=(8,))
+        >>> adv = ClusterAdversary(8, num_clusters=3, hidden=(8,))  # reads the 8 hidden fixed-effects units
+        >>> x, y = torch.randn(6, 4), torch.tensor([[0.0], [1.0], [0.0], [1.0], [0.0], [1.0]])
+        >>> site_index = torch.tensor([0, 1, 2, 0, 1, -1])  # -1: unseen, weight zero
+        >>> out = net.train()(x, torch.eye(3)[site_index.clamp_min(0)] * (site_index >= 0).unsqueeze(1))
+        >>> task_loss = MixedEffectsLoss(task="bce")(out, y)
         >>> reg = AdversarialRegularizer(adv, torch.optim.Adam(adv.parameters(), 1e-3), lambda_g=0.5)
-        >>> loss = task_loss + reg.step(out.features, site_index)
+        >>> loss = task_loss + reg.step(out.features, site_index)  # the adversary has made one step already
+        >>> loss.backward()  # the main model's step sees the adversarial term with the adversary frozen
+        >>> adv_loss, adv_acc = reg.last  # the adversary's loss and accuracy on the seen items
+        >>> 0.0 <= float(adv_acc) <= 1.0
+        True
     """
 
     def __init__(

@@ -38,9 +38,16 @@ class MixedEffectsAutoEncoderLoss(MixedEffectsLoss):
 
     Example::
 
+        >>> import torch
+        >>> from monai_medl.networks.nets import MixedEffectsAutoEncoder
+        >>> net = MixedEffectsAutoEncoder(spatial_dims=2, in_shape=(1, 16, 16), num_clusters=4, channels=(4, 8),
+        ...                               strides=(2, 2))
+        >>> x, z, y = torch.rand(2, 1, 16, 16), torch.eye(4)[[0, 3]], torch.tensor([[0.0], [1.0]])
         >>> loss_fn = MixedEffectsAutoEncoderLoss()
         >>> out = net.train()(x, z)
         >>> loss = loss_fn(out, y)
+        >>> loss.shape, loss.requires_grad
+        (torch.Size([]), True)
         >>> sorted(loss_fn.terms(out, y))
         ['kl', 'loss_fixed', 'loss_mixed', 'recon', 'recon_fixed']
     """

@@ -75,8 +75,16 @@ class MixedEffectsLoss(nn.Module):
 
     Example::
 
+        >>> import torch
+        >>> from monai_medl.networks.nets import MixedEffectsMLP
+        >>> net = MixedEffectsMLP(4, 1, num_clusters=3)
+        >>> x, z, y = torch.randn(6, 4), torch.eye(3)[[0, 1, 2, 0, 1, 2]], torch.randint(0, 2, (6, 1)).float()
         >>> loss_fn = MixedEffectsLoss(task="bce", kl_weight="elbo", num_train_samples=800)
         >>> loss = loss_fn(net.train()(x, z), y)
+        >>> loss.shape, loss.requires_grad
+        (torch.Size([]), True)
+        >>> sorted(loss_fn.terms(net(x, z), y))  # unweighted, for LossTermsHandler
+        ['kl', 'loss_fixed', 'loss_mixed']
     """
 
     def __init__(

@@ -18,8 +18,12 @@ def errors_name_key(key: Hashable) -> Iterator[None]:
 
     Example::
 
+        >>> d = {"site": "three"}
         >>> with errors_name_key("site"):
-        ...     converter(d["site"])
+        ...     int(d["site"])
+        Traceback (most recent call last):
+        ...
+        ValueError: key 'site': invalid literal for int() with base 10: 'three'
     """
     try:
         yield

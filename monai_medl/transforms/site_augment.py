@@ -76,8 +76,12 @@ class RandSiteEffect(RandomizableTransform):
 
     Example::
 
+        >>> import torch
         >>> aug = RandSiteEffect(prob=1.0).set_random_state(0)
-        >>> out = aug(torch.rand(1, 16, 16, 16))  # doctest: +SKIP
+        >>> x = torch.rand(1, 16, 16, 16)
+        >>> out = aug(x)
+        >>> out.shape, torch.equal(out, x)  # the same image as if acquired on another scanner
+        (torch.Size([1, 16, 16, 16]), False)
     """
 
     backend = RandBiasField.backend
@@ -165,7 +169,14 @@ class RandSiteEffectd(RandomizableTransform, MapTransform):
 
     Example::
 
-        >>> aug = RandSiteEffectd(keys=("image", "flair"), prob=0.5).set_random_state(0)  # doctest: +SKIP
+        >>> import torch
+        >>> aug = RandSiteEffectd(keys=("image", "flair"), prob=0.5).set_random_state(0)
+        >>> sample = {"image": torch.rand(1, 16, 16, 16), "flair": torch.rand(1, 16, 16, 16), "site": "site_a"}
+        >>> outs = [aug(sample) for _ in range(12)]
+        >>> changed = [(not torch.equal(o["image"], sample["image"]), not torch.equal(o["flair"], sample["flair"]))
+        ...            for o in outs]
+        >>> all(a == b for a, b in changed), sum(a for a, _ in changed)  # both modalities or neither; about half
+        (True, 6)
     """
 
     backend = RandSiteEffect.backend

@@ -92,8 +92,22 @@ def fixed_effects_attribution(
 
     Example::
 
+        >>> import torch
+        >>> from monai_medl.data.spirals import make_spirals
+        >>> from monai_medl.engines import TabularTrainer
+        >>> from monai_medl.networks.nets import MixedEffectsMLP
+        >>> data = make_spirals(num_clusters=6, points_per_cluster=50, prevalence_sd=0.25, num_probes=2, seed=0)
+        >>> x, y = torch.from_numpy(data.x), torch.from_numpy(data.y).float().unsqueeze(1)
+        >>> site = torch.from_numpy(data.site)
+        >>> net = MixedEffectsMLP(in_features=4, out_channels=1, num_clusters=6)
+        >>> history = TabularTrainer(net, epochs=5, lr=1e-2).fit(x, y, z=torch.eye(6)[site])
+        >>> x_test = x[::10]
         >>> attr = fixed_effects_attribution(net, x_test)
-        >>> attribution_share(attr, columns=[2, 3])  # share of the probe features
+        >>> attr.shape  # one value per input feature: 2 spiral coordinates, 2 site-confounded probes
+        torch.Size([4])
+        >>> share = attribution_share(attr, columns=list(data.probe_columns))  # share of the probe features
+        >>> 0.0 <= share <= 1.0
+        True
     """
     if x.dim() != 2:
         raise ValueError(f"x must be (samples, features), got shape {tuple(x.shape)}.")

@@ -215,7 +215,11 @@ def random_intercepts(model: nn.Module, layer: str | None = None) -> torch.Tenso
 
     Example::
 
+        >>> from monai_medl.networks.nets import MixedEffectsMLP
+        >>> net = MixedEffectsMLP(in_features=2, out_channels=1, num_clusters=5)
         >>> u0 = random_intercepts(net)  # (K, 1) for a binary ME-MLP
+        >>> u0.shape
+        torch.Size([5, 1])
     """
     require_mean_field(model, "random_intercepts")
     layers = random_effects_layers(model)
@@ -240,8 +244,13 @@ def variance_components(model: nn.Module, sd: bool = False) -> dict[str, float]:
 
     Example::
 
-        >>> variance_components(net)
-        {'head.intercept': 0.71, 'linear_slopes': 0.26, 'Residual': 1.02}
+        >>> from monai_medl.networks.nets import MixedEffectsMLP
+        >>> net = MixedEffectsMLP(2, 1, num_clusters=30, hidden=(), nonlinear_slopes=False, learn_prior_scale=True,
+        ...                       learn_noise_scale=True)
+        >>> {name: round(v, 4) for name, v in variance_components(net).items()}  # untrained: the initial values
+        {'head.intercept': 0.01, 'linear_slopes': 0.01, 'Residual': 1.0}
+
+    After training with ``MixedEffectsLoss(task="gaussian_nll", kl_weight="elbo", ...)`` they are the estimates.
     """
     net = unwrap_network(model)
     require_mean_field(net, "variance_components")
@@ -278,10 +287,29 @@ def summary(
 
     Example::
 
-        >>> net = MixedEffectsMLP(2, 1, num_clusters=30, hidden=(), nonlinear_slopes=False, learn_prior_scale=True)
-        >>> s = summary(net, group="site")
-        >>> print(s)  # "Random effects:" / "Fixed effects:" tables
-        >>> s.to_dataframe("intercepts")
+        >>> from monai_medl.networks.nets import MixedEffectsMLP
+        >>> net = MixedEffectsMLP(2, 1, num_clusters=3, hidden=(), nonlinear_slopes=False, learn_prior_scale=True)
+        >>> s = summary(net, cluster_names=["a", "b", "c"], group="site")
+        >>> print(s)  # doctest: +ELLIPSIS
+        Variational mixed-effects network: MixedEffectsMLP (prior s.d.s learned, empirical Bayes)
+        <BLANKLINE>
+        Random effects:
+         Groups  Name               Variance  Std.Dev.   Spread  Post.SD  Units  Learned
+         site    (Intercept)            0.01       0.1 ...
+         site    x (linear slopes)      0.01       0.1 ...
+        Number of groups: site, 3
+        ...
+        Fixed effects:
+                      Estimate
+         (Intercept)         0
+         x0 ...
+         x1 ...
+        <BLANKLINE>
+        Random intercepts (head.intercept, conditional modes):
+         site  (Intercept)
+         a ...
+        >>> s.to_dataframe("intercepts").index.tolist()  # a pandas DataFrame, one row per site
+        ['a', 'b', 'c']
     """
     net = unwrap_network(model)
     require_mean_field(net, "summary")

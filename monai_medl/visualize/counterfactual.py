@@ -27,9 +27,14 @@ def counterfactual_panel(
 
     Example::
 
+        >>> from monai_medl.networks.nets import MixedEffectsAutoEncoder
+        >>> net = MixedEffectsAutoEncoder(spatial_dims=2, in_shape=(1, 32, 32), num_clusters=4)
+        >>> x = torch.rand(2, 1, 32, 32)  # two images, acquired in batches 0 and 2
         >>> panel = counterfactual_panel(net, x, torch.eye(4)[[0, 2]])
         >>> panel.shape  # 2 images, input + recon + 4 batches
         torch.Size([2, 6, 1, 32, 32])
+        >>> counterfactual_grid(panel).shape  # one TensorBoard image: 2 rows x 6 columns of 32 x 32, 1-pixel gaps
+        torch.Size([1, 65, 197])
     """
     was_training = network.training
     network.eval()

@@ -48,9 +48,25 @@ def register_backbone_layout(cls: type) -> Callable:
 
     Example::
 
+        >>> import torch
+        >>> from monai_medl.networks.nets import MixedEffectsCNN
+        >>> class MyNet(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.body = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        ...         self.fc = nn.Linear(4, 1)
+        ...
+        ...     def forward(self, x):
+        ...         return self.fc(self.body(x).flatten(1))
         >>> @register_backbone_layout(MyNet)
         ... def _my_layout(net):
-        ...     return BackboneLayout(list(iter_layers(net.body, "body")) + [("flat", nn.Flatten(1))], ["body.0"])
+        ...     layers = list(iter_layers(net.body, "body")) + [("flat", nn.Flatten(1))]
+        ...     return BackboneLayout(layers, default_taps=["body.0"], classifier=net.fc)
+        >>> [name for name, _ in backbone_layout(MyNet()).layers]
+        ['body.0', 'body.1', 'body.2', 'flat']
+        >>> net = MixedEffectsCNN(num_clusters=3, backbone=MyNet())  # MyNet can now be a mixed-effects backbone
+        >>> net(torch.randn(2, 1, 16, 16), torch.eye(3)[[0, 2]]).mixed.shape
+        torch.Size([2, 1])
     """
 
     def decorator(fn: Callable[[nn.Module], BackboneLayout]) -> Callable[[nn.Module], BackboneLayout]:

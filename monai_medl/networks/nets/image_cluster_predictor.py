@@ -33,9 +33,12 @@ class ImageClusterPredictor(SmallCNN):
 
     Example::
 
+        >>> import torch
+        >>> from monai_medl.engines import MixedEffectsPrepareBatch
         >>> predictor = ImageClusterPredictor(num_clusters=4, spatial_dims=3)
-        >>> predictor.predict_design(torch.randn(2, 1, 32, 32, 32)).sum(1)
-        tensor([1.0000, 1.0000])
+        >>> design = predictor.predict_design(torch.randn(2, 1, 32, 32, 32))
+        >>> design.shape, torch.allclose(design.sum(1), torch.ones(2))
+        (torch.Size([2, 4]), True)
         >>> prepare = MixedEffectsPrepareBatch(num_clusters=4, z_predictor=predictor.predict_design)
     """
 

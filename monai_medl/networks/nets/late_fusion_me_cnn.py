@@ -45,6 +45,7 @@ class LateFusionMixedEffectsCNN(MultimodalMixedEffectsNet):
 
     Example::
 
+        >>> import torch
         >>> net = LateFusionMixedEffectsCNN(num_clusters=4, modalities=("t1", "flair"), spatial_dims=2,
         ...                                 fusion="attention", probe_size=32)
         >>> x, mask = torch.randn(3, 2, 32, 32), torch.tensor([[1, 1], [1, 0], [0, 1]])

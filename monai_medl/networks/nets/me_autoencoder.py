@@ -139,7 +139,10 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
 
         >>> net = MixedEffectsAutoEncoder(spatial_dims=2, in_shape=(1, 32, 32), num_clusters=4)
         >>> x, z = torch.rand(2, 1, 32, 32), torch.eye(4)[[0, 3]]
-        >>> net(x, z).shape
+        >>> out = net(x, z)  # training mode: both classifiers, both reconstructions, latents, KL
+        >>> type(out).__name__, out.mixed.shape, out.reconstruction.shape
+        ('MixedEffectsAutoEncoderOutput', torch.Size([2, 1]), torch.Size([2, 1, 32, 32]))
+        >>> net.eval()(x, z).shape  # eval mode: the y_M logits
         torch.Size([2, 1])
         >>> net.counterfactual(x, z, torch.eye(4)[[1, 1]]).shape
         torch.Size([2, 1, 32, 32])

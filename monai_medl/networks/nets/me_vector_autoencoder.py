@@ -41,6 +41,7 @@ class MixedEffectsVectorAutoEncoder(MixedEffectsAutoEncoder):
 
     Example::
 
+        >>> import torch
         >>> net = MixedEffectsVectorAutoEncoder(in_features=100, num_clusters=5)
         >>> out = net.forward_all(torch.randn(4, 100), torch.eye(5)[[0, 1, 2, 3]])
         >>> out.mixed.shape, out.reconstruction.shape
