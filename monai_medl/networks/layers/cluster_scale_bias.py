@@ -88,5 +88,6 @@ class ClusterScaleBias(nn.Module):
         if z is None:
             return x
         shape = [x.shape[0], x.shape[1]] + [1] * self.spatial_dims
-        # beta + x * (1 + gamma) in one pass over the feature map
-        return torch.addcmul(self.beta(z).view(shape), x, 1 + self.gamma(z).view(shape))
+        # the bias is added in place: one feature-map-sized allocation fewer (the product is not saved for backward);
+        # addcmul(beta, x, 1 + gamma) would be one pass, but its broadcast first operand makes it ~3x slower on CPU
+        return ((1 + self.gamma(z).view(shape)) * x).add_(self.beta(z).view(shape))
