@@ -51,9 +51,9 @@ class AdversarialRegularizer:
         label_classes: 0 (default) for the adversary above; ``C >= 2`` makes it **label-conditional**: it also reads
             the one-hot class label (``step(..., labels=...)``; build it with ``C`` extra inputs, e.g.
             ``make_adversary(label_classes=C)``) and the confusion target of item ``i`` is the training data's site
-            distribution among items of its class, ``P(site | y_i)`` (running counts of the batches seen), instead of
-            uniform. When disease prevalence differs between sites, any disease-predictive feature also predicts
-            the site; the unconditional adversary then fights the disease signal itself, while the conditional one
+            distribution among items of its class, ``P(site | y_i)`` (running counts of the batches seen; like the
+            memory they are not checkpointed and restart on resume), instead of uniform. When disease prevalence
+            differs between sites, any disease-predictive feature also predicts the site; the unconditional adversary then fights the disease signal itself, while the conditional one
             only removes site information beyond the label (equalised odds, as in Zhang, Lemoine & Mitchell 2018).
             Needs ``objective="confusion"``.
 
