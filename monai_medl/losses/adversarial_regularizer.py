@@ -53,8 +53,9 @@ class AdversarialRegularizer:
             ``make_adversary(label_classes=C)``) and the confusion target of item ``i`` is the training data's site
             distribution among items of its class, ``P(site | y_i)`` (running counts of the batches seen; like the
             memory they are not checkpointed and restart on resume), instead of uniform. When disease prevalence
-            differs between sites, any disease-predictive feature also predicts the site; the unconditional adversary then fights the disease signal itself, while the conditional one
-            only removes site information beyond the label (equalised odds, as in Zhang, Lemoine & Mitchell 2018).
+            differs between sites, any disease-predictive feature also predicts the site; the unconditional
+            adversary then fights the disease signal itself, while the conditional one only removes site
+            information beyond the label (equalised odds, as in Zhang, Lemoine & Mitchell 2018).
             Needs ``objective="confusion"``.
 
     Example::
