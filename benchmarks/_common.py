@@ -34,6 +34,7 @@ __all__ = [
     "CONTRACT_MODELS",
     "DEFAULT_OUT",
     "benchmark_parser",
+    "read_cohort",
     "summarize",
     "paired_difference",
     "environment",
@@ -72,6 +73,19 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="reduced run (minutes on 2 CPU cores), every model")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     return parser
+
+
+COHORT_SECTIONS = ("training", "validation", "test")
+
+
+def read_cohort(datalist_path: str | os.PathLike) -> tuple[list[tuple[str, dict]], dict[str, Any]]:
+    """``(section, entry)`` of every subject of a generated cohort's datalist (training, validation, then test) and
+    the cohort's ``ground_truth.json`` (written beside the datalist by the generators)."""
+    with open(datalist_path, encoding="utf-8") as f:
+        datalist = json.load(f)
+    with open(os.path.join(os.path.dirname(datalist_path), "ground_truth.json"), encoding="utf-8") as f:
+        truth = json.load(f)
+    return [(key, e) for key in COHORT_SECTIONS for e in datalist[key]], truth
 
 
 def summarize(values: Sequence[float]) -> dict[str, Any]:

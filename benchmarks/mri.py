@@ -48,7 +48,6 @@ Run ``python -m benchmarks.mri [--quick] [--out DIR] [--cohort-dir DIR]``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -67,7 +66,14 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from benchmarks._combat import ComBat
-from benchmarks._common import CONTRACT_MODELS, Comparison, benchmark_parser, run_benchmark, site_scores
+from benchmarks._common import (
+    CONTRACT_MODELS,
+    Comparison,
+    benchmark_parser,
+    read_cohort,
+    run_benchmark,
+    site_scores,
+)
 from benchmarks._training import flipped_loader, train_supervised
 from monai_medl.bundle.optim import random_effects_param_groups
 from monai_medl.data.cohort import cohort_settings, generate_mri_cohort
@@ -192,12 +198,8 @@ def inference_passes(models: Sequence[str]) -> int:
 def load_cohort(cohort_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """Generate (if needed) and load the cohort: volumes z-scored per scan (``images``) and as generated
     (``raw_images``), labels, sites, split tags and ground truth."""
-    datalist_path = generate_mri_cohort(cohort_dir, **cfg["cohort"])
-    with open(datalist_path, encoding="utf-8") as f:
-        datalist = json.load(f)
-    with open(os.path.join(cohort_dir, "ground_truth.json"), encoding="utf-8") as f:
-        truth = json.load(f)
-    entries = [e for key in ("training", "validation", "test") for e in datalist[key]]
+    sections, truth = read_cohort(generate_mri_cohort(cohort_dir, **cfg["cohort"]))
+    entries = [e for _, e in sections]
     raw = np.stack([nib.load(os.path.join(cohort_dir, e["image"])).get_fdata(dtype=np.float32) for e in entries])
     flat = raw.reshape(len(raw), -1)
     images = (raw - flat.mean(1)[:, None, None, None]) / flat.std(1)[:, None, None, None]
@@ -207,7 +209,7 @@ def load_cohort(cohort_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
         "raw_images": raw[:, None],
         "labels": np.array([e["label"] for e in entries], dtype=np.float32),
         "sites": [e["site"] for e in entries],
-        "splits": [key for key in ("training", "validation", "test") for _ in datalist[key]],
+        "splits": [key for key, _ in sections],
         "seen_sites": list(truth["seen_sites"]),
         "unseen_sites": list(truth["unseen_sites"]),
         "truth": truth,

@@ -23,7 +23,6 @@ Run: ``python -m benchmarks.mri_probe_floor`` (seconds) -> ``results/mri_probe_f
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import mri
-from benchmarks._common import announce_plan, benchmark_parser, summarize, write_results
+from benchmarks._common import announce_plan, benchmark_parser, read_cohort, summarize, write_results
 from benchmarks.mri_selection import PROBE_TARGET, SEEDS, selection_config, validation_probe
 from monai_medl.data.cohort import generate_mri_cohort
 
@@ -51,10 +50,7 @@ PLAN = {
 
 def subject_table(cohort_dir: str, cohort: dict[str, Any]) -> dict[str, np.ndarray]:
     """``site`` (index into the seen sites), ``label`` and ``split`` of every subject of a generated cohort."""
-    datalist_path = generate_mri_cohort(cohort_dir, **cohort)
-    with open(datalist_path, encoding="utf-8") as f:
-        datalist = json.load(f)
-    entries = [(key, e) for key in ("training", "validation", "test") for e in datalist[key]]
+    entries, _ = read_cohort(generate_mri_cohort(cohort_dir, **cohort))
     sites = sorted({e["site"] for _, e in entries})
     return {
         "site": np.array([sites.index(e["site"]) for _, e in entries]),

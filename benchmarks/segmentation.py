@@ -49,7 +49,6 @@ Run ``python -m benchmarks.segmentation [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -67,7 +66,7 @@ from monai.networks.utils import one_hot
 from scipy.stats import pearsonr
 from torch import nn
 
-from benchmarks._common import Comparison, benchmark_parser, run_benchmark
+from benchmarks._common import Comparison, benchmark_parser, read_cohort, run_benchmark
 from benchmarks._training import flipped_loader, train_supervised
 from monai_medl.bundle.optim import random_effects_param_groups
 from monai_medl.data.segmentation_cohort import TISSUE_LABELS, generate_segmentation_cohort
@@ -157,11 +156,8 @@ def load_cohort(cohort_dir: str, cfg: dict[str, Any], seed: int) -> dict[str, An
     ``unseen_sites`` and the generator's ``truth``.
     """
     path = generate_segmentation_cohort(cohort_dir, seed=cfg["cohort_seed_offset"] + seed, **cfg["cohort"])
-    with open(path, encoding="utf-8") as f:
-        datalist = json.load(f)
-    with open(os.path.join(cohort_dir, "ground_truth.json"), encoding="utf-8") as f:
-        truth = json.load(f)
-    entries = [dict(e, split=key) for key in ("training", "validation", "test") for e in datalist[key]]
+    sections, truth = read_cohort(path)
+    entries = [dict(e, split=key) for key, e in sections]
     raw = [nib.load(os.path.join(cohort_dir, e["image"])).get_fdata(dtype=np.float32) for e in entries]
     labels = np.stack([np.asarray(nib.load(os.path.join(cohort_dir, e["label"])).dataobj) for e in entries])
     per_scan = [_zscore_brain(v, float(v[v != 0].mean()), float(v[v != 0].std())) for v in raw]
