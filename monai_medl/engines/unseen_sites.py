@@ -20,7 +20,7 @@ __all__ = ["fit_unseen_sites", "FewShotPrepareBatch"]
 def fit_unseen_sites(
     network: nn.Module,
     support: Sequence[Mapping[str, Any]],
-    group_key: str = "site_raw",
+    group_key: str = "site_name",
     image_key: str = CommonKeys.IMAGE,
     label_key: str = CommonKeys.LABEL,
     task: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "bce",
@@ -37,7 +37,8 @@ def fit_unseen_sites(
         network: trained mixed-effects network (grows by one cluster per site).
         support: dictionaries with ``image_key``, ``label_key`` and ``group_key`` (the site name), already
             transformed like the evaluation data.
-        group_key: key of the site name. Defaults to ``"site_raw"`` (``SiteToIndexd(raw_key_postfix="raw")``).
+        group_key: key of the site name. Defaults to ``"site_name"`` (``SiteToIndexd(raw_key_postfix="name")``, as in
+            the bundles).
         image_key: input key. Defaults to ``"image"``.
         label_key: target key. Defaults to ``"label"``.
         task: task loss for the fit (see :func:`~monai_medl.losses.task_loss`). Defaults to ``"bce"``.
@@ -52,12 +53,12 @@ def fit_unseen_sites(
         >>> import torch
         >>> from monai_medl.networks.nets import MixedEffectsMLP
         >>> net = MixedEffectsMLP(in_features=4, out_channels=1, num_clusters=3)  # stands in for a trained net
-        >>> support_items = [{"image": torch.randn(4), "label": torch.tensor([float(i % 2)]), "site_raw": name}
+        >>> support_items = [{"image": torch.randn(4), "label": torch.tensor([float(i % 2)]), "site_name": name}
         ...                  for i, name in enumerate(["new_a"] * 4 + ["new_b"] * 4)]
-        >>> columns = fit_unseen_sites(net, support_items, group_key="site_raw", steps=20)
+        >>> columns = fit_unseen_sites(net, support_items, group_key="site_name", steps=20)
         >>> columns, net.num_clusters
         ({'new_a': 3, 'new_b': 4}, 5)
-        >>> prepare = FewShotPrepareBatch(net.num_clusters, site_columns=columns, group_key="site_raw")
+        >>> prepare = FewShotPrepareBatch(net.num_clusters, site_columns=columns, group_key="site_name")
     """
     by_site: dict[str, list[Mapping[str, Any]]] = {}
     for i, item in enumerate(support):
@@ -83,7 +84,7 @@ class FewShotPrepareBatch(MixedEffectsPrepareBatch):
     Args:
         num_clusters: width of ``z`` after the few-shot fit (``network.num_clusters``).
         site_columns: site name -> column, from :func:`fit_unseen_sites`.
-        group_key: batch key with the site names. Defaults to ``"site_raw"``.
+        group_key: batch key with the site names. Defaults to ``"site_name"``.
         kwargs: the other arguments of :class:`~monai_medl.engines.MixedEffectsPrepareBatch`.
 
     Example::
@@ -91,7 +92,7 @@ class FewShotPrepareBatch(MixedEffectsPrepareBatch):
         >>> import torch
         >>> prepare = FewShotPrepareBatch(5, {"new_a": 3, "new_b": 4})  # SupervisedEvaluator(..., prepare_batch=...)
         >>> batch = {"image": torch.randn(3, 4), "label": torch.ones(3, 1), "site": torch.tensor([1, -1, -1]),
-        ...          "site_raw": ["b", "new_b", "other"]}
+        ...          "site_name": ["b", "new_b", "other"]}
         >>> image, label, (z,), kwargs = prepare(batch)
         >>> z  # a training site, a few-shot-fitted site, an unseen site without support items (population)
         tensor([[0., 1., 0., 0., 0.],
@@ -100,7 +101,7 @@ class FewShotPrepareBatch(MixedEffectsPrepareBatch):
     """
 
     def __init__(
-        self, num_clusters: int, site_columns: Mapping[str, int], group_key: str = "site_raw", **kwargs: Any
+        self, num_clusters: int, site_columns: Mapping[str, int], group_key: str = "site_name", **kwargs: Any
     ) -> None:
         super().__init__(num_clusters, **kwargs)
         bad = {s: c for s, c in site_columns.items() if not 0 <= int(c) < num_clusters}

@@ -94,14 +94,14 @@ class BackboneStage(nn.Module):
         self.has_cluster = cluster is not None
         self.tap = tap
 
-    def apply_cluster(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+    def apply_cluster(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The stage's normalisation with cluster scale/bias (identity for a stage without one)."""
         cluster = self.cluster
         if cluster is not None:
             x = cluster(x, z)
         return x
 
-    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.apply_cluster(self.body(x), z)
 
 

@@ -72,7 +72,7 @@ class DecoderBlock(nn.Module):
         norms = [n for n, m in layers if norm_channels(m) is not None] if cluster_scale_bias else []
         self.stages, _ = build_stages(layers, [], norms, spatial_dims, num_clusters, prior_scale, learn_prior_scale)
 
-    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         for stage in self.stages:
             x = stage(x, z)
         return x
@@ -121,12 +121,12 @@ class UnetResBlockWalk(nn.Module):
         norm3 = getattr(block, "norm3", None) if self.residual else None
         self.norm3 = norm3 if norm3 is not None else nn.Identity()
 
-    def _norm(self, norm: nn.Module, x: torch.Tensor, z: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+    def _norm(self, norm: nn.Module, x: torch.Tensor, z: Optional[torch.Tensor]) -> torch.Tensor:
         if isinstance(norm, ClusterScaleBias):
             return norm(x, z)
         return norm(x)
 
-    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         out = self.lrelu(self._norm(self.norm1, self.conv1(x), z))
         out = self._norm(self.norm2, self.conv2(out), z)
         if self.residual:
@@ -159,11 +159,11 @@ class EncoderDecoderPath(nn.Module):
         """Encoder outputs, shallow to deep; the last one is the bottleneck."""
         raise NotImplementedError
 
-    def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+    def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:
         """Logits from the encoder outputs, with the decoder's cluster scale/bias for ``z`` (None: none)."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.decode(self.encode(x), z)
 
     def _count(self) -> None:
@@ -223,7 +223,7 @@ class UNetPath(EncoderDecoderPath):
         skips.append(self.bottom(x))
         return skips
 
-    def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+    def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:
         x = skips[-1]
         n = len(skips) - 1
         for i, block in enumerate(self.ups):
@@ -273,7 +273,7 @@ class BasicUNetPath(EncoderDecoderPath):
             skips.append(x)
         return skips
 
-    def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+    def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:
         x = skips[-1]
         n = len(skips) - 1
         for i, (upsample, block) in enumerate(zip(self.upsamples, self.ups)):
@@ -323,7 +323,7 @@ class SegResNetPath(EncoderDecoderPath):
             skips.append(x)
         return skips
 
-    def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+    def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:
         x = skips[-1]
         n = len(skips) - 1
         for i, (up, layer) in enumerate(zip(self.up_samples, self.up_layers)):
@@ -387,7 +387,7 @@ class SwinUNETRPath(EncoderDecoderPath):
         skips = [encoder(h) for encoder, h in zip(self.encoders, inputs)]
         return skips + [hidden[3], self.bottleneck(hidden[4])]
 
-    def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+    def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:
         x = skips[-1]
         n = len(skips) - 1
         for i, (upsample, block) in enumerate(zip(self.upsamples, self.ups)):

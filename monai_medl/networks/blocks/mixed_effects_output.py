@@ -32,5 +32,5 @@ class MixedEffectsOutput(NamedTuple):
     mixed: torch.Tensor
     fixed: torch.Tensor
     features: list[torch.Tensor]
-    log_noise_scale: Optional[torch.Tensor]  # noqa: UP045 (TorchScript needs typing.Optional in NamedTuples)
-    kl: Optional[torch.Tensor]  # noqa: UP045
+    log_noise_scale: Optional[torch.Tensor]  # TorchScript needs typing.Optional in NamedTuples
+    kl: Optional[torch.Tensor]

@@ -85,7 +85,7 @@ class ReversibleInstanceNorm(nn.Module):
     def shift(
         self,
         stats: torch.Tensor,
-        z: Optional[torch.Tensor],  # noqa: UP045
+        z: Optional[torch.Tensor],
         z_target: torch.Tensor,
     ) -> torch.Tensor:
         """Statistics of items of cluster design ``z`` (None: population) moved to the design ``z_target``."""

@@ -98,7 +98,7 @@ class AutoEncoderStage(nn.Module):
             else nn.Identity()
         )
 
-    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = self.op(x)
         cluster_norm = self.cluster_norm
         if cluster_norm is not None:
@@ -212,7 +212,7 @@ class AutoEncoderBranch(nn.Module):
     def encode(
         self,
         x: torch.Tensor,
-        z: Optional[torch.Tensor] = None,  # noqa: UP045
+        z: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Latent ``(batch, latent_size)`` and the pooled stage activations plus the latent (adversary inputs)."""
         features: list[torch.Tensor] = []
@@ -223,7 +223,7 @@ class AutoEncoderBranch(nn.Module):
         features.append(latent)
         return latent, features
 
-    def decode(self, latent: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+    def decode(self, latent: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Reconstruction ``(batch, *in_shape)`` from a latent."""
         x = self.from_latent_act(self.from_latent(latent))
         x = x.view([latent.shape[0]] + self.small_shape)
@@ -231,5 +231,5 @@ class AutoEncoderBranch(nn.Module):
             x = stage(x, z)
         return self.output_act(self.head(x))
 
-    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.decode(self.encode(x, z)[0], z)

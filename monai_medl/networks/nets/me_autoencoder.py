@@ -42,12 +42,12 @@ class MixedEffectsAutoEncoderOutput(NamedTuple):
     mixed: torch.Tensor
     fixed: torch.Tensor
     features: list[torch.Tensor]
-    log_noise_scale: Optional[torch.Tensor]  # noqa: UP045 (TorchScript needs typing.Optional in NamedTuples)
-    kl: Optional[torch.Tensor]  # noqa: UP045
+    log_noise_scale: Optional[torch.Tensor]  # TorchScript needs typing.Optional in NamedTuples
+    kl: Optional[torch.Tensor]
     reconstruction: torch.Tensor
     reconstruction_fixed: torch.Tensor
-    latent_fixed: Optional[torch.Tensor]  # noqa: UP045
-    latent_random: Optional[torch.Tensor]  # noqa: UP045
+    latent_fixed: Optional[torch.Tensor]
+    latent_random: Optional[torch.Tensor]
     inputs: torch.Tensor
 
 
@@ -241,17 +241,17 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
     def forward_all(
         self,
         x: torch.Tensor,
-        z: Optional[torch.Tensor] = None,  # noqa: UP045
+        z: Optional[torch.Tensor] = None,
     ) -> MixedEffectsAutoEncoderOutput:
         if not torch.jit.is_scripting():
             self.check_inputs(x, z)
         features: list[torch.Tensor] = []
-        latent_fixed: Optional[torch.Tensor] = None  # noqa: UP045
-        latent_random: Optional[torch.Tensor] = None  # noqa: UP045
-        recon_fixed: Optional[torch.Tensor] = None  # noqa: UP045
-        recon: Optional[torch.Tensor] = None  # noqa: UP045
-        y_fixed: Optional[torch.Tensor] = None  # noqa: UP045
-        y_mixed: Optional[torch.Tensor] = None  # noqa: UP045
+        latent_fixed: Optional[torch.Tensor] = None
+        latent_random: Optional[torch.Tensor] = None
+        recon_fixed: Optional[torch.Tensor] = None
+        recon: Optional[torch.Tensor] = None
+        y_fixed: Optional[torch.Tensor] = None
+        y_mixed: Optional[torch.Tensor] = None
         fe, re = self.fe, self.re
         clf_f, clf_m = self.classifier_fixed, self.classifier_mixed
         h, stats = self._normalize(x, z)
@@ -289,8 +289,8 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
     def _normalize(
         self,
         x: torch.Tensor,
-        z: Optional[torch.Tensor],  # noqa: UP045
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:  # noqa: UP045
+        z: Optional[torch.Tensor],
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The branches' input and, with ``reversible_norm``, the tiles' statistics (accumulated per cluster in
         training)."""
         revin = self.revin
@@ -301,7 +301,7 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
             revin.update(stats, z)
         return h, stats
 
-    def _restore(self, y: torch.Tensor, stats: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+    def _restore(self, y: torch.Tensor, stats: Optional[torch.Tensor]) -> torch.Tensor:
         revin = self.revin
         if revin is None or stats is None:
             return y

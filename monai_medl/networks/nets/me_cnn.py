@@ -265,12 +265,12 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
     def _walk(
         self,
         x: torch.Tensor,
-        z: Optional[torch.Tensor],  # noqa: UP045
-    ) -> tuple[list[torch.Tensor], Optional[torch.Tensor]]:  # noqa: UP045
+        z: Optional[torch.Tensor],
+    ) -> tuple[list[torch.Tensor], Optional[torch.Tensor]]:
         """Run the stages: pooled taps + ``h`` of the ``z``-free path, and ``h`` of the ``z`` path (if it differs)."""
         features: list[torch.Tensor] = []
         h = x
-        hm: Optional[torch.Tensor] = None  # noqa: UP045
+        hm: Optional[torch.Tensor] = None
         for stage in self.stages:
             if hm is not None:
                 hm = stage(hm, z)
@@ -288,7 +288,7 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
             hm = global_avg_pool(hm)
         return features, hm
 
-    def predict(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+    def predict(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Mixed prediction in one pass (cluster scale/bias applied for ``z``, no taps, no fixed-effects pass).
 
         This is what eval mode and TorchScript return; it equals ``forward_all(x, z).mixed`` in eval mode.
@@ -309,7 +309,7 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
         return pred
 
     @torch.jit.export
-    def forward_all(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> MixedEffectsOutput:  # noqa: UP045
+    def forward_all(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> MixedEffectsOutput:
         if not torch.jit.is_scripting():
             self.check_inputs(x, z)
             self._check_image(x)
@@ -325,7 +325,7 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
     def encode(
         self,
         x: torch.Tensor,
-        z: Optional[torch.Tensor] = None,  # noqa: UP045
+        z: Optional[torch.Tensor] = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The backbone's side of :meth:`forward_all`, without the head (for models that fuse several branches).
 

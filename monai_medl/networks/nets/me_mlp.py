@@ -193,7 +193,7 @@ class MixedEffectsMLP(MixedEffectsNet):
             )
         return self
 
-    def forward_all(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> MixedEffectsOutput:  # noqa: UP045
+    def forward_all(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> MixedEffectsOutput:
         if not torch.jit.is_scripting():
             self.check_inputs(x, z)
         if x.dim() != 2 or x.shape[1] != self.in_features:

@@ -172,20 +172,20 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
         spatial = ensure_tuple_rep(probe_size or default_probe, self.spatial_dims)
         self.feature_sizes = self._probe_channels(self.path, self.path.encode, spatial, "encoder")
 
-    def _design(self, x: torch.Tensor, z: Optional[torch.Tensor]) -> Optional[torch.Tensor]:  # noqa: UP045
+    def _design(self, x: torch.Tensor, z: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """``z`` with a single row broadcast over the batch (sliding-window batches of one image's windows)."""
         if z is not None and z.dim() == 2 and z.shape[0] == 1 and x.shape[0] > 1:
             return z.expand(x.shape[0], z.shape[1])
         return z
 
-    def _add_intercept(self, logits: torch.Tensor, z: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+    def _add_intercept(self, logits: torch.Tensor, z: Optional[torch.Tensor]) -> torch.Tensor:
         intercept = self.intercept
         if z is None or intercept is None:
             return logits
         shape = [logits.shape[0], logits.shape[1]] + [1] * (logits.dim() - 2)
         return logits + intercept(z).view(shape)
 
-    def predict(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+    def predict(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Mixed logits in one pass (decoder cluster scale/bias and intercepts for ``z``); what eval mode returns."""
         z = self._design(x, z)
         if not torch.jit.is_scripting():

@@ -49,7 +49,7 @@ class CovariateEncoder(nn.Module):
     def encode(
         self,
         x: torch.Tensor,
-        z: Optional[torch.Tensor] = None,  # noqa: UP045
+        z: Optional[torch.Tensor] = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """``([h], h)``: covariates have no cluster scale/bias, so the fixed and ``z`` paths coincide."""
         h = self.net(x)
@@ -101,7 +101,7 @@ class ModalityBranch(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        z: Optional[torch.Tensor] = None,  # noqa: UP045
+        z: Optional[torch.Tensor] = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """``(features, mixed_embedding)``; ``features[-1]`` is the fixed-effects embedding."""
         features, hm = self.encoder.encode(x, z)

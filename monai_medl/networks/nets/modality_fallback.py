@@ -91,9 +91,9 @@ class ModalityFallback(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        z: Optional[torch.Tensor] = None,  # noqa: UP045
-        mask: Optional[torch.Tensor] = None,  # noqa: UP045
-        covariates: Optional[torch.Tensor] = None,  # noqa: UP045
+        z: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+        covariates: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         if not torch.jit.is_scripting() and self.training:
             raise RuntimeError("ModalityFallback routes predictions at inference: train its two networks, then eval().")

@@ -240,8 +240,8 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
     def presence(
         self,
         x: torch.Tensor,
-        mask: Optional[torch.Tensor] = None,  # noqa: UP045
-        covariates: Optional[torch.Tensor] = None,  # noqa: UP045
+        mask: Optional[torch.Tensor] = None,
+        covariates: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Boolean ``(batch, num_inputs)`` presence of every input (modalities, then covariates).
 
@@ -258,8 +258,8 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
     def _presence_mask(
         self,
         x: torch.Tensor,
-        mask: Optional[torch.Tensor],  # noqa: UP045
-        covariates: Optional[torch.Tensor],  # noqa: UP045
+        mask: Optional[torch.Tensor],
+        covariates: Optional[torch.Tensor],
     ) -> torch.Tensor:
         if mask is None:
             present = torch.ones(x.shape[0], self.num_modalities, dtype=torch.bool, device=x.device)
@@ -307,9 +307,9 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
     def forward_all(
         self,
         x: torch.Tensor,
-        z: Optional[torch.Tensor] = None,  # noqa: UP045
-        mask: Optional[torch.Tensor] = None,  # noqa: UP045
-        covariates: Optional[torch.Tensor] = None,  # noqa: UP045
+        z: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+        covariates: Optional[torch.Tensor] = None,
     ) -> MixedEffectsOutput:
         if not torch.jit.is_scripting():
             self._check_inputs(x, z, mask, covariates)
@@ -333,7 +333,7 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
             else:
                 xi = covariates.to(x.dtype).index_select(0, rows)
             xi = torch.where(keep.reshape([-1] + [1] * (xi.dim() - 1)), xi, torch.zeros_like(xi))
-            zi: Optional[torch.Tensor] = None  # noqa: UP045
+            zi: Optional[torch.Tensor] = None
             if z is not None:
                 zi = z.index_select(0, rows)
             sub, hm = branch(xi, zi)
@@ -360,9 +360,9 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
     def forward(
         self,
         x: torch.Tensor,
-        z: Optional[torch.Tensor] = None,  # noqa: UP045
-        mask: Optional[torch.Tensor] = None,  # noqa: UP045
-        covariates: Optional[torch.Tensor] = None,  # noqa: UP045
+        z: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+        covariates: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         # as MixedEffectsNet.forward: the prediction tensor in eval mode and TorchScript, the structured output
         # (with the KL) in eager training mode
