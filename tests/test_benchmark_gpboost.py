@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds the benchmarks package
+from benchmarks import _gpboost
 
 gpb = pytest.importorskip("gpboost")
-_gpboost = pytest.importorskip("benchmarks._gpboost")
 
 
 def _offset_data(seed: int, n: int = 1600, groups: int = 8):

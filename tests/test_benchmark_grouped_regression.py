@@ -4,17 +4,14 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds the benchmarks package
+from benchmarks import grouped_regression
 
 pytest.importorskip("gpboost")
 pytest.importorskip("statsmodels")
-grouped_regression = pytest.importorskip("benchmarks.grouped_regression")
 
 # strong group intercepts (s.d. 3 against noise 1), no random slopes, small data
 TINY = {

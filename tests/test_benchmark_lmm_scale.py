@@ -3,14 +3,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds the benchmarks package
-
-lmm_scale = pytest.importorskip("benchmarks.lmm_scale")
+from benchmarks import lmm_scale
 
 
 def test_full_run_has_both_target_sizes_and_quick_run_is_small():
