@@ -427,7 +427,11 @@ def generate_livecell_dataset(out_dir: str | os.PathLike, overwrite: bool = Fals
             with open(list_path, encoding="utf-8") as f:
                 return json.load(f)
     claim_output_folder(out_dir, "generate_livecell_dataset")
-    data = make_livecell(**kwargs)
+    return _write_dataset(out_dir, make_livecell(**kwargs))
+
+
+def _write_dataset(out_dir: str, data: LiveCellData) -> dict:
+    """The write step of :func:`generate_livecell_dataset`: tiles as ``.npy``, then the ground truth and datalist."""
     for sub in ("images", "clean"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
     datalist: dict[str, list] = {s: [] for s in _SPLITS}
@@ -445,8 +449,8 @@ def generate_livecell_dataset(out_dir: str | os.PathLike, overwrite: bool = Fals
                 "elongation": round(float(data.elongation[i]), 4),
             }
         )
-    with open(truth_path, "w", encoding="utf-8") as f:
+    with open(os.path.join(out_dir, "ground_truth.json"), "w", encoding="utf-8") as f:
         json.dump(data.ground_truth(), f, indent=2)
-    with open(list_path, "w", encoding="utf-8") as f:
+    with open(os.path.join(out_dir, "datalist.json"), "w", encoding="utf-8") as f:
         json.dump(datalist, f, indent=1)
     return datalist
