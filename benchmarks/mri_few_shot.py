@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import optimize, stats
+from scipy import optimize, special, stats
 from sklearn.model_selection import LeaveOneOut, StratifiedKFold
 
 from benchmarks import mri
@@ -271,7 +271,7 @@ def penalised_logistic(
     def objective(b):
         logit = offset + x @ b
         loss = np.sum(np.logaddexp(0, logit) - y * logit) + 0.5 * np.sum(pen * (b - start) ** 2)
-        grad = x.T @ (1 / (1 + np.exp(-logit)) - y) + pen * (b - start)
+        grad = x.T @ (special.expit(logit) - y) + pen * (b - start)
         return loss, grad
 
     return optimize.minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds).x
@@ -371,7 +371,7 @@ def site_scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 
 def _sigmoid(v: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-v))
+    return special.expit(v)
 
 
 # ----------------------------------------------------------------------------------------------------- protocol
