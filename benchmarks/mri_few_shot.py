@@ -44,7 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import optimize, special, stats
+from scipy import optimize, special
+from sklearn.metrics import log_loss
 from sklearn.model_selection import LeaveOneOut, StratifiedKFold
 
 from benchmarks import mri
@@ -60,6 +61,7 @@ from benchmarks._common import (
 )
 from monai_medl.data.cohort import cohort_settings
 from monai_medl.engines.few_shot import fit_new_cluster
+from monai_medl.metrics.within_site import expected_calibration_error, holm, paired_t_pvalue, within_site_auroc
 
 __all__ = [
     "NAME",
@@ -360,14 +362,14 @@ def fine_tune(net: torch.nn.Module, x: torch.Tensor, y: np.ndarray, lr: float, s
 
 
 def site_scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """Within-site AUROC, log loss and expected calibration error (10 equal-width bins) of probabilities ``p``."""
-    from monai.metrics import CalibrationErrorMetric
-    from sklearn.metrics import log_loss, roc_auc_score
-
+    """Within-site AUROC, log loss and expected calibration error (10 equal-width bins) of probabilities ``p`` of one
+    site's scans (:mod:`monai_medl.metrics.within_site`)."""
     p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
-    ece = CalibrationErrorMetric(num_bins=10, include_background=True)
-    value = ece(torch.from_numpy(p).float()[None, None], torch.from_numpy(np.asarray(y, float)).float()[None, None])
-    return {"auroc": float(roc_auc_score(y, p)), "log_loss": float(log_loss(y, p, labels=[0, 1])), "ece": float(value)}
+    return {
+        "auroc": within_site_auroc(y, p, sites=np.zeros(len(y)))["mean"],
+        "log_loss": float(log_loss(y, p, labels=[0, 1])),
+        "ece": expected_calibration_error(y, p, num_bins=10),
+    }
 
 
 def _sigmoid(v: np.ndarray) -> np.ndarray:
@@ -500,37 +502,22 @@ class _Replicates:
             self.pool.shutdown(cancel_futures=True)
 
 
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (family-wise error), in the input order."""
-    p = np.asarray(p_values, float)
-    order = np.argsort(p)
-    adjusted = np.empty_like(p)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(p) - rank) * p[i]))
-        adjusted[i] = running
-    return adjusted.tolist()
-
-
-def _paired_p(a: Sequence[float], b: Sequence[float]) -> float:
-    diff = np.asarray(a, float) - np.asarray(b, float)
-    if len(diff) < 2 or np.allclose(diff, diff[0]):
-        return 1.0 if np.allclose(diff, 0) or len(diff) < 2 else 0.0
-    return float(stats.ttest_1samp(diff, 0.0).pvalue)
-
-
 def holm_adjust(models: dict[str, Any], primary: Sequence[Comparison]) -> None:
     """Store each primary comparison's paired t-test p and Holm-adjusted p in its model's ``extra``
     (``<comparison>_p``, ``<comparison>_holm_p``)."""
     splits = {"auroc": "unseen"}
-    raw = [
-        _paired_p(
-            per_seed_values(models, c.model, c.metric, splits), per_seed_values(models, c.reference, c.metric, splits)
+    raw = {}
+    for c in primary:
+        a, b = (
+            per_seed_values(models, c.model, c.metric, splits),
+            per_seed_values(models, c.reference, c.metric, splits),
         )
-        for c in primary
-    ]
-    for c, p, adjusted in zip(primary, raw, holm(raw)):
-        models[c.model]["extra"].update({f"{c.name}_p": p, f"{c.name}_holm_p": adjusted})
+        raw[c.label] = paired_t_pvalue(np.subtract(a, b))
+    adjusted = holm(raw)
+    for c in primary:
+        r = adjusted[c.label]
+        models[c.model]["extra"].update({f"{c.name}_p": r["p"], f"{c.name}_holm_p": r["p_holm"]})
+        models[c.model]["extra"][f"{c.name}_holm_reject"] = r["reject"]
 
 
 def _cell(models: Mapping[str, Any], key: str, metric: str) -> str:
@@ -573,7 +560,7 @@ def notes(cfg: Mapping[str, Any], models: Mapping[str, Any]) -> str:
             per_seed_values(models, c.reference, c.metric, {"auroc": "unseen"}),
         )
         d = paired_difference(a, b, c.higher_is_better)
-        claimed = "yes" if extra[f"{c.name}_holm_p"] < 0.05 else "no"
+        claimed = "yes" if extra[f"{c.name}_holm_reject"] else "no"
         lines.append(
             f"| {c.label} | {d['mean']:+.4f} | [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | {extra[f'{c.name}_p']:.3g} "
             f"| {extra[f'{c.name}_holm_p']:.3g} | {claimed} |"

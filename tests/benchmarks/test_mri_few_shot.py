@@ -95,10 +95,6 @@ def test_stratified_draw_is_disjoint_from_the_scoring_set_and_keeps_both_classes
         fs.stratified_draw(np.array([1, 0, 0, 0, 0, 0]), 4, np.random.default_rng(0))
 
 
-def test_holm_matches_the_step_down_definition():
-    assert fs.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
-
-
 def _tiny_config():
     cfg = fs.default_config(quick=True)
     cfg["cohort"].update(num_subjects=64, extra_unseen_subjects=40, spatial_size=[24, 24, 24], spacing=[8.0, 8.0, 8.0])
