@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from scipy import optimize, special
 from sklearn.metrics import log_loss
 from sklearn.model_selection import LeaveOneOut, StratifiedKFold
+from threadpoolctl import threadpool_limits
 
 from benchmarks import mri
 from benchmarks._common import (
@@ -467,11 +468,12 @@ def run_replicate(cfg: Mapping[str, Any], replicate: int, log: Callable[[str], A
     every method scored; the row of :func:`benchmarks._common.run_seeds` (plus its timing under ``replicate``)."""
     torch.set_num_threads(cfg["threads"])
     start, row = time.perf_counter(), {}
-    for arm in cfg["arms"]:
-        with tempfile.TemporaryDirectory(prefix="mri_few_shot_") as folder:
-            data = mri.load_cohort(folder, {"cohort": cohort_kwargs(cfg, arm, replicate)})
-        log(f"  replicate {replicate} {arm}: {len(data['sites'])} scans generated")
-        row.update(adapt_cohort(data, cfg, arm, replicate, log))
+    with threadpool_limits(cfg["threads"]):  # BLAS threads too: the L-BFGS refits are many tiny BLAS calls
+        for arm in cfg["arms"]:
+            with tempfile.TemporaryDirectory(prefix="mri_few_shot_") as folder:
+                data = mri.load_cohort(folder, {"cohort": cohort_kwargs(cfg, arm, replicate)})
+            log(f"  replicate {replicate} {arm}: {len(data['sites'])} scans generated")
+            row.update(adapt_cohort(data, cfg, arm, replicate, log))
     row["replicate"] = {
         "seconds": time.perf_counter() - start,
         "load_1min": os.getloadavg()[0],
