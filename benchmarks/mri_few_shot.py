@@ -60,7 +60,7 @@ from benchmarks._common import (
     run_benchmark,
     saved_rows,
 )
-from monai_medl.data.cohort import cohort_settings
+from monai_medl.data.synthetic.mri_cohort import cohort_settings
 from monai_medl.engines.few_shot import fit_new_cluster
 from monai_medl.metrics.within_site import expected_calibration_error, holm, paired_t_pvalue, within_site_auroc
 
@@ -80,6 +80,7 @@ __all__ = [
     "platt_scaling",
     "last_layer_refit",
     "cv_penalty",
+    "ARM_SETTINGS",
     "cohort_kwargs",
     "fit_new_site",
     "fine_tune",
@@ -120,15 +121,15 @@ def default_config(quick: bool = False) -> dict[str, Any]:
         "lambda_g": 0.0,
         "adversary_objective": "confusion",
         "cohort": cohort_settings(
-            "mri_bundle", num_subjects=400 if quick else 800, extra_unseen_subjects=100 if quick else 400
+            "mri_bundle", num_subjects=400 if quick else 800, extra_unseen_subjects=60 if quick else 400
         ),
         "arms": ["threshold", "slope"],
         "unseen_prevalences": [0.2, 0.8],
         "replicates": 3 if quick else 12,
-        "epochs": 8 if quick else 20,
+        "epochs": 6 if quick else 20,
         "me_kind": "me_no_adversary",
         "ks": [0, 4, 8, 16, 32],
-        "draws": 20,
+        "draws": 10 if quick else 20,
         "fit_steps": 200,
         "fit_lr": 0.05,
         "penalties": [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0],
@@ -207,7 +208,8 @@ def make_plan(cfg: Mapping[str, Any]) -> dict[str, Any]:
     prev = cfg["unseen_prevalences"]
     return {
         "unit_of_replication": f"{cfg['replicates']} replicates; replicate r generates one cohort per arm "
-        f"{cfg['arms']} with generator seed {cfg['cohort']['seed']} + r (new scanners) and unseen-site prevalence "
+        f"{ {a: ARM_SETTINGS[a] for a in cfg['arms']} } with generator seed {cfg['cohort']['seed']} + r "
+        "(new scanners) and unseen-site prevalence "
         f"{prev}[r % {len(prev)}]; a replicate's value is the mean over {cfg['draws']} draws x "
         f"{cfg['cohort']['unseen_sites']} unseen sites",
         "training": f"conventional and {cfg['me_kind']} (benchmarks.mri.train_model, {cfg['epochs']} epochs) on every "
@@ -380,14 +382,26 @@ def _sigmoid(v: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------- protocol
 
 
+ARM_SETTINGS: dict[str, dict[str, Any]] = {
+    "nuisance": {"arm": "nuisance"},
+    "threshold": {"arm": "threshold", "threshold_layout": "asymmetric"},
+    "threshold_symmetric": {"arm": "threshold", "threshold_layout": "symmetric"},
+    "slope": {"arm": "slope"},
+    "shortcut": {"arm": "shortcut"},
+}
+"""The generator arguments of each arm name (:mod:`monai_medl.data.synthetic.mri_arms`, default ``arm_effect``).
+``"threshold"`` puts the unseen sites' thresholds above the seen range (asymmetric): the case where the
+population model is off at a new site and adaptation has something to fix."""
+
+
 def cohort_kwargs(cfg: Mapping[str, Any], arm: str, replicate: int) -> dict[str, Any]:
-    """The generator arguments of ``arm``'s cohort in ``replicate``: seed ``base + replicate`` (new scanners), unseen
-    prevalence ``unseen_prevalences[replicate % len]``; the arm ``"nuisance"`` is the generator's default cohort."""
+    """The generator arguments of ``arm``'s cohort (:data:`ARM_SETTINGS`) in ``replicate``: seed ``base +
+    replicate`` (new scanners), unseen prevalence ``unseen_prevalences[replicate % len]``."""
+    if arm not in ARM_SETTINGS:
+        raise ValueError(f"unknown arm {arm!r} in the config's 'arms'; expected one of {sorted(ARM_SETTINGS)}.")
     prevalences = cfg["unseen_prevalences"]
     kwargs = {"seed": cfg["cohort"]["seed"] + replicate, "unseen_prevalence": prevalences[replicate % len(prevalences)]}
-    if arm != "nuisance":
-        kwargs["arm"] = arm
-    return cohort_settings("mri_bundle", **{**cfg["cohort"], **kwargs})
+    return cohort_settings("mri_bundle", **{**cfg["cohort"], **kwargs, **ARM_SETTINGS[arm]})
 
 
 def _draw_predictions(

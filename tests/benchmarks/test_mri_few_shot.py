@@ -95,10 +95,19 @@ def test_stratified_draw_is_disjoint_from_the_scoring_set_and_keeps_both_classes
         fs.stratified_draw(np.array([1, 0, 0, 0, 0, 0]), 4, np.random.default_rng(0))
 
 
+def test_cohort_arguments_of_each_arm_and_replicate():
+    cfg = fs.default_config(quick=True)
+    a0, b1 = fs.cohort_kwargs(cfg, "threshold", 0), fs.cohort_kwargs(cfg, "slope", 1)
+    assert (a0["arm"], a0["threshold_layout"], b1["arm"]) == ("threshold", "asymmetric", "slope")
+    assert b1["seed"] == a0["seed"] + 1 and (a0["unseen_prevalence"], b1["unseen_prevalence"]) == (0.2, 0.8)
+    with pytest.raises(ValueError, match="unknown arm 'thresh' in the config's 'arms'"):
+        fs.cohort_kwargs(cfg, "thresh", 0)
+
+
 def _tiny_config():
     cfg = fs.default_config(quick=True)
     cfg["cohort"].update(num_subjects=64, extra_unseen_subjects=40, spatial_size=[24, 24, 24], spacing=[8.0, 8.0, 8.0])
-    cfg.update(arms=["nuisance"], replicates=2, epochs=1, ks=[0, 4], draws=1, fit_steps=10, finetune_steps=1)
+    cfg.update(arms=["threshold"], replicates=2, epochs=1, ks=[0, 4], draws=1, fit_steps=10, finetune_steps=1)
     cfg.update(penalties=[1.0, 100.0], workers=1)
     return cfg
 
@@ -118,7 +127,7 @@ def test_tiny_run_writes_the_plan_before_the_first_fit_and_every_model(tmp_path,
     assert seen_plan == [True]
     assert list(results["models"]) == [*fs.model_order(cfg), "replicate"]
     assert len(fs.model_order(cfg)) == 2 + 7  # k = 0: the two unadapted models; k = 4: every method
-    me = results["models"]["nuisance/me_fit_new_cluster/k4"]
+    me = results["models"]["threshold/me_fit_new_cluster/k4"]
     assert len(me["unseen"]["values"]) == 2 and 0.0 <= me["unseen"]["mean"] <= 1.0
     assert 0.0 <= me["extra"]["paired_log_loss_minus_conventional_bias_holm_p"] <= 1.0
     assert (
@@ -126,8 +135,8 @@ def test_tiny_run_writes_the_plan_before_the_first_fit_and_every_model(tmp_path,
         <= me["extra"]["paired_log_loss_minus_conventional_bias_holm_p"]
     )
     # the bias refit is a monotone map of the unadapted logit: same ranking, same within-site AUROC
-    unadapted = results["models"]["nuisance/conventional_unadapted/k4"]["unseen"]["values"]
-    assert results["models"]["nuisance/conventional_bias/k4"]["unseen"]["values"] == pytest.approx(unadapted)
+    unadapted = results["models"]["threshold/conventional_unadapted/k4"]["unseen"]["values"]
+    assert results["models"]["threshold/conventional_bias/k4"]["unseen"]["values"] == pytest.approx(unadapted)
     assert results["plan"]["sizing"]["workers"] == 1
     markdown = (tmp_path / "mri_few_shot.md").read_text()
-    assert "### nuisance: within-site log_loss by k" in markdown and "Holm p" in markdown
+    assert "### threshold: within-site log_loss by k" in markdown and "Holm p" in markdown
