@@ -138,5 +138,6 @@ def test_tiny_run_writes_the_plan_before_the_first_fit_and_every_model(tmp_path,
     unadapted = results["models"]["threshold/conventional_unadapted/k4"]["unseen"]["values"]
     assert results["models"]["threshold/conventional_bias/k4"]["unseen"]["values"] == pytest.approx(unadapted)
     assert results["plan"]["sizing"]["workers"] == 1
+    assert results["models"]["replicate"]["extra"]["cpu_seconds"] > 0
     markdown = (tmp_path / "mri_few_shot.md").read_text()
     assert "### threshold: within-site log_loss by k" in markdown and "Holm p" in markdown
