@@ -8,6 +8,7 @@ from .artifacts import (
     ArtifactError,
     TrainingRun,
     file_sha256,
+    open_artifacts,
     promote_artifacts,
     read_manifest,
     verify_artifacts,
@@ -15,6 +16,7 @@ from .artifacts import (
 )
 from .input_profile import compare_to_profile, summarize_images
 from .inputs import BundleInputError, BundleInputs, load_bundle_inputs, read_datalist_json
+from .locks import ModelsLock
 from .optim import random_effects_param_groups
 from .output_transforms import ScalarsFromOutput
 from .resume import TrainingProgress
