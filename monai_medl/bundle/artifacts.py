@@ -31,8 +31,6 @@ import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import torch.distributed as dist
-
 from monai_medl.bundle.locks import ModelsLock, hold_shared, release_shared
 
 __all__ = [
@@ -56,8 +54,15 @@ class ArtifactError(RuntimeError):
     """A set of trained artifacts is incomplete or inconsistent (the message says which file and why)."""
 
 
+def _dist() -> Any:
+    import torch.distributed as dist  # here, so that promotion and its tests import no torch
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
 def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    dist = _dist()
+    return dist.get_rank() if dist is not None else 0
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -115,7 +120,8 @@ class TrainingRun:
         self.resume = bool(resume)
         self._lock_fd: int | None = None
         chosen = self._choose_name(name) if _rank() == 0 else None
-        if dist.is_available() and dist.is_initialized():
+        dist = _dist()
+        if dist is not None:
             box = [chosen]
             dist.broadcast_object_list(box, src=0)
             chosen = box[0]
