@@ -15,7 +15,14 @@ from .artifacts import (
     write_manifest,
 )
 from .input_profile import compare_to_profile, summarize_images
-from .inputs import BundleInputError, BundleInputs, load_bundle_inputs, read_datalist_json
+from .inputs import (
+    VALIDATION_LEVELS,
+    BundleInputError,
+    BundleInputs,
+    load_bundle_inputs,
+    read_datalist_json,
+    voxel_check,
+)
 from .locks import ModelsLock
 from .optim import random_effects_param_groups
 from .output_transforms import ScalarsFromOutput

@@ -13,6 +13,7 @@ each naming the section, entry, subject, file and key.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,8 +22,42 @@ from monai.utils import ensure_tuple
 
 from monai_medl.data.datalist import DatalistError, resolve_entry, validate_datalist
 from monai_medl.data.image_info import ImageInfo
+from monai_medl.data.image_survey import ImageInfoCache
 
-__all__ = ["BundleInputError", "BundleInputs", "read_datalist_json", "load_bundle_inputs"]
+__all__ = [
+    "voxel_check",
+    "VALIDATION_LEVELS",
+    "BundleInputError",
+    "BundleInputs",
+    "read_datalist_json",
+    "load_bundle_inputs",
+]
+
+logger = logging.getLogger(__name__)
+
+VALIDATION_LEVELS = {
+    "full": "every voxel of every scan is read (truncated files, NaN/Inf, intensity range)",
+    "header": (
+        "headers only: truncated files, NaN/Inf voxels and the intensity range are NOT checked (a damaged scan "
+        "fails later, when it is loaded) and the manifest's input profile has no intensity range, so inference "
+        "cannot warn about intensities far from training"
+    ),
+}
+
+
+def voxel_check(validate: str = "full") -> bool:
+    """Whether the ``validate`` level (``"full"`` or ``"header"``) reads voxels; logs what ``"header"`` skips.
+
+    Example (bundle config; ``--validate header`` on the command line)::
+
+        "validate": "full",
+        "check_voxels": "$monai_medl.bundle.voxel_check(@validate)"
+    """
+    if validate not in VALIDATION_LEVELS:
+        raise ValueError(f"validate must be one of {sorted(VALIDATION_LEVELS)}, got {validate!r}.")
+    if validate == "header":
+        logger.warning(f"validate 'header': {VALIDATION_LEVELS['header']}.")
+    return validate == "full"
 
 
 class BundleInputError(DatalistError):
@@ -87,6 +122,8 @@ def load_bundle_inputs(
     training_key: str = "training",
     check_voxels: bool = True,
     base_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
+    cache: ImageInfoCache | str | os.PathLike | None = None,
 ) -> BundleInputs:
     """Read and validate the sections of a site-aware datalist; raise one error listing every problem.
 
@@ -108,6 +145,8 @@ def load_bundle_inputs(
         training_key: the training section's name.
         check_voxels: read every voxel (truncated files, NaN/Inf); header only otherwise.
         base_dir: folder relative paths start from. Defaults to the datalist's folder.
+        workers: processes reading the scans (None: every core); each scan is read once for all checks.
+        cache: an :class:`~monai_medl.data.image_survey.ImageInfoCache` or its file (None: read every scan).
 
     Returns:
         the validated :class:`BundleInputs`.
@@ -178,6 +217,8 @@ def load_bundle_inputs(
             optional_image_keys=optional_image_keys,
             in_channels=in_channels,
             image_infos=infos[name],
+            workers=workers,
+            cache=cache,
         )
         if name in labelled and num_classes is None and label_key is not None:  # labels required, any number
             found += [

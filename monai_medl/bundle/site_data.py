@@ -17,7 +17,8 @@ from monai.utils import ensure_tuple
 from monai_medl.bundle.artifacts import file_sha256
 from monai_medl.bundle.input_profile import compare_to_profile, summarize_images
 from monai_medl.bundle.inputs import BundleInputError, load_bundle_inputs, read_datalist_json
-from monai_medl.data.datalist import resolve_entry, validate_datalist
+from monai_medl.data.datalist import image_paths, resolve_entry, validate_datalist
+from monai_medl.data.image_survey import read_image_infos
 from monai_medl.transforms.site import SiteVocabulary
 from monai_medl.transforms.site_intensity import SiteIntensityStats
 
@@ -123,6 +124,8 @@ def prepare_site_data(
     min_training_sites: int = 2,
     check_voxels: bool = True,
     label_key: str | None = "label",
+    workers: int | None = None,
+    validation_cache: str | os.PathLike | None = None,
 ) -> SiteData:
     """Load (and on first run generate) a site-aware datalist, validate all of it, then fit or load the vocabulary.
 
@@ -156,6 +159,9 @@ def prepare_site_data(
         check_voxels: read every voxel while validating (truncated files, NaN/Inf). Defaults to True.
         label_key: the class label key; None when the label is an image (segmentation: list ``"label"`` in
             ``image_keys`` instead). Defaults to ``"label"``.
+        workers: processes reading the scans during validation (None: every core).
+        validation_cache: an :class:`~monai_medl.data.image_survey.ImageInfoCache` file: scans unchanged since an
+            earlier validation are not read again. None: no cache.
 
     Raises:
         FileNotFoundError: naming the missing datalist or vocabulary file and how to provide it.
@@ -196,6 +202,8 @@ def prepare_site_data(
         min_training_sites=min_training_sites if fit else 0,
         training_key=training_key,
         check_voxels=check_voxels,
+        workers=workers,
+        cache=validation_cache,
     )
     tags = {training_key: "train", validation_key: "validation", test_key: "test"}
     for name, entries in inputs.sections.items():
@@ -298,6 +306,8 @@ def inference_inputs(
     spatial_dims: int = 3,
     in_channels: int | None = 1,
     profile: Mapping[str, Any] | None = None,
+    workers: int | None = None,
+    validation_cache: str | os.PathLike | None = None,
 ) -> InferenceInputs:
     """Scans to predict from a datalist JSON or a folder of NIfTI files, validated one by one.
 
@@ -326,6 +336,8 @@ def inference_inputs(
         spatial_dims: spatial dimensionality of the images. Defaults to 3.
         in_channels: channels per image file. Defaults to 1.
         profile: image key -> training profile (the manifest's ``input_profile``); None skips the comparison.
+        workers: processes reading the scans (None: every core); each scan is read once.
+        validation_cache: an :class:`~monai_medl.data.image_survey.ImageInfoCache` file (None: no cache).
 
     Raises:
         FileNotFoundError: if ``source`` does not exist or a folder holds no NIfTI file.
@@ -370,6 +382,7 @@ def inference_inputs(
     else:
         raise FileNotFoundError(f"inference input {source!r} is neither a datalist JSON nor a directory.")
     entries, errors = [], []
+    read = read_image_infos(image_paths(items, image_keys), spatial_dims, True, workers, validation_cache)
     for i, e in enumerate(items):
         infos: dict[tuple[int, str], Any] = {}
         problems = validate_datalist(
@@ -381,6 +394,7 @@ def inference_inputs(
             optional_image_keys=optional_image_keys,
             in_channels=in_channels,
             image_infos=infos,
+            cache=read,
         )
         first = e.get(image_keys[0]) if isinstance(e, Mapping) else None
         if problems:

@@ -28,6 +28,7 @@ import numpy as np
 from monai.utils import ensure_tuple
 
 from monai_medl.data.image_info import ImageInfo, ImageReadError, read_image_info
+from monai_medl.data.image_survey import ImageInfoCache, read_image_infos
 
 __all__ = [
     "DatalistError",
@@ -36,6 +37,7 @@ __all__ = [
     "validate_datalist",
     "check_image_file",
     "resolve_entry",
+    "image_paths",
 ]
 
 
@@ -86,9 +88,30 @@ def check_image_file(
     return None
 
 
+def image_paths(entries: Sequence[Any], image_keys: Sequence[str]) -> list[str]:
+    """Every image file named by the entries (folders, e.g. DICOM series, and non-paths excluded)."""
+    paths = []
+    for item in entries:
+        if isinstance(item, Mapping):
+            for key in image_keys:
+                for path in ensure_tuple(item.get(key)) if item.get(key) is not None else ():
+                    if isinstance(path, str | os.PathLike) and not os.path.isdir(path):
+                        paths.append(os.fspath(path))
+    return paths
+
+
 def _inspect_image(path: str, spatial_dims: int | None, check_voxels: bool, in_channels: int | None) -> ImageInfo:
     """:func:`read_image_info` plus the dimensionality and channel checks; raises :class:`ImageReadError`."""
-    info = read_image_info(path, spatial_dims=spatial_dims or 3, load_voxels=check_voxels)
+    return _check_info(
+        read_image_info(path, spatial_dims=spatial_dims or 3, load_voxels=check_voxels), spatial_dims, in_channels
+    )
+
+
+def _check_info(info: ImageInfo | ImageReadError, spatial_dims: int | None, in_channels: int | None) -> ImageInfo:
+    """The dimensionality and channel checks of one image's summary; raises :class:`ImageReadError`."""
+    if isinstance(info, ImageReadError):
+        raise info
+    path = info.path
     if spatial_dims is not None:
         shape = (*info.spatial_shape, info.channels) if info.channels > 1 else info.spatial_shape
         if len(info.spatial_shape) != spatial_dims:
@@ -154,6 +177,8 @@ def validate_datalist(
     optional_image_keys: Sequence[str] | str = (),
     in_channels: int | None = None,
     image_infos: dict[tuple[int, str], ImageInfo] | None = None,
+    workers: int | None = None,
+    cache: ImageInfoCache | str | os.PathLike | Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Check every entry and return a list of problems, each naming the entry (index, subject, file) and the key.
 
@@ -168,6 +193,11 @@ def validate_datalist(
     Args:
         image_infos: if a dictionary is given, it is filled with the :class:`ImageInfo` of every readable image,
             keyed ``(entry index, image key)`` (geometry and intensity summaries for later comparisons).
+        workers: processes reading the images (None: every core; each file is read once, see
+            :func:`~monai_medl.data.image_survey.read_image_infos`).
+        cache: an :class:`~monai_medl.data.image_survey.ImageInfoCache` (or its file) of earlier reads, keyed by
+            file identity: an unchanged dataset is revalidated without decoding a scan; or the mapping returned by
+            :func:`~monai_medl.data.image_survey.read_image_infos` for these entries.
 
     Example::
 
@@ -180,6 +210,7 @@ def validate_datalist(
     image_keys = ensure_tuple(image_keys)
     optional = set(ensure_tuple(optional_image_keys))
     problems: list[str] = []
+    read = read_image_infos(image_paths(entries, image_keys), spatial_dims or 3, check_voxels, workers, cache)
     for i, item in enumerate(entries):
         if not isinstance(item, Mapping):
             problems.append(f"entry {i}: expected a dictionary, got {type(item).__name__}")
@@ -201,7 +232,7 @@ def validate_datalist(
                 if os.path.isdir(path):
                     continue  # a DICOM series folder; its content is checked by the reader at load time
                 try:
-                    infos[key] = _inspect_image(os.fspath(path), spatial_dims, check_voxels, in_channels)
+                    infos[key] = _check_info(read[os.fspath(path)], spatial_dims, in_channels)
                 except ImageReadError as e:
                     problems.append(f"{who}: key {key!r}: {e}")
         if len(infos) > 1:
