@@ -89,7 +89,7 @@ def main() -> dict[str, Any]:
     parser.add_argument("--distinct", type=int, default=8, help="distinct generated scans the N files link to")
     args = parser.parse_args()
     n = args.n or (24 if args.quick else TARGET_N)
-    from monai_medl.data import validate_datalist
+    from monai_medl.data import DatalistSpec, validate_datalist
     from monai_medl.data.image_survey import ImageInfoCache, default_workers
 
     workers = default_workers()
@@ -109,9 +109,13 @@ def main() -> dict[str, Any]:
         size_mb = os.path.getsize(paths[0]) / 2**20
         dec_s, dec_load, _ = _timed(lambda: _decompress_all(paths), "decompress")
         cache = ImageInfoCache(folder / "cache.sqlite")
-        first_s, first_load, problems = _timed(lambda: validate_datalist(entries, num_classes=2, cache=cache), "first")
+        first_s, first_load, problems = _timed(
+            lambda: validate_datalist(entries, DatalistSpec(num_classes=2), cache=cache), "first"
+        )
         assert not problems, problems[:3]
-        second_s, second_load, problems = _timed(lambda: validate_datalist(entries, num_classes=2, cache=cache))
+        second_s, second_load, problems = _timed(
+            lambda: validate_datalist(entries, DatalistSpec(num_classes=2), cache=cache)
+        )
         assert not problems and cache.hits == n, (problems[:3], cache.hits)
     per_core = dec_s / workers
     extra = {
