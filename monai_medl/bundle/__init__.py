@@ -26,6 +26,7 @@ from .inputs import (
 from .locks import ModelsLock
 from .optim import random_effects_param_groups
 from .output_transforms import ScalarsFromOutput
+from .prediction_stream import PredictionStream
 from .resume import TrainingProgress
 from .segmentation_evaluation import (
     SiteDiceCollector,

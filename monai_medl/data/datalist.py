@@ -21,6 +21,7 @@ import json
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -279,6 +280,7 @@ def load_datalist(
     base_dir: str | os.PathLike | None = None,
     validate: bool = True,
     spec: DatalistSpec | None = None,
+    **legacy: Any,
 ) -> list[dict]:
     """Load one section of a datalist JSON, resolve its image paths and (by default) validate every entry.
 
@@ -289,6 +291,8 @@ def load_datalist(
         validate: run :func:`validate_datalist` and raise :class:`DatalistError` listing every problem.
         spec: image keys, classes, geometry, site and label keys (:class:`~monai_medl.data.DatalistSpec`);
             None: ``DatalistSpec()`` (one ``"image"`` key, any label, 3-D images, a site).
+        legacy: the spec's fields as separate keywords (``num_classes=2``, ...), deprecated: accepted for one
+            release with a ``DeprecationWarning``.
 
     Returns:
         a list of dictionaries with absolute image paths, ready for :class:`monai.data.Dataset`.
@@ -313,6 +317,15 @@ def load_datalist(
         >>> train[0]["site"], train[0]["image"] == os.path.join(cohort, "images", "sub-0001_T1w.nii.gz")  # absolute
         ('site_a', True)
     """
+    if legacy:
+        if spec is not None:
+            raise TypeError(f"load_datalist: give either spec or the keywords {sorted(legacy)}, not both.")
+        warnings.warn(
+            f"load_datalist({', '.join(f'{k}=...' for k in legacy)}) is deprecated: pass spec=DatalistSpec(...).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        spec = DatalistSpec(**legacy)
     spec = spec if spec is not None else DatalistSpec()
     path = os.fspath(path)
     if not os.path.isfile(path):

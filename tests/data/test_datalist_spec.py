@@ -40,3 +40,16 @@ def test_labelled_false_accepts_entries_without_labels():
     spec = DatalistSpec(num_classes=2, check_voxels=False)
     assert any("missing label (key 'label')" in p for p in validate_datalist(entries, spec, workers=1))
     assert not any("label" in p for p in validate_datalist(entries, spec, labelled=False, workers=1))
+
+
+def test_load_datalist_keywords_of_the_spec_are_deprecated_but_still_work(tmp_path):
+    import json
+
+    from monai_medl.data import load_datalist
+
+    (tmp_path / "d.json").write_text(json.dumps({"training": [{"image": "a.nii.gz", "site": "s", "label": 1}]}))
+    with pytest.warns(DeprecationWarning, match=r"load_datalist\(num_classes=...\) is deprecated"):
+        entries = load_datalist(tmp_path / "d.json", validate=False, num_classes=2)
+    assert entries[0]["image"] == str(tmp_path / "a.nii.gz")
+    with pytest.raises(TypeError, match="either spec or the keywords"):
+        load_datalist(tmp_path / "d.json", spec=DatalistSpec(), num_classes=2)
