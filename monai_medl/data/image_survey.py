@@ -174,8 +174,10 @@ def read_image_infos(
         return {p: known[p] if p in known else rest[p] for p in unique}
     if isinstance(cache, str | os.PathLike):
         cache = ImageInfoCache(cache)
-    keys = {p: _identity(p, spatial_dims, load_voxels) for p in unique} if cache is not None else {}
-    cached = cache.get([k for k in keys.values() if k is not None]) if cache is not None else {}
+    keys: dict[str, str] = {}  # path -> cache key (files that cannot be stat'ed have none: read every time)
+    if cache is not None:
+        keys = {p: k for p in unique if (k := _identity(p, spatial_dims, load_voxels)) is not None}
+    cached = cache.get(list(keys.values())) if cache is not None else {}
     out: dict[str, ImageInfo | ImageReadError] = {p: cached[keys[p]] for p in unique if keys.get(p) in cached}
     todo = [p for p in unique if p not in out]
     workers = default_workers() if workers is None else max(1, int(workers))
@@ -193,5 +195,5 @@ def read_image_infos(
                 out[path] = value
                 progress.step()
     if cache is not None and todo:
-        cache.put({keys[p]: out[p] for p in todo if keys.get(p) is not None})
+        cache.put({keys[p]: out[p] for p in todo if p in keys})
     return {p: out[p] for p in unique}
