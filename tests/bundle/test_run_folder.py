@@ -95,5 +95,5 @@ def test_a_run_cannot_be_resumed_by_two_processes_at_once(tmp_path):
     assert first.last_checkpoint.endswith("checkpoint_epoch=1.pt")
     with pytest.raises(FileExistsError, match="in use by another running process"):
         TrainingRun(tmp_path / "runs", name="r", resume=True)
-    os.close(first._lock_fd)  # the process ending releases the lock the same way
+    first.release()  # as the end of the process (or of the run) does
     assert TrainingRun(tmp_path / "runs", name="r", resume=True).name == "r"
