@@ -64,7 +64,7 @@ from monai.utils import set_determinism
 from sklearn.metrics import roc_auc_score
 
 from benchmarks._common import Comparison, benchmark_parser, run_benchmark, site_scores
-from monai_medl.data.datalist import load_datalist
+from monai_medl.data.datalist import DatalistSpec, load_datalist
 from monai_medl.data.synthetic.mri_cohort import cohort_settings, generate_mri_cohort
 from monai_medl.engines import MixedEffectsPrepareBatch, MultimodalPrepareBatch
 from monai_medl.handlers import AdversaryHandler, ModalityDropoutWarmup
@@ -168,7 +168,9 @@ def load_cohort(cfg: dict[str, Any], seed: int, cache_dir: str) -> dict[str, Any
     )
     arrays: dict[str, list] = {"t1": [], "flair": [], "label": [], "site": [], "split": []}
     for section in ("training", "validation", "test"):
-        for entry in load_datalist(datalist, section, image_keys=keys, num_classes=2, check_voxels=False):
+        for entry in load_datalist(
+            datalist, section, spec=DatalistSpec(image_keys=keys, num_classes=2, check_voxels=False)
+        ):
             d = xform({k: entry[k] for k in keys})
             arrays["t1"].append(np.asarray(d["image"], np.float32))
             arrays["flair"].append(np.asarray(d["flair"], np.float32))

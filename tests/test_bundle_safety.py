@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from monai_medl.bundle import ArtifactError, BundleInputError, InvalidScansError, load_bundle_inputs
+from monai_medl.data import DatalistSpec
 from tests.bundle_checks import run_workflow
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mri_me_cnn_classification"
@@ -192,7 +193,7 @@ def test_all_problems_are_reported_together(user_data, tmp_path):
 
     datalist = _datalist_variant(user_data, tmp_path, two_problems)
     with pytest.raises(BundleInputError) as info:
-        load_bundle_inputs(datalist, min_training_sites=2)
+        load_bundle_inputs(datalist, DatalistSpec(num_classes=2, in_channels=1, min_training_sites=2))
     assert len(info.value.problems) == 2
     assert "[training] entry 1 (subject 's1')" in str(info.value) and "[validation] entry 2 (subject 's22')" in str(
         info.value
@@ -217,7 +218,10 @@ def test_multimodal_keys_and_grids_are_checked(user_data, tmp_path):
     del train[4]["image"]  # the required contrast is missing
     (folder / "datalist.json").write_text(json.dumps(sections))
     with pytest.raises(BundleInputError) as info:
-        load_bundle_inputs(folder / "datalist.json", image_keys=("image", "flair"), optional_image_keys=("flair",))
+        load_bundle_inputs(
+            folder / "datalist.json",
+            DatalistSpec(image_keys=("image", "flair"), optional_image_keys=("flair",), num_classes=2, in_channels=1),
+        )
     text = str(info.value)
     assert len(info.value.problems) == 4, text
     assert re.search(r"entry 1 .*key 'FLAIR' is not used: did you mean 'flair'\?", text)

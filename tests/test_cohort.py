@@ -15,7 +15,7 @@ pytest.importorskip("nilearn")
 nib = pytest.importorskip("nibabel")
 sitk = pytest.importorskip("SimpleITK")
 
-from monai_medl.data import load_datalist  # noqa: E402
+from monai_medl.data import DatalistSpec, load_datalist  # noqa: E402
 from monai_medl.data.synthetic.mri_cohort import MEDIAL_TEMPORAL_CENTERS, VENTRICLE_CENTER, generate_mri_cohort, main  # noqa: E402
 
 SMALL = {
@@ -38,8 +38,8 @@ def small(tmp_path_factory):
 
 
 def _all_entries(path):
-    keys = dict(image_keys=("image", "flair"), optional_image_keys="flair", num_classes=2)
-    return [e for k in ("training", "validation", "test") for e in load_datalist(path, k, **keys)]
+    spec = DatalistSpec(image_keys=("image", "flair"), optional_image_keys="flair", num_classes=2)
+    return [e for k in ("training", "validation", "test") for e in load_datalist(path, k, spec=spec)]
 
 
 def test_files_load_with_nibabel_and_simpleitk_with_requested_geometry(small):
@@ -177,7 +177,7 @@ def test_command_line(tmp_path, capsys):
     argv += ["--spatial-size", "16", "16", "16", "--spacing", "12", "12", "12", "--modalities", "t1", "t2"]
     assert main(argv) == 0
     assert "datalist.json" in capsys.readouterr().out
-    entry = load_datalist(tmp_path / "cli" / "datalist.json", image_keys=("image", "t2"))[0]
+    entry = load_datalist(tmp_path / "cli" / "datalist.json", spec=DatalistSpec(image_keys=("image", "t2")))[0]
     assert nib.load(entry["t2"]).shape == (16, 16, 16)
 
 

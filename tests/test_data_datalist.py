@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from monai_medl.data import DatalistError, load_datalist, validate_datalist, write_datalist
+from monai_medl.data import DatalistError, DatalistSpec, load_datalist, validate_datalist, write_datalist
 
 
 def _nifti(path, data):
@@ -33,7 +33,7 @@ def test_write_then_load_round_trip_with_relative_paths(folder):
     path = write_datalist(root / "datalist.json", {"training": entries[:2], "test": entries[2:]}, description="x")
     content = json.loads(open(path).read())
     assert content["description"] == "x" and content["training"][0]["image"] == "images/s0.nii.gz"
-    train = load_datalist(path, "training", num_classes=2)
+    train = load_datalist(path, "training", spec=DatalistSpec(num_classes=2))
     assert [e["image"] for e in train] == [e["image"] for e in entries[:2]]
     assert train[0]["site"] == "site_a" and train[1]["age"] == 61.0
     assert load_datalist(path, "test")[0]["subject"] == "s2"
@@ -51,11 +51,11 @@ def test_several_modalities_and_an_optional_one(folder):
     entries[0]["flair"] = _nifti(root / "images" / "f0.nii.gz", np.ones((5, 6, 7)))
     path = write_datalist(root / "dl.json", {"training": entries}, image_keys=("image", "flair"))
     with pytest.raises(DatalistError, match="entry 1 .*missing image key 'flair'"):
-        load_datalist(path, image_keys=("image", "flair"))
-    data = load_datalist(path, image_keys=("image", "flair"), optional_image_keys="flair")
+        load_datalist(path, spec=DatalistSpec(image_keys=("image", "flair")))
+    data = load_datalist(path, spec=DatalistSpec(image_keys=("image", "flair"), optional_image_keys="flair"))
     assert os.path.isabs(data[0]["flair"]) and "flair" not in data[1]
     with pytest.raises(ValueError, match=r"optional_image_keys \['flair'\] must also be listed in image_keys"):
-        load_datalist(path, image_keys="image", optional_image_keys="flair")  # its paths would stay unresolved
+        DatalistSpec(image_keys="image", optional_image_keys="flair")  # its paths would stay unresolved
 
 
 def _write(root, entries):
@@ -101,7 +101,7 @@ def test_wrong_dimensionality_names_the_entry(folder):
     entries[2]["image"] = _nifti(root / "images" / "flat.nii.gz", np.ones((5, 6)))
     with pytest.raises(DatalistError, match=r"entry 2 .*shape \(5, 6\) \(2-D\); expected 3-D"):
         load_datalist(_write(root, entries))
-    assert load_datalist(_write(root, entries), spatial_dims=None)  # the check can be switched off
+    assert load_datalist(_write(root, entries), spec=DatalistSpec(spatial_dims=None))  # the check can be switched off
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -119,7 +119,7 @@ def test_label_outside_declared_classes_names_the_entry(folder, label):
     root, entries = folder
     entries[0]["label"] = label
     with pytest.raises(DatalistError, match=r"entry 0 .*label"):
-        load_datalist(_write(root, entries), num_classes=2)
+        load_datalist(_write(root, entries), spec=DatalistSpec(num_classes=2))
 
 
 def test_file_level_errors(tmp_path):
@@ -136,7 +136,7 @@ def test_file_level_errors(tmp_path):
 def test_validate_datalist_returns_all_problems(folder):
     _, entries = folder
     entries.append("not a dict")
-    problems = validate_datalist(entries, num_classes=1)
+    problems = validate_datalist(entries, DatalistSpec(num_classes=1))
     assert "entry 3: expected a dictionary, got str" in problems
     assert any("entry 1" in p and "outside the declared classes 0..0" in p for p in problems)
 
@@ -152,7 +152,9 @@ def test_header_only_check_and_other_formats(folder):
     SimpleITK.WriteImage(SimpleITK.GetImageFromArray(np.ones((7, 6, 5), np.float32)), mha)  # read by SimpleITK
     entries[1]["image"] = mha
     path = _write(root, entries)
-    assert load_datalist(path, check_voxels=False)[1]["image"] == mha  # headers only: the NaN is not seen
+    assert (
+        load_datalist(path, spec=DatalistSpec(check_voxels=False))[1]["image"] == mha
+    )  # headers only: the NaN is not seen
     with pytest.raises(DatalistError, match="entry 0 .*NaN/Inf") as err:
         load_datalist(path)
     assert len(err.value.problems) == 1  # the .mha file is valid

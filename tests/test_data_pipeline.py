@@ -11,7 +11,7 @@ pytest.importorskip("nilearn")
 from monai.data import DataLoader, Dataset  # noqa: E402
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged  # noqa: E402
 
-from monai_medl.data import load_datalist  # noqa: E402
+from monai_medl.data import DatalistSpec, load_datalist  # noqa: E402
 from monai_medl.data.synthetic.mri_cohort import generate_mri_cohort  # noqa: E402
 from monai_medl.transforms import (  # noqa: E402
     UNSEEN_SITE,
@@ -35,8 +35,8 @@ def test_cohort_through_a_monai_pipeline(tmp_path):
         spatial_size=(16, 16, 16),
         spacing=(12.0, 12.0, 12.0),
     )
-    train = load_datalist(path, "training", num_classes=2)
-    test = load_datalist(path, "test", num_classes=2)
+    train = load_datalist(path, "training", spec=DatalistSpec(num_classes=2))
+    test = load_datalist(path, "test", spec=DatalistSpec(num_classes=2))
     load = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image")])
 
     # fitted on the training split only, saved, and reloaded as inference would

@@ -31,7 +31,7 @@ from monai.transforms import Compose, DeleteItemsd, EnsureChannelFirstd, LoadIma
 from monai.utils import set_determinism
 from sklearn.metrics import roc_auc_score
 
-from monai_medl.data.datalist import load_datalist
+from monai_medl.data.datalist import DatalistSpec, load_datalist
 from monai_medl.data.synthetic.mri_cohort import generate_mri_cohort
 from monai_medl.engines import MultimodalPrepareBatch
 from monai_medl.handlers import AdversaryHandler
@@ -64,7 +64,9 @@ datalist = generate_mri_cohort(
     disease_strength=0.4,
 )
 sections = {
-    s: load_datalist(datalist, s, image_keys=["image", "flair"], optional_image_keys=["flair"], num_classes=2)
+    s: load_datalist(
+        datalist, s, spec=DatalistSpec(image_keys=["image", "flair"], optional_image_keys=["flair"], num_classes=2)
+    )
     for s in ("training", "test")
 }
 vocabulary = SiteVocabulary.from_datalist(sections["training"])  # seen sites only; others map to -1 (unseen)

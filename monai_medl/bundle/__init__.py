@@ -8,15 +8,25 @@ from .artifacts import (
     ArtifactError,
     TrainingRun,
     file_sha256,
+    open_artifacts,
     promote_artifacts,
     read_manifest,
     verify_artifacts,
     write_manifest,
 )
 from .input_profile import compare_to_profile, summarize_images
-from .inputs import BundleInputError, BundleInputs, load_bundle_inputs, read_datalist_json
+from .inputs import (
+    VALIDATION_LEVELS,
+    BundleInputError,
+    BundleInputs,
+    load_bundle_inputs,
+    read_datalist_json,
+    voxel_check,
+)
+from .locks import ModelsLock
 from .optim import random_effects_param_groups
 from .output_transforms import ScalarsFromOutput
+from .prediction_stream import PredictionStream
 from .resume import TrainingProgress
 from .segmentation_evaluation import (
     SiteDiceCollector,

@@ -11,7 +11,11 @@ the whole set into ``models/`` in one folder swap (:func:`promote_artifacts`). E
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime
+import errno
+import fcntl
 import glob
 import hashlib
 import json
@@ -19,12 +23,15 @@ import logging
 import os
 import platform
 import re
+import secrets
 import shutil
+import signal
+import threading
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import torch.distributed as dist
+from monai_medl.bundle.locks import ModelsLock, hold_shared, release_shared
 
 __all__ = [
     "MANIFEST_NAME",
@@ -35,6 +42,7 @@ __all__ = [
     "read_manifest",
     "verify_artifacts",
     "promote_artifacts",
+    "open_artifacts",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -46,8 +54,15 @@ class ArtifactError(RuntimeError):
     """A set of trained artifacts is incomplete or inconsistent (the message says which file and why)."""
 
 
+def _dist() -> Any:
+    import torch.distributed as dist  # here, so that promotion and its tests import no torch
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
 def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    dist = _dist()
+    return dist.get_rank() if dist is not None else 0
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -75,30 +90,38 @@ class TrainingRun:
     """The folder of one training run: ``runs_dir/<name>/`` with ``models/`` (checkpoints and the artifact set)
     and ``tensorboard/``.
 
-    A new run gets a fresh, time-stamped name; ``resume=True`` reopens a run (the one named, or the most recent
-    one with a checkpoint) and :attr:`last_checkpoint` is where it stopped. Under ``torch.distributed`` rank 0
-    chooses the name and every rank uses it.
+    A new run's folder is created with ``os.mkdir``, which is atomic and exclusive, under a unique name
+    ``train_<UTC time>_<pid>_<6 random hex digits>`` (runs started in the same second, in one process or many,
+    get different folders); a given ``name`` that already exists is an error, never a shared folder.
+    ``resume=True`` reopens a run (the one named, or the most recent one with a checkpoint) and
+    :attr:`last_checkpoint` is where it stopped. The process holds an exclusive ``flock`` on its run folder while
+    it lives, so two processes never resume one run together. Under ``torch.distributed`` rank 0 chooses and
+    creates the folder and every rank uses it.
 
     Args:
         runs_dir: parent folder of the runs (a bundle's ``runs/``).
-        name: run name; a new run defaults to ``train_<UTC time>``.
+        name: run name; a new run defaults to a fresh unique name.
         resume: reopen an existing run instead of starting a new one.
 
     Raises:
-        FileExistsError: a new run was asked for under the name of an existing run with checkpoints.
+        FileExistsError: a new run was asked for under an existing run's name, or the run to resume is in use by
+            another process.
         FileNotFoundError: ``resume`` found no run with a checkpoint (naming the folder searched).
 
     Example (bundle config)::
 
         "training_run": {"_target_": "monai_medl.bundle.TrainingRun", "runs_dir": "@runs_dir",
-                         "name": "@run_name", "resume": "@resume"}
+                         "name": "@run_name", "resume": "@resume"},
+        "run": ["$@training_run.train(@train#trainer)", "$@finish_run"]
     """
 
     def __init__(self, runs_dir: str | os.PathLike, name: str | None = None, resume: bool = False) -> None:
         self.runs_dir = os.path.abspath(os.fspath(runs_dir))
         self.resume = bool(resume)
+        self._lock_fd: int | None = None
         chosen = self._choose_name(name) if _rank() == 0 else None
-        if dist.is_available() and dist.is_initialized():
+        dist = _dist()
+        if dist is not None:
             box = [chosen]
             dist.broadcast_object_list(box, src=0)
             chosen = box[0]
@@ -113,32 +136,86 @@ class TrainingRun:
 
     def _choose_name(self, name: str | None) -> str:
         if self.resume:
-            if name is None:
-                candidates = [d for d in glob.glob(os.path.join(self.runs_dir, "*")) if _last_checkpoint(d + "/models")]
-                if not candidates:
-                    raise FileNotFoundError(
-                        f"resume=True but no run under {self.runs_dir!r} has a checkpoint to resume from; start a "
-                        "new run (resume false) or give run_name."
-                    )
-                return os.path.basename(max(candidates, key=os.path.getmtime))
+            name = name if name is not None else self._latest_resumable()
             if not _last_checkpoint(os.path.join(self.runs_dir, name, "models")):
                 raise FileNotFoundError(
                     f"resume=True but run {os.path.join(self.runs_dir, name)!r} has no checkpoint "
                     "(checkpoint_epoch=N.pt) to resume from."
                 )
+            self._lock_run(os.path.join(self.runs_dir, name))
             return name
-        if name is None:
-            stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-            name, n = f"train_{stamp}", 1
-            while os.path.exists(os.path.join(self.runs_dir, name)):
-                n += 1
-                name = f"train_{stamp}_{n}"
-        elif _last_checkpoint(os.path.join(self.runs_dir, name, "models")):
-            raise FileExistsError(
-                f"run {os.path.join(self.runs_dir, name)!r} already has checkpoints; resume it (resume true) or "
-                "choose another run_name."
+        os.makedirs(self.runs_dir, exist_ok=True)
+        if name is not None:
+            self._create(name)
+            return name
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        for _ in range(100):  # a clash needs the same second, pid and 24 random bits
+            name = f"train_{stamp}_{os.getpid()}_{secrets.token_hex(3)}"
+            try:
+                self._create(name)
+                return name
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"could not create a new run folder under {self.runs_dir!r}")
+
+    def _latest_resumable(self) -> str:
+        candidates = [d for d in glob.glob(os.path.join(self.runs_dir, "*")) if _last_checkpoint(d + "/models")]
+        if not candidates:
+            raise FileNotFoundError(
+                f"resume=True but no run under {self.runs_dir!r} has a checkpoint to resume from; start a "
+                "new run (resume false) or give run_name."
             )
-        return name
+        return os.path.basename(max(candidates, key=os.path.getmtime))
+
+    def _create(self, name: str) -> None:
+        """Create the run folder with ``os.mkdir``, which fails if it exists: of two processes choosing one name,
+        exactly one gets it. An existing ``run_name`` is an error (never a shared folder, never a silent suffix)."""
+        path = os.path.join(self.runs_dir, name)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            hint = "resume it (resume true) or " if _last_checkpoint(os.path.join(path, "models")) else ""
+            raise FileExistsError(
+                f"run folder {path!r} already exists (run_name {name!r} was used by another run, finished, failed "
+                f"or still running); {hint}choose another run_name, or leave run_name null for a fresh unique name."
+            ) from None
+        self._lock_run(path)
+
+    def _lock_run(self, path: str) -> None:
+        """Hold an exclusive ``flock`` on the run folder while this process lives, so a second process cannot
+        resume the same run at the same time (the kernel releases it when the process ends or is killed)."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FileExistsError(f"run {path!r} is in use by another running process; wait for it to end.") from None
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        """Release the run folder's lock (done by :meth:`finish`, a failed :meth:`train` and the process end)."""
+        fd, self._lock_fd = getattr(self, "_lock_fd", None), None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.release()
+
+    def train(self, engine: Any) -> None:
+        """``engine.run()``, turning a failed write (disk full, read-only folder) into an error naming this run's
+        folder; the bundle's ``models/`` is never written during training."""
+        try:
+            engine.run()
+        except OSError as err:
+            self.release()
+            where = err.filename or self.models_dir
+            raise ArtifactError(
+                f"training run {self.path}: writing a checkpoint or artifact into {where} failed "
+                f"({err.strerror or err}); the bundle's models/ was not touched."
+            ) from err
+        except BaseException:
+            self.release()
+            raise
 
     @property
     def last_checkpoint(self) -> str | None:
@@ -168,9 +245,13 @@ class TrainingRun:
         """
         if _rank() != 0:
             return None
-        manifest = write_manifest(self.models_dir, files, run=self.path, **record)
+        try:
+            manifest = write_manifest(self.models_dir, files, run=self.path, **record)
+            if replace_models:
+                promote_artifacts(self.models_dir, ckpt_dir)
+        finally:
+            self.release()
         if replace_models:
-            promote_artifacts(self.models_dir, ckpt_dir)
             logger.info(f"promoted the artifacts of {self.path} into {os.path.abspath(ckpt_dir)}")
         else:
             logger.info(
@@ -227,11 +308,24 @@ def write_manifest(models_dir: str | os.PathLike, files: Sequence[str], **record
         **record,
     }
     path = os.path.join(models_dir, MANIFEST_NAME)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        message = (
+            f"writing the manifest {path} failed ({err.strerror or err}); the run's artifacts stay in {models_dir} "
+            "without a manifest and the bundle's models/ was not touched: free space or fix the permissions, then "
+            "rerun with resume true."
+        )
+        logger.error(message)
+        raise ArtifactError(message) from err
     return path
 
 
@@ -287,33 +381,198 @@ def verify_artifacts(models_dir: str | os.PathLike, required: Sequence[str] = ()
     return manifest
 
 
-def promote_artifacts(run_models_dir: str | os.PathLike, ckpt_dir: str | os.PathLike) -> None:
-    """Replace ``ckpt_dir`` by the verified artifact set of a finished run, as one folder swap.
+class _Terminated(BaseException):
+    """SIGTERM arrived during a promotion (raised by the temporary handler, so clean-up code runs)."""
 
-    The set (files of the manifest, and the manifest) is copied into a staging folder beside ``ckpt_dir``; files
-    of ``ckpt_dir`` that are not part of any set (e.g. an exported ``model.ts``) are carried over; then
-    ``ckpt_dir`` is renamed aside, the staging folder renamed into place and the old folder removed. A crash
-    before the swap leaves ``ckpt_dir`` as it was.
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`_Terminated` instead of ending the process at once (only the main
+    thread can install signal handlers; elsewhere the default stays)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _step(operation: str, path: str, dst: str) -> Iterator[None]:
+    """Turn an ``OSError`` (disk full, read-only folder, ...) of one promotion step into an error naming it."""
+    try:
+        yield
+    except OSError as err:
+        message = (
+            f"promotion into {dst} failed while {operation} {path} ({err.strerror or err}); {dst} was left as it "
+            "was (the previous set)."
+        )
+        logger.error(message)
+        raise ArtifactError(message) from err
+
+
+_RENAME_EXCHANGE, _AT_FDCWD = 2, -100
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths in one step with Linux ``renameat2(RENAME_EXCHANGE)``; False where the system or file system
+    cannot (the caller then falls back to two renames)."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), a, None, b)
+
+
+def _leftovers(dst: str, kind: str) -> list[str]:
+    return sorted(glob.glob(glob.escape(dst) + f".{kind}-*"))
+
+
+def _recover(dst: str) -> None:
+    """Under the exclusive lock: undo what a killed promotion left. Staging folders are only ever made by the lock
+    holder, so any found now is a dead process's and is removed; a ``previous`` folder with no ``dst`` is the set
+    a killed two-rename fallback had moved aside, and is put back."""
+    for staging in _leftovers(dst, "staging"):
+        shutil.rmtree(staging, ignore_errors=True)
+    previous = _leftovers(dst, "previous")
+    if previous and not os.path.lexists(dst):
+        os.rename(max(previous, key=os.path.getmtime), dst)
+        logger.warning(f"restored {dst} from an interrupted promotion")
+    for old in _leftovers(dst, "previous"):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _copy(source: str, target: str, dst: str) -> None:
+    with _step("copying", f"{source} to {target}", dst):
+        shutil.copy2(source, target)
+        with open(target, "rb") as f:
+            os.fsync(f.fileno())  # the set is on disk before it is swapped in
+
+
+def _stage(src: str, dst: str, manifest: Mapping[str, Any]) -> str:
+    """A complete copy of the run's set (and of ``dst``'s files that belong to no set) in a new folder beside
+    ``dst``; removed again if anything fails."""
+    staging = f"{dst}.staging-{os.getpid()}-{secrets.token_hex(3)}"
+    try:
+        with _step("creating the staging folder", staging, dst):
+            os.mkdir(staging)
+        for name in [*manifest["files"], MANIFEST_NAME]:
+            _copy(os.path.join(src, name), os.path.join(staging, name), dst)
+        if os.path.isdir(dst):
+            try:
+                old_set = set(read_manifest(dst).get("files", {})) | {MANIFEST_NAME}
+            except ArtifactError:
+                old_set = {"model.pt", "z_predictor.pt", "site_vocabulary.json", "intensity_stats.json"}
+            for name in sorted(set(os.listdir(dst)) - old_set - set(os.listdir(staging))):
+                source = os.path.join(dst, name)
+                if os.path.isdir(source):
+                    with _step("copying", f"{source} to {staging}", dst):
+                        shutil.copytree(source, os.path.join(staging, name))
+                else:
+                    _copy(source, os.path.join(staging, name), dst)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
+
+def _swap(staging: str, dst: str) -> str | None:
+    """Put ``staging`` in place of ``dst`` in one step; return the folder now holding the previous set."""
+    if not os.path.lexists(dst):
+        with _step("renaming the staging folder into place:", f"{staging} -> {dst}", dst):
+            os.rename(staging, dst)
+        return None
+    with _step("swapping in the staging folder", staging, dst):
+        if _exchange(staging, dst):
+            return staging
+    old = f"{dst}.previous-{os.getpid()}-{secrets.token_hex(3)}"
+    with _step("moving the previous set aside to", old, dst):
+        os.rename(dst, old)
+    try:
+        os.rename(staging, dst)
+    except OSError as err:
+        os.rename(old, dst)
+        shutil.rmtree(staging, ignore_errors=True)
+        message = f"promotion into {dst} failed while renaming {staging} into place ({err}); previous set restored."
+        logger.error(message)
+        raise ArtifactError(message) from err
+    return old
+
+
+def _same_file(a: str, b: str) -> bool:
+    return os.path.isfile(a) and os.path.isfile(b) and file_sha256(a) == file_sha256(b)
+
+
+def promote_artifacts(run_models_dir: str | os.PathLike, ckpt_dir: str | os.PathLike, timeout: float | None = None):
+    """Replace ``ckpt_dir`` by the verified artifact set of a finished run, in one atomic swap under a lock.
+
+    Under the exclusive lock of ``ckpt_dir`` (:class:`~monai_medl.bundle.locks.ModelsLock`: no evaluation or
+    inference is reading it, no other promotion runs), the set (files of the manifest, and the manifest) is
+    copied into a staging folder beside ``ckpt_dir`` and synced to disk; files of ``ckpt_dir`` that are not part
+    of any set (e.g. an exported ``model.ts``) are carried over; then staging and ``ckpt_dir`` are exchanged in one
+    ``renameat2(RENAME_EXCHANGE)`` (two renames where the file system lacks it, undone by the next lock holder if
+    killed between them) and the previous set is removed. Disk full, a read-only folder, SIGTERM or SIGKILL before
+    the swap leave ``ckpt_dir`` byte-identical; each error names the step and the path.
+
+    Args:
+        run_models_dir: the finished run's ``models`` folder (with its manifest).
+        ckpt_dir: the bundle's ``models/``.
+        timeout: seconds to wait for readers and other promotions (None: wait as long as they take).
 
     Raises:
-        ArtifactError: the run's set does not verify against its manifest.
+        ArtifactError: the run's set does not verify, or a step failed (naming it and the path).
+        SystemExit: SIGTERM arrived during the promotion (exit status 143, after cleaning up).
     """
     src, dst = os.path.abspath(os.fspath(run_models_dir)), os.path.abspath(os.fspath(ckpt_dir))
     manifest = verify_artifacts(src)
-    staging, previous = f"{dst}.staging-{os.getpid()}", f"{dst}.previous-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
-    for name in [*manifest["files"], MANIFEST_NAME]:
-        shutil.copy2(os.path.join(src, name), os.path.join(staging, name))
-    if os.path.isdir(dst):
-        try:
-            old_set = set(read_manifest(dst).get("files", {})) | {MANIFEST_NAME}
-        except ArtifactError:
-            old_set = {"model.pt", "z_predictor.pt", "site_vocabulary.json", "intensity_stats.json"}
-        for name in os.listdir(dst):
-            if name not in old_set and not os.path.exists(os.path.join(staging, name)):
-                source = os.path.join(dst, name)
-                (shutil.copytree if os.path.isdir(source) else shutil.copy2)(source, os.path.join(staging, name))
-        os.rename(dst, previous)
-    os.rename(staging, dst)
-    shutil.rmtree(previous, ignore_errors=True)
+    try:
+        with _sigterm_raises(), ModelsLock(dst).exclusive(timeout):
+            _recover(dst)
+            staging = _stage(src, dst, manifest)
+            try:
+                old = _swap(staging, dst)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)  # the set not swapped in, or the previous one
+                raise
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+    except _Terminated:
+        swapped = _same_file(os.path.join(src, MANIFEST_NAME), os.path.join(dst, MANIFEST_NAME))
+        state = "after the swap: it holds the new set" if swapped else "before the swap: it holds the previous set"
+        logger.error(f"promotion of {src} into {dst} was interrupted by SIGTERM {state}.")
+        raise SystemExit(128 + signal.SIGTERM) from None
+
+
+def open_artifacts(
+    models_dir: str | os.PathLike, required: Sequence[str] = (), timeout: float | None = None
+) -> dict[str, Any]:
+    """Take a shared lock on ``models_dir`` for the rest of this process, then :func:`verify_artifacts` it.
+
+    The first step of evaluation and inference: while the process runs, no promotion can change the folder, so
+    every file it reads later (weights, vocabulary, statistics) belongs to the set verified here. A promotion
+    waiting for the lock is not starved (see :mod:`monai_medl.bundle.locks`).
+
+    Example (first ``initialize`` step of evaluate.json / inference.json)::
+
+        "manifest": "$monai_medl.bundle.open_artifacts(@ckpt_dir, @artifact_files)"
+    """
+    path = os.path.abspath(os.fspath(models_dir))
+    if not os.path.lexists(path) and _leftovers(path, "previous"):
+        with ModelsLock(path).exclusive(timeout):
+            _recover(path)
+    hold_shared(path, timeout)
+    try:
+        return verify_artifacts(path, required)
+    except BaseException:
+        release_shared(path)
+        raise

@@ -13,16 +13,52 @@ each naming the section, entry, subject, file and key.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from monai.utils import ensure_tuple
-
 from monai_medl.data.datalist import DatalistError, resolve_entry, validate_datalist
+from monai_medl.data.datalist_spec import DatalistSpec
 from monai_medl.data.image_info import ImageInfo
+from monai_medl.data.image_survey import ImageInfoCache
 
-__all__ = ["BundleInputError", "BundleInputs", "read_datalist_json", "load_bundle_inputs"]
+__all__ = [
+    "voxel_check",
+    "VALIDATION_LEVELS",
+    "BundleInputError",
+    "BundleInputs",
+    "read_datalist_json",
+    "load_bundle_inputs",
+]
+
+logger = logging.getLogger(__name__)
+
+VALIDATION_LEVELS = {
+    "full": "every voxel of every scan is read (truncated files, NaN/Inf, intensity range)",
+    "header": (
+        "headers only: truncated files, NaN/Inf voxels and the intensity range are NOT checked (a damaged scan "
+        "fails later, when it is loaded) and the manifest's input profile has no intensity range, so inference "
+        "cannot warn about intensities far from training"
+    ),
+}
+
+
+def voxel_check(validate: str = "full") -> bool:
+    """Whether the ``validate`` level (``"full"`` or ``"header"``) reads voxels; logs what ``"header"`` skips.
+
+    Example (bundle config; ``--validate_inputs header`` on the command line: the bundles' ``validate`` key is
+    already their validation section)::
+
+        "validate_inputs": "full",
+        "datalist_spec": {"_target_": "monai_medl.data.DatalistSpec",
+                          "check_voxels": "$monai_medl.bundle.voxel_check(@validate_inputs)"}
+    """
+    if validate not in VALIDATION_LEVELS:
+        raise ValueError(f"validate must be one of {sorted(VALIDATION_LEVELS)}, got {validate!r}.")
+    if validate == "header":
+        logger.warning(f"validate 'header': {VALIDATION_LEVELS['header']}.")
+    return validate == "full"
 
 
 class BundleInputError(DatalistError):
@@ -72,42 +108,38 @@ def read_datalist_json(path: str | os.PathLike) -> Any:
         raise BundleInputError(path, [f"not a UTF-8 text file ({e})"]) from e
 
 
+def _site_count_problems(training: Sequence[Any], spec: DatalistSpec) -> list[str]:
+    sites = {str(e.get(spec.site_key)) for e in training if isinstance(e, Mapping) and e.get(spec.site_key) is not None}
+    if training and len(sites) < spec.min_training_sites:
+        return [
+            f"[{spec.training_key}] spans {len(sites)} site(s) {sorted(sites)}; this bundle needs at least "
+            f"{spec.min_training_sites} (the adversary and the random effects learn from differences between sites)"
+        ]
+    return []
+
+
 def load_bundle_inputs(
     datalist_file: str | os.PathLike,
+    spec: DatalistSpec | None = None,
     sections: Mapping[str, bool] | Sequence[str] = ("training", "validation"),
     labelled: Sequence[str] = ("training", "validation"),
-    image_keys: Sequence[str] | str = ("image",),
-    optional_image_keys: Sequence[str] | str = (),
-    num_classes: int | None = 2,
-    spatial_dims: int = 3,
-    in_channels: int | None = 1,
-    site_key: str = "site",
-    label_key: str | None = "label",
-    min_training_sites: int = 0,
-    training_key: str = "training",
-    check_voxels: bool = True,
     base_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
+    cache: ImageInfoCache | str | os.PathLike | None = None,
 ) -> BundleInputs:
     """Read and validate the sections of a site-aware datalist; raise one error listing every problem.
 
     Args:
         datalist_file: MONAI datalist JSON (``{"training": [...], "validation": [...], "test": [...]}``);
             relative image paths start from its folder (or ``base_dir``).
+        spec: image keys, classes, geometry, site/label keys, voxel check, minimum training sites and training
+            section (:class:`~monai_medl.data.DatalistSpec`); None: ``DatalistSpec(num_classes=2, in_channels=1)``.
         sections: the sections to read; a mapping ``name -> required`` (an optional section may be absent, never
             empty when present) or a sequence of required names.
         labelled: sections whose entries must carry a valid label.
-        image_keys: the image keys of the network (one per modality), case-sensitive.
-        optional_image_keys: those of ``image_keys`` an entry may lack (a modality missing at some sites).
-        num_classes: labels must be integers in ``0 .. num_classes-1`` (2: binary); None accepts any number.
-        spatial_dims: spatial dimensionality of every image.
-        in_channels: channels per image (None: any).
-        site_key, label_key: the entries' site and class-label keys (``label_key=None``: no class label, e.g. a
-            segmentation whose label image is one of ``image_keys``).
-        min_training_sites: the training section must span at least this many sites (2 where an adversary or a
-            random effect needs a between-site contrast).
-        training_key: the training section's name.
-        check_voxels: read every voxel (truncated files, NaN/Inf); header only otherwise.
         base_dir: folder relative paths start from. Defaults to the datalist's folder.
+        workers: processes reading the scans (None: every core); each scan is read once for all checks.
+        cache: an :class:`~monai_medl.data.image_survey.ImageInfoCache` or its file (None: read every scan).
 
     Returns:
         the validated :class:`BundleInputs`.
@@ -121,7 +153,7 @@ def load_bundle_inputs(
         >>> import tempfile
         >>> import nibabel as nib
         >>> import numpy as np
-        >>> from monai_medl.data import write_datalist
+        >>> from monai_medl.data import DatalistSpec, write_datalist
         >>> data = tempfile.mkdtemp()  # a bundle's data/ folder
         >>> entries = []
         >>> for i, site in enumerate(["site_a", "site_a", "site_b", "site_b", "site_b"]):
@@ -130,23 +162,24 @@ def load_bundle_inputs(
         ...     entries.append({"image": path, "label": i % 2, "site": site})
         >>> datalist = write_datalist(os.path.join(data, "datalist.json"),
         ...                           {"training": entries[:4], "validation": entries[4:]})
-        >>> inputs = load_bundle_inputs(datalist, min_training_sites=2)
+        >>> spec = DatalistSpec(num_classes=2, in_channels=1, min_training_sites=2)
+        >>> inputs = load_bundle_inputs(datalist, spec)
         >>> len(inputs.sections["training"]), len(inputs.sections["validation"])
         (4, 1)
         >>> entries[0]["label"] = 2  # not a class of a binary task: every problem is listed in one error
         >>> datalist = write_datalist(os.path.join(data, "datalist.json"),
         ...                           {"training": entries[:2], "validation": entries[4:]})
-        >>> load_bundle_inputs(datalist, min_training_sites=2)  # doctest: +ELLIPSIS
+        >>> load_bundle_inputs(datalist, spec)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         monai_medl.bundle.inputs.BundleInputError: datalist '...datalist.json' has 2 problem(s):
           [training] entry 0 [...sub-0.nii.gz]: label 2 is outside the declared classes 0..1 (key 'label')
           [training] spans 1 site(s) ['site_a']; this bundle needs at least 2 (the adversary and the random ...
     """
+    spec = spec if spec is not None else DatalistSpec(num_classes=2, in_channels=1)
     path = os.fspath(datalist_file)
     content = read_datalist_json(path)
     wanted = dict(sections) if isinstance(sections, Mapping) else dict.fromkeys(sections, True)
-    image_keys = ensure_tuple(image_keys)
     base = os.fspath(base_dir) if base_dir is not None else os.path.dirname(os.path.abspath(path))
     problems: list[str] = []
     if not isinstance(content, Mapping):
@@ -165,33 +198,17 @@ def load_bundle_inputs(
         if not section:
             problems.append(f"[{name}] is empty: it needs at least one entry")
             continue
-        entries = [resolve_entry(e, base, image_keys) for e in section]
+        entries = [resolve_entry(e, base, spec.image_keys) for e in section]
         infos[name] = {}
-        found = validate_datalist(
-            entries,
-            image_keys=image_keys,
-            site_key=site_key,
-            label_key=label_key,
-            num_classes=num_classes if name in labelled else None,
-            spatial_dims=spatial_dims,
-            check_voxels=check_voxels,
-            optional_image_keys=optional_image_keys,
-            in_channels=in_channels,
-            image_infos=infos[name],
-        )
-        if name in labelled and num_classes is None and label_key is not None:  # labels required, any number
+        found = validate_datalist(entries, spec, name in labelled, infos[name], workers, cache)
+        label_key = spec.label_key
+        if name in labelled and spec.num_classes is None and label_key is not None:  # labels required, any number
             found += [
                 f"entry {i}: missing label (key {label_key!r})" for i, e in enumerate(entries) if label_key not in e
             ]
         problems.extend(f"[{name}] {p}" for p in found)
         loaded[name] = entries
-    training = loaded.get(training_key, [])
-    sites = {str(e.get(site_key)) for e in training if isinstance(e, Mapping) and e.get(site_key) is not None}
-    if training and len(sites) < min_training_sites:
-        problems.append(
-            f"[{training_key}] spans {len(sites)} site(s) {sorted(sites)}; this bundle needs at least "
-            f"{min_training_sites} (the adversary and the random effects learn from differences between sites)"
-        )
+    problems.extend(_site_count_problems(loaded.get(spec.training_key, []), spec))
     if problems:
         raise BundleInputError(path, problems)
     return BundleInputs(path, loaded, infos)

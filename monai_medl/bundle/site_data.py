@@ -17,7 +17,10 @@ from monai.utils import ensure_tuple
 from monai_medl.bundle.artifacts import file_sha256
 from monai_medl.bundle.input_profile import compare_to_profile, summarize_images
 from monai_medl.bundle.inputs import BundleInputError, load_bundle_inputs, read_datalist_json
-from monai_medl.data.datalist import resolve_entry, validate_datalist
+from monai_medl.bundle.locks import ModelsLock
+from monai_medl.data.datalist import image_paths, resolve_entry, validate_datalist
+from monai_medl.data.datalist_spec import DatalistSpec
+from monai_medl.data.image_survey import read_image_infos
 from monai_medl.transforms.site import SiteVocabulary
 from monai_medl.transforms.site_intensity import SiteIntensityStats
 
@@ -105,24 +108,36 @@ class SiteData:
         )
 
 
+def _generate(datalist_file: str, generate: Callable[[], Any] | None, training_key: str, validation_key: str) -> None:
+    """Create a missing datalist with ``generate()``, under an exclusive lock beside its folder, so that runs
+    started together generate it once (the others wait, then find it)."""
+    if generate is None:
+        raise FileNotFoundError(
+            f"datalist {datalist_file!r} does not exist; point 'datalist' at a MONAI datalist JSON with "
+            f"{training_key!r}/{validation_key!r} sections of {{'image', 'label', 'site'}} entries, or "
+            f"enable cohort generation."
+        )
+    folder = os.path.dirname(os.path.abspath(datalist_file))
+    with ModelsLock(folder).exclusive():
+        if os.path.isfile(datalist_file):
+            return  # another run generated it while this one waited
+        logger.info(f"datalist {datalist_file!r} not found: generating the cohort (first run)")
+        generate()
+    if not os.path.isfile(datalist_file):
+        raise FileNotFoundError(f"cohort generation did not create the datalist {datalist_file!r}.")
+
+
 def prepare_site_data(
     datalist_file: str | os.PathLike,
     vocabulary_file: str | os.PathLike,
+    spec: DatalistSpec | None = None,
     fit: bool = True,
     generate: Callable[[], Any] | None = None,
     fitters: Sequence[Callable[[list[dict]], Any]] = (),
-    training_key: str = "training",
     validation_key: str = "validation",
     test_key: str | None = "test",
-    site_key: str = "site",
-    image_keys: Sequence[str] | str = ("image",),
-    optional_image_keys: Sequence[str] | str = (),
-    num_classes: int | None = 2,
-    spatial_dims: int = 3,
-    in_channels: int | None = 1,
-    min_training_sites: int = 2,
-    check_voxels: bool = True,
-    label_key: str | None = "label",
+    workers: int | None = None,
+    validation_cache: str | os.PathLike | None = None,
 ) -> SiteData:
     """Load (and on first run generate) a site-aware datalist, validate all of it, then fit or load the vocabulary.
 
@@ -145,17 +160,14 @@ def prepare_site_data(
         fit: fit on the training section (True) or load the stored state (False). Defaults to True.
         generate: zero-argument callable creating ``datalist_file`` when it is missing. Defaults to None.
         fitters: callables ``fn(training_entries)`` run when ``fit`` (on rank 0); each writes its own file.
-        training_key, validation_key, test_key: datalist sections (``test_key`` None or absent: no test split).
-        site_key: the site key of the entries. Defaults to ``"site"``.
-        image_keys: the network's image keys (one per modality); case-sensitive. Defaults to ``("image",)``.
-        optional_image_keys: image keys an entry may lack (a modality missing at some sites).
-        num_classes: labels of training/validation entries must be integers ``0 .. num_classes-1``.
-        spatial_dims: spatial dimensionality of the images. Defaults to 3.
-        in_channels: channels per image file. Defaults to 1.
-        min_training_sites: the training split must span at least this many sites. Defaults to 2.
-        check_voxels: read every voxel while validating (truncated files, NaN/Inf). Defaults to True.
-        label_key: the class label key; None when the label is an image (segmentation: list ``"label"`` in
-            ``image_keys`` instead). Defaults to ``"label"``.
+        spec: what the datalist must hold (:class:`~monai_medl.data.DatalistSpec`: image keys, classes,
+            geometry, site/label keys, voxel check, minimum training sites, training section); built once in the
+            bundle config. None: ``DatalistSpec(num_classes=2, in_channels=1, min_training_sites=2)``. The minimum
+            number of training sites applies when ``fit`` only.
+        validation_key, test_key: datalist sections (``test_key`` None or absent: no test split).
+        workers: processes reading the scans during validation (None: every core).
+        validation_cache: an :class:`~monai_medl.data.image_survey.ImageInfoCache` file: scans unchanged since an
+            earlier validation are not read again. None: no cache.
 
     Raises:
         FileNotFoundError: naming the missing datalist or vocabulary file and how to provide it.
@@ -166,36 +178,22 @@ def prepare_site_data(
         "site_data": {"_target_": "monai_medl.bundle.prepare_site_data", "datalist_file": "@datalist",
                       "vocabulary_file": "@site_vocabulary_file", "generate": "@cohort"}
     """
+    spec = spec if spec is not None else DatalistSpec(num_classes=2, in_channels=1, min_training_sites=2)
+    training_key, site_key = spec.training_key, spec.site_key or "site"
     datalist_file, vocabulary_file = os.fspath(datalist_file), os.fspath(vocabulary_file)
     if _rank() == 0 and not os.path.isfile(datalist_file):
-        if generate is None:
-            raise FileNotFoundError(
-                f"datalist {datalist_file!r} does not exist; point 'datalist' at a MONAI datalist JSON with "
-                f"{training_key!r}/{validation_key!r} sections of {{'image', 'label', 'site'}} entries, or "
-                f"enable cohort generation."
-            )
-        logger.info(f"datalist {datalist_file!r} not found: generating the cohort (first run)")
-        generate()
-        if not os.path.isfile(datalist_file):
-            raise FileNotFoundError(f"cohort generation did not create the datalist {datalist_file!r}.")
+        _generate(datalist_file, generate, training_key, validation_key)
     _barrier()
     sections = {training_key: True, validation_key: True}
     if test_key:
         sections[test_key] = False
     inputs = load_bundle_inputs(
         datalist_file,
+        spec if fit else spec.replace(min_training_sites=0),
         sections=sections,
-        labelled=(training_key, validation_key) if label_key else (),
-        label_key=label_key,
-        image_keys=image_keys,
-        optional_image_keys=optional_image_keys,
-        num_classes=num_classes,
-        spatial_dims=spatial_dims,
-        in_channels=in_channels,
-        site_key=site_key,
-        min_training_sites=min_training_sites if fit else 0,
-        training_key=training_key,
-        check_voxels=check_voxels,
+        labelled=(training_key, validation_key) if spec.label_key else (),
+        workers=workers,
+        cache=validation_cache,
     )
     tags = {training_key: "train", validation_key: "validation", test_key: "test"}
     for name, entries in inputs.sections.items():
@@ -204,7 +202,7 @@ def prepare_site_data(
     training = inputs.sections[training_key]
     validation = inputs.sections[validation_key]
     test = inputs.sections.get(test_key, []) if test_key else []
-    profile = {key: summarize_images(inputs.infos(training_key, key)) for key in ensure_tuple(image_keys)}
+    profile = {key: summarize_images(inputs.infos(training_key, key)) for key in spec.image_keys}
     if fit:
         vocabulary = SiteVocabulary.from_datalist(training, site_key=site_key)
         if _rank() == 0:
@@ -289,15 +287,13 @@ class InferenceInputs:
 def inference_inputs(
     source: str | os.PathLike,
     vocabulary: SiteVocabulary | str | os.PathLike,
+    spec: DatalistSpec | None = None,
     unseen_mode: str = "inferred",
     section: str | Sequence[str] = "test",
     site: str | None = None,
-    site_key: str = "site",
-    image_keys: Sequence[str] | str = ("image",),
-    optional_image_keys: Sequence[str] | str = (),
-    spatial_dims: int = 3,
-    in_channels: int | None = 1,
     profile: Mapping[str, Any] | None = None,
+    workers: int | None = None,
+    validation_cache: str | os.PathLike | None = None,
 ) -> InferenceInputs:
     """Scans to predict from a datalist JSON or a folder of NIfTI files, validated one by one.
 
@@ -316,16 +312,15 @@ def inference_inputs(
         source: a datalist JSON (entries ``{"image", "site"}``, under ``section`` or a top-level list) or a
             directory searched recursively for ``*.nii``/``*.nii.gz``.
         vocabulary: the training site vocabulary or the path of its JSON file.
+        spec: the network's image keys, geometry, channels and site key (:class:`~monai_medl.data.DatalistSpec`;
+            labels are not required); None: ``DatalistSpec(in_channels=1)``.
         unseen_mode: ``"population"`` or ``"inferred"``. Defaults to ``"inferred"``.
         section: datalist section(s) to read, in order. Defaults to ``"test"``.
         site: site assigned to every scan of a folder (and to datalist entries without one). Defaults to
             :data:`UNKNOWN_SITE`.
-        site_key: the site key. Defaults to ``"site"``.
-        image_keys: the network's image keys (case-sensitive). Defaults to ``("image",)``.
-        optional_image_keys: image keys an entry may lack.
-        spatial_dims: spatial dimensionality of the images. Defaults to 3.
-        in_channels: channels per image file. Defaults to 1.
         profile: image key -> training profile (the manifest's ``input_profile``); None skips the comparison.
+        workers: processes reading the scans (None: every core); each scan is read once.
+        validation_cache: an :class:`~monai_medl.data.image_survey.ImageInfoCache` file (None: no cache).
 
     Raises:
         FileNotFoundError: if ``source`` does not exist or a folder holds no NIfTI file.
@@ -341,7 +336,8 @@ def inference_inputs(
         raise ValueError(f"unseen_mode must be 'population' or 'inferred', got {unseen_mode!r}.")
     if not isinstance(vocabulary, SiteVocabulary):
         vocabulary = SiteVocabulary.from_json(vocabulary)
-    image_keys = ensure_tuple(image_keys)
+    spec = spec if spec is not None else DatalistSpec(in_channels=1)
+    image_keys, site_key = spec.image_keys, spec.site_key or "site"
     source = os.fspath(source)
     default_site = UNKNOWN_SITE if site is None else site
     if os.path.isdir(source):
@@ -370,18 +366,12 @@ def inference_inputs(
     else:
         raise FileNotFoundError(f"inference input {source!r} is neither a datalist JSON nor a directory.")
     entries, errors = [], []
+    read = read_image_infos(
+        image_paths(items, image_keys), spec.spatial_dims or 3, spec.check_voxels, workers, validation_cache
+    )
     for i, e in enumerate(items):
         infos: dict[tuple[int, str], Any] = {}
-        problems = validate_datalist(
-            [e],
-            image_keys=image_keys,
-            site_key=site_key,
-            label_key="label",
-            spatial_dims=spatial_dims,
-            optional_image_keys=optional_image_keys,
-            in_channels=in_channels,
-            image_infos=infos,
-        )
+        problems = validate_datalist([e], spec, labelled=False, image_infos=infos, cache=read)
         first = e.get(image_keys[0]) if isinstance(e, Mapping) else None
         if problems:
             reason = "; ".join(p.split(": ", 1)[-1] for p in problems)

@@ -21,21 +21,26 @@ import json
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from monai.utils import ensure_tuple
 
+from monai_medl.data.datalist_spec import DatalistSpec
 from monai_medl.data.image_info import ImageInfo, ImageReadError, read_image_info
+from monai_medl.data.image_survey import ImageInfoCache, read_image_infos
 
 __all__ = [
+    "DatalistSpec",
     "DatalistError",
     "load_datalist",
     "write_datalist",
     "validate_datalist",
     "check_image_file",
     "resolve_entry",
+    "image_paths",
 ]
 
 
@@ -86,9 +91,30 @@ def check_image_file(
     return None
 
 
+def image_paths(entries: Sequence[Any], image_keys: Sequence[str]) -> list[str]:
+    """Every image file named by the entries (folders, e.g. DICOM series, and non-paths excluded)."""
+    paths = []
+    for item in entries:
+        if isinstance(item, Mapping):
+            for key in image_keys:
+                for path in ensure_tuple(item.get(key)) if item.get(key) is not None else ():
+                    if isinstance(path, str | os.PathLike) and not os.path.isdir(path):
+                        paths.append(os.fspath(path))
+    return paths
+
+
 def _inspect_image(path: str, spatial_dims: int | None, check_voxels: bool, in_channels: int | None) -> ImageInfo:
     """:func:`read_image_info` plus the dimensionality and channel checks; raises :class:`ImageReadError`."""
-    info = read_image_info(path, spatial_dims=spatial_dims or 3, load_voxels=check_voxels)
+    return _check_info(
+        read_image_info(path, spatial_dims=spatial_dims or 3, load_voxels=check_voxels), spatial_dims, in_channels
+    )
+
+
+def _check_info(info: ImageInfo | ImageReadError, spatial_dims: int | None, in_channels: int | None) -> ImageInfo:
+    """The dimensionality and channel checks of one image's summary; raises :class:`ImageReadError`."""
+    if isinstance(info, ImageReadError):
+        raise info
+    path = info.path
     if spatial_dims is not None:
         shape = (*info.spatial_shape, info.channels) if info.channels > 1 else info.spatial_shape
         if len(info.spatial_shape) != spatial_dims:
@@ -145,83 +171,106 @@ def _check_label(label: Any, num_classes: int | None) -> str | None:
 
 def validate_datalist(
     entries: Sequence[Mapping[Hashable, Any]],
-    image_keys: Sequence[str] | str = ("image",),
-    site_key: str | None = "site",
-    label_key: str | None = "label",
-    num_classes: int | None = None,
-    spatial_dims: int | None = 3,
-    check_voxels: bool = True,
-    optional_image_keys: Sequence[str] | str = (),
-    in_channels: int | None = None,
+    spec: DatalistSpec | None = None,
+    labelled: bool = True,
     image_infos: dict[tuple[int, str], ImageInfo] | None = None,
+    workers: int | None = None,
+    cache: ImageInfoCache | str | os.PathLike | Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """Check every entry and return a list of problems, each naming the entry (index, subject, file) and the key.
+    """Check every entry against ``spec`` and return a list of problems, each naming the entry (index, subject,
+    file) and the key.
 
     Checks: the entry is a dictionary; each image key is present (keys in ``optional_image_keys`` may be absent,
     e.g. a modality missing at some sites) and points to a readable image with ``spatial_dims`` dimensions,
     ``in_channels`` channels and finite voxels; the images of one entry (one per modality) share shape,
     orientation and spacing; a key that differs from an image key only by case or a small typo is reported with a
     did-you-mean hint (it would otherwise be ignored silently); the site is present and not empty; the label, when
-    ``label_key`` is present, is a finite number and, if ``num_classes`` is given, an integer class in
-    ``0 .. num_classes-1``.
+    ``label_key`` is present, is a finite number and, if the entries are ``labelled`` and ``num_classes`` is given,
+    present and an integer class in ``0 .. num_classes-1``.
 
     Args:
+        entries: datalist entries with resolved (absolute) image paths.
+        spec: the expected content (:class:`~monai_medl.data.DatalistSpec`); None: ``DatalistSpec()``.
+        labelled: the entries must carry a label of ``spec.num_classes`` classes (False: a label, when present,
+            need only be a finite number, e.g. scans to predict).
         image_infos: if a dictionary is given, it is filled with the :class:`ImageInfo` of every readable image,
             keyed ``(entry index, image key)`` (geometry and intensity summaries for later comparisons).
+        workers: processes reading the images (None: every core; each file is read once, see
+            :func:`~monai_medl.data.image_survey.read_image_infos`).
+        cache: an :class:`~monai_medl.data.image_survey.ImageInfoCache` (or its file) of earlier reads, keyed by
+            file identity: an unchanged dataset is revalidated without decoding a scan; or the mapping returned by
+            :func:`~monai_medl.data.image_survey.read_image_infos` for these entries.
 
     Example::
 
-        >>> problems = validate_datalist([{"image": "a.nii.gz", "site": "s1", "label": 2}], num_classes=2)
+        >>> from monai_medl.data import DatalistSpec
+        >>> problems = validate_datalist([{"image": "a.nii.gz", "site": "s1", "label": 2}], DatalistSpec(num_classes=2))
         >>> for problem in problems:
         ...     print(problem)
         entry 0 [a.nii.gz]: key 'image': file not found: a.nii.gz
         entry 0 [a.nii.gz]: label 2 is outside the declared classes 0..1 (key 'label')
     """
-    image_keys = ensure_tuple(image_keys)
-    optional = set(ensure_tuple(optional_image_keys))
+    spec = spec if spec is not None else DatalistSpec()
+    paths = image_paths(entries, spec.image_keys)
+    read = read_image_infos(paths, spec.spatial_dims or 3, spec.check_voxels, workers, cache)
+    num_classes = spec.num_classes if labelled else None
     problems: list[str] = []
     for i, item in enumerate(entries):
         if not isinstance(item, Mapping):
             problems.append(f"entry {i}: expected a dictionary, got {type(item).__name__}")
             continue
-        first = item.get(image_keys[0]) if image_keys else None
+        first = item.get(spec.image_keys[0])
         who = f"entry {i}" + (f" (subject {item['subject']!r})" if "subject" in item else "")
         who += f" [{first}]" if isinstance(first, str) else ""
-        problems.extend(f"{who}: {hint}" for hint in _near_misses(item, image_keys))
-        infos: dict[str, ImageInfo] = {}
-        for key in image_keys:
-            if key not in item or item[key] is None:
-                if key not in optional:
-                    problems.append(f"{who}: missing image key {key!r}")
-                continue
-            for path in ensure_tuple(item[key]):
-                if not isinstance(path, str | os.PathLike):
-                    problems.append(f"{who}: key {key!r} should be a file path, got {path!r}")
-                    continue
-                if os.path.isdir(path):
-                    continue  # a DICOM series folder; its content is checked by the reader at load time
-                try:
-                    infos[key] = _inspect_image(os.fspath(path), spatial_dims, check_voxels, in_channels)
-                except ImageReadError as e:
-                    problems.append(f"{who}: key {key!r}: {e}")
-        if len(infos) > 1:
-            why = _geometry_mismatch(infos)
-            if why:
-                problems.append(f"{who}: {why}")
+        infos, found = _image_problems(item, spec, read)
+        problems.extend(f"{who}: {p}" for p in found)
         if image_infos is not None:
             image_infos.update({(i, k): v for k, v in infos.items()})
-        if site_key is not None:
-            site = item.get(site_key)
-            if site is None or (isinstance(site, str) and not site.strip()):
-                problems.append(f"{who}: missing site (key {site_key!r}); every entry needs its site")
-            elif isinstance(site, bool) or not isinstance(site, str | numbers.Integral):
-                problems.append(f"{who}: site {site!r} should be a string or an integer")
-        if label_key is not None and label_key in item:
-            why = _check_label(item[label_key], num_classes)
-            if why:
-                problems.append(f"{who}: {why} (key {label_key!r})")
-        elif label_key is not None and num_classes is not None:
-            problems.append(f"{who}: missing label (key {label_key!r})")
+        problems.extend(f"{who}: {p}" for p in _site_and_label_problems(item, spec, num_classes))
+    return problems
+
+
+def _image_problems(item: Mapping, spec: DatalistSpec, read: Mapping[str, Any]) -> tuple[dict[str, ImageInfo], list]:
+    """The images of one entry (key -> summary) and what is wrong with them."""
+    problems = list(_near_misses(item, spec.image_keys))
+    infos: dict[str, ImageInfo] = {}
+    for key in spec.image_keys:
+        if key not in item or item[key] is None:
+            if key not in spec.optional_image_keys:
+                problems.append(f"missing image key {key!r}")
+            continue
+        for path in ensure_tuple(item[key]):
+            if not isinstance(path, str | os.PathLike):
+                problems.append(f"key {key!r} should be a file path, got {path!r}")
+                continue
+            if os.path.isdir(path):
+                continue  # a DICOM series folder; its content is checked by the reader at load time
+            try:
+                infos[key] = _check_info(read[os.fspath(path)], spec.spatial_dims, spec.in_channels)
+            except ImageReadError as e:
+                problems.append(f"key {key!r}: {e}")
+    if len(infos) > 1:
+        why = _geometry_mismatch(infos)
+        if why:
+            problems.append(why)
+    return infos, problems
+
+
+def _site_and_label_problems(item: Mapping, spec: DatalistSpec, num_classes: int | None) -> list[str]:
+    problems = []
+    site_key, label_key = spec.site_key, spec.label_key
+    if site_key is not None:
+        site = item.get(site_key)
+        if site is None or (isinstance(site, str) and not site.strip()):
+            problems.append(f"missing site (key {site_key!r}); every entry needs its site")
+        elif isinstance(site, bool) or not isinstance(site, str | numbers.Integral):
+            problems.append(f"site {site!r} should be a string or an integer")
+    if label_key is not None and label_key in item:
+        why = _check_label(item[label_key], num_classes)
+        if why:
+            problems.append(f"{why} (key {label_key!r})")
+    elif label_key is not None and num_classes is not None:
+        problems.append(f"missing label (key {label_key!r})")
     return problems
 
 
@@ -230,13 +279,8 @@ def load_datalist(
     data_list_key: str = "training",
     base_dir: str | os.PathLike | None = None,
     validate: bool = True,
-    image_keys: Sequence[str] | str = ("image",),
-    num_classes: int | None = None,
-    site_key: str | None = "site",
-    label_key: str | None = "label",
-    spatial_dims: int | None = 3,
-    check_voxels: bool = True,
-    optional_image_keys: Sequence[str] | str = (),
+    spec: DatalistSpec | None = None,
+    **legacy: Any,
 ) -> list[dict]:
     """Load one section of a datalist JSON, resolve its image paths and (by default) validate every entry.
 
@@ -245,14 +289,10 @@ def load_datalist(
         data_list_key: section to load (``"training"``, ``"validation"``, ``"test"``, ...).
         base_dir: folder relative image paths start from. Defaults to the datalist's folder.
         validate: run :func:`validate_datalist` and raise :class:`DatalistError` listing every problem.
-        image_keys: keys holding image paths (one per modality, e.g. ``("image", "flair")``).
-        num_classes: if given, labels must be integers in ``0 .. num_classes-1``.
-        site_key: key of the site (required in every entry); ``None`` to not require one.
-        label_key: key of the label; ``None`` to not check labels.
-        spatial_dims: expected spatial dimensionality of the images (``None`` to skip).
-        check_voxels: read all voxels during validation (finds truncated files and NaN/Inf).
-        optional_image_keys: those of ``image_keys`` that may be absent from an entry (a modality missing at some
-            sites).
+        spec: image keys, classes, geometry, site and label keys (:class:`~monai_medl.data.DatalistSpec`);
+            None: ``DatalistSpec()`` (one ``"image"`` key, any label, 3-D images, a site).
+        legacy: the spec's fields as separate keywords (``num_classes=2``, ...), deprecated: accepted for one
+            release with a ``DeprecationWarning``.
 
     Returns:
         a list of dictionaries with absolute image paths, ready for :class:`monai.data.Dataset`.
@@ -266,16 +306,27 @@ def load_datalist(
 
         >>> import tempfile
         >>> import nibabel as nib
+        >>> from monai_medl.data import DatalistSpec
         >>> cohort = tempfile.mkdtemp()
         >>> os.makedirs(os.path.join(cohort, "images"))
         >>> nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)),
         ...          os.path.join(cohort, "images", "sub-0001_T1w.nii.gz"))
         >>> with open(os.path.join(cohort, "datalist.json"), "w") as f:  # image paths relative to the datalist
         ...     _ = f.write('{"training": [{"image": "images/sub-0001_T1w.nii.gz", "label": 1, "site": "site_a"}]}')
-        >>> train = load_datalist(os.path.join(cohort, "datalist.json"), "training", num_classes=2)
+        >>> train = load_datalist(os.path.join(cohort, "datalist.json"), "training", spec=DatalistSpec(num_classes=2))
         >>> train[0]["site"], train[0]["image"] == os.path.join(cohort, "images", "sub-0001_T1w.nii.gz")  # absolute
         ('site_a', True)
     """
+    if legacy:
+        if spec is not None:
+            raise TypeError(f"load_datalist: give either spec or the keywords {sorted(legacy)}, not both.")
+        warnings.warn(
+            f"load_datalist({', '.join(f'{k}=...' for k in legacy)}) is deprecated: pass spec=DatalistSpec(...).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        spec = DatalistSpec(**legacy)
+    spec = spec if spec is not None else DatalistSpec()
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"datalist file {path!r} does not exist.")
@@ -292,32 +343,16 @@ def load_datalist(
         raise ValueError(
             f"datalist {path!r}: section {data_list_key!r} should be a list, got {type(section).__name__}."
         )
-    image_keys = ensure_tuple(image_keys)
-    stray = [k for k in ensure_tuple(optional_image_keys) if k not in image_keys]
-    if stray:
-        raise ValueError(
-            f"optional_image_keys {stray} must also be listed in image_keys {list(image_keys)} (they are image keys "
-            "that may be absent from an entry)."
-        )
     base = os.fspath(base_dir) if base_dir is not None else os.path.dirname(os.path.abspath(path))
     entries = []
     for item in section:
         if isinstance(item, str):  # decathlon "test" sections may list bare image paths
-            item = {image_keys[0]: item}
+            item = {spec.image_keys[0]: item}
         if isinstance(item, Mapping):
-            item = resolve_entry(item, base, image_keys)
+            item = resolve_entry(item, base, spec.image_keys)
         entries.append(item)
     if validate:
-        problems = validate_datalist(
-            entries,
-            image_keys=image_keys,
-            site_key=site_key,
-            label_key=label_key,
-            num_classes=num_classes,
-            spatial_dims=spatial_dims,
-            check_voxels=check_voxels,
-            optional_image_keys=optional_image_keys,
-        )
+        problems = validate_datalist(entries, spec)
         if problems:
             raise DatalistError(f"{path} [{data_list_key}]", problems)
     return entries

@@ -1,0 +1,97 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""Validation at scale: one read per scan, worker processes, the file-identity cache, progress, header-only mode."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import monai_medl.data.image_info as image_info
+import monai_medl.data.image_survey as survey
+from monai_medl.bundle import voxel_check
+from monai_medl.data import read_image_info, validate_datalist
+from monai_medl.data.image_info import ImageReadError, _small_int_percentiles
+from monai_medl.data.image_survey import ImageInfoCache, read_image_infos
+
+
+@pytest.fixture
+def scans(tmp_path) -> list[str]:
+    """Eight int16 scans, one truncated, one missing."""
+    paths = []
+    for i in range(8):
+        data = np.random.default_rng(i).normal(300, 80, size=(12, 10, 8)).astype(np.int16)
+        path = str(tmp_path / f"s{i}.nii.gz")
+        nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0])), path)
+        paths.append(path)
+    raw = open(paths[3], "rb").read()
+    with open(paths[3], "wb") as f:
+        f.write(raw[: len(raw) // 2])
+    return [*paths, str(tmp_path / "missing.nii.gz")]
+
+
+def _as_comparable(results):
+    return {p: str(v) if isinstance(v, ImageReadError) else v for p, v in results.items()}
+
+
+def test_worker_processes_give_the_same_summaries_as_one_process(scans):
+    serial = read_image_infos(scans, workers=1)
+    parallel = read_image_infos(scans, workers=2)
+    assert _as_comparable(parallel) == _as_comparable(serial)
+    assert serial[scans[0]] == read_image_info(scans[0]) and serial[scans[0]].spacing == (2.0, 2.0, 3.0)
+    assert "truncated" in str(serial[scans[3]]) and "file not found" in str(serial[scans[-1]])
+
+
+def test_each_scan_is_decompressed_once_for_every_check(scans, monkeypatch):
+    calls = []
+    real = gzip.decompress
+    monkeypatch.setattr(image_info.gzip, "decompress", lambda b: calls.append(1) or real(b))
+    problems = validate_datalist([{"image": p, "site": "a"} for p in scans], workers=1)
+    assert len(calls) == 8 and len(problems) == 2  # 8 files exist; the truncated and the missing one reported
+
+
+def test_an_unchanged_dataset_is_revalidated_from_the_cache(scans, tmp_path, monkeypatch):
+    cache = ImageInfoCache(tmp_path / "cache" / "info.sqlite")
+    first = read_image_infos(scans, workers=1, cache=cache)
+    read = []
+    real = survey.read_image_info
+    monkeypatch.setattr(survey, "read_image_info", lambda p, **kw: read.append(p) or real(p, **kw))
+    again = read_image_infos(scans, workers=1, cache=cache)
+    assert _as_comparable(again) == _as_comparable(first)
+    assert read == [scans[-1]]  # only the missing file (no identity) is tried again; errors are cached too
+    st = os.stat(scans[1])
+    os.utime(scans[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: read again
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), scans[2])  # replaced
+    read.clear()
+    third = read_image_infos(scans, workers=1, cache=str(cache.path))
+    assert sorted(read) == sorted([scans[1], scans[2], scans[-1]]) and third[scans[2]].spatial_shape == (4, 4, 4)
+
+
+def test_a_long_pass_reports_count_rate_and_time_left(scans, monkeypatch, caplog):
+    monkeypatch.setattr(survey, "PROGRESS_EVERY", 0.0)
+    with caplog.at_level(logging.INFO, logger=survey.__name__):
+        read_image_infos(scans, workers=1)
+    assert "read 9/9 scans (" in caplog.text and "/s, about 0 s left)" in caplog.text
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.uint8, np.int8])
+@pytest.mark.parametrize("n", [1, 2, 7, 5000])
+def test_histogram_percentiles_equal_numpy(dtype, n):
+    info = np.iinfo(dtype)
+    data = np.random.default_rng(n).integers(info.min, info.max, size=n, endpoint=True).astype(dtype)
+    # NumPy interpolates in the input dtype (int16 differences can overflow for tiny n): compare with float64
+    expected = [float(v) for v in np.percentile(data.astype(np.float64), [0, 1, 99, 100])]
+    assert _small_int_percentiles(data, (0.0, 1.0, 99.0, 100.0)) == expected
+
+
+def test_header_validation_says_what_it_skips(caplog):
+    assert voxel_check("full") is True
+    with caplog.at_level(logging.WARNING):
+        assert voxel_check("header") is False
+    assert "NaN/Inf voxels and the intensity range are NOT checked" in caplog.text
+    with pytest.raises(ValueError, match=r"validate must be one of \['full', 'header'\], got 'quick'"):
+        voxel_check("quick")
