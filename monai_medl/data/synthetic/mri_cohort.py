@@ -277,11 +277,11 @@ def generate_mri_cohort(
     Example::
 
         >>> import tempfile
-        >>> from monai_medl.data import load_datalist
+        >>> from monai_medl.data import DatalistSpec, load_datalist
         >>> out_dir = os.path.join(tempfile.mkdtemp(), "cohort")
         >>> path = generate_mri_cohort(out_dir, num_subjects=16, sites=2, unseen_sites=1, spatial_size=(16, 16, 16),
         ...                            spacing=(8.0, 8.0, 8.0), seed=1)  # a tiny cohort; the defaults are larger
-        >>> train = load_datalist(path, "training", num_classes=2)
+        >>> train = load_datalist(path, "training", spec=DatalistSpec(num_classes=2))
         >>> sorted({entry["site"] for entry in train}), sorted(train[0])
         (['site_a', 'site_b'], ['age', 'image', 'label', 'severity', 'sex', 'site', 'subject'])
     """
