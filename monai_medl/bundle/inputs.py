@@ -21,6 +21,7 @@ from monai.utils import ensure_tuple
 
 from monai_medl.data.datalist import DatalistError, resolve_entry, validate_datalist
 from monai_medl.data.image_info import ImageInfo
+from monai_medl.data.subject_overlap import subject_overlap_problems
 
 __all__ = ["BundleInputError", "BundleInputs", "read_datalist_json", "load_bundle_inputs"]
 
@@ -87,6 +88,7 @@ def load_bundle_inputs(
     training_key: str = "training",
     check_voxels: bool = True,
     base_dir: str | os.PathLike | None = None,
+    allow_subject_overlap: bool = False,
 ) -> BundleInputs:
     """Read and validate the sections of a site-aware datalist; raise one error listing every problem.
 
@@ -108,6 +110,7 @@ def load_bundle_inputs(
         training_key: the training section's name.
         check_voxels: read every voxel (truncated files, NaN/Inf); header only otherwise.
         base_dir: folder relative paths start from. Defaults to the datalist's folder.
+        allow_subject_overlap: accept a subject (key ``"subject"``) in more than one section; refused by default.
 
     Returns:
         the validated :class:`BundleInputs`.
@@ -192,6 +195,7 @@ def load_bundle_inputs(
             f"[{training_key}] spans {len(sites)} site(s) {sorted(sites)}; this bundle needs at least "
             f"{min_training_sites} (the adversary and the random effects learn from differences between sites)"
         )
+    problems += subject_overlap_problems(loaded, allow=allow_subject_overlap)
     if problems:
         raise BundleInputError(path, problems)
     return BundleInputs(path, loaded, infos)

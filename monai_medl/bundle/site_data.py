@@ -123,6 +123,7 @@ def prepare_site_data(
     min_training_sites: int = 2,
     check_voxels: bool = True,
     label_key: str | None = "label",
+    allow_subject_overlap: bool = False,
 ) -> SiteData:
     """Load (and on first run generate) a site-aware datalist, validate all of it, then fit or load the vocabulary.
 
@@ -156,6 +157,8 @@ def prepare_site_data(
         check_voxels: read every voxel while validating (truncated files, NaN/Inf). Defaults to True.
         label_key: the class label key; None when the label is an image (segmentation: list ``"label"`` in
             ``image_keys`` instead). Defaults to ``"label"``.
+        allow_subject_overlap: accept a subject in more than one section (the config key of the same name).
+            Defaults to False: such a datalist is refused, naming the subject and the sections.
 
     Raises:
         FileNotFoundError: naming the missing datalist or vocabulary file and how to provide it.
@@ -196,6 +199,7 @@ def prepare_site_data(
         min_training_sites=min_training_sites if fit else 0,
         training_key=training_key,
         check_voxels=check_voxels,
+        allow_subject_overlap=allow_subject_overlap,
     )
     tags = {training_key: "train", validation_key: "validation", test_key: "test"}
     for name, entries in inputs.sections.items():
