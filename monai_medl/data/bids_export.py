@@ -20,6 +20,7 @@ def datalist_to_bids(
     columns: Sequence[str] = ("site", "age", "sex"),
     label_column: str = "diagnosis",
     label_names: Sequence[str] = ("control", "patient"),
+    sites: Sequence[str] | None = None,
 ) -> str:
     """Write ``out_dir`` as BIDS: ``participants.tsv``, ``sub-*/anat/sub-*_T1w.nii.gz`` and a sidecar per scan.
 
@@ -34,6 +35,7 @@ def datalist_to_bids(
         columns: entry keys copied into ``participants.tsv`` (absent keys are written as ``n/a``).
         label_column: the participants column of the label.
         label_names: text of each class.
+        sites: export only the scans of these sites (None: all), e.g. to keep one site aside as a new hospital.
 
     Returns:
         the BIDS root.
@@ -63,6 +65,8 @@ def datalist_to_bids(
         except ValueError:
             continue  # an absent section (e.g. no test split)
         for e in entries:
+            if sites is not None and str(e["site"]) not in sites:
+                continue
             subject = str(e["subject"]) if str(e["subject"]).startswith("sub-") else f"sub-{e['subject']}"
             anat = os.path.join(root, subject, "anat")
             os.makedirs(anat, exist_ok=True)

@@ -112,18 +112,20 @@ def _roc_figure(plt, by_mode: Mapping[str, list]):
         ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
         ax.set(title=f"z mode: {mode}", xlabel="false positive rate", ylabel="true positive rate")
         ax.legend(fontsize=6, title="site AUROC", title_fontsize=6)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))  # room for the title above the panels
     return fig
 
 
-def _calibration_figure(plt, by_mode: Mapping[str, list], n_bins: int = 5):
-    fig, axes = _panels(plt, len(by_mode), f"calibration per test site ({n_bins} probability bins)")
+def _calibration_figure(plt, by_mode: Mapping[str, list], n_bins: int = 5, min_count: int = 3):
+    title = f"calibration per test site ({n_bins} probability bins, bins of >= {min_count} scans)"
+    fig, axes = _panels(plt, len(by_mode), title)
     edges = np.linspace(0, 1, n_bins + 1)
     for ax, (mode, rows) in zip(axes, by_mode.items()):
         for site, seen in _sites(rows):
             y = np.asarray([r["label"] for r in rows if r["site"] == site], dtype=float) > 0.5
             p = np.asarray([r["probability"] for r in rows if r["site"] == site], dtype=float)
             bins = np.clip(np.digitize(p, edges[1:-1]), 0, n_bins - 1)
-            used = [b for b in range(n_bins) if (bins == b).any()]
+            used = [b for b in range(n_bins) if (bins == b).sum() >= min_count]  # 1-2 scans: a rate of 0 or 1
             ax.plot(
                 [p[bins == b].mean() for b in used],
                 [y[bins == b].mean() for b in used],
@@ -133,8 +135,9 @@ def _calibration_figure(plt, by_mode: Mapping[str, list], n_bins: int = 5):
             )
         ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
         ax.set(title=f"z mode: {mode}", xlabel="mean predicted probability", ylabel="observed positive rate")
-        ax.set_xlim(0, 1), ax.set_ylim(0, 1)
+        ax.set_xlim(-0.02, 1.02), ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=6)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
 
 
