@@ -113,8 +113,18 @@ def _entry(
     }
     if record.get("session"):
         entry["session"] = record["session"]
-    entry.update({c: columns[c] for c in extra_columns if not is_missing(columns[c])})
+    entry.update({c: _number_or_text(columns[c]) for c in extra_columns if not is_missing(columns[c])})
     return entry
+
+
+def _number_or_text(value: str) -> int | float | str:
+    """A covariate cell as a number when it reads as one (ages, scores), else the text (sex, scanner)."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def study_entries(

@@ -63,7 +63,7 @@ def test_bids_to_datalist_holds_out_sites_and_keeps_subjects_whole(bids_root, tm
     # stratified: every training site keeps both labels, as the source had 5/5 at each site
     for site in ("north", "south", "east"):
         assert {e["label"] for e in sections["training"] if e["site"] == site} == {0, 1}
-    assert sections["training"][0]["age"].isdigit()
+    assert {type(e["age"]) for v in sections.values() for e in v} == {int}  # covariates read as numbers
     assert "| west | yes |" in printed and (tmp_path / "datalist_report.md").read_text().count("| north |") == 1
     # the bundles read it: every section validates and training spans >= 2 sites
     inputs = load_bundle_inputs(
@@ -137,7 +137,7 @@ def test_bad_tables_print_what_and_where(tmp_path, capsys, text, argv, expected)
     assert not (tmp_path / "dl.json").exists()
 
 
-def test_bad_bids_layouts_name_the_file(tmp_path):
+def test_bad_bids_layouts_name_the_file(tmp_path, capsys):
     with pytest.raises(StudyTableError, match="participants.tsv is missing"):
         read_bids_t1w(tmp_path)
     (tmp_path / "participants.tsv").write_text("participant_id\tdx\nsub-01\t1\n")
@@ -149,6 +149,13 @@ def test_bad_bids_layouts_name_the_file(tmp_path):
     _image(str(tmp_path / "sub-01" / "anat" / "sub-1_T1w.nii.gz"))
     with pytest.raises(StudyTableError, match="does not follow the BIDS layout: expected sub-01/anat/sub-01"):
         read_bids_t1w(tmp_path)
+    (tmp_path / "sub-01" / "anat" / "sub-1_T1w.nii.gz").unlink()
+    _image(str(tmp_path / "sub-01" / "anat" / "sub-01_T1w.nii.gz"))
+    (tmp_path / "participants.tsv").write_text("participant_id\tdx\nsub-01\t1\nsub-02\t0\n")
+    code = main(["--bids", str(tmp_path), "--site-column", "Manufacturer", "--label-column", "dx", "--out", "x.json"])
+    err = capsys.readouterr().err
+    assert code == 2 and "sub-01_T1w.nii.gz (from " in err and "participants.tsv, the sidecar JSON): no column" in err
+    assert "'Manufacturer' (chosen by --site-column); the columns are ['participant_id', 'dx']" in err
     (tmp_path / "participants.tsv").write_text("participant_id\tdx\nsub-01\t1\nsub-01\t0\n")
     with pytest.raises(StudyTableError, match="line 3: participant_id 'sub-01' is listed twice"):
         read_bids_t1w(tmp_path)
