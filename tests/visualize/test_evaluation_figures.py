@@ -112,3 +112,18 @@ def test_model_card_embeds_the_recorded_figures(tmp_path, network):
         assert f"![{caption}](figures/{name}.png)" in card
     del record["figures"]
     assert "![" not in render_tables(record)  # a record without figures renders the tables only, as before
+
+
+@pytest.mark.parametrize("bundle", ["mri_me_cnn_classification", "mri_multimodal_me_cnn_classification"])
+def test_classification_cards_show_the_recorded_figures_of_the_shipped_model(bundle):
+    from pathlib import Path
+
+    from monai_medl.bundle.artifacts import file_sha256
+
+    docs = Path(__file__).resolve().parents[2] / "bundles" / bundle / "docs"
+    record = json.loads((docs / "evaluation.json").read_text())
+    card = (docs / "README.md").read_text()
+    assert [f["file"] for f in record["figures"]] == [f"figures/{n}.png" for n in FIGURES]
+    for fig in record["figures"]:
+        assert file_sha256(str(docs / fig["file"])) == fig["sha256"], fig["file"]
+        assert f"![{fig['caption']}]({fig['file']})" in card
