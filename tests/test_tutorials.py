@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -49,7 +50,22 @@ def _fallback_routing(out: str) -> None:
     assert auroc["ModalityFallback, FLAIR withheld"] == auroc["T1-only network"], out[-2000:]
 
 
-KEY_RESULTS = {"01_mixed_effects_mlp_spirals": _spirals_shortcut, "02_missing_modalities": _fallback_routing}
+def _study_end_to_end(out: str) -> None:
+    """Tutorial 3: the held-out site never reaches training, evaluation draws all four figures, the new hospital's
+    scans are all predicted at population level."""
+    held = re.search(r"^training sites (\[.*?\]); held out \(unseen\) (\[.*?\])", out, re.M)
+    assert held and not set(ast.literal_eval(held.group(1))) & set(ast.literal_eval(held.group(2))), out[-2000:]
+    assert re.search(r"^figures: 4 ", out, re.M), out[-2000:]
+    scans = int(re.search(r"^new hospital '.+?': (\d+) scans", out, re.M).group(1))
+    predicted = re.search(r"^new-hospital predictions: (\d+) scans, z \['zero'\]", out, re.M)
+    assert scans > 0 and predicted and int(predicted.group(1)) == scans, out[-2000:]
+
+
+KEY_RESULTS = {
+    "01_mixed_effects_mlp_spirals": _spirals_shortcut,
+    "02_missing_modalities": _fallback_routing,
+    "03_your_own_study_bids": _study_end_to_end,
+}
 
 
 def test_every_tutorial_has_a_key_result_check():

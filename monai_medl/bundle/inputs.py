@@ -22,6 +22,7 @@ from monai_medl.data.datalist import DatalistError, resolve_entry, validate_data
 from monai_medl.data.datalist_spec import DatalistSpec
 from monai_medl.data.image_info import ImageInfo
 from monai_medl.data.image_survey import ImageInfoCache
+from monai_medl.data.subject_overlap import subject_overlap_problems
 
 __all__ = [
     "voxel_check",
@@ -209,6 +210,7 @@ def load_bundle_inputs(
         problems.extend(f"[{name}] {p}" for p in found)
         loaded[name] = entries
     problems.extend(_site_count_problems(loaded.get(spec.training_key, []), spec))
+    problems += subject_overlap_problems(loaded, allow=spec.allow_subject_overlap)
     if problems:
         raise BundleInputError(path, problems)
     return BundleInputs(path, loaded, infos)

@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -40,8 +41,28 @@ def _load_rows(path: str) -> list[dict[str, Any]]:
         return [{"metric": name, "value": float(value)} for name, value in csv.reader(f, delimiter=",")]
 
 
+def _copy_figures(root: str, metrics_file: str) -> list[dict[str, str]]:
+    """Copy the figures listed in ``figures.json`` next to ``metrics_file`` into ``docs/figures/``; their records."""
+    listing = os.path.join(os.path.dirname(metrics_file), "figures.json")
+    if not os.path.isfile(listing):
+        return []
+    with open(listing, encoding="utf-8") as f:
+        figures = json.load(f)["figures"]
+    os.makedirs(os.path.join(root, "docs", "figures"), exist_ok=True)
+    out = []
+    for fig in figures:
+        target = os.path.join(root, "docs", "figures", fig["file"])
+        shutil.copyfile(os.path.join(os.path.dirname(metrics_file), fig["file"]), target)
+        out.append({"file": f"figures/{fig['file']}", "caption": fig["caption"], "sha256": file_sha256(target)})
+    return out
+
+
 def record_evaluation(bundle_root: str | os.PathLike, evaluations: Mapping[str, str]) -> dict[str, Any]:
     """Store evaluation outputs of the bundle's shipped model in ``docs/evaluation.json``; return the record.
+
+    The figures of the first scenario's evaluation (``figures.json`` next to its metrics file, written by
+    :func:`~monai_medl.visualize.evaluation_figures.write_evaluation_figures`) are copied into ``docs/figures/``
+    and recorded with their SHA-256, so that the card embeds them.
 
     Args:
         bundle_root: the bundle folder.
@@ -50,6 +71,7 @@ def record_evaluation(bundle_root: str | os.PathLike, evaluations: Mapping[str, 
     """
     root = os.fspath(bundle_root)
     manifest = read_manifest(os.path.join(root, "models"))
+    figures = _copy_figures(root, os.path.join(root, next(iter(evaluations.values()))))
     record = {
         "model_sha256": file_sha256(os.path.join(root, "models", "model.pt")),
         "training": {
@@ -59,6 +81,8 @@ def record_evaluation(bundle_root: str | os.PathLike, evaluations: Mapping[str, 
         },
         "evaluations": {name: _load_rows(os.path.join(root, path)) for name, path in evaluations.items()},
     }
+    if figures:
+        record["figures"] = figures
     with open(os.path.join(root, "docs", "evaluation.json"), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
         f.write("\n")
@@ -131,6 +155,17 @@ def _autoencoder_tables(evaluations: Mapping[str, list[dict]]) -> list[str]:
     return lines
 
 
+def _figure_lines(record: Mapping[str, Any]) -> list[str]:
+    """Markdown of the recorded figures (image, then its caption in italics), or nothing."""
+    if not record.get("figures"):
+        return []
+    scenario = next(iter(record["evaluations"]))
+    lines = ["", f"Figures of the same evaluation ({scenario}; `evaluate.json` writes them next to its CSV):"]
+    for fig in record["figures"]:
+        lines += ["", f"![{fig['caption']}]({fig['file']})", "", f"*{fig['caption']}.*"]
+    return lines
+
+
 def render_tables(record: Mapping[str, Any]) -> str:
     """The markdown of the card's evaluation block, from a :func:`record_evaluation` record."""
     evaluations = record["evaluations"]
@@ -144,7 +179,7 @@ def render_tables(record: Mapping[str, Any]) -> str:
     training = ", ".join(f"{k} {_fmt(v)}" for k, v in record.get("training", {}).items() if k != "sites")
     sha = record["model_sha256"][:12]
     head = f"Generated from `docs/evaluation.json` (shipped `models/model.pt`, SHA-256 {sha}...; {training})."
-    return "\n".join([head, "", *table])
+    return "\n".join([head, "", *table, *_figure_lines(record)])
 
 
 def eval_metrics(record: Mapping[str, Any]) -> dict[str, float]:

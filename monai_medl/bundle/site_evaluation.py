@@ -19,6 +19,7 @@ from monai.utils import CommonKeys
 
 from monai_medl.engines.prepare_batch import MixedEffectsPrepareBatch
 from monai_medl.metrics.site_metrics import SiteMetric, youden_threshold
+from monai_medl.visualize.evaluation_figures import write_evaluation_figures
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -410,8 +411,14 @@ def write_evaluation(
     output_dir: str | os.PathLike,
     threshold_split: str = "train",
     report_splits: Sequence[str] = ("test",),
+    figures: bool = True,
+    network: Any = None,
+    site_names: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Compute :func:`site_metrics`, write predictions and metrics (CSV and JSON), log a summary, return metrics.
+
+    With ``figures`` the PNG figures of :func:`~monai_medl.visualize.evaluation_figures.write_evaluation_figures`
+    are written next to them (the intercept figure needs ``network`` and the training ``site_names``).
 
     Example (``configs/evaluate.json``)::
 
@@ -428,4 +435,6 @@ def write_evaluation(
                 f"balanced accuracy={m['balanced_accuracy']:.3f} (threshold {m['threshold']:.3f} from training scans)"
             )
     log.info(f"per-scan predictions: {paths['predictions']}; metrics: {paths['metrics_csv']}, {paths['metrics_json']}")
+    if figures:
+        write_evaluation_figures(rows, output_dir, network, site_names, report_splits, threshold_split)
     return metrics

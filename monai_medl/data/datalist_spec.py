@@ -33,6 +33,8 @@ class DatalistSpec:
         check_voxels: read every voxel (truncated files, NaN/Inf, intensity range); headers only otherwise.
         min_training_sites: the training section must span at least this many sites.
         training_key: the training section's name.
+        allow_subject_overlap: accept a subject (key ``"subject"``) in more than one section; by default such a
+            datalist is refused, naming the subject and the sections (a bundle's ``allow_subject_overlap`` key).
 
     Raises:
         ValueError: naming the field and the value expected.
@@ -59,6 +61,7 @@ class DatalistSpec:
     check_voxels: bool = True
     min_training_sites: int = 0
     training_key: str = "training"
+    allow_subject_overlap: bool = False
 
     def __post_init__(self) -> None:
         image_keys, optional = tuple(ensure_tuple(self.image_keys)), tuple(ensure_tuple(self.optional_image_keys))
@@ -76,6 +79,9 @@ class DatalistSpec:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise ValueError(f"DatalistSpec {name} must be None or an integer >= {low}, got {value!r}.")
+        for name in ("allow_subject_overlap",):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"DatalistSpec {name} must be true or false, got {getattr(self, name)!r}.")
         if isinstance(self.min_training_sites, bool) or not isinstance(self.min_training_sites, int):
             raise ValueError(f"DatalistSpec min_training_sites must be an integer, got {self.min_training_sites!r}.")
 

@@ -2,3 +2,4 @@
 from __future__ import annotations
 
 from .counterfactual import counterfactual_grid, counterfactual_panel, plot_counterfactual_panel
+from .evaluation_figures import FIGURES, auroc_interval, write_evaluation_figures
