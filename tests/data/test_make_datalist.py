@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from monai_medl.bundle import load_bundle_inputs
-from monai_medl.data import write_datalist
+from monai_medl.data import DatalistSpec, write_datalist
 from monai_medl.data.bids import read_bids_t1w
 from monai_medl.data.bids_export import datalist_to_bids
 from monai_medl.data.make_datalist import main
@@ -66,9 +66,8 @@ def test_bids_to_datalist_holds_out_sites_and_keeps_subjects_whole(bids_root, tm
     assert {type(e["age"]) for v in sections.values() for e in v} == {int}  # covariates read as numbers
     assert "| west | yes |" in printed and (tmp_path / "datalist_report.md").read_text().count("| north |") == 1
     # the bundles read it: every section validates and training spans >= 2 sites
-    inputs = load_bundle_inputs(
-        out, sections={"training": True, "validation": True, "test": False}, min_training_sites=2
-    )
+    spec = DatalistSpec(num_classes=2, min_training_sites=2)
+    inputs = load_bundle_inputs(out, spec, sections={"training": True, "validation": True, "test": False})
     assert len(inputs.sections["test"]) == len(sections["test"])
 
 
