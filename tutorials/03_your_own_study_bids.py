@@ -68,7 +68,8 @@ cohort = os.path.join(WORK, "cohort")
 subjects = 72 if QUICK else 400
 timings["cohort"] = run(
     "python", "-m", "monai_medl.data.synthetic.mri_cohort", "--out", "cohort", "--num-subjects", str(subjects),
-    "--sites", "4", "--unseen-sites", "1", "--spatial-size", *map(str, SIZE), "--spacing", *map(str, SPACING), "--seed", "0",
+    "--sites", "4", "--unseen-sites", "1", "--spatial-size", *map(str, SIZE), "--spacing", *map(str, SPACING),
+    "--seed", "0",
 )  # fmt: skip
 truth = json.load(open(os.path.join(cohort, "ground_truth.json"), encoding="utf-8"))
 new_hospital = truth["unseen_sites"][0]
