@@ -114,7 +114,8 @@ def expected_calibration_error(y_true: Sequence[Any], y_prob: Sequence[Any], num
         raise ValueError("expected_calibration_error needs probabilities in [0, 1] (apply the sigmoid first).")
     metric = CalibrationErrorMetric(num_bins=num_bins, calibration_reduction="expected", metric_reduction="mean")
     metric(y_pred=torch.as_tensor(p, dtype=torch.float32).view(1, 1, -1), y=torch.as_tensor(y).view(1, 1, -1))
-    return float(metric.aggregate())
+    value = metric.aggregate()  # a tensor here (a tuple only when not-nan counts are asked for)
+    return float(value[0] if isinstance(value, tuple) else value)
 
 
 def balanced_accuracy_at(y_true: Sequence[Any], y_score: Sequence[Any], threshold: float) -> float:

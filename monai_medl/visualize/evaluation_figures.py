@@ -148,7 +148,10 @@ def _seen_unseen_figure(plt, intervals: Mapping[str, Mapping[str, Sequence[float
         for i, mode in enumerate(intervals):
             if group in intervals[mode] and np.isfinite(intervals[mode][group][0]):
                 auc, low, high = intervals[mode][group]
-                xs.append(i + offset), mids.append(auc), lows.append(auc - low), highs.append(high - auc)
+                xs.append(i + offset)
+                mids.append(auc)
+                lows.append(auc - low)
+                highs.append(high - auc)
         ax.errorbar(xs, mids, yerr=[lows, highs], fmt=marker, capsize=3, label=f"{group} sites")
     ax.axhline(0.5, color="grey", linewidth=0.8)
     ax.set_xticks(range(len(intervals)))
@@ -193,7 +196,7 @@ def _intercept_figure(plt, network: Any, site_names: Sequence[str], train_rows: 
     fig, ax = plt.subplots(figsize=(4.2, 3.6))
     ax.scatter(prevalence, values)
     for x, y, i in zip(prevalence, values, used):
-        ax.annotate(str(site_names[i]), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(str(site_names[int(i)]), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     title = "random intercept vs prevalence"
     try:
         res = random_intercept_vs_prevalence(network, sites, labels, channel=channel)
