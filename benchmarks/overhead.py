@@ -31,7 +31,13 @@ Models in the results file are ``<backbone>/<phase>`` for the phases ``train``, 
 ratio summary (there is no seen/unseen split here, ``unseen`` is null) and ``extra`` the milliseconds, the memory
 ratio and the targets (train <= 1.10, inference <= 1.05, peak memory <= 1.10).
 
-Run ``python -m benchmarks.overhead [--quick] [--out DIR]``.
+``unet_3d_segmentation_bundle_last_stage`` is the same UNet with ``cluster_scale_bias="last"`` (cluster scale/bias on
+the last decoder stage only; the fixed and mixed predictions share the decoder before it).
+
+Run ``python -m benchmarks.overhead [--quick] [--out DIR] [--device DEV]``. On a CUDA device every call is
+synchronised and both time columns are wall-clock times; memory is ``torch.cuda.max_memory_allocated`` above the
+memory held before the call (plus the resident tensors). :mod:`benchmarks.gpu_suite` is the GPU suite (sizes,
+batches, throughput, AMP, channels-last).
 """
 
 from __future__ import annotations
