@@ -67,11 +67,16 @@ CONTRACT_MODELS = (
 )
 
 
-def benchmark_parser(description: str) -> argparse.ArgumentParser:
-    """Argument parser with the contract's ``--quick`` and ``--out DIR``; benchmarks may add their own options."""
+def benchmark_parser(description: str, device: bool = False) -> argparse.ArgumentParser:
+    """Argument parser with the contract's ``--quick`` and ``--out DIR``; benchmarks may add their own options.
+
+    ``device=True`` adds ``--device`` (a torch device string, default ``cpu``) for benchmarks that place their
+    models on it; a benchmark that does not cannot be given one."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="reduced run (minutes on 2 CPU cores), every model")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    if device:
+        parser.add_argument("--device", default="cpu", help="torch device of the models: cpu, cuda, cuda:1, ...")
     return parser
 
 

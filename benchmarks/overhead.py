@@ -31,7 +31,13 @@ Models in the results file are ``<backbone>/<phase>`` for the phases ``train``, 
 ratio summary (there is no seen/unseen split here, ``unseen`` is null) and ``extra`` the milliseconds, the memory
 ratio and the targets (train <= 1.10, inference <= 1.05, peak memory <= 1.10).
 
-Run ``python -m benchmarks.overhead [--quick] [--out DIR]``.
+``unet_3d_segmentation_bundle_last_stage`` is the same UNet with ``cluster_scale_bias="last"`` (cluster scale/bias on
+the last decoder stage only; the fixed and mixed predictions share the decoder before it).
+
+Run ``python -m benchmarks.overhead [--quick] [--out DIR] [--device DEV]``. On a CUDA device every call is
+synchronised and both time columns are wall-clock times; memory is ``torch.cuda.max_memory_allocated`` above the
+memory held before the call (plus the resident tensors). :mod:`benchmarks.gpu_suite` is the GPU suite (sizes,
+batches, throughput, AMP, channels-last).
 """
 
 from __future__ import annotations
@@ -117,6 +123,14 @@ CASES: dict[str, dict[str, Any]] = {
         "quick": {"batch": 4, "size": segmentation_bundle_patch, "repeats": 6, "inference_repeats": 10, "steps": 5},
         "full": {"batch": 4, "size": segmentation_bundle_patch, "repeats": 12, "inference_repeats": 20, "steps": 5},
     },
+    "unet_3d_segmentation_bundle_last_stage": {
+        "backbone": segmentation_bundle_unet,
+        "wrapper": MixedEffectsUNet,
+        "task": "dice_ce",
+        "me_kwargs": {"cluster_scale_bias": "last"},
+        "quick": {"batch": 4, "size": segmentation_bundle_patch, "repeats": 6, "inference_repeats": 10, "steps": 5},
+        "full": {"batch": 4, "size": segmentation_bundle_patch, "repeats": 12, "inference_repeats": 20, "steps": 5},
+    },
 }
 
 
@@ -161,10 +175,28 @@ def _step_peak_bytes(fn: Callable[[], Any]) -> int:
     return peak
 
 
-class _Pair:
-    """The bare backbone and its mixed-effects wrapper, with optimizers, on one shared batch."""
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-    def __init__(self, case: dict[str, Any], batch: int, size: int, seed: int) -> None:
+
+class _Pair:
+    """The bare backbone and its mixed-effects wrapper, with optimizers, on one shared batch.
+
+    ``amp`` (``"bf16"``/``"fp16"``) runs forward passes and losses under ``torch.autocast`` (fp16 with a gradient
+    scaler on the main models); ``channels_last`` puts models and input in ``torch.channels_last_3d`` layout."""
+
+    def __init__(
+        self,
+        case: dict[str, Any],
+        batch: int,
+        size: int,
+        seed: int,
+        device: str = "cpu",
+        amp: str = "none",
+        channels_last: bool = False,
+    ) -> None:
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}.")
+        self.device, self.amp = torch.device(device), AMP_DTYPES[amp]
         torch.manual_seed(seed)
         self.bare = case["backbone"]()
         torch.manual_seed(seed)
@@ -172,6 +204,10 @@ class _Pair:
         self.me = wrapper(NUM_CLUSTERS, backbone=case["backbone"](), **case["me_kwargs"])
         self.task = case.get("task", "bce")
         self.adversary = self.me.make_adversary()
+        layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+        for m in (self.bare, self.me, self.adversary):
+            m.to(self.device, memory_format=layout)
+        self.scalers = {w: torch.amp.GradScaler(self.device.type, enabled=amp == "fp16") for w in ("bare", "me")}
         self.opt_bare = torch.optim.Adam(self.bare.parameters(), 1e-4)
         self.opt_me = torch.optim.Adam(self.me.parameters(), 1e-4)
         self.opt_adv = torch.optim.Adam(self.adversary.parameters(), 1e-4)
@@ -185,36 +221,49 @@ class _Pair:
             self.y = torch.randint(0, 2, (batch, 1), generator=gen).float()
         self.sites = torch.arange(batch) % NUM_CLUSTERS
         self.z = F.one_hot(self.sites, NUM_CLUSTERS).float()
+        self.x, self.y, self.sites, self.z = (t.to(self.device) for t in (self.x, self.y, self.sites, self.z))
+        self.x = self.x.contiguous(memory_format=layout)
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
+
+    def _step(self, which: str, loss: torch.Tensor) -> None:
+        opt, scaler = (self.opt_bare, self.scalers["bare"]) if which == "bare" else (self.opt_me, self.scalers["me"])
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
 
     def train_bare(self) -> None:
         self.bare.train()
         self.opt_bare.zero_grad(set_to_none=True)
-        task_loss(self.task, self.bare(self.x), self.y).backward()
-        self.opt_bare.step()
+        with self.autocast():
+            loss = task_loss(self.task, self.bare(self.x), self.y)
+        self._step("bare", loss)
 
     def train_me(self) -> None:
         self.me.train()
         self.opt_me.zero_grad(set_to_none=True)
-        out = self.me(self.x, self.z)  # training mode: the structured output
-        loss = self.loss(out, self.y) + self.regularizer.step(out.features, self.sites)
-        loss.backward()
-        self.opt_me.step()
+        with self.autocast():
+            out = self.me(self.x, self.z)  # training mode: the structured output
+            loss = self.loss(out, self.y) + self.regularizer.step(out.features, self.sites)
+        self._step("me", loss)
 
     def train_me_no_adversary(self) -> None:
         """The wrapper's own cost: the ME step without the adversary update and term."""
         self.me.train()
         self.opt_me.zero_grad(set_to_none=True)
-        self.loss(self.me(self.x, self.z), self.y).backward()
-        self.opt_me.step()
+        with self.autocast():
+            loss = self.loss(self.me(self.x, self.z), self.y)
+        self._step("me", loss)
 
     def infer_bare(self) -> None:
         self.bare.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             self.bare(self.x)
 
     def infer_me(self) -> None:
         self.me.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             self.me(self.x, self.z)
 
     def script(self) -> None:
@@ -245,26 +294,55 @@ class _Pair:
         return _tensor_bytes(tensors)
 
 
-def _time(fn: Callable[[], None], steps: int) -> tuple[float, float]:
+def _time(fn: Callable[[], None], steps: int, device: torch.device | None = None) -> tuple[float, float]:
     """Fastest of ``steps`` consecutive calls, as (thread CPU seconds, wall seconds).
 
     With one torch thread every op (and the CPU autograd engine) runs on the calling thread, so its CPU time counts
     the model's work and not the time other jobs on the machine hold the cores; interference only ever slows a
-    call down, hence the minimum.
+    call down, hence the minimum. On a CUDA ``device`` the work runs on the GPU: each call is synchronised and
+    both values are its wall time.
     """
+    cuda = device is not None and device.type == "cuda"
     cpu = wall = float("inf")
     for _ in range(steps):
+        if cuda:
+            torch.cuda.synchronize(device)
         c, w = time.thread_time(), time.perf_counter()
         fn()
-        cpu, wall = min(cpu, time.thread_time() - c), min(wall, time.perf_counter() - w)
+        if cuda:
+            torch.cuda.synchronize(device)
+        spent = time.perf_counter() - w
+        cpu, wall = min(cpu, spent if cuda else time.thread_time() - c), min(wall, spent)
     return cpu, wall
 
 
+def peak_bytes(pair: _Pair, which: str, phase: str, fn: Callable[[], Any]) -> int:
+    """Peak tensor memory of one call of ``fn``: the model's resident tensors plus the step's peak allocations
+    (``torch.cuda.max_memory_allocated`` above the memory held before the call on a GPU, the profiler's running
+    total on the CPU)."""
+    resident = pair.resident_bytes(which, phase)
+    if pair.device.type != "cuda":
+        return resident + _step_peak_bytes(fn)
+    torch.cuda.synchronize(pair.device)
+    before = torch.cuda.memory_allocated(pair.device)
+    torch.cuda.reset_peak_memory_stats(pair.device)
+    fn()
+    torch.cuda.synchronize(pair.device)
+    return resident + torch.cuda.max_memory_allocated(pair.device) - before
+
+
 def measure_case(
-    case: dict[str, Any], batch: int, size: int, repeats: int, inference_repeats: int, steps: int, seed: int
+    case: dict[str, Any],
+    batch: int,
+    size: int,
+    repeats: int,
+    inference_repeats: int,
+    steps: int,
+    seed: int,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Interleaved timings and profiler memory of one backbone; returns per-repeat ratios and medians."""
-    pair = _Pair(case, batch, size, seed)
+    pair = _Pair(case, batch, size, seed, device)
     pair.script()
     fns = {
         "train": {"me": pair.train_me, "bare": pair.train_bare},
@@ -283,11 +361,11 @@ def measure_case(
         for r in range(repeats if phase.startswith("train") else inference_repeats):
             order = ("me", "bare") if r % 2 == 0 else ("bare", "me")
             for which in order:
-                cpu, wall = _time(pair_fns[which], steps)
+                cpu, wall = _time(pair_fns[which], steps, pair.device)
                 times[which].append(cpu)
                 walls[which].append(wall)
         ratios = [m / b for m, b in zip(times["me"], times["bare"])]
-        peaks = {w: pair.resident_bytes(w, phase) + _step_peak_bytes(pair_fns[w]) for w in ("me", "bare")}
+        peaks = {w: peak_bytes(pair, w, phase, pair_fns[w]) for w in ("me", "bare")}
         out[phase] = {
             "ratios": ratios,
             "me_ms": 1e3 * float(np.median(times["me"])),
@@ -318,20 +396,27 @@ PLAN = {
 }
 
 
-def run(quick: bool, out_dir, cases: list[str] | None = None, seed: int = 0) -> dict[str, Any]:
+def run(quick: bool, out_dir, cases: list[str] | None = None, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     torch.set_num_threads(1)
     mode = "quick" if quick else "full"
     names = list(CASES) if cases is None else cases
     announce_plan(NAME, quick, PLAN, [seed], out_dir)
     models: dict[str, dict[str, Any]] = {}
-    config: dict[str, Any] = {"num_clusters": NUM_CLUSTERS, "threads": 1, "targets": TARGETS, "cases": {}}
+    config: dict[str, Any] = {
+        "num_clusters": NUM_CLUSTERS,
+        "threads": 1,
+        "device": device,
+        "timing": "thread CPU time" if torch.device(device).type == "cpu" else "synchronised wall time",
+        "targets": TARGETS,
+        "cases": {},
+    }
     repeats = 0
     for name in names:
         settings = {k: v() if callable(v) else v for k, v in CASES[name][mode].items()}
         config["cases"][name] = {**settings, "me_kwargs": CASES[name]["me_kwargs"]}
         repeats = max(repeats, settings["repeats"], settings["inference_repeats"])
         started = time.perf_counter()
-        res = measure_case(CASES[name], seed=seed, **settings)
+        res = measure_case(CASES[name], seed=seed, device=device, **settings)
         print(f"{name}: measured in {time.perf_counter() - started:.0f} s", flush=True)
         for phase in PHASES:
             r = res[phase]
@@ -378,10 +463,10 @@ for the mixed head); the scripted forward runs the mixed pass only.
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__.splitlines()[1])
+    parser = benchmark_parser(__doc__.splitlines()[1], device=True)
     parser.add_argument("--cases", nargs="*", choices=list(CASES), default=None, help="backbones to measure")
     args = parser.parse_args()
-    run(args.quick, args.out, args.cases)
+    run(args.quick, args.out, args.cases, device=args.device)
 
 
 if __name__ == "__main__":

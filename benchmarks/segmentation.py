@@ -10,13 +10,14 @@ of 6 mm (the bundle's cohort grid); 60 subjects per cohort (36 in quick mode). E
 brain (non-zero) voxels, except for ``conventional_site_norm``.
 
 Splits: the generator's seeded per-site split of each seen site into training, validation and test subjects; the
-seen-site test subjects are the ``seen`` split, every scan of the unseen sites the ``unseen`` split. Validation
-scans are not used: no setting is chosen on data; every setting below is fixed a priori (the bundle's defaults,
-``bundles/mri_me_unet_segmentation/configs/train.json``) and the last epoch is used. The number of epochs (40; 4 in
-quick mode) is the compute budget: the rare CSF class (about 2% of brain voxels at 6 mm) is not learned within the
-bundle's 10 epochs (checked on the bundle's cohort, generator seed 2024, not one of the benchmark's), and a full run
-(5 seeds x 5 trained networks + a site classifier on about 28 training volumes of 32^3) stays within about 30
-minutes of one core.
+seen-site test subjects are the ``seen`` split, every scan of the unseen sites the ``unseen`` split. The seen sites'
+validation subjects (``validation_dice``, every model) serve one choice only: the ME-UNet's cluster scale/bias
+placement, ``me_last_stage`` against ``me`` (see the plan's decision rule). Every other setting below is fixed a priori
+(the bundle's defaults, ``bundles/mri_me_unet_segmentation/configs/train.json``) and the last epoch is used. The number
+of epochs (40; 4 in quick mode) is the compute budget: the rare CSF class (about 2% of brain voxels at 6 mm) is not
+learned within the bundle's 10 epochs (checked on the bundle's cohort, generator seed 2024, not one of the benchmark's),
+and a full run (5 seeds x 5 trained networks + a site classifier on about 28 training volumes of 32^3) stays within
+about 30 minutes of one core.
 
 Models (one UNet backbone: channels 8-16-32-64, strides 2-2-2, no residual units; Adam, learning rate 3e-3 and 1e-2
 for the random-effect posteriors; batch 4 whole volumes with random left-right flips; the same number of epochs;
@@ -32,6 +33,8 @@ for the random-effect posteriors; batch 4 whole volumes with random left-right f
   intercepts (prior s.d. 0.5), both heads trained (KL weight 1e-3);
 - ``me``: the same plus the adversary; seen sites: the mixed prediction with the true site's ``z``, unseen sites:
   the population prediction ``z = 0`` (the bare UNet path);
+- ``me_last_stage``: ``me`` with cluster scale/bias on the last decoder stage only (``cluster_scale_bias="last"``:
+  the fixed and mixed predictions share the rest of the decoder);
 - ``me_inferred_z``: the ``me`` model with the soft ``z`` of an image site classifier (``SmallCNN`` 8-16-32-32 trained
   on the training scans only; :func:`~monai_medl.networks.utils.soft_design`) for seen and unseen scans.
 
@@ -44,7 +47,7 @@ intercepts, ``intercept_vs_protocol_r``: Pearson r over the seen sites between e
 intercept contrast (grey matter's intercept minus the mean of the other classes', softmax being shift invariant)
 and the generator's recorded change of that site's labelled grey-matter volume by its protocol.
 
-Run ``python -m benchmarks.segmentation [--quick] [--out DIR]``.
+Run ``python -m benchmarks.segmentation [--quick] [--out DIR] [--models NAME ...]``.
 """
 
 from __future__ import annotations
@@ -102,8 +105,10 @@ MODELS = (
     "domain_adversarial",
     "me_no_adversary",
     "me",
+    "me_last_stage",
     "me_inferred_z",
 )
+ME_KINDS = {"me_no_adversary": True, "me": True, "me_last_stage": "last"}  # kind -> the UNet's cluster_scale_bias
 CLASSES = tuple(TISSUE_LABELS[str(i)] for i in range(1, len(TISSUE_LABELS)))  # foreground: csf, grey/white matter
 _GM = 2  # the grey-matter label, the class the label protocols change
 
@@ -190,7 +195,9 @@ def load_cohort(cohort_dir: str, cfg: dict[str, Any], seed: int) -> dict[str, An
 # --------------------------------------------------------------------------------------------------------- models
 
 
-def _unet(cfg: dict[str, Any], num_clusters: int, random_effects: bool) -> MixedEffectsUNet:
+def _unet(
+    cfg: dict[str, Any], num_clusters: int, random_effects: bool, cluster_scale_bias: bool | str = True
+) -> MixedEffectsUNet:
     return MixedEffectsUNet(
         num_clusters,
         spatial_dims=3,
@@ -199,7 +206,7 @@ def _unet(cfg: dict[str, Any], num_clusters: int, random_effects: bool) -> Mixed
         channels=cfg["channels"],
         strides=cfg["strides"],
         num_res_units=cfg["num_res_units"],
-        cluster_scale_bias=random_effects,
+        cluster_scale_bias=cluster_scale_bias if random_effects else False,
         random_intercept=random_effects,
         intercept_prior_scale=cfg["intercept_prior_scale"],
         cluster_prior_scale=cfg["cluster_prior_scale"],
@@ -220,14 +227,14 @@ def train_model(
         net: nn.Module = SmallCNN(3, 1, num_clusters, channels=cfg["z_predictor_channels"])
         loss: nn.Module = nn.CrossEntropyLoss()
         y, epochs = site.long(), cfg["z_predictor_epochs"]
-    elif kind in ("conventional", "domain_adversarial", "me_no_adversary", "me"):
-        me = kind.startswith("me")
-        net = _unet(cfg, num_clusters, random_effects=me)
+    elif kind in ("conventional", "domain_adversarial", *ME_KINDS):
+        me = kind in ME_KINDS
+        net = _unet(cfg, num_clusters, random_effects=me, cluster_scale_bias=ME_KINDS.get(kind, False))
         lambda_fixed = cfg["lambda_fixed"] if me else 0.0
         loss = MixedEffectsLoss("dice_ce", lambda_mixed=1.0, lambda_fixed=lambda_fixed, kl_weight=cfg["kl_weight"])
         if me:
             prepare = MixedEffectsPrepareBatch(num_clusters)
-        if kind in ("domain_adversarial", "me"):
+        if kind in ("domain_adversarial", "me", "me_last_stage"):
             adversary = net.make_adversary()
             optimizer = torch.optim.Adam(adversary.parameters(), cfg["lr"])
             handlers.append(
@@ -235,7 +242,7 @@ def train_model(
             )
     else:
         raise ValueError(
-            f"kind must be one of conventional, domain_adversarial, me_no_adversary, me, z_predictor; got {kind!r}."
+            f"kind must be one of conventional, domain_adversarial, {', '.join(ME_KINDS)}, z_predictor; got {kind!r}."
         )
     loader = flipped_loader(x, y, site, cfg["batch_size"], seed)
     optimizer = torch.optim.Adam(random_effects_param_groups(net, cfg["re_lr"]), cfg["lr"])
@@ -323,6 +330,7 @@ def run_seed(
     site_idx = np.array([index.get(s, -1) for s in sites])
     tr = np.flatnonzero(splits == "training")
     te = np.flatnonzero((splits == "test") & (site_idx >= 0))
+    va = np.flatnonzero((splits == "validation") & (site_idx >= 0))
     un = np.flatnonzero(site_idx < 0)
     log(
         f"seed {seed}: cohort {len(sites)} scans ({len(tr)} training, {len(te)} seen test, {len(un)} unseen) "
@@ -332,6 +340,7 @@ def run_seed(
     spacing = cfg["cohort"]["spacing"]
     s_tr = torch.from_numpy(site_idx[tr]).long()
     z_te, zeros_te, zeros_un = site_index_to_design(site_idx[te], K), torch.zeros(len(te), K), torch.zeros(len(un), K)
+    z_va = site_index_to_design(site_idx[va], K)
     train_seed = 1000 * seed
     results: dict[str, dict[str, float]] = {}
 
@@ -357,14 +366,16 @@ def run_seed(
         if name in models:
             net = deep(name, kind, images)
             results[name] = scores(segment(net, images[te], None), segment(net, images[un], None))
+            results[name]["validation_dice"] = dice(segment(net, images[va], None), va, "validation")["validation_dice"]
 
-    for kind in ("me_no_adversary", "me"):
+    for kind in ME_KINDS:
         if kind not in models and not (kind == "me" and "me_inferred_z" in models):
             continue
         net = deep(kind, kind, x)
         fe = {
             "intercept_vs_protocol_r": intercept_protocol_r(net, data["truth"], seen_sites),
             "seen_population_dice": dice(segment(net, x[te], zeros_te), te, "seen")["seen_dice"],
+            "validation_dice": dice(segment(net, x[va], z_va), va, "validation")["validation_dice"],
         }
         results[kind] = {**scores(segment(net, x[te], z_te), segment(net, x[un], zeros_un)), **fe}
         if kind == "me" and "me_inferred_z" in models:
@@ -387,17 +398,23 @@ def run_seed(
 PLAN = {
     "seeds": "0..4 (0, 1 in quick mode); seed s generates its own cohort (generator seed 100 + s) and seeds the "
     "models' initialisation, batch order and flips with 1000 * s",
-    "splits": "the generator's per-site training/validation/test split of the 4 seen sites (validation unused); "
-    "seen = the seen sites' test subjects, unseen = every scan of the 2 unseen sites",
+    "splits": "the generator's per-site training/validation/test split of the 4 seen sites; seen = the seen sites' "
+    "test subjects, unseen = every scan of the 2 unseen sites; validation = the seen sites' validation subjects (used "
+    "only to choose the ME-UNet's cluster scale/bias placement)",
     "primary_comparisons": [
         "me - conventional, unseen-site mean Dice, paired per seed",
         "me - me_no_adversary, unseen-site mean Dice, paired per seed",
         "me - conventional, seen-site mean Dice, paired per seed",
+        "me_last_stage - me, validation mean Dice (mixed prediction, true site), paired per seed: the ME-UNet's "
+        "cluster scale/bias placement (last decoder stage vs every decoder norm)",
     ],
     "secondary": "me - conventional unseen HD95 (lower wins); intercept_vs_protocol_r of me (label protocols on: "
     "site_b +1 voxel, site_d -1 voxel of grey matter)",
     "decision_rule": "a difference is claimed only when its paired 95% t-interval over seeds excludes 0; every "
-    "setting is fixed a priori (the bundle's defaults), the last epoch is used, no choice on any data",
+    "setting is fixed a priori (the bundle's defaults), the last epoch is used; the one choice made on data: the "
+    "ME-UNet default becomes cluster scale/bias on the last decoder stage only if me_last_stage's mean validation "
+    "Dice is at least me's (every decoder norm), else it stays every decoder norm; test and unseen scans play no "
+    "part in it",
 }
 
 COMPARISONS = (
@@ -407,10 +424,13 @@ COMPARISONS = (
     Comparison(
         "me", "unseen_hd95", "conventional", higher_is_better=False, key="paired_unseen_hd95_minus_conventional"
     ),
+    Comparison("me_last_stage", "validation_dice", "me", key="paired_validation_dice_minus_me"),
+    Comparison("me_last_stage", "unseen_dice", "me", key="paired_unseen_dice_minus_me"),
 )
 """The plan's comparisons (paired per seed; stored in ``me``'s ``extra`` under these keys)."""
 
 COLUMNS = [
+    "validation_dice",
     "seen_hd95",
     "unseen_hd95",
     "seen_missed_class_rate",
@@ -438,6 +458,7 @@ def run(
     config: dict[str, Any] | None = None,
     cohort_root: str | None = None,
     log=print,
+    models: Sequence[str] = MODELS,
 ) -> dict[str, Any]:
     """The benchmark: every model on every seed; writes ``segmentation.json`` / ``segmentation.md``."""
     cfg = config or default_config(quick)
@@ -451,13 +472,13 @@ def run(
             quick,
             PLAN,
             cfg["seeds"],
-            lambda s: run_seed(s, cfg, cohort_root, log=log),
+            lambda s: run_seed(s, cfg, cohort_root, models=models, log=log),
             metric="dice",
             seen="seen_dice",
             unseen="unseen_dice",
             config=cfg,
-            comparisons=COMPARISONS,
-            order=MODELS,
+            comparisons=[c for c in COMPARISONS if c.model in models and c.reference in models],
+            order=[m for m in MODELS if m in models],
             notes=NOTES,
             extra_tables=[("", COLUMNS)],
             out_dir=out_dir,
@@ -471,8 +492,9 @@ def run(
 def main(argv: Sequence[str] | None = None) -> None:
     parser = benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--cohort-root", default=None, help="keep the generated cohorts here (default: a temp folder)")
+    parser.add_argument("--models", nargs="*", choices=MODELS, default=list(MODELS), help="models to train")
     args = parser.parse_args(argv)
-    run(quick=args.quick, out_dir=args.out, cohort_root=args.cohort_root)
+    run(quick=args.quick, out_dir=args.out, cohort_root=args.cohort_root, models=args.models)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ variant, the share of the fixed-effects attribution ``mean |d logit_F / d x|`` c
 
 Run ``python -m benchmarks.spirals [--quick] [--out DIR]``; ``--timing`` trains one repeat x 3 folds of the
 random-radius variant only and writes ``spirals_timing.json``/``.md`` (run it on an otherwise idle machine: the
-load average at the end is recorded in ``env``).
+load average at the end is recorded in ``env``). ``--fused`` trains every adversarial model with
+``TabularTrainer(fused=True)`` (one backward and one optimizer step for the model and its adversary, simultaneous
+updates) and writes ``<name>_fused.json``/``.md``.
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ def default_config(quick: bool = False) -> dict[str, Any]:
         "threshold": 0.5,
         "standardize": True,
         "data_init": True,
+        "fused_step": False,  # TabularTrainer(fused=...): one backward for the model and its adversary (--fused)
     }
 
 
@@ -206,6 +209,7 @@ def _train(cfg, seed, x, y, z, sites, num_clusters, mixed: bool, adversary: bool
         adversary_lr=cfg["lr"],
         adversary_objective=cfg["adversary_objective"],
         seed=seed,
+        fused=cfg["fused_step"],
     )
     with _Clock() as clock:
         if cfg["data_init"]:
@@ -594,13 +598,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="package: held-out clusters, every model (default); reference: the ARMED notebook's protocol "
         f"(all clusters seen, conventional vs me) -> {NAME}_reference.json/.md",
     )
+    parser.add_argument(
+        "--fused", action="store_true", help="train with the fused one-backward adversary step (-> <name>_fused)"
+    )
     args = parser.parse_args(argv)
+    fused, suffix = {"fused_step": True} if args.fused else {}, "_fused" if args.fused else ""
     if args.protocol == "reference":
         run_reference_protocol(quick=args.quick, out_dir=args.out)
     elif args.timing:
-        run(quick=False, out_dir=args.out, config=TIMING_CONFIG, name=f"{NAME}_timing")
+        run(quick=False, out_dir=args.out, config={**TIMING_CONFIG, **fused}, name=f"{NAME}_timing{suffix}")
     else:
-        run(quick=args.quick, out_dir=args.out)
+        run(quick=args.quick, out_dir=args.out, config=fused, name=NAME + suffix)
 
 
 if __name__ == "__main__":

@@ -46,15 +46,17 @@ def test_tiny_run_writes_contract_json_with_planned_comparisons(tiny_run):
             # the split's Dice is the mean over scans of the class mean: between the smallest and largest class mean
             per_class = [extra[f"{split}_dice_{c}"] for c in seg.CLASSES]
             assert min(per_class) - 1e-9 <= entry[split]["mean"] <= max(per_class) + 1e-9
-    me = models["me"]["extra"]
     for c in seg.COMPARISONS:
+        me = models[c.model]["extra"]  # a comparison is stored with its model
         a = per_seed_values(models, c.model, c.metric, SPLITS)
         b = per_seed_values(models, c.reference, c.ref_metric, SPLITS)
         expected = np.subtract(a, b)
         np.testing.assert_allclose(me[f"{c.name}_values"], expected, atol=1e-12)
         better = expected > 0 if c.higher_is_better else expected < 0
         assert me[c.name] == pytest.approx(expected.mean()) and me[f"{c.name}_wins"] == int(better.sum())
-    for name in ("me_no_adversary", "me", "me_inferred_z"):
+    for name in models:  # the seen sites' validation scans, scored for every model
+        assert 0 <= models[name]["extra"]["validation_dice"] <= 1
+    for name in ("me_no_adversary", "me", "me_last_stage", "me_inferred_z"):
         assert -1 <= models[name]["extra"]["intercept_vs_protocol_r"] <= 1
         assert 0 <= models[name]["extra"]["seen_population_dice"] <= 1
     assert "intercept_vs_protocol_r" not in models["conventional"]["extra"]

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from monai_medl.engines.tabular_fused import adversary_losses
 from monai_medl.losses.adversarial_regularizer import AdversarialRegularizer
 from monai_medl.losses.mixed_effects_loss import TASKS, task_loss
 from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet
@@ -170,6 +171,13 @@ class TabularTrainer:
             ``-lambda_g * CE``); see :class:`~monai_medl.losses.AdversarialRegularizer`. Defaults to ``"confusion"``.
         seed: seed of the shuffling and of the random-effects sampling during :meth:`fit` (the global RNG state
             is restored afterwards). Defaults to 0.
+        fused: one backward and one optimizer step per mini-batch for the model and its adversary (the adversary
+            is a second parameter group of one fused Adam): both heads, the adversary's loss on the detached
+            activations and the adversarial term through the not-yet-updated, frozen adversary form one graph
+            (:func:`~monai_medl.engines.tabular_fused.adversary_losses`; simultaneous instead of alternating
+            updates). False: the two-step :class:`~monai_medl.losses.AdversarialRegularizer` order (adversary
+            first, then the model against the updated adversary). Without an adversary both are the same.
+            Defaults to False.
         device: device to train on; the network (and adversary) are moved there and :meth:`fit` moves the data.
             Defaults to the network's current device.
 
@@ -209,6 +217,7 @@ class TabularTrainer:
         adversary_objective: str = "confusion",
         seed: int = 0,
         device: str | torch.device | None = None,
+        fused: bool = False,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
@@ -234,9 +243,15 @@ class TabularTrainer:
         self.re_layers = list(random_effects_layers(network).values())
         self.optimizer = make_adam(network.parameters(), lr=lr)
         self.regularizer: AdversarialRegularizer | None = None
+        self.fused = bool(fused) and adversary is not None
         if adversary is not None:
             adversary = adversary.to(self.device)
-            adv_opt = make_adam(adversary.parameters(), lr=adversary_lr)
+            if self.fused:  # one optimizer; the regulariser only holds (and validates) the settings, step() is unused
+                params = [p for p in adversary.parameters() if p.requires_grad]
+                self.optimizer.add_param_group({"params": params, "lr": adversary_lr})
+                adv_opt = self.optimizer
+            else:
+                adv_opt = make_adam(adversary.parameters(), lr=adversary_lr)
             self.regularizer = AdversarialRegularizer(adversary, adv_opt, lambda_g, objective=adversary_objective)
 
     def _check(self, x, y, z, sites) -> tuple[torch.Tensor, ...]:
@@ -275,8 +290,13 @@ class TabularTrainer:
             loss = loss + _weighted(self.lambda_fixed, task_loss(self.task, out.fixed, yb, noise))
         else:
             loss = task_loss(self.task, out.fixed, yb, noise)
-        if self.regularizer is not None:
-            loss = loss + self.regularizer.step(out.features, sb)
+        reg = self.regularizer
+        if reg is not None and self.fused:
+            adv_loss, term, accuracy = adversary_losses(reg.adversary, out.features, sb, reg.lambda_g, reg.objective)
+            self._adversary_out = (adv_loss, accuracy)
+            return loss + term
+        if reg is not None:
+            loss = loss + reg.step(out.features, sb)
         return loss
 
     def fit(self, x, y, z=None, sites=None) -> TabularHistory:
@@ -329,11 +349,15 @@ class TabularTrainer:
         for k in range(steps):
             xb, yb, zb, sb = (None if b is None else b[k] for b in batches)
             loss = self._loss(xb, yb, zb, sb, use_mixed)
-            if reg is not None:
+            total += loss.detach()
+            if self.fused:  # the adversary's loss joins the one backward
+                adv_loss, accuracy = self._adversary_out
+                adv_acc += accuracy
+                loss = loss + adv_loss
+            elif reg is not None:
                 adv_acc += reg.last[1]
             opt.zero_grad()
             loss.backward()
-            total += loss.detach()
             for layer in kl_layers:  # + kl_weight * KL, its gradient added in closed form
                 total.add_(layer.accumulate_kl_grad_(kl_weight), alpha=kl_weight)
             opt.step()

@@ -104,6 +104,15 @@ class BackboneStage(nn.Module):
     def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.apply_cluster(self.body(x), z)
 
+    def split(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(stage(x, None), stage(x, z))`` with the body run once. The norm runs once per path: a shared norm
+        output would be saved by the cluster product and then changed by an in-place activation of the fixed path."""
+        x = self.body(x)
+        cluster = self.cluster
+        if cluster is None:
+            return x, x
+        return cluster(x, None), cluster(x, z)
+
 
 def build_stages(
     layers: Sequence[tuple[str, nn.Module]],

@@ -42,7 +42,32 @@ __all__ = [
     "SegResNetPath",
     "SwinUNETRPath",
     "encoder_decoder_path",
+    "cluster_mode",
 ]
+
+CLUSTER_MODES = ("all", "last", "none")
+
+
+def cluster_mode(value: bool | str | None) -> str:
+    """The decoder's cluster scale/bias placement: ``"all"`` (True), ``"last"`` or ``"none"`` (False or None)."""
+    if value is True:
+        return "all"
+    if value is False or value is None:
+        return "none"
+    if isinstance(value, str) and value in CLUSTER_MODES:
+        return value
+    raise ValueError(f"cluster_scale_bias must be True, False or one of {CLUSTER_MODES}, got {value!r}.")
+
+
+def _decoder_blocks(make, modules: list[nn.Module], mode: str) -> list[nn.Module]:
+    """``make(module, with_cluster)`` for each decoder module in decoding order; ``"last"`` keeps cluster scale/bias
+    only in the last block that gets any (the decoder stage nearest the logits)."""
+    blocks = [make(m, mode != "none") for m in modules]
+    if mode == "last":
+        has = [i for i, b in enumerate(blocks) if any(isinstance(c, ClusterScaleBias) for c in b.modules())]
+        keep = has[-1] if has else -1
+        blocks = [b if i == keep else make(m, False) for i, (b, m) in enumerate(zip(blocks, modules))]
+    return blocks
 
 
 class DecoderBlock(nn.Module):
@@ -76,6 +101,20 @@ class DecoderBlock(nn.Module):
         for stage in self.stages:
             x = stage(x, z)
         return x
+
+    def pair(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(block(x, None), block(x, z))`` sharing the layers before the first cluster scale/bias block; the second
+        is None when the block has none (both are then the first)."""
+        xm: Optional[torch.Tensor] = None
+        for stage in self.stages:
+            if xm is not None:
+                xm = stage(xm, z)
+                x = stage(x, None)
+            elif stage.has_cluster:
+                x, xm = stage.split(x, z)
+            else:
+                x = stage.body(x)
+        return x, xm
 
 
 class UnetResBlockWalk(nn.Module):
@@ -163,6 +202,11 @@ class EncoderDecoderPath(nn.Module):
         """Logits from the encoder outputs, with the decoder's cluster scale/bias for ``z`` (None: none)."""
         raise NotImplementedError
 
+    def decode_pair(self, skips: list[torch.Tensor], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(decode(skips, None), decode(skips, z))``; walks that can share the decoder layers before the first
+        cluster scale/bias block override this (all but ``SwinUNETR``)."""
+        return self.decode(skips, None), self.decode(skips, z)
+
     def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.decode(self.encode(x), z)
 
@@ -186,7 +230,7 @@ class UNetPath(EncoderDecoderPath):
         self,
         unet: UNet,
         num_clusters: int,
-        cluster_scale_bias: bool = True,
+        cluster_scale_bias: bool | str = True,
         prior_scale: float = 0.25,
         learn_prior_scale: bool = False,
     ) -> None:
@@ -211,8 +255,10 @@ class UNetPath(EncoderDecoderPath):
         self.in_channels = int(unet.in_channels)
         self.out_channels = int(unet.out_channels)
         self.downs = nn.ModuleList(downs)
-        args = (self.spatial_dims, num_clusters, cluster_scale_bias, prior_scale, learn_prior_scale)
-        self.ups = nn.ModuleList([DecoderBlock(up, *args) for up in reversed(ups)])  # deepest first
+        args = (self.spatial_dims, num_clusters)
+        make = lambda m, c: DecoderBlock(m, *args, c, prior_scale, learn_prior_scale)  # noqa: E731
+        mode = cluster_mode(cluster_scale_bias)
+        self.ups = nn.ModuleList(_decoder_blocks(make, list(reversed(ups)), mode))  # deepest first
         self._count()
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -229,6 +275,17 @@ class UNetPath(EncoderDecoderPath):
         for i, block in enumerate(self.ups):
             x = block(torch.cat([skips[n - 1 - i], x], 1), z)
         return x
+
+    def decode_pair(self, skips: list[torch.Tensor], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, xm = skips[-1], None
+        n = len(skips) - 1
+        for i, block in enumerate(self.ups):
+            skip = skips[n - 1 - i]
+            if xm is None:
+                x, xm = block.pair(torch.cat([skip, x], 1), z)
+            else:
+                x, xm = block(torch.cat([skip, x], 1), None), block(torch.cat([skip, xm], 1), z)
+        return x, (x if xm is None else xm)
 
 
 class BasicUNetPath(EncoderDecoderPath):
@@ -249,7 +306,7 @@ class BasicUNetPath(EncoderDecoderPath):
         self,
         net: BasicUNet,
         num_clusters: int,
-        cluster_scale_bias: bool = True,
+        cluster_scale_bias: bool | str = True,
         prior_scale: float = 0.25,
         learn_prior_scale: bool = False,
     ) -> None:
@@ -261,8 +318,9 @@ class BasicUNetPath(EncoderDecoderPath):
         self.encoders = nn.ModuleList([net.conv_0, net.down_1, net.down_2, net.down_3, net.down_4])
         upcats = [net.upcat_4, net.upcat_3, net.upcat_2, net.upcat_1]
         self.upsamples = nn.ModuleList([u.upsample for u in upcats])
-        args = (self.spatial_dims, num_clusters, cluster_scale_bias, prior_scale, learn_prior_scale)
-        self.ups = nn.ModuleList([DecoderBlock(u.convs, *args) for u in upcats])
+        args = (self.spatial_dims, num_clusters)
+        make = lambda m, c: DecoderBlock(m, *args, c, prior_scale, learn_prior_scale)  # noqa: E731
+        self.ups = nn.ModuleList(_decoder_blocks(make, [u.convs for u in upcats], cluster_mode(cluster_scale_bias)))
         self.final_conv = net.final_conv
         self._count()
 
@@ -281,6 +339,19 @@ class BasicUNetPath(EncoderDecoderPath):
             x = block(torch.cat([skip, pad_to(upsample(x), skip)], 1), z)
         return self.final_conv(x)
 
+    def decode_pair(self, skips: list[torch.Tensor], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, xm = skips[-1], None
+        n = len(skips) - 1
+        for i, (upsample, block) in enumerate(zip(self.upsamples, self.ups)):
+            skip = skips[n - 1 - i]
+            if xm is None:
+                x, xm = block.pair(torch.cat([skip, pad_to(upsample(x), skip)], 1), z)
+            else:
+                x = block(torch.cat([skip, pad_to(upsample(x), skip)], 1), None)
+                xm = block(torch.cat([skip, pad_to(upsample(xm), skip)], 1), z)
+        x = self.final_conv(x)
+        return x, (x if xm is None else self.final_conv(xm))
+
 
 class SegResNetPath(EncoderDecoderPath):
     """Walk of ``monai.networks.nets.SegResNet`` (``convInit``, ``down_layers``; ``up_samples``/``up_layers``).
@@ -297,7 +368,7 @@ class SegResNetPath(EncoderDecoderPath):
         self,
         net: SegResNet,
         num_clusters: int,
-        cluster_scale_bias: bool = True,
+        cluster_scale_bias: bool | str = True,
         prior_scale: float = 0.25,
         learn_prior_scale: bool = False,
     ) -> None:
@@ -311,7 +382,8 @@ class SegResNetPath(EncoderDecoderPath):
         self.down_layers = net.down_layers
         self.up_samples = net.up_samples
         self.up_layers = net.up_layers
-        args = (self.spatial_dims, num_clusters, cluster_scale_bias, prior_scale, learn_prior_scale)
+        with_cluster = cluster_mode(cluster_scale_bias) != "none"  # one decoder stage with norms: "last" is "all"
+        args = (self.spatial_dims, num_clusters, with_cluster, prior_scale, learn_prior_scale)
         self.final = DecoderBlock(net.conv_final if net.use_conv_final else nn.Identity(), *args)
         self._count()
 
@@ -323,12 +395,19 @@ class SegResNetPath(EncoderDecoderPath):
             skips.append(x)
         return skips
 
-    def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:
+    def _trunk(self, skips: list[torch.Tensor]) -> torch.Tensor:
         x = skips[-1]
         n = len(skips) - 1
         for i, (up, layer) in enumerate(zip(self.up_samples, self.up_layers)):
             x = layer(up(x) + skips[n - 1 - i])
-        return self.final(x, z)
+        return x
+
+    def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.final(self._trunk(skips), z)
+
+    def decode_pair(self, skips: list[torch.Tensor], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, xm = self.final.pair(self._trunk(skips), z)
+        return x, (x if xm is None else xm)
 
 
 class SwinUNETRPath(EncoderDecoderPath):
@@ -352,7 +431,7 @@ class SwinUNETRPath(EncoderDecoderPath):
         self,
         net: SwinUNETR,
         num_clusters: int,
-        cluster_scale_bias: bool = True,
+        cluster_scale_bias: bool | str = True,
         prior_scale: float = 0.25,
         learn_prior_scale: bool = False,
     ) -> None:
@@ -369,8 +448,10 @@ class SwinUNETRPath(EncoderDecoderPath):
         self.bottleneck = net.encoder10
         decoders = [net.decoder5, net.decoder4, net.decoder3, net.decoder2, net.decoder1]  # deepest first
         self.upsamples = nn.ModuleList([d.transp_conv for d in decoders])
-        args = (self.spatial_dims, num_clusters, cluster_scale_bias, prior_scale, learn_prior_scale)
-        self.ups = nn.ModuleList([UnetResBlockWalk(d.conv_block, *args) for d in decoders])
+        args = (self.spatial_dims, num_clusters)
+        make = lambda m, c: UnetResBlockWalk(m, *args, c, prior_scale, learn_prior_scale)  # noqa: E731
+        mode = cluster_mode(cluster_scale_bias)
+        self.ups = nn.ModuleList(_decoder_blocks(make, [d.conv_block for d in decoders], mode))
         self.out = net.out
         self._count()
 
@@ -398,11 +479,15 @@ class SwinUNETRPath(EncoderDecoderPath):
 def encoder_decoder_path(
     network: nn.Module,
     num_clusters: int,
-    cluster_scale_bias: bool = True,
+    cluster_scale_bias: bool | str = True,
     prior_scale: float = 0.25,
     learn_prior_scale: bool = False,
 ) -> EncoderDecoderPath:
     """The :class:`EncoderDecoderPath` for a supported MONAI segmentation network (subclasses included).
+
+    ``cluster_scale_bias``: True or ``"all"`` for every reachable decoder normalisation layer, ``"last"`` for those of
+    the last decoder block that has any (the stage nearest the logits: :meth:`EncoderDecoderPath.decode_pair` then
+    shares the rest of the decoder between the fixed and the mixed prediction), False or ``"none"`` for none.
 
     Raises:
         TypeError: for an unsupported network, naming the supported ones.

@@ -34,9 +34,11 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
 
     The network's own modules (not copies; its code is not edited) are walked by an
     :class:`~monai_medl.networks.blocks.EncoderDecoderPath`: the encoder runs once, the decoder once without and
-    once with the cluster design ``z``. Random effects act in two places:
+    once with the cluster design ``z`` from its first cluster scale/bias block on (the layers before it are shared).
+    Random effects act in two places:
 
-    * **random slopes on feature maps**: every reachable decoder normalisation layer is followed by a cluster
+    * **random slopes on feature maps**: every reachable decoder normalisation layer (``cluster_scale_bias=True``),
+      or only those of the last decoder stage that has any (``"last"``), is followed by a cluster
       scale/bias ``(1 + gamma(z)) * x + beta(z)`` (:class:`~monai_medl.networks.layers.ClusterScaleBias` keeping the
       network's own norm), so each site gets its own contrast and offset of decoder features;
     * **per-cluster, per-class intercepts**: a :class:`~monai_medl.networks.layers.RandomEffects` layer with one unit
@@ -66,8 +68,10 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
         channels: UNet channels when ``backbone`` is None. Defaults to ``(16, 32, 64, 128)``.
         strides: UNet strides when ``backbone`` is None. Defaults to ``(2, 2, 2)``.
         num_res_units: UNet residual units when ``backbone`` is None. Defaults to 1.
-        cluster_scale_bias: cluster scale/bias on the decoder's normalisation outputs. False gives a one-pass model
-            whose only random effect is the per-class intercept. Defaults to True.
+        cluster_scale_bias: cluster scale/bias on the decoder's normalisation outputs: True (or ``"all"``) on every
+            reachable one, ``"last"`` on those of the last decoder block that has any (the fixed and mixed predictions
+            then share the rest of the decoder, so training walks the decoder almost once), False (or ``"none"``)
+            for a one-pass model whose only random effect is the per-class intercept. Defaults to True.
         random_intercept: per-cluster, per-class logit intercepts. None: from ``random_effects`` (True by default).
         intercept_prior_scale: prior s.d. of the intercepts. None: from ``random_effects`` (0.5 by default, see
             :attr:`DEFAULT_RANDOM_EFFECTS`).
@@ -122,7 +126,7 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
         channels: Sequence[int] = (16, 32, 64, 128),
         strides: Sequence[int] = (2, 2, 2),
         num_res_units: int = 1,
-        cluster_scale_bias: bool = True,
+        cluster_scale_bias: bool | str = True,
         probe_size: Sequence[int] | int | None = None,
         random_effects: RandomEffectsLike = None,
         **random_effects_kwargs: bool | float | None,
@@ -143,7 +147,7 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
         self.path = encoder_decoder_path(
             backbone,
             self.num_clusters,
-            bool(cluster_scale_bias),
+            cluster_scale_bias,
             settings.cluster_prior_scale,
             settings.learn_prior_scale,
         )
@@ -199,11 +203,11 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
         self.check_inputs(x, z)
         self._check_image(x)
         skips = self.path.encode(x)
-        fixed = self.path.decode(skips, None)
-        mixed = fixed
+        if z is not None and self.has_cluster_layers:
+            fixed, mixed = self.path.decode_pair(skips, z)  # one decoder walk up to the first cluster block
+        else:
+            fixed = mixed = self.path.decode(skips, None)
         if z is not None:
-            if self.has_cluster_layers:
-                mixed = self.path.decode(skips, z)
             mixed = self._add_intercept(mixed, z)
         return MixedEffectsOutput(mixed, fixed, [global_avg_pool(s) for s in skips], None, None)
 
