@@ -274,6 +274,15 @@ class ClusterInputCNN(nn.Module):
         return self.forward_all(x, z)[0]
 
 
+class DetachedFixedHeadCNN(MixedEffectsCNN):
+    """Control of ``benchmarks.mri_study``: the fixed read-out is computed on ``h.detach()``, so the fixed head's
+    loss trains the head (``W``, ``b``) but does not reach the encoder; the mixed read-out is unchanged."""
+
+    def forward_all(self, x: torch.Tensor, z: torch.Tensor | None = None):
+        out = super().forward_all(x, z)
+        return out._replace(fixed=self.head.linear(out.features[-1].detach()))
+
+
 def _backbone(cfg: dict[str, Any], out_channels: int = 1) -> SmallCNN:
     return SmallCNN(spatial_dims=3, in_channels=1, out_channels=out_channels, channels=cfg["channels"])
 
@@ -281,10 +290,12 @@ def _backbone(cfg: dict[str, Any], out_channels: int = 1) -> SmallCNN:
 def _me_cnn(cfg: dict[str, Any], num_clusters: int, random_effects: bool) -> MixedEffectsCNN:
     if cfg["adversary_taps"] not in ("all", "h"):
         raise ValueError(f"adversary_taps must be 'all' or 'h', got {cfg['adversary_taps']!r}.")
-    return MixedEffectsCNN(
+    # the study's controls: cfg "fixed_head_detached" (DetachedFixedHeadCNN), "random_slopes" False (intercept only)
+    cls = DetachedFixedHeadCNN if cfg.get("fixed_head_detached", False) else MixedEffectsCNN
+    return cls(
         num_clusters,
         backbone=_backbone(cfg),
-        random_slopes=random_effects,
+        random_slopes=random_effects and cfg.get("random_slopes", True),
         random_intercept=random_effects,
         slope_prior_scale=cfg["slope_prior_scale"],
         intercept_prior_scale=cfg["intercept_prior_scale"],
