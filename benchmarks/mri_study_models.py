@@ -49,12 +49,14 @@ __all__ = [
 
 PREVALENCES = (0.2, 0.5, 0.8)
 """Unseen-site prevalences at which calibration, log loss and balanced accuracy are read (subsampled sites)."""
-NO_INVARIANCE: dict[str, Any] = {"lambda_g": 0.0}
+NO_INVARIANCE: dict[str, Any] = {"invariance": {"kind": "none"}}
 """Settings of a model without invariance term."""
 
 
 def me_kind(settings: Mapping[str, Any]) -> str:
-    """``"me"`` when ``settings`` switch an invariance term on, else ``"me_no_adversary"``."""
+    """``"me"`` when ``settings`` switch an invariance term on (an ``invariance`` config of
+    :mod:`benchmarks.invariance` with a kind other than ``"none"`` and a weight > 0, or the older ``lambda_g`` > 0),
+    else ``"me_no_adversary"``."""
     inv = settings.get("invariance")
     if inv is not None:
         return "me" if inv.get("kind", "none") != "none" and float(inv.get("lambda", 0.0)) > 0 else "me_no_adversary"

@@ -2,14 +2,16 @@
 """Choose the MRI study's invariance mechanism and weight on training sites only (issue 21, item 5).
 
 Candidates: no invariance term (``me_no_adversary``, the reference) and every mechanism of
-:func:`benchmarks.mri.invariance_candidates` at every weight of :data:`LAMBDA_GRID` (a log grid 0.003..3), listed
+:func:`benchmarks.invariance.invariance_candidates` (the scale-invariant adversary on ``h``, CORAL and MMD, each
+unconditional and label-conditional) at every weight of :data:`LAMBDA_GRID` (a log grid 0.003..3), listed
 simplest first (no invariance, then each mechanism from the smallest weight up). Each is the ``me`` model of
 :mod:`benchmarks.mri_study` with that invariance term.
 
 Data: selection cohorts of their own (seeds :data:`SEEDS`, disjoint from the study's cohorts ``5000 + 100 a + c``
 and from every earlier benchmark cohort), one arm each in turn (cohort ``c`` is of arm ``c mod 5``), six training
 sites and no unseen site. In each cohort, :data:`FOLDS` training sites are held out in turn
-(:func:`benchmarks.selection.pseudo_unseen_cluster`, rotation ``c + 2 f``): the candidate trains on the training and
+(:func:`benchmarks.selection.pseudo_unseen_cluster`, rotation ``c + 3 f``: two sites of opposite rank per
+cohort): the candidate trains on the training and
 validation subjects of the other five sites and is scored
 
 * ``heldout_within_auroc``: AUROC of the population (z = 0) prediction on every subject of the held-out site;
@@ -43,6 +45,7 @@ from sklearn.metrics import roc_auc_score
 
 from benchmarks import mri
 from benchmarks._common import announce_plan, benchmark_parser, summarize, write_results
+from benchmarks.invariance import invariance_candidates
 from benchmarks.mri_selection import validation_probe
 from benchmarks.mri_study_models import NO_INVARIANCE, fit, me_kind, population_and_mixed
 from benchmarks.mri_study_runs import clear_checkpoint, require_clean_tree, run_key, run_units
@@ -79,25 +82,18 @@ REFERENCE = "me_no_adversary"
 LAMBDA_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 QUICK_GRID = (0.03, 1.0)
 SEEDS = (9000, 9001, 9002, 9003, 9004)
-FOLDS = 3
+FOLDS = 2
 SEEN_MARGIN = 0.01
 
 
-def _memory_adversary_candidates(grid: Sequence[float]) -> dict[str, dict[str, Any]]:
-    """Today's strongest adversary (reads standardised ``h``, memory of 20 batches) over ``grid`` (used until
-    ``benchmarks.mri.invariance_candidates`` exists)."""
-    memory = {"adversary_taps": "h", "adversary_input_norm": True, "adversary_memory": 20, "adversary_steps": 5}
-    return {f"adversary_lambda_{lam:g}": {**memory, "adversary_lr": 1e-2, "lambda_g": float(lam)} for lam in grid}
-
-
 def candidates(grid: Sequence[float]) -> dict[str, dict[str, Any]]:
-    """``{name: settings}``: the reference first, then every invariance mechanism over ``grid`` (changes to the
-    recipe of :func:`benchmarks.mri_study_settings.recipe`)."""
-    make = getattr(mri, "invariance_candidates", None)
-    found = make(grid) if make is not None else _memory_adversary_candidates(grid)
+    """``{name: settings}``: the reference (no invariance) first, then every mechanism of
+    :func:`benchmarks.invariance.invariance_candidates` over ``grid`` in its order (mechanism by mechanism, the
+    weight rising), as changes to the recipe of :func:`benchmarks.mri_study_settings.recipe`."""
     out: dict[str, dict[str, Any]] = {REFERENCE: dict(NO_INVARIANCE)}
-    for name, settings in found.items():
-        out[name] = {"invariance": dict(settings)} if make is not None else dict(settings)
+    for name, spec in invariance_candidates(grid).items():
+        if spec.get("kind", "none") != "none":  # "none" is the reference
+            out[name] = {"invariance": dict(spec)}
     return out
 
 
@@ -129,7 +125,7 @@ def make_units(cfg: Mapping[str, Any], cache: str | None) -> list[dict[str, Any]
                         "cohort_index": c,
                         "arm": arm,
                         "seed": int(seed),
-                        "rotation": c + 2 * f,
+                        "rotation": c + 3 * f,
                         "fold": f,
                         "candidate": cand,
                         "settings": settings,
@@ -154,7 +150,7 @@ def make_plan(cfg: Mapping[str, Any], workers: int) -> dict[str, Any]:
         "seeds": f"selection cohorts {cfg['seeds']} (arms {cfg['arms']}), disjoint from the study's cohorts "
         "(5000 + 100 arm + c) and every earlier benchmark cohort",
         "splits": f"six training sites per cohort, no unseen site; {cfg['folds']} training sites held out in turn "
-        "(pseudo_unseen_cluster rotation c + 2 f); train on the training+validation subjects of the other five, "
+        "(pseudo_unseen_cluster rotation c + 3 f); train on the training+validation subjects of the other five, "
         "score heldout_within_auroc on every subject of the held-out site and the seen-site scores on the test "
         "subjects of the five",
         "candidates": cands,
