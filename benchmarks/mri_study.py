@@ -264,6 +264,7 @@ def cohort_row(data: Mapping[str, Any], unit: Mapping[str, Any]) -> dict[str, di
             {**unseen, "p": p_un},
             seed,
         )
+        scores["probe_excess"] = scores["site_probe"] - row["label_only_floor"]["site_probe"]
         row[model] = {**scores, "fit_seconds": seconds, "load_1min": os.getloadavg()[0]}
     return row
 

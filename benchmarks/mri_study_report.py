@@ -25,6 +25,7 @@ _COLUMNS = (
     ("seen_within_auroc_z0", "seen within-site AUROC (z=0)"),
     ("seen_ece", "seen ECE"),
     ("site_probe", "site probe"),
+    ("probe_excess", "probe - label-only floor"),
 )
 _PREVALENCE_COLUMNS = tuple(
     (f"unseen_{m}_{t}", f"{label} @{t[1:]}%")

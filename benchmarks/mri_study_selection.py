@@ -19,7 +19,9 @@ validation subjects of the other five sites and is scored
   training sites;
 * ``site_probe``: a fresh logistic-regression probe reading the site from standardised ``h`` of those test
   subjects (5-fold CV, :func:`benchmarks.mri_selection.validation_probe`), ``label_only_floor`` the same probe on
-  the label alone, ``probe_excess`` their difference (a diagnostic, not part of the rule).
+  the label alone, ``probe_excess`` their difference (a diagnostic, not part of the rule); a ``prevalence_only``
+  row (each subject scored by its site's training prevalence, the pooled one on the held-out site: no image)
+  is scored alongside.
 
 Rule (:func:`decide`, fixed before the first fit): per cohort, average the folds. A candidate is *disqualified* when
 its mean ``seen_within_auroc_z0`` falls more than :data:`SEEN_MARGIN` below the reference's. Among the others
@@ -59,7 +61,7 @@ from benchmarks.mri_study_settings import (
 )
 from benchmarks.selection import one_standard_error_choice, pseudo_unseen_cluster
 from monai_medl.data.cohort import generate_mri_cohort
-from monai_medl.metrics.within_site import within_site_auroc
+from monai_medl.metrics.within_site import prevalence_only_score, within_site_auroc
 
 __all__ = [
     "NAME",
@@ -199,7 +201,17 @@ def run_fit(unit: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     p_va, _, h_va = population_and_mixed(net, images[va], site_idx[va], k)
     probe = validation_probe(h_va, site_idx[va])
     floor = validation_probe(labels[va][:, None], site_idx[va])
+    row: dict[str, dict[str, float]] = {}
+    if unit["candidate"] == REFERENCE:  # the no-image reference row, once per fold
+        p_seen = prevalence_only_score(labels[tr], sites[tr], sites[va])
+        row["prevalence_only"] = {
+            "heldout_within_auroc": float(
+                roc_auc_score(labels[ho], prevalence_only_score(labels[tr], sites[tr], sites[ho]))
+            ),
+            "seen_within_auroc_z0": within_site_auroc(labels[va], p_seen, sites[va])["mean"],
+        }
     return {
+        **row,
         unit["candidate"]: {
             "heldout_within_auroc": float(roc_auc_score(labels[ho], p_ho)),
             "seen_within_auroc_z0": within_site_auroc(labels[va], p_va, sites[va])["mean"],
@@ -208,7 +220,7 @@ def run_fit(unit: Mapping[str, Any]) -> dict[str, dict[str, float]]:
             "probe_excess": probe - floor,
             "fit_seconds": seconds,
             "load_1min": os.getloadavg()[0],
-        }
+        },
     }
 
 
@@ -216,8 +228,9 @@ def per_cohort(rows: Sequence[Mapping[str, Any]], units: Sequence[Mapping[str, A
     """``{candidate: {read-out: [per-cohort mean over folds]}}`` of the rows of ``units``."""
     acc: dict[str, dict[str, dict[int, list[float]]]] = {}
     for unit, row in zip(units, rows):
-        for key, value in row[unit["candidate"]].items():
-            acc.setdefault(unit["candidate"], {}).setdefault(key, {}).setdefault(unit["cohort_index"], []).append(value)
+        for name, values in row.items():
+            for key, value in values.items():
+                acc.setdefault(name, {}).setdefault(key, {}).setdefault(unit["cohort_index"], []).append(value)
     return {
         cand: {key: [float(np.mean(v[c])) for c in sorted(v)] for key, v in values.items()}
         for cand, values in acc.items()
@@ -268,7 +281,9 @@ def _models(scores: Mapping[str, Mapping[str, Sequence[float]]], decision: Mappi
         for key, series in values.items():
             s = summarize(series)
             extra.update({key: s["mean"], f"{key}_ci95": s["ci95"], f"{key}_values": s["values"]})
-        extra["disqualified"] = cand in decision["disqualified"]
+        extra["disqualified"] = (
+            cand in decision["disqualified"] if cand in decision["qualified"] + decision["disqualified"] else None
+        )
         extra["chosen"] = cand == decision["chosen"]
         models[cand] = {"seen": None, "unseen": None, "extra": extra}
     return models
@@ -299,7 +314,7 @@ def run(
         lambda u: f"cohort {u['seed']} ({u['arm']}) fold {u['fold']} {u['candidate']}",
     )
     scores = per_cohort(rows, units)
-    decision = decide(scores)
+    decision = decide({c: scores[c] for c in cfg["candidates"]})
     config = {
         **cfg,
         "workers": workers,

@@ -36,11 +36,12 @@ ARMS: dict[str, dict[str, Any]] = {
 symmetric and asymmetric around the unseen sites; a site-specific disease effect size (a true random slope); a
 scanner cue tied to prevalence at the seen sites and reversed at the unseen ones."""
 
-SECONDS_PER_SUBJECT_EPOCH = 0.003
-"""Cost model: training seconds per subject and epoch at 32^3 on one thread, measured on this 2-core machine while
-shared (0.002 at load 1.4, on 2026-12-07: 600 subjects x 5 epochs in 6.0 s), rounded up for a busier machine."""
+SECONDS_PER_SUBJECT_EPOCH = 0.002
+"""Cost model: training seconds per subject and epoch at 32^3 on one thread, measured on this 2-core machine at load
+1.4 (2026-12-07: 600 subjects x 5 epochs in 6.0 s; the brief's idle figure is 0.001). At load 12 the same machine
+took 0.005-0.009 (every invariance mechanism alike): the run's wall time scales with the machine's load."""
 SECONDS_PER_SCAN = 0.02
-"""Cost model: generating and loading one 32^3 scan (800 scans in 13.7 s, same measurement)."""
+"""Cost model: generating and loading one 32^3 scan (800 scans in 13.7 s at load 1.4; 0.08 at load 12)."""
 
 
 def cohort_base(quick: bool) -> dict[str, Any]:

@@ -230,6 +230,9 @@ def test_tiny_selection_then_study(tiny, tmp_path):
     sel = selection.run(True, tmp_path, workers=1, cache=str(tmp_path), config=_selection_config(), log=lambda s: None)
     assert sel["config"]["chosen"] in sel["models"]
     assert {"site_probe", "label_only_floor", "probe_excess"} <= set(sel["models"]["me_no_adversary"]["extra"])
+    no_image = sel["models"]["prevalence_only"]["extra"]
+    assert no_image["heldout_within_auroc"] == 0.5 and no_image["seen_within_auroc_z0"] == pytest.approx(0.5)
+    assert no_image["disqualified"] is None and not no_image["chosen"]
     tiny.setattr(study, "fit", checked_fit)
     cfg = study.study_config(True, study.load_selection(tmp_path, quick=True))
     cfg = {**cfg, "recipe": TINY_RECIPE, "arms": {"nuisance": {}, "slope": {}}}
