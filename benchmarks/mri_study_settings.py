@@ -48,12 +48,12 @@ def cohort_base(quick: bool) -> dict[str, Any]:
     """The generator settings of every study and selection cohort (arm options and seed added per cohort): the
     benchmark's cohort (6 seen sites, prevalence 20%..80%, 2 balanced unseen sites, 32^3 voxels of 6 mm) with 200
     extra unseen-site scans (for the prevalence subsampling), 10% validation and 30% seen-site test subjects;
-    quick: 240 subjects on a 16^3 grid of 12 mm."""
+    quick: 320 subjects on a 16^3 grid of 12 mm."""
     if quick:
         return cohort_settings(
             "mri_bundle",
-            num_subjects=240,
-            extra_unseen_subjects=60,
+            num_subjects=320,
+            extra_unseen_subjects=80,
             spatial_size=[16, 16, 16],
             spacing=[12.0, 12.0, 12.0],
             validation_fraction=0.1,
@@ -64,11 +64,11 @@ def cohort_base(quick: bool) -> dict[str, Any]:
 
 def recipe(quick: bool) -> dict[str, Any]:
     """The training recipe: :func:`benchmarks.mri.default_config` (its adversary settings are replaced per model)
-    with 15 epochs (3 quick) and without the repeat/fold keys the study does not use."""
+    with 15 epochs (6 quick) and without the repeat/fold keys the study does not use."""
     cfg = mri.default_config(quick=False)
     for key in ("cohort", "folds", "repeats", "z_predictor_epochs"):
         cfg.pop(key, None)
-    cfg["epochs"] = 3 if quick else 15
+    cfg["epochs"] = 6 if quick else 15
     return cfg
 
 
