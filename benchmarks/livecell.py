@@ -1,7 +1,7 @@
 # Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
 """Live-cell autoencoder-classifiers: conventional vs domain-adversarial vs RE-only vs mixed effects (ARMED Table V).
 
-Data: :func:`monai_medl.data.livecell.make_livecell` (the real cell of ``skimage/data/cell.png`` re-rendered in
+Data: :func:`monai_medl.data.make_livecell` (the real cell of ``skimage/data/cell.png`` re-rendered in
 many tiles with an elongation phenotype measured from the warped mask, and per-batch imaging effects; 6 seen and
 2 unseen imaging batches). Models (same 2D encoder/decoder, data, epochs, optimiser and loss weights; only the
 branches and the adversary differ), all :class:`~monai_medl.networks.nets.MixedEffectsAutoEncoder`:
@@ -75,7 +75,7 @@ from benchmarks._common import (
     run_seeds,
     summarize_rows,
 )
-from monai_medl.data.livecell import LiveCellData, make_livecell
+from monai_medl.data.synthetic.livecell import LiveCellData, make_livecell
 from monai_medl.engines.prepare_batch import MixedEffectsPrepareBatch
 from monai_medl.handlers.adversary_handler import AdversaryHandler
 from monai_medl.losses.me_autoencoder_loss import MixedEffectsAutoEncoderLoss
@@ -521,8 +521,8 @@ fixed ce / 5e-3 model. Their train_seconds: me the whole grid, me_auroc_selected
 Seeds 0-4 are those of the earlier runs that motivated the rule; seeds 5-9 are fresh data never looked at before
 the rule was fixed, an out-of-sample check of it.
 
-The phenotype is a measured elongation of one real cell re-rendered many times (see monai_medl/data/livecell.py), so
-it is an honest morphology read-out but not a biological cell state.
+The phenotype is a measured elongation of one real cell re-rendered many times (see
+monai_medl/data/synthetic/livecell.py), so it is an honest morphology read-out but not a biological cell state.
 """
 
 

@@ -28,7 +28,7 @@ import torch
 from benchmarks import livecell as lc
 from benchmarks._common import benchmark_parser
 from benchmarks.selection import pseudo_unseen_cluster, run_selection, selection_plan, selection_seeds
-from monai_medl.data.livecell import LiveCellData, make_livecell
+from monai_medl.data.synthetic.livecell import LiveCellData, make_livecell
 
 __all__ = ["CANDIDATES", "PLAN", "holdout_training_batch", "evaluate_candidate", "main"]
 

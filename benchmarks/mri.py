@@ -77,8 +77,8 @@ from benchmarks._common import (
 from benchmarks._training import flipped_loader, train_supervised
 from benchmarks.invariance import invariance_handlers, resolve_invariance
 from monai_medl.bundle.optim import random_effects_param_groups
-from monai_medl.data.cohort import cohort_settings, generate_mri_cohort
 from monai_medl.data.splits import stratified_group_kfold
+from monai_medl.data.synthetic.mri_cohort import cohort_settings, generate_mri_cohort
 from monai_medl.engines.prepare_batch import MixedEffectsPrepareBatch
 from monai_medl.handlers.adversary_handler import AdversaryHandler
 from monai_medl.losses.mixed_effects_loss import MixedEffectsLoss
@@ -152,7 +152,7 @@ them)."""
 def default_config(quick: bool = False) -> dict[str, Any]:
     """Every setting of a run (written to the results' ``config``).
 
-    The cohort is the bundles' (:func:`~monai_medl.data.cohort.cohort_settings` ``"mri_bundle"``, whose scans are
+    The cohort is the bundles' (:func:`~monai_medl.data.cohort_settings` ``"mri_bundle"``, whose scans are
     unchanged) plus ``extra_unseen_subjects`` scans at the two unseen sites (test-only: a larger unseen test set)."""
     extra = 100 if quick else FULL_DESIGN["extra_unseen_subjects"]
     return {

@@ -180,7 +180,7 @@ def run_pilot(cohort_dir: str | None = None, log=print) -> dict[str, Any]:
     import torch
 
     from benchmarks import mri
-    from monai_medl.data.cohort import cohort_settings
+    from monai_medl.data.synthetic.mri_cohort import cohort_settings
 
     cfg = mri.default_config()
     cfg["cohort"] = cohort_settings("mri_bundle", seed=PILOT_SEED, extra_unseen_subjects=PILOT_EXTRA_UNSEEN)
@@ -227,7 +227,7 @@ def analyse(results: Mapping[str, Any], pilot: Mapping[str, Any]) -> dict[str, A
     """The variance model, the cost model and the chosen design (see the module docstring) from a committed
     ``results`` file and a ``pilot``."""
     from benchmarks import mri
-    from monai_medl.data.cohort import site_sizes
+    from monai_medl.data.synthetic.mri_cohort import site_sizes
 
     diffs = paired_differences(results, TARGET["model"], TARGET["reference"])
     sd_0 = float(np.std(diffs, ddof=1))
@@ -320,7 +320,7 @@ def analyse(results: Mapping[str, Any], pilot: Mapping[str, Any]) -> dict[str, A
 
 
 def _seen(cohort: Mapping[str, Any]) -> set[str]:
-    from monai_medl.data.cohort import site_sizes
+    from monai_medl.data.synthetic.mri_cohort import site_sizes
 
     sizes = list(site_sizes(**cohort))
     unseen = cohort.get("unseen_sites", 2)
@@ -351,7 +351,7 @@ def load_power(path: str | os.PathLike = POWER_FILE) -> dict[str, Any]:
 def design_power(cfg: Mapping[str, Any], power: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The MDE (and power at the target difference) of the design in ``cfg`` (its repeats and cohort) under the
     variance model of ``power`` (default: :func:`load_power`), for the run's plan."""
-    from monai_medl.data.cohort import site_sizes
+    from monai_medl.data.synthetic.mri_cohort import site_sizes
 
     power = load_power() if power is None else power
     seen = _seen(cfg["cohort"])

@@ -33,7 +33,7 @@ import numpy as np
 from benchmarks import mri
 from benchmarks._common import announce_plan, benchmark_parser, read_cohort, summarize, write_results
 from benchmarks.mri_selection import PROBE_TARGET, SEEDS, selection_config, validation_probe
-from monai_medl.data.cohort import generate_mri_cohort
+from monai_medl.data.synthetic.mri_cohort import generate_mri_cohort
 
 __all__ = ["subject_table", "label_only_floor", "main"]
 

@@ -56,7 +56,7 @@ from sklearn.preprocessing import StandardScaler
 from benchmarks import mri
 from benchmarks._common import benchmark_parser
 from benchmarks.selection import one_standard_error_choice, run_selection
-from monai_medl.data.cohort import cohort_settings
+from monai_medl.data.synthetic.mri_cohort import cohort_settings
 from monai_medl.transforms.site import site_index_to_design
 
 __all__ = ["CANDIDATES", "REFERENCE", "PLAN", "selection_config", "decide", "evaluate_candidate", "main"]

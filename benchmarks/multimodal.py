@@ -1,7 +1,7 @@
 # Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
 """Multimodal MRI (T1 + FLAIR): single-modality vs early-fusion vs the multimodal mixed-effects network.
 
-Data: :func:`monai_medl.data.cohort.generate_mri_cohort` with ``modalities=("t1", "flair")`` (MNI152 anatomy,
+Data: :func:`monai_medl.data.generate_mri_cohort` with ``modalities=("t1", "flair")`` (MNI152 anatomy,
 disease = medial-temporal atrophy + ventricular enlargement seen by both contrasts + periventricular white-matter
 hyperintensities that FLAIR shows best; site effects per modality; the six seen sites confound disease with site,
 the two unseen sites are balanced). One cohort per seed. Two scenarios on the same cohort:
@@ -64,8 +64,8 @@ from monai.utils import set_determinism
 from sklearn.metrics import roc_auc_score
 
 from benchmarks._common import Comparison, benchmark_parser, run_benchmark, site_scores
-from monai_medl.data.cohort import cohort_settings, generate_mri_cohort
 from monai_medl.data.datalist import load_datalist
+from monai_medl.data.synthetic.mri_cohort import cohort_settings, generate_mri_cohort
 from monai_medl.engines import MixedEffectsPrepareBatch, MultimodalPrepareBatch
 from monai_medl.handlers import AdversaryHandler, ModalityDropoutWarmup
 from monai_medl.losses import MixedEffectsLoss

@@ -1,7 +1,7 @@
 # Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
 """Segmentation benchmark: brain tissue (CSF, grey and white matter) in 3D T1 scans across sites, seen and unseen.
 
-Data (:func:`monai_medl.data.segmentation_cohort.generate_segmentation_cohort`, a fresh cohort per seed, cohort
+Data (:func:`monai_medl.data.generate_segmentation_cohort`, a fresh cohort per seed, cohort
 seed ``100 + seed``): MNI152 anatomy with subject variation and the MRI cohort's per-site scanner effects (contrast,
 gamma, bias field, noise, blur, slice thickness); 4 seen (training) sites and 2 unseen sites (test only). The
 **label-protocol option is on**: ``site_b`` annotates grey matter one voxel thicker (dilation) and ``site_d`` one
@@ -69,7 +69,7 @@ from torch import nn
 from benchmarks._common import Comparison, benchmark_parser, read_cohort, run_benchmark
 from benchmarks._training import flipped_loader, train_supervised
 from monai_medl.bundle.optim import random_effects_param_groups
-from monai_medl.data.segmentation_cohort import TISSUE_LABELS, generate_segmentation_cohort
+from monai_medl.data.synthetic.segmentation_cohort import TISSUE_LABELS, generate_segmentation_cohort
 from monai_medl.engines.prepare_batch import MixedEffectsPrepareBatch
 from monai_medl.handlers.adversary_handler import AdversaryHandler
 from monai_medl.losses.mixed_effects_loss import MixedEffectsLoss

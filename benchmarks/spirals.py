@@ -55,7 +55,7 @@ from benchmarks._common import (
     write_results,
 )
 from benchmarks._gpboost import GPBOOST_EARLY_STOPPING, GPBOOST_TREE_PARAMS, fit_gpboost, predict_gpboost
-from monai_medl.data.spirals import SpiralData, make_spirals
+from monai_medl.data.synthetic.spirals import SpiralData, make_spirals
 from monai_medl.engines.tabular import TabularTrainer, data_dependent_init_, predict_tabular
 from monai_medl.networks.nets.cluster_classifier import ClusterAdversary, ClusterPredictor
 from monai_medl.networks.nets.me_mlp import MixedEffectsMLP

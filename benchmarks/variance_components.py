@@ -32,8 +32,8 @@ import statsmodels.api as sm
 import torch
 
 from benchmarks._common import announce_plan, benchmark_parser, summarize, write_results
-from monai_medl.data.grouped_simulation import simulate_crossed, simulate_nested, simulate_random_slope
 from monai_medl.data.reference_datasets import load_dietox, load_sleepstudy
+from monai_medl.data.synthetic.grouped_simulation import simulate_crossed, simulate_nested, simulate_random_slope
 from monai_medl.estimators import MixedEffectsRegressor
 
 __all__ = ["PLAN", "run", "main"]

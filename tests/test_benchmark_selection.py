@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from benchmarks import livecell_selection, multimodal_selection, selection
-from monai_medl.data.livecell import make_livecell
+from monai_medl.data.synthetic.livecell import make_livecell
 
 
 def test_one_standard_error_rule_prefers_the_simplest_within_one_se():

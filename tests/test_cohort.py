@@ -16,7 +16,7 @@ nib = pytest.importorskip("nibabel")
 sitk = pytest.importorskip("SimpleITK")
 
 from monai_medl.data import load_datalist  # noqa: E402
-from monai_medl.data.cohort import MEDIAL_TEMPORAL_CENTERS, VENTRICLE_CENTER, generate_mri_cohort, main  # noqa: E402
+from monai_medl.data.synthetic.mri_cohort import MEDIAL_TEMPORAL_CENTERS, VENTRICLE_CENTER, generate_mri_cohort, main  # noqa: E402
 
 SMALL = {
     "num_subjects": 36,
@@ -113,7 +113,7 @@ def test_byte_identical_for_the_same_seed(small, tmp_path):
 
 
 def test_extra_unseen_subjects_are_added_to_unseen_sites_and_leave_the_cohort_unchanged(small, tmp_path):
-    from monai_medl.data.cohort import site_sizes
+    from monai_medl.data.synthetic.mri_cohort import site_sizes
 
     out, path, truth = small
     assert "extra_unseen_subjects" not in truth["config"]  # the default writes what it wrote before the option
@@ -233,7 +233,7 @@ def test_cohort_is_learnable_and_confounded(tmp_path):
 
 
 def test_cohort_preset_is_the_bundles_cohort_and_rejects_unknown_keys():
-    from monai_medl.data.cohort import COHORT_PRESETS, cohort_settings
+    from monai_medl.data.synthetic.mri_cohort import COHORT_PRESETS, cohort_settings
 
     # the shipped MRI models were trained on this cohort (their manifests record its datalist): values are frozen
     assert cohort_settings("mri_bundle") == {

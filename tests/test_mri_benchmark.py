@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks import mri, mri_power
 from benchmarks._combat import ComBat
-from monai_medl.data.cohort import site_sizes
+from monai_medl.data.synthetic.mri_cohort import site_sizes
 
 
 def test_tiny_run_writes_contract_json_with_planned_comparisons(tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from benchmarks.mri_probe_floor import label_only_floor, subject_table
-from monai_medl.data.cohort import cohort_settings
+from monai_medl.data.synthetic.mri_cohort import cohort_settings
 
 
 def test_subject_table_does_not_depend_on_the_image_grid(tmp_path):

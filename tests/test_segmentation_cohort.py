@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from monai_medl.data.segmentation_cohort import apply_label_shift, generate_segmentation_cohort
+from monai_medl.data.synthetic.segmentation_cohort import apply_label_shift, generate_segmentation_cohort
 
 ARGS = {"num_subjects": 9, "sites": 2, "unseen_sites": 1, "spatial_size": (16, 16, 16), "spacing": (10.0,) * 3}
 
@@ -70,7 +70,7 @@ def test_label_shift_dilates_and_erodes_grey_matter_only_inside_the_brain():
 
 
 def test_command_line_generates_the_same_cohort_as_the_function(tmp_path, capsys):
-    from monai_medl.data.segmentation_cohort import main
+    from monai_medl.data.synthetic.segmentation_cohort import main
 
     argv = ["--out", str(tmp_path / "cli"), "--num-subjects", "9", "--sites", "2", "--unseen-sites", "1", "--seed", "3"]
     argv += ["--spatial-size", "16", "16", "16", "--spacing", "10", "10", "10", "--label-shift", "site_b=1"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monai_medl.data.spirals import make_spirals, spiral_points
+from monai_medl.data.synthetic.spirals import make_spirals, spiral_points
 
 
 def test_shapes_dtypes_and_ground_truth():

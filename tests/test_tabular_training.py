@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from monai_medl.data.spirals import make_spirals
+from monai_medl.data.synthetic.spirals import make_spirals
 from monai_medl.engines.tabular import TabularTrainer, make_adam, predict_tabular
 from monai_medl.networks import kl_divergence as network_kl
 from monai_medl.networks.nets import ClusterAdversary, ClusterPredictor, MixedEffectsMLP

@@ -21,7 +21,7 @@ if importlib.util.find_spec("statsmodels") is None:
 
 import statsmodels.api as sm  # noqa: E402
 
-from monai_medl.data.grouped_simulation import simulate_random_slope  # noqa: E402
+from monai_medl.data.synthetic.grouped_simulation import simulate_random_slope  # noqa: E402
 from monai_medl.losses.mixed_effects_loss import MixedEffectsLoss  # noqa: E402
 from monai_medl.networks.nets.me_mlp import MixedEffectsMLP  # noqa: E402
 from monai_medl.utils import summary, variance_components  # noqa: E402

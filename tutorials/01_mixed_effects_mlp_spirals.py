@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from monai_medl.data.spirals import make_spirals
+from monai_medl.data.synthetic.spirals import make_spirals
 from monai_medl.engines import fit_new_cluster
 from monai_medl.engines.tabular import TabularTrainer, data_dependent_init_, predict_tabular
 from monai_medl.metrics import SiteMetric

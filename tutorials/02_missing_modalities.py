@@ -31,8 +31,8 @@ from monai.transforms import Compose, DeleteItemsd, EnsureChannelFirstd, LoadIma
 from monai.utils import set_determinism
 from sklearn.metrics import roc_auc_score
 
-from monai_medl.data.cohort import generate_mri_cohort
 from monai_medl.data.datalist import load_datalist
+from monai_medl.data.synthetic.mri_cohort import generate_mri_cohort
 from monai_medl.engines import MultimodalPrepareBatch
 from monai_medl.handlers import AdversaryHandler
 from monai_medl.losses import MixedEffectsLoss

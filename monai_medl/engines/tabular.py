@@ -176,7 +176,7 @@ class TabularTrainer:
     Example::
 
         >>> import torch
-        >>> from monai_medl.data.spirals import make_spirals
+        >>> from monai_medl.data.synthetic.spirals import make_spirals
         >>> from monai_medl.networks.nets import ClusterAdversary, MixedEffectsMLP
         >>> data = make_spirals(num_clusters=4, points_per_cluster=50, seed=0)
         >>> x, y = torch.from_numpy(data.x), torch.from_numpy(data.y).float().unsqueeze(1)

@@ -93,7 +93,7 @@ def fixed_effects_attribution(
     Example::
 
         >>> import torch
-        >>> from monai_medl.data.spirals import make_spirals
+        >>> from monai_medl.data.synthetic.spirals import make_spirals
         >>> from monai_medl.engines import TabularTrainer
         >>> from monai_medl.networks.nets import MixedEffectsMLP
         >>> data = make_spirals(num_clusters=6, points_per_cluster=50, prevalence_sd=0.25, num_probes=2, seed=0)

@@ -64,7 +64,7 @@ def random_intercept_vs_prevalence(
     Example::
 
         >>> import torch
-        >>> from monai_medl.data.spirals import make_spirals
+        >>> from monai_medl.data.synthetic.spirals import make_spirals
         >>> from monai_medl.engines import TabularTrainer
         >>> from monai_medl.networks.nets import MixedEffectsMLP
         >>> data = make_spirals(num_clusters=6, points_per_cluster=50, prevalence_sd=0.25, seed=0)  # site base rates
