@@ -60,7 +60,7 @@ from benchmarks.mri_study_settings import (
     recipe,
 )
 from benchmarks.selection import one_standard_error_choice, pseudo_unseen_cluster
-from monai_medl.data.cohort import generate_mri_cohort
+from monai_medl.data.synthetic.mri_cohort import generate_mri_cohort
 from monai_medl.metrics.within_site import prevalence_only_score, within_site_auroc
 
 __all__ = [

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from benchmarks import mri
-from monai_medl.data.cohort import cohort_settings
+from monai_medl.data.synthetic.mri_cohort import cohort_settings
 
 __all__ = [
     "ARMS",
