@@ -38,6 +38,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -362,12 +363,11 @@ def run(
     announce_plan(name, quick, plan, seeds, out_dir)
     log(f"{name} at {commit}: {len(units)} cohorts, {workers} workers; {plan['sizing']}")
     key = run_key(name, quick, plan, units)
+    start = time.perf_counter()
     rows = run_units(name, units, run_cohort, out_dir, key, workers, log, lambda u: f"{u['arm']} cohort {u['seed']}")
     models = _summaries(rows, units, list(cfg["arms"]))
-    results = write_results(
-        name, quick, "within_site_auroc", cfg["cohorts"], models, {**cfg, "workers": workers}, seeds, out_dir,
-        plan=plan,
-    )  # fmt: skip
+    done = {**cfg, "workers": workers, "wall_seconds": round(time.perf_counter() - start, 1)}
+    results = write_results(name, quick, "within_site_auroc", cfg["cohorts"], models, done, seeds, out_dir, plan=plan)
     results["analysis"] = analyse(results["models"], list(cfg["arms"]))
     (Path(out_dir) / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     text = render(results)

@@ -38,6 +38,7 @@ Run ``python -m benchmarks.mri_study_selection [--quick] [--out DIR] [--workers 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -303,6 +304,7 @@ def run(
     for unit in {u["folder"]: u for u in units}.values():  # generated once, before the workers share them
         generate_mri_cohort(unit["folder"], **unit["cohort"])
     log(f"{name} at {commit}: {len(units)} fits, {workers} workers; {plan['sizing']}")
+    start = time.perf_counter()
     rows = run_units(
         name,
         units,
@@ -318,6 +320,7 @@ def run(
     config = {
         **cfg,
         "workers": workers,
+        "wall_seconds": round(time.perf_counter() - start, 1),  # the fits, without generating the cohorts
         "decision": decision,
         "chosen": decision["chosen"],
         "chosen_settings": dict(cfg["candidates"][decision["chosen"]]),

@@ -228,7 +228,7 @@ def test_tiny_selection_then_study(tiny, tmp_path):
         return real_fit(*args, **kwargs)
 
     sel = selection.run(True, tmp_path, workers=1, cache=str(tmp_path), config=_selection_config(), log=lambda s: None)
-    assert sel["config"]["chosen"] in sel["models"]
+    assert sel["config"]["chosen"] in sel["models"] and sel["config"]["wall_seconds"] > 0
     assert {"site_probe", "label_only_floor", "probe_excess"} <= set(sel["models"]["me_no_adversary"]["extra"])
     no_image = sel["models"]["prevalence_only"]["extra"]
     assert no_image["heldout_within_auroc"] == 0.5 and no_image["seen_within_auroc_z0"] == pytest.approx(0.5)
@@ -238,7 +238,7 @@ def test_tiny_selection_then_study(tiny, tmp_path):
     cfg = {**cfg, "recipe": TINY_RECIPE, "arms": {"nuisance": {}, "slope": {}}}
     res = study.run(True, tmp_path, workers=1, config=cfg, log=lambda s: None)
     assert first_fit["status"] == "running" and "power" in first_fit["plan"] and "sizing" in first_fit["plan"]
-    assert set(res["analysis"]["primary"]) == {"nuisance", "slope"}
+    assert set(res["analysis"]["primary"]) == {"nuisance", "slope"} and res["config"]["wall_seconds"] > 0
     prevalence = res["models"]["slope/prevalence_only"]
     assert prevalence["unseen"]["mean"] == pytest.approx(0.5) and prevalence["seen"]["mean"] == pytest.approx(0.5)
     assert res["models"]["nuisance/label_only_floor"]["extra"]["site_probe"] > 0
