@@ -9,7 +9,7 @@ simplest first (no invariance, then each mechanism from the smallest weight up).
 
 Data: selection cohorts of their own (seeds :data:`SEEDS`, disjoint from the study's cohorts ``5000 + 100 a + c``
 and from every earlier benchmark cohort), one arm each in turn (cohort ``c`` is of arm ``c mod 5``), six training
-sites and no unseen site. In each cohort, :data:`FOLDS` training sites are held out in turn
+sites (600 subjects) and no unseen site. In each cohort, :data:`FOLDS` training sites are held out in turn
 (:func:`benchmarks.selection.pseudo_unseen_cluster`, rotation ``c + 3 f``: two sites of opposite rank per
 cohort): the candidate trains on the training and
 validation subjects of the other five sites and is scored
@@ -103,6 +103,8 @@ def candidates(grid: Sequence[float]) -> dict[str, dict[str, Any]]:
 def selection_config(quick: bool) -> dict[str, Any]:
     """Everything that defines the selection run (written to the results' ``config``)."""
     base = {**cohort_base(quick), "unseen_sites": 0, "extra_unseen_subjects": 0}
+    if not quick:  # 100 subjects per site, as benchmarks.mri_selection: 430 fits must fit the hour
+        base["num_subjects"] = 600
     seeds = list(SEEDS[:1] if quick else SEEDS)
     return {
         "cohort": base,
