@@ -183,3 +183,17 @@ def test_bad_arm_arguments_name_the_argument(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         generate_mri_cohort(tmp_path / "c", num_subjects=16, sites=2, unseen_sites=1, **kwargs)
     assert not (tmp_path / "c").exists()  # nothing is written before the arguments are checked
+
+
+@pytest.mark.parametrize("arm", ["threshold", "slope", "shortcut"])
+def test_arm_cohorts_are_byte_identical_for_the_same_seed(tmp_path, arm):
+    kwargs = dict(num_subjects=16, sites=2, unseen_sites=1, seed=1, spatial_size=(8, 8, 8), spacing=(16.0, 16.0, 16.0))
+    folders = [tmp_path / f"{arm}{i}" for i in range(2)]
+    for folder in folders:
+        generate_mri_cohort(folder, arm=arm, **kwargs)
+    images = sorted(os.listdir(folders[0] / "images"))
+    assert len(images) == 16 and images == sorted(os.listdir(folders[1] / "images"))
+    for name in images:
+        assert (folders[0] / "images" / name).read_bytes() == (folders[1] / "images" / name).read_bytes()
+    truths = [json.loads((f / "ground_truth.json").read_text()) for f in folders]
+    assert truths[0]["sites"] == truths[1]["sites"] and truths[0]["subjects"] == truths[1]["subjects"]

@@ -322,43 +322,27 @@ def make_livecell(
         >>> data.image.shape, sorted(set(data.split.tolist()))
         ((30, 1, 32, 32), ['test_seen', 'test_unseen', 'training', 'validation'])
     """
-    if not 0 < num_unseen < num_batches:
-        raise ValueError(f"need 0 < num_unseen < num_batches, got num_unseen={num_unseen}, num_batches={num_batches}.")
-    if tiles_per_batch < 5 or tile_size < 16:
-        raise ValueError(f"need tiles_per_batch >= 5 and tile_size >= 16, got {tiles_per_batch}, {tile_size}.")
-    rng = np.random.default_rng(seed)
+    _check_arguments(num_batches, num_unseen, tiles_per_batch, tile_size)
+    rng = np.random.default_rng(seed)  # one stream, drawn in this order: effects, prevalences, then tile by tile
     source = _CellSource()
     effects = sample_batch_effects(num_batches, rng, effect_strength)
     prevalence = rng.uniform(*prevalence_range, size=num_batches)
     n_seen = num_batches - num_unseen
-    images, cleans, masks, labels, elong, batches, splits = [], [], [], [], [], [], []
+    tiles: dict[str, list] = {k: [] for k in ("image", "clean", "mask", "label", "elongation", "batch", "split")}
     for b in range(num_batches):
         order = rng.permutation(tiles_per_batch)
         n_val, n_test = int(round(val_fraction * tiles_per_batch)), int(round(test_fraction * tiles_per_batch))
         for i in range(tiles_per_batch):
-            target = rng.random() < prevalence[b]
-            stretch = rng.uniform(1.3, 2.2) if target else rng.uniform(1.0, 1.5)
-            clean, mask = render_cell_tile(
-                source,
-                tile_size,
-                diameter=float(rng.uniform(0.35, 0.5) * tile_size),
-                elongation=float(stretch),
-                angle=float(rng.uniform(0, math.pi)),
-                shift=(float(rng.uniform(-2, 2)), float(rng.uniform(-2, 2))),
-                rng=rng,
-            )
-            e = _measured_elongation(mask)
-            images.append(effects[b].apply(clean, rng))
-            cleans.append(clean)
-            masks.append(mask)
-            elong.append(e)
-            labels.append(int(e > elongation_threshold))
-            batches.append(b)
-            if b >= n_seen:
-                splits.append("test_unseen")
-            else:
-                rank = int(np.flatnonzero(order == i)[0])
-                splits.append("validation" if rank < n_val else "test_seen" if rank < n_val + n_test else "training")
+            clean, mask, e = _draw_tile(rng, source, tile_size, bool(rng.random() < prevalence[b]))
+            tiles["image"].append(effects[b].apply(clean, rng))
+            tiles["clean"].append(clean)
+            tiles["mask"].append(mask)
+            tiles["elongation"].append(e)
+            tiles["label"].append(int(e > elongation_threshold))
+            tiles["batch"].append(b)
+            rank = int(np.flatnonzero(order == i)[0])
+            split = "validation" if rank < n_val else "test_seen" if rank < n_val + n_test else "training"
+            tiles["split"].append("test_unseen" if b >= n_seen else split)
     config = {
         "num_batches": num_batches,
         "num_unseen": num_unseen,
@@ -372,17 +356,42 @@ def make_livecell(
         "test_fraction": test_fraction,
     }
     return LiveCellData(
-        image=np.stack(images)[:, None],
-        clean=np.stack(cleans)[:, None],
-        mask=np.stack(masks)[:, None],
-        label=np.asarray(labels, dtype=np.int64),
-        elongation=np.asarray(elong, dtype=np.float64),
-        batch=np.asarray(batches, dtype=np.int64),
-        split=np.asarray(splits),
+        image=np.stack(tiles["image"])[:, None],
+        clean=np.stack(tiles["clean"])[:, None],
+        mask=np.stack(tiles["mask"])[:, None],
+        label=np.asarray(tiles["label"], dtype=np.int64),
+        elongation=np.asarray(tiles["elongation"], dtype=np.float64),
+        batch=np.asarray(tiles["batch"], dtype=np.int64),
+        split=np.asarray(tiles["split"]),
         effects=effects,
         prevalence=prevalence,
         config=config,
     )
+
+
+def _check_arguments(num_batches: int, num_unseen: int, tiles_per_batch: int, tile_size: int) -> None:
+    if not 0 < num_unseen < num_batches:
+        raise ValueError(f"need 0 < num_unseen < num_batches, got num_unseen={num_unseen}, num_batches={num_batches}.")
+    if tiles_per_batch < 5 or tile_size < 16:
+        raise ValueError(f"need tiles_per_batch >= 5 and tile_size >= 16, got {tiles_per_batch}, {tile_size}.")
+
+
+def _draw_tile(
+    rng: np.random.Generator, source: _CellSource, tile_size: int, elongated: bool
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """One clean tile of the real cell with a drawn size, stretch, angle and shift; its mask and measured
+    elongation."""
+    stretch = rng.uniform(1.3, 2.2) if elongated else rng.uniform(1.0, 1.5)
+    clean, mask = render_cell_tile(
+        source,
+        tile_size,
+        diameter=float(rng.uniform(0.35, 0.5) * tile_size),
+        elongation=float(stretch),
+        angle=float(rng.uniform(0, math.pi)),
+        shift=(float(rng.uniform(-2, 2)), float(rng.uniform(-2, 2))),
+        rng=rng,
+    )
+    return clean, mask, _measured_elongation(mask)
 
 
 def generate_livecell_dataset(out_dir: str | os.PathLike, overwrite: bool = False, **kwargs) -> dict:
@@ -418,7 +427,11 @@ def generate_livecell_dataset(out_dir: str | os.PathLike, overwrite: bool = Fals
             with open(list_path, encoding="utf-8") as f:
                 return json.load(f)
     claim_output_folder(out_dir, "generate_livecell_dataset")
-    data = make_livecell(**kwargs)
+    return _write_dataset(out_dir, make_livecell(**kwargs))
+
+
+def _write_dataset(out_dir: str, data: LiveCellData) -> dict:
+    """The write step of :func:`generate_livecell_dataset`: tiles as ``.npy``, then the ground truth and datalist."""
     for sub in ("images", "clean"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
     datalist: dict[str, list] = {s: [] for s in _SPLITS}
@@ -436,8 +449,8 @@ def generate_livecell_dataset(out_dir: str | os.PathLike, overwrite: bool = Fals
                 "elongation": round(float(data.elongation[i]), 4),
             }
         )
-    with open(truth_path, "w", encoding="utf-8") as f:
+    with open(os.path.join(out_dir, "ground_truth.json"), "w", encoding="utf-8") as f:
         json.dump(data.ground_truth(), f, indent=2)
-    with open(list_path, "w", encoding="utf-8") as f:
+    with open(os.path.join(out_dir, "datalist.json"), "w", encoding="utf-8") as f:
         json.dump(datalist, f, indent=1)
     return datalist
