@@ -19,7 +19,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import _git_commit, _resume_key, saved_rows
+from benchmarks import _common
+from benchmarks._common import _resume_key, saved_rows
 
 __all__ = ["require_clean_tree", "run_key", "run_units", "clear_checkpoint"]
 
@@ -29,7 +30,7 @@ Row = Mapping[str, Mapping[str, float]]
 def require_clean_tree(quick: bool) -> str:
     """The commit of the checkout; a full (non-quick) run from a modified or non-git tree is refused (its results
     could not be traced to code)."""
-    commit = _git_commit()
+    commit = _common._git_commit()
     if not quick and not re.fullmatch(r"[0-9a-f]{40}", commit):
         raise SystemExit(
             f"refusing a full run from a modified checkout (commit {commit!r}): commit first, or run from a clean "

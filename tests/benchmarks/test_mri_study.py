@@ -130,6 +130,7 @@ def test_resume_key_and_full_runs_need_a_clean_commit(monkeypatch):
         require_clean_tree(quick=False)
     assert require_clean_tree(quick=True).endswith("+dirty")
     monkeypatch.setattr(_common, "_git_commit", lambda: "a" * 40)
+    assert require_clean_tree(quick=False) == "a" * 40
     key = run_key("x", False, {"p": 1}, [{"u": 1}])
     assert key.startswith("a" * 40) and key != run_key("x", False, {"p": 2}, [{"u": 1}])
 
