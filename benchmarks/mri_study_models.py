@@ -93,7 +93,7 @@ def prevalence_offsets(y: np.ndarray, site: np.ndarray, num_sites: int) -> np.nd
     Example::
 
         >>> prevalence_offsets(np.array([0, 1, 1, 1]), np.array([0, 0, 1, 1]), 2).round(2).tolist()
-        [-0.51, 1.1]
+        [-0.85, 0.76]
     """
     y, site = np.asarray(y, dtype=float), np.asarray(site, dtype=int)
 
