@@ -75,6 +75,7 @@ from benchmarks._common import (
     site_scores,
 )
 from benchmarks._training import flipped_loader, train_supervised
+from benchmarks.invariance import invariance_handlers, resolve_invariance
 from monai_medl.bundle.optim import random_effects_param_groups
 from monai_medl.data.splits import stratified_group_kfold
 from monai_medl.data.synthetic.mri_cohort import cohort_settings, generate_mri_cohort
@@ -274,6 +275,15 @@ class ClusterInputCNN(nn.Module):
         return self.forward_all(x, z)[0]
 
 
+class DetachedFixedHeadCNN(MixedEffectsCNN):
+    """Control of ``benchmarks.mri_study``: the fixed read-out is computed on ``h.detach()``, so the fixed head's
+    loss trains the head (``W``, ``b``) but does not reach the encoder; the mixed read-out is unchanged."""
+
+    def forward_all(self, x: torch.Tensor, z: torch.Tensor | None = None):
+        out = super().forward_all(x, z)
+        return out._replace(fixed=self.head.linear(out.features[-1].detach()))
+
+
 def _backbone(cfg: dict[str, Any], out_channels: int = 1) -> SmallCNN:
     return SmallCNN(spatial_dims=3, in_channels=1, out_channels=out_channels, channels=cfg["channels"])
 
@@ -281,10 +291,12 @@ def _backbone(cfg: dict[str, Any], out_channels: int = 1) -> SmallCNN:
 def _me_cnn(cfg: dict[str, Any], num_clusters: int, random_effects: bool) -> MixedEffectsCNN:
     if cfg["adversary_taps"] not in ("all", "h"):
         raise ValueError(f"adversary_taps must be 'all' or 'h', got {cfg['adversary_taps']!r}.")
-    return MixedEffectsCNN(
+    # the study's controls: cfg "fixed_head_detached" (DetachedFixedHeadCNN), "random_slopes" False (intercept only)
+    cls = DetachedFixedHeadCNN if cfg.get("fixed_head_detached", False) else MixedEffectsCNN
+    return cls(
         num_clusters,
         backbone=_backbone(cfg),
-        random_slopes=random_effects,
+        random_slopes=random_effects and cfg.get("random_slopes", True),
         random_intercept=random_effects,
         slope_prior_scale=cfg["slope_prior_scale"],
         intercept_prior_scale=cfg["intercept_prior_scale"],
@@ -304,6 +316,9 @@ def train_model(
     from :class:`MixedEffectsPrepareBatch`; the ``z_predictor`` is a SmallCNN site classifier (cross-entropy)."""
     if kind == "me":  # the adversary benchmarks.mri_selection chose (run() puts it in the config)
         cfg = {**cfg, **cfg.get("me_adversary", {})}
+    if "invariance" in cfg:  # the study's mechanism: it sets which features the network taps
+        spec = resolve_invariance(cfg["invariance"])
+        cfg = {**cfg, "invariance": spec, **({"adversary_taps": spec["taps"]} if spec["kind"] != "none" else {})}
     torch.manual_seed(seed)
     handlers: list = []
     prepare = None
@@ -325,23 +340,7 @@ def train_model(
         if me:
             prepare = MixedEffectsPrepareBatch(num_clusters)
         if kind in ("domain_adversarial", "me"):
-            label_classes = 2 if cfg["adversary_label_conditional"] else 0  # binary disease label
-            adversary = net.make_adversary(
-                cfg["adversary_hidden"], input_norm=cfg["adversary_input_norm"], label_classes=label_classes
-            )
-            optimizer = torch.optim.Adam(adversary.parameters(), cfg["adversary_lr"])
-            handlers.append(
-                AdversaryHandler(
-                    adversary,
-                    optimizer,
-                    cfg["lambda_g"],
-                    objective=cfg["adversary_objective"],
-                    steps=cfg["adversary_steps"],
-                    warmup_epochs=cfg["adversary_warmup_epochs"],
-                    memory=cfg["adversary_memory"],
-                    label_classes=label_classes,
-                )
-            )
+            handlers = _invariance_handlers(cfg, net, num_clusters)
     loader = flipped_loader(x, target, site, cfg["batch_size"], seed)
     optimizer = torch.optim.Adam(random_effects_param_groups(net, cfg["lr"] * cfg["re_lr_scale"]), cfg["lr"])
     return train_supervised(
@@ -353,6 +352,30 @@ def train_model(
         handlers,
         prepare,
     )
+
+
+def _invariance_handlers(cfg: dict[str, Any], net: nn.Module, num_clusters: int) -> list:
+    """The invariance handlers of an adversarial kind: the ``invariance`` config's mechanism
+    (:mod:`benchmarks.invariance`) when the config has one, else the adversary of the ``adversary_*`` keys."""
+    if "invariance" in cfg:
+        return invariance_handlers(cfg["invariance"], net, num_clusters)
+    label_classes = 2 if cfg["adversary_label_conditional"] else 0  # binary disease label
+    adversary = net.make_adversary(
+        cfg["adversary_hidden"], input_norm=cfg["adversary_input_norm"], label_classes=label_classes
+    )
+    optimizer = torch.optim.Adam(adversary.parameters(), cfg["adversary_lr"])
+    return [
+        AdversaryHandler(
+            adversary,
+            optimizer,
+            cfg["lambda_g"],
+            objective=cfg["adversary_objective"],
+            steps=cfg["adversary_steps"],
+            warmup_epochs=cfg["adversary_warmup_epochs"],
+            memory=cfg["adversary_memory"],
+            label_classes=label_classes,
+        )
+    ]
 
 
 @torch.no_grad()

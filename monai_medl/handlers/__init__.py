@@ -6,5 +6,6 @@ from .cluster_predictor_handler import ClusterPredictorHandler
 from .counterfactual_image_handler import CounterfactualImageHandler
 from .loss_terms_handler import LossTermsHandler
 from .modality_dropout_warmup import ModalityDropoutWarmup
+from .site_alignment_handler import SiteAlignmentHandler
 from .site_metric import SiteMetricHandler
 from .tensorboard_handler import DEFAULT_TERM_TAGS, RandomEffectsTensorBoardHandler

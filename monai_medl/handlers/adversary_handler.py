@@ -48,6 +48,9 @@ class AdversaryHandler:
             the class label from ``batch[label_key]`` (see :class:`~monai_medl.losses.AdversarialRegularizer`; build
             the adversary with ``make_adversary(label_classes=C)``).
         label_key: batch key with the class label, read only when ``label_classes`` is set. Defaults to ``"label"``.
+        feature_scaling: ``"none"`` (default) or the scale-invariant view the adversary reads (``"layer"``,
+            ``"batch_rms"``, ``"batch_std"``; see :func:`~monai_medl.losses.scale_invariant`), so that shrinking the
+            features cannot fool it.
 
     Example::
 
@@ -84,11 +87,19 @@ class AdversaryHandler:
         memory: int = 0,
         label_classes: int = 0,
         label_key: str = CommonKeys.LABEL,
+        feature_scaling: str = "none",
     ) -> None:
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}.")
         self.regularizer = AdversarialRegularizer(
-            adversary, optimizer, lambda_g, objective, steps=steps, memory=memory, label_classes=label_classes
+            adversary,
+            optimizer,
+            lambda_g,
+            objective,
+            steps=steps,
+            memory=memory,
+            label_classes=label_classes,
+            feature_scaling=feature_scaling,
         )
         self.site_key = site_key
         self.label_key = label_key
