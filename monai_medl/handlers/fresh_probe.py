@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["FreshProbeHandler"]
 
 
-def _fixed_features(network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _fixed_features(network: Any, x: torch.Tensor) -> torch.Tensor:
     """The pooled features ``h`` the heads read, population level (``z = None``)."""
     return network.forward_all(x, None).features[-1]
 
@@ -119,7 +119,7 @@ class FreshProbeHandler:
         return f[keep], s[keep], None if y is None else y[keep]
 
     def __call__(self, engine: Engine) -> None:
-        network = engine.network
+        network = cast(Any, engine).network  # MONAI's trainers carry their network
         was_training = network.training
         network.eval()
         try:
