@@ -63,7 +63,7 @@ def _fit_me(x, g, y, threads: int) -> dict:
     from monai_medl.estimators import MixedEffectsRegressor
 
     torch.set_num_threads(threads)
-    fit = MixedEffectsRegressor(device="cpu").fit(x, y, groups=g)
+    fit = MixedEffectsRegressor(method="elbo", device="cpu").fit(x, y, groups=g)
     vc = fit.var_corr()
     return {
         "group_sd": float(vc.sdcor.iloc[0]),

@@ -98,7 +98,9 @@ def _spreads(fit: MixedEffectsRegressor) -> dict[str, float]:
 
 def _sleepstudy(rec: dict) -> None:
     df = load_sleepstudy()
-    me, me_s = _timed(lambda: MixedEffectsRegressor(random_slopes=["Days"]).fit(df[["Days"]], df.Reaction, df.Subject))
+    me, me_s = _timed(
+        lambda: MixedEffectsRegressor(method="elbo", random_slopes=["Days"]).fit(df[["Days"]], df.Reaction, df.Subject)
+    )
     ml, ml_s = _timed(
         lambda: sm.MixedLM.from_formula("Reaction ~ Days", df, groups=df.Subject, re_formula="~Days").fit(reml=False)
     )
@@ -137,7 +139,7 @@ def _sleepstudy(rec: dict) -> None:
 
 def _dietox(rec: dict) -> None:
     df = load_dietox()
-    me, me_s = _timed(lambda: MixedEffectsRegressor().fit(df[["Time"]], df.Weight, groups=df.Pig))
+    me, me_s = _timed(lambda: MixedEffectsRegressor(method="elbo").fit(df[["Time"]], df.Weight, groups=df.Pig))
     ml, ml_s = _timed(lambda: sm.MixedLM.from_formula("Weight ~ Time", df, groups=df.Pig).fit(reml=False))
     values = {
         "me": (_sds(me)["Pig|(Intercept)"], me.fixed_effects_["Time"], me.residual_sd_, me_s),
@@ -155,7 +157,9 @@ def _simple(rec: dict, scenario: str, seed: int) -> None:
     data = simulate_random_slope(seed, **truth)
     frame = pd.DataFrame({"x": data["x"][:, 0], "g": data["groups"], "y": data["y"]})
     me, me_s = _timed(
-        lambda: MixedEffectsRegressor(random_slopes=["x"], correlated=False).fit(frame[["x"]], frame.y, frame.g)
+        lambda: MixedEffectsRegressor(method="elbo", random_slopes=["x"], correlated=False).fit(
+            frame[["x"]], frame.y, frame.g
+        )
     )
     exog = np.column_stack([np.ones(len(frame)), frame.x])
     free = sm.regression.mixed_linear_model.MixedLMParams.from_components(np.ones(2), np.eye(2))
@@ -201,7 +205,9 @@ def _grouped(rec: dict, design: str, seed: int) -> None:
         sm_fit = lambda: sm.MixedLM.from_formula(  # noqa: E731
             "y ~ x", groups="site", re_formula="1", vc_formula={"subject": "0 + C(subject)"}, data=df
         ).fit(reml=False)
-    me, me_s = _timed(lambda: MixedEffectsRegressor(nested=nested).fit(df[["x"]], df.y, groups=df[factors]))
+    me, me_s = _timed(
+        lambda: MixedEffectsRegressor(method="elbo", nested=nested).fit(df[["x"]], df.y, groups=df[factors])
+    )
     ml, ml_s = _timed(sm_fit)
     ml_sd = dict(zip(ml.model.exog_vc.names, np.sqrt(ml.vcomp)))
     if design == "nested":

@@ -11,9 +11,17 @@ import numpy as np
 import torch
 from monai.utils import optional_import
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
 from torch import nn
 
 from monai_medl.estimators.elbo_training import train_elbo
+from monai_medl.estimators.exact_fit import (
+    METHOD_LABELS,
+    METHODS,
+    exact_linear_predictor,
+    fit_estimator_exact,
+    fixed_effects_table,
+)
 from monai_medl.estimators.grouping import GroupEncoder, as_group_frame, parse_nested, validation_rows
 from monai_medl.estimators.mixed_model_summary import MixedModelSummary
 from monai_medl.networks.layers.grouped_random_effects import GroupedRandomEffects
@@ -22,9 +30,13 @@ from monai_medl.networks.nets.me_mlp import glorot_init_
 
 pd, has_pandas = optional_import("pandas")
 
-__all__ = ["MixedEffectsEstimatorBase"]
+__all__ = ["MixedEffectsEstimatorBase", "EstimatorNotFittedError"]
 
 _FIXED = ("linear", "mlp")
+
+
+class EstimatorNotFittedError(NotFittedError, RuntimeError):
+    """scikit-learn's ``NotFittedError`` (also a RuntimeError, which these estimators raised before)."""
 
 
 class MixedEffectsEstimatorBase(BaseEstimator):
@@ -39,6 +51,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
     closed-form ELBO optimum, see :class:`~monai_medl.estimators.ConjugatePosterior`).
     """
 
+    _exact_available = False  # True where the exact marginal likelihood is implemented (Gaussian response)
     _conjugate = False  # True where the random effects' posterior has a closed-form ELBO optimum
 
     def __init__(
@@ -61,6 +74,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float64,
         random_state: int = 0,
+        method: str | None = None,
     ) -> None:
         self.random_slopes = random_slopes
         self.correlated = correlated
@@ -80,6 +94,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         self.device = device
         self.dtype = dtype
         self.random_state = random_state
+        self.method = method
 
     # ----------------------------------------------------------------------------------------- input handling
     def _features(self, X, n: int | None = None, fitting: bool = False) -> np.ndarray:
@@ -155,7 +170,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
 
     # -------------------------------------------------------------------------------------------------- fit
     def fit(self, X, y, groups):
-        """Fit the mixed model by maximising its evidence lower bound.
+        """Fit the mixed model: exact (RE)ML (``method="reml"``/``"ml"``) or by maximising its ELBO (``"elbo"``).
 
         Args:
             X: fixed-effects covariates, ``(n, p)`` array or DataFrame (``None`` for an intercept-only model).
@@ -182,6 +197,30 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         factors = self.encoder_.factors
         slopes = self._slope_columns(factors)
         correlated = self._correlated_for(factors)
+        self.n_obs_, self.slope_columns_, self.correlated_ = n, slopes, correlated
+        self.fit_method_ = self._resolve_method()
+        self.exact_ = None
+        if self.fit_method_ != "elbo":
+            self.__dict__.pop("network_", None)  # a previous variational fit's network
+            start = time.perf_counter()
+            self.exact_ = fit_estimator_exact(
+                x,
+                y_array.astype(float),
+                clusters,
+                factors,
+                self.encoder_.num_levels,
+                slopes,
+                correlated,
+                self.fit_method_ == "reml",
+            )
+            self.fit_info_ = {
+                "method": METHOD_LABELS[self.fit_method_],
+                "iterations": self.exact_.nfev,
+                "loss": self.exact_.deviance,
+                "converged": self.exact_.converged,
+                "seconds": time.perf_counter() - start,
+            }
+            return self
         # centring a slope column re-parameterises each cluster's (intercept, slope) by an invertible linear map,
         # which a full prior covariance absorbs exactly; a diagonal one does not, so those columns stay uncentred
         uncentred = {c for f, cols in slopes.items() if not correlated[f] for c in cols}
@@ -192,8 +231,6 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         x_std = self._tensor((x - self.x_center_) / self.x_scale_)
         index = torch.as_tensor(clusters, device=self._device_)
         y_t = self._tensor(target)
-        self.n_obs_ = n
-        self.slope_columns_ = slopes
         conjugate = self._use_conjugate(factors, slopes)
         early = self._use_early_stopping()
         held_out = validation_rows(clusters, self.validation_fraction, self.random_state) if early else None
@@ -206,10 +243,25 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         start = time.perf_counter()
         info = self._fit_network(x_std, index, y_t, slopes, correlated, conjugate, held_out if early else None)
         info["conjugate_update"] = conjugate
+        info["method"] = METHOD_LABELS["elbo"]
         info["seconds"] = time.perf_counter() - start
         self.fit_info_ = info
         self.network_.eval()
         return self
+
+    def _resolve_method(self) -> str:
+        """``method`` with None resolved: exact REML for a Gaussian response with linear fixed effects, else ELBO."""
+        exact_ok = self._exact_available and self.fixed_effects == "linear"
+        method = self.method if self.method is not None else ("reml" if exact_ok else "elbo")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS} or None, got {self.method!r}.")
+        if method != "elbo" and not exact_ok:
+            raise ValueError(
+                f"method={method!r} (exact likelihood) needs a Gaussian response (MixedEffectsRegressor) with "
+                f"fixed_effects='linear'; got {type(self).__name__} with fixed_effects={self.fixed_effects!r}: use "
+                "method='elbo' or None."
+            )
+        return method
 
     def _use_conjugate(self, factors: Sequence[str], slopes: Mapping[str, Sequence[int]]) -> bool:
         """Whether the random effects' posterior is updated in closed form (:class:`ConjugatePosterior`)."""
@@ -366,8 +418,10 @@ class MixedEffectsEstimatorBase(BaseEstimator):
 
     # --------------------------------------------------------------------------------------------- predict
     def _check_fitted(self) -> None:
-        if not hasattr(self, "network_"):
-            raise RuntimeError(f"this {type(self).__name__} is not fitted yet: call fit(X, y, groups) first.")
+        if not hasattr(self, "fit_method_"):
+            raise EstimatorNotFittedError(
+                f"this {type(self).__name__} is not fitted yet: call fit(X, y, groups) first."
+            )
 
     def decision_function(self, X, groups=None) -> np.ndarray:
         """Linear predictor in data units (the outcome scale for regression, the logit for classification).
@@ -378,6 +432,9 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         """
         self._check_fitted()
         x = self._features(X, n=None if groups is None else len(as_group_frame(groups)))
+        if self.exact_ is not None:
+            clusters = None if groups is None else self.encoder_.transform(as_group_frame(groups, n=len(x)))
+            return exact_linear_predictor(self.exact_, x, clusters, self.encoder_.factors, self.slope_columns_)
         x_std = self._tensor((x - self.x_center_) / self.x_scale_)
         clusters = None
         if groups is not None:
@@ -427,6 +484,8 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         self._check_fitted()
         self._check_factor(factor)
         block = self._channel_block(factor, self._channel(cls))
+        if self.exact_ is not None:
+            return self.exact_.covariances[self.encoder_.factors.index(factor)].copy()
         a = self._transform(factor)
         cov = self.network_.random_effects.factors[factor].prior_covariance().detach().cpu().double().numpy()
         return a @ cov[block, block] @ a.T
@@ -443,6 +502,9 @@ class MixedEffectsEstimatorBase(BaseEstimator):
     @property
     def residual_sd_(self) -> float | None:
         """Residual s.d. in data units (regression), else None."""
+        self._check_fitted()
+        if self.exact_ is not None:
+            return self.exact_.sigma
         noise = self.network_.log_noise_scale
         return None if noise is None else float(noise.detach().exp()) * self._y_scale
 
@@ -456,11 +518,13 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         self._check_fitted()
         if self.fixed_effects != "linear":
             raise AttributeError("fixed_effects_ exists for fixed_effects='linear' only (an MLP has no coefficients).")
+        index = ["(Intercept)", *self.feature_names_in_]
+        if self.exact_ is not None:
+            return pd.Series(self.exact_.beta, index=index, name="estimate")
         linear: nn.Linear = self.network_.fixed
         w = linear.weight.detach().cpu().double().numpy() * self._y_scale / self.x_scale_  # (C, p)
         bias = linear.bias.detach().cpu().double().numpy()
         intercept = self._y_center + self._y_scale * bias - w @ self.x_center_
-        index = ["(Intercept)", *self.feature_names_in_]
         table = np.column_stack([intercept, w])  # (C, 1 + p)
         labels = self._channel_labels()
         if labels is None:
@@ -481,7 +545,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         rows = []
         for factor in self.encoder_.factors:
             names, grp = self.term_names(factor), self.encoder_.label(factor)
-            correlated = self.network_.random_effects.factors[factor].correlated
+            correlated = self.correlated_[factor]
             for cls in [None] if labels is None else labels:
                 cov = self.covariance(factor, cls)
                 sd = np.sqrt(np.diag(cov))
@@ -519,7 +583,11 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         if factor is None:
             return {f: self.random_effects(f) for f in self.encoder_.factors}
         self._check_factor(factor)
-        names, a = self.term_names(factor), self._transform(factor)
+        names = self.term_names(factor)
+        if self.exact_ is not None:
+            b = self.exact_.b[self.encoder_.factors.index(factor)]
+            return pd.DataFrame(b, index=self.encoder_.levels[factor], columns=names)
+        a = self._transform(factor)
         loc = self.network_.random_effects.factors[factor].loc.detach().cpu().double().numpy()
         labels = self._channel_labels()
         blocks = [loc[:, self._channel_block(factor, c)] @ a.T for c in range(1 if labels is None else len(labels))]
@@ -529,9 +597,16 @@ class MixedEffectsEstimatorBase(BaseEstimator):
     ranef = random_effects
 
     def summary(self) -> MixedModelSummary:
-        """lme4-style summary in data units: variance components with correlations, fixed effects, group counts."""
+        """lme4-style summary in data units: the fit used (exact REML / ML or variational ELBO), variance
+        components with correlations, fixed effects (with s.e., t and Wald intervals for an exact fit), the
+        criteria (REML criterion or log-likelihood, AIC, BIC) and group counts."""
         self._check_fitted()
         fixed = self.fixed_effects_ if self.fixed_effects == "linear" else None
+        criteria = {}
+        if self.exact_ is not None:
+            fixed = self.fixed_effects_table()
+            criteria = {"logLik": self.loglik_, "AIC": self.aic_, "BIC": self.bic_}
+            criteria["REML criterion" if self.exact_.reml else "deviance"] = self.exact_.deviance
         return MixedModelSummary(
             model=type(self).__name__,
             family=self._family,
@@ -540,4 +615,62 @@ class MixedEffectsEstimatorBase(BaseEstimator):
             num_obs=self.n_obs_,
             num_levels={self.encoder_.label(f): n for f, n in self.encoder_.num_levels.items()},
             fit_info=dict(self.fit_info_),
+            method=METHOD_LABELS[self.fit_method_],
+            criteria=criteria,
         )
+
+    # ----------------------------------------------------------------------------- inference (exact fits)
+    def _exact_fit(self, what: str):
+        self._check_fitted()
+        if self.exact_ is None:
+            raise AttributeError(f"{what} needs an exact fit (method='reml' or 'ml'); this one used the ELBO.")
+        return self.exact_
+
+    def fixed_effects_table(self, level: float = 0.95):
+        """Fixed effects with standard errors, t values and Wald ``level`` intervals (exact fits), a DataFrame
+        indexed by term with columns ``estimate``, ``std_error``, ``t_value``, ``ci_lower``, ``ci_upper``."""
+        fit = self._exact_fit("fixed_effects_table")
+        return fixed_effects_table(fit, ["(Intercept)", *self.feature_names_in_], level)
+
+    @property
+    def fixed_effects_cov_(self) -> np.ndarray:
+        """Covariance of the fixed-effects estimates, ``sigma^2 (R_X^T R_X)^{-1}`` (lme4's ``vcov``; exact fits)."""
+        return self._exact_fit("fixed_effects_cov_").cov_beta.copy()
+
+    @property
+    def loglik_(self) -> float:
+        """Maximised log-likelihood (ML fit) or REML log-likelihood (REML fit), as lme4's ``logLik``."""
+        return self._exact_fit("loglik_").loglik
+
+    @property
+    def deviance_(self) -> float:
+        """``-2 loglik_``: the ML deviance of an ML fit, the REML criterion of a REML fit."""
+        return self._exact_fit("deviance_").deviance
+
+    @property
+    def reml_criterion_(self) -> float | None:
+        """lme4's ``REMLcrit``: the REML criterion at the optimum of a REML fit (None for an ML fit)."""
+        fit = self._exact_fit("reml_criterion_")
+        return fit.deviance if fit.reml else None
+
+    @property
+    def n_params_(self) -> int:
+        """Parameters counted by AIC and BIC: fixed effects, covariance parameters, residual variance."""
+        return self._exact_fit("n_params_").num_params
+
+    @property
+    def aic_(self) -> float:
+        """Akaike's criterion, ``-2 loglik_ + 2 n_params_``."""
+        return -2 * self.loglik_ + 2 * self.n_params_
+
+    @property
+    def bic_(self) -> float:
+        """Bayesian criterion, ``-2 loglik_ + log(n) n_params_`` (``n`` rows, as lme4)."""
+        return -2 * self.loglik_ + np.log(self.n_obs_) * self.n_params_
+
+    def conditional_variances(self, factor: str) -> np.ndarray:
+        """Covariance of each level's effects given the data, ``(levels, terms, terms)`` in data units, levels in
+        the order of :meth:`random_effects` (lme4's ``condVar``, fixed effects at their estimate; exact fits)."""
+        fit = self._exact_fit("conditional_variances")
+        self._check_factor(factor)
+        return fit.conditional_covariances(self.encoder_.factors.index(factor))

@@ -151,3 +151,10 @@ class MixedEffectsClassifier(ClassifierMixin, MixedEffectsEstimatorBase):
         if scores.ndim == 1:
             return self.classes_[(scores > 0).astype(int)]
         return self.classes_[scores.argmax(1)]
+
+    def score(self, X, y, groups=None, sample_weight=None) -> float:
+        """Accuracy of ``predict(X, groups)``: the conditional prediction (known levels' conditional modes) when
+        ``groups`` is given, the population-level prediction (every random effect 0) when it is None."""
+        from sklearn.metrics import accuracy_score
+
+        return float(accuracy_score(y, self.predict(X, groups), sample_weight=sample_weight))
