@@ -72,7 +72,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         validation_fraction: float = 0.2,
         n_iter_no_change: int = 20,
         device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float64,
+        dtype: str | torch.dtype = "float64",
         random_state: int = 0,
         method: str | None = None,
     ) -> None:
@@ -165,8 +165,15 @@ class MixedEffectsEstimatorBase(BaseEstimator):
             return torch.device(self.device)
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
+    def _torch_dtype(self) -> torch.dtype:
+        # a string default keeps the parameter a plain value, as scikit-learn's estimator checks require
+        dtype = getattr(torch, self.dtype, None) if isinstance(self.dtype, str) else self.dtype
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"dtype must be a torch dtype or its name ('float64', 'float32'), got {self.dtype!r}.")
+        return dtype
+
     def _tensor(self, array: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
-        return torch.as_tensor(array, dtype=dtype or self.dtype, device=self._device_)
+        return torch.as_tensor(array, dtype=dtype or self._torch_dtype(), device=self._device_)
 
     # -------------------------------------------------------------------------------------------------- fit
     def fit(self, X, y, groups):
@@ -304,7 +311,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
                 self.encoder_.num_levels, slopes, correlated=correlated, posterior=self.posterior, out_channels=outputs
             )
             self.network_ = GroupedMixedEffectsNet(fixed, random_effects, learn_noise_scale=self._learn_noise)
-            self.network_.to(device=self._device_, dtype=self.dtype)
+            self.network_.to(device=self._device_, dtype=self._torch_dtype())
             self._init_fixed(x, y)
             generator = torch.Generator().manual_seed(self.random_state)
             self.network_.train()
@@ -332,7 +339,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         """One :func:`train_elbo` run on rows ``(x, index, y)`` over the network's trainable parameters."""
         n = len(y)
         draws = self._likelihood_draws(n, generator)
-        draws = None if draws is None else draws.to(device=self._device_, dtype=self.dtype)
+        draws = None if draws is None else draws.to(device=self._device_, dtype=self._torch_dtype())
         refresh, posterior = None, []
         if conjugate:
             # the posterior is set in closed form before every evaluation: no gradients for it
@@ -354,7 +361,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         if validation is not None:
             xv, cv, yv = validation
             dv = self._likelihood_draws(len(yv), generator)
-            dv = None if dv is None else dv.to(device=self._device_, dtype=self.dtype)
+            dv = None if dv is None else dv.to(device=self._device_, dtype=self._torch_dtype())
 
             def monitor() -> float:
                 with torch.no_grad():

@@ -126,15 +126,29 @@ class ProfiledDeviance:
         out[tr, tc] = theta[self.theta_slices[term]]
         return out
 
-    def lam(self, theta: np.ndarray) -> sparse.csc_matrix:
-        """``Lambda_theta`` (q x q, block diagonal)."""
+    def lam(self, theta: np.ndarray):
+        """``Lambda_theta`` (q x q, block diagonal): a dense array for small ``q``, else sparse (CSC)."""
+        if self.dense:
+            out = np.zeros((self.q, self.q))
+            out[self._rows, self._cols] = theta[self._which]
+            return out
         return sparse.csc_matrix((theta[self._which], (self._rows, self._cols)), shape=(self.q, self.q))
 
-    def _factorise(self, lam: sparse.csc_matrix):
-        a = (lam.T @ self.ztz @ lam + sparse.identity(self.q, format="csc")).tocsc()
-        if self.q <= _DENSE_MAX:
-            chol = linalg.cho_factor(a.toarray(), lower=True)
+    @property
+    def dense(self) -> bool:
+        """Whether ``A`` is formed and factorised densely (small ``q``: sparse bookkeeping would dominate)."""
+        return self.q <= _DENSE_MAX
+
+    def _factorise(self, lam):
+        if self.dense:
+            lam = lam.toarray() if sparse.issparse(lam) else lam
+            if getattr(self, "_ztz_dense", None) is None:
+                self._ztz_dense = self.ztz.toarray()
+            a = lam.T @ self._ztz_dense @ lam
+            a[np.diag_indices_from(a)] += 1.0
+            chol = linalg.cho_factor(a, lower=True)
             return (lambda b: linalg.cho_solve(chol, b)), 2.0 * np.log(np.diag(chol[0])).sum()
+        a = (lam.T @ self.ztz @ lam + sparse.identity(self.q, format="csc")).tocsc()
         lu = splu(a, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
         return lu.solve, float(np.log(np.abs(lu.U.diagonal())).sum())
 
@@ -142,7 +156,7 @@ class ProfiledDeviance:
         """Penalised least squares at ``theta``: ``beta``, spherical ``u``, ``r2``, log-determinants and the solver."""
         lam = self.lam(np.asarray(theta, float))
         solve, logdet_a = self._factorise(lam)
-        bx, by = np.asarray(lam.T @ self.ztx), np.asarray(lam.T @ self.zty).reshape(-1)
+        bx, by = np.asarray(lam.T @ self.ztx), np.asarray(lam.T @ self.zty).reshape(-1)  # Lambda^T Z^T [X, y]
         cx, cy = solve(bx), solve(by)
         schur = self.xtx - bx.T @ cx  # R_X^T R_X
         rx = linalg.cholesky(schur, lower=False)
@@ -218,8 +232,9 @@ class ExactLmmFit:
         cols = np.arange(offset, offset + t.num_levels * t.k)
         for start in range(0, len(cols), chunk):
             block = cols[start : start + chunk]
-            rhs = lam.T[:, block].toarray()  # columns Lambda^T e_j
-            w = lam[block, :] @ solve(rhs)  # rows/cols of Lambda A^{-1} Lambda^T inside the block
+            rhs = lam.T[:, block]  # columns Lambda^T e_j
+            rhs = rhs.toarray() if sparse.issparse(rhs) else rhs
+            w = np.asarray(lam[block, :] @ solve(rhs))  # rows/cols of Lambda A^{-1} Lambda^T inside the block
             local = block - offset
             level, term_index = local // t.k, local % t.k
             for i, (lv, ti) in enumerate(zip(level, term_index)):
@@ -233,26 +248,23 @@ def fit_exact_lmm(
 ) -> ExactLmmFit:
     """Minimise the profiled deviance over ``theta`` (bounded: diagonal entries >= 0) and return the fit.
 
-    L-BFGS-B with finite-difference gradients from lme4's start, then a bounded Nelder-Mead polish from its end
-    (the deviance can be flat or kinked at the boundary, where a gradient method stops short).
+    Derivative-free, as lme4 (which uses BOBYQA): bounded Nelder-Mead from lme4's start, restarted once from its
+    end (a fresh simplex guards against the premature stops Nelder-Mead is known for); ``tol`` is the deviance
+    change at which a run stops.
     """
     model = ProfiledDeviance(x, y, terms, reml=reml)
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in model.lower]
-    first = optimize.minimize(model, model.theta0(), method="L-BFGS-B", bounds=bounds, options={"ftol": 1e-14})
-    polish = optimize.minimize(
-        model,
-        first.x,
-        method="Nelder-Mead",
-        bounds=bounds,
-        options={"xatol": 1e-8, "fatol": tol, "maxfev": 400 * len(first.x) + 200, "adaptive": len(first.x) > 4},
-    )
+    dim = len(model.lower)
+    options = {"xatol": 1e-8, "fatol": tol, "maxfev": 1000 * dim, "adaptive": dim > 4}
+    first = optimize.minimize(model, model.theta0(), method="Nelder-Mead", bounds=bounds, options=options)
+    polish = optimize.minimize(model, first.x, method="Nelder-Mead", bounds=bounds, options=options)
     best = polish if polish.fun <= first.fun else first
     theta = np.where(np.isfinite(model.lower), np.maximum(best.x, 0.0), best.x)
     parts = model.solve(theta)
     dof = model.n - model.p if reml else model.n
     sigma = float(np.sqrt(parts["r2"] / dof))
     lam = model.lam(theta)
-    b_all, b, offset = np.asarray(lam @ parts["u"]).reshape(-1), [], 0
+    b_all, b, offset = np.asarray(lam @ parts["u"]).reshape(-1), [], 0  # conditional modes b = Lambda u
     covs = []
     for i, t in enumerate(model.terms):
         b.append(b_all[offset : offset + t.num_levels * t.k].reshape(t.num_levels, t.k))
@@ -272,6 +284,6 @@ def fit_exact_lmm(
         p=model.p,
         num_theta=len(theta),
         nfev=int(first.nfev + polish.nfev),
-        converged=bool(first.success or polish.success),
+        converged=bool(polish.success and first.fun - polish.fun < 1e-6),
         model=model,
     )

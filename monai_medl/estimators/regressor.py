@@ -61,7 +61,7 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsEstimatorBase):
         validation_fraction: share of every level's rows held out for early stopping. Defaults to 0.2.
         n_iter_no_change: patience of early stopping, in L-BFGS iterations (Adam epochs). Defaults to 20.
         device: torch device; None picks CUDA when available. Defaults to None.
-        dtype: parameter dtype. Defaults to ``torch.float64``.
+        dtype: parameter dtype of the variational fit, a torch dtype or its name. Defaults to ``"float64"``.
         random_state: seed of the initialisation and mini-batch order. Defaults to 0.
         method: ``"reml"`` or ``"ml"``: the exact marginal likelihood (lme4's profiled deviance over the relative
             covariance factor, :class:`~monai_medl.estimators.profiled_deviance.ProfiledDeviance`), linear fixed
