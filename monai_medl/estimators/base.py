@@ -96,6 +96,41 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         self.random_state = random_state
         self.method = method
 
+    @classmethod
+    def from_formula(cls, formula: str, data, **params):
+        """Fit an lme4-style formula, ``"y ~ x + (x | g) + (1 | site/subject)"``, on a DataFrame; returns the fit.
+
+        The fixed part is built by ``formulaic`` (``pip install monai-medl[formula]``: categorical coding,
+        interactions, transforms); the random part uses lme4's bars (``|`` correlated, ``||`` uncorrelated, ``/``
+        nesting, ``:`` a combined factor), see :func:`~monai_medl.estimators.mixed_formula.parse_mixed_formula`.
+        ``params`` are the other constructor arguments (``method``, ...). ``fit.formula_.new_inputs(new_data)``
+        gives ``(X, groups)`` of new rows with the training coding, for ``predict``.
+
+        Example::
+
+            >>> import numpy as np, pandas as pd
+            >>> from monai_medl.estimators import MixedEffectsRegressor
+            >>> rng = np.random.default_rng(0)
+            >>> df = pd.DataFrame({"x": rng.normal(size=120), "g": np.repeat(np.arange(12), 10)})
+            >>> df["y"] = 1 + 2 * df.x + rng.normal(0, 1, 12)[df.g] + rng.normal(0, 0.5, 120)
+            >>> fit = MixedEffectsRegressor.from_formula("y ~ x + (x || g)", df)
+            >>> fit.fit_info_["method"], list(fit.fixed_effects_.index)
+            ('exact REML', ['(Intercept)', 'x'])
+            >>> x, groups = fit.formula_.new_inputs(df.head(3))
+            >>> fit.predict(x, groups=groups).shape
+            (3,)
+        """
+        from monai_medl.estimators.mixed_formula import parse_mixed_formula
+
+        spec = parse_mixed_formula(formula)
+        x, y, groups, arguments = spec.inputs(data)
+        clash = sorted(set(arguments) & set(params))
+        if clash:
+            raise ValueError(f"from_formula: {clash} come from the formula; do not pass them as well.")
+        fitted = cls(**arguments, **params).fit(x, y, groups)
+        fitted.formula_ = spec
+        return fitted
+
     # ----------------------------------------------------------------------------------------- input handling
     def _features(self, X, n: int | None = None, fitting: bool = False) -> np.ndarray:
         if X is None:
