@@ -9,7 +9,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.utils import optional_import
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from torch import nn
@@ -22,13 +21,8 @@ from monai_medl.estimators.exact_fit import (
     fit_estimator_exact,
     fixed_effects_table,
 )
-from monai_medl.estimators.grouping import GroupEncoder, as_group_frame, parse_nested, validation_rows
+from monai_medl.estimators.grouping import GroupEncoder, as_group_frame, has_pandas, parse_nested, pd, validation_rows
 from monai_medl.estimators.mixed_model_summary import MixedModelSummary
-from monai_medl.networks.layers.grouped_random_effects import GroupedRandomEffects
-from monai_medl.networks.nets.grouped_mixed_effects_net import GroupedMixedEffectsNet
-from monai_medl.networks.nets.me_mlp import glorot_init_
-
-pd, has_pandas = optional_import("pandas")
 
 __all__ = ["MixedEffectsEstimatorBase", "EstimatorNotFittedError"]
 
@@ -51,7 +45,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
     closed-form ELBO optimum, see :class:`~monai_medl.estimators.ConjugatePosterior`).
     """
 
-    _exact_available = False  # True where the exact marginal likelihood is implemented (Gaussian response)
+    _default_method = "elbo"  # the fit of method=None with linear fixed effects
     _conjugate = False  # True where the random effects' posterior has a closed-form ELBO optimum
 
     def __init__(
@@ -245,15 +239,9 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         if self.fit_method_ != "elbo":
             self.__dict__.pop("network_", None)  # a previous variational fit's network
             start = time.perf_counter()
+            exact_y = target if self._family != "gaussian" else y_array.astype(float)  # data units / 0-1 labels
             self.exact_ = fit_estimator_exact(
-                x,
-                y_array.astype(float),
-                clusters,
-                factors,
-                self.encoder_.num_levels,
-                slopes,
-                correlated,
-                self.fit_method_ == "reml",
+                x, exact_y, clusters, factors, self.encoder_.num_levels, slopes, correlated, self.fit_method_
             )
             self.fit_info_ = {
                 "method": METHOD_LABELS[self.fit_method_],
@@ -292,18 +280,21 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         return self
 
     def _resolve_method(self) -> str:
-        """``method`` with None resolved: exact REML for a Gaussian response with linear fixed effects, else ELBO."""
-        exact_ok = self._exact_available and self.fixed_effects == "linear"
-        method = self.method if self.method is not None else ("reml" if exact_ok else "elbo")
+        """``method`` with None resolved (``_default_method`` for linear fixed effects, else ELBO) and checked."""
+        linear = self.fixed_effects == "linear"
+        method = self.method if self.method is not None else (self._default_method if linear else "elbo")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS} or None, got {self.method!r}.")
-        if method != "elbo" and not exact_ok:
+        if method != "elbo" and (method not in self._exact_methods() or not linear):
             raise ValueError(
-                f"method={method!r} (exact likelihood) needs a Gaussian response (MixedEffectsRegressor) with "
-                f"fixed_effects='linear'; got {type(self).__name__} with fixed_effects={self.fixed_effects!r}: use "
-                "method='elbo' or None."
+                f"method={method!r} needs fixed_effects='linear' and is one of {self._exact_methods()} for this "
+                f"{type(self).__name__} (fixed_effects={self.fixed_effects!r}); use method='elbo' or None."
             )
         return method
+
+    def _exact_methods(self) -> tuple[str, ...]:
+        """The non-variational fits this estimator has (``"reml"``/``"ml"`` Gaussian, ``"laplace"`` binomial)."""
+        return ()
 
     def _use_conjugate(self, factors: Sequence[str], slopes: Mapping[str, Sequence[int]]) -> bool:
         """Whether the random effects' posterior is updated in closed form (:class:`ConjugatePosterior`)."""
@@ -338,6 +329,10 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         (:func:`train_elbo`); stage 2 freezes the fixed-effects network and maximises the ELBO of every row over the
         rest (noise s.d., variance components, random effects).
         """
+        # imported here: the networks package imports MONAI, which the exact path and the import never need
+        from monai_medl.networks.layers.grouped_random_effects import GroupedRandomEffects
+        from monai_medl.networks.nets.grouped_mixed_effects_net import GroupedMixedEffectsNet
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
             outputs = self._num_outputs()
@@ -447,6 +442,8 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         return None
 
     def _fixed_network(self, in_features: int, out_features: int = 1) -> nn.Module:
+        from monai_medl.networks.nets.me_mlp import glorot_init_
+
         if self.fixed_effects == "linear":
             return nn.Linear(in_features, out_features)
         layers, width = [], in_features
@@ -546,7 +543,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         """Residual s.d. in data units (regression), else None."""
         self._check_fitted()
         if self.exact_ is not None:
-            return self.exact_.sigma
+            return self.exact_.sigma if self.exact_.family == "gaussian" else None
         noise = self.network_.log_noise_scale
         return None if noise is None else float(noise.detach().exp()) * self._y_scale
 
@@ -665,7 +662,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
     def _exact_fit(self, what: str):
         self._check_fitted()
         if self.exact_ is None:
-            raise AttributeError(f"{what} needs an exact fit (method='reml' or 'ml'); this one used the ELBO.")
+            raise AttributeError(f"{what} needs a likelihood fit (method 'reml', 'ml' or 'laplace'), not the ELBO.")
         return self.exact_
 
     def fixed_effects_table(self, level: float = 0.95):

@@ -6,13 +6,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.utils import optional_import
 from sklearn.base import ClassifierMixin
 from sklearn.preprocessing import LabelEncoder
 
 from monai_medl.estimators.base import MixedEffectsEstimatorBase
-
-pd, _ = optional_import("pandas")
+from monai_medl.estimators.grouping import pd
 
 __all__ = ["MixedEffectsClassifier"]
 
@@ -95,6 +93,9 @@ class MixedEffectsClassifier(ClassifierMixin, MixedEffectsEstimatorBase):
             )
         self.classes_ = encoder.classes_
         return encoded.astype(float)
+
+    def _exact_methods(self) -> tuple[str, ...]:
+        return ("laplace",) if len(getattr(self, "classes_", ())) == 2 else ()
 
     def _num_outputs(self) -> int:
         return 1 if len(self.classes_) == 2 else len(self.classes_)

@@ -6,17 +6,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from monai.utils import optional_import
 from scipy import stats
 
+from monai_medl.estimators.grouping import pd
+from monai_medl.estimators.laplace_glmm import fit_laplace_binomial
 from monai_medl.estimators.profiled_deviance import ExactLmmFit, RandomTerm, fit_exact_lmm
-
-pd, _ = optional_import("pandas")
 
 __all__ = ["METHODS", "METHOD_LABELS", "fit_estimator_exact", "exact_linear_predictor", "fixed_effects_table"]
 
-METHODS = ("reml", "ml", "elbo")
-METHOD_LABELS = {"reml": "exact REML", "ml": "exact ML", "elbo": "variational ELBO"}
+METHODS = ("reml", "ml", "laplace", "elbo")
+METHOD_LABELS = {"reml": "exact REML", "ml": "exact ML", "laplace": "Laplace approximation", "elbo": "variational ELBO"}
 
 
 def _terms(
@@ -35,8 +34,9 @@ def _terms(
     return terms
 
 
-def fit_estimator_exact(x, y, clusters, factors, num_levels, slopes, correlated, reml: bool) -> ExactLmmFit:
-    """Exact (RE)ML fit of ``y ~ 1 + x + random terms`` in data units (``clusters``: ``(n, factors)`` indices)."""
+def fit_estimator_exact(x, y, clusters, factors, num_levels, slopes, correlated, method: str) -> ExactLmmFit:
+    """``method`` ``"reml"``/``"ml"`` (Gaussian, exact) or ``"laplace"`` (binomial, 0/1 ``y``) fit of ``y ~ 1 + x +
+    random terms`` in data units (``clusters``: ``(n, factors)`` level indices)."""
     design = np.column_stack([np.ones(len(x)), x])
     rank = np.linalg.matrix_rank(design)
     if rank < design.shape[1]:
@@ -44,7 +44,10 @@ def fit_estimator_exact(x, y, clusters, factors, num_levels, slopes, correlated,
             f"X with an intercept has rank {rank} < {design.shape[1]} columns: drop collinear (or constant) columns "
             "for the exact fit."
         )
-    return fit_exact_lmm(design, y, _terms(x, clusters, factors, num_levels, slopes, correlated), reml=reml)
+    terms = _terms(x, clusters, factors, num_levels, slopes, correlated)
+    if method == "laplace":
+        return fit_laplace_binomial(design, y, terms)
+    return fit_exact_lmm(design, y, terms, reml=method == "reml")
 
 
 def exact_linear_predictor(fit: ExactLmmFit, x: np.ndarray, clusters, factors, slopes) -> np.ndarray:
@@ -62,7 +65,8 @@ def exact_linear_predictor(fit: ExactLmmFit, x: np.ndarray, clusters, factors, s
 
 
 def fixed_effects_table(fit: ExactLmmFit, names: Sequence[str], level: float = 0.95):
-    """lme4's fixed-effects table plus Wald intervals: estimate, s.e., t value and the ``level`` interval."""
+    """lme4's fixed-effects table plus Wald intervals: estimate, s.e., t value (z for a binomial fit) and the
+    ``level`` interval."""
     se = np.sqrt(np.diag(fit.cov_beta))
     z = stats.norm.ppf(0.5 + level / 2)
     return pd.DataFrame(

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-from monai.utils import optional_import
 from scipy import stats
 
-pd, _ = optional_import("pandas")
+from monai_medl.estimators.grouping import pd
 
 __all__ = ["anova"]
 

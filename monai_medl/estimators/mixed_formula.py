@@ -12,9 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from monai.utils import optional_import
-
-pd, _ = optional_import("pandas")
+from monai_medl.estimators.grouping import pd
 
 __all__ = ["RandomBar", "MixedFormula", "parse_mixed_formula"]
 

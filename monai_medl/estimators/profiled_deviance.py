@@ -192,8 +192,10 @@ class ExactLmmFit:
         sigma: residual s.d. (``sqrt(r2 / (n - p))`` for REML, ``sqrt(r2 / n)`` for ML, as lme4).
         covariances: per term, ``sigma^2 T T^T`` (the random effects' covariance, in the design's units).
         b: conditional modes ``Lambda u`` per term, ``(num_levels, k)``.
-        deviance: ML deviance or REML criterion at the optimum; ``nfev``, ``converged``: optimiser report.
+        deviance: ML deviance or REML criterion (a binomial fit: its Laplace deviance) at the optimum; ``nfev``,
+            ``converged``: optimiser report.
         n, p: rows and fixed effects; ``num_theta``: free covariance parameters.
+        model: the deviance (None for a binomial fit); ``family``: ``"gaussian"`` or ``"binomial"``.
     """
 
     reml: bool
@@ -209,7 +211,8 @@ class ExactLmmFit:
     num_theta: int
     nfev: int
     converged: bool
-    model: ProfiledDeviance
+    model: ProfiledDeviance | None
+    family: str = "gaussian"
 
     @property
     def loglik(self) -> float:
@@ -219,11 +222,13 @@ class ExactLmmFit:
     @property
     def num_params(self) -> int:
         """Parameters counted by AIC/BIC: fixed effects, covariance parameters and the residual variance."""
-        return self.p + self.num_theta + 1
+        return self.p + self.num_theta + (self.family == "gaussian")
 
     def conditional_covariances(self, term: int, chunk: int = 512) -> np.ndarray:
         """``(num_levels, k, k)`` covariance of each level's effects given the data, ``sigma^2 Lambda A^{-1}
         Lambda^T`` (lme4's ``condVar``: the fixed effects held at their estimate)."""
+        if self.model is None:
+            raise ValueError(f"conditional variances are available for Gaussian fits only, not {self.family}.")
         model, t = self.model, self.model.terms[term]
         lam = model.lam(self.theta)
         solve, _ = model._factorise(lam)

@@ -93,7 +93,10 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsEstimatorBase):
     _family = "gaussian"
     _learn_noise = True
     _conjugate = True
-    _exact_available = True
+    _default_method = "reml"
+
+    def _exact_methods(self) -> tuple[str, ...]:
+        return ("reml", "ml")
 
     def _posterior_update(self, x: torch.Tensor, index: torch.Tensor, y: torch.Tensor):
         network = self.network_

@@ -199,7 +199,7 @@ def test_bad_inputs_name_the_problem():
         MixedEffectsRegressor().fit(np.ones((40, 1)), y, groups=g)
     elbo = MixedEffectsRegressor(method="elbo", max_iter=5).fit(x, y, groups=g)
     assert "maximising the ELBO" in str(elbo.summary())
-    with pytest.raises(AttributeError, match="exact fit"):
+    with pytest.raises(AttributeError, match="likelihood fit"):
         _ = elbo.loglik_
     ml = MixedEffectsRegressor(method="ml").fit(x, y, groups=g)
     reml = MixedEffectsRegressor().fit(x, y, groups=g)
@@ -210,5 +210,5 @@ def test_bad_inputs_name_the_problem():
         anova(reml, MixedEffectsRegressor().fit(np.column_stack([x, x**2]), y, groups=g))
     with pytest.raises(ValueError, match="two or more"):
         anova(ml)
-    with pytest.raises(AttributeError, match="exact fit"):
+    with pytest.raises(AttributeError, match="likelihood fit"):
         anova(ml, elbo)
