@@ -192,7 +192,9 @@ def test_bad_inputs_name_the_problem():
     x, g = rng.normal(size=(40, 1)), np.repeat(np.arange(8), 5)
     y = x[:, 0] + rng.normal(size=8)[g] + rng.normal(size=40)
     with pytest.raises(ValueError, match="method must be one of"):
-        MixedEffectsRegressor(method="laplace").fit(x, y, groups=g)
+        MixedEffectsRegressor(method="bobyqa").fit(x, y, groups=g)
+    with pytest.raises(ValueError, match=r"is one of \('reml', 'ml'\)"):
+        MixedEffectsRegressor(method="laplace").fit(x, y, groups=g)  # the binomial classifier's
     with pytest.raises(ValueError, match="fixed_effects='linear'"):
         MixedEffectsRegressor(method="reml", fixed_effects="mlp").fit(x, y, groups=g)
     with pytest.raises(ValueError, match="rank 1 < 2"):
