@@ -73,7 +73,7 @@ def test_estimator_reaches_the_same_optimum_as_the_gradient_fit_in_fewer_iterati
     y = 250 + 10 * days + u[subject, 0] + u[subject, 1] * days + rng.normal(0, 10, len(days))
     x = days[:, None]
     fits = {
-        flag: MixedEffectsRegressor(random_slopes=[0], conjugate_update=flag).fit(x, y, groups=subject)
+        flag: MixedEffectsRegressor(method="elbo", random_slopes=[0], conjugate_update=flag).fit(x, y, groups=subject)
         for flag in (None, False)
     }
     assert fits[None].fit_info_["conjugate_update"] and not fits[False].fit_info_["conjugate_update"]
@@ -94,8 +94,10 @@ def test_conjugate_update_true_is_refused_where_it_is_not_exact():
     x, y = np.zeros((8, 1)), np.arange(8.0)
     groups = {"a": [0, 0, 1, 1, 0, 0, 1, 1], "b": [0, 1, 0, 1, 0, 1, 0, 1]}
     with pytest.raises(ValueError, match="conjugate_update=True"):
-        MixedEffectsRegressor(conjugate_update=True).fit(x, y, groups=groups)
+        MixedEffectsRegressor(method="elbo", conjugate_update=True).fit(x, y, groups=groups)
     with pytest.raises(ValueError, match="conjugate_update=True"):
         MixedEffectsClassifier(conjugate_update=True).fit(x, y > 3, groups=groups["a"])
-    fit = MixedEffectsRegressor(max_iter=5).fit(x, y, groups=groups)  # crossed: the gradient fit, no error
+    fit = MixedEffectsRegressor(method="elbo", max_iter=5).fit(
+        x, y, groups=groups
+    )  # crossed: the gradient fit, no error
     assert not fit.fit_info_["conjugate_update"]

@@ -47,10 +47,12 @@ def test_early_stopping_keeps_an_mlp_from_interpolating_a_small_training_set():
     x = rng.uniform(-1, 1, size=(120, 5))
     y = x[:, 0] + rng.normal(0, 1.0, 8)[group] + rng.normal(0, 1.0, 120)  # noise s.d. 1
     kwargs = {"fixed_effects": "mlp", "hidden": (32, 32), "max_iter": 300}
-    plain = MixedEffectsRegressor(early_stopping=False, **kwargs).fit(x, y, groups=group)
+    plain = MixedEffectsRegressor(method="elbo", early_stopping=False, **kwargs).fit(x, y, groups=group)
     stopped = MixedEffectsRegressor(**kwargs).fit(x, y, groups=group)  # default: on for an MLP
     assert plain.residual_sd_ < 0.1  # the maximum-likelihood fit interpolates: noise s.d. towards 0
     assert 0.7 < stopped.residual_sd_ < 1.3
     info = stopped.fit_info_["early_stopping"]
     assert info["validation_rows"] == 24 and info["best_iteration"] < info["stopped_at"] < 300
-    assert "early_stopping" not in MixedEffectsRegressor(max_iter=20).fit(x, y, groups=group).fit_info_  # linear
+    assert (
+        "early_stopping" not in MixedEffectsRegressor(method="elbo", max_iter=20).fit(x, y, groups=group).fit_info_
+    )  # linear

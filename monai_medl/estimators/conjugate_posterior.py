@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from monai_medl.networks.layers.correlated_random_effects import CorrelatedRandomEffects
+if TYPE_CHECKING:  # the networks package imports MONAI; the estimators import without it
+    from monai_medl.networks.layers.correlated_random_effects import CorrelatedRandomEffects
 
 __all__ = ["ConjugatePosterior"]
 
@@ -34,6 +37,7 @@ class ConjugatePosterior:
 
     Example::
 
+        >>> from monai_medl.networks.layers.correlated_random_effects import CorrelatedRandomEffects
         >>> layer = CorrelatedRandomEffects(num_clusters=2, num_terms=1, prior_scale=1.0)
         >>> clusters, design = torch.tensor([0, 0, 1]), torch.ones(3, 1)
         >>> ConjugatePosterior(layer, clusters, design).update(torch.tensor([1.0, 1.0, -2.0]), noise_var=1.0)

@@ -6,9 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from monai.utils import optional_import
 
-pd, has_pandas = optional_import("pandas")
+try:  # pandas is optional (the stats extra); importing it here, not through MONAI, keeps MONAI out of the import
+    import pandas as pd
+
+    has_pandas = True
+except ImportError:  # pragma: no cover - exercised only without pandas
+    pd, has_pandas = None, False
 
 __all__ = ["GroupEncoder", "as_group_frame", "parse_nested", "validation_rows"]
 

@@ -23,6 +23,8 @@ class MixedModelSummary:
         num_obs: number of training observations.
         num_levels: lme4-style factor name -> number of training levels.
         fit_info: optimiser report (iterations, final loss, converged, seconds).
+        method: the fit used: ``"exact REML"``, ``"exact ML"`` or ``"variational ELBO"``.
+        criteria: log-likelihood, AIC, BIC and the REML criterion or deviance (exact fits; empty otherwise).
     """
 
     model: str
@@ -32,9 +34,15 @@ class MixedModelSummary:
     num_obs: int = 0
     num_levels: dict[str, int] = field(default_factory=dict)
     fit_info: dict[str, Any] = field(default_factory=dict)
+    method: str = "variational ELBO"
+    criteria: dict[str, float] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        lines = [f"{self.model} ({self.family} mixed model, fitted by maximising the ELBO)", "Random effects:"]
+        how = "maximising the ELBO" if self.method == "variational ELBO" else self.method
+        lines = [f"{self.model} ({self.family} mixed model, fitted by {how})"]
+        if self.criteria:
+            lines.append(" " + "  ".join(f"{k} {v:.4f}" for k, v in self.criteria.items()))
+        lines.append("Random effects:")
         vc = self.var_corr
         per_class = "class" in vc.columns  # a C-class model: independent effects per class (on that class's logit)
         header = ("Groups", "Class", "Name", "Std.Dev.", "Corr")
@@ -62,6 +70,10 @@ class MixedModelSummary:
         lines.append(f"Number of obs: {self.num_obs}, groups: {counts}")
         if self.fixed_effects is None:
             lines.append("Fixed effects: a neural network (no coefficients)")
+        elif hasattr(self.fixed_effects, "columns") and "std_error" in self.fixed_effects.columns:
+            lines.append("Fixed effects (Wald 95% intervals):")
+            text = self.fixed_effects.to_string(float_format=lambda v: f"{v:.4g}")
+            lines += [" " + line for line in text.split("\n")]
         elif getattr(self.fixed_effects, "ndim", 1) == 2:
             lines.append("Fixed effects (per class, centred over the classes):")
             text = self.fixed_effects.to_string(float_format=lambda v: f"{v:.4g}")

@@ -16,7 +16,7 @@ __all__ = ["MixedEffectsRegressor"]
 
 
 class MixedEffectsRegressor(RegressorMixin, MixedEffectsEstimatorBase):
-    """Gaussian mixed model ``y = f(x) + sum_factors d^T u + e`` fitted by maximising its evidence lower bound.
+    """Gaussian mixed model ``y = f(x) + sum_factors d^T u + e``, fitted exactly (REML / ML) or on its ELBO.
 
     ``f`` is linear (a linear mixed model, as ``lme4::lmer`` with ``REML = FALSE``) or an MLP. Each grouping
     factor has a random intercept and optional random slopes with a joint Gaussian posterior per level and a
@@ -61,8 +61,13 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsEstimatorBase):
         validation_fraction: share of every level's rows held out for early stopping. Defaults to 0.2.
         n_iter_no_change: patience of early stopping, in L-BFGS iterations (Adam epochs). Defaults to 20.
         device: torch device; None picks CUDA when available. Defaults to None.
-        dtype: parameter dtype. Defaults to ``torch.float64``.
+        dtype: parameter dtype of the variational fit, a torch dtype or its name. Defaults to ``"float64"``.
         random_state: seed of the initialisation and mini-batch order. Defaults to 0.
+        method: ``"reml"`` or ``"ml"``: the exact marginal likelihood (lme4's profiled deviance over the relative
+            covariance factor, :class:`~monai_medl.estimators.profiled_deviance.ProfiledDeviance`), linear fixed
+            effects only, where the variational arguments (``posterior``, ``optimizer``, ``lr``, ...) are unused;
+            ``"elbo"``: the variational fit described above. None (default): ``"reml"`` for linear fixed effects
+            (the default of ``lme4::lmer`` and statsmodels), ``"elbo"`` for an MLP.
 
     Example::
 
@@ -88,6 +93,10 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsEstimatorBase):
     _family = "gaussian"
     _learn_noise = True
     _conjugate = True
+    _default_method = "reml"
+
+    def _exact_methods(self) -> tuple[str, ...]:
+        return ("reml", "ml")
 
     def _posterior_update(self, x: torch.Tensor, index: torch.Tensor, y: torch.Tensor):
         network = self.network_
@@ -134,3 +143,14 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsEstimatorBase):
     def predict(self, X, groups=None) -> np.ndarray:
         """Predicted outcome in data units; ``groups=None`` (or an unseen level) gives population predictions."""
         return self.decision_function(X, groups)
+
+    def score(self, X, y, groups=None, sample_weight=None) -> float:
+        """Coefficient of determination R^2 of ``predict(X, groups)``.
+
+        With ``groups`` it scores the conditional prediction (fixed effects plus the conditional modes of the
+        known levels; an unseen level contributes 0); with ``groups=None`` the population-level prediction (every
+        random effect 0).
+        """
+        from sklearn.metrics import r2_score
+
+        return float(r2_score(y, self.predict(X, groups), sample_weight=sample_weight))
