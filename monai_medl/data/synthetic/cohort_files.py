@@ -30,6 +30,7 @@ __all__ = [
     "check_grid",
     "check_num_subjects",
     "check_split_fractions",
+    "cohort_config",
     "record_splits",
     "write_cohort_datalist",
     "write_ground_truth",
@@ -118,6 +119,41 @@ def check_split_fractions(validation_fraction: float, test_fraction: float) -> N
     for name, frac in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
         if not 0 < frac < 0.5:
             raise ValueError(f"{name} must be in (0, 0.5), got {frac}.")
+
+
+def cohort_config(
+    a: Mapping[str, Any],
+    sites: tuple[list[str], list[str]],
+    grid: tuple[Sequence[int], Sequence[float]],
+    version: int,
+    specific: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The config a template cohort records: subjects, ``sites`` (seen, unseen), seed and ``grid`` (spatial size,
+    spacing) first, the generator's ``specific`` entries next, then the effect strengths, split fractions and
+    ``version`` (this order is the order in ``ground_truth.json``).
+
+    Example::
+
+        >>> a = {"num_subjects": 8, "seed": 0, "disease_strength": 1, "site_strength": 1,
+        ...      "validation_fraction": 0.1, "test_fraction": 0.2}
+        >>> config = cohort_config(a, (["a"], []), ((8, 8, 8), (6.0, 6.0, 6.0)), 1, {"label_shift": {"a": 0}})
+        >>> list(config)[5:7], config["spacing"]
+        (['spacing', 'label_shift'], [6.0, 6.0, 6.0])
+    """
+    return {
+        "num_subjects": int(a["num_subjects"]),
+        "sites": sites[0],
+        "unseen_sites": sites[1],
+        "seed": int(a["seed"]),
+        "spatial_size": list(grid[0]),
+        "spacing": list(grid[1]),
+        **specific,
+        "disease_strength": float(a["disease_strength"]),
+        "site_strength": float(a["site_strength"]),
+        "validation_fraction": float(a["validation_fraction"]),
+        "test_fraction": float(a["test_fraction"]),
+        "generator_version": version,
+    }
 
 
 def record_splits(subjects: Mapping[str, dict], sections: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
