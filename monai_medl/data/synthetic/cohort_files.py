@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -210,26 +211,24 @@ def write_cohort_datalist(
 
 
 def write_ground_truth(
-    path: str,
+    out_dir: str | os.PathLike,
     generator: str,
     config: Mapping[str, Any],
-    spatial_size: Sequence[int],
-    spacing: Sequence[float],
     affine: np.ndarray,
     **record: Any,
 ) -> None:
-    """Write a cohort's ``ground_truth.json``: the generator, its ``config``, the template source and checksums and
-    the grid first (the part every template cohort shares), then ``record`` in the order given.
+    """Write ``out_dir/ground_truth.json``: the generator, its ``config``, the template source and checksums and
+    the grid (``config``'s ``spatial_size`` and ``spacing``, and ``affine``) first (the part every template cohort
+    shares), then ``record`` in the order given.
 
     Example::
 
         >>> import os, tempfile
-        >>> path = os.path.join(tempfile.mkdtemp(), "ground_truth.json")
-        >>> affine, config = np.diag([6.0, 6.0, 6.0, 1.0]), {"num_subjects": 1, "seed": 0}
+        >>> out_dir, affine = tempfile.mkdtemp(), np.diag([6.0, 6.0, 6.0, 1.0])
+        >>> config = {"num_subjects": 1, "seed": 0, "spatial_size": [32, 32, 32], "spacing": [6.0, 6.0, 6.0]}
         >>> site_info, subjects = {"site_a": {"seen": True}}, {"sub-0001": {"site": "site_a", "label": 1}}
-        >>> write_ground_truth(path, "my.generator", config, (32, 32, 32), (6.0, 6.0, 6.0),
-        ...                    affine, sites=site_info, subjects=subjects)
-        >>> with open(path) as f:
+        >>> write_ground_truth(out_dir, "my.generator", config, affine, sites=site_info, subjects=subjects)
+        >>> with open(os.path.join(out_dir, "ground_truth.json")) as f:
         ...     truth = json.load(f)
         >>> list(truth), truth["grid"]["spacing"]
         (['generator', 'config', 'template', 'grid', 'sites', 'subjects'], [6.0, 6.0, 6.0])
@@ -238,9 +237,13 @@ def write_ground_truth(
         "generator": generator,
         "config": config,
         "template": {"source": TEMPLATE_SOURCE, "sha256": template_checksums()},
-        "grid": {"spatial_size": list(spatial_size), "spacing": list(spacing), "affine": affine.tolist()},
+        "grid": {
+            "spatial_size": list(config["spatial_size"]),
+            "spacing": list(config["spacing"]),
+            "affine": affine.tolist(),
+        },
         **record,
     }
-    with open(path, "w", encoding="utf-8") as f:
+    with open(os.path.join(out_dir, "ground_truth.json"), "w", encoding="utf-8") as f:
         json.dump(truth, f, indent=1)
         f.write("\n")

@@ -484,11 +484,9 @@ def _write_cohort(
     }
     arm = {"arm": arm_record(config)} if "arm" in config else {}
     write_ground_truth(
-        os.path.join(out_dir, "ground_truth.json"),
+        out_dir,
         "monai_medl.data.cohort.generate_mri_cohort",  # the files' provenance string, kept so outputs stay identical
         config,
-        config["spatial_size"],
-        config["spacing"],
         renderer.affine,
         seen_sites=seen,
         unseen_sites=unseen,

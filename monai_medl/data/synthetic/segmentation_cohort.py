@@ -290,11 +290,9 @@ def _write_cohort(
     # written with unseen_label_shift only, so cohorts generated before this option stay byte-identical
     extra = {"label_protocol": _label_protocol(config)} if "unseen_label_shift" in config else {}
     write_ground_truth(
-        os.path.join(out_dir, "ground_truth.json"),
+        out_dir,
         "monai_medl.data.segmentation_cohort.generate_segmentation_cohort",  # provenance string, kept unchanged
         config,
-        config["spatial_size"],
-        config["spacing"],
         renderer.affine,
         labels=TISSUE_LABELS,
         seen_sites=seen,
