@@ -4,12 +4,13 @@ once so that each example shows only what its own class adds."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from monai.data import DataLoader
+from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.transforms import Transform
 from torch import nn
 
 from monai_medl.engines import MixedEffectsPrepareBatch
@@ -50,7 +51,7 @@ def site_trainer(
     return SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=1,
-        train_data_loader=DataLoader(site_items() if items is None else list(items), batch_size=4),
+        train_data_loader=DataLoader(Dataset(site_items() if items is None else list(items)), batch_size=4),
         network=network,
         optimizer=torch.optim.Adam(network.parameters(), 1e-3),
         loss_function=MixedEffectsLoss(task="bce"),
@@ -63,7 +64,7 @@ def site_evaluator(
     network: nn.Module,
     items: Sequence[dict[str, Any]],
     val_handlers: Sequence[Any],
-    postprocessing: Callable,
+    postprocessing: Transform,
     batch_size: int,
     num_clusters: int = 2,
     design_key: str | None = None,
@@ -80,7 +81,7 @@ def site_evaluator(
     """
     return SupervisedEvaluator(
         device=torch.device("cpu"),
-        val_data_loader=DataLoader(list(items), batch_size=batch_size),
+        val_data_loader=DataLoader(Dataset(list(items)), batch_size=batch_size),
         network=network,
         prepare_batch=MixedEffectsPrepareBatch(num_clusters, design_key=design_key),
         postprocessing=postprocessing,
