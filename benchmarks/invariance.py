@@ -3,7 +3,7 @@
 and the trainer handlers that implement a config.
 
 An ``invariance`` config is ``{"kind": "none" | "adversary" | "coral" | "mmd", "lambda": float, "label_conditional":
-bool, "update": "two_step", ...}`` plus kind-specific settings (:data:`ADVERSARY_SETTINGS`,
+bool, "update": "two_step" | "one_pass", ...}`` plus kind-specific settings (:data:`ADVERSARY_SETTINGS`,
 :data:`ALIGNMENT_SETTINGS`). The adversary reads ``h`` (the pooled features the heads read) on a scale-invariant view,
 with several updates per batch and a memory of past batches; ``coral``/``mmd`` match the sites' distributions of ``h``
 (per label class when ``label_conditional``)."""
@@ -31,7 +31,7 @@ __all__ = [
 
 INVARIANCE_KINDS = ("none", "adversary", "coral", "mmd")
 COMMON_SETTINGS: dict[str, Any] = {"kind": "none", "lambda": 0.0, "label_conditional": False, "update": "two_step"}
-UPDATES = ("two_step",)
+UPDATES = ("two_step", "one_pass")  # one_pass: the adversary's update rides on the main backward
 ADVERSARY_SETTINGS: dict[str, Any] = {
     "taps": "h",  # "h": the pooled features the heads read; "all": also the pooled block outputs
     "feature_scaling": "batch_std",  # what a StandardScaler probe sees, so shrinking h cannot fool it
@@ -70,6 +70,8 @@ def resolve_invariance(spec: dict[str, Any]) -> dict[str, Any]:
         )
     if out["update"] not in UPDATES:
         raise ValueError(f"config key 'invariance.update' must be one of {UPDATES}, got {out['update']!r}.")
+    if out["update"] == "one_pass" and kind != "adversary":
+        raise ValueError(f"config key 'invariance.update' 'one_pass' applies to kind 'adversary' only, got {kind!r}.")
     if kind != "none" and out["taps"] not in ("h", "all"):
         raise ValueError(f"config key 'invariance.taps' must be 'h' or 'all', got {out['taps']!r}.")
     return out
@@ -96,6 +98,7 @@ def invariance_handlers(spec: dict[str, Any], net: nn.Module, num_clusters: int,
                 memory=spec["memory"],
                 label_classes=classes,
                 feature_scaling=spec["feature_scaling"],
+                update=spec["update"],
             )
         ]
     alignment = SiteAlignmentLoss(

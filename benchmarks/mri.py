@@ -313,7 +313,11 @@ def train_model(
 
     Mixed-effects kinds train with :class:`MixedEffectsLoss` (both heads for ``me*``, the fixed head only for the
     fixed-effects models) and, when adversarial, :class:`AdversaryHandler`; ``cluster_input`` gets the one-hot ``z``
-    from :class:`MixedEffectsPrepareBatch`; the ``z_predictor`` is a SmallCNN site classifier (cross-entropy)."""
+    from :class:`MixedEffectsPrepareBatch`; the ``z_predictor`` is a SmallCNN site classifier (cross-entropy).
+
+    A config key ``invariance`` (:mod:`benchmarks.invariance`: ``{"kind": "none" | "adversary" | "coral" | "mmd",
+    "lambda": ..., "label_conditional": ..., "update": ...}``) replaces the adversary of ``domain_adversarial`` and
+    ``me`` and sets the network's feature taps; without it the ``adversary_*`` keys apply as before."""
     if kind == "me":  # the adversary benchmarks.mri_selection chose (run() puts it in the config)
         cfg = {**cfg, **cfg.get("me_adversary", {})}
     if "invariance" in cfg:  # the study's mechanism: it sets which features the network taps

@@ -51,6 +51,12 @@ class AdversaryHandler:
         feature_scaling: ``"none"`` (default) or the scale-invariant view the adversary reads (``"layer"``,
             ``"batch_rms"``, ``"batch_std"``; see :func:`~monai_medl.losses.scale_invariant`), so that shrinking the
             features cannot fool it.
+        update: ``"two_step"`` (default: the adversary's own update inside ``LOSS_COMPLETED``, then the penalty of the
+            updated adversary) or ``"one_pass"`` (the trainer's backward computes the adversary's gradient too; the
+            adversary's optimizer steps at ``IterationEvents.MODEL_COMPLETED``, after the main optimizer; see
+            :class:`~monai_medl.losses.AdversarialRegularizer` for the update order). The trainer's gradient
+            accumulation (``iteration_update`` with several iterations per step) is not supported with
+            ``"one_pass"``: the adversary steps every iteration.
 
     Example::
 
@@ -88,6 +94,7 @@ class AdversaryHandler:
         label_classes: int = 0,
         label_key: str = CommonKeys.LABEL,
         feature_scaling: str = "none",
+        update: str = "two_step",
     ) -> None:
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}.")
@@ -100,6 +107,7 @@ class AdversaryHandler:
             memory=memory,
             label_classes=label_classes,
             feature_scaling=feature_scaling,
+            update=update,
         )
         self.site_key = site_key
         self.label_key = label_key
@@ -107,6 +115,8 @@ class AdversaryHandler:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)
+        if self.regularizer.update == "one_pass":
+            engine.add_event_handler(IterationEvents.MODEL_COMPLETED, lambda _: self.regularizer.finish_step())
 
     def __call__(self, engine: Engine) -> None:
         output = engine.state.output

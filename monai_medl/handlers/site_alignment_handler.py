@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
@@ -72,14 +72,14 @@ class SiteAlignmentHandler:
         engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        output = engine.state.output
+        output = cast(dict, engine.state.output)  # the trainer's output dictionary (ignite types it loosely)
         pred = output[CommonKeys.PRED]
         if not hasattr(pred, "features"):
             raise TypeError(
                 "SiteAlignmentHandler needs the trainer's network to return a MixedEffectsOutput (a mixed-effects "
                 f"network in training mode) as engine.state.output['pred'], got {type(pred).__name__}."
             )
-        batch = engine.state.batch
+        batch = cast(dict, engine.state.batch)
         conditional = self.alignment.label_classes > 0
         for key in [self.site_key] + ([self.label_key] if conditional else []):
             if key not in batch:

@@ -14,7 +14,10 @@ from torch import nn
 from monai_medl.losses.feature_scaling import FEATURE_SCALINGS, scale_invariant
 from monai_medl.networks.nets.cluster_classifier import ClusterClassifier
 
-__all__ = ["AdversarialRegularizer", "label_indices"]
+__all__ = ["AdversarialRegularizer", "UPDATES", "label_indices"]
+
+UPDATES = ("two_step", "one_pass")
+"""The :class:`AdversarialRegularizer` update schemes."""
 
 
 def label_indices(labels: torch.Tensor | None, num_items: int, classes: int, device: torch.device) -> torch.Tensor:
@@ -87,6 +90,18 @@ class AdversarialRegularizer:
             the features leaves the adversary's inputs, its loss and the penalty unchanged, so the encoder can only
             lower the penalty by removing the site information (measured on the MRI cohorts: with inputs
             standardised inside the adversary the encoder shrank ``h`` from s.d. 0.23 to 0.03).
+        update: ``"two_step"`` (default) or ``"one_pass"``. Two-step (alternating): :meth:`step` updates the adversary
+            ``steps`` times with its own backward passes, then returns the penalty of the *updated*, frozen adversary;
+            the main backward moves the main model only. One-pass (simultaneous, one backward for both): the first
+            ``steps - 1`` updates are as above; the last one is not applied in :meth:`step`, whose returned term then
+            carries, besides the penalty (the adversary frozen, evaluated at its weights *before* that update), a
+            zero-valued gradient path ``own - own.detach()`` of the adversary's own cross-entropy on the detached
+            features. The main ``loss.backward()`` thus gives the adversary its own gradient and the encoder the
+            penalty's (the reversed one, for ``objective="ce"`` exactly a gradient-reversal layer); the value of the
+            loss is unchanged. Call :meth:`finish_step` after the backward to apply the adversary's update (the
+            handler does at ``MODEL_COMPLETED``). Order per iteration: forward; ``step`` (adversary's loss and the
+            penalty at weights ``theta_t``); backward (both gradients); main optimizer step; ``finish_step``
+            (``theta_t -> theta_t+1``). It saves the adversary's separate backward pass and the last extra forward.
 
     Example::
 
@@ -116,7 +131,12 @@ class AdversarialRegularizer:
         memory: int = 0,
         label_classes: int = 0,
         feature_scaling: str = "none",
+        update: str = "two_step",
     ) -> None:
+        if update not in UPDATES:
+            raise ValueError(f"update must be one of {UPDATES}, got {update!r}.")
+        self.update = update
+        self._pending = False  # one_pass: an adversary update waits for the main backward
         if feature_scaling not in FEATURE_SCALINGS:
             raise ValueError(f"feature_scaling must be one of {FEATURE_SCALINGS}, got {feature_scaling!r}.")
         self.feature_scaling = feature_scaling
@@ -190,7 +210,53 @@ class AdversarialRegularizer:
         With ``penalize=False`` the adversary is still updated but the returned term is zero (a warm-up in which the
         adversary learns the features before the main model is pushed against it). ``labels``: the class index of
         every item (``(batch,)`` or ``(batch, 1)``, integer or 0/1 float), required by a label-conditional
-        adversary and ignored otherwise."""
+        adversary and ignored otherwise. With ``update="one_pass"`` the last of the ``steps`` updates is left to the
+        main backward and :meth:`finish_step` (see the class docstring)."""
+        live, target, weight, count, label_index = self._inputs(features, sites, labels)
+        concatenated = len(live) == 1 and isinstance(self.adversary, ClusterClassifier)
+        batch = ([f.detach() for f in live], target, weight)
+        bank = [*self._memory, batch] if self._memory is not None else [batch]
+        inputs = [torch.cat([b[0][i] for b in bank]) for i in range(len(live))] if len(bank) > 1 else batch[0]
+        all_target, all_weight = (
+            (torch.cat([b[k] for b in bank]) for k in (1, 2)) if len(bank) > 1 else (target, weight)
+        )
+        fit = (inputs[0] if concatenated else inputs, all_target, all_weight, all_weight.sum().clamp_min(1.0))
+        current = (target, weight, count)
+        one_pass = self.update == "one_pass"
+        for i in range(self.steps - int(one_pass)):
+            self.optimizer.zero_grad(set_to_none=True)
+            own, clusters = self._adversary_loss(fit, current, record=i == 0)
+            own.backward()
+            self._sync_grads()
+            self.optimizer.step()
+        if one_pass:  # the last update: its loss joins the main graph, the optimizer steps in finish_step()
+            self.optimizer.zero_grad(set_to_none=True)
+            own, clusters = self._adversary_loss(fit, current, record=self.steps == 1)
+            self._pending = True
+        if self._memory is not None:
+            self._memory.append(batch)
+        if label_index is not None:  # counted in warm-up too
+            self._count_sites(label_index, target, weight, clusters)
+
+        if self.lambda_g == 0 or not penalize:
+            term = live[0].new_zeros(())
+        else:
+            term = self._penalty(live[0] if concatenated else live, target, weight, count, label_index)
+        # zero-valued, so the reported loss is the main loss, but its gradient is the adversary's own one
+        return term + (own - own.detach()) if one_pass else term
+
+    def finish_step(self) -> None:
+        """``update="one_pass"``: apply the adversary's update whose gradient the main backward has just computed (call
+        it after ``loss.backward()``; the :class:`~monai_medl.handlers.AdversaryHandler` does at
+        ``IterationEvents.MODEL_COMPLETED``). A no-op for ``"two_step"`` or when no step is pending."""
+        if not self._pending:
+            return
+        self._pending = False
+        self._sync_grads()
+        self.optimizer.step()
+
+    def _inputs(self, features: Sequence[torch.Tensor], sites: torch.Tensor, labels: torch.Tensor | None):
+        """``(adversary inputs, site targets, weights, seen count, label index)`` of a batch."""
         sites = torch.as_tensor(sites).reshape(-1).to(features[0].device).long()
         # unseen-marker rows get weight 0 instead of being masked out: boolean indexing would synchronise with the
         # device every step to learn the number of kept rows
@@ -203,51 +269,33 @@ class AdversarialRegularizer:
         if self.label_classes:
             label_index = self._label_index(labels, target)
             features = [*features, F.one_hot(label_index, self.label_classes).to(weight.dtype)]
-
         if not self.adversary.training:
             self.adversary.train()
         if isinstance(self.adversary, ClusterClassifier):
             # it concatenates its inputs: do that once for the update and the penalty (same values, fewer ops)
-            live: list[torch.Tensor] = [torch.cat([f.flatten(1) for f in features], dim=1)]
-        else:
-            live = list(features)
-        concatenated = len(live) == 1 and isinstance(self.adversary, ClusterClassifier)
-        batch = ([f.detach() for f in live], target, weight)
-        bank = [*self._memory, batch] if self._memory is not None else [batch]
-        inputs = [torch.cat([b[0][i] for b in bank]) for i in range(len(live))] if len(bank) > 1 else batch[0]
-        all_target, all_weight = (
-            (torch.cat([b[k] for b in bank]) for k in (1, 2)) if len(bank) > 1 else (target, weight)
-        )
-        all_count = all_weight.sum().clamp_min(1.0)
-        n = target.shape[0]
-        for i in range(self.steps):
-            self.optimizer.zero_grad(set_to_none=True)
-            logits = self.adversary(inputs[0] if concatenated else inputs)
-            per_item = F.cross_entropy(logits, all_target, reduction="none")
-            if i == 0:  # read-outs on the current batch before the adversary is updated on it (accuracy: lazily)
-                self._last = (
-                    (per_item.detach()[-n:] * weight).sum() / count,
-                    logits.detach()[-n:],
-                    target,
-                    weight,
-                    count,
-                )
-            ((per_item * all_weight).sum() / all_count).backward()
-            self._sync_grads()
-            self.optimizer.step()
-        if self._memory is not None:
-            self._memory.append(batch)
-        if label_index is not None:  # counted in warm-up too
-            self._count_sites(label_index, target, weight, logits.shape[1])
+            return [torch.cat([f.flatten(1) for f in features], dim=1)], target, weight, count, label_index
+        return list(features), target, weight, count, label_index
 
-        if self.lambda_g == 0 or not penalize:
-            return features[0].new_zeros(())
+    def _adversary_loss(self, fit: tuple, current: tuple, record: bool) -> tuple[torch.Tensor, int]:
+        """The adversary's weighted cross-entropy on the (memory and current) detached inputs, and its output width;
+        ``record``: keep the current batch's read-outs (before the adversary is updated on it; accuracy lazily)."""
+        inputs, all_target, all_weight, all_count = fit
+        target, weight, count = current
+        logits = self.adversary(inputs)
+        per_item = F.cross_entropy(logits, all_target, reduction="none")
+        if record:
+            n = target.shape[0]
+            self._last = ((per_item.detach()[-n:] * weight).sum() / count, logits.detach()[-n:], target, weight, count)
+        return (per_item * all_weight).sum() / all_count, int(logits.shape[1])
+
+    def _penalty(self, live, target, weight, count, label_index) -> torch.Tensor:
+        """The generalisation term of the live activations, the adversary frozen."""
         params = self._params
         flags = [p.requires_grad for p in params]
         for p in params:
-            p.requires_grad_(False)  # frozen: the main backward must not move the adversary
+            p.requires_grad_(False)  # frozen: the main backward must not move the adversary through this term
         try:
-            logits = self.adversary(live[0] if concatenated else live)
+            logits = self.adversary(live)
         finally:
             for p, flag in zip(params, flags):
                 p.requires_grad_(flag)

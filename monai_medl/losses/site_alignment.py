@@ -129,7 +129,8 @@ class SiteAlignmentLoss(nn.Module):
             median = d2.detach()[i, j].median().clamp_min(1e-12)
         else:
             median = d2.new_ones(())
-        kernel = sum(torch.exp(-d2 / (2 * s * s * median)) for s in self.bandwidth_scales) / len(self.bandwidth_scales)
+        scales = (torch.exp(-d2 / (2 * s * s * median)) for s in self.bandwidth_scales)
+        kernel = sum(scales, d2.new_zeros(())) / len(self.bandwidth_scales)  # start from a tensor: 0 + x is exact
         n_a, n_b = cell.sum(0), rest.sum(0)
         a, b = cell / n_a.clamp_min(1.0), rest / n_b.clamp_min(1.0)
         ka, kb = kernel @ a, kernel @ b

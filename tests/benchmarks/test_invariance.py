@@ -33,6 +33,7 @@ def test_candidates_cover_every_mechanism_and_lambda():
     "spec,match",
     [({"kind": "grl"}, "invariance.kind"), ({"kind": "coral", "lambda": -1}, "invariance.lambda"),
      ({"kind": "mmd", "label_conditional": 1}, "label_conditional"), ({"kind": "adversary", "update": "x"}, "update"),
+     ({"kind": "coral", "update": "one_pass"}, "adversary' only"),
      ({"kind": "coral", "steps": 3}, "unknown settings"), ({"kind": "adversary", "taps": "last"}, "invariance.taps")],
 )  # fmt: skip
 def test_bad_invariance_configs_name_the_key(spec, match):
@@ -52,7 +53,9 @@ def _tiny(spec=None):
 @pytest.mark.parametrize(
     "spec,handler",
     [({"kind": "none"}, None), ({"kind": "adversary", "lambda": 0.3, "label_conditional": True}, AdversaryHandler),
-     ({"kind": "adversary", "lambda": 0.3}, AdversaryHandler), ({"kind": "coral", "lambda": 0.3}, SiteAlignmentHandler),
+     ({"kind": "adversary", "lambda": 0.3}, AdversaryHandler),
+     ({"kind": "adversary", "lambda": 0.3, "update": "one_pass"}, AdversaryHandler),
+     ({"kind": "coral", "lambda": 0.3}, SiteAlignmentHandler),
      ({"kind": "mmd", "lambda": 1.0, "label_conditional": True}, SiteAlignmentHandler)],
 )  # fmt: skip
 def test_each_kind_trains_in_the_mri_recipe(spec, handler, monkeypatch):
@@ -70,6 +73,7 @@ def test_each_kind_trains_in_the_mri_recipe(spec, handler, monkeypatch):
             reg.feature_scaling == "batch_std" and reg.steps == 3 and reg.adversary.in_features == 8 + reg.label_classes
         )
         assert reg.label_classes == (2 if spec.get("label_conditional") else 0)
+        assert reg.update == spec.get("update", "two_step") and not reg._pending  # one-pass: applied after backward
 
 
 def test_without_the_invariance_key_the_old_adversary_keys_apply(monkeypatch):
