@@ -38,9 +38,10 @@ def site_trainer(
     train_handlers: Sequence[Any] = (),
     items: Sequence[dict[str, Any]] | None = None,
     num_clusters: int = 3,
+    batch_size: int = 4,
 ) -> SupervisedTrainer:
-    """One CPU epoch of a mixed-effects binary classifier over ``items`` (default :func:`site_items`), batches of 4,
-    Adam at 1e-3 and ``MixedEffectsLoss(task="bce")``.
+    """One CPU epoch of a mixed-effects binary classifier over ``items`` (default :func:`site_items`) in batches of
+    ``batch_size``, Adam at 1e-3 and ``MixedEffectsLoss(task="bce")``.
 
     Example:
         >>> from monai_medl.networks.nets import MixedEffectsMLP
@@ -51,7 +52,7 @@ def site_trainer(
     return SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=1,
-        train_data_loader=DataLoader(Dataset(site_items() if items is None else list(items)), batch_size=4),
+        train_data_loader=DataLoader(Dataset(site_items() if items is None else list(items)), batch_size=batch_size),
         network=network,
         optimizer=torch.optim.Adam(network.parameters(), 1e-3),
         loss_function=MixedEffectsLoss(task="bce"),
