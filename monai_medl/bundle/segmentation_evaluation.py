@@ -43,18 +43,15 @@ class SiteDiceCollector(ScanCollector):
     Example::
 
         >>> import torch
-        >>> from monai.data import DataLoader
-        >>> from monai.engines import SupervisedEvaluator
         >>> from monai.transforms import AsDiscreted
-        >>> from monai_medl.engines import MixedEffectsPrepareBatch
         >>> from monai_medl.networks.nets import MixedEffectsUNet
+        >>> from monai_medl.utils.examples import site_evaluator
         >>> items = [{"image": torch.randn(1, 16, 16), "label": torch.randint(0, 4, (1, 16, 16)), "site": s,
         ...           "site_name": name, "split": "test"} for s, name in [(0, "a"), (-1, "new")]]  # -1: unseen
         >>> net = MixedEffectsUNet(num_clusters=2, spatial_dims=2, out_channels=4, channels=(4, 8), strides=(2,))
         >>> collector = SiteDiceCollector(["csf", "grey_matter", "white_matter"])
-        >>> evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=DataLoader(items, batch_size=2),
-        ...                                 network=net, prepare_batch=MixedEffectsPrepareBatch(2, design_key="z"),
-        ...                                 postprocessing=AsDiscreted("pred", argmax=True), val_handlers=[collector])
+        >>> evaluator = site_evaluator(net, items, [collector], AsDiscreted("pred", argmax=True), batch_size=2,
+        ...                            design_key="z")
         >>> evaluator.run()
         >>> [(row["site"], row["seen"], row["z"]) for row in collector.rows]
         [('a', True, 'one-hot:a'), ('new', False, 'zero')]

@@ -3,24 +3,11 @@
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
-
+from monai_medl.data._deprecated import moved_module_shim
 from monai_medl.data.synthetic import mri_cohort as _moved
 from monai_medl.data.synthetic.mri_cohort import *  # noqa: F403
 
-__all__ = list(_moved.__all__)
-
-warnings.warn(
-    "monai_medl.data.cohort is deprecated and will be removed in the next release; "
-    "import from monai_medl.data.synthetic.mri_cohort (or monai_medl.data) instead.",
-    DeprecationWarning,
-    stacklevel=2,
-)
-
-
-def __getattr__(name: str) -> Any:
-    return getattr(_moved, name)
+__all__, __getattr__ = moved_module_shim("monai_medl.data.cohort", _moved)
 
 
 if __name__ == "__main__":

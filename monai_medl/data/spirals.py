@@ -3,21 +3,8 @@
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
-
+from monai_medl.data._deprecated import moved_module_shim
 from monai_medl.data.synthetic import spirals as _moved
 from monai_medl.data.synthetic.spirals import *  # noqa: F403
 
-__all__ = list(_moved.__all__)
-
-warnings.warn(
-    "monai_medl.data.spirals is deprecated and will be removed in the next release; "
-    "import from monai_medl.data.synthetic.spirals (or monai_medl.data) instead.",
-    DeprecationWarning,
-    stacklevel=2,
-)
-
-
-def __getattr__(name: str) -> Any:
-    return getattr(_moved, name)
+__all__, __getattr__ = moved_module_shim("monai_medl.data.spirals", _moved)

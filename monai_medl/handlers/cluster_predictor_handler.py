@@ -41,23 +41,14 @@ class ClusterPredictorHandler:
     Example::
 
         >>> import torch
-        >>> from monai.data import DataLoader
-        >>> from monai.engines import SupervisedTrainer
-        >>> from monai_medl.engines import MixedEffectsPrepareBatch
-        >>> from monai_medl.losses import MixedEffectsLoss
         >>> from monai_medl.networks.nets import MixedEffectsCNN, SmallCNN
+        >>> from monai_medl.utils.examples import site_items, site_trainer
         >>> num_sites = 3
-        >>> items = [{"image": torch.randn(1, 16, 16), "label": torch.tensor([float(i % 2)]), "site": i % num_sites}
-        ...          for i in range(8)]
+        >>> items = site_items(8, num_sites, shape=(1, 16, 16))
         >>> net = MixedEffectsCNN(num_sites, backbone=SmallCNN(spatial_dims=2, channels=(4, 8)))
         >>> z_predictor = SmallCNN(spatial_dims=2, in_channels=1, out_channels=num_sites, channels=(4, 8))
         >>> handler = ClusterPredictorHandler(z_predictor, torch.optim.Adam(z_predictor.parameters(), 1e-3))
-        >>> trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1,
-        ...                             train_data_loader=DataLoader(items, batch_size=4), network=net,
-        ...                             optimizer=torch.optim.Adam(net.parameters(), 1e-3),
-        ...                             loss_function=MixedEffectsLoss(task="bce"),
-        ...                             prepare_batch=MixedEffectsPrepareBatch(num_clusters=num_sites),
-        ...                             train_handlers=[handler])
+        >>> trainer = site_trainer(net, [handler], items, num_clusters=num_sites)
         >>> trainer.run()
         >>> sorted(k for k in trainer.state.output[0] if k.startswith("site_"))  # the predictor's step, for logging
         ['site_acc', 'site_loss']

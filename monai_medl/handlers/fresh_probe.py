@@ -51,20 +51,13 @@ class FreshProbeHandler:
 
         >>> import torch
         >>> from monai.data import DataLoader
-        >>> from monai.engines import SupervisedTrainer
-        >>> from monai_medl.engines import MixedEffectsPrepareBatch
-        >>> from monai_medl.losses import MixedEffectsLoss
         >>> from monai_medl.networks.nets import MixedEffectsMLP
+        >>> from monai_medl.utils.examples import site_trainer
         >>> items = [{"image": torch.randn(4) + i % 3, "label": torch.tensor([float(i % 2)]), "site": i % 3}
         ...          for i in range(24)]
         >>> net = MixedEffectsMLP(4, 1, num_clusters=3, hidden=(8,))
         >>> probe = FreshProbeHandler(DataLoader(items[12:], batch_size=6))
-        >>> trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1,
-        ...                             train_data_loader=DataLoader(items[:12], batch_size=6), network=net,
-        ...                             optimizer=torch.optim.Adam(net.parameters(), 1e-3),
-        ...                             loss_function=MixedEffectsLoss(task="bce"),
-        ...                             prepare_batch=MixedEffectsPrepareBatch(num_clusters=3),
-        ...                             train_handlers=[probe])
+        >>> trainer = site_trainer(net, [probe], items[:12], batch_size=6)
         >>> trainer.run()
         >>> 0.0 <= trainer.state.metrics["fresh_probe_acc"] <= 1.0
         True

@@ -33,20 +33,10 @@ class LossTermsHandler:
 
     Example::
 
-        >>> import torch
-        >>> from monai.data import DataLoader
-        >>> from monai.engines import SupervisedTrainer
-        >>> from monai_medl.engines import MixedEffectsPrepareBatch
-        >>> from monai_medl.losses import MixedEffectsLoss
         >>> from monai_medl.networks.nets import MixedEffectsMLP
-        >>> items = [{"image": torch.randn(4), "label": torch.tensor([float(i % 2)]), "site": i % 3} for i in range(12)]
+        >>> from monai_medl.utils.examples import site_trainer
         >>> net = MixedEffectsMLP(4, 1, num_clusters=3, hidden=(8,))
-        >>> trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1,
-        ...                             train_data_loader=DataLoader(items, batch_size=4), network=net,
-        ...                             optimizer=torch.optim.Adam(net.parameters(), 1e-3),
-        ...                             loss_function=MixedEffectsLoss(task="bce"),
-        ...                             prepare_batch=MixedEffectsPrepareBatch(num_clusters=3),
-        ...                             train_handlers=[LossTermsHandler()])
+        >>> trainer = site_trainer(net, [LossTermsHandler()])
         >>> trainer.run()
         >>> out = trainer.state.output[0]
         >>> [k for k in ("loss_mixed", "loss_fixed", "kl") if k in out]

@@ -68,19 +68,15 @@ class SiteMetricHandler:
     Example::
 
         >>> import torch
-        >>> from monai.data import DataLoader
-        >>> from monai.engines import SupervisedEvaluator
         >>> from monai.transforms import Activationsd
-        >>> from monai_medl.engines import MixedEffectsPrepareBatch
         >>> from monai_medl.networks.nets import MixedEffectsMLP
+        >>> from monai_medl.utils.examples import site_evaluator
         >>> sites = [(0, "a"), (1, "b"), (-1, "new")] * 4  # -1: a site not seen in training
         >>> items = [{"image": torch.randn(4), "label": torch.tensor([float(i % 2)]), "site": s, "site_name": name}
         ...          for i, (s, name) in enumerate(sites)]
         >>> handler = SiteMetricHandler(metrics=("auroc",), site_name_key="site_name", prefix="val_")
-        >>> evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=DataLoader(items, batch_size=6),
-        ...                                 network=MixedEffectsMLP(4, 1, num_clusters=2),
-        ...                                 prepare_batch=MixedEffectsPrepareBatch(2),
-        ...                                 postprocessing=Activationsd("pred", sigmoid=True), val_handlers=[handler])
+        >>> evaluator = site_evaluator(MixedEffectsMLP(4, 1, num_clusters=2), items, [handler],
+        ...                            Activationsd("pred", sigmoid=True), batch_size=6)
         >>> evaluator.run(); sorted(evaluator.state.metrics)  # doctest: +NORMALIZE_WHITESPACE
         ['val_auroc', 'val_seen_auroc', 'val_site_a_auroc', 'val_site_b_auroc', 'val_site_new_auroc',
          'val_unseen_auroc']

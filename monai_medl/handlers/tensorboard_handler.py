@@ -62,12 +62,8 @@ class RandomEffectsTensorBoardHandler(TensorBoardHandler):
     Example::
 
         >>> import torch
-        >>> from monai.data import DataLoader
-        >>> from monai.engines import SupervisedTrainer
-        >>> from monai_medl.engines import MixedEffectsPrepareBatch
-        >>> from monai_medl.losses import MixedEffectsLoss
         >>> from monai_medl.networks.nets import ClusterAdversary, MixedEffectsMLP
-        >>> items = [{"image": torch.randn(4), "label": torch.tensor([float(i % 2)]), "site": i % 3} for i in range(12)]
+        >>> from monai_medl.utils.examples import site_trainer
         >>> net = MixedEffectsMLP(4, 1, num_clusters=3, hidden=(8,))
         >>> import tempfile
         >>> from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -78,12 +74,7 @@ class RandomEffectsTensorBoardHandler(TensorBoardHandler):
         >>> adversary_handler = AdversaryHandler(adversary, torch.optim.Adam(adversary.parameters(), 1e-4))
         >>> log_dir = tempfile.mkdtemp()
         >>> tb = RandomEffectsTensorBoardHandler(log_dir=log_dir, cluster_names=vocabulary.sites)
-        >>> trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1,
-        ...                             train_data_loader=DataLoader(items, batch_size=4), network=net,
-        ...                             optimizer=torch.optim.Adam(net.parameters(), 1e-3),
-        ...                             loss_function=MixedEffectsLoss(task="bce"),
-        ...                             prepare_batch=MixedEffectsPrepareBatch(num_clusters=3),
-        ...                             train_handlers=[adversary_handler, tb])
+        >>> trainer = site_trainer(net, [adversary_handler, tb])
         >>> trainer.run()
         >>> tb.close()
         >>> tags = EventAccumulator(log_dir).Reload().Tags()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "check_grid",
     "check_num_subjects",
     "check_split_fractions",
+    "cohort_config",
     "record_splits",
     "write_cohort_datalist",
     "write_ground_truth",
@@ -120,6 +122,41 @@ def check_split_fractions(validation_fraction: float, test_fraction: float) -> N
             raise ValueError(f"{name} must be in (0, 0.5), got {frac}.")
 
 
+def cohort_config(
+    a: Mapping[str, Any],
+    sites: tuple[list[str], list[str]],
+    grid: tuple[Sequence[int], Sequence[float]],
+    version: int,
+    specific: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The config a template cohort records: subjects, ``sites`` (seen, unseen), seed and ``grid`` (spatial size,
+    spacing) first, the generator's ``specific`` entries next, then the effect strengths, split fractions and
+    ``version`` (this order is the order in ``ground_truth.json``).
+
+    Example::
+
+        >>> a = {"num_subjects": 8, "seed": 0, "disease_strength": 1, "site_strength": 1,
+        ...      "validation_fraction": 0.1, "test_fraction": 0.2}
+        >>> config = cohort_config(a, (["a"], []), ((8, 8, 8), (6.0, 6.0, 6.0)), 1, {"label_shift": {"a": 0}})
+        >>> list(config)[5:7], config["spacing"]
+        (['spacing', 'label_shift'], [6.0, 6.0, 6.0])
+    """
+    return {
+        "num_subjects": int(a["num_subjects"]),
+        "sites": sites[0],
+        "unseen_sites": sites[1],
+        "seed": int(a["seed"]),
+        "spatial_size": list(grid[0]),
+        "spacing": list(grid[1]),
+        **specific,
+        "disease_strength": float(a["disease_strength"]),
+        "site_strength": float(a["site_strength"]),
+        "validation_fraction": float(a["validation_fraction"]),
+        "test_fraction": float(a["test_fraction"]),
+        "generator_version": version,
+    }
+
+
 def record_splits(subjects: Mapping[str, dict], sections: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
     """Write each subject's section name into its ground-truth record (``subjects[subject]["split"]``), in place.
 
@@ -174,26 +211,24 @@ def write_cohort_datalist(
 
 
 def write_ground_truth(
-    path: str,
+    out_dir: str | os.PathLike,
     generator: str,
     config: Mapping[str, Any],
-    spatial_size: Sequence[int],
-    spacing: Sequence[float],
     affine: np.ndarray,
     **record: Any,
 ) -> None:
-    """Write a cohort's ``ground_truth.json``: the generator, its ``config``, the template source and checksums and
-    the grid first (the part every template cohort shares), then ``record`` in the order given.
+    """Write ``out_dir/ground_truth.json``: the generator, its ``config``, the template source and checksums and
+    the grid (``config``'s ``spatial_size`` and ``spacing``, and ``affine``) first (the part every template cohort
+    shares), then ``record`` in the order given.
 
     Example::
 
         >>> import os, tempfile
-        >>> path = os.path.join(tempfile.mkdtemp(), "ground_truth.json")
-        >>> affine, config = np.diag([6.0, 6.0, 6.0, 1.0]), {"num_subjects": 1, "seed": 0}
+        >>> out_dir, affine = tempfile.mkdtemp(), np.diag([6.0, 6.0, 6.0, 1.0])
+        >>> config = {"num_subjects": 1, "seed": 0, "spatial_size": [32, 32, 32], "spacing": [6.0, 6.0, 6.0]}
         >>> site_info, subjects = {"site_a": {"seen": True}}, {"sub-0001": {"site": "site_a", "label": 1}}
-        >>> write_ground_truth(path, "my.generator", config, (32, 32, 32), (6.0, 6.0, 6.0),
-        ...                    affine, sites=site_info, subjects=subjects)
-        >>> with open(path) as f:
+        >>> write_ground_truth(out_dir, "my.generator", config, affine, sites=site_info, subjects=subjects)
+        >>> with open(os.path.join(out_dir, "ground_truth.json")) as f:
         ...     truth = json.load(f)
         >>> list(truth), truth["grid"]["spacing"]
         (['generator', 'config', 'template', 'grid', 'sites', 'subjects'], [6.0, 6.0, 6.0])
@@ -202,9 +237,13 @@ def write_ground_truth(
         "generator": generator,
         "config": config,
         "template": {"source": TEMPLATE_SOURCE, "sha256": template_checksums()},
-        "grid": {"spatial_size": list(spatial_size), "spacing": list(spacing), "affine": affine.tolist()},
+        "grid": {
+            "spatial_size": list(config["spatial_size"]),
+            "spacing": list(config["spacing"]),
+            "affine": affine.tolist(),
+        },
         **record,
     }
-    with open(path, "w", encoding="utf-8") as f:
+    with open(os.path.join(out_dir, "ground_truth.json"), "w", encoding="utf-8") as f:
         json.dump(truth, f, indent=1)
         f.write("\n")

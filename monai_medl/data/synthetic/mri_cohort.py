@@ -50,6 +50,7 @@ from monai_medl.data.synthetic.cohort_files import (
     check_num_subjects,
     check_split_fractions,
     cohort_arguments,
+    cohort_config,
     record_splits,
     write_cohort_datalist,
     write_ground_truth,
@@ -346,23 +347,13 @@ def _cohort_config(a: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
     arm = check_arm(a["arm"], a["threshold_layout"], a["arm_effect"])
     if arm.get("arm") == "threshold" and np.any((prev_seen <= 0) | (prev_seen >= 1)):
         raise ValueError(f"arm='threshold' needs seen-site prevalences in (0, 1), got {prev_seen.tolist()}.")
-    config = {
-        "num_subjects": int(a["num_subjects"]),
-        "sites": seen,
-        "unseen_sites": unseen,
-        "seed": int(a["seed"]),
-        "spatial_size": list(spatial_size),
-        "spacing": list(spacing),
+    specific = {
         "modalities": list(modalities),
         "missing_modality_sites": missing,
         "prevalence": [round(float(p), 6) for p in prev_seen],
         "unseen_prevalence": float(a["unseen_prevalence"]),
-        "disease_strength": float(a["disease_strength"]),
-        "site_strength": float(a["site_strength"]),
-        "validation_fraction": float(a["validation_fraction"]),
-        "test_fraction": float(a["test_fraction"]),
-        "generator_version": _GENERATOR_VERSION,
     }
+    config = cohort_config(a, (seen, unseen), (spatial_size, spacing), _GENERATOR_VERSION, specific)
     if extra:  # absent by default, so cohorts generated before this option are reused as they are
         config["extra_unseen_subjects"] = int(extra)
     config.update(arm)  # likewise absent for the nuisance arm
@@ -493,11 +484,9 @@ def _write_cohort(
     }
     arm = {"arm": arm_record(config)} if "arm" in config else {}
     write_ground_truth(
-        os.path.join(out_dir, "ground_truth.json"),
+        out_dir,
         "monai_medl.data.cohort.generate_mri_cohort",  # the files' provenance string, kept so outputs stay identical
         config,
-        config["spatial_size"],
-        config["spacing"],
         renderer.affine,
         seen_sites=seen,
         unseen_sites=unseen,

@@ -40,6 +40,7 @@ from monai_medl.data.synthetic.cohort_files import (
     check_num_subjects,
     check_split_fractions,
     cohort_arguments,
+    cohort_config,
     record_splits,
     write_cohort_datalist,
     write_ground_truth,
@@ -185,20 +186,8 @@ def _cohort_config(a: dict) -> dict:
         shifts = {**{s: int(unseen_shift) for s in unseen}, **shifts}
     check_num_subjects(a["num_subjects"], len(all_sites), _MIN_PER_SITE)
     check_split_fractions(a["validation_fraction"], a["test_fraction"])
-    config = {
-        "num_subjects": int(a["num_subjects"]),
-        "sites": seen,
-        "unseen_sites": unseen,
-        "seed": int(a["seed"]),
-        "spatial_size": list(spatial_size),
-        "spacing": list(spacing),
-        "label_shift": {s: shifts.get(s, 0) for s in all_sites},
-        "disease_strength": float(a["disease_strength"]),
-        "site_strength": float(a["site_strength"]),
-        "validation_fraction": float(a["validation_fraction"]),
-        "test_fraction": float(a["test_fraction"]),
-        "generator_version": _GENERATOR_VERSION,
-    }
+    specific = {"label_shift": {s: shifts.get(s, 0) for s in all_sites}}
+    config = cohort_config(a, (seen, unseen), (spatial_size, spacing), _GENERATOR_VERSION, specific)
     if unseen_shift is not None:  # absent by default, so cohorts generated before this option are reused as they are
         config["unseen_label_shift"] = int(unseen_shift)
     return config
@@ -301,11 +290,9 @@ def _write_cohort(
     # written with unseen_label_shift only, so cohorts generated before this option stay byte-identical
     extra = {"label_protocol": _label_protocol(config)} if "unseen_label_shift" in config else {}
     write_ground_truth(
-        os.path.join(out_dir, "ground_truth.json"),
+        out_dir,
         "monai_medl.data.segmentation_cohort.generate_segmentation_cohort",  # provenance string, kept unchanged
         config,
-        config["spatial_size"],
-        config["spacing"],
         renderer.affine,
         labels=TISSUE_LABELS,
         seen_sites=seen,

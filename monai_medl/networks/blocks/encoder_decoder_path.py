@@ -21,6 +21,7 @@ scripted (MONAI's implementation is not TorchScript-compatible), so neither can 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Optional
 
 import torch
@@ -59,15 +60,29 @@ def cluster_mode(value: bool | str | None) -> str:
     raise ValueError(f"cluster_scale_bias must be True, False or one of {CLUSTER_MODES}, got {value!r}.")
 
 
-def _decoder_blocks(make, modules: list[nn.Module], mode: str) -> list[nn.Module]:
-    """``make(module, with_cluster)`` for each decoder module in decoding order; ``"last"`` keeps cluster scale/bias
-    only in the last block that gets any (the decoder stage nearest the logits)."""
+def _decoder_blocks(
+    block: Callable[..., nn.Module],
+    modules: list[nn.Module],
+    spatial_dims: int,
+    num_clusters: int,
+    cluster_scale_bias: bool | str,
+    prior_scale: float,
+    learn_prior_scale: bool,
+) -> nn.ModuleList:
+    """``block(module, spatial_dims, num_clusters, with_cluster, prior_scale, learn_prior_scale)`` for each decoder
+    module in decoding order, with cluster scale/bias as :func:`cluster_mode` places it: ``"last"`` keeps it only in
+    the last block that gets any (the decoder stage nearest the logits)."""
+    mode = cluster_mode(cluster_scale_bias)
+
+    def make(m: nn.Module, with_cluster: bool) -> nn.Module:
+        return block(m, spatial_dims, num_clusters, with_cluster, prior_scale, learn_prior_scale)
+
     blocks = [make(m, mode != "none") for m in modules]
     if mode == "last":
         has = [i for i, b in enumerate(blocks) if any(isinstance(c, ClusterScaleBias) for c in b.modules())]
         keep = has[-1] if has else -1
         blocks = [b if i == keep else make(m, False) for i, (b, m) in enumerate(zip(blocks, modules))]
-    return blocks
+    return nn.ModuleList(blocks)
 
 
 class DecoderBlock(nn.Module):
@@ -255,10 +270,8 @@ class UNetPath(EncoderDecoderPath):
         self.in_channels = int(unet.in_channels)
         self.out_channels = int(unet.out_channels)
         self.downs = nn.ModuleList(downs)
-        args = (self.spatial_dims, num_clusters)
-        make = lambda m, c: DecoderBlock(m, *args, c, prior_scale, learn_prior_scale)  # noqa: E731
-        mode = cluster_mode(cluster_scale_bias)
-        self.ups = nn.ModuleList(_decoder_blocks(make, list(reversed(ups)), mode))  # deepest first
+        settings = (self.spatial_dims, num_clusters, cluster_scale_bias, prior_scale, learn_prior_scale)
+        self.ups = _decoder_blocks(DecoderBlock, list(reversed(ups)), *settings)  # deepest first
         self._count()
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -318,9 +331,8 @@ class BasicUNetPath(EncoderDecoderPath):
         self.encoders = nn.ModuleList([net.conv_0, net.down_1, net.down_2, net.down_3, net.down_4])
         upcats = [net.upcat_4, net.upcat_3, net.upcat_2, net.upcat_1]
         self.upsamples = nn.ModuleList([u.upsample for u in upcats])
-        args = (self.spatial_dims, num_clusters)
-        make = lambda m, c: DecoderBlock(m, *args, c, prior_scale, learn_prior_scale)  # noqa: E731
-        self.ups = nn.ModuleList(_decoder_blocks(make, [u.convs for u in upcats], cluster_mode(cluster_scale_bias)))
+        settings = (self.spatial_dims, num_clusters, cluster_scale_bias, prior_scale, learn_prior_scale)
+        self.ups = _decoder_blocks(DecoderBlock, [u.convs for u in upcats], *settings)
         self.final_conv = net.final_conv
         self._count()
 
@@ -448,10 +460,8 @@ class SwinUNETRPath(EncoderDecoderPath):
         self.bottleneck = net.encoder10
         decoders = [net.decoder5, net.decoder4, net.decoder3, net.decoder2, net.decoder1]  # deepest first
         self.upsamples = nn.ModuleList([d.transp_conv for d in decoders])
-        args = (self.spatial_dims, num_clusters)
-        make = lambda m, c: UnetResBlockWalk(m, *args, c, prior_scale, learn_prior_scale)  # noqa: E731
-        mode = cluster_mode(cluster_scale_bias)
-        self.ups = nn.ModuleList(_decoder_blocks(make, [d.conv_block for d in decoders], mode))
+        settings = (self.spatial_dims, num_clusters, cluster_scale_bias, prior_scale, learn_prior_scale)
+        self.ups = _decoder_blocks(UnetResBlockWalk, [d.conv_block for d in decoders], *settings)
         self.out = net.out
         self._count()
 
