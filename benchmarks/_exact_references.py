@@ -21,7 +21,7 @@ import statsmodels.api as sm
 
 from monai_medl.estimators import MixedEffectsRegressor, anova
 
-__all__ = ["DESIGNS", "LME4_REML", "LME4_LRT_CHISQ", "fit_design", "sleepstudy_lrt"]
+__all__ = ["DESIGNS", "LME4_REML", "LME4_LRT_CHISQ", "fit_design", "sleepstudy_lrt", "timed"]
 
 DESIGNS = {
     "dyestuff": "Dyestuff: Yield ~ 1 + (1 | Batch) (one factor, 6 batches x 5)",
@@ -82,7 +82,8 @@ def _max_rel(ours: dict, ref: dict) -> float:
     return float(max(np.abs(np.asarray(ours[k]) / np.asarray(ref[k]) - 1).max() for k in ref))
 
 
-def _timed(fn):
+def timed(fn):
+    """``(fn(), seconds)`` with statsmodels' convergence warnings silenced (also used by variance_components)."""
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # statsmodels' convergence chatter
@@ -95,8 +96,8 @@ def fit_design(design: str) -> dict[str, dict[str, float]]:
     kwargs, x, y, groups, model, sm_variances = _setup(design)
     rec: dict[str, dict[str, float]] = {"me_exact": {}, "me": {}, "statsmodels_ml": {}}
     for method in ("reml", "ml"):
-        fit, seconds = _timed(lambda m=method: MixedEffectsRegressor(method=m, **kwargs).fit(x, y, groups=groups))
-        ref, sm_seconds = _timed(lambda m=method: model.fit(reml=m == "reml"))
+        fit, seconds = timed(lambda m=method: MixedEffectsRegressor(method=m, **kwargs).fit(x, y, groups=groups))
+        ref, sm_seconds = timed(lambda m=method: model.fit(reml=m == "reml"))
         table = fit.fixed_effects_table()
         sm_var = {**sm_variances(ref), "Residual": np.array([ref.scale])}
         key = f"real_{design}_{method}"
@@ -126,7 +127,7 @@ def fit_design(design: str) -> dict[str, dict[str, float]]:
                 }
             )
         else:
-            elbo, elbo_seconds = _timed(lambda: MixedEffectsRegressor(method="elbo", **kwargs).fit(x, y, groups=groups))
+            elbo, elbo_seconds = timed(lambda: MixedEffectsRegressor(method="elbo", **kwargs).fit(x, y, groups=groups))
             rec["me"][f"{key}_fe_rel_max"] = float(
                 np.abs(elbo.fixed_effects_.to_numpy() / ref.fe_params.to_numpy() - 1).max()
             )

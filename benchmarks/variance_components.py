@@ -27,8 +27,6 @@ Run ``python -m benchmarks.variance_components [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +35,7 @@ import statsmodels.api as sm
 import torch
 
 from benchmarks._common import announce_plan, benchmark_parser, summarize, write_results
-from benchmarks._exact_references import DESIGNS, LME4_LRT_CHISQ, fit_design, sleepstudy_lrt
+from benchmarks._exact_references import DESIGNS, LME4_LRT_CHISQ, fit_design, sleepstudy_lrt, timed
 from monai_medl.data.reference_datasets import load_dietox, load_sleepstudy
 from monai_medl.data.synthetic.grouped_simulation import simulate_crossed, simulate_nested, simulate_random_slope
 from monai_medl.estimators import MixedEffectsRegressor
@@ -83,14 +81,6 @@ PLAN = {
 }
 
 
-def _timed(fn):
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # statsmodels' convergence chatter
-        out = fn()
-    return out, time.perf_counter() - start
-
-
 def _sds(fit: MixedEffectsRegressor) -> dict[str, float]:
     """``{"<grp>|<term>": s.d.}`` plus ``"<grp>|corr"`` for a correlated pair and ``"Residual"``."""
     out = {}
@@ -114,10 +104,10 @@ def _spreads(fit: MixedEffectsRegressor) -> dict[str, float]:
 
 def _sleepstudy(rec: dict) -> None:
     df = load_sleepstudy()
-    me, me_s = _timed(
+    me, me_s = timed(
         lambda: MixedEffectsRegressor(method="elbo", random_slopes=["Days"]).fit(df[["Days"]], df.Reaction, df.Subject)
     )
-    ml, ml_s = _timed(
+    ml, ml_s = timed(
         lambda: sm.MixedLM.from_formula("Reaction ~ Days", df, groups=df.Subject, re_formula="~Days").fit(reml=False)
     )
     cov = ml.cov_re.to_numpy()
@@ -155,8 +145,8 @@ def _sleepstudy(rec: dict) -> None:
 
 def _dietox(rec: dict) -> None:
     df = load_dietox()
-    me, me_s = _timed(lambda: MixedEffectsRegressor(method="elbo").fit(df[["Time"]], df.Weight, groups=df.Pig))
-    ml, ml_s = _timed(lambda: sm.MixedLM.from_formula("Weight ~ Time", df, groups=df.Pig).fit(reml=False))
+    me, me_s = timed(lambda: MixedEffectsRegressor(method="elbo").fit(df[["Time"]], df.Weight, groups=df.Pig))
+    ml, ml_s = timed(lambda: sm.MixedLM.from_formula("Weight ~ Time", df, groups=df.Pig).fit(reml=False))
     values = {
         "me": (_sds(me)["Pig|(Intercept)"], me.fixed_effects_["Time"], me.residual_sd_, me_s),
         "statsmodels_ml": (np.sqrt(ml.cov_re.iloc[0, 0]), ml.fe_params["Time"], np.sqrt(ml.scale), ml_s),
@@ -172,14 +162,14 @@ def _simple(rec: dict, scenario: str, seed: int) -> None:
     truth = SCENARIOS[scenario]
     data = simulate_random_slope(seed, **truth)
     frame = pd.DataFrame({"x": data["x"][:, 0], "g": data["groups"], "y": data["y"]})
-    me, me_s = _timed(
+    me, me_s = timed(
         lambda: MixedEffectsRegressor(method="elbo", random_slopes=["x"], correlated=False).fit(
             frame[["x"]], frame.y, frame.g
         )
     )
     exog = np.column_stack([np.ones(len(frame)), frame.x])
     free = sm.regression.mixed_linear_model.MixedLMParams.from_components(np.ones(2), np.eye(2))
-    ml, ml_s = _timed(
+    ml, ml_s = timed(
         lambda: sm.MixedLM(frame.y, exog, groups=frame.g, exog_re=exog).fit(
             reml=False, free=free, method=["powell", "lbfgs"]
         )
@@ -221,13 +211,13 @@ def _grouped(rec: dict, design: str, seed: int) -> None:
         sm_fit = lambda: sm.MixedLM.from_formula(  # noqa: E731
             "y ~ x", groups="site", re_formula="1", vc_formula={"subject": "0 + C(subject)"}, data=df
         ).fit(reml=False)
-    me, me_s = _timed(
+    me, me_s = timed(
         lambda: MixedEffectsRegressor(method="elbo", nested=nested).fit(df[["x"]], df.y, groups=df[factors])
     )
-    exact, exact_s = _timed(
+    exact, exact_s = timed(
         lambda: MixedEffectsRegressor(method="ml", nested=nested).fit(df[["x"]], df.y, groups=df[factors])
     )
-    ml, ml_s = _timed(sm_fit)
+    ml, ml_s = timed(sm_fit)
     ml_sd = dict(zip(ml.model.exog_vc.names, np.sqrt(ml.vcomp)))
     if design == "nested":
         ml_sd["site"] = float(np.sqrt(ml.cov_re.iloc[0, 0]))
@@ -362,7 +352,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     announce_plan(NAME, args.quick, PLAN, seeds, out)
     # one untimed fit first: the first fit in a process pays torch's one-off start-up costs (about 2 s here)
-    _timed(lambda: MixedEffectsRegressor(method="elbo").fit(np.zeros((4, 1)), np.arange(4.0), groups=[0, 0, 1, 1]))
+    timed(lambda: MixedEffectsRegressor(method="elbo").fit(np.zeros((4, 1)), np.arange(4.0), groups=[0, 0, 1, 1]))
     models, config = run(seeds)
     return write_results(
         NAME,
