@@ -15,8 +15,8 @@ column, 0/1), i.e. a representation that knows the disease perfectly and nothing
   (sum over labels of the largest site count, over the number of subjects): an upper bound of the label-only floor.
 
 Only the cohorts' subject tables are needed (site, label, split), and they do not depend on the image grid, so the
-cohorts are generated on a 8^3 grid (``tests/test_mri_probe_floor.py`` checks that the table is the same on another
-grid). Seeds and cohort settings are the selection's (``mri_selection.SEEDS``, ``selection_config``).
+cohorts are generated on a 8^3 grid (``tests/benchmarks/test_mri_probe_floor.py`` checks that the table is the same on
+another grid). Seeds and cohort settings are the selection's (``mri_selection.SEEDS``, ``selection_config``).
 
 Run: ``python -m benchmarks.mri_probe_floor`` (seconds) -> ``results/mri_probe_floor.json/.md``.
 """

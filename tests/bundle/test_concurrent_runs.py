@@ -20,7 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from tests.bundle_checks import run_workflow
+from tests.bundle.bundle_checks import run_workflow
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mri_me_cnn_classification"
 TINY = {"spatial_size": [16, 16, 16], "generate_cohort": False, "train#dataloader#batch_size": 4}

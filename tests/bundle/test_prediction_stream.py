@@ -68,7 +68,7 @@ def test_the_bundle_rerun_predicts_only_the_scans_missing_from_the_csv(tmp_path,
     import numpy as np
 
     from monai_medl.bundle.locks import release_shared
-    from tests.bundle_checks import run_workflow
+    from tests.bundle.bundle_checks import run_workflow
 
     bundle = Path(__file__).resolve().parents[2] / "bundles" / "mri_me_cnn_classification"
     root = tmp_path / "bundle"

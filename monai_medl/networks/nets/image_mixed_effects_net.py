@@ -74,7 +74,8 @@ class ImageMixedEffectsNet(MixedEffectsNet):
 
         The leaky activation keeps the adversary trainable: with ReLU units the feature extractor can silence the
         adversary (dead units, chance-level output) without removing the site information (measured on the 3D
-        site-shortcut toy of ``tests/test_me_cnn_training.py``; the numbers are in ``docs/method.md``, section 5).
+        site-shortcut toy of ``tests/networks/test_me_cnn_training.py``; the numbers are in ``docs/method.md``,
+        section 5).
         """
         width, k = self.adversary_in_features + label_classes, self.num_clusters
         return ClusterAdversary(width, k, hidden=hidden, act=act, dropout=dropout, input_norm=input_norm)

@@ -20,7 +20,7 @@ from monai.handlers import CheckpointSaver
 
 from monai_medl.bundle import artifacts
 
-BUNDLES = sorted(p.parents[1] for p in (Path(__file__).parents[1] / "bundles").glob("*/configs/train.json"))
+BUNDLES = sorted(p.parents[1] for p in (Path(__file__).parents[2] / "bundles").glob("*/configs/train.json"))
 
 
 def _epoch_saver_settings(bundle: Path) -> dict:

@@ -15,7 +15,7 @@ from monai_medl.inferers import SiteSlidingWindowInferer
 from monai_medl.losses import MixedEffectsLoss
 from monai_medl.networks.blocks.encoder_decoder_path import SwinUNETRPath, UnetResBlockWalk
 from monai_medl.networks.nets import MixedEffectsUNet
-from tests.me_unet_checks import check_zero_design_and_training_output
+from tests.networks.me_unet_checks import check_zero_design_and_training_output
 
 pytest.importorskip("einops")  # MONAI's SwinUNETR needs it (the package's "swin" extra)
 

@@ -16,14 +16,14 @@ if importlib.util.find_spec("skimage") is None:
 
 from monai.bundle import ConfigWorkflow  # noqa: E402
 
-from tests.bundle_checks import (  # noqa: E402
+from tests.bundle.bundle_checks import (  # noqa: E402
     check_layout_and_metadata,
     run_multi_gpu_train,
     run_workflow,
     verify_and_export,
 )  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "livecell_me_autoencoder"
 CONFIGS = BUNDLE / "configs"
 

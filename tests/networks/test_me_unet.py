@@ -17,7 +17,7 @@ from monai_medl.handlers import AdversaryHandler, LossTermsHandler
 from monai_medl.inferers import SiteSlidingWindowInferer
 from monai_medl.losses import MixedEffectsLoss
 from monai_medl.networks.nets import MixedEffectsUNet
-from tests.me_unet_checks import check_zero_design_and_training_output
+from tests.networks.me_unet_checks import check_zero_design_and_training_output
 
 K = 3
 

@@ -13,14 +13,14 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from monai_medl.networks.nets import ModalityFallback
-from tests.bundle_checks import (  # noqa: E402
+from tests.bundle.bundle_checks import (  # noqa: E402
     check_layout_and_metadata,
     run_multi_gpu_train,
     run_workflow,
     verify_and_export,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "mri_multimodal_me_cnn_classification"
 CONFIGS = BUNDLE / "configs"
 TINY = {  # 40 subjects on a coarse grid, 24^3 network input, two epochs

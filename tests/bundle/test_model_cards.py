@@ -17,7 +17,7 @@ from monai.bundle import ConfigParser
 from monai_medl.bundle import file_sha256, verify_artifacts
 from monai_medl.bundle.model_card import BEGIN, END, eval_metrics, render_tables
 
-BUNDLES = sorted((Path(__file__).resolve().parents[1] / "bundles").glob("*/docs/README.md"))
+BUNDLES = sorted((Path(__file__).resolve().parents[2] / "bundles").glob("*/docs/README.md"))
 CLI_ONLY = {"config_file", "meta_file", "logging_file", "args_file", "bundle_root", "filepath", "ckpt_file", "net_id"}
 TRANSFORM = re.compile(r"`(?:monai_medl\.transforms\.)?([A-Z][A-Za-z]*d)(?:\([^`]*\))?`")
 

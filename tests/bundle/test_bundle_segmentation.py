@@ -14,9 +14,9 @@ import torch
 from monai.bundle import ConfigParser, verify_metadata
 
 from monai_medl.bundle import BundleInputError, InvalidScansError
-from tests.bundle_checks import meta_schema, run_multi_gpu_train, run_workflow, verify_and_export
+from tests.bundle.bundle_checks import meta_schema, run_multi_gpu_train, run_workflow, verify_and_export
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mri_me_unet_segmentation"
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mri_me_unet_segmentation"
 CONFIGS = BUNDLE / "configs"
 
 # 4 seen + 2 unseen sites, 3 subjects each, 24^3 voxels of 8 mm, 16^3 patches

@@ -26,9 +26,9 @@ import torch
 
 from monai_medl.bundle import ArtifactError, BundleInputError, InvalidScansError, load_bundle_inputs
 from monai_medl.data import DatalistSpec
-from tests.bundle_checks import run_workflow
+from tests.bundle.bundle_checks import run_workflow
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mri_me_cnn_classification"
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mri_me_cnn_classification"
 SIZE = [16, 16, 16]
 TINY_TRAIN = {"spatial_size": SIZE, "generate_cohort": False, "train#dataloader#batch_size": 8}
 

@@ -121,7 +121,7 @@ def test_multimodal_bundle_and_benchmark_use_the_selected_settings():
     from benchmarks import multimodal
 
     chosen, settings = selection.load_choice("multimodal_selection")
-    root = Path(__file__).resolve().parents[1] / "bundles/mri_multimodal_me_cnn_classification/configs"
+    root = Path(__file__).resolve().parents[2] / "bundles/mri_multimodal_me_cnn_classification/configs"
     for name in ("train.json", "inference.json"):
         net = json.loads((root / name).read_text())["network_def"]
         assert net["fusion"] == settings["fusion"], name
@@ -137,7 +137,7 @@ def test_livecell_bundle_and_benchmark_use_the_selected_normalisation():
 
     chosen, settings = selection.load_choice("livecell_selection")
     assert set(settings) == {"norm", "reversible_norm"}
-    root = Path(__file__).resolve().parents[1] / "bundles/livecell_me_autoencoder/configs"
+    root = Path(__file__).resolve().parents[2] / "bundles/livecell_me_autoencoder/configs"
     for name in ("train.json", "inference.json"):
         net = json.loads((root / name).read_text())["network_def"]
         assert (net["norm"], net["reversible_norm"]) == (settings["norm"], settings["reversible_norm"]), name

@@ -19,7 +19,7 @@ from monai_medl.networks.nets import (
 
 K = 3
 SMALL = {"_target_": "monai_medl.networks.nets.SmallCNN", "spatial_dims": 2, "channels": [4, 8], "strides": [2, 2]}
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mri_multimodal_me_cnn_classification"
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mri_multimodal_me_cnn_classification"
 
 
 def test_shipped_bundle_checkpoint_loads_strictly_into_the_network_definition():

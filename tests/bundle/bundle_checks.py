@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "tests" / "resources" / "meta_schema_20240725.json"  # MONAI's schema (Apache-2.0), kept offline
 REQUIRED_FILES = (
     "LICENSE",

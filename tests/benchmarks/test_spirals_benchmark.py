@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds the benchmarks package
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root holds the benchmarks package
 
 spirals = pytest.importorskip("benchmarks.spirals")
 

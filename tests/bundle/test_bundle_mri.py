@@ -16,9 +16,9 @@ import torch
 from monai.bundle import ConfigParser, verify_metadata
 from sklearn.metrics import roc_auc_score
 
-from tests.bundle_checks import meta_schema, run_multi_gpu_train, run_workflow, verify_and_export
+from tests.bundle.bundle_checks import meta_schema, run_multi_gpu_train, run_workflow, verify_and_export
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mri_me_cnn_classification"
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mri_me_cnn_classification"
 CONFIGS = BUNDLE / "configs"
 
 # a tiny cohort: 16^3 voxels of 12 mm, 6 seen + 2 unseen sites
