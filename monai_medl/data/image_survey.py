@@ -28,6 +28,7 @@ __all__ = ["ImageInfoCache", "read_image_infos", "default_workers"]
 logger = logging.getLogger(__name__)
 _HEAD_BYTES = 1 << 16
 _CACHE_VERSION = 1
+_BUSY_SECONDS = 60.0  # how long a process waits for another's lock on the cache file
 PROGRESS_EVERY = 5.0
 """Seconds between two progress lines of a long pass."""
 
@@ -78,13 +79,24 @@ class ImageInfoCache:
         self.path = os.fspath(path)
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self.hits = 0
-        with self._connect() as db:
+        with contextlib.closing(self._connect()) as db, db:
             db.execute("CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=60)
-        db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer; one writer at a time
-        return db
+        db = sqlite3.connect(self.path, timeout=_BUSY_SECONDS)
+        deadline = time.monotonic() + _BUSY_SECONDS
+        while True:
+            try:  # WAL (readers never wait for the one writer) persists in the file: switch once
+                if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    db.execute("PRAGMA journal_mode=WAL")
+                return db
+            except sqlite3.OperationalError as err:
+                # the busy timeout does not cover a journal-mode switch: two processes opening a new cache at once
+                # (two ranks of a torchrun validating together) get "database is locked" at once; wait and retry
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    db.close()
+                    raise
+                time.sleep(0.05)
 
     def get(self, keys: Sequence[str]) -> dict[str, ImageInfo | ImageReadError]:
         found: dict[str, ImageInfo | ImageReadError] = {}

@@ -95,3 +95,27 @@ def test_header_validation_says_what_it_skips(caplog):
     assert "NaN/Inf voxels and the intensity range are NOT checked" in caplog.text
     with pytest.raises(ValueError, match=r"validate must be one of \['full', 'header'\], got 'quick'"):
         voxel_check("quick")
+
+
+def _open_cache_and_write(path: str, start, worker: int) -> None:
+    start.wait()  # every process opens the new cache file at the same moment
+    ImageInfoCache(path).put({f"key{worker}": ImageReadError(f"scan{worker}: a recorded failure")})
+
+
+def test_processes_opening_a_new_cache_at_the_same_moment_all_succeed(tmp_path):
+    """Two ranks of a torchrun validating together open one new cache file at once: switching it to WAL raised
+    "database is locked" in one of them (the busy timeout does not cover the journal-mode switch)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")  # fork: the processes start within a few milliseconds
+    for attempt in range(10):
+        path = str(tmp_path / f"cache{attempt}.sqlite")
+        start = context.Event()
+        workers = [context.Process(target=_open_cache_and_write, args=(path, start, w)) for w in range(6)]
+        for w in workers:
+            w.start()
+        start.set()
+        for w in workers:
+            w.join(60)
+        assert [w.exitcode for w in workers] == [0] * 6
+        assert sorted(ImageInfoCache(path).get([f"key{w}" for w in range(6)])) == [f"key{w}" for w in range(6)]
