@@ -62,6 +62,13 @@ def test_a_link_to_a_wrong_value_key_or_file_is_caught(results):
     assert "which is -0.0104" in _problems(results, "[0.010](results/r.json#/models/me/seen/ci95/0)")[0]
 
 
+def test_numbers_inside_a_link_target_are_not_quotes(tmp_path):
+    (tmp_path / "r.json").write_text(json.dumps({"choice": {"adversary@0.003": 0.6233}}))
+    assert _problems(tmp_path, "[0.623](r.json#/choice/adversary@0.003) but 0.003.") == [
+        "0.003 is not a link to a results value"
+    ]
+
+
 def test_cite_writes_a_link_that_checks(results):
     link = cite(results / "results" / "r.json", "/models/me/seen/ci95/1", results, signed=True)
     assert link == "[+0.021](results/r.json#/models/me/seen/ci95/1)"
