@@ -30,6 +30,8 @@ DESIGNS = {
     "pastes": "Pastes: strength ~ 1 + (1 | batch/cask) (cask nested in batch, 10 batches x 3 casks x 2)",
 }
 # lme4's printed REML fits: fixed effects, their s.e., {group: variances}, residual variance, REML criterion
+# (sleepstudy: Bates et al. (2015) J. Stat. Softw. 67(1), section 1 (fm1); Dyestuff, Penicillin, Pastes: Bates,
+# "lme4: Mixed-effects modeling with R" (2010), chapters 1 (fm1) and 2 (fm2, fm3))
 LME4_REML = {
     "dyestuff": ([1527.50], [19.38], {"Batch": [1764.0]}, 2451.3, 319.7),
     "sleepstudy": ([251.405, 10.467], [6.825, 1.546], {"Subject": [612.10, 35.07]}, 654.94, 1743.6),
