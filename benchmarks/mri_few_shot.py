@@ -12,6 +12,11 @@ same draws and are scored on the rest of the site's scans (within-site AUROC, lo
 
 * ``me_fit_new_cluster``: :func:`monai_medl.engines.fit_new_cluster` (the new site's random slopes and intercept,
   MAP under the learned priors, everything else frozen), predicting with the new site's one-hot ``z``;
+* ``me_fit_new_cluster_empirical``: the same, with each layer's prior s.d. re-estimated from the training sites'
+  posteriors (``fit_new_cluster(prior_scale="empirical")``) instead of the fixed training prior. Added after the
+  quick run, where the fixed intercept prior (s.d. 0.5) held the new site's intercept near 0 while the new sites'
+  offsets were far larger; it is a secondary method (its comparisons are secondary, the primary family is
+  unchanged) and its prior comes from the training sites only;
 * ``me_population``: the same ME model at ``z = 0`` (no adaptation);
 * ``conventional_unadapted``: the conventional CNN as trained;
 * ``conventional_bias``: its logit plus one offset fitted on the k scans (maximum likelihood);
@@ -92,7 +97,7 @@ __all__ = [
 ]
 
 NAME = "mri_few_shot"
-ME_METHODS = ("me_fit_new_cluster", "me_population")
+ME_METHODS = ("me_fit_new_cluster", "me_fit_new_cluster_empirical", "me_population")
 CONVENTIONAL_METHODS = (
     "conventional_unadapted",
     "conventional_bias",
@@ -132,6 +137,7 @@ def default_config(quick: bool = False) -> dict[str, Any]:
         "draws": 10 if quick else 20,
         "fit_steps": 200,
         "fit_lr": 0.05,
+        "variant_prior_scale": "empirical",
         "penalties": [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0],
         "cv_folds": 4,
         "finetune_lr": 1e-4,
@@ -169,7 +175,14 @@ def comparisons(cfg: Mapping[str, Any]) -> tuple[list[Comparison], list[Comparis
                     (primary if metric in PRIMARY_METRICS else secondary).append(c)
             if k == 0:
                 continue
-            for method, base in (("me_fit_new_cluster", "me_population"), *[(m, UNADAPTED[1]) for m in refs]):
+            variant = model_key(arm, "me_fit_new_cluster_empirical", k)
+            for ref in (*refs, "me_fit_new_cluster"):
+                secondary += [
+                    Comparison(variant, metric, model_key(arm, ref, k), higher_is_better=higher, key=_key(metric, ref))
+                    for metric, higher in METRICS.items()
+                ]
+            pairs = (("me_fit_new_cluster", "me_population"), ("me_fit_new_cluster_empirical", "me_population"))
+            for method, base in (*pairs, *[(m, UNADAPTED[1]) for m in refs]):
                 a, b = model_key(arm, method, k), model_key(arm, base, k)
                 secondary += [
                     Comparison(a, metric, b, higher_is_better=higher, key=_key(metric, base))
@@ -219,15 +232,18 @@ def make_plan(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "draws": f"k in {cfg['ks']} labelled scans per unseen site, stratified by label (each class at least once), "
         "the same draws for every method; scored on the site's other scans (k = 0: all of them)",
         "methods": "me_fit_new_cluster (fit_new_cluster: the new site's random effects, MAP, rest frozen; "
-        f"{cfg['fit_steps']} Adam steps at {cfg['fit_lr']}), conventional_bias (offset, ML), conventional_last_layer "
+        f"{cfg['fit_steps']} Adam steps at {cfg['fit_lr']}), me_fit_new_cluster_empirical (the same with "
+        f"prior_scale={cfg['variant_prior_scale']!r}: each layer's prior s.d. re-estimated from the training sites' "
+        "posteriors; secondary), conventional_bias (offset, ML), conventional_last_layer "
         f"(penalty in {cfg['penalties']} by {cfg['cv_folds']}-fold stratified cross-validated log loss inside the k "
         "scans, leave-one-out when a class has fewer than 2 scans), conventional_platt (a logit + c, a >= 0), "
         f"conventional_finetune (every weight, Adam {cfg['finetune_lr']}, {cfg['finetune_steps']} full-batch steps, "
         "batch-norm statistics frozen)",
         "metrics": "within-site AUROC, log loss, expected calibration error (10 equal-width bins) per unseen site",
         "primary_comparisons": [c.label for c in primary],
-        "secondary_comparisons": f"{len(secondary)}: ECE of the same pairs; each adapted method minus its "
-        "unadapted model at the same k",
+        "secondary_comparisons": f"{len(secondary)}: ECE of the same pairs; me_fit_new_cluster_empirical minus "
+        "each conventional adaptation and minus me_fit_new_cluster; each adapted method minus its unadapted model at "
+        "the same k",
         "decision_rule": "paired Student-t over replicates; a primary difference is claimed when its Holm-adjusted "
         f"two-sided p < 0.05 over the {len(primary)} primary comparisons; every result is reported",
         "sizing": {
@@ -340,7 +356,9 @@ def cv_penalty(
     return float(max(p for p, loss in zip(penalties, losses) if loss <= best + 1e-9))
 
 
-def fit_new_site(head: torch.nn.Module, h: np.ndarray, y: np.ndarray, steps: int, lr: float) -> torch.nn.Module:
+def fit_new_site(
+    head: torch.nn.Module, h: np.ndarray, y: np.ndarray, steps: int, lr: float, prior_scale: float | str | None = None
+) -> torch.nn.Module:
     """A copy of the ME model's head with the new site's random effects fitted by
     :func:`~monai_medl.engines.fit_new_cluster` on the k scans' penultimate features ``h``.
 
@@ -351,7 +369,8 @@ def fit_new_site(head: torch.nn.Module, h: np.ndarray, y: np.ndarray, steps: int
     def task(pred, target):
         return F.binary_cross_entropy_with_logits(pred[0], target)  # the head returns (mixed, fixed)
 
-    fit_new_cluster(head, torch.from_numpy(h), torch.from_numpy(y).float()[:, None], task=task, steps=steps, lr=lr)
+    target = torch.from_numpy(y).float()[:, None]
+    fit_new_cluster(head, torch.from_numpy(h), target, task=task, steps=steps, lr=lr, prior_scale=prior_scale)
     return head
 
 
@@ -421,11 +440,15 @@ def _draw_predictions(
     h_c, h_m, logit_c = feats["conventional"], feats["me"], feats["logit"]
     weight, bias = conv.head.linear.weight[0].detach().numpy(), float(conv.head.linear.bias.detach()[0])
     preds = {"me_population": feats["me_population"][s], "conventional_unadapted": _sigmoid(logit_c[s])}
-    head = fit_new_site(me.head, h_m[a], y[a], cfg["fit_steps"], cfg["fit_lr"])
-    z = torch.zeros(len(s), head.num_clusters)
-    z[:, -1] = 1  # the new site's column
-    with torch.no_grad():
-        preds["me_fit_new_cluster"] = torch.sigmoid(head(torch.from_numpy(h_m[s]), z)[0][:, 0]).numpy()
+    for method, prior_scale in (
+        ("me_fit_new_cluster", None),
+        ("me_fit_new_cluster_empirical", cfg["variant_prior_scale"]),
+    ):
+        head = fit_new_site(me.head, h_m[a], y[a], cfg["fit_steps"], cfg["fit_lr"], prior_scale)
+        z = torch.zeros(len(s), head.num_clusters)
+        z[:, -1] = 1  # the new site's column
+        with torch.no_grad():
+            preds[method] = torch.sigmoid(head(torch.from_numpy(h_m[s]), z)[0][:, 0]).numpy()
     preds["conventional_bias"] = _sigmoid(logit_c[s] + bias_refit(logit_c[a], y[a]))
     scale, shift = platt_scaling(logit_c[a], y[a])
     preds["conventional_platt"] = _sigmoid(scale * logit_c[s] + shift)

@@ -54,6 +54,7 @@ def fit_new_cluster(
     task: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "bce",
     steps: int = 200,
     lr: float = 0.05,
+    prior_scale: float | str | None = None,
 ) -> int:
     """Add one cluster to ``network`` and fit only its random effects on a few labelled samples.
 
@@ -70,6 +71,11 @@ def fit_new_cluster(
         task: task loss name (see :func:`~monai_medl.losses.task_loss`) or callable ``(pred, target) -> loss``.
         steps: optimisation steps (full batch). Defaults to 200.
         lr: Adam learning rate. Defaults to 0.05.
+        prior_scale: the prior s.d. ``s`` of the new cluster's effects. None: each layer's own prior (learned or
+            fixed in training). ``"empirical"``: re-estimated per layer from the training clusters' posteriors,
+            ``s^2 = mean(mu^2 + sigma^2)`` over clusters and units (the EM update of a variance component; useful
+            when the prior was fixed in training and is narrower than the sites' actual spread). A positive float:
+            that s.d. for every layer. Defaults to None.
 
     Returns:
         the new cluster's column index in ``z``.
@@ -92,6 +98,7 @@ def fit_new_cluster(
     if len(inputs) == 0 or len(inputs) != len(targets):
         raise ValueError(f"need the same non-zero number of inputs and targets, got {len(inputs)} and {len(targets)}.")
     net = unwrap_network(network)
+    scales = _prior_scales(net, prior_scale)
     new = add_clusters(net, 1)
     layers = random_effects_layers(net)
     rows = {name: nn.Parameter(layer.loc[new].detach().clone()) for name, layer in layers.items()}
@@ -109,7 +116,7 @@ def fit_new_cluster(
             locs = {f"{name}.loc": _with_row(layers[name].loc, new, row) for name, row in rows.items()}
             pred = torch.func.functional_call(net, locs, (inputs, z))
             loss = task(pred, targets) if callable(task) else task_loss(task, pred, targets)
-            prior = sum((r.square() / (2 * layers[n].prior_scale.square())).sum() for n, r in rows.items())
+            prior = sum((r.square() / (2 * scales[n].square())).sum() for n, r in rows.items())
             (loss + prior / len(inputs)).backward()
             optimizer.step()
     finally:
@@ -119,6 +126,19 @@ def fit_new_cluster(
         for name, row in rows.items():
             layers[name].loc[new] = row
     return new
+
+
+def _prior_scales(net: nn.Module, prior_scale: float | str | None) -> dict[str, torch.Tensor]:
+    """Each random-effects layer's prior s.d. for the new cluster (see :func:`fit_new_cluster`), computed before
+    the new row is added, detached."""
+    layers = random_effects_layers(net)
+    if prior_scale is None:
+        return {n: layer.prior_scale.detach() for n, layer in layers.items()}
+    if prior_scale == "empirical":
+        return {n: (layer.loc.square() + layer.scale.square()).mean().sqrt().detach() for n, layer in layers.items()}
+    if isinstance(prior_scale, str) or not prior_scale > 0:
+        raise ValueError(f"prior_scale must be None, 'empirical' or a positive float, got {prior_scale!r}.")
+    return {n: torch.tensor(float(prior_scale)) for n in layers}
 
 
 def _with_row(loc: torch.Tensor, index: int, row: torch.Tensor) -> torch.Tensor:

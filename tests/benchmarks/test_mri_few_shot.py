@@ -126,7 +126,7 @@ def test_tiny_run_writes_the_plan_before_the_first_fit_and_every_model(tmp_path,
     results = fs.run(quick=True, out_dir=tmp_path, config=cfg, log=lambda line: None)
     assert seen_plan == [True]
     assert list(results["models"]) == [*fs.model_order(cfg), "replicate"]
-    assert len(fs.model_order(cfg)) == 2 + 7  # k = 0: the two unadapted models; k = 4: every method
+    assert len(fs.model_order(cfg)) == 2 + 8  # k = 0: the two unadapted models; k = 4: every method
     me = results["models"]["threshold/me_fit_new_cluster/k4"]
     assert len(me["unseen"]["values"]) == 2 and 0.0 <= me["unseen"]["mean"] <= 1.0
     assert 0.0 <= me["extra"]["paired_log_loss_minus_conventional_bias_holm_p"] <= 1.0

@@ -165,3 +165,39 @@ def test_add_clusters_widens_z_and_starts_new_rows_at_the_population_level():
     z = torch.zeros(4, 5)
     z[:, 4] = 1
     torch.testing.assert_close(net(x, z), net(x))
+
+
+def _fitted_intercept(prior_scale):
+    """A 5-cluster logistic ME-MLP trained with a fixed, too narrow intercept prior (0.1), then a new cluster whose
+    true intercept (+2.5) is far outside it, fitted on 20 samples with the given ``prior_scale``."""
+    torch.manual_seed(0)
+    x, y, k = _logistic_clusters([-1.5, -0.5, 0.0, 0.7, 1.5], 200, seed=0)
+    net = MixedEffectsMLP(1, 1, num_clusters=5, hidden=(), nonlinear_slopes=False, intercept_prior_scale=0.1)
+    opt = torch.optim.Adam(net.parameters(), 0.05)
+    loss_fn = MixedEffectsLoss(kl_weight=1e-4)  # weak KL: the training rows spread beyond the fixed prior
+    for _ in range(300):
+        opt.zero_grad()
+        loss_fn(net(x, F.one_hot(k, 5).float()), y).backward()
+        opt.step()
+    layer = net.head.intercept
+    spread = (layer.loc.square() + layer.scale.square()).mean().sqrt().item()
+    x_new, y_new, _ = _logistic_clusters([2.5], 20, seed=1)
+    new = fit_new_cluster(net, x_new, y_new, task="bce", prior_scale=prior_scale)
+    return net.head.intercept.loc[new].item(), spread
+
+
+def test_few_shot_empirical_prior_uses_the_training_clusters_spread():
+    narrow, spread = _fitted_intercept(None)  # the layer's fixed prior s.d. 0.1
+    empirical, _ = _fitted_intercept("empirical")
+    wide, _ = _fitted_intercept(10.0)
+    assert spread > 0.5  # the trained rows are far wider than the fixed prior
+    assert narrow < 0.3 < empirical  # the fixed prior pins the new intercept near 0; the empirical one lets it move
+    assert empirical < wide  # and still shrinks it relative to an almost flat prior
+
+
+def test_few_shot_rejects_a_bad_prior_scale():
+    net = MixedEffectsMLP(1, 1, num_clusters=2)
+    for bad in ("wide", 0.0, -1.0):
+        with pytest.raises(ValueError, match="prior_scale must be None, 'empirical' or a positive float"):
+            fit_new_cluster(net, torch.randn(4, 1), torch.ones(4, 1), prior_scale=bad)
+    assert net.num_clusters == 2  # nothing was added
