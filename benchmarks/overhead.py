@@ -32,7 +32,9 @@ ratio summary (there is no seen/unseen split here, ``unseen`` is null) and ``ext
 ratio and the targets (train <= 1.10, inference <= 1.05, peak memory <= 1.10).
 
 ``unet_3d_segmentation_bundle_last_stage`` is the same UNet with ``cluster_scale_bias="last"`` (cluster scale/bias on
-the last decoder stage only; the fixed and mixed predictions share the decoder before it).
+the last decoder stage only; the fixed and mixed predictions share the decoder before it), and
+``small_cnn_3d_cluster_scale_bias_last`` SmallCNN with cluster scale/bias on its last normalisation layer only
+(``MixedEffectsCNN(cluster_scale_bias="last")``: the two paths share every stage before it).
 
 Run ``python -m benchmarks.overhead [--quick] [--out DIR] [--device DEV]``. On a CUDA device every call is
 synchronised and both time columns are wall-clock times; memory is ``torch.cuda.max_memory_allocated`` above the
@@ -112,6 +114,12 @@ CASES: dict[str, dict[str, Any]] = {
     "small_cnn_3d_cluster_scale_bias": {
         "backbone": lambda: SmallCNN(spatial_dims=3, in_channels=1, out_channels=1),
         "me_kwargs": {"cluster_scale_bias": True},
+        "quick": {"batch": 4, "size": 32, "repeats": 10, "inference_repeats": 10, "steps": 10},
+        "full": {"batch": 4, "size": 48, "repeats": 20, "inference_repeats": 20, "steps": 10},
+    },
+    "small_cnn_3d_cluster_scale_bias_last": {
+        "backbone": lambda: SmallCNN(spatial_dims=3, in_channels=1, out_channels=1),
+        "me_kwargs": {"cluster_scale_bias": "last"},
         "quick": {"batch": 4, "size": 32, "repeats": 10, "inference_repeats": 10, "steps": 10},
         "full": {"batch": 4, "size": 48, "repeats": 20, "inference_repeats": 20, "steps": 10},
     },

@@ -154,6 +154,34 @@ def test_cluster_scale_bias_blocks_on_norm_layers():
         torch.testing.assert_close(net.forward_all(x, z).fixed, without)
 
 
+def test_cluster_scale_bias_last_runs_the_shared_stages_once():
+    torch.manual_seed(0)
+    net = MixedEffectsCNN(K, spatial_dims=3, cluster_scale_bias="last")
+    assert net.cluster_layer_names == ["features.block3.adn.N"]
+    calls = {i: 0 for i in range(len(net.stages))}
+    for i, stage in enumerate(net.stages):
+        stage.body.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    x, z = torch.randn(4, 1, 16, 16, 16), torch.eye(K)[[0, 1, 2, 0]]
+    out = net.forward_all(x, z)
+    # every stage up to and including the cluster block runs one body; none after it runs twice
+    split = next(i for i, s in enumerate(net.stages) if s.has_cluster)
+    assert all(calls[i] == 1 for i in range(split + 1)), calls
+    assert all(calls[i] == 2 for i in range(split + 1, len(net.stages))), calls
+    assert len(net.stages) - split - 1 <= 1  # SmallCNN: at most the pooling/flatten stage after the last norm
+    net.eval()
+    with torch.no_grad():
+        net.stages[split].cluster.gamma.loc.normal_(0, 0.5)
+        assert (net(x, z) - net(x)).abs().max() > 1e-3
+        torch.testing.assert_close(net.forward_all(x, z).mixed, net(x, z))
+    del out
+
+
+def test_cluster_scale_bias_last_needs_a_norm_layer():
+    backbone = nn.Sequential(nn.Conv3d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 1))
+    with pytest.raises(ValueError, match="cluster_scale_bias='last' needs a normalisation layer in Sequential"):
+        MixedEffectsCNN(K, backbone, cluster_scale_bias="last")
+
+
 SCRIPT_BACKBONES = {  # same classes, fewer repeated blocks: scripting cost grows with depth, not with coverage
     "densenet121": lambda: DenseNet121(spatial_dims=3, in_channels=1, out_channels=2, block_config=(1, 2, 2, 1)),
     "resnet10": lambda: resnet10(spatial_dims=3, n_input_channels=1, num_classes=2),

@@ -112,7 +112,8 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
         tap_layers: layers whose pooled outputs the adversary sees (``h`` is always included); None for the
             backbone's defaults, ``[]`` for ``h`` only. Defaults to None.
         cluster_scale_bias: True to give every normalisation layer on the backbone's forward path cluster
-            scale/bias, or a list of those layers' names. Defaults to False.
+            scale/bias, ``"last"`` for the last one only (the fixed and mixed paths then share every stage before
+            it, so training runs almost nothing twice), or a list of those layers' names. Defaults to False.
         random_slopes: random slopes on ``h`` in the head. None: from ``random_effects`` (True by default).
         random_intercept: random intercept in the head. None: from ``random_effects`` (True by default).
         slope_prior_scale: prior s.d. of the random slopes. None: from ``random_effects`` (0.1 by default).
@@ -213,8 +214,15 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
         self.in_channels = chans
         self.out_channels = int(out_channels)
         taps = list(layout.default_taps if tap_layers is None else tap_layers)
-        if cluster_scale_bias is True:
+        if cluster_scale_bias is True or cluster_scale_bias == "last":
             cluster_layers = [n for n, m in layout.layers if norm_channels(m) is not None]
+            if cluster_scale_bias == "last":
+                if not cluster_layers:
+                    raise ValueError(
+                        f"cluster_scale_bias='last' needs a normalisation layer in {type(backbone).__name__}, "
+                        "found none."
+                    )
+                cluster_layers = cluster_layers[-1:]
         elif cluster_scale_bias is False or cluster_scale_bias is None:
             cluster_layers = []
         else:
