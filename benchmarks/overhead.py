@@ -34,7 +34,9 @@ ratio and the targets (train <= 1.10, inference <= 1.05, peak memory <= 1.10).
 ``unet_3d_segmentation_bundle_last_stage`` is the same UNet with ``cluster_scale_bias="last"`` (cluster scale/bias on
 the last decoder stage only; the fixed and mixed predictions share the decoder before it), and
 ``small_cnn_3d_cluster_scale_bias_last`` SmallCNN with cluster scale/bias on its last normalisation layer only
-(``MixedEffectsCNN(cluster_scale_bias="last")``: the two paths share every stage before it).
+(``MixedEffectsCNN(cluster_scale_bias="last")``: the two paths share every stage before it), and
+``unet_3d_segmentation_bundle_intercept_only`` the UNet with no cluster scale/bias (``cluster_scale_bias=False``: the
+per-class intercepts are the only random effect and one decoder pass serves both predictions).
 
 Run ``python -m benchmarks.overhead [--quick] [--out DIR] [--device DEV]``. On a CUDA device every call is
 synchronised and both time columns are wall-clock times; memory is ``torch.cuda.max_memory_allocated`` above the
@@ -136,6 +138,14 @@ CASES: dict[str, dict[str, Any]] = {
         "wrapper": MixedEffectsUNet,
         "task": "dice_ce",
         "me_kwargs": {"cluster_scale_bias": "last"},
+        "quick": {"batch": 4, "size": segmentation_bundle_patch, "repeats": 6, "inference_repeats": 10, "steps": 5},
+        "full": {"batch": 4, "size": segmentation_bundle_patch, "repeats": 12, "inference_repeats": 20, "steps": 5},
+    },
+    "unet_3d_segmentation_bundle_intercept_only": {
+        "backbone": segmentation_bundle_unet,
+        "wrapper": MixedEffectsUNet,
+        "task": "dice_ce",
+        "me_kwargs": {"cluster_scale_bias": False},
         "quick": {"batch": 4, "size": segmentation_bundle_patch, "repeats": 6, "inference_repeats": 10, "steps": 5},
         "full": {"batch": 4, "size": segmentation_bundle_patch, "repeats": 12, "inference_repeats": 20, "steps": 5},
     },
