@@ -47,7 +47,13 @@ intercepts, ``intercept_vs_protocol_r``: Pearson r over the seen sites between e
 intercept contrast (grey matter's intercept minus the mean of the other classes', softmax being shift invariant)
 and the generator's recorded change of that site's labelled grey-matter volume by its protocol.
 
-Run ``python -m benchmarks.segmentation [--quick] [--out DIR] [--models NAME ...]``.
+**Arms** (``--arm``): ``reference`` (above; writes ``segmentation.json``) and ``unseen_label_shift`` (writes
+``segmentation_unseen_label_shift.json``): the same cohorts except that both unseen sites annotate grey matter two
+voxels thicker (``unseen_label_shift=2``), a protocol that is not the mean of the seen ones (+1, -1, 0, 0), so that
+the population prediction ``z = 0`` is no longer the best case on them. The seen sites' scans, labels and splits are
+those of the reference arm (the generator draws them first), so the validation choice is the same in both arms.
+
+Run ``python -m benchmarks.segmentation [--quick] [--out DIR] [--models NAME ...] [--arm ARM]``.
 """
 
 from __future__ import annotations
@@ -113,9 +119,16 @@ CLASSES = tuple(TISSUE_LABELS[str(i)] for i in range(1, len(TISSUE_LABELS)))  # 
 _GM = 2  # the grey-matter label, the class the label protocols change
 
 
-def default_config(quick: bool = False) -> dict[str, Any]:
+ARMS = {"reference": {}, "unseen_label_shift": {"unseen_label_shift": 2}}
+"""Arm -> the cohort settings it adds (see the module docstring)."""
+
+
+def default_config(quick: bool = False, arm: str = "reference") -> dict[str, Any]:
     """Every setting of a run (written to the results' ``config``); fixed a priori, see the module docstring."""
+    if arm not in ARMS:
+        raise ValueError(f"segmentation benchmark: arm must be one of {sorted(ARMS)}, got {arm!r}.")
     return {
+        "arm": arm,
         "cohort": {
             "num_subjects": 36 if quick else 60,
             "sites": 4,
@@ -123,6 +136,7 @@ def default_config(quick: bool = False) -> dict[str, Any]:
             "spatial_size": [32, 32, 32],
             "spacing": [6.0, 6.0, 6.0],
             "label_shift": {"site_b": 1, "site_d": -1},
+            **ARMS[arm],
         },
         "cohort_seed_offset": 100,
         "seeds": [0, 1] if quick else [0, 1, 2, 3, 4],
@@ -446,7 +460,8 @@ split), mean [t-based 95% CI] over seeds. HD95 in mm, lower is better; a class p
 scores the field-of-view diagonal, and `*_missed_class_rate` is the fraction of such (scan, class) pairs. `me` uses
 the true site's random effects on seen sites and the population prediction (z = 0) on unseen sites;
 `me_inferred_z` the soft z of a site classifier everywhere. Label protocols differ by site (site_b draws grey matter
-thicker, site_d thinner); the seen-site labels follow them, the unseen sites use the reference protocol.
+thicker, site_d thinner); the seen-site labels follow them, the unseen sites use the reference protocol (arm
+`reference`) or draw grey matter two voxels thicker (arm `unseen_label_shift`, see the config's `arm`).
 `intercept_vs_protocol_r`: Pearson r over the 4 seen sites between the learned grey-matter intercept contrast and
 the site's true protocol change of grey-matter volume.
 """
@@ -459,16 +474,20 @@ def run(
     cohort_root: str | None = None,
     log=print,
     models: Sequence[str] = MODELS,
+    arm: str = "reference",
 ) -> dict[str, Any]:
-    """The benchmark: every model on every seed; writes ``segmentation.json`` / ``segmentation.md``."""
-    cfg = config or default_config(quick)
+    """The benchmark: every model on every seed; writes ``segmentation.json`` / ``segmentation.md`` (arm
+    ``reference``) or ``segmentation_<arm>.json`` / ``.md``; a given ``config`` carries its own arm."""
+    cfg = config or default_config(quick, arm)
+    arm = cfg.get("arm", "reference")
+    name = NAME if arm == "reference" else f"{NAME}_{arm}"
     torch.set_num_threads(cfg["threads"])
     tmp = None
     if cohort_root is None:
         tmp = cohort_root = tempfile.mkdtemp(prefix="segmentation_benchmark_")
     try:
         return run_benchmark(
-            NAME,
+            name,
             quick,
             PLAN,
             cfg["seeds"],
@@ -493,8 +512,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--cohort-root", default=None, help="keep the generated cohorts here (default: a temp folder)")
     parser.add_argument("--models", nargs="*", choices=MODELS, default=list(MODELS), help="models to train")
+    parser.add_argument("--arm", choices=sorted(ARMS), default="reference", help="cohort arm (module docstring)")
     args = parser.parse_args(argv)
-    run(quick=args.quick, out_dir=args.out, cohort_root=args.cohort_root, models=args.models)
+    run(quick=args.quick, out_dir=args.out, cohort_root=args.cohort_root, models=args.models, arm=args.arm)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ class AdversaryHandler:
     term with the adversary frozen. ``adv_loss`` and ``adv_acc`` are written into the iteration output as detached
     tensors (no host synchronisation; logging handlers convert them at their own interval). Save and restore the
     adversary and its optimizer with MONAI's ``CheckpointSaver``/``CheckpointLoader`` by listing them in
-    ``save_dict``/``load_dict``.
+    ``save_dict``/``load_dict``; list the handler itself too (:meth:`state_dict`: the adversary's memory of past
+    batches and label-conditional counts) so that a resumed run with ``memory`` or ``label_classes`` continues
+    exactly.
 
     Args:
         adversary: cluster adversary (e.g. :class:`~monai_medl.networks.nets.ClusterAdversary`).
@@ -112,6 +114,15 @@ class AdversaryHandler:
         self.site_key = site_key
         self.label_key = label_key
         self.warmup_epochs = warmup_epochs
+
+    def state_dict(self) -> dict:
+        """The regulariser's state beyond the adversary and its optimizer (see
+        :meth:`~monai_medl.losses.AdversarialRegularizer.state_dict`)."""
+        return self.regularizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output."""
+        self.regularizer.load_state_dict(state)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)

@@ -19,7 +19,10 @@ __all__ = ["FreshProbeHandler"]
 
 
 def _fixed_features(network: Any, x: torch.Tensor) -> torch.Tensor:
-    """The pooled features ``h`` the heads read, population level (``z = None``)."""
+    """The pooled features ``h`` the heads read, population level (``z = None``); a (Distributed)DataParallel
+    wrapper is looked through (its own forward would synchronise ranks that do not all run the probe)."""
+    if isinstance(network, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+        network = network.module
     return network.forward_all(x, None).features[-1]
 
 

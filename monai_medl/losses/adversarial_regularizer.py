@@ -73,13 +73,14 @@ class AdversarialRegularizer:
             step). Defaults to 1.
         memory: number of past batches whose detached activations (and sites) the adversary also trains on, so that
             it approximates a classifier fitted on many recent items rather than chasing the features batch by
-            batch (the stored activations are up to ``memory`` iterations old; they are not checkpointed).
+            batch (the stored activations are up to ``memory`` iterations old; :meth:`state_dict` holds them, so a
+            resumed run continues with the same memory).
             Defaults to 0 (the current batch only).
         label_classes: 0 (default) for the adversary above; ``C >= 2`` makes it **label-conditional**: it also reads
             the one-hot class label (``step(..., labels=...)``; build it with ``C`` extra inputs, e.g.
             ``make_adversary(label_classes=C)``) and the confusion target of item ``i`` is the training data's site
-            distribution among items of its class, ``P(site | y_i)`` (running counts of the batches seen; like the
-            memory they are not checkpointed and restart on resume), instead of uniform. When disease prevalence
+            distribution among items of its class, ``P(site | y_i)`` (running counts of the batches seen, kept in
+            :meth:`state_dict` like the memory), instead of uniform. When disease prevalence
             differs between sites, any disease-predictive feature also predicts the site; the unconditional
             adversary then fights the disease signal itself, while the conditional one only removes site
             information beyond the label (equalised odds, as in Zhang, Lemoine & Mitchell 2018).
@@ -244,6 +245,39 @@ class AdversarialRegularizer:
             term = self._penalty(live[0] if concatenated else live, target, weight, count, label_index)
         # zero-valued, so the reported loss is the main loss, but its gradient is the adversary's own one
         return term + (own - own.detach()) if one_pass else term
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs besides the adversary's and its optimizer's state: the memory's past batches
+        (``memory``: a list of ``{"features", "target", "weight"}``) and the label-conditional running counts
+        (``site_counts``, None when unconditional or before the first step). Checkpoint it through
+        :class:`~monai_medl.handlers.AdversaryHandler` in ``CheckpointSaver``'s ``save_dict``."""
+
+        def plain(t: torch.Tensor) -> torch.Tensor:  # a MONAI MetaTensor would not load with weights_only=True
+            return t.as_subclass(torch.Tensor)
+
+        batches = self._memory or ()
+        memory = [{"features": [plain(x) for x in f], "target": plain(t), "weight": plain(w)} for f, t, w in batches]
+        counts = None if self._site_counts is None else plain(self._site_counts)
+        return {"memory": memory, "site_counts": counts}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output (the memory length must not exceed this regulariser's ``memory``)."""
+        missing = sorted({"memory", "site_counts"} - set(state))
+        if missing:
+            raise KeyError(
+                f"AdversarialRegularizer.load_state_dict: state has no {missing} key(s); got {sorted(state)}."
+            )
+        memory = state["memory"]
+        capacity = 0 if self._memory is None else self._memory.maxlen
+        if len(memory) > (capacity or 0):
+            raise ValueError(
+                f"AdversarialRegularizer.load_state_dict: the state holds {len(memory)} past batches, this regulariser "
+                f"keeps memory={capacity}."
+            )
+        if self._memory is not None:
+            self._memory.clear()
+            self._memory.extend((list(b["features"]), b["target"], b["weight"]) for b in memory)
+        self._site_counts = state["site_counts"]
 
     def finish_step(self) -> None:
         """``update="one_pass"``: apply the adversary's update whose gradient the main backward has just computed (call

@@ -121,3 +121,11 @@ def test_intercept_protocol_correlation_reads_the_grey_matter_contrast():
     assert seg.intercept_protocol_r(net, truth, list("abcd")) < -0.99
     same = {"sites": {s: {"gm_volume_change": 0.0} for s in "abcd"}}
     assert math.isnan(seg.intercept_protocol_r(net, same, list("abcd")))
+
+
+def test_the_unseen_label_shift_arm_sets_the_cohort_and_names_its_results():
+    ref, arm = seg.default_config(quick=True), seg.default_config(quick=True, arm="unseen_label_shift")
+    assert "unseen_label_shift" not in ref["cohort"] and ref["arm"] == "reference"
+    assert arm["cohort"] == {**ref["cohort"], "unseen_label_shift": 2} and arm["arm"] == "unseen_label_shift"
+    with pytest.raises(ValueError, match="arm must be one of"):
+        seg.default_config(arm="unseen")

@@ -60,6 +60,26 @@ def test_bundle_layout_and_required_ids():
     assert infer["spatial_size"] == train["spatial_size"]
 
 
+def test_the_adversary_is_the_mechanism_the_study_selection_chose():
+    from benchmarks.invariance import resolve_invariance
+
+    selection = json.loads((BUNDLE.parents[1] / "benchmarks/results/mri_study_selection.json").read_text())
+    spec = resolve_invariance(selection["config"]["chosen_settings"]["invariance"])
+    train = _load("train.json")
+    assert spec["kind"] == "adversary" and not spec["label_conditional"]
+    handler = train["train"]["handlers"][1]
+    assert handler["_target_"] == "monai_medl.handlers.AdversaryHandler"
+    assert train["train"]["checkpoint"]["save_dict"]["adversary_state"] == "@train#handlers#1"
+    assert train["lambda_g"] == spec["lambda"] and handler["lambda_g"] == "@lambda_g"
+    for key in ("objective", "steps", "memory", "feature_scaling", "update"):
+        assert handler[key] == spec[key], key
+    assert "label_classes" not in handler and train["adversary"] == "$@network_def.make_adversary().to(@device)"
+    assert spec["hidden"] == [64, 32] and spec["lr"] == train["learning_rate"]  # make_adversary's default width
+    assert spec["taps"] == "h"
+    for name in ("train.json", "inference.json"):  # the adversary reads h only; the weights' layout follows it
+        assert _load(name)["network_def"]["tap_layers"] == [], name
+
+
 def test_metadata_against_the_shared_schema():
     verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=meta_schema())
 
@@ -99,10 +119,18 @@ def test_training_generates_the_cohort_and_writes_every_artefact(trained_bundle)
     assert ckpts, sorted(os.listdir(root / "runs"))
     ckpt = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
     expected = {"model", "adversary", "z_predictor", "optimizer", "adv_optimizer", "z_optimizer", "trainer", "progress"}
-    assert expected <= set(ckpt)
+    assert expected | {"adversary_state"} <= set(ckpt)
+    assert len(ckpt["adversary_state"]["memory"]) == 4  # the adversary's memory of past batches resumes with it
     assert not list((root / "models").glob("checkpoint*"))  # checkpoints are not promoted
     assert (root / "models" / "z_predictor.pt").is_file() and (root / "models" / "manifest.json").is_file()
     assert list(root.glob("runs/*/tensorboard/events.out.tfevents.*")), "no TensorBoard events written"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in root.glob("runs/*/tensorboard/events.out.tfevents.*"):
+        tags |= set(EventAccumulator(str(events)).Reload().Tags()["scalars"])
+    # the fresh site probe, refitted each epoch on the validation scans, beside the adversary's accuracy
+    assert {"invariance/fresh_probe_acc", "invariance/fresh_probe_floor", "invariance/adv_acc_epoch"} <= tags, tags
 
 
 def test_evaluate_reports_per_site_seen_unseen_and_modes(trained_bundle):

@@ -80,3 +80,13 @@ def test_bad_inputs_are_rejected():
     probe = FreshProbeHandler([{"image": torch.randn(2, 4)}])
     with pytest.raises(KeyError, match="'site'"):
         probe.features(MixedEffectsMLP(4, 1, num_clusters=3, hidden=(8,)).eval())
+
+
+def test_a_data_parallel_wrapper_is_looked_through():
+    torch.manual_seed(0)
+    net = MixedEffectsMLP(4, 1, num_clusters=3, hidden=(8,)).eval()
+    probe = FreshProbeHandler(DataLoader(_items(12, 2), batch_size=6))
+    plain, wrapped = probe.features(net), probe.features(torch.nn.DataParallel(net))
+    np.testing.assert_array_equal(plain[0], wrapped[0])
+    with pytest.raises(AttributeError):  # the wrapper itself has no forward_all: the unwrap is what makes it work
+        getattr(torch.nn.DataParallel(net), "forward_all")  # noqa: B009
