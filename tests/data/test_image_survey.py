@@ -16,7 +16,7 @@ import monai_medl.data.image_survey as survey
 from monai_medl.bundle import voxel_check
 from monai_medl.data import read_image_info, validate_datalist
 from monai_medl.data.image_info import ImageReadError, _small_int_percentiles
-from monai_medl.data.image_survey import ImageInfoCache, read_image_infos
+from monai_medl.data.image_survey import ImageInfoCache, map_in_workers, read_image_infos
 
 
 @pytest.fixture
@@ -110,6 +110,17 @@ def test_a_multi_member_gzip_reads_as_gzip_does_and_a_truncated_one_fails(tmp_pa
         f.write(gzip.compress(raw)[:-30])
     with pytest.raises(ImageReadError, match=rf"unreadable or truncated image {path}: EOFError"):
         read_image_info(path)
+
+
+def _square_and_pid(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+def test_map_in_workers_runs_in_other_processes_and_keeps_the_order():
+    out = list(map_in_workers(_square_and_pid, list(range(9)), workers=2))
+    assert [v for v, _ in out] == [x * x for x in range(9)]
+    assert os.getpid() not in {pid for _, pid in out}
+    assert {pid for _, pid in map_in_workers(_square_and_pid, [1, 2, 3], workers=2)} == {os.getpid()}  # too few
 
 
 def test_header_validation_says_what_it_skips(caplog):
