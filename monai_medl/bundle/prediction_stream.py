@@ -35,7 +35,9 @@ class PredictionStream:
         collector: the run's :class:`~monai_medl.bundle.SitePredictionCollector` (its ``rows``).
         path: the predictions CSV.
         identity: what the rows depend on (JSON-serialisable); None: always continue.
-        fields: CSV columns. Defaults to the predictions file's.
+        fields: CSV columns. Defaults to the collector's ``fields`` (a
+            :class:`~monai_medl.bundle.SiteDiceCollector`'s Dice columns, a
+            :class:`~monai_medl.bundle.SitePredictionCollector`'s probability), else the predictions file's.
         image_key: the entries' image key (the ``image`` column holds its file).
 
     Example (inference.json)::
@@ -52,9 +54,11 @@ class PredictionStream:
         collector: Any,
         path: str | os.PathLike,
         identity: Any = None,
-        fields: Sequence[str] = PREDICTION_FIELDS,
+        fields: Sequence[str] | None = None,
         image_key: str = "image",
     ) -> None:
+        if fields is None:
+            fields = getattr(collector, "fields", PREDICTION_FIELDS)
         self.collector, self.path, self.fields, self.image_key = collector, os.fspath(path), list(fields), image_key
         self._written = 0
         self._start(

@@ -79,6 +79,11 @@ class SiteDiceCollector(ScanCollector):
     def dice_fields(self) -> list[str]:
         return [f"dice_{c}" for c in self.class_names] + ["dice_mean"]
 
+    @property
+    def fields(self) -> list[str]:
+        """The columns of a predictions file of these rows (as :func:`write_segmentations` writes it)."""
+        return [*SEGMENTATION_FIELDS, *self.dice_fields]
+
     def dice(self, pred: torch.Tensor, label: torch.Tensor) -> list[float]:
         """Dice of each foreground class between two label maps ``(1, *spatial)`` (NaN where both are empty)."""
         n = len(self.class_names) + 1

@@ -170,6 +170,9 @@ def scan_record(
     """Who a decollated batch item is and which ``z`` it got: ``mode``, ``z``, ``split``, ``image``, ``site``,
     ``seen``, ``input_warning`` (the identity columns every per-scan collector writes).
 
+    ``image`` is the file of ``item[image_key]``: its meta data's ``filename_or_obj``, or the value itself when it
+    is a path (e.g. a copy of the entry's path kept by ``CopyItemsd`` before a loader that drops the meta data).
+
     The design row and the mode come with the item (``item[design_key]`` and ``item[design_key + "_mode"]``,
     recorded by :class:`~monai_medl.engines.MixedEffectsPrepareBatch` with ``design_key`` set).
 
@@ -185,12 +188,14 @@ def scan_record(
     site_index = int(_scalar(item.get(site_key, -1)))
     site = str(_scalar(item.get(site_name_key, site_index)))
     mode = str(_scalar(item[design_key + "_mode"]))
-    meta = getattr(item.get(image_key), "meta", {}) or {}
+    image = item.get(image_key)
+    if not isinstance(image, str | os.PathLike):  # a loaded image: its file is in its meta data
+        image = (getattr(image, "meta", {}) or {}).get("filename_or_obj", "")
     return {
         "mode": mode,
         "z": describe_design(item[design_key], mode, site_index, site),
         "split": str(_scalar(item.get(split_key, ""))),
-        "image": str(meta.get("filename_or_obj", "")),
+        "image": str(image),
         "site": site,
         "seen": site_index >= 0,
         "input_warning": str(_scalar(item.get("input_warning", ""))),
@@ -248,7 +253,7 @@ class SitePredictionCollector(ScanCollector):
         site_name_key: batch key of the raw site name (``SiteToIndexd(raw_key_postfix="name")``). Defaults to
             ``"site_name"``.
         split_key: batch key of the split tag. Defaults to ``"split"``.
-        image_key: batch key whose meta data give the file name. Defaults to ``"image"``.
+        image_key: batch key whose meta data give the file name (or that holds the path). Defaults to ``"image"``.
         threshold: probability threshold of the ``prediction`` column. Defaults to 0.5.
         design_key: batch key of the ``z`` each scan got (``design_key + "_mode"``: the mode). Defaults to ``"z"``.
 
@@ -289,6 +294,11 @@ class SitePredictionCollector(ScanCollector):
     ) -> None:
         super().__init__(pred_key, label_key, site_key, site_name_key, split_key, image_key, design_key)
         self.threshold = threshold
+
+    @property
+    def fields(self) -> list[str]:
+        """The columns of a predictions file of these rows."""
+        return list(PREDICTION_FIELDS)
 
     def __call__(self, engine: Engine) -> None:
         batch, output = engine.state.batch, engine.state.output

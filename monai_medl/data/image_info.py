@@ -79,8 +79,16 @@ def _intensity(data: np.ndarray, path: str) -> tuple[float, float, float, float]
 def _small_int_percentiles(data: np.ndarray, qs: tuple[float, ...]) -> list[float]:
     """``np.percentile(data, qs)`` (linear interpolation, the same float arithmetic) for 8/16-bit integers, from a
     histogram of the values: linear time and no sorted copy of a 7-million-voxel scan."""
-    offset = -int(np.iinfo(data.dtype).min) if data.dtype.kind == "i" else 0
-    counts = np.bincount(data.ravel(order="K").astype(np.int32) + offset)
+    flat = data.ravel(order="K")
+    if not flat.dtype.isnative:  # a big-endian NIfTI: the unsigned view below needs native byte order
+        flat = flat.astype(flat.dtype.newbyteorder("="))
+    bits = 8 * flat.dtype.itemsize
+    # count the bit patterns (an unsigned view: no widened copy of the scan), then put signed values in order
+    counts = np.bincount(flat.view(f"u{flat.dtype.itemsize}"), minlength=1 << bits)
+    offset = 0
+    if flat.dtype.kind == "i":
+        offset = 1 << (bits - 1)
+        counts = np.concatenate([counts[offset:], counts[:offset]])  # index i holds the value i - offset
     cum = np.cumsum(counts)
     n = int(cum[-1])
 
@@ -140,6 +148,18 @@ def read_image_info(path: str | os.PathLike, spatial_dims: int = 3, load_voxels:
         raise ImageReadError(f"unreadable or truncated image {path}: {type(e).__name__}: {e}") from e
 
 
+def _gunzip(raw: bytes) -> bytes:
+    """``gzip.decompress(raw)`` (EOFError on a truncated stream), through zlib's own gzip reader where the file is
+    one gzip member, as nearly every ``.nii.gz`` is: about 10% less CPU (zlib checks the CRC as it inflates)."""
+    inflater = zlib.decompressobj(wbits=31)
+    out = inflater.decompress(raw)
+    if not inflater.eof:
+        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+    if inflater.unused_data:  # more gzip members follow (e.g. from a parallel compressor): gzip reads them all
+        return gzip.decompress(raw)
+    return out
+
+
 def _nifti_read_once(path: str) -> Any:
     """A NIfTI image held in memory from one read (and one decompression) of the file, checked to hold its
     header's voxel block; a short file would otherwise read back as zeros."""
@@ -148,7 +168,7 @@ def _nifti_read_once(path: str) -> Any:
     with open(path, "rb") as f:
         raw = f.read()
     if path.endswith(".gz"):
-        raw = gzip.decompress(raw)  # EOFError on a truncated stream
+        raw = _gunzip(raw)
     kind = nib.Nifti2Image if int.from_bytes(raw[:4], "little") == 540 or raw[:4] == b"\x00\x00\x02\x1c" else None
     img = (kind or nib.Nifti1Image).from_bytes(raw)
     header = img.header

@@ -19,11 +19,15 @@ import multiprocessing
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 from monai_medl.data.image_info import ImageInfo, ImageReadError, read_image_info
 
-__all__ = ["ImageInfoCache", "read_image_infos", "default_workers"]
+__all__ = ["ImageInfoCache", "read_image_infos", "default_workers", "map_in_workers"]
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 logger = logging.getLogger(__name__)
 _HEAD_BYTES = 1 << 16
@@ -160,6 +164,28 @@ class _Progress:
             logger.info(f"read {self.done}/{self.total} scans ({rate:.1f}/s, about {left:.0f} s left)")
 
 
+def map_in_workers(fn: Callable[[T], R], jobs: Sequence[T], workers: int | None = None) -> Iterator[R]:
+    """``map(fn, jobs)`` in worker processes (forked: they need only what is imported here), results in order.
+
+    Args:
+        fn: a module-level function (results are pickled back to this process: keep them small).
+        jobs: its arguments, one per call.
+        workers: processes (None: every core this process may use); 1, or fewer than two jobs per worker: here.
+
+    Example::
+
+        >>> list(map_in_workers(abs, [-3, 1, -2], workers=1))
+        [3, 1, 2]
+    """
+    workers = default_workers() if workers is None else max(1, int(workers))
+    if workers == 1 or len(jobs) < 2 * workers:
+        yield from map(fn, jobs)
+        return
+    context = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        yield from pool.map(fn, jobs, chunksize=max(1, min(16, len(jobs) // (8 * workers))))
+
+
 def read_image_infos(
     paths: Iterable[str],
     spatial_dims: int = 3,
@@ -192,20 +218,10 @@ def read_image_infos(
     cached = cache.get(list(keys.values())) if cache is not None else {}
     out: dict[str, ImageInfo | ImageReadError] = {p: cached[keys[p]] for p in unique if keys.get(p) in cached}
     todo = [p for p in unique if p not in out]
-    workers = default_workers() if workers is None else max(1, int(workers))
     progress = _Progress(len(todo))
-    jobs = [(p, spatial_dims, load_voxels) for p in todo]
-    if workers == 1 or len(todo) < 2 * workers:
-        results = map(_read_one, jobs)
-        for path, value in results:
-            out[path] = value
-            progress.step()
-    else:  # fork: the workers need only nibabel and NumPy, already imported here
-        context = multiprocessing.get_context("fork")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for path, value in pool.map(_read_one, jobs, chunksize=max(1, min(16, len(jobs) // (8 * workers)))):
-                out[path] = value
-                progress.step()
+    for path, value in map_in_workers(_read_one, [(p, spatial_dims, load_voxels) for p in todo], workers):
+        out[path] = value
+        progress.step()
     if cache is not None and todo:
         cache.put({keys[p]: out[p] for p in todo if p in keys})
     return {p: out[p] for p in unique}

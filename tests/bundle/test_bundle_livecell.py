@@ -70,10 +70,11 @@ def test_train_evaluate_inference_on_a_tiny_set(tmp_path):
         assert 0 <= float(rows["val_auc"]) <= 1 and 0 < float(rows["val_mse"]) < 0.5
 
     _workflow(["inference.json"], tmp_path, "infer", dataset_dir=str(tmp_path / "data"))
-    with open(tmp_path / "eval" / "predictions.csv") as f:
-        preds = list(csv.reader(f))
+    with open(tmp_path / "eval" / "inference_predictions.csv") as f:
+        preds = list(csv.DictReader(f))
     assert len(preds) == 6 * 2 + 2 * 10  # test_seen (2 per seen day) + test_unseen (10 per unseen day)
-    assert all(0 <= float(p[1]) <= 1 for p in preds)
+    assert all(0 <= float(p["probability"]) <= 1 and p["image"].endswith(".npy") for p in preds)
+    assert sum(p["z"] == "zero" for p in preds) == 2 * 10  # the unseen days: population prediction
     assert (tmp_path / "eval" / "counterfactuals.png").stat().st_size > 10_000
 
 

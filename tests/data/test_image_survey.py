@@ -16,7 +16,7 @@ import monai_medl.data.image_survey as survey
 from monai_medl.bundle import voxel_check
 from monai_medl.data import read_image_info, validate_datalist
 from monai_medl.data.image_info import ImageReadError, _small_int_percentiles
-from monai_medl.data.image_survey import ImageInfoCache, read_image_infos
+from monai_medl.data.image_survey import ImageInfoCache, map_in_workers, read_image_infos
 
 
 @pytest.fixture
@@ -48,8 +48,8 @@ def test_worker_processes_give_the_same_summaries_as_one_process(scans):
 
 def test_each_scan_is_decompressed_once_for_every_check(scans, monkeypatch):
     calls = []
-    real = gzip.decompress
-    monkeypatch.setattr(image_info.gzip, "decompress", lambda b: calls.append(1) or real(b))
+    real = image_info._gunzip
+    monkeypatch.setattr(image_info, "_gunzip", lambda b: calls.append(1) or real(b))
     problems = validate_datalist([{"image": p, "site": "a"} for p in scans], workers=1)
     assert len(calls) == 8 and len(problems) == 2  # 8 files exist; the truncated and the missing one reported
 
@@ -86,6 +86,41 @@ def test_histogram_percentiles_equal_numpy(dtype, n):
     # NumPy interpolates in the input dtype (int16 differences can overflow for tiny n): compare with float64
     expected = [float(v) for v in np.percentile(data.astype(np.float64), [0, 1, 99, 100])]
     assert _small_int_percentiles(data, (0.0, 1.0, 99.0, 100.0)) == expected
+
+
+@pytest.mark.parametrize("dtype", [">i2", ">u2", "<i2", "|b1"])
+def test_histogram_percentiles_of_big_endian_and_boolean_voxels_equal_numpy(dtype):
+    data = np.random.default_rng(3).integers(-500, 3000, size=(9, 7, 5))
+    data = (data > 1000 if dtype == "|b1" else data).astype(dtype)
+    data = data[:, ::2]  # not contiguous, as a view of a scan can be
+    expected = [float(v) for v in np.percentile(data.astype(np.float64), [0, 1, 99, 100])]
+    assert _small_int_percentiles(data, (0.0, 1.0, 99.0, 100.0)) == expected
+
+
+def test_a_multi_member_gzip_reads_as_gzip_does_and_a_truncated_one_fails(tmp_path):
+    data = np.random.default_rng(4).integers(0, 900, size=(6, 5, 4)).astype(np.int16)
+    path = str(tmp_path / "two_members.nii.gz")
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "one.nii"))
+    raw = open(tmp_path / "one.nii", "rb").read()
+    with open(path, "wb") as f:  # what a parallel compressor writes: the file in two gzip members
+        f.write(gzip.compress(raw[:200]) + gzip.compress(raw[200:]))
+    info = read_image_info(path)
+    assert info.spatial_shape == (6, 5, 4) and info.intensity[3] == float(data.max())
+    with open(path, "wb") as f:
+        f.write(gzip.compress(raw)[:-30])
+    with pytest.raises(ImageReadError, match=rf"unreadable or truncated image {path}: EOFError"):
+        read_image_info(path)
+
+
+def _square_and_pid(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+def test_map_in_workers_runs_in_other_processes_and_keeps_the_order():
+    out = list(map_in_workers(_square_and_pid, list(range(9)), workers=2))
+    assert [v for v, _ in out] == [x * x for x in range(9)]
+    assert os.getpid() not in {pid for _, pid in out}
+    assert {pid for _, pid in map_in_workers(_square_and_pid, [1, 2, 3], workers=2)} == {os.getpid()}  # too few
 
 
 def test_header_validation_says_what_it_skips(caplog):
