@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.engines.utils import IterationEvents
@@ -30,6 +30,9 @@ class AdversaryHandler:
     tensors (no host synchronisation; logging handlers convert them at their own interval). Save and restore the
     adversary and its optimizer with MONAI's ``CheckpointSaver``/``CheckpointLoader`` by listing them in
     ``save_dict``/``load_dict``.
+
+    ``objective``, ``steps``, ``memory``, ``label_classes``, ``feature_scaling`` and ``update`` are keywords passed on
+    to :class:`~monai_medl.losses.AdversarialRegularizer` (which checks them).
 
     Args:
         adversary: cluster adversary (e.g. :class:`~monai_medl.networks.nets.ClusterAdversary`).
@@ -87,28 +90,14 @@ class AdversaryHandler:
         optimizer: torch.optim.Optimizer,
         lambda_g: float = 0.1,
         site_key: str = "site",
-        objective: str = "confusion",
-        steps: int = 1,
-        warmup_epochs: int = 0,
-        memory: int = 0,
-        label_classes: int = 0,
         label_key: str = CommonKeys.LABEL,
-        feature_scaling: str = "none",
-        update: str = "two_step",
+        warmup_epochs: int = 0,
+        **regularizer: Any,
     ) -> None:
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}.")
-        self.regularizer = AdversarialRegularizer(
-            adversary,
-            optimizer,
-            lambda_g,
-            objective,
-            steps=steps,
-            memory=memory,
-            label_classes=label_classes,
-            feature_scaling=feature_scaling,
-            update=update,
-        )
+        # objective, steps, memory, label_classes, feature_scaling, update: AdversarialRegularizer's, one definition
+        self.regularizer = AdversarialRegularizer(adversary, optimizer, lambda_g, **regularizer)
         self.site_key = site_key
         self.label_key = label_key
         self.warmup_epochs = warmup_epochs
