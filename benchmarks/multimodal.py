@@ -81,6 +81,9 @@ __all__ = [
     "load_cohort",
     "train_model",
     "predict",
+    "items_of",
+    "auroc",
+    "withhold_flair",
     "run_seed",
     "run",
     "main",
@@ -190,7 +193,7 @@ def has_flair(data: dict[str, Any], scenario: str, missing_site: str) -> np.ndar
     return data["site"] != missing_site
 
 
-def _items(data, idx, inputs: Sequence[str], flair: np.ndarray, vocab: SiteVocabulary) -> list[dict]:
+def items_of(data, idx, inputs: Sequence[str], flair: np.ndarray, vocab: SiteVocabulary) -> list[dict]:
     """``{"image", "modality_mask", "label", "site"}`` dictionaries; an absent FLAIR is a zero channel."""
     items = []
     for i in idx:
@@ -286,11 +289,12 @@ def predict(net: torch.nn.Module, spec: dict[str, Any], items: list[dict], num_s
     return torch.sigmoid(logits).reshape(-1).numpy()
 
 
-def _auroc(y: np.ndarray, prob: np.ndarray) -> float:
+def auroc(y: np.ndarray, prob: np.ndarray) -> float:
+    """ROC AUC of ``prob`` against the labels ``y``."""
     return float(roc_auc_score(y, prob))
 
 
-def _withhold_flair(items: list[dict], inputs: Sequence[str]) -> list[dict]:
+def withhold_flair(items: list[dict], inputs: Sequence[str]) -> list[dict]:
     """The same subjects with FLAIR withheld (mask 0 and a zero channel)."""
     j = list(inputs).index("flair")
     out = []
@@ -307,7 +311,7 @@ def _train_fallback(spec, cfg, data, train_idx, flair, vocab, trained, seed) -> 
     if spec["primary"] not in trained:
         raise KeyError(f"model {spec['primary']!r} must be trained before its fallback (list it first in models).")
     t1_spec = {"kind": "multimodal", "inputs": ("t1",), "fusion": "early"}
-    t1_net, seconds = train_model(t1_spec, cfg, _items(data, train_idx, ("t1",), flair, vocab), vocab.num_sites, seed)
+    t1_net, seconds = train_model(t1_spec, cfg, items_of(data, train_idx, ("t1",), flair, vocab), vocab.num_sites, seed)
     return ModalityFallback(trained[spec["primary"]], t1_net).eval(), seconds
 
 
@@ -335,7 +339,7 @@ def run_seed(
                 continue
             usable = flair if spec["inputs"] == ("flair",) else np.ones_like(flair)
             sel = {s: np.flatnonzero((split == s) & usable) for s in ("training", "validation", "test")}
-            items = {s: _items(data, idx, spec["inputs"], flair, vocab) for s, idx in sel.items()}
+            items = {s: items_of(data, idx, spec["inputs"], flair, vocab) for s, idx in sel.items()}
             if spec["kind"] == "fallback":
                 net, seconds = _train_fallback(spec, cfg, data, sel["training"], flair, vocab, trained, seed)
                 seconds += results[spec["primary"] + suffix]["train_seconds"]
@@ -347,14 +351,14 @@ def run_seed(
             test_sites = [it["site"] for it in items["test"]]
             row = {
                 **site_scores(labels["test"], scores["test"], test_sites, labels["training"], scores["training"]),
-                "val_auroc": _auroc(labels["validation"], scores["validation"]),
+                "val_auroc": auroc(labels["validation"], scores["validation"]),
                 "train_seconds": seconds,
             }
             if "flair" in spec["inputs"] and "t1" in spec["inputs"]:
                 test_unseen = [it for it, u in zip(items["test"], unseen[sel["test"]]) if u]
-                prob = predict(net, spec, _withhold_flair(test_unseen, spec["inputs"]), num_sites)
+                prob = predict(net, spec, withhold_flair(test_unseen, spec["inputs"]), num_sites)
                 y = data["label"][sel["test"]][unseen[sel["test"]]]
-                row["unseen_t1_only"] = _auroc(y, prob)
+                row["unseen_t1_only"] = auroc(y, prob)
             results[key] = row
             log(f"seed {seed} {key}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
         if f"me_flair{suffix}" not in results or "me_t1" not in results:
