@@ -20,7 +20,7 @@ Models (same SmallCNN encoder per modality, optimiser, epochs, batch size and lo
   (seen-site validation split: the choice never looks at the test sites);
 - ``conventional_early_fusion``: SmallCNN on both contrasts stacked as channels, plain BCE, no site information;
 - ``me_early_fusion``: MixedEffectsCNN on the stacked channels (adversary, random effects);
-- ``me_multimodal``: :class:`~monai_medl.networks.nets.MultimodalMixedEffectsCNN` with the fusion and modality
+- ``me_multimodal``: :class:`~monai_medl.networks.nets.make_multimodal_me_cnn` with the fusion and modality
   dropout that ``benchmarks.multimodal_selection`` chose on training sites only (recorded in
   ``results/multimodal_selection.json``; the multimodal bundle uses the same); early fusion is the first
   convolution per contrast, averaged over the contrasts a subject has before the first batch norm, then one shared
@@ -69,7 +69,7 @@ from monai_medl.data.synthetic.mri_cohort import cohort_settings, generate_mri_c
 from monai_medl.engines import MixedEffectsPrepareBatch, MultimodalPrepareBatch
 from monai_medl.handlers import AdversaryHandler, ModalityDropoutWarmup
 from monai_medl.losses import MixedEffectsLoss
-from monai_medl.networks.nets import MixedEffectsCNN, ModalityFallback, MultimodalMixedEffectsCNN, SmallCNN
+from monai_medl.networks.nets import MixedEffectsCNN, ModalityFallback, SmallCNN, make_multimodal_me_cnn
 from monai_medl.transforms import SiteVocabulary
 
 __all__ = [
@@ -223,7 +223,7 @@ def build_model(spec: dict[str, Any], cfg: dict[str, Any], num_sites: int) -> to
     if spec["kind"] == "me_cnn":
         return MixedEffectsCNN(num_sites, {**backbone, "in_channels": n_in}, probe_size=cfg["spatial_size"])
     options = {"fusion": spec["fusion"], "modality_dropout": cfg["modality_dropout"], **spec.get("options", {})}
-    return MultimodalMixedEffectsCNN(
+    return make_multimodal_me_cnn(
         num_sites, modalities=spec["inputs"], backbone=backbone, probe_size=cfg["spatial_size"], **options
     )
 
@@ -412,11 +412,11 @@ every test subject (presence mask for the multimodal networks, a zero channel fo
 to `unseen` is the cost of losing FLAIR at test time. `+missing_site` = FLAIR never acquired at site_b (training,
 validation and test); me_flair then never sees site_b and its seen score excludes site_b subjects. me_best_single
 picks, per seed, the single-contrast model with the higher seen-site validation AUROC (chose_flair = how often
-FLAIR won). val_auroc = seen-site validation AUROC (mixed prediction). me_multimodal = MultimodalMixedEffectsCNN
+FLAIR won). val_auroc = seen-site validation AUROC (mixed prediction). me_multimodal = make_multimodal_me_cnn
 with its default fusion="early" (per-contrast first convolution averaged over the present contrasts, one shared
 encoder; no modality dropout); me_multimodal_dropout = the same with FLAIR dropped at random (p 0.25, T1 required)
 in training; me_multimodal_dropout_warmup = the same dropout only from epoch 13 of 20 (60% warm-up without it);
-me_multimodal_t1_fallback = ModalityFallback(me_multimodal, a T1-only MultimodalMixedEffectsCNN).
+me_multimodal_t1_fallback = ModalityFallback(me_multimodal, a T1-only make_multimodal_me_cnn).
 me_multimodal_concat / _attention = late fusion (one encoder per contrast), no modality dropout.
 `*_early_fusion` = a single-input network on the stacked channels (absent FLAIR = zero channel).
 

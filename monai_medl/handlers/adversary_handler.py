@@ -35,7 +35,7 @@ class AdversaryHandler:
     to :class:`~monai_medl.losses.AdversarialRegularizer` (which checks them).
 
     Args:
-        adversary: cluster adversary (e.g. :class:`~monai_medl.networks.nets.ClusterAdversary`).
+        adversary: cluster adversary (e.g. :class:`~monai_medl.networks.nets.ClusterClassifier`).
         optimizer: optimizer over the adversary's parameters.
         lambda_g: weight of the adversarial term. Defaults to 0.1.
         site_key: batch key with the site index (``-1`` = unseen, ignored). Defaults to ``"site"``.
@@ -68,10 +68,10 @@ class AdversaryHandler:
         >>> from monai.engines import SupervisedTrainer
         >>> from monai_medl.engines import MixedEffectsPrepareBatch
         >>> from monai_medl.losses import MixedEffectsLoss
-        >>> from monai_medl.networks.nets import ClusterAdversary, MixedEffectsMLP
+        >>> from monai_medl.networks.nets import ClusterClassifier, MixedEffectsMLP
         >>> items = [{"image": torch.randn(4), "label": torch.tensor([float(i % 2)]), "site": i % 3} for i in range(12)]
         >>> net = MixedEffectsMLP(4, 1, num_clusters=3, hidden=(8,))
-        >>> adversary = ClusterAdversary(8, num_clusters=3, hidden=(8,))  # reads the 8 hidden units
+        >>> adversary = ClusterClassifier(8, num_clusters=3, hidden=(8,))  # reads the 8 hidden units
         >>> handler = AdversaryHandler(adversary, torch.optim.Adam(adversary.parameters(), 1e-4), lambda_g=0.1)
         >>> trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1,
         ...                             train_data_loader=DataLoader(items, batch_size=4), network=net,

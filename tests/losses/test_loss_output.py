@@ -8,7 +8,7 @@ from monai.engines.utils import IterationEvents
 
 from monai_medl.handlers import AdversaryHandler
 from monai_medl.losses import LossOutput, MixedEffectsAutoEncoderLoss, MixedEffectsLoss
-from monai_medl.networks.nets import ClusterAdversary, MixedEffectsAutoEncoder, MixedEffectsMLP
+from monai_medl.networks.nets import ClusterClassifier, MixedEffectsAutoEncoder, MixedEffectsMLP
 from monai_medl.utils.examples import site_trainer
 
 
@@ -75,7 +75,7 @@ def test_the_autoencoder_loss_carries_its_reconstruction_terms():
 def test_the_trainer_keeps_the_terms_in_its_output_also_after_the_adversary_adds_its_term():
     torch.manual_seed(0)
     net = MixedEffectsMLP(4, 1, num_clusters=3, hidden=(8,))
-    adversary = ClusterAdversary(8, num_clusters=3, hidden=(8,))
+    adversary = ClusterClassifier(8, num_clusters=3, hidden=(8,))
     handler = AdversaryHandler(adversary, torch.optim.Adam(adversary.parameters(), 1e-3), lambda_g=0.5)
     trainer = site_trainer(net, [handler])
     seen = []
