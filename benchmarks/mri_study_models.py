@@ -111,7 +111,7 @@ def train_logit_adjusted(
     """:class:`LogitAdjustedCNN` trained with the MRI recipe (same backbone, optimiser, epochs, batches, flips)."""
     offsets = prevalence_offsets(y.numpy(), site.numpy(), num_clusters)
     torch.manual_seed(seed)
-    net = LogitAdjustedCNN(mri._me_cnn(dict(cfg), num_clusters, random_effects=False), torch.from_numpy(offsets))
+    net = LogitAdjustedCNN(mri.me_cnn(dict(cfg), num_clusters, random_effects=False), torch.from_numpy(offsets))
     loss = MixedEffectsLoss("bce", lambda_mixed=1.0, lambda_fixed=0.0, kl_weight=cfg["kl_weight"])
     loader = flipped_loader(x, y.float()[:, None], site, cfg["batch_size"], seed)
     optimizer = torch.optim.Adam(net.parameters(), cfg["lr"])

@@ -3,7 +3,7 @@
 
 A unit is a picklable dictionary handed to a module-level function that returns one row ``{model: {metric: value}}``.
 Units run in up to ``workers`` processes with one torch thread each; every finished row is appended at once to
-``<out>/<name>.rows.jsonl`` under the run's resume key (:func:`benchmarks._common._resume_key`: commit, mode, plan,
+``<out>/<name>.rows.jsonl`` under the run's resume key (:func:`benchmarks._common.resume_key`: commit, mode, plan,
 units and config), so a run that is cut off resumes where it stopped, and rows of other code or settings are never
 reused. The unit's index in the run's list is its id (the list is part of the key).
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import _common
-from benchmarks._common import _resume_key, saved_rows
+from benchmarks._common import resume_key, saved_rows
 
 __all__ = ["require_clean_tree", "run_key", "run_units", "clear_checkpoint"]
 
@@ -30,7 +30,7 @@ Row = Mapping[str, Mapping[str, float]]
 def require_clean_tree(quick: bool) -> str:
     """The commit of the checkout; a full (non-quick) run from a modified or non-git tree is refused (its results
     could not be traced to code)."""
-    commit = _common._git_commit()
+    commit = _common.git_commit()
     if not quick and not re.fullmatch(r"[0-9a-f]{40}", commit):
         raise SystemExit(
             f"refusing a full run from a modified checkout (commit {commit!r}): commit first, or run from a clean "
@@ -41,7 +41,7 @@ def require_clean_tree(quick: bool) -> str:
 
 def run_key(name: str, quick: bool, plan: Mapping[str, Any], units: Sequence[Mapping[str, Any]]) -> str | None:
     """The resume key of a run of ``units`` (None from a modified checkout: then nothing is reused)."""
-    return _resume_key(name, quick, plan, list(range(len(units))), {"units": list(units)})
+    return resume_key(name, quick, plan, list(range(len(units))), {"units": list(units)})
 
 
 def _one_thread() -> None:

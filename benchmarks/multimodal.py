@@ -20,7 +20,7 @@ Models (same SmallCNN encoder per modality, optimiser, epochs, batch size and lo
   (seen-site validation split: the choice never looks at the test sites);
 - ``conventional_early_fusion``: SmallCNN on both contrasts stacked as channels, plain BCE, no site information;
 - ``me_early_fusion``: MixedEffectsCNN on the stacked channels (adversary, random effects);
-- ``me_multimodal``: :class:`~monai_medl.networks.nets.MultimodalMixedEffectsCNN` with the fusion and modality
+- ``me_multimodal``: :class:`~monai_medl.networks.nets.make_multimodal_me_cnn` with the fusion and modality
   dropout that ``benchmarks.multimodal_selection`` chose on training sites only (recorded in
   ``results/multimodal_selection.json``; the multimodal bundle uses the same); early fusion is the first
   convolution per contrast, averaged over the contrasts a subject has before the first batch norm, then one shared
@@ -69,7 +69,7 @@ from monai_medl.data.synthetic.mri_cohort import cohort_settings, generate_mri_c
 from monai_medl.engines import MixedEffectsPrepareBatch, MultimodalPrepareBatch
 from monai_medl.handlers import AdversaryHandler, ModalityDropoutWarmup
 from monai_medl.losses import MixedEffectsLoss
-from monai_medl.networks.nets import MixedEffectsCNN, ModalityFallback, MultimodalMixedEffectsCNN, SmallCNN
+from monai_medl.networks.nets import MixedEffectsCNN, ModalityFallback, SmallCNN, make_multimodal_me_cnn
 from monai_medl.transforms import SiteVocabulary
 
 __all__ = [
@@ -81,6 +81,9 @@ __all__ = [
     "load_cohort",
     "train_model",
     "predict",
+    "items_of",
+    "auroc",
+    "withhold_flair",
     "run_seed",
     "run",
     "main",
@@ -190,7 +193,7 @@ def has_flair(data: dict[str, Any], scenario: str, missing_site: str) -> np.ndar
     return data["site"] != missing_site
 
 
-def _items(data, idx, inputs: Sequence[str], flair: np.ndarray, vocab: SiteVocabulary) -> list[dict]:
+def items_of(data, idx, inputs: Sequence[str], flair: np.ndarray, vocab: SiteVocabulary) -> list[dict]:
     """``{"image", "modality_mask", "label", "site"}`` dictionaries; an absent FLAIR is a zero channel."""
     items = []
     for i in idx:
@@ -220,7 +223,7 @@ def build_model(spec: dict[str, Any], cfg: dict[str, Any], num_sites: int) -> to
     if spec["kind"] == "me_cnn":
         return MixedEffectsCNN(num_sites, {**backbone, "in_channels": n_in}, probe_size=cfg["spatial_size"])
     options = {"fusion": spec["fusion"], "modality_dropout": cfg["modality_dropout"], **spec.get("options", {})}
-    return MultimodalMixedEffectsCNN(
+    return make_multimodal_me_cnn(
         num_sites, modalities=spec["inputs"], backbone=backbone, probe_size=cfg["spatial_size"], **options
     )
 
@@ -286,11 +289,12 @@ def predict(net: torch.nn.Module, spec: dict[str, Any], items: list[dict], num_s
     return torch.sigmoid(logits).reshape(-1).numpy()
 
 
-def _auroc(y: np.ndarray, prob: np.ndarray) -> float:
+def auroc(y: np.ndarray, prob: np.ndarray) -> float:
+    """ROC AUC of ``prob`` against the labels ``y``."""
     return float(roc_auc_score(y, prob))
 
 
-def _withhold_flair(items: list[dict], inputs: Sequence[str]) -> list[dict]:
+def withhold_flair(items: list[dict], inputs: Sequence[str]) -> list[dict]:
     """The same subjects with FLAIR withheld (mask 0 and a zero channel)."""
     j = list(inputs).index("flair")
     out = []
@@ -307,7 +311,7 @@ def _train_fallback(spec, cfg, data, train_idx, flair, vocab, trained, seed) -> 
     if spec["primary"] not in trained:
         raise KeyError(f"model {spec['primary']!r} must be trained before its fallback (list it first in models).")
     t1_spec = {"kind": "multimodal", "inputs": ("t1",), "fusion": "early"}
-    t1_net, seconds = train_model(t1_spec, cfg, _items(data, train_idx, ("t1",), flair, vocab), vocab.num_sites, seed)
+    t1_net, seconds = train_model(t1_spec, cfg, items_of(data, train_idx, ("t1",), flair, vocab), vocab.num_sites, seed)
     return ModalityFallback(trained[spec["primary"]], t1_net).eval(), seconds
 
 
@@ -335,7 +339,7 @@ def run_seed(
                 continue
             usable = flair if spec["inputs"] == ("flair",) else np.ones_like(flair)
             sel = {s: np.flatnonzero((split == s) & usable) for s in ("training", "validation", "test")}
-            items = {s: _items(data, idx, spec["inputs"], flair, vocab) for s, idx in sel.items()}
+            items = {s: items_of(data, idx, spec["inputs"], flair, vocab) for s, idx in sel.items()}
             if spec["kind"] == "fallback":
                 net, seconds = _train_fallback(spec, cfg, data, sel["training"], flair, vocab, trained, seed)
                 seconds += results[spec["primary"] + suffix]["train_seconds"]
@@ -347,14 +351,14 @@ def run_seed(
             test_sites = [it["site"] for it in items["test"]]
             row = {
                 **site_scores(labels["test"], scores["test"], test_sites, labels["training"], scores["training"]),
-                "val_auroc": _auroc(labels["validation"], scores["validation"]),
+                "val_auroc": auroc(labels["validation"], scores["validation"]),
                 "train_seconds": seconds,
             }
             if "flair" in spec["inputs"] and "t1" in spec["inputs"]:
                 test_unseen = [it for it, u in zip(items["test"], unseen[sel["test"]]) if u]
-                prob = predict(net, spec, _withhold_flair(test_unseen, spec["inputs"]), num_sites)
+                prob = predict(net, spec, withhold_flair(test_unseen, spec["inputs"]), num_sites)
                 y = data["label"][sel["test"]][unseen[sel["test"]]]
-                row["unseen_t1_only"] = _auroc(y, prob)
+                row["unseen_t1_only"] = auroc(y, prob)
             results[key] = row
             log(f"seed {seed} {key}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
         if f"me_flair{suffix}" not in results or "me_t1" not in results:
@@ -408,11 +412,11 @@ every test subject (presence mask for the multimodal networks, a zero channel fo
 to `unseen` is the cost of losing FLAIR at test time. `+missing_site` = FLAIR never acquired at site_b (training,
 validation and test); me_flair then never sees site_b and its seen score excludes site_b subjects. me_best_single
 picks, per seed, the single-contrast model with the higher seen-site validation AUROC (chose_flair = how often
-FLAIR won). val_auroc = seen-site validation AUROC (mixed prediction). me_multimodal = MultimodalMixedEffectsCNN
+FLAIR won). val_auroc = seen-site validation AUROC (mixed prediction). me_multimodal = make_multimodal_me_cnn
 with its default fusion="early" (per-contrast first convolution averaged over the present contrasts, one shared
 encoder; no modality dropout); me_multimodal_dropout = the same with FLAIR dropped at random (p 0.25, T1 required)
 in training; me_multimodal_dropout_warmup = the same dropout only from epoch 13 of 20 (60% warm-up without it);
-me_multimodal_t1_fallback = ModalityFallback(me_multimodal, a T1-only MultimodalMixedEffectsCNN).
+me_multimodal_t1_fallback = ModalityFallback(me_multimodal, a T1-only make_multimodal_me_cnn).
 me_multimodal_concat / _attention = late fusion (one encoder per contrast), no modality dropout.
 `*_early_fusion` = a single-input network on the stacked channels (absent FLAIR = zero channel).
 

@@ -62,13 +62,14 @@ def evaluate_candidate(cfg: dict[str, Any], cache_dir: str, settings: Mapping[st
     val_idx = np.flatnonzero((split == "validation") & np.isin(site, vocab.sites))
     held_idx = np.flatnonzero((split != "test") & (site == held))
     spec = mm.multimodal_spec(settings)
-    net, _ = mm.train_model(spec, cfg, mm._items(data, train_idx, spec["inputs"], flair, vocab), vocab.num_sites, seed)
-    held_items = mm._items(data, held_idx, spec["inputs"], flair, vocab)  # unknown site -> population (z = 0)
+    train_items = mm.items_of(data, train_idx, spec["inputs"], flair, vocab)
+    net, _ = mm.train_model(spec, cfg, train_items, vocab.num_sites, seed)
+    held_items = mm.items_of(data, held_idx, spec["inputs"], flair, vocab)  # unknown site -> population (z = 0)
     y_held = data["label"][held_idx]
-    both = mm._auroc(y_held, mm.predict(net, spec, held_items, vocab.num_sites))
-    t1_only = mm._auroc(y_held, mm.predict(net, spec, mm._withhold_flair(held_items, spec["inputs"]), vocab.num_sites))
-    val_items = mm._items(data, val_idx, spec["inputs"], flair, vocab)
-    val_seen = mm._auroc(data["label"][val_idx], mm.predict(net, spec, val_items, vocab.num_sites))
+    both = mm.auroc(y_held, mm.predict(net, spec, held_items, vocab.num_sites))
+    t1_only = mm.auroc(y_held, mm.predict(net, spec, mm.withhold_flair(held_items, spec["inputs"]), vocab.num_sites))
+    val_items = mm.items_of(data, val_idx, spec["inputs"], flair, vocab)
+    val_seen = mm.auroc(data["label"][val_idx], mm.predict(net, spec, val_items, vocab.num_sites))
     return {
         "score": (both + t1_only) / 2,
         "pseudo_unseen_auroc": both,

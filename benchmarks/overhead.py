@@ -64,7 +64,7 @@ from monai_medl.losses import AdversarialRegularizer, MixedEffectsLoss
 from monai_medl.losses.mixed_effects_loss import task_loss
 from monai_medl.networks.nets import MixedEffectsCNN, MixedEffectsUNet, SmallCNN
 
-__all__ = ["CASES", "measure_case", "run", "main"]
+__all__ = ["CASES", "Pair", "time_steps", "peak_bytes", "segmentation_bundle_unet", "measure_case", "run", "main"]
 
 NAME = "overhead"
 NUM_CLUSTERS = 8
@@ -196,7 +196,7 @@ def _step_peak_bytes(fn: Callable[[], Any]) -> int:
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class _Pair:
+class Pair:
     """The bare backbone and its mixed-effects wrapper, with optimizers, on one shared batch.
 
     ``amp`` (``"bf16"``/``"fp16"``) runs forward passes and losses under ``torch.autocast`` (fp16 with a gradient
@@ -312,7 +312,7 @@ class _Pair:
         return _tensor_bytes(tensors)
 
 
-def _time(fn: Callable[[], None], steps: int, device: torch.device | None = None) -> tuple[float, float]:
+def time_steps(fn: Callable[[], None], steps: int, device: torch.device | None = None) -> tuple[float, float]:
     """Fastest of ``steps`` consecutive calls, as (thread CPU seconds, wall seconds).
 
     With one torch thread every op (and the CPU autograd engine) runs on the calling thread, so its CPU time counts
@@ -334,7 +334,7 @@ def _time(fn: Callable[[], None], steps: int, device: torch.device | None = None
     return cpu, wall
 
 
-def peak_bytes(pair: _Pair, which: str, phase: str, fn: Callable[[], Any]) -> int:
+def peak_bytes(pair: Pair, which: str, phase: str, fn: Callable[[], Any]) -> int:
     """Peak tensor memory of one call of ``fn``: the model's resident tensors plus the step's peak allocations
     (``torch.cuda.max_memory_allocated`` above the memory held before the call on a GPU, the profiler's running
     total on the CPU)."""
@@ -360,7 +360,7 @@ def measure_case(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Interleaved timings and profiler memory of one backbone; returns per-repeat ratios and medians."""
-    pair = _Pair(case, batch, size, seed, device)
+    pair = Pair(case, batch, size, seed, device)
     pair.script()
     fns = {
         "train": {"me": pair.train_me, "bare": pair.train_bare},
@@ -379,7 +379,7 @@ def measure_case(
         for r in range(repeats if phase.startswith("train") else inference_repeats):
             order = ("me", "bare") if r % 2 == 0 else ("bare", "me")
             for which in order:
-                cpu, wall = _time(pair_fns[which], steps, pair.device)
+                cpu, wall = time_steps(pair_fns[which], steps, pair.device)
                 times[which].append(cpu)
                 walls[which].append(wall)
         ratios = [m / b for m, b in zip(times["me"], times["bare"])]

@@ -59,7 +59,7 @@ from benchmarks._common import (
 from benchmarks._gpboost import GPBOOST_EARLY_STOPPING, GPBOOST_TREE_PARAMS, fit_gpboost, predict_gpboost
 from monai_medl.data.synthetic.spirals import SpiralData, make_spirals
 from monai_medl.engines.tabular import TabularTrainer, data_dependent_init_, predict_tabular
-from monai_medl.networks.nets.cluster_classifier import ClusterAdversary, ClusterPredictor
+from monai_medl.networks.nets.cluster_classifier import ClusterClassifier
 from monai_medl.networks.nets.me_mlp import MixedEffectsMLP
 from monai_medl.utils.attribution import attribution_share, fixed_effects_attribution, input_gradients
 
@@ -197,7 +197,7 @@ def _train(cfg, seed, x, y, z, sites, num_clusters, mixed: bool, adversary: bool
     net = _mlp(cfg, x.shape[1], num_clusters, mixed)
     adv = None
     if adversary:
-        adv = ClusterAdversary(sum(cfg["hidden"]), num_clusters, hidden=cfg["adversary_hidden"])
+        adv = ClusterClassifier(sum(cfg["hidden"]), num_clusters, hidden=cfg["adversary_hidden"])
     trainer = TabularTrainer(
         net,
         epochs=cfg["epochs"],
@@ -305,7 +305,7 @@ def run_fold(
     )
     # inferred z: a cluster predictor trained on the training fold only
     torch.manual_seed(seed)
-    predictor = ClusterPredictor(x.shape[1], k, hidden=cfg["z_predictor_hidden"])
+    predictor = ClusterClassifier(x.shape[1], k, hidden=cfg["z_predictor_hidden"])
     zp_trainer = TabularTrainer(
         predictor, task="ce", epochs=cfg["z_predictor_epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed
     )

@@ -31,7 +31,7 @@ from monai_medl.data.synthetic.spirals import make_spirals
 from monai_medl.engines import fit_new_cluster
 from monai_medl.engines.tabular import TabularTrainer, data_dependent_init_, predict_tabular
 from monai_medl.metrics import SiteMetric
-from monai_medl.networks.nets import ClusterAdversary, MixedEffectsMLP
+from monai_medl.networks.nets import ClusterClassifier, MixedEffectsMLP
 from monai_medl.utils import summary
 from monai_medl.utils.attribution import attribution_share, fixed_effects_attribution
 
@@ -83,7 +83,7 @@ def train(mixed: bool) -> MixedEffectsMLP:
         learn_prior_scale=True,
         glorot_init=True,
     )
-    adversary = ClusterAdversary(4 + 4 + 4, 8, hidden=(8, 8, 4)) if mixed else None
+    adversary = ClusterClassifier(4 + 4 + 4, 8, hidden=(8, 8, 4)) if mixed else None
     trainer = TabularTrainer(
         net, epochs=EPOCHS, batch_size=32, lr=1e-3, kl_weight=1e-5, adversary=adversary, lambda_g=0.5, seed=0
     )
@@ -160,5 +160,5 @@ print(
 #   boosting, inferred `z`) and writes a results table. There, on this confounded variant, the mixed-effects MLP
 #   has seen AUROC 0.900 vs 0.873 and a shortcut share of 0.121 vs 0.248; on unseen clusters the two are level
 #   (0.843 vs 0.842), and gradient boosting beats both (0.965).
-# * The image networks (`MixedEffectsCNN`, `MultimodalMixedEffectsCNN`, `MixedEffectsAutoEncoder`) follow the same
+# * The image networks (`MixedEffectsCNN`, `make_multimodal_me_cnn`, `MixedEffectsAutoEncoder`) follow the same
 #   pattern inside MONAI's `SupervisedTrainer`; see the bundles in `bundles/`.

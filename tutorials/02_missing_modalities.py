@@ -3,7 +3,7 @@
 # # Tutorial 2: two MRI contrasts, one of them sometimes missing
 #
 # A multi-site cohort has T1 and FLAIR scans, but one site never acquired FLAIR, and at deployment some scans
-# come without it. `MultimodalMixedEffectsCNN` takes both contrasts plus a per-scan presence mask: an absent
+# come without it. `make_multimodal_me_cnn` takes both contrasts plus a per-scan presence mask: an absent
 # contrast is never read and nothing is imputed. A network trained on both contrasts is, however, not a good
 # T1-only network, so `ModalityFallback` sends scans without FLAIR to a second network trained on T1 alone.
 #
@@ -36,7 +36,7 @@ from monai_medl.data.synthetic.mri_cohort import generate_mri_cohort
 from monai_medl.engines import MultimodalPrepareBatch
 from monai_medl.handlers import AdversaryHandler
 from monai_medl.losses import MixedEffectsLoss
-from monai_medl.networks.nets import ModalityFallback, MultimodalMixedEffectsCNN
+from monai_medl.networks.nets import ModalityFallback, make_multimodal_me_cnn
 from monai_medl.transforms import ModalityMaskd, SiteToIndexd, SiteVocabulary, StackModalitiesd
 
 QUICK = os.environ.get("MONAI_MEDL_TUTORIAL_QUICK") == "1"
@@ -108,7 +108,7 @@ BOTH, T1 = ["image", "flair"], ["image"]
 # %%
 def train(keys, modalities):
     set_determinism(0)
-    net = MultimodalMixedEffectsCNN(
+    net = make_multimodal_me_cnn(
         vocabulary.num_sites, modalities=modalities, spatial_dims=3, required=["t1"], probe_size=SIZE
     )
     adversary = net.make_adversary(hidden=(64, 32))

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -14,9 +13,8 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
-from monai.utils import CommonKeys
 
-from monai_medl.bundle.site_evaluation import ScanCollector, _write_csv, raise_for_invalid_scans
+from monai_medl.bundle.site_evaluation import ScanCollector, write_scan_tables
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -38,7 +36,7 @@ class SiteDiceCollector(ScanCollector):
 
     Args:
         class_names: names of the foreground classes 1, 2, ... (class 0 is the background).
-        pred_key, label_key, site_key, site_name_key, split_key, image_key, design_key: batch/output keys.
+        keys: the batch/output keys of :class:`~monai_medl.bundle.site_evaluation.ScanCollector`, by name.
 
     Example::
 
@@ -59,20 +57,10 @@ class SiteDiceCollector(ScanCollector):
         ['dice_csf', 'dice_grey_matter', 'dice_white_matter', 'dice_mean']
     """
 
-    def __init__(
-        self,
-        class_names: Sequence[str],
-        pred_key: str = CommonKeys.PRED,
-        label_key: str = CommonKeys.LABEL,
-        site_key: str = "site",
-        site_name_key: str = "site_name",
-        split_key: str = "split",
-        image_key: str = CommonKeys.IMAGE,
-        design_key: str = "z",
-    ) -> None:
+    def __init__(self, class_names: Sequence[str], **keys: str) -> None:
         if isinstance(class_names, str) or not class_names:
             raise ValueError(f"class_names must list the foreground classes, got {class_names!r}.")
-        super().__init__(pred_key, label_key, site_key, site_name_key, split_key, image_key, design_key)
+        super().__init__(**keys)
         self.class_names = [str(c) for c in class_names]
 
     @property
@@ -92,17 +80,12 @@ class SiteDiceCollector(ScanCollector):
         return [float(v) for v in compute_dice(p, y, include_background=False, ignore_empty=True).reshape(-1)]
 
     def __call__(self, engine: Engine) -> None:
-        batch, output = engine.state.batch, engine.state.output
-        if not isinstance(batch, list) or not isinstance(output, list):
-            raise TypeError("SiteDiceCollector needs decollated batches (the evaluator's decollate=True).")
-        for item, out in zip(batch, output):
-            if self.pred_key not in out:
-                raise KeyError(f"evaluator output has no {self.pred_key!r} key; keys: {sorted(out)}.")
-            pred = torch.as_tensor(out[self.pred_key]).detach().cpu()
+        for item, out_pred in self.scans(engine):
+            pred = torch.as_tensor(out_pred).detach().cpu()
             if pred.shape[0] != 1:
                 raise ValueError(f"{self.pred_key!r} must be a label map (1, *spatial); add AsDiscreted(argmax=True).")
             label = item.get(self.label_key)
-            scores = [None] * len(self.class_names)
+            scores: Sequence[float | None] = [None] * len(self.class_names)
             if isinstance(label, torch.Tensor):
                 scores = self.dice(pred, label.detach().cpu())
             finite = [s for s in scores if s is not None and not math.isnan(s)]
@@ -153,19 +136,9 @@ def write_segmentations(
     """Write ``<prefix>predictions.csv`` (one row per scan and mode, error rows last) and, when given,
     ``<prefix>metrics.csv`` / ``.json``; then raise :class:`~monai_medl.bundle.InvalidScansError` if any scan failed.
     """
-    os.makedirs(output_dir, exist_ok=True)
     dice = [k for k in (rows[0] if rows else {}) if k.startswith("dice_")]
-    paths = {"predictions": os.path.join(output_dir, f"{prefix}predictions.csv")}
-    _write_csv(paths["predictions"], [*rows, *errors], [*SEGMENTATION_FIELDS, *dice])
-    if metrics is not None:
-        paths["metrics_csv"] = os.path.join(output_dir, f"{prefix}metrics.csv")
-        paths["metrics_json"] = os.path.join(output_dir, f"{prefix}metrics.json")
-        _write_csv(paths["metrics_csv"], metrics, ["mode", "group", "site", "n", *dice])
-        with open(paths["metrics_json"], "w", encoding="utf-8") as f:
-            json.dump(list(metrics), f, indent=1)
-            f.write("\n")
-    raise_for_invalid_scans(errors, paths["predictions"], len({r.get("image") for r in rows}))
-    return paths
+    tables = (rows, errors, [*SEGMENTATION_FIELDS, *dice], metrics, ["mode", "group", "site", "n", *dice])
+    return write_scan_tables(output_dir, prefix, tables, None if metrics is None else list(metrics))
 
 
 def write_segmentation_evaluation(

@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -203,7 +203,18 @@ def scan_record(
 
 
 class ScanCollector:
-    """Base of the per-scan Ignite collectors: the batch/output keys, ``rows``, ``attach`` and ``reset``."""
+    """Base of the per-scan Ignite collectors: the batch/output keys, ``rows``, ``attach`` and ``reset``.
+
+    Args:
+        pred_key: output key of the prediction. Defaults to ``"pred"``.
+        label_key: batch key of the label (rows get None when missing). Defaults to ``"label"``.
+        site_key: batch key of the site index. Defaults to ``"site"``.
+        site_name_key: batch key of the raw site name (``SiteToIndexd(raw_key_postfix="name")``). Defaults to
+            ``"site_name"``.
+        split_key: batch key of the split tag. Defaults to ``"split"``.
+        image_key: batch key whose meta data give the file name. Defaults to ``"image"``.
+        design_key: batch key of the ``z`` each scan got (``design_key + "_mode"``: the mode). Defaults to ``"z"``.
+    """
 
     def __init__(
         self,
@@ -230,6 +241,16 @@ class ScanCollector:
     def reset(self) -> None:
         self.rows = []
 
+    def scans(self, engine: Engine) -> Iterator[tuple[Mapping[str, Any], Any]]:
+        """The decollated ``(item, prediction)`` pairs of the engine's last iteration."""
+        batch, output = engine.state.batch, engine.state.output
+        if not isinstance(batch, list) or not isinstance(output, list):
+            raise TypeError(f"{type(self).__name__} needs decollated batches (the evaluator's decollate=True).")
+        for item, out in zip(batch, output):
+            if self.pred_key not in out:
+                raise KeyError(f"evaluator output has no {self.pred_key!r} key; keys: {sorted(out)}.")
+            yield item, out[self.pred_key]
+
     def record(self, item: Mapping[str, Any]) -> dict[str, Any]:
         """The identity columns of one decollated item (:func:`scan_record`)."""
         return scan_record(item, self.site_key, self.site_name_key, self.split_key, self.image_key, self.design_key)
@@ -247,15 +268,9 @@ class SitePredictionCollector(ScanCollector):
     :class:`~monai_medl.metrics.SiteMetric`.
 
     Args:
-        pred_key: output key of the positive-class probability. Defaults to ``"pred"``.
-        label_key: batch key of the label (rows get None when missing). Defaults to ``"label"``.
-        site_key: batch key of the site index. Defaults to ``"site"``.
-        site_name_key: batch key of the raw site name (``SiteToIndexd(raw_key_postfix="name")``). Defaults to
-            ``"site_name"``.
-        split_key: batch key of the split tag. Defaults to ``"split"``.
-        image_key: batch key whose meta data give the file name (or that holds the path). Defaults to ``"image"``.
         threshold: probability threshold of the ``prediction`` column. Defaults to 0.5.
-        design_key: batch key of the ``z`` each scan got (``design_key + "_mode"``: the mode). Defaults to ``"z"``.
+        keys: the batch/output keys of :class:`ScanCollector` (``pred_key``: the positive-class probability), by
+            name.
 
     Example::
 
@@ -281,18 +296,8 @@ class SitePredictionCollector(ScanCollector):
     :func:`site_metrics` then scores the rows (it needs labelled ``"train"`` rows to choose the threshold).
     """
 
-    def __init__(
-        self,
-        pred_key: str = CommonKeys.PRED,
-        label_key: str = CommonKeys.LABEL,
-        site_key: str = "site",
-        site_name_key: str = "site_name",
-        split_key: str = "split",
-        image_key: str = CommonKeys.IMAGE,
-        threshold: float = 0.5,
-        design_key: str = "z",
-    ) -> None:
-        super().__init__(pred_key, label_key, site_key, site_name_key, split_key, image_key, design_key)
+    def __init__(self, threshold: float = 0.5, **keys: str) -> None:
+        super().__init__(**keys)
         self.threshold = threshold
 
     @property
@@ -301,13 +306,8 @@ class SitePredictionCollector(ScanCollector):
         return list(PREDICTION_FIELDS)
 
     def __call__(self, engine: Engine) -> None:
-        batch, output = engine.state.batch, engine.state.output
-        if not isinstance(batch, list) or not isinstance(output, list):
-            raise TypeError("SitePredictionCollector needs decollated batches (the evaluator's decollate=True).")
-        for item, out in zip(batch, output):
-            if self.pred_key not in out:
-                raise KeyError(f"evaluator output has no {self.pred_key!r} key; keys: {sorted(out)}.")
-            prob = float(torch.as_tensor(out[self.pred_key]).reshape(-1)[-1])
+        for item, pred in self.scans(engine):
+            prob = float(torch.as_tensor(pred).reshape(-1)[-1])
             label = item.get(self.label_key)
             label = None if label is None else float(torch.as_tensor(label).reshape(-1)[0])
             row = self.record(item)
@@ -383,15 +383,29 @@ def write_predictions(
         InvalidScansError: after writing everything, if ``errors`` is not empty (a non-zero exit of the bundle
             run, with a summary naming the files).
     """
+    tables = (rows, errors, PREDICTION_FIELDS, metrics, METRIC_FIELDS)
+    json_metrics = None if metrics is None else [{k: (None if _isnan(v) else v) for k, v in m.items()} for m in metrics]
+    return write_scan_tables(output_dir, prefix, tables, json_metrics)
+
+
+def write_scan_tables(
+    output_dir: str | os.PathLike,
+    prefix: str,
+    tables: tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]], Sequence[str], Any, Sequence[str]],
+    json_metrics: Any = None,
+) -> dict[str, str]:
+    """The files of :func:`write_predictions` and :func:`~monai_medl.bundle.write_segmentations`: ``tables`` is
+    ``(rows, errors, row fields, metrics or None, metric fields)``, ``json_metrics`` what ``metrics.json`` holds."""
+    rows, errors, fields, metrics, metric_fields = tables
     os.makedirs(output_dir, exist_ok=True)
     paths = {"predictions": os.path.join(output_dir, f"{prefix}predictions.csv")}
-    _write_csv(paths["predictions"], [*rows, *errors], PREDICTION_FIELDS)
+    _write_csv(paths["predictions"], [*rows, *errors], fields)
     if metrics is not None:
         paths["metrics_csv"] = os.path.join(output_dir, f"{prefix}metrics.csv")
         paths["metrics_json"] = os.path.join(output_dir, f"{prefix}metrics.json")
-        _write_csv(paths["metrics_csv"], metrics, METRIC_FIELDS)
+        _write_csv(paths["metrics_csv"], metrics, metric_fields)
         with open(paths["metrics_json"], "w", encoding="utf-8") as f:
-            json.dump([{k: (None if _isnan(v) else v) for k, v in m.items()} for m in metrics], f, indent=1)
+            json.dump(json_metrics, f, indent=1)
             f.write("\n")
     raise_for_invalid_scans(errors, paths["predictions"], len({r.get("image") for r in rows}))
     return paths

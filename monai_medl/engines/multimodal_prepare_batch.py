@@ -17,7 +17,7 @@ class MultimodalPrepareBatch(MixedEffectsPrepareBatch):
     """Turn a batch into ``(image, label, (z,), {"mask": ..., "covariates": ...})``.
 
     Engines then call ``network(image, z, mask=mask, covariates=covariates)``, the signature of
-    :class:`~monai_medl.networks.nets.MultimodalMixedEffectsCNN`. ``z`` follows
+    :class:`~monai_medl.networks.nets.make_multimodal_me_cnn`. ``z`` follows
     :class:`~monai_medl.engines.MixedEffectsPrepareBatch` (one-hot for seen sites, population or inferred for
     unseen ones; a ``z_predictor`` receives the stacked image only). The mask (from
     :class:`~monai_medl.transforms.ModalityMaskd`) is passed when the batch has ``mask_key``; without it every

@@ -43,7 +43,7 @@ class MixedEffectsPrepareBatch(PrepareBatch):
         mode: ``"mixed"`` (one-hot for seen sites, population or inferred for unseen), ``"population"``,
             ``"inferred"`` or ``"randomized"``. Defaults to ``"mixed"``.
         z_predictor: callable mapping the input to ``(batch, num_clusters)`` probabilities (e.g.
-            ``ClusterPredictor.predict_design``); required for ``mode="inferred"``, optional for ``"mixed"``.
+            ``ClusterClassifier.predict_design``); required for ``mode="inferred"``, optional for ``"mixed"``.
         seed: seed of the randomized-z generator. Defaults to 0.
         design_key: when given, the batch dictionary also receives the ``z`` each item got (``batch[design_key]``,
             ``(batch, num_clusters)``) and the mode (``batch[design_key + "_mode"]``, one string per item), so that

@@ -164,7 +164,7 @@ class TabularTrainer:
         kl_weight: weight of the summed KL of the random-effects layers; a float or ``"elbo"`` for
             ``1 / number of training samples``. Defaults to 1e-3.
         adversary: cluster classifier on the list of fixed-effects activations (e.g.
-            :class:`~monai_medl.networks.nets.ClusterAdversary`), or None. Defaults to None.
+            :class:`~monai_medl.networks.nets.ClusterClassifier`), or None. Defaults to None.
         lambda_g: weight of the adversarial term. Defaults to 0.0.
         adversary_lr: Adam learning rate of the adversary. Defaults to 1e-3.
         adversary_objective: ``"confusion"`` (push the adversary to uniform predictions) or ``"ce"`` (ARMED's
@@ -185,12 +185,12 @@ class TabularTrainer:
 
         >>> import torch
         >>> from monai_medl.data.synthetic.spirals import make_spirals
-        >>> from monai_medl.networks.nets import ClusterAdversary, MixedEffectsMLP
+        >>> from monai_medl.networks.nets import ClusterClassifier, MixedEffectsMLP
         >>> data = make_spirals(num_clusters=4, points_per_cluster=50, seed=0)
         >>> x, y = torch.from_numpy(data.x), torch.from_numpy(data.y).float().unsqueeze(1)
         >>> site = torch.from_numpy(data.site)
         >>> net = MixedEffectsMLP(in_features=2, out_channels=1, num_clusters=4)
-        >>> adv = ClusterAdversary(in_features=12, num_clusters=4)  # reads the three hidden layers (4 + 4 + 4 units)
+        >>> adv = ClusterClassifier(in_features=12, num_clusters=4)  # reads the three hidden layers (4 + 4 + 4 units)
         >>> trainer = TabularTrainer(net, epochs=2, kl_weight=1e-5, adversary=adv, lambda_g=0.5, seed=0)
         >>> history = trainer.fit(x, y, z=torch.eye(4)[site], sites=site)
         >>> len(history.loss), len(history.adversary_accuracy)

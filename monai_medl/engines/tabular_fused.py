@@ -39,8 +39,8 @@ def adversary_losses(
 
     Example::
 
-        >>> from monai_medl.networks.nets import ClusterAdversary
-        >>> adv = ClusterAdversary(in_features=4, num_clusters=3, hidden=(8,))
+        >>> from monai_medl.networks.nets import ClusterClassifier
+        >>> adv = ClusterClassifier(in_features=4, num_clusters=3, hidden=(8,))
         >>> h = torch.randn(6, 4, requires_grad=True)
         >>> loss_a, term, acc = adversary_losses(adv, [h], torch.tensor([0, 1, 2, 0, 1, -1]), 0.5, "confusion")
         >>> (loss_a + term).backward()   # one backward: the adversary's gradient from loss_a, h's from term

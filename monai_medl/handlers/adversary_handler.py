@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.engines.utils import IterationEvents
@@ -33,8 +33,11 @@ class AdversaryHandler:
     batches and label-conditional counts) so that a resumed run with ``memory`` or ``label_classes`` continues
     exactly.
 
+    ``objective``, ``steps``, ``memory``, ``label_classes``, ``feature_scaling`` and ``update`` are keywords passed on
+    to :class:`~monai_medl.losses.AdversarialRegularizer` (which checks them).
+
     Args:
-        adversary: cluster adversary (e.g. :class:`~monai_medl.networks.nets.ClusterAdversary`).
+        adversary: cluster adversary (e.g. :class:`~monai_medl.networks.nets.ClusterClassifier`).
         optimizer: optimizer over the adversary's parameters.
         lambda_g: weight of the adversarial term. Defaults to 0.1.
         site_key: batch key with the site index (``-1`` = unseen, ignored). Defaults to ``"site"``.
@@ -67,10 +70,10 @@ class AdversaryHandler:
         >>> from monai.engines import SupervisedTrainer
         >>> from monai_medl.engines import MixedEffectsPrepareBatch
         >>> from monai_medl.losses import MixedEffectsLoss
-        >>> from monai_medl.networks.nets import ClusterAdversary, MixedEffectsMLP
+        >>> from monai_medl.networks.nets import ClusterClassifier, MixedEffectsMLP
         >>> items = [{"image": torch.randn(4), "label": torch.tensor([float(i % 2)]), "site": i % 3} for i in range(12)]
         >>> net = MixedEffectsMLP(4, 1, num_clusters=3, hidden=(8,))
-        >>> adversary = ClusterAdversary(8, num_clusters=3, hidden=(8,))  # reads the 8 hidden units
+        >>> adversary = ClusterClassifier(8, num_clusters=3, hidden=(8,))  # reads the 8 hidden units
         >>> handler = AdversaryHandler(adversary, torch.optim.Adam(adversary.parameters(), 1e-4), lambda_g=0.1)
         >>> trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1,
         ...                             train_data_loader=DataLoader(items, batch_size=4), network=net,
@@ -89,28 +92,14 @@ class AdversaryHandler:
         optimizer: torch.optim.Optimizer,
         lambda_g: float = 0.1,
         site_key: str = "site",
-        objective: str = "confusion",
-        steps: int = 1,
-        warmup_epochs: int = 0,
-        memory: int = 0,
-        label_classes: int = 0,
         label_key: str = CommonKeys.LABEL,
-        feature_scaling: str = "none",
-        update: str = "two_step",
+        warmup_epochs: int = 0,
+        **regularizer: Any,
     ) -> None:
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}.")
-        self.regularizer = AdversarialRegularizer(
-            adversary,
-            optimizer,
-            lambda_g,
-            objective,
-            steps=steps,
-            memory=memory,
-            label_classes=label_classes,
-            feature_scaling=feature_scaling,
-            update=update,
-        )
+        # objective, steps, memory, label_classes, feature_scaling, update: AdversarialRegularizer's, one definition
+        self.regularizer = AdversarialRegularizer(adversary, optimizer, lambda_g, **regularizer)
         self.site_key = site_key
         self.label_key = label_key
         self.warmup_epochs = warmup_epochs

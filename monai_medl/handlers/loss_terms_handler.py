@@ -9,6 +9,8 @@ import torch
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
 
+from monai_medl.losses.loss_output import loss_terms
+
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
@@ -20,15 +22,17 @@ __all__ = ["LossTermsHandler"]
 class LossTermsHandler:
     """Put the unweighted terms of :class:`~monai_medl.losses.MixedEffectsLoss` into ``engine.state.output``.
 
-    MONAI's ``SupervisedTrainer`` keeps the total loss only. At ``IterationEvents.LOSS_COMPLETED`` of every
-    ``interval``-th iteration this handler recomputes the terms from what the engine already holds (the network's
-    structured output ``pred`` and the ``label``; a few element-wise operations) and writes them, detached, under
+    MONAI's ``SupervisedTrainer`` stores the loss under ``engine.state.output["loss"]``. The mixed-effects losses
+    return a :class:`~monai_medl.losses.LossOutput` there, a total that carries its terms; at
+    ``IterationEvents.LOSS_COMPLETED`` of every ``interval``-th iteration this handler writes them, detached, under
     their names (``loss_mixed``, ``loss_fixed``, ``kl``; ``recon``, ``recon_fixed`` for the autoencoder loss), so
-    ``StatsHandler``/TensorBoard handlers can log them. The loss keeps no state between calls and nothing is
-    converted to a Python number here.
+    ``StatsHandler``/TensorBoard handlers can log them. A loss that returns a plain tensor but has a ``terms(pred,
+    label)`` method gets its terms computed from the engine's ``pred`` and ``label``. Nothing is converted to a
+    Python number here.
 
     Args:
-        loss_function: the mixed-effects loss; defaults to ``engine.loss_function``.
+        loss_function: the loss whose ``terms`` method serves when the engine's loss carries no terms; defaults to
+            ``engine.loss_function``.
         interval: write the terms every ``interval`` iterations (match the logging handlers' interval). Defaults to 1.
 
     Example::
@@ -55,10 +59,15 @@ class LossTermsHandler:
     def __call__(self, engine: Engine) -> None:
         if engine.state.iteration % self.interval:
             return
-        loss = self.loss_function if self.loss_function is not None else engine.loss_function
-        if not hasattr(loss, "terms"):
-            raise TypeError(f"LossTermsHandler needs a loss with a terms() method, got {type(loss).__name__}.")
         output = engine.state.output
-        with torch.no_grad():
-            terms = loss.terms(output[CommonKeys.PRED], output[CommonKeys.LABEL])
+        terms = loss_terms(output.get(CommonKeys.LOSS))
+        if terms is None:  # a loss returning a plain tensor: compute the terms from the engine's pred and label
+            loss = self.loss_function if self.loss_function is not None else engine.loss_function
+            if not hasattr(loss, "terms"):
+                raise TypeError(
+                    "LossTermsHandler needs engine.state.output['loss'] to carry terms (a LossOutput) or a loss with "
+                    f"a terms() method, got {type(loss).__name__}."
+                )
+            with torch.no_grad():
+                terms = loss.terms(output[CommonKeys.PRED], output[CommonKeys.LABEL])
         output.update({k: v.detach() for k, v in terms.items()})

@@ -29,14 +29,14 @@ class ModalityDropoutWarmup:
     Args:
         rate: modality dropout probability from ``start_epoch`` on (the network's ``modality_dropout``).
         start_epoch: first epoch (1-based) with dropout.
-        network: the network (a :class:`~monai_medl.networks.nets.MultimodalMixedEffectsCNN`, possibly wrapped in
+        network: the network (a :class:`~monai_medl.networks.nets.make_multimodal_me_cnn`, possibly wrapped in
             DataParallel/DDP); defaults to ``engine.network``.
 
     Example::
 
         >>> from ignite.engine import Engine, Events
-        >>> from monai_medl.networks.nets import MultimodalMixedEffectsCNN
-        >>> net = MultimodalMixedEffectsCNN(6, modalities=("t1", "flair"), required=["t1"])
+        >>> from monai_medl.networks.nets import make_multimodal_me_cnn
+        >>> net = make_multimodal_me_cnn(6, modalities=("t1", "flair"), required=["t1"])
         >>> trainer = Engine(lambda engine, batch: None)  # stands in for a SupervisedTrainer of ``net``
         >>> ModalityDropoutWarmup(rate=0.25, start_epoch=13, network=net).attach(trainer)  # dropout in epochs 13..20
         >>> rates = []

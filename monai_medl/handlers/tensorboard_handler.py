@@ -62,7 +62,7 @@ class RandomEffectsTensorBoardHandler(TensorBoardHandler):
     Example::
 
         >>> import torch
-        >>> from monai_medl.networks.nets import ClusterAdversary, MixedEffectsMLP
+        >>> from monai_medl.networks.nets import ClusterClassifier, MixedEffectsMLP
         >>> from monai_medl.utils.examples import site_trainer
         >>> net = MixedEffectsMLP(4, 1, num_clusters=3, hidden=(8,))
         >>> import tempfile
@@ -70,7 +70,7 @@ class RandomEffectsTensorBoardHandler(TensorBoardHandler):
         >>> from monai_medl.handlers import AdversaryHandler
         >>> from monai_medl.transforms import SiteVocabulary
         >>> vocabulary = SiteVocabulary(["site_a", "site_b", "site_c"])
-        >>> adversary = ClusterAdversary(8, num_clusters=3, hidden=(8,))
+        >>> adversary = ClusterClassifier(8, num_clusters=3, hidden=(8,))
         >>> adversary_handler = AdversaryHandler(adversary, torch.optim.Adam(adversary.parameters(), 1e-4))
         >>> log_dir = tempfile.mkdtemp()
         >>> tb = RandomEffectsTensorBoardHandler(log_dir=log_dir, cluster_names=vocabulary.sites)

@@ -107,9 +107,9 @@ class AdversarialRegularizer:
     Example::
 
         >>> from monai_medl.losses import MixedEffectsLoss
-        >>> from monai_medl.networks.nets import ClusterAdversary, MixedEffectsMLP
+        >>> from monai_medl.networks.nets import ClusterClassifier, MixedEffectsMLP
         >>> net = MixedEffectsMLP(4, 1, num_clusters=3, hidden=(8,))
-        >>> adv = ClusterAdversary(8, num_clusters=3, hidden=(8,))  # reads the 8 hidden fixed-effects units
+        >>> adv = ClusterClassifier(8, num_clusters=3, hidden=(8,))  # reads the 8 hidden fixed-effects units
         >>> x, y = torch.randn(6, 4), torch.tensor([[0.0], [1.0], [0.0], [1.0], [0.0], [1.0]])
         >>> site_index = torch.tensor([0, 1, 2, 0, 1, -1])  # -1: unseen, weight zero
         >>> out = net.train()(x, torch.eye(3)[site_index.clamp_min(0)] * (site_index >= 0).unsqueeze(1))

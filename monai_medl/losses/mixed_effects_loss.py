@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
+from monai_medl.losses.loss_output import LossOutput
 from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
 from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet
 
@@ -61,8 +62,9 @@ class MixedEffectsLoss(nn.Module):
     Called as ``loss(pred, target)`` like any MONAI loss, where ``pred`` is the
     :class:`~monai_medl.networks.blocks.MixedEffectsOutput` a mixed-effects network returns in training mode (both
     heads and the summed KL of its random-effects layers), so it drops into a plain ``SupervisedTrainer`` with no
-    reference to the network. :meth:`terms` gives the unweighted terms as tensors, for logging
-    (:class:`~monai_medl.handlers.LossTermsHandler`).
+    reference to the network. The loss it returns is a :class:`~monai_medl.losses.LossOutput`: the weighted total (a
+    0-dim tensor, usable wherever a scalar loss is) whose ``terms`` hold the unweighted terms, detached, for logging
+    (:class:`~monai_medl.handlers.LossTermsHandler`); :meth:`terms` computes them alone.
 
     Args:
         task: ``"bce"``, ``"ce"``, ``"mse"``, ``"gaussian_nll"``, ``"dice_ce"`` (segmentation) or a callable
@@ -83,8 +85,10 @@ class MixedEffectsLoss(nn.Module):
         >>> loss = loss_fn(net.train()(x, z), y)
         >>> loss.shape, loss.requires_grad
         (torch.Size([]), True)
-        >>> sorted(loss_fn.terms(net(x, z), y))  # unweighted, for LossTermsHandler
+        >>> sorted(loss.terms)  # unweighted, for LossTermsHandler
         ['kl', 'loss_fixed', 'loss_mixed']
+        >>> bool(loss == loss_fn.combine(loss.terms))
+        True
     """
 
     def __init__(
@@ -147,4 +151,7 @@ class MixedEffectsLoss(nn.Module):
         )
 
     def forward(self, pred: MixedEffectsOutput, target: torch.Tensor) -> torch.Tensor:
-        return self.combine(self.terms(pred, target))
+        """The weighted total as a :class:`~monai_medl.losses.LossOutput` (a 0-dim tensor) carrying :meth:`terms`."""
+        terms = self.terms(pred, target)
+        total = self.combine(terms)
+        return LossOutput(total, terms) if total.dim() == 0 else total  # a task callable without reduction: as is

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -10,6 +12,7 @@ from monai_medl.networks.layers.correlated_random_effects import CorrelatedRando
 from monai_medl.networks.layers.random_effects import RandomEffects, gaussian_kl
 
 __all__ = [
+    "warn_deprecated",
     "unwrap_network",
     "random_effects_layers",
     "checked_random_effects_layers",
@@ -117,3 +120,11 @@ def soft_design(network: nn.Module, x, batch_size: int | None = None) -> torch.T
         return torch.cat([torch.softmax(network(part), dim=1) for part in x.split(batch_size)])
     finally:
         network.train(was_training)
+
+
+def warn_deprecated(old: str, new: str, stacklevel: int = 3) -> None:
+    """A ``DeprecationWarning`` that ``old`` goes in the next release and ``new`` replaces it (``stacklevel`` 3: the
+    caller of the function or constructor that warns)."""
+    warnings.warn(
+        f"{old} is deprecated and will be removed in the next release; use {new}.", DeprecationWarning, stacklevel
+    )

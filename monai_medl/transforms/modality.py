@@ -7,7 +7,7 @@ modality that was not acquired for a sample is absent from its dictionary, or it
 absent keys, so loading and intensity transforms run with ``allow_missing_keys=True`` on the present images only.
 :class:`StackModalitiesd` then stacks the modalities on the channel axis in a fixed order, giving absent ones a
 constant placeholder so samples batch together. The placeholder is not an imputed image: the mask travels with
-the batch and :class:`~monai_medl.networks.nets.MultimodalMixedEffectsCNN` never reads an absent modality's
+the batch and :class:`~monai_medl.networks.nets.make_multimodal_me_cnn` never reads an absent modality's
 channels.
 """
 
@@ -49,7 +49,7 @@ class ModalityMaskd(MapTransform):
     A modality is absent when its key is missing or holds None or ``""``. The mask is a float tensor with one
     entry per key, in ``keys`` order (1 present, 0 absent), stored under ``mask_key``; it batches to
     ``(batch, num_modalities)``, the ``mask`` argument of
-    :class:`~monai_medl.networks.nets.MultimodalMixedEffectsCNN`. Put it before ``LoadImaged(keys,
+    :class:`~monai_medl.networks.nets.make_multimodal_me_cnn`. Put it before ``LoadImaged(keys,
     allow_missing_keys=True)``.
 
     Args:

@@ -163,9 +163,10 @@ class RandSiteEffectd(RandomizableTransform, MapTransform):
 
     Args:
         keys: image keys. Defaults to ``"image"``.
-        prob, gamma, smooth_sigma, bias_coeff, bias_degree, scale, shift, noise_std, component_prob: see
-            :class:`RandSiteEffect`.
+        prob: probability of applying the effect to a sample. Defaults to 0.1.
         allow_missing_keys: don't raise if a key is missing (e.g. a modality not acquired at some sites).
+        effect: the other arguments of :class:`RandSiteEffect` (``gamma``, ``smooth_sigma``, ``bias_coeff``,
+            ``bias_degree``, ``scale``, ``shift``, ``noise_std``, ``component_prob``), by name, same defaults.
 
     Example::
 
@@ -182,32 +183,11 @@ class RandSiteEffectd(RandomizableTransform, MapTransform):
     backend = RandSiteEffect.backend
 
     def __init__(
-        self,
-        keys: KeysCollection = "image",
-        prob: float = 0.1,
-        gamma: Sequence[float] | None = (0.7, 1.5),
-        smooth_sigma: Sequence[float] | None = (0.0, 1.0),
-        bias_coeff: Sequence[float] | None = (0.0, 0.1),
-        bias_degree: int = 3,
-        scale: float | Sequence[float] | None = 0.1,
-        shift: float | Sequence[float] | None = 0.1,
-        noise_std: float | None = 0.05,
-        component_prob: float = 1.0,
-        allow_missing_keys: bool = False,
+        self, keys: KeysCollection = "image", prob: float = 0.1, allow_missing_keys: bool = False, **effect: Any
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
-        self.effect = RandSiteEffect(
-            prob=1.0,
-            gamma=gamma,
-            smooth_sigma=smooth_sigma,
-            bias_coeff=bias_coeff,
-            bias_degree=bias_degree,
-            scale=scale,
-            shift=shift,
-            noise_std=noise_std,
-            component_prob=component_prob,
-        )
+        self.effect = RandSiteEffect(prob=1.0, **effect)
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandSiteEffectd:
         super().set_random_state(seed, state)

@@ -98,13 +98,13 @@ def test_multimodal_selection_reads_no_test_split_and_no_unseen_site(monkeypatch
     }
     seen_idx: list[np.ndarray] = []
     monkeypatch.setattr(multimodal_selection.mm, "load_cohort", lambda cfg, seed, cache: data)
-    real_items = multimodal_selection.mm._items
+    real_items = multimodal_selection.mm.items_of
 
     def spy_items(d, idx, *args):
         seen_idx.append(np.asarray(idx))
         return real_items(d, idx, *args)
 
-    monkeypatch.setattr(multimodal_selection.mm, "_items", spy_items)
+    monkeypatch.setattr(multimodal_selection.mm, "items_of", spy_items)
     monkeypatch.setattr(multimodal_selection.mm, "train_model", lambda spec, cfg, items, k, seed: (None, 0.0))
     monkeypatch.setattr(multimodal_selection.mm, "predict", lambda net, spec, items, k: np.linspace(0, 1, len(items)))
     out = multimodal_selection.evaluate_candidate({}, "unused", {"fusion": "early"}, seed=7)

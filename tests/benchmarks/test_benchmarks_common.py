@@ -101,11 +101,11 @@ def test_no_resume_from_a_dirty_checkout_or_under_other_settings(monkeypatch):
     from benchmarks import _common
 
     plan, seeds, cfg = {"seeds": "0..2"}, [0, 1, 2], {"epochs": 20}
-    monkeypatch.setattr(_common, "_git_commit", lambda: "0123456789abcdef0123456789abcdef01234567+dirty")
-    assert _common._resume_key("toy", False, plan, seeds, cfg) is None
-    monkeypatch.setattr(_common, "_git_commit", lambda: "0123456789abcdef0123456789abcdef01234567")
-    key = _common._resume_key("toy", False, plan, seeds, cfg)
-    assert key is not None and key == _common._resume_key("toy", False, dict(plan), list(seeds), dict(cfg))
-    assert key != _common._resume_key("toy", False, {"seeds": "0..3"}, seeds, cfg)
-    assert key != _common._resume_key("toy", False, plan, seeds, {"epochs": 8})  # same plan, other settings
-    assert _common._resume_key("toy", False, plan, seeds, None) is None  # a config known only after the run
+    monkeypatch.setattr(_common, "git_commit", lambda: "0123456789abcdef0123456789abcdef01234567+dirty")
+    assert _common.resume_key("toy", False, plan, seeds, cfg) is None
+    monkeypatch.setattr(_common, "git_commit", lambda: "0123456789abcdef0123456789abcdef01234567")
+    key = _common.resume_key("toy", False, plan, seeds, cfg)
+    assert key is not None and key == _common.resume_key("toy", False, dict(plan), list(seeds), dict(cfg))
+    assert key != _common.resume_key("toy", False, {"seeds": "0..3"}, seeds, cfg)
+    assert key != _common.resume_key("toy", False, plan, seeds, {"epochs": 8})  # same plan, other settings
+    assert _common.resume_key("toy", False, plan, seeds, None) is None  # a config known only after the run

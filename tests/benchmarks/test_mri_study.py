@@ -124,12 +124,12 @@ def test_resume_reuses_saved_rows_under_the_same_key(tmp_path):
 
 
 def test_resume_key_and_full_runs_need_a_clean_commit(monkeypatch):
-    monkeypatch.setattr(_common, "_git_commit", lambda: "a" * 40 + "+dirty")
+    monkeypatch.setattr(_common, "git_commit", lambda: "a" * 40 + "+dirty")
     assert run_key("x", False, {}, [{}]) is None
     with pytest.raises(SystemExit, match="modified checkout"):
         require_clean_tree(quick=False)
     assert require_clean_tree(quick=True).endswith("+dirty")
-    monkeypatch.setattr(_common, "_git_commit", lambda: "a" * 40)
+    monkeypatch.setattr(_common, "git_commit", lambda: "a" * 40)
     assert require_clean_tree(quick=False) == "a" * 40
     key = run_key("x", False, {"p": 1}, [{"u": 1}])
     assert key.startswith("a" * 40) and key != run_key("x", False, {"p": 2}, [{"u": 1}])
@@ -154,15 +154,15 @@ def test_logit_adjusted_cnn_offsets_and_z0_prediction():
 
 def test_detached_fixed_head_and_intercept_only_controls():
     cfg = {**TINY_RECIPE, "cohort": {"spatial_size": [16] * 3}, "adversary_taps": "h"}
-    net = mri._me_cnn({**cfg, "fixed_head_detached": True}, 2, random_effects=True)
+    net = mri.me_cnn({**cfg, "fixed_head_detached": True}, 2, random_effects=True)
     net.train()
     out = net.forward_all(torch.randn(4, 1, 16, 16, 16), torch.eye(2)[[0, 1, 0, 1]])
     out.fixed.sum().backward()
     encoder = [p for n, p in net.named_parameters() if not n.startswith("head.")]
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in encoder)
     assert net.head.linear.weight.grad.abs().sum() > 0
-    assert mri._me_cnn({**cfg, "random_slopes": False}, 2, random_effects=True).head.slopes is None
-    assert mri._me_cnn(cfg, 2, random_effects=True).head.slopes is not None
+    assert mri.me_cnn({**cfg, "random_slopes": False}, 2, random_effects=True).head.slopes is None
+    assert mri.me_cnn(cfg, 2, random_effects=True).head.slopes is not None
 
 
 def test_fits_follow_the_selection():

@@ -10,7 +10,7 @@ from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import Compose, Lambdad
 
 from monai_medl.engines.multimodal_prepare_batch import MultimodalPrepareBatch
-from monai_medl.networks.nets import MultimodalMixedEffectsCNN
+from monai_medl.networks.nets import make_multimodal_me_cnn
 from monai_medl.transforms.modality import ModalityMaskd, StackModalitiesd
 
 
@@ -70,7 +70,7 @@ def test_pipeline_batches_and_prepare_batch_feeds_the_network():
     assert set(kwargs) == {"mask", "covariates"} and kwargs["covariates"].shape == (6, 2)
     assert kwargs["covariates"][:, 0].tolist() == [60.0, 61.0, 62.0, 63.0, 64.0, 65.0]
     assert args[0].shape == (6, 3) and torch.equal(args[0].argmax(1), torch.tensor([0, 1, 2, 0, 1, 2]))
-    net = MultimodalMixedEffectsCNN(
+    net = make_multimodal_me_cnn(
         3,
         backbone={"_target_": "monai_medl.networks.nets.SmallCNN", "spatial_dims": 2, "channels": [4, 8]},
         num_covariates=2,

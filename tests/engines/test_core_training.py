@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from monai_medl.engines import MixedEffectsPrepareBatch, add_clusters, fit_new_cluster
 from monai_medl.losses import MixedEffectsLoss, task_loss
-from monai_medl.networks import ClusterPredictor, kl_divergence
+from monai_medl.networks import ClusterClassifier, kl_divergence
 from monai_medl.networks.nets import MixedEffectsMLP
 
 
@@ -72,7 +72,7 @@ def test_prepare_batch_modes():
     torch.testing.assert_close(z, torch.tensor([[1.0, 0, 0], [0, 0, 1], [0, 0, 0], [0, 1, 0]]))
     _, _, (zp,), _ = MixedEffectsPrepareBatch(3, mode="population")(batch)
     assert torch.equal(zp, torch.zeros(4, 3))
-    predictor = ClusterPredictor(3, 3)
+    predictor = ClusterClassifier(3, 3)
     _, _, (zi,), _ = MixedEffectsPrepareBatch(3, z_predictor=predictor.predict_design)(batch)
     torch.testing.assert_close(zi[2], predictor.predict_design(batch["image"][2:3])[0])  # unseen -> inferred
     torch.testing.assert_close(zi[[0, 1, 3]], z[[0, 1, 3]])  # seen sites keep their one-hot row

@@ -9,12 +9,12 @@ import torch
 from monai_medl.data.spirals import make_spirals
 from monai_medl.engines.tabular import TabularTrainer, predict_tabular
 from monai_medl.engines.tabular_fused import adversary_losses
-from monai_medl.networks.nets import ClusterAdversary, MixedEffectsMLP
+from monai_medl.networks.nets import ClusterClassifier, MixedEffectsMLP
 
 
 def test_losses_route_gradients():
     torch.manual_seed(0)
-    adv = ClusterAdversary(in_features=4, num_clusters=3, hidden=(8,))
+    adv = ClusterClassifier(in_features=4, num_clusters=3, hidden=(8,))
     h = torch.randn(6, 4, requires_grad=True)
     sites = torch.tensor([0, 1, 2, 0, 1, -1])
     loss_a, term, acc = adversary_losses(adv, [h], sites, 0.5, "confusion")
@@ -39,7 +39,7 @@ def _fit(fused: bool):
     site = torch.from_numpy(data.site)
     torch.manual_seed(0)
     net = MixedEffectsMLP(in_features=2, out_channels=1, num_clusters=4)
-    adv = ClusterAdversary(in_features=12, num_clusters=4)
+    adv = ClusterClassifier(in_features=12, num_clusters=4)
     trainer = TabularTrainer(net, epochs=15, lr=1e-2, kl_weight=1e-5, adversary=adv, lambda_g=0.5, seed=0, fused=fused)
     history = trainer.fit(x, y, z=torch.eye(4)[site], sites=site)
     acc = ((predict_tabular(net, x, torch.eye(4)[site]) > 0).float() == y).float().mean()

@@ -11,7 +11,7 @@ from torch import nn
 from monai_medl.data.synthetic.spirals import make_spirals
 from monai_medl.engines.tabular import TabularTrainer, make_adam, predict_tabular
 from monai_medl.networks import kl_divergence as network_kl
-from monai_medl.networks.nets import ClusterAdversary, ClusterPredictor, MixedEffectsMLP
+from monai_medl.networks.nets import ClusterClassifier, MixedEffectsMLP
 
 
 def _mlp(seed=0):
@@ -45,7 +45,7 @@ def test_moving_or_casting_the_network_after_building_the_trainer_still_trains(m
     z = torch.eye(d.num_clusters)[site]
     torch.manual_seed(0)
     net = MixedEffectsMLP(2, 1, d.num_clusters)
-    adversary = ClusterAdversary(12, d.num_clusters)
+    adversary = ClusterClassifier(12, d.num_clusters)
     device = "cpu" if move == "device_argument" else None
     trainer = TabularTrainer(net, epochs=3, lr=1e-2, adversary=adversary, lambda_g=0.1, device=device)
     if move == "double":
@@ -124,7 +124,7 @@ def test_me_mlp_learns_spirals_above_chance():
     tr, te = torch.as_tensor(idx[:800]), torch.as_tensor(idx[800:])
     torch.manual_seed(0)
     net = MixedEffectsMLP(2, 1, d.num_clusters, hidden=(8, 8, 8), linear_slopes=False, learn_prior_scale=True)
-    adv = ClusterAdversary(24, d.num_clusters)
+    adv = ClusterClassifier(24, d.num_clusters)
     trainer = TabularTrainer(net, epochs=30, batch_size=32, lr=1e-2, kl_weight="elbo", adversary=adv, lambda_g=0.1)
     history = trainer.fit(x[tr], y[tr], z[tr])
     assert len(history.loss) == 30 and history.loss[-1] < history.loss[0]
@@ -166,7 +166,7 @@ def _site_probe_accuracy(lambda_g, n_train=600):
     x, y, site = _site_toy(n=1000)
     torch.manual_seed(0)
     net = MixedEffectsMLP(3, 1, 4, hidden=(8, 8), linear_slopes=False, nonlinear_slopes=False, random_intercept=False)
-    adv = ClusterAdversary(16, 4, hidden=(16,))
+    adv = ClusterClassifier(16, 4, hidden=(16,))
     trainer = TabularTrainer(net, epochs=10, lr=1e-2, adversary=adv, lambda_g=lambda_g, adversary_lr=1e-2)
     trainer.fit(x[:n_train], y[:n_train], sites=site[:n_train])
     with torch.no_grad():
@@ -191,7 +191,7 @@ def test_plain_module_and_ce_task():
     # the z-predictor is a plain classifier trained with task="ce" on the site
     x, _, site = _site_toy(n=800)
     torch.manual_seed(0)
-    predictor = ClusterPredictor(3, 4)
+    predictor = ClusterClassifier(3, 4)
     TabularTrainer(predictor, task="ce", epochs=10, lr=1e-2).fit(x[:600], site[:600])
     z_hat = predictor.predict_design(x[600:])
     torch.testing.assert_close(z_hat.sum(1), torch.ones(200))
@@ -217,13 +217,13 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="kl_weight"):
         TabularTrainer(net, kl_weight="auto")
     with pytest.raises(ValueError, match="MixedEffectsNet"):
-        TabularTrainer(nn.Linear(2, 1), adversary=ClusterAdversary(2, 3))
+        TabularTrainer(nn.Linear(2, 1), adversary=ClusterClassifier(2, 3))
     with pytest.raises(ValueError, match="y has 9 rows"):
         TabularTrainer(net).fit(x, y[:9])
     with pytest.raises(ValueError, match="z must be"):
         TabularTrainer(net).fit(x, y, torch.zeros(10))
     with pytest.raises(ValueError, match="needs sites"):
-        TabularTrainer(net, adversary=ClusterAdversary(12, 3)).fit(x, y)
+        TabularTrainer(net, adversary=ClusterClassifier(12, 3)).fit(x, y)
     bad = x.clone()
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="x contains NaN"):

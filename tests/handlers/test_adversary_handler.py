@@ -16,7 +16,7 @@ from sklearn.model_selection import cross_val_score
 from monai_medl.engines import MixedEffectsPrepareBatch
 from monai_medl.handlers import AdversaryHandler, LossTermsHandler
 from monai_medl.losses import AdversarialRegularizer, MixedEffectsLoss
-from monai_medl.networks import ClusterAdversary
+from monai_medl.networks import ClusterClassifier
 from monai_medl.networks.nets import MixedEffectsMLP
 
 NUM_SITES = 4
@@ -36,7 +36,7 @@ def site_shortcut_data(n: int = 480, seed: int = 0) -> list[dict]:
 def build(lambda_g: float, seed: int = 0, epochs: int = 1, objective: str = "confusion", **handler_options):
     torch.manual_seed(seed)
     net = MixedEffectsMLP(in_features=4, out_channels=1, num_clusters=NUM_SITES, hidden=(16, 16))
-    adversary = ClusterAdversary(in_features=32, num_clusters=NUM_SITES, hidden=(32, 32))
+    adversary = ClusterClassifier(in_features=32, num_clusters=NUM_SITES, hidden=(32, 32))
     opt = torch.optim.Adam(net.parameters(), 1e-2)
     adv_opt = torch.optim.Adam(adversary.parameters(), 1e-2)
     handler = AdversaryHandler(adversary, adv_opt, lambda_g=lambda_g, objective=objective, **handler_options)
@@ -127,7 +127,7 @@ def test_checkpoint_round_trip_of_model_adversary_and_both_optimizers(tmp_path):
 def test_missing_site_key_and_a_tensor_prediction_are_clear_errors():
     trainer, net, *_ = build(1.0)
     handler = AdversaryHandler(
-        ClusterAdversary(32, NUM_SITES), torch.optim.SGD(ClusterAdversary(32, 4).parameters(), 0.1)
+        ClusterClassifier(32, NUM_SITES), torch.optim.SGD(ClusterClassifier(32, 4).parameters(), 0.1)
     )
     trainer.state.batch = {"image": torch.zeros(1, 4)}
     trainer.state.output = {"pred": net.train()(torch.zeros(1, 4)), "loss": torch.zeros(())}
@@ -168,7 +168,7 @@ def test_warmup_epochs_train_the_adversary_but_leave_the_model_to_the_task():
 
 def _regularizer(steps: int, lr: float = 0.05, memory: int = 0) -> AdversarialRegularizer:
     torch.manual_seed(3)
-    adversary = ClusterAdversary(in_features=6, num_clusters=3, hidden=(8,))
+    adversary = ClusterClassifier(in_features=6, num_clusters=3, hidden=(8,))
     opt = torch.optim.Adam(adversary.parameters(), lr)
     return AdversarialRegularizer(adversary, opt, lambda_g=1.0, steps=steps, memory=memory)
 
@@ -218,7 +218,7 @@ def test_memory_trains_the_adversary_on_past_batches_too_and_reads_out_the_curre
 
 @pytest.mark.parametrize("steps", [0, -1, 1.5, True])
 def test_bad_steps_are_a_clear_error(steps):
-    adversary = ClusterAdversary(in_features=6, num_clusters=3)
+    adversary = ClusterClassifier(in_features=6, num_clusters=3)
     opt = torch.optim.SGD(adversary.parameters(), 0.1)
     with pytest.raises(ValueError, match="steps"):
         AdversarialRegularizer(adversary, opt, steps=steps)
@@ -228,6 +228,6 @@ def test_bad_steps_are_a_clear_error(steps):
 
 @pytest.mark.parametrize("warmup", [-1, 0.5, True])
 def test_bad_warmup_epochs_are_a_clear_error(warmup):
-    adversary = ClusterAdversary(in_features=6, num_clusters=3)
+    adversary = ClusterClassifier(in_features=6, num_clusters=3)
     with pytest.raises(ValueError, match="warmup_epochs"):
         AdversaryHandler(adversary, torch.optim.SGD(adversary.parameters(), 0.1), warmup_epochs=warmup)

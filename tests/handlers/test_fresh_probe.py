@@ -14,7 +14,7 @@ from monai_medl.engines import MixedEffectsPrepareBatch
 from monai_medl.handlers import AdversaryHandler, FreshProbeHandler
 from monai_medl.handlers.fresh_probe import probe_accuracy
 from monai_medl.losses import MixedEffectsLoss
-from monai_medl.networks.nets import ClusterAdversary, MixedEffectsMLP
+from monai_medl.networks.nets import ClusterClassifier, MixedEffectsMLP
 
 
 def _items(n, seed):
@@ -45,7 +45,7 @@ class _Writer:
 def test_handler_logs_probe_floor_and_adversary_accuracy_each_epoch():
     torch.manual_seed(0)
     net = MixedEffectsMLP(4, 1, num_clusters=3, hidden=(8,))
-    adv = ClusterAdversary(8, 3, hidden=(8,))
+    adv = ClusterClassifier(8, 3, hidden=(8,))
     writer = _Writer()
     held_out = _items(60, 1)
     held_out[0]["site"] = -1  # an unseen item is dropped

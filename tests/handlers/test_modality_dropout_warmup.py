@@ -12,13 +12,13 @@ from monai.utils import set_determinism
 from monai_medl.engines import MultimodalPrepareBatch
 from monai_medl.handlers import ModalityDropoutWarmup
 from monai_medl.losses import MixedEffectsLoss
-from monai_medl.networks.nets import MultimodalMixedEffectsCNN
+from monai_medl.networks.nets import make_multimodal_me_cnn
 
 K = 2
 SMALL = {"_target_": "monai_medl.networks.nets.SmallCNN", "spatial_dims": 2, "channels": [4, 8], "strides": [2, 2]}
 
 
-def _trainer(net: MultimodalMixedEffectsCNN, epochs: int) -> SupervisedTrainer:
+def _trainer(net: make_multimodal_me_cnn, epochs: int) -> SupervisedTrainer:
     g = torch.Generator().manual_seed(0)
     data = [
         {
@@ -43,7 +43,7 @@ def _trainer(net: MultimodalMixedEffectsCNN, epochs: int) -> SupervisedTrainer:
 
 def test_dropout_only_from_start_epoch():
     set_determinism(0)
-    net = MultimodalMixedEffectsCNN(K, backbone=SMALL, modality_dropout=0.5, required=["t1"])
+    net = make_multimodal_me_cnn(K, backbone=SMALL, modality_dropout=0.5, required=["t1"])
     trainer = _trainer(net, epochs=4)
     ModalityDropoutWarmup(rate=0.5, start_epoch=3).attach(trainer)
     seen: list[tuple[int, float, float]] = []  # (epoch, dropout rate, share of samples that kept FLAIR)

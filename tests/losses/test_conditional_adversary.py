@@ -15,7 +15,7 @@ from sklearn.model_selection import cross_val_score
 
 from monai_medl.handlers import AdversaryHandler
 from monai_medl.losses import AdversarialRegularizer
-from monai_medl.networks.nets import ClusterAdversary, MixedEffectsCNN
+from monai_medl.networks.nets import ClusterClassifier, MixedEffectsCNN
 
 
 def _confounded(seed: int, n: int = 900):
@@ -35,7 +35,7 @@ def _train(conditional: bool | None, seed: int = 0, steps: int = 400) -> dict[st
     head = torch.nn.Linear(4, 1)
     opt = torch.optim.Adam([*enc.parameters(), *head.parameters()], 1e-2)
     classes = 2 if conditional else 0
-    adv = ClusterAdversary(4 + classes, 3, hidden=(16,), act="leakyrelu")
+    adv = ClusterClassifier(4 + classes, 3, hidden=(16,), act="leakyrelu")
     reg = AdversarialRegularizer(
         adv, torch.optim.Adam(adv.parameters(), 1e-2), 0.0 if conditional is None else 1.0, steps=3,
         label_classes=classes,
@@ -70,7 +70,7 @@ def test_conditional_adversary_removes_site_beyond_the_label_and_keeps_the_label
 
 def test_conditional_confusion_target_is_the_site_distribution_within_each_class():
     torch.manual_seed(0)
-    adv = ClusterAdversary(3 + 2, 3, hidden=())
+    adv = ClusterClassifier(3 + 2, 3, hidden=())
     reg = AdversarialRegularizer(adv, torch.optim.SGD(adv.parameters(), 0.0), lambda_g=1.0, label_classes=2)
     h = torch.zeros(6, 3, requires_grad=True)
     sites, labels = torch.tensor([0, 0, 1, 2, 2, -1]), torch.tensor([1, 1, 0, 0, 1, 0])
@@ -92,13 +92,13 @@ def test_conditional_confusion_target_is_the_site_distribution_within_each_class
     ],
 )
 def test_bad_conditional_settings(kwargs, match):
-    adv = ClusterAdversary(5, 3)
+    adv = ClusterClassifier(5, 3)
     with pytest.raises(ValueError, match=match):
         AdversarialRegularizer(adv, torch.optim.SGD(adv.parameters(), 0.1), **kwargs)
 
 
 def test_bad_labels_are_named():
-    adv = ClusterAdversary(5, 3)
+    adv = ClusterClassifier(5, 3)
     reg = AdversarialRegularizer(adv, torch.optim.SGD(adv.parameters(), 0.1), label_classes=2)
     h, sites = [torch.randn(4, 3)], torch.tensor([0, 1, 2, 0])
     with pytest.raises(ValueError, match="pass labels= to step"):

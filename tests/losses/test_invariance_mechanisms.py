@@ -15,7 +15,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from monai_medl.losses import AdversarialRegularizer, SiteAlignmentLoss
-from monai_medl.networks.nets import ClusterAdversary
+from monai_medl.networks.nets import ClusterClassifier
 
 AUROC_MARGIN = 0.03  # the within-site label AUROC may fall at most this much below lambda = 0
 PROBE_DROP = 0.15  # the fresh probe's site accuracy must fall at least this much below lambda = 0
@@ -35,7 +35,7 @@ def _term(mechanism: str, lam: float, conditional: bool, y: torch.Tensor, s: tor
     classes = 2 if conditional else 0
     labels = y if conditional else None
     if mechanism == "adversary":
-        adv = ClusterAdversary(4 + classes, 3, hidden=(16,), act="leakyrelu")
+        adv = ClusterClassifier(4 + classes, 3, hidden=(16,), act="leakyrelu")
         opt = torch.optim.Adam(adv.parameters(), 1e-2)
         reg = AdversarialRegularizer(
             adv, opt, lam, steps=3, label_classes=classes, feature_scaling="batch_std", update=update
@@ -100,7 +100,7 @@ def test_shrinking_h_does_not_lower_the_scale_invariant_adversary_loss(scaling):
     torch.manual_seed(0)
     h = torch.randn(12, 5)
     sites = torch.arange(12) % 3
-    adv = ClusterAdversary(5, 3, hidden=(8,), act="leakyrelu")
+    adv = ClusterClassifier(5, 3, hidden=(8,), act="leakyrelu")
     with torch.no_grad():  # a confident adversary, so that the raw features' scale visibly matters (the control)
         for p in adv.parameters():
             p.mul_(5.0)
@@ -123,6 +123,6 @@ def _scaled(h, scaling):
 
 
 def test_bad_feature_scaling_is_rejected():
-    adv = ClusterAdversary(2, 2, hidden=())
+    adv = ClusterClassifier(2, 2, hidden=())
     with pytest.raises(ValueError, match="feature_scaling must be one of"):
         AdversarialRegularizer(adv, torch.optim.SGD(adv.parameters(), 0.1), feature_scaling="l2")

@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from monai_medl.losses import AdversarialRegularizer
-from monai_medl.networks.nets import ClusterAdversary
+from monai_medl.networks.nets import ClusterClassifier
 from tests.losses.test_invariance_mechanisms import AUROC_MARGIN, PROBE_DROP, _train
 
 
 def _one_iteration(update: str, objective: str, lr: float, conditional: bool):
     torch.manual_seed(0)
     enc, head = torch.nn.Linear(3, 4), torch.nn.Linear(4, 1)
-    adv = ClusterAdversary(4 + 2 * conditional, 3, hidden=(5,), act="leakyrelu")
+    adv = ClusterClassifier(4 + 2 * conditional, 3, hidden=(5,), act="leakyrelu")
     opt = torch.optim.SGD(adv.parameters(), lr)
     kwargs = {"label_classes": 2} if conditional else {}
     reg = AdversarialRegularizer(
@@ -77,6 +77,6 @@ def test_one_pass_and_two_step_reach_the_same_probe_reduction():
 
 
 def test_bad_update_is_rejected():
-    adv = ClusterAdversary(2, 2, hidden=())
+    adv = ClusterClassifier(2, 2, hidden=())
     with pytest.raises(ValueError, match="update must be one of"):
         AdversarialRegularizer(adv, torch.optim.SGD(adv.parameters(), 0.1), update="simultaneous")

@@ -22,7 +22,7 @@ from monai_medl.engines import MixedEffectsPrepareBatch
 from monai_medl.handlers import AdversaryHandler, LossTermsHandler
 from monai_medl.losses import MixedEffectsLoss
 from monai_medl.networks.blocks import MixedEffectsOutput
-from monai_medl.networks.nets import ClusterAdversary, MixedEffectsMLP
+from monai_medl.networks.nets import ClusterClassifier, MixedEffectsMLP
 
 K = 3
 
@@ -36,7 +36,7 @@ def _data(n: int = 24, seed: int = 0) -> list[dict]:
 def _trainer(inferer: Inferer, net: torch.nn.Module | None = None, seed: int = 0, first=()) -> SupervisedTrainer:
     torch.manual_seed(seed)
     net = net if net is not None else MixedEffectsMLP(4, 1, K, hidden=(8,))
-    adversary = ClusterAdversary(8, K, hidden=(8,))
+    adversary = ClusterClassifier(8, K, hidden=(8,))
     return SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=1,
@@ -155,7 +155,7 @@ def _ddp_worker(rank: int, world: int, store: str, out_dir: str) -> None:
     try:
         torch.manual_seed(0)  # the same initial weights on both ranks
         net = DistributedDataParallel(MixedEffectsMLP(4, 1, K, hidden=(8,)))
-        adversary = ClusterAdversary(8, K, hidden=(8,))
+        adversary = ClusterClassifier(8, K, hidden=(8,))
         trainer = SupervisedTrainer(
             device=torch.device("cpu"),
             max_epochs=2,

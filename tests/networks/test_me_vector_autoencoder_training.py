@@ -8,7 +8,7 @@ import torch
 
 from monai_medl.losses import AdversarialRegularizer, MixedEffectsAutoEncoderLoss
 from monai_medl.metrics import batch_probe_accuracy
-from monai_medl.networks.nets import ClusterAdversary, MixedEffectsVectorAutoEncoder
+from monai_medl.networks.nets import ClusterClassifier, MixedEffectsVectorAutoEncoder
 
 N, GENES, BATCHES, N_TRAIN = 800, 60, 4, 600
 
@@ -38,7 +38,7 @@ def _train(d: dict, random_effects: bool = True, adversary: bool = False, epochs
     opt = torch.optim.Adam(net.parameters(), 3e-3)
     regularizer = None
     if adversary:
-        adv = ClusterAdversary(net.adversary_in_features, BATCHES, hidden=(32, 16))
+        adv = ClusterClassifier(net.adversary_in_features, BATCHES, hidden=(32, 16))
         regularizer = AdversarialRegularizer(adv, torch.optim.Adam(adv.parameters(), 5e-3), lambda_g=0.1)
     x, y, b, z = d["x"], d["y"], d["batch"], torch.eye(BATCHES)[d["batch"]]
     gen = torch.Generator().manual_seed(0)

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monai_medl.networks.nets import ModalityFallback, MultimodalMixedEffectsCNN
+from monai_medl.networks.nets import ModalityFallback, make_multimodal_me_cnn
 
 K = 3
 SMALL = {"_target_": "monai_medl.networks.nets.SmallCNN", "spatial_dims": 2, "channels": [4, 8]}
 
 
-def _net(modalities, **kwargs) -> MultimodalMixedEffectsCNN:
-    return MultimodalMixedEffectsCNN(K, modalities=modalities, backbone=SMALL, probe_size=(16, 16), **kwargs)
+def _net(modalities, **kwargs) -> make_multimodal_me_cnn:
+    return make_multimodal_me_cnn(K, modalities=modalities, backbone=SMALL, probe_size=(16, 16), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +73,10 @@ def test_bad_network_pairs_are_refused_with_the_reason(nets):
     with pytest.raises(ValueError, match="fallback.num_covariates = 0 differs"):
         ModalityFallback(primary, _net(("t1",)))
     with pytest.raises(ValueError, match="fallback.num_clusters"):
-        other_sites = MultimodalMixedEffectsCNN(K + 1, ("t1",), SMALL, num_covariates=2, probe_size=(16, 16))
+        other_sites = make_multimodal_me_cnn(K + 1, ("t1",), SMALL, num_covariates=2, probe_size=(16, 16))
         ModalityFallback(primary, other_sites)
     with pytest.raises(ValueError, match="'t1' has a different number of channels"):
-        two = MultimodalMixedEffectsCNN(
+        two = make_multimodal_me_cnn(
             K, ("t1",), {**SMALL, "in_channels": 2}, in_channels=2, num_covariates=2, probe_size=(16, 16)
         )
         ModalityFallback(primary, two)

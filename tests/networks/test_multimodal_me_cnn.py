@@ -1,5 +1,5 @@
 # Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
-"""MultimodalMixedEffectsCNN: shapes, fusion, missing modalities, required inputs, modality dropout, scripting."""
+"""make_multimodal_me_cnn: shapes, fusion, missing modalities, required inputs, modality dropout, scripting."""
 
 from __future__ import annotations
 
@@ -14,17 +14,17 @@ from monai.networks.utils import convert_to_torchscript
 from monai_medl.losses import MixedEffectsLoss
 from monai_medl.networks.blocks.modality_fusion import ModalityFusion
 from monai_medl.networks.nets import MixedEffectsCNN, SmallCNN
-from monai_medl.networks.nets.multimodal_me_cnn import MultimodalMixedEffectsCNN
+from monai_medl.networks.nets.multimodal_me_cnn import make_multimodal_me_cnn
 
 K = 3
 SMALL = {"_target_": "monai_medl.networks.nets.SmallCNN", "channels": [4, 8], "strides": [2, 2]}
 
 
-def _net(dims: int = 2, modalities=("t1", "flair"), **kwargs) -> MultimodalMixedEffectsCNN:
+def _net(dims: int = 2, modalities=("t1", "flair"), **kwargs) -> make_multimodal_me_cnn:
     """Late (concatenation) fusion unless ``fusion`` says otherwise: most tests check per-modality branches."""
     backbone = kwargs.pop("backbone", {**SMALL, "spatial_dims": dims})
     kwargs.setdefault("fusion", "concat")
-    return MultimodalMixedEffectsCNN(K, modalities=modalities, backbone=backbone, **kwargs)
+    return make_multimodal_me_cnn(K, modalities=modalities, backbone=backbone, **kwargs)
 
 
 def _perturb(net: torch.nn.Module, scale: float = 0.1) -> None:
@@ -226,7 +226,7 @@ def test_backbones_per_modality_and_shared_weights():
     mod = _net(2, backbone=SmallCNN(2, channels=(4, 8)))
     assert mod.branches[0].encoder.stages[0].body[0] is not mod.branches[1].encoder.stages[0].body[0]
     state = shared.state_dict()
-    MultimodalMixedEffectsCNN(
+    make_multimodal_me_cnn(
         K, ("t1", "t2", "flair"), {**SMALL, "spatial_dims": 2}, shared_weights=True, fusion="concat"
     ).load_state_dict(state)
 
@@ -259,7 +259,7 @@ def test_verify_net_in_out(tmp_path):
     }
     config = {
         "network_def": {
-            "_target_": "monai_medl.networks.nets.MultimodalMixedEffectsCNN",
+            "_target_": "monai_medl.networks.nets.make_multimodal_me_cnn",
             "num_clusters": 4,
             "modalities": ["t1", "flair"],
             "backbone": {**SMALL, "spatial_dims": 3},

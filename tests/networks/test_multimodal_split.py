@@ -1,5 +1,5 @@
 # Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
-"""Early/late fusion classes, the MultimodalMixedEffectsCNN factory, and the shipped bundle checkpoint."""
+"""Early/late fusion classes, the make_multimodal_me_cnn factory, and the shipped bundle checkpoint."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from monai.bundle import ConfigParser
 from monai_medl.networks.nets import (
     EarlyFusionMixedEffectsCNN,
     LateFusionMixedEffectsCNN,
-    MultimodalMixedEffectsCNN,
     MultimodalMixedEffectsNet,
+    make_multimodal_me_cnn,
     multimodal_me_net,
 )
 
@@ -39,7 +39,7 @@ def test_shipped_bundle_checkpoint_loads_strictly_into_the_network_definition():
 def test_factory_builds_the_class_and_the_class_gives_the_same_network(fusion, cls):
     kwargs = {"modalities": ("t1", "flair"), "backbone": SMALL, "num_covariates": 2, "probe_size": 16}
     torch.manual_seed(0)
-    via_factory = MultimodalMixedEffectsCNN(K, fusion=fusion, **kwargs)
+    via_factory = make_multimodal_me_cnn(K, fusion=fusion, **kwargs)
     torch.manual_seed(0)
     direct = cls(K, **kwargs) if fusion == "early" else cls(K, fusion=fusion, **kwargs)
     assert type(via_factory) is cls and isinstance(via_factory, MultimodalMixedEffectsNet)
@@ -71,7 +71,7 @@ def test_forward_pass_has_no_data_dependent_python_branch(fusion, monkeypatch):
             monkeypatch.setattr(module, "check_all_finite", lambda *args, **kwargs: None)
     monkeypatch.setattr(MultimodalMixedEffectsNet, "_check_inputs", lambda self, *args: None)
     monkeypatch.setattr(MultimodalMixedEffectsNet, "_check_required", lambda self, *args: None)
-    net = MultimodalMixedEffectsCNN(K, ("t1", "flair"), SMALL, fusion=fusion, num_covariates=2, probe_size=16).eval()
+    net = make_multimodal_me_cnn(K, ("t1", "flair"), SMALL, fusion=fusion, num_covariates=2, probe_size=16).eval()
     x, cov = torch.randn(4, 2, 16, 16), torch.randn(4, 2)
     mask = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 1, 1], [1, 1, 0]])
     torch._dynamo.reset()
@@ -84,7 +84,7 @@ def test_forward_pass_has_no_data_dependent_python_branch(fusion, monkeypatch):
 def test_eval_matches_training_path_per_sample(fusion):
     """Eval runs every branch on the whole batch (masked); training on the present rows: same per-sample values
     when the normalisation does not depend on the batch (BatchNorm in eval statistics here)."""
-    net = MultimodalMixedEffectsCNN(K, ("t1", "flair"), SMALL, fusion=fusion, num_covariates=2, probe_size=16)
+    net = make_multimodal_me_cnn(K, ("t1", "flair"), SMALL, fusion=fusion, num_covariates=2, probe_size=16)
     x, cov = torch.randn(4, 2, 16, 16), torch.randn(4, 2)
     x[1, 1] = float("nan")  # absent: never read
     mask = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 1, 1], [1, 1, 0]])

@@ -34,17 +34,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from monai_medl.data.synthetic.cohort_files import (
-    add_cohort_arguments,
-    check_grid,
-    check_num_subjects,
-    check_split_fractions,
-    cohort_arguments,
-    cohort_config,
-    record_splits,
-    write_cohort_datalist,
-    write_ground_truth,
-)
+from monai_medl.data.synthetic import cohort_files
 from monai_medl.data.synthetic.generated_folder import reuse_or_claim
 from monai_medl.data.synthetic.rendering import (
     TemplateRenderer,
@@ -166,13 +156,13 @@ def generate_segmentation_cohort(
     site_info, rows = _draw_sites(config, renderer)
     entries, subjects = _render_subjects(config, site_info, rows, renderer, out_dir)
     sections = _split_sections(entries, site_info, config)
-    record_splits(subjects, sections)
+    cohort_files.record_splits(subjects, sections)
     return _write_cohort(out_dir, config, sections, site_info, subjects, renderer)
 
 
 def _cohort_config(a: dict) -> dict:
     """Step 1: check the arguments; the config recorded in (and compared with) the ground truth."""
-    spatial_size, spacing = check_grid(a["spatial_size"], a["spacing"])
+    spatial_size, spacing = cohort_files.check_grid(a["spatial_size"], a["spacing"])
     seen, unseen = site_names(a["sites"], a["unseen_sites"])
     all_sites = seen + unseen
     shifts = {str(k): int(v) for k, v in (a["label_shift"] or {}).items()}
@@ -184,10 +174,10 @@ def _cohort_config(a: dict) -> dict:
         if int(unseen_shift) != unseen_shift or not unseen:
             raise ValueError(f"unseen_label_shift needs an integer and unseen sites, got {unseen_shift!r}.")
         shifts = {**{s: int(unseen_shift) for s in unseen}, **shifts}
-    check_num_subjects(a["num_subjects"], len(all_sites), _MIN_PER_SITE)
-    check_split_fractions(a["validation_fraction"], a["test_fraction"])
+    cohort_files.check_num_subjects(a["num_subjects"], len(all_sites), _MIN_PER_SITE)
+    cohort_files.check_split_fractions(a["validation_fraction"], a["test_fraction"])
     specific = {"label_shift": {s: shifts.get(s, 0) for s in all_sites}}
-    config = cohort_config(a, (seen, unseen), (spatial_size, spacing), _GENERATOR_VERSION, specific)
+    config = cohort_files.cohort_config(a, (seen, unseen), (spatial_size, spacing), _GENERATOR_VERSION, specific)
     if unseen_shift is not None:  # absent by default, so cohorts generated before this option are reused as they are
         config["unseen_label_shift"] = int(unseen_shift)
     return config
@@ -275,7 +265,7 @@ def _write_cohort(
     """Step 4b: write ``datalist.json`` and ``ground_truth.json``; the datalist's path."""
     datalist_path = os.path.join(out_dir, "datalist.json")
     seen, unseen = config["sites"], config["unseen_sites"]
-    write_cohort_datalist(
+    cohort_files.write_cohort_datalist(
         datalist_path,
         sections,
         image_keys=("image", "label"),
@@ -289,7 +279,7 @@ def _write_cohort(
     )
     # written with unseen_label_shift only, so cohorts generated before this option stay byte-identical
     extra = {"label_protocol": _label_protocol(config)} if "unseen_label_shift" in config else {}
-    write_ground_truth(
+    cohort_files.write_ground_truth(
         out_dir,
         "monai_medl.data.segmentation_cohort.generate_segmentation_cohort",  # provenance string, kept unchanged
         config,
@@ -314,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m monai_medl.data.synthetic.segmentation_cohort", description=__doc__
     )
-    add_cohort_arguments(parser, num_subjects=60, sites=4)
+    cohort_files.add_cohort_arguments(parser, num_subjects=60, sites=4)
     parser.add_argument("--label-shift", nargs="*", default=[], help="site=voxels, e.g. site_b=1")
     parser.add_argument("--unseen-label-shift", type=int, default=None, help="protocol of the other unseen sites")
     args = parser.parse_args(argv)
@@ -323,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name, _, value = item.partition("=")
         shifts[name] = int(value)
     path = generate_segmentation_cohort(
-        **cohort_arguments(args), label_shift=shifts, unseen_label_shift=args.unseen_label_shift
+        **cohort_files.cohort_arguments(args), label_shift=shifts, unseen_label_shift=args.unseen_label_shift
     )
     print(f"segmentation cohort datalist: {path}")
     return 0

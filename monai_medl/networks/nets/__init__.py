@@ -17,6 +17,6 @@ from .mixed_effects_net import MixedEffectsNet, check_finite
 from .modality_branch import CovariateEncoder, ModalityBranch
 from .modality_encoders import ModalityEncoderFactory
 from .modality_fallback import ModalityFallback
-from .multimodal_me_cnn import MultimodalMECNN, MultimodalMixedEffectsCNN
+from .multimodal_me_cnn import MultimodalMECNN, MultimodalMixedEffectsCNN, make_multimodal_me_cnn
 from .multimodal_me_net import MultimodalMixedEffectsNet
 from .small_cnn import SmallCNN

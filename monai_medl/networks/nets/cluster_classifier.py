@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from monai.networks.layers.utils import get_act_layer
 from torch import nn
 from torch.nn import functional as F
 
-from monai_medl.networks.utils import soft_design
+from monai_medl.networks.utils import soft_design, warn_deprecated
 
 __all__ = ["ClusterClassifier", "ClusterAdversary", "ClusterPredictor"]
 
@@ -36,7 +37,7 @@ class ClusterClassifier(nn.Module):
 
     Example::
 
-        >>> adv = ClusterAdversary(in_features=12, num_clusters=10)
+        >>> adv = ClusterClassifier(in_features=12, num_clusters=10)
         >>> adv([torch.randn(5, 4)] * 3).shape
         torch.Size([5, 10])
     """
@@ -87,4 +88,17 @@ class ClusterClassifier(nn.Module):
         return soft_design(self, x)
 
 
-ClusterAdversary = ClusterPredictor = ClusterClassifier
+class ClusterAdversary(ClusterClassifier):
+    """Deprecated name of :class:`ClusterClassifier` (the adversary role), removed in the next release."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        warn_deprecated("ClusterAdversary", "ClusterClassifier")
+        super().__init__(*args, **kwargs)
+
+
+class ClusterPredictor(ClusterClassifier):
+    """Deprecated name of :class:`ClusterClassifier` (the z-predictor role), removed in the next release."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        warn_deprecated("ClusterPredictor", "ClusterClassifier")
+        super().__init__(*args, **kwargs)

@@ -60,7 +60,7 @@ class EarlyFusionMixedEffectsCNN(MultimodalMixedEffectsNet):
     branch; the two embeddings are concatenated and read out by the mixed-effects head (random slopes on each
     branch embedding, random intercept on the fused one).
 
-    Why this is the default of :func:`~monai_medl.networks.nets.MultimodalMixedEffectsCNN`: the disease signal of
+    Why this is the default of :func:`~monai_medl.networks.nets.make_multimodal_me_cnn`: the disease signal of
     the multimodal benchmark cohort is a voxel-wise combination of contrasts, which has to be formed before the first
     non-linearity (see ``benchmarks/results/multimodal.md``). Use
     :class:`~monai_medl.networks.nets.LateFusionMixedEffectsCNN` for modalities that are not co-registered or need

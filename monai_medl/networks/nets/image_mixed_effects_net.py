@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from monai_medl.networks.nets.cluster_classifier import ClusterAdversary
+from monai_medl.networks.nets.cluster_classifier import ClusterClassifier
 from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet
 
 __all__ = ["ImageMixedEffectsNet"]
@@ -67,7 +67,7 @@ class ImageMixedEffectsNet(MixedEffectsNet):
         input_norm: bool = False,
         label_classes: int = 0,
     ):
-        """A :class:`~monai_medl.networks.nets.ClusterAdversary` sized for this model's pooled activations
+        """A :class:`~monai_medl.networks.nets.ClusterClassifier` sized for this model's pooled activations
         (``input_norm``: standardise its inputs, see :class:`~monai_medl.networks.nets.ClusterClassifier`;
         ``label_classes``: that many extra inputs for the one-hot label of a label-conditional adversary, see
         :class:`~monai_medl.losses.AdversarialRegularizer`).
@@ -78,4 +78,4 @@ class ImageMixedEffectsNet(MixedEffectsNet):
         section 5).
         """
         width, k = self.adversary_in_features + label_classes, self.num_clusters
-        return ClusterAdversary(width, k, hidden=hidden, act=act, dropout=dropout, input_norm=input_norm)
+        return ClusterClassifier(width, k, hidden=hidden, act=act, dropout=dropout, input_norm=input_norm)

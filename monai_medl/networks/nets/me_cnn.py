@@ -148,7 +148,7 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
         (torch.Size([2, 1]), torch.Size([2, 1]))
         >>> [f.shape[1] for f in out.features] == net.feature_sizes
         True
-        >>> adversary = net.make_adversary()                   # ClusterAdversary sized for out.features
+        >>> adversary = net.make_adversary()                   # ClusterClassifier sized for out.features
         >>> net.eval()(x, z).shape, net(x).shape               # eval: the mixed, and population-level (z = None)
         (torch.Size([2, 1]), torch.Size([2, 1]))
 

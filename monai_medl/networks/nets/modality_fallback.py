@@ -37,9 +37,9 @@ class ModalityFallback(nn.Module):
 
     Example::
 
-        >>> from monai_medl.networks.nets import MultimodalMixedEffectsCNN
-        >>> both = MultimodalMixedEffectsCNN(4, modalities=("t1", "flair"), spatial_dims=3)
-        >>> t1 = MultimodalMixedEffectsCNN(4, modalities=("t1",), spatial_dims=3)  # trained on T1 alone
+        >>> from monai_medl.networks.nets import make_multimodal_me_cnn
+        >>> both = make_multimodal_me_cnn(4, modalities=("t1", "flair"), spatial_dims=3)
+        >>> t1 = make_multimodal_me_cnn(4, modalities=("t1",), spatial_dims=3)  # trained on T1 alone
         >>> net = ModalityFallback(both, t1).eval()
         >>> x, mask = torch.randn(2, 2, 32, 32, 32), torch.tensor([[1, 1], [1, 0]])  # FLAIR missing for item 1
         >>> net(x, None, mask).shape  # item 0 from ``both``, item 1 from ``t1``
@@ -52,7 +52,7 @@ class ModalityFallback(nn.Module):
             if not isinstance(net, MultimodalMixedEffectsNet):
                 raise TypeError(
                     f"{name} must be a multimodal network (a MultimodalMixedEffectsNet, e.g. built by "
-                    f"MultimodalMixedEffectsCNN), got {type(net).__name__}."
+                    f"make_multimodal_me_cnn), got {type(net).__name__}."
                 )
         names = list(primary.modalities)
         unknown = [m for m in fallback.modalities if m not in names]

@@ -1,9 +1,10 @@
 # Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
-"""``MultimodalMixedEffectsCNN(fusion=...)``: the early- or late-fusion network, for existing configs and code."""
+"""``make_multimodal_me_cnn(fusion=...)``: the early- or late-fusion network, for configs and code."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -11,13 +12,14 @@ from monai_medl.networks.blocks.modality_fusion import FUSION_MODES
 from monai_medl.networks.nets.early_fusion_me_cnn import EarlyFusionMixedEffectsCNN
 from monai_medl.networks.nets.late_fusion_me_cnn import LateFusionMixedEffectsCNN
 from monai_medl.networks.nets.multimodal_me_net import MultimodalMixedEffectsNet
+from monai_medl.networks.utils import warn_deprecated
 
-__all__ = ["MultimodalMixedEffectsCNN", "MultimodalMECNN", "FUSIONS"]
+__all__ = ["make_multimodal_me_cnn", "MultimodalMixedEffectsCNN", "MultimodalMECNN", "FUSIONS"]
 
 FUSIONS = ("early",) + FUSION_MODES
 
 
-def MultimodalMixedEffectsCNN(  # noqa: N802 (a factory named as the class it used to be, for configs and code)
+def make_multimodal_me_cnn(
     num_clusters: int,
     modalities: Sequence[str] | int = ("t1", "flair"),
     backbone: nn.Module | Mapping | Sequence[nn.Module | Mapping | None] | None = None,
@@ -29,8 +31,8 @@ def MultimodalMixedEffectsCNN(  # noqa: N802 (a factory named as the class it us
 ) -> MultimodalMixedEffectsNet:
     """A multimodal mixed-effects CNN: :class:`EarlyFusionMixedEffectsCNN` or :class:`LateFusionMixedEffectsCNN`.
 
-    Kept so that ``MultimodalMixedEffectsCNN(..., fusion=...)`` in code, bundle configs (``"_target_"``), benchmarks
-    and tutorials keeps working: it builds ``EarlyFusionMixedEffectsCNN`` for ``fusion="early"`` (the default) and
+    One entry point for code, bundle configs (``"_target_"``), benchmarks and tutorials that choose the fusion by
+    name: it builds ``EarlyFusionMixedEffectsCNN`` for ``fusion="early"`` (the default) and
     ``LateFusionMixedEffectsCNN(fusion=fusion)`` for ``"concat"``/``"attention"``, with the same parameter and
     buffer names as before the split (shipped checkpoints load unchanged). Both are
     :class:`~monai_medl.networks.nets.MultimodalMixedEffectsNet`, the class to use in ``isinstance`` checks. New
@@ -52,14 +54,14 @@ def MultimodalMixedEffectsCNN(  # noqa: N802 (a factory named as the class it us
 
     Example::
 
-        >>> net = MultimodalMixedEffectsCNN(num_clusters=4, modalities=("t1", "flair"), spatial_dims=3,
-        ...                                 num_covariates=2)  # early fusion; fusion="attention" for late fusion
+        >>> net = make_multimodal_me_cnn(num_clusters=4, modalities=("t1", "flair"), spatial_dims=3,
+        ...                              num_covariates=2)  # early fusion; fusion="attention" for late fusion
         >>> type(net).__name__
         'EarlyFusionMixedEffectsCNN'
 
     In a bundle config::
 
-        "network_def": {"_target_": "monai_medl.networks.nets.MultimodalMixedEffectsCNN", "num_clusters": 4,
+        "network_def": {"_target_": "monai_medl.networks.nets.make_multimodal_me_cnn", "num_clusters": 4,
                         "modalities": ["t1", "flair"], "spatial_dims": 3, "fusion": "early"}
     """
     if fusion not in FUSIONS:
@@ -82,4 +84,14 @@ def MultimodalMixedEffectsCNN(  # noqa: N802 (a factory named as the class it us
     return EarlyFusionMixedEffectsCNN(num_clusters, modalities, backbone, **kwargs)
 
 
-MultimodalMECNN = MultimodalMixedEffectsCNN
+def MultimodalMixedEffectsCNN(*args: Any, **kwargs: Any) -> MultimodalMixedEffectsNet:  # noqa: N802 (the old name)
+    """Deprecated name of :func:`make_multimodal_me_cnn` (a function named like a class), removed in the next
+    release."""
+    warn_deprecated("MultimodalMixedEffectsCNN", "make_multimodal_me_cnn")
+    return make_multimodal_me_cnn(*args, **kwargs)
+
+
+def MultimodalMECNN(*args: Any, **kwargs: Any) -> MultimodalMixedEffectsNet:  # noqa: N802 (the old name)
+    """Deprecated name of :func:`make_multimodal_me_cnn`, removed in the next release."""
+    warn_deprecated("MultimodalMECNN", "make_multimodal_me_cnn")
+    return make_multimodal_me_cnn(*args, **kwargs)

@@ -18,7 +18,7 @@ from monai_medl.networks.layers.random_effects_settings import (
     RandomEffectsLike,
     RandomEffectsSettings,
 )
-from monai_medl.networks.nets.cluster_classifier import ClusterAdversary
+from monai_medl.networks.nets.cluster_classifier import ClusterClassifier
 from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet, check_finite
 from monai_medl.networks.nets.modality_branch import CovariateEncoder, ModalityBranch
 from monai_medl.networks.nets.modality_encoders import ModalityEncoderFactory
@@ -230,12 +230,12 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
 
     @torch.jit.unused
     def make_adversary(self, hidden: Sequence[int] = (64, 32), act: str | tuple = "leakyrelu", dropout: float = 0.0):
-        """A :class:`~monai_medl.networks.nets.ClusterAdversary` sized for every branch's pooled activations.
+        """A :class:`~monai_medl.networks.nets.ClusterClassifier` sized for every branch's pooled activations.
 
         Leaky ReLU by default, as :meth:`MixedEffectsCNN.make_adversary` (dead ReLU units let the encoders silence
         the adversary without removing site information).
         """
-        return ClusterAdversary(self.adversary_in_features, self.num_clusters, hidden=hidden, act=act, dropout=dropout)
+        return ClusterClassifier(self.adversary_in_features, self.num_clusters, hidden=hidden, act=act, dropout=dropout)
 
     def presence(
         self,
