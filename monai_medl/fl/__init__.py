@@ -8,6 +8,7 @@ feature statistics. The modules importing ``nvflare`` (:mod:`.aggregator`, :mod:
 """
 
 from .feature_statistics import FederatedAlignmentLoss, class_statistics, pool_statistics
+from .in_process import InProcessFederation, federate_in_process
 from .local_state import load_local_state, load_shared, local_keys, prior_scale_keys, save_local_state, shared_state
 from .local_training import LocalTrainingSettings, site_feature_statistics, train_locally
 from .network import SiteNetwork, site_network

@@ -49,6 +49,11 @@ class MixedEffectsAggregator(ModelAggregator):
         self.round = 0
         self.reset_stats()
 
+    @property
+    def bytes_received(self) -> dict[str, int]:
+        """Bytes of parameters received from each site in the current round."""
+        return dict(self._received)
+
     def reset_stats(self) -> None:
         self._sums: dict[str, np.ndarray] = {}
         self._weight = 0.0
@@ -77,7 +82,7 @@ class MixedEffectsAggregator(ModelAggregator):
         if self._weight <= 0:
             raise RuntimeError("MixedEffectsAggregator: no site result to aggregate in this round.")
         params = {k: (v / self._weight).astype(np.float32) for k, v in self._sums.items()}
-        scales = prior_scales(self._moments)
+        scales = prior_scales(self._moments) if self.prior_keys else {}
         for name, key in self.prior_keys.items():
             params[key] = np.asarray(math.log(scales[name]), dtype=np.float32)
         meta: dict = {"variance_components": {n: {"variance": s * s, "std": s} for n, s in scales.items()}}

@@ -79,7 +79,8 @@ def train_locally(
     network.train()
     steps = 0
     for params, penalty in phases:
-        steps += _fit(network, data, settings, loss_fn, params, penalty, generator)
+        if params:  # a network without random effects (a conventional federated baseline) has one phase
+            steps += _fit(network, data, settings, loss_fn, params, penalty, generator)
     return steps
 
 

@@ -16,6 +16,7 @@ from monai_medl.fl import (
     SiteDataError,
     check_site_datalists,
     class_statistics,
+    federate_in_process,
     join_federation,
     load_shared,
     load_site_datalist,
@@ -26,7 +27,6 @@ from monai_medl.fl import (
     prior_scales,
     shared_state,
     site_network,
-    train_locally,
 )
 from tests.fl.site_cohort import SPEC, TRAINING, exact_ml_intercept_variance, write_site_datalists
 
@@ -34,7 +34,6 @@ nvflare = pytest.importorskip("nvflare", reason="monai_medl.fl's aggregator need
 from nvflare.app_common.abstract.fl_model import FLModel  # noqa: E402
 
 from monai_medl.fl.aggregator import NUM_SAMPLES, MixedEffectsAggregator  # noqa: E402
-from monai_medl.fl.client import outgoing_params  # noqa: E402
 
 HIDDEN_SPEC = {"in_features": 2, "out_channels": 1, "hidden": [4]}
 
@@ -127,35 +126,22 @@ def test_two_datalists_with_one_site_name_are_refused(tmp_path):
 
 
 def _federate(paths, rounds, settings, spec):
-    """The federation's rounds in one process: what the simulator runs, minus the transport."""
-    datas = [load_site_datalist(p, f"site-{k + 1}", spec["in_features"]) for k, p in enumerate(paths)]
-    torch.manual_seed(0)
-    nets = [site_network(spec) for _ in datas]
-    aggregator = MixedEffectsAggregator(local_keys(nets[0]), prior_scale_keys(nets[0]))
-    params, results = site_network(spec).state_dict(), None
-    for r in range(rounds):
-        aggregator.reset_stats()
-        for k, (net, data) in enumerate(zip(nets, datas)):
-            load_shared(net, params)
-            train_locally(net, data, settings, results and results.meta.get("feature_statistics"), seed=10 * r + k)
-            sent = {key: v.numpy() for key, v in outgoing_params(net, data, settings).items()}
-            aggregator.accept_model(
-                FLModel(params=sent, meta={NUM_SAMPLES: len(data.labels), "client_name": data.site})
-            )
-        results = aggregator.aggregate_model()
-        params = results.params
-    return nets, results
+    sites = [load_site_datalist(p, f"site-{k + 1}", spec["in_features"]) for k, p in enumerate(paths)]
+    return federate_in_process(sites, spec, settings, rounds)
 
 
 def test_rounds_in_process_recover_the_pooled_variance_component(tmp_path):
     torch.set_num_threads(1)
     paths = write_site_datalists(tmp_path)
-    nets, result = _federate(paths, 3, LocalTrainingSettings(**TRAINING), SPEC)
+    fed = _federate(paths, 3, LocalTrainingSettings(**TRAINING), SPEC)
+    nets, result = fed.networks, fed
     variance, sigma = exact_ml_intercept_variance(paths)
     federated = result.meta["variance_components"]["head.intercept"]["variance"]
     assert federated == pytest.approx(variance, rel=0.15)  # exact ML on the pooled items: 0.854
-    assert math.exp(float(result.params["head.log_noise_scale"])) == pytest.approx(sigma, rel=0.15)
-    assert float(result.params["head.intercept.log_prior_scale"]) == pytest.approx(0.5 * math.log(federated), abs=1e-6)
+    assert math.exp(float(result.global_params["head.log_noise_scale"])) == pytest.approx(sigma, rel=0.15)
+    assert float(result.global_params["head.intercept.log_prior_scale"]) == pytest.approx(
+        0.5 * math.log(federated), abs=1e-6
+    )
     rows = [float(n.head.intercept.loc) for n in nets]
     assert rows == sorted(rows) and rows[2] - rows[0] > 1.5  # each site's own offset (true -1.0, 0.3, 1.2)
 
@@ -180,11 +166,11 @@ def test_aggregator_refuses_rows_and_averages_by_site_size():
 def test_a_new_site_joins_with_the_population_model_and_fits_its_own_row(tmp_path):
     torch.set_num_threads(1)
     paths = write_site_datalists(tmp_path)
-    _, result = _federate(paths, 2, LocalTrainingSettings(**TRAINING), SPEC)
+    result = _federate(paths, 2, LocalTrainingSettings(**TRAINING), SPEC)
     g = torch.Generator().manual_seed(4)
     x = torch.randn(8, 2, generator=g)
     y = (x @ torch.tensor([0.8, -0.5]) + 0.2 + 2.0)[:, None]  # a new hospital, offset +2
-    network, column = join_federation(result.params, SPEC, x, y, steps=300)
+    network, column = join_federation(result.global_params, SPEC, x, y, steps=300)
     z = torch.zeros(8, network.num_clusters)
     population = network(x, z)
     z[:, column] = 1
