@@ -142,7 +142,7 @@ def test_rounds_in_process_recover_the_pooled_variance_component(tmp_path):
     assert float(result.global_params["head.intercept.log_prior_scale"]) == pytest.approx(
         0.5 * math.log(federated), abs=1e-6
     )
-    rows = [float(n.head.intercept.loc) for n in nets]
+    rows = [float(n.head.intercept.loc.detach()) for n in nets]
     assert rows == sorted(rows) and rows[2] - rows[0] > 1.5  # each site's own offset (true -1.0, 0.3, 1.2)
 
 
