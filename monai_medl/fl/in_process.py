@@ -1,0 +1,63 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""The federation's rounds in one process: the simulator's algorithm without its transport (for studies and tests).
+
+The same client steps (:func:`~monai_medl.fl.local_training.train_locally`,
+:func:`~monai_medl.fl.client.outgoing_params`) and the same :class:`~monai_medl.fl.aggregator.MixedEffectsAggregator`
+as a real job, called in a loop; use :mod:`monai_medl.fl.job` for anything that must show the data stay apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from monai_medl.fl.local_state import load_shared, local_keys, prior_scale_keys
+from monai_medl.fl.local_training import LocalTrainingSettings, train_locally
+from monai_medl.fl.network import SiteNetwork, site_network
+from monai_medl.fl.site_datalist import SiteData
+
+__all__ = ["InProcessFederation", "federate_in_process"]
+
+
+@dataclass
+class InProcessFederation:
+    """``networks`` (one per site, its own rows), the last ``global_params`` and ``meta``, bytes sent per round."""
+
+    networks: list[SiteNetwork]
+    global_params: dict[str, np.ndarray]
+    meta: dict
+    bytes_sent: list[dict[str, int]] = field(default_factory=list)
+
+
+def federate_in_process(
+    sites: Sequence[SiteData], spec: Mapping, settings: LocalTrainingSettings, rounds: int, seed: int = 0
+) -> InProcessFederation:
+    """Run ``rounds`` rounds over ``sites`` (each a :class:`SiteData`) and return the federation's state."""
+    from nvflare.app_common.abstract.fl_model import FLModel
+
+    from monai_medl.fl.aggregator import NUM_SAMPLES, MixedEffectsAggregator
+    from monai_medl.fl.client import outgoing_params
+
+    torch.manual_seed(seed)
+    networks = [site_network(spec) for _ in sites]
+    aggregator = MixedEffectsAggregator(local_keys(networks[0]), prior_scale_keys(networks[0]))
+    params: Mapping[str, Any] = site_network(spec).state_dict()
+    meta: dict = {}
+    sent_bytes = []
+    for r in range(rounds):
+        aggregator.reset_stats()
+        for k, (net, data) in enumerate(zip(networks, sites)):
+            load_shared(net, params, origin=f"round {r}")
+            train_locally(net, data, settings, meta.get("feature_statistics"), seed=seed + 1000 * r + k)
+            sent = {key: v.numpy() for key, v in outgoing_params(net, data, settings).items()}
+            aggregator.accept_model(
+                FLModel(params=sent, meta={NUM_SAMPLES: len(data.labels), "client_name": data.site})
+            )
+        sent_bytes.append(dict(aggregator.bytes_received))
+        result = aggregator.aggregate_model()
+        params, meta = result.params, result.meta or {}
+    return InProcessFederation(networks, dict(params), meta, sent_bytes)

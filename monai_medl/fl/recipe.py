@@ -1,0 +1,119 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""An NVFlare ``FedAvgRecipe`` for federated mixed effects: one client runner per site, each given its own datalist."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from monai_medl.fl.local_state import local_keys, prior_scale_keys
+from monai_medl.fl.local_training import LocalTrainingSettings
+from monai_medl.fl.network import site_network
+from monai_medl.fl.site_datalist import SiteDataError, load_site_datalist
+
+__all__ = ["FederatedJobPaths", "check_site_datalists", "federated_me_recipe"]
+
+CLIENT_SCRIPT = Path(__file__).with_name("client.py")
+
+
+@dataclass
+class FederatedJobPaths:
+    """Where a job writes: ``config`` (network and training settings), ``sites/<site>`` (each site's private state),
+    ``server`` (the aggregator's audit trail: what every site sent, per round) and ``simulator`` (NVFlare's
+    workspace, with the global model checkpoint)."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    def site(self, site: str) -> Path:
+        return self.root / "sites" / site
+
+    @property
+    def server(self) -> Path:
+        return self.root / "server"
+
+    @property
+    def simulator(self) -> Path:
+        return self.root / "simulator"
+
+
+def check_site_datalists(site_datalists: Mapping[str, str | Path], in_features: int) -> dict[str, str]:
+    """Read every site's datalist before anything is written; return site -> its site name (the vocabulary entry).
+
+    Only the simulation can do this (one machine holds every datalist); in a real deployment each site's client
+    checks its own file at start. Raises :class:`SiteDataError` naming the site and the file.
+    """
+    names = {site: load_site_datalist(path, site, in_features).site_name for site, path in site_datalists.items()}
+    seen: dict[str, str] = {}
+    for site, name in names.items():
+        if name in seen:
+            raise SiteDataError(
+                f"site {site!r}: datalist {str(site_datalists[site])!r} holds site name {name!r}, which site "
+                f"{seen[name]!r}'s datalist {str(site_datalists[seen[name]])!r} already holds."
+            )
+        seen[name] = site
+    return names
+
+
+def federated_me_recipe(
+    site_datalists: Mapping[str, str | Path],
+    network: Mapping,
+    out_dir: str | Path,
+    training: LocalTrainingSettings | None = None,
+    num_rounds: int = 2,
+    name: str = "monai_medl_fedme",
+):
+    """A ``FedAvgRecipe`` (``nvflare.app_opt.pt.recipes.fedavg``) running :mod:`monai_medl.fl.client` at each site.
+
+    Each site's runner gets its own ``--datalist`` and private ``--state_dir`` (per-site config), the server a
+    :class:`~monai_medl.fl.aggregator.MixedEffectsAggregator`. Run it with ``recipe.execute(SimEnv(clients=...))``.
+
+    Args:
+        site_datalists: site (NVFlare client name) -> its datalist JSON.
+        network: :func:`~monai_medl.fl.network.site_network` spec (MixedEffectsMLP arguments).
+        out_dir: the job's folder (see :class:`FederatedJobPaths`).
+        training: the sites' :class:`~monai_medl.fl.local_training.LocalTrainingSettings`.
+        num_rounds: federated rounds.
+        name: job name.
+
+    Returns:
+        ``(recipe, paths)``.
+    """
+    from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
+    from nvflare.recipe.utils import set_per_site_config
+
+    from monai_medl.fl.aggregator import MixedEffectsAggregator
+
+    if len(site_datalists) < 2:
+        raise ValueError(f"a federation needs at least 2 sites, got {list(site_datalists)}.")
+    if num_rounds < 1:
+        raise ValueError(f"num_rounds must be >= 1, got {num_rounds}.")
+    training = training or LocalTrainingSettings()
+    if training.task == "gaussian_nll" and not network.get("learn_noise_scale"):
+        raise ValueError("task 'gaussian_nll' needs the network spec to set learn_noise_scale=true (the noise s.d.).")
+    model = site_network(network)
+    check_site_datalists(site_datalists, int(network["in_features"]))
+    paths = FederatedJobPaths(Path(out_dir).resolve())
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.config.write_text(json.dumps({"network": dict(network), "training": training.to_dict()}, indent=1))
+    aggregator = MixedEffectsAggregator(local_keys(model), prior_scale_keys(model), record_dir=str(paths.server))
+    recipe = FedAvgRecipe(
+        name=name,
+        model=model,
+        min_clients=len(site_datalists),
+        num_rounds=num_rounds,
+        train_script=str(CLIENT_SCRIPT),
+        aggregator=aggregator,
+    )
+    per_site = {}
+    for site, datalist in site_datalists.items():
+        args = ["--config", str(paths.config), "--datalist", str(Path(datalist).resolve())]
+        per_site[site] = {"train_args": shlex.join(args + ["--state_dir", str(paths.site(site))])}
+    set_per_site_config(recipe, per_site)
+    return recipe, paths
