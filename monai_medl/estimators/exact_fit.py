@@ -9,7 +9,7 @@ import numpy as np
 from scipy import stats
 
 from monai_medl.estimators.grouping import pd
-from monai_medl.estimators.laplace_glmm import fit_laplace_binomial
+from monai_medl.estimators.laplace_glmm import fit_laplace_glmm
 from monai_medl.estimators.profiled_deviance import ExactLmmFit, RandomTerm, fit_exact_lmm
 
 __all__ = ["METHODS", "METHOD_LABELS", "fit_estimator_exact", "exact_linear_predictor", "fixed_effects_table"]
@@ -34,9 +34,12 @@ def _terms(
     return terms
 
 
-def fit_estimator_exact(x, y, clusters, factors, num_levels, slopes, correlated, method: str) -> ExactLmmFit:
-    """``method`` ``"reml"``/``"ml"`` (Gaussian, exact) or ``"laplace"`` (binomial, 0/1 ``y``) fit of ``y ~ 1 + x +
-    random terms`` in data units (``clusters``: ``(n, factors)`` level indices)."""
+def fit_estimator_exact(
+    x, y, clusters, factors, num_levels, slopes, correlated, method: str, family: str = "gaussian"
+) -> ExactLmmFit:
+    """``method`` ``"reml"``/``"ml"`` (Gaussian, exact) or ``"laplace"`` (``family`` ``"binomial"``, 0/1 ``y``, or
+    ``"poisson"``, counts) fit of ``y ~ 1 + x + random terms`` in data units (``clusters``: ``(n, factors)`` level
+    indices)."""
     design = np.column_stack([np.ones(len(x)), x])
     rank = np.linalg.matrix_rank(design)
     if rank < design.shape[1]:
@@ -46,7 +49,7 @@ def fit_estimator_exact(x, y, clusters, factors, num_levels, slopes, correlated,
         )
     terms = _terms(x, clusters, factors, num_levels, slopes, correlated)
     if method == "laplace":
-        return fit_laplace_binomial(design, y, terms)
+        return fit_laplace_glmm(design, y, terms, family)
     return fit_exact_lmm(design, y, terms, reml=method == "reml")
 
 

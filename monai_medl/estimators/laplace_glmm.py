@@ -1,57 +1,126 @@
 # Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
-"""Laplace approximation of a binomial (logit) generalised linear mixed model, glmer's default (``nAGQ = 1``).
+"""Laplace approximation of a generalised linear mixed model (binomial logit, Poisson log), glmer's default.
 
 With ``b = Lambda_theta u``, ``u ~ N(0, I)``, penalised iteratively reweighted least squares (Newton steps on
 ``u``) finds the conditional mode ``u_hat`` of ``log p(y | u) - ||u||^2 / 2`` at given ``(theta, beta)``; the Laplace
-deviance ``-2 log p(y | u_hat) + ||u_hat||^2 + log|Lambda^T Z^T W Z Lambda + I|`` (``W`` the binomial weights at the
-mode) is then minimised over ``theta`` and ``beta`` jointly (Bates et al. 2015 describe the same objective for
-glmer). Standard errors of ``beta`` come from the finite-difference Hessian of that deviance, as lme4's default.
-Dense factorisation: meant for the small-to-moderate numbers of levels of a tabular GLMM.
+deviance ``-2 log p(y | u_hat) + ||u_hat||^2 + log|Lambda^T Z^T W Z Lambda + I|`` (``W`` the family's variance at the
+mode, the canonical link's IRLS weights) is then minimised over ``theta`` and ``beta`` jointly (``nAGQ = 1``; Bates et
+al. 2015 describe the same objective for glmer). Standard errors of ``beta`` come from the finite-difference Hessian
+of that deviance, as lme4's default. ``A`` is factorised densely for few random-effect columns and by a sparse LU
+otherwise (:func:`~monai_medl.estimators.profiled_deviance.symmetric_solver`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg, optimize, special
+from scipy import optimize, sparse, special
 
-from monai_medl.estimators.profiled_deviance import ExactLmmFit, ProfiledDeviance, RandomTerm
+from monai_medl.estimators.profiled_deviance import (
+    ExactLmmFit,
+    ProfiledDeviance,
+    RandomTerm,
+    per_term_effects,
+    symmetric_solver,
+)
 
-__all__ = ["LaplaceBinomial", "fit_laplace_binomial"]
+__all__ = ["GlmFamily", "FAMILIES", "LaplaceGlmm", "fit_laplace_glmm"]
 
 
-class LaplaceBinomial:
-    """Laplace deviance of a logit GLMM for 0/1 responses, as a function of ``(theta, beta)``.
+@dataclass(frozen=True)
+class GlmFamily:
+    """A canonical-link exponential family: what PIRLS and the Laplace deviance need of it.
+
+    Attributes:
+        name: ``"binomial"`` or ``"poisson"``.
+        mean: inverse link, ``mu(eta)``.
+        link: ``eta(mu)``.
+        variance: ``V(mu)``, also ``d mu / d eta`` under the canonical link (the IRLS weight).
+        log_density: ``log p(y | eta)`` per row, with every constant (so the log-likelihood is lme4's).
+        start: R's ``mustart``, the mean the GLM iterations start from.
+    """
+
+    name: str
+    mean: Callable[[np.ndarray], np.ndarray]
+    link: Callable[[np.ndarray], np.ndarray]
+    variance: Callable[[np.ndarray], np.ndarray]
+    log_density: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    start: Callable[[np.ndarray], np.ndarray]
+
+
+FAMILIES = {
+    "binomial": GlmFamily(
+        "binomial",
+        special.expit,
+        special.logit,
+        lambda mu: mu * (1 - mu),
+        lambda y, eta: y * eta - np.logaddexp(0, eta),  # 0/1 rows: the binomial coefficient is 1
+        lambda y: (y + 0.5) / 2,
+    ),
+    "poisson": GlmFamily(
+        "poisson",
+        np.exp,
+        np.log,
+        lambda mu: mu,
+        lambda y, eta: y * eta - np.exp(eta) - special.gammaln(y + 1),
+        lambda y: y + 0.1,
+    ),
+}
+
+
+class LaplaceGlmm:
+    """Laplace deviance of a GLMM as a function of ``(theta, beta)``.
 
     Args:
         x: ``(n, p)`` fixed-effects design (with the intercept column).
-        y: ``(n,)`` 0/1 response.
+        y: ``(n,)`` response (0/1 for ``"binomial"``, counts for ``"poisson"``).
         terms: the grouping factors (:class:`~monai_medl.estimators.profiled_deviance.RandomTerm`).
+        family: a key of :data:`FAMILIES`.
+
+    Example::
+
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> g = np.repeat(np.arange(8), 10)
+        >>> y = rng.poisson(np.exp(1 + rng.normal(0, 0.5, 8)[g])).astype(float)
+        >>> model = LaplaceGlmm(np.ones((80, 1)), y, [RandomTerm(g, np.ones((80, 1)), 8)], "poisson")
+        >>> bool(np.isfinite(model(np.array([0.5, 1.0]))))
+        True
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, terms: Sequence[RandomTerm]) -> None:
+    def __init__(self, x: np.ndarray, y: np.ndarray, terms: Sequence[RandomTerm], family: str = "binomial") -> None:
+        if family not in FAMILIES:
+            raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}.")
         self.structure = ProfiledDeviance(x, y, terms, reml=False)  # Lambda_theta's layout and bounds
+        self.family = FAMILIES[family]
         self.x, self.y = np.asarray(x, float), np.asarray(y, float)
-        self.z = self.structure.z.toarray()
         self.u = np.zeros(self.structure.q)  # warm start of PIRLS between evaluations
         self.num_theta = len(self.structure.lower)
 
+    def _hessian(self, zl, mu: np.ndarray):
+        """``Lambda^T Z^T W Z Lambda + I``, dense or sparse as ``Z Lambda``."""
+        w = self.family.variance(mu)
+        if sparse.issparse(zl):
+            return (zl.T @ sparse.diags(w) @ zl + sparse.identity(zl.shape[1])).tocsc()
+        return zl.T @ (zl * w[:, None]) + np.eye(zl.shape[1])
+
     def mode(self, theta: np.ndarray, beta: np.ndarray, max_iter: int = 50) -> dict:
-        """PIRLS: the conditional mode ``u_hat`` with the Laplace deviance and its parts."""
-        zl = self.z @ self.structure.lam(theta)
+        """PIRLS: the conditional mode ``u_hat`` and the Laplace deviance there."""
+        zl = self.structure.z @ self.structure.lam(theta)
         offset = self.x @ beta
         u = self.u.copy()
 
         def objective(u):  # -2 (log-likelihood - ||u||^2 / 2)
-            eta = offset + zl @ u
-            return -2 * (self.y @ eta - np.logaddexp(0, eta).sum()) + u @ u
+            with np.errstate(over="ignore"):  # a trial Newton step may overflow exp: it is then halved
+                return -2 * self.family.log_density(self.y, offset + zl @ u).sum() + u @ u
 
         current = objective(u)
         for _ in range(max_iter):
-            mu = special.expit(offset + zl @ u)
-            hessian = zl.T @ (zl * (mu * (1 - mu))[:, None]) + np.eye(len(u))
-            step = linalg.cho_solve(linalg.cho_factor(hessian), zl.T @ (self.y - mu) - u)
+            mu = self.family.mean(offset + zl @ u)
+            solve, _ = symmetric_solver(self._hessian(zl, mu))
+            step = solve(zl.T @ (self.y - mu) - u)
             for _ in range(30):  # step halving keeps every Newton step an ascent
                 trial = objective(u + step)
                 if trial <= current + 1e-12:
@@ -60,27 +129,27 @@ class LaplaceBinomial:
             u, change, current = u + step, current - trial, trial
             if abs(change) < 1e-10:
                 break
-        mu = special.expit(offset + zl @ u)
-        hessian = zl.T @ (zl * (mu * (1 - mu))[:, None]) + np.eye(len(u))
-        logdet = 2 * np.log(np.diag(linalg.cholesky(hessian))).sum()
+        _, logdet = symmetric_solver(self._hessian(zl, self.family.mean(offset + zl @ u)))
         self.u = u
-        return {"u": u, "deviance": current + logdet, "hessian": hessian}
+        return {"u": u, "deviance": current + logdet}
 
     def __call__(self, params: np.ndarray) -> float:
         theta, beta = params[: self.num_theta], params[self.num_theta :]
         try:
-            return float(self.mode(theta, beta)["deviance"])
-        except (np.linalg.LinAlgError, ValueError):
+            value = float(self.mode(theta, beta)["deviance"])
+        except (np.linalg.LinAlgError, ValueError, RuntimeError):
             return np.inf
+        return value if np.isfinite(value) else np.inf
 
 
-def _logistic_start(x: np.ndarray, y: np.ndarray, iterations: int = 25) -> np.ndarray:
-    """Fixed effects of the logistic regression without random effects (Newton), the start of ``beta``."""
-    beta = np.zeros(x.shape[1])
+def _glm_start(x: np.ndarray, y: np.ndarray, family: GlmFamily, iterations: int = 25) -> np.ndarray:
+    """Fixed effects of the GLM without random effects (IRLS from R's ``mustart``), the start of ``beta``."""
+    eta, beta = family.link(family.start(y)), np.zeros(x.shape[1])
     for _ in range(iterations):
-        mu = special.expit(x @ beta)
-        info = x.T @ (x * (mu * (1 - mu))[:, None]) + 1e-8 * np.eye(x.shape[1])
-        beta = beta + np.linalg.solve(info, x.T @ (y - mu))
+        mu = family.mean(eta)
+        w = np.sqrt(family.variance(mu))
+        beta = np.linalg.lstsq(x * w[:, None], w * eta + (y - mu) / w, rcond=None)[0]
+        eta = x @ beta
     return beta
 
 
@@ -96,12 +165,14 @@ def _hessian(f, point: np.ndarray, step: float = 1e-4) -> np.ndarray:
     return h
 
 
-def fit_laplace_binomial(x: np.ndarray, y: np.ndarray, terms: Sequence[RandomTerm], tol: float = 1e-10) -> ExactLmmFit:
+def fit_laplace_glmm(
+    x: np.ndarray, y: np.ndarray, terms: Sequence[RandomTerm], family: str = "binomial", tol: float = 1e-10
+) -> ExactLmmFit:
     """Minimise the Laplace deviance over ``(theta, beta)`` (bounded Nelder-Mead, restarted once) and return the fit
     in :class:`~monai_medl.estimators.profiled_deviance.ExactLmmFit`'s layout (``sigma = 1``: no residual)."""
-    model = LaplaceBinomial(x, y, terms)
+    model = LaplaceGlmm(x, y, terms, family)
     lower = model.structure.lower
-    start = np.concatenate([model.structure.theta0(), _logistic_start(model.x, model.y)])
+    start = np.concatenate([model.structure.theta0(), _glm_start(model.x, model.y, model.family)])
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower] + [(None, None)] * x.shape[1]
     options = {"xatol": 1e-8, "fatol": tol, "maxfev": 2000 * len(start), "adaptive": len(start) > 4}
     first = optimize.minimize(model, start, method="Nelder-Mead", bounds=bounds, options=options)
@@ -112,19 +183,12 @@ def fit_laplace_binomial(x: np.ndarray, y: np.ndarray, terms: Sequence[RandomTer
     mode = model.mode(theta, beta)
     # lme4's default s.e.: the inverse of half the deviance's Hessian over (theta, beta), its beta block
     hessian = _hessian(model, np.concatenate([theta, beta]))
-    cov = np.linalg.inv(hessian / 2)[k:, k:]
-    lam = model.structure.lam(theta)
-    b_all, b, covs, offset = np.asarray(lam @ mode["u"]).reshape(-1), [], [], 0
-    for i, t in enumerate(model.structure.terms):
-        b.append(b_all[offset : offset + t.num_levels * t.k].reshape(t.num_levels, t.k))
-        offset += t.num_levels * t.k
-        factor = model.structure.factor(theta, i)
-        covs.append(factor @ factor.T)
+    b, covs = per_term_effects(model.structure, theta, mode["u"])
     return ExactLmmFit(
         reml=False,
         theta=theta,
         beta=beta,
-        cov_beta=cov,
+        cov_beta=np.linalg.inv(hessian / 2)[k:, k:],
         sigma=1.0,
         covariances=covs,
         b=b,
@@ -135,5 +199,5 @@ def fit_laplace_binomial(x: np.ndarray, y: np.ndarray, terms: Sequence[RandomTer
         nfev=int(first.nfev + best.nfev),
         converged=bool(first.fun - best.fun < 1e-6),
         model=None,
-        family="binomial",
+        family=family,
     )

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import linalg, optimize, sparse
 from scipy.sparse.linalg import splu
 
-__all__ = ["RandomTerm", "ProfiledDeviance", "ExactLmmFit", "fit_exact_lmm"]
+__all__ = ["RandomTerm", "ProfiledDeviance", "ExactLmmFit", "fit_exact_lmm", "per_term_effects", "symmetric_solver"]
 
 _DENSE_MAX = 100  # random-effect columns up to which A is formed and factorised densely (measured: dense wins at
 # q = 40, sparse at q = 120 (11x) and q = 550 (200x))
@@ -58,6 +58,16 @@ class RandomTerm:
         rows, cols = np.tril_indices(self.k)
         order = np.lexsort((rows, cols))  # column-major, as lme4's theta
         return rows[order], cols[order]
+
+
+def symmetric_solver(a) -> tuple:
+    """``(solve, log|a|)`` of a symmetric positive-definite matrix: Cholesky for a dense array, a sparse LU with
+    symmetric ordering and no pivoting (SuperLU) for a sparse one."""
+    if not sparse.issparse(a):
+        chol = linalg.cho_factor(a, lower=True)
+        return (lambda b: linalg.cho_solve(chol, b)), 2.0 * np.log(np.diag(chol[0])).sum()
+    lu = splu(a.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+    return lu.solve, float(np.log(np.abs(lu.U.diagonal())).sum())
 
 
 def _random_design(terms: Sequence[RandomTerm]) -> sparse.csc_matrix:
@@ -145,13 +155,8 @@ class ProfiledDeviance:
             lam = lam.toarray() if sparse.issparse(lam) else lam
             if getattr(self, "_ztz_dense", None) is None:
                 self._ztz_dense = self.ztz.toarray()
-            a = lam.T @ self._ztz_dense @ lam
-            a[np.diag_indices_from(a)] += 1.0
-            chol = linalg.cho_factor(a, lower=True)
-            return (lambda b: linalg.cho_solve(chol, b)), 2.0 * np.log(np.diag(chol[0])).sum()
-        a = (lam.T @ self.ztz @ lam + sparse.identity(self.q, format="csc")).tocsc()
-        lu = splu(a, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
-        return lu.solve, float(np.log(np.abs(lu.U.diagonal())).sum())
+            return symmetric_solver(lam.T @ self._ztz_dense @ lam + np.eye(self.q))
+        return symmetric_solver(lam.T @ self.ztz @ lam + sparse.identity(self.q, format="csc"))
 
     def solve(self, theta: np.ndarray) -> dict:
         """Penalised least squares at ``theta``: ``beta``, spherical ``u``, ``r2``, log-determinants and the solver."""
@@ -249,6 +254,17 @@ class ExactLmmFit:
         return self.sigma**2 * out
 
 
+def per_term_effects(model: ProfiledDeviance, theta: np.ndarray, u: np.ndarray, sigma: float = 1.0) -> tuple:
+    """Per term: the conditional modes ``b = Lambda u`` as ``(num_levels, k)`` and the covariance ``sigma^2 T T^T``."""
+    b_all, b, covs, offset = np.asarray(model.lam(theta) @ u).reshape(-1), [], [], 0
+    for i, t in enumerate(model.terms):
+        b.append(b_all[offset : offset + t.num_levels * t.k].reshape(t.num_levels, t.k))
+        offset += t.num_levels * t.k
+        factor = model.factor(theta, i)
+        covs.append(sigma**2 * factor @ factor.T)
+    return b, covs
+
+
 def fit_exact_lmm(
     x: np.ndarray, y: np.ndarray, terms: Sequence[RandomTerm], reml: bool = True, tol: float = 1e-10
 ) -> ExactLmmFit:
@@ -269,14 +285,7 @@ def fit_exact_lmm(
     parts = model.solve(theta)
     dof = model.n - model.p if reml else model.n
     sigma = float(np.sqrt(parts["r2"] / dof))
-    lam = model.lam(theta)
-    b_all, b, offset = np.asarray(lam @ parts["u"]).reshape(-1), [], 0  # conditional modes b = Lambda u
-    covs = []
-    for i, t in enumerate(model.terms):
-        b.append(b_all[offset : offset + t.num_levels * t.k].reshape(t.num_levels, t.k))
-        offset += t.num_levels * t.k
-        factor = model.factor(theta, i)
-        covs.append(sigma**2 * factor @ factor.T)
+    b, covs = per_term_effects(model, theta, parts["u"], sigma)
     return ExactLmmFit(
         reml=reml,
         theta=theta,
