@@ -63,8 +63,6 @@ class SiteMetricHandler:
             ``from_engine(["pred", "label"])``; apply the activation in the evaluator's postprocessing.
         prefix: prepended to every metric name (e.g. ``"val_"``). Defaults to ``""``.
         per_site: also write one value per site and metric. Defaults to True.
-        sep: separator of the split, site and metric parts of the names (the bundles use ``prefix="val/"``,
-            ``sep="/"``: ``val/auroc``, ``val/seen/auroc``, ``val/site/<name>/auroc``). Defaults to ``"_"``.
         name: logger name; defaults to the engine's logger.
 
     Example::
@@ -96,7 +94,6 @@ class SiteMetricHandler:
         prefix: str = "",
         per_site: bool = True,
         name: str | None = None,
-        sep: str = "_",
     ) -> None:
         self.metric = SiteMetric(metrics) if metric is None else metric
         self.site_key = site_key
@@ -106,7 +103,6 @@ class SiteMetricHandler:
         )
         self.prefix = prefix
         self.per_site = per_site
-        self.sep = sep
         self.logger = logging.getLogger(name) if name is not None else None
         self.results: dict[str, Any] = {}
 
@@ -138,7 +134,7 @@ class SiteMetricHandler:
             return
         self.results = self.metric.aggregate()
         engine.state.metrics.update(
-            flatten_site_metrics(self.results, self.metric.metrics, self.prefix, per_site=self.per_site, sep=self.sep)
+            flatten_site_metrics(self.results, self.metric.metrics, self.prefix, per_site=self.per_site)
         )
         if self.logger is not None:
             summary = ", ".join(
