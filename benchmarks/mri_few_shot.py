@@ -85,6 +85,7 @@ __all__ = [
     "platt_scaling",
     "last_layer_refit",
     "cv_penalty",
+    "metric_summary",
     "ARM_SETTINGS",
     "cohort_kwargs",
     "fit_new_site",
@@ -568,15 +569,21 @@ def holm_adjust(models: dict[str, Any], primary: Sequence[Comparison]) -> None:
         models[c.model]["extra"][f"{c.name}_holm_reject"] = r["reject"]
 
 
+def metric_summary(entry: Mapping[str, Any], metric: str) -> tuple[float, tuple[float, float]]:
+    """``(mean, (low, high))`` over replicates of one metric of a results entry: AUROC from its ``unseen`` summary,
+    the other metrics from ``extra`` (``<metric>``, ``<metric>_ci95``)."""
+    if metric == "auroc":
+        mean, ci = entry["unseen"]["mean"], entry["unseen"]["ci95"]
+    else:
+        mean, ci = entry["extra"][metric], entry["extra"][f"{metric}_ci95"]
+    return float(mean), (float(ci[0]), float(ci[1]))
+
+
 def _cell(models: Mapping[str, Any], key: str, metric: str) -> str:
     entry = models.get(key)
     if entry is None:
         return "-"
-    s = entry["unseen"] if metric == "auroc" else None
-    if s is not None:
-        mean, (lo, hi) = s["mean"], s["ci95"]
-    else:
-        mean, (lo, hi) = entry["extra"][metric], entry["extra"][f"{metric}_ci95"]
+    mean, (lo, hi) = metric_summary(entry, metric)
     return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
 

@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from benchmarks.mri_few_shot import CONVENTIONAL_METHODS, ME_METHODS, METRICS, UNADAPTED, model_key
+from benchmarks.mri_few_shot import CONVENTIONAL_METHODS, ME_METHODS, METRICS, UNADAPTED, metric_summary, model_key
 
 __all__ = ["curve", "plot_curves", "main"]
 
@@ -35,13 +35,10 @@ def curve(
         entry = models.get(model_key(arm, name, k))
         if entry is None:
             continue
-        if metric == "auroc":
-            mean, ci = entry["unseen"]["mean"], entry["unseen"]["ci95"]
-        else:
-            mean, ci = entry["extra"][metric], entry["extra"][f"{metric}_ci95"]
+        mean, interval = metric_summary(entry, metric)
         out_k.append(k)
-        means.append(float(mean))
-        intervals.append((float(ci[0]), float(ci[1])))
+        means.append(mean)
+        intervals.append(interval)
     return out_k, means, intervals
 
 

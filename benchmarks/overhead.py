@@ -92,6 +92,22 @@ def segmentation_bundle_patch() -> int:
     return int(json.loads(SEGMENTATION_BUNDLE_TRAIN.read_text())["patch_size"][0])
 
 
+_SMALL_CNN: dict[str, Any] = {
+    "backbone": lambda: SmallCNN(spatial_dims=3, in_channels=1, out_channels=1),
+    "me_kwargs": {},
+    "quick": {"batch": 4, "size": 32, "repeats": 10, "inference_repeats": 10, "steps": 10},
+    "full": {"batch": 4, "size": 48, "repeats": 20, "inference_repeats": 20, "steps": 10},
+}
+_SEGMENTATION_UNET: dict[str, Any] = {
+    "backbone": segmentation_bundle_unet,
+    "wrapper": MixedEffectsUNet,
+    "task": "dice_ce",
+    "me_kwargs": {},
+    "quick": {"batch": 4, "size": segmentation_bundle_patch, "repeats": 6, "inference_repeats": 10, "steps": 5},
+    "full": {"batch": 4, "size": segmentation_bundle_patch, "repeats": 12, "inference_repeats": 20, "steps": 5},
+}
+"""The SmallCNN and segmentation-UNet cases that the variants below change in ``me_kwargs`` (or the sizes) only."""
+
 # a case's "wrapper" (default MixedEffectsCNN) builds the ME model around the backbone; "task" (default "bce") is the
 # loss task of both models (segmentation: "dice_ce" against a random label map of the backbone's classes)
 CASES: dict[str, dict[str, Any]] = {
@@ -101,54 +117,17 @@ CASES: dict[str, dict[str, Any]] = {
         "quick": {"batch": 2, "size": 32, "repeats": 6, "inference_repeats": 10, "steps": 2},
         "full": {"batch": 4, "size": 48, "repeats": 12, "inference_repeats": 24, "steps": 3},
     },
-    "small_cnn_3d": {
-        "backbone": lambda: SmallCNN(spatial_dims=3, in_channels=1, out_channels=1),
-        "me_kwargs": {},
-        "quick": {"batch": 4, "size": 32, "repeats": 10, "inference_repeats": 10, "steps": 10},
-        "full": {"batch": 4, "size": 48, "repeats": 20, "inference_repeats": 20, "steps": 10},
-    },
+    "small_cnn_3d": _SMALL_CNN,
     "small_cnn_3d_bundle_batch": {
-        "backbone": lambda: SmallCNN(spatial_dims=3, in_channels=1, out_channels=1),
-        "me_kwargs": {},
+        **_SMALL_CNN,
         "quick": {"batch": mri_bundle_batch_size, "size": 32, "repeats": 6, "inference_repeats": 6, "steps": 5},
         "full": {"batch": mri_bundle_batch_size, "size": 32, "repeats": 12, "inference_repeats": 12, "steps": 5},
     },
-    "small_cnn_3d_cluster_scale_bias": {
-        "backbone": lambda: SmallCNN(spatial_dims=3, in_channels=1, out_channels=1),
-        "me_kwargs": {"cluster_scale_bias": True},
-        "quick": {"batch": 4, "size": 32, "repeats": 10, "inference_repeats": 10, "steps": 10},
-        "full": {"batch": 4, "size": 48, "repeats": 20, "inference_repeats": 20, "steps": 10},
-    },
-    "small_cnn_3d_cluster_scale_bias_last": {
-        "backbone": lambda: SmallCNN(spatial_dims=3, in_channels=1, out_channels=1),
-        "me_kwargs": {"cluster_scale_bias": "last"},
-        "quick": {"batch": 4, "size": 32, "repeats": 10, "inference_repeats": 10, "steps": 10},
-        "full": {"batch": 4, "size": 48, "repeats": 20, "inference_repeats": 20, "steps": 10},
-    },
-    "unet_3d_segmentation_bundle": {
-        "backbone": segmentation_bundle_unet,
-        "wrapper": MixedEffectsUNet,
-        "task": "dice_ce",
-        "me_kwargs": {},
-        "quick": {"batch": 4, "size": segmentation_bundle_patch, "repeats": 6, "inference_repeats": 10, "steps": 5},
-        "full": {"batch": 4, "size": segmentation_bundle_patch, "repeats": 12, "inference_repeats": 20, "steps": 5},
-    },
-    "unet_3d_segmentation_bundle_last_stage": {
-        "backbone": segmentation_bundle_unet,
-        "wrapper": MixedEffectsUNet,
-        "task": "dice_ce",
-        "me_kwargs": {"cluster_scale_bias": "last"},
-        "quick": {"batch": 4, "size": segmentation_bundle_patch, "repeats": 6, "inference_repeats": 10, "steps": 5},
-        "full": {"batch": 4, "size": segmentation_bundle_patch, "repeats": 12, "inference_repeats": 20, "steps": 5},
-    },
-    "unet_3d_segmentation_bundle_intercept_only": {
-        "backbone": segmentation_bundle_unet,
-        "wrapper": MixedEffectsUNet,
-        "task": "dice_ce",
-        "me_kwargs": {"cluster_scale_bias": False},
-        "quick": {"batch": 4, "size": segmentation_bundle_patch, "repeats": 6, "inference_repeats": 10, "steps": 5},
-        "full": {"batch": 4, "size": segmentation_bundle_patch, "repeats": 12, "inference_repeats": 20, "steps": 5},
-    },
+    "small_cnn_3d_cluster_scale_bias": {**_SMALL_CNN, "me_kwargs": {"cluster_scale_bias": True}},
+    "small_cnn_3d_cluster_scale_bias_last": {**_SMALL_CNN, "me_kwargs": {"cluster_scale_bias": "last"}},
+    "unet_3d_segmentation_bundle": _SEGMENTATION_UNET,
+    "unet_3d_segmentation_bundle_last_stage": {**_SEGMENTATION_UNET, "me_kwargs": {"cluster_scale_bias": "last"}},
+    "unet_3d_segmentation_bundle_intercept_only": {**_SEGMENTATION_UNET, "me_kwargs": {"cluster_scale_bias": False}},
 }
 
 
