@@ -135,7 +135,7 @@ def _prior_scales(net: nn.Module, prior_scale: float | str | None) -> dict[str, 
     if prior_scale is None:
         return {n: layer.prior_scale.detach() for n, layer in layers.items()}
     if prior_scale == "empirical":
-        return {n: (layer.loc.square() + layer.scale.square()).mean().sqrt().detach() for n, layer in layers.items()}
+        return {n: layer.posterior_second_moment().mean().sqrt().detach() for n, layer in layers.items()}
     if isinstance(prior_scale, str) or not prior_scale > 0:
         raise ValueError(f"prior_scale must be None, 'empirical' or a positive float, got {prior_scale!r}.")
     return {n: torch.tensor(float(prior_scale)) for n in layers}

@@ -37,7 +37,7 @@ def posterior_moments(network: nn.Module) -> dict[str, torch.Tensor]:
     """
     moments = {}
     for name, layer in random_effects_layers(network).items():
-        second = layer.loc.double().square() + layer.scale.double().square()
+        second = layer.posterior_second_moment(torch.float64)
         moments[f"{MOMENT_PREFIX}{name}.sum"] = second.sum().reshape(1)
         moments[f"{MOMENT_PREFIX}{name}.count"] = torch.tensor([float(second.numel())], dtype=torch.float64)
     return moments

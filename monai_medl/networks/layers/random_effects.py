@@ -92,6 +92,19 @@ class RandomEffects(nn.Module):
         """Posterior standard deviations, shape ``(num_clusters, units)``."""
         return F.softplus(self.rho) + 1e-5  # floor keeps log(sigma) finite
 
+    def posterior_second_moment(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``E[w^2] = mu^2 + sigma^2`` of every entry under the posterior, shape ``(num_clusters, units)``, in
+        ``dtype`` (default: the parameters'). Its mean is the empirical-Bayes (M-step) estimate of ``s^2``.
+
+        Example::
+
+            >>> re = RandomEffects(num_clusters=3, units=2)
+            >>> bool(torch.allclose(re.posterior_second_moment(), re.loc ** 2 + re.scale ** 2))
+            True
+        """
+        loc, scale = (self.loc, self.scale) if dtype is None else (self.loc.to(dtype), self.scale.to(dtype))
+        return loc.square() + scale.square()
+
     @property
     def prior_scale(self) -> torch.Tensor:
         """Prior standard deviation ``s`` (a variance-component estimate when learned)."""
