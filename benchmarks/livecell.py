@@ -132,6 +132,16 @@ DEFAULTS = {
     "lambda_class": 0.01,
     "kl_weight": 1e-7,
 }
+NETWORK_KEYS = (
+    "latent_size",
+    "channels",
+    "strides",
+    "norm",
+    "reversible_norm",
+    "classifier_hidden",
+    "classifier_dropout",
+)
+"""The :data:`DEFAULTS` that are arguments of the autoencoder (the others set its training)."""
 # the models taken from the per-seed grid of adversary objectives x learning rates (train_grid), not trained alone
 GRID_MODELS = ("me", "me_auroc_selected", "me_ce_objective")
 ME_OBJECTIVES = ("confusion", "ce")
@@ -179,15 +189,9 @@ def build_model(data: LiveCellData, fixed_effects: bool, random_effects: bool, *
         spatial_dims=2,
         in_shape=(1, tile, tile),
         num_clusters=len(data.effects) - data.config["num_unseen"],
-        latent_size=cfg["latent_size"],
-        channels=cfg["channels"],
-        strides=cfg["strides"],
-        norm=cfg["norm"],
-        reversible_norm=cfg["reversible_norm"],
-        classifier_hidden=cfg["classifier_hidden"],
-        classifier_dropout=cfg["classifier_dropout"],
         fixed_effects=fixed_effects,
         random_effects=random_effects,
+        **{key: cfg[key] for key in NETWORK_KEYS},
     )
 
 

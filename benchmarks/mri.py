@@ -83,6 +83,7 @@ from monai_medl.data.synthetic.mri_cohort import cohort_settings, generate_mri_c
 from monai_medl.engines.prepare_batch import MixedEffectsPrepareBatch
 from monai_medl.handlers.adversary_handler import AdversaryHandler
 from monai_medl.losses.mixed_effects_loss import MixedEffectsLoss
+from monai_medl.networks.layers.random_effects_settings import RandomEffectsSettings
 from monai_medl.networks.nets.me_cnn import MixedEffectsCNN
 from monai_medl.networks.nets.small_cnn import SmallCNN
 from monai_medl.networks.utils import soft_design
@@ -301,10 +302,12 @@ def me_cnn(cfg: dict[str, Any], num_clusters: int, random_effects: bool) -> Mixe
     return cls(
         num_clusters,
         backbone=_backbone(cfg),
-        random_slopes=random_effects and cfg.get("random_slopes", True),
-        random_intercept=random_effects,
-        slope_prior_scale=cfg["slope_prior_scale"],
-        intercept_prior_scale=cfg["intercept_prior_scale"],
+        random_effects=RandomEffectsSettings(
+            random_slopes=random_effects and cfg.get("random_slopes", True),
+            random_intercept=random_effects,
+            slope_prior_scale=cfg["slope_prior_scale"],
+            intercept_prior_scale=cfg["intercept_prior_scale"],
+        ),
         probe_size=cfg["cohort"]["spatial_size"],
         tap_layers=[] if cfg["adversary_taps"] == "h" else None,
     )

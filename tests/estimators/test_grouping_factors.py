@@ -73,7 +73,8 @@ def test_each_network_takes_its_own_random_effects_keywords():
     mlp = MixedEffectsMLP(3, 1, 4, nonlinear_slopes=False, linear_slopes=False)
     assert mlp.head.slopes is None and mlp.linear_slopes is None
     assert not mlp.random_effects_settings.random_slopes
-    cnn = MixedEffectsCNN(4, spatial_dims=2, cluster_scale_bias=True, cluster_prior_scale=0.5, random_intercept=False)
+    settings = RandomEffectsSettings(cluster_prior_scale=0.5, random_intercept=False)
+    cnn = MixedEffectsCNN(4, spatial_dims=2, cluster_scale_bias=True, random_effects=settings)
     assert cnn.head.intercept is None and cnn.random_effects_settings.cluster_prior_scale == 0.5
     assert all(float(m.prior_scale) == pytest.approx(0.5) for n, m in cnn.named_modules() if n.endswith(".gamma"))
     with pytest.raises(ValueError, match="correlated=True is not available in EarlyFusionMixedEffectsCNN"):

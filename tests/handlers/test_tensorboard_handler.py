@@ -15,6 +15,7 @@ from monai_medl.engines import MixedEffectsPrepareBatch
 from monai_medl.handlers import AdversaryHandler, LossTermsHandler
 from monai_medl.handlers.tensorboard_handler import RandomEffectsTensorBoardHandler
 from monai_medl.losses import MixedEffectsLoss
+from monai_medl.networks.layers import RandomEffectsSettings
 from monai_medl.networks.nets import MixedEffectsCNN
 
 K = 3
@@ -34,7 +35,8 @@ def _data(n: int = 24) -> list[dict]:
 
 def test_event_files_hold_every_term_the_variance_components_and_the_intercept_plot(tmp_path):
     torch.manual_seed(0)
-    net = MixedEffectsCNN(K, spatial_dims=3, cluster_scale_bias=["features.block1.adn.N"], learn_prior_scale=True)
+    settings = RandomEffectsSettings(learn_prior_scale=True)
+    net = MixedEffectsCNN(K, spatial_dims=3, cluster_scale_bias=["features.block1.adn.N"], random_effects=settings)
     adversary = net.make_adversary(hidden=(16,))
     tb = RandomEffectsTensorBoardHandler(log_dir=str(tmp_path), cluster_names=["site_a", "site_b", "site_c"])
     trainer = SupervisedTrainer(

@@ -17,6 +17,7 @@ from monai_medl.engines import MixedEffectsPrepareBatch
 from monai_medl.engines.unseen_sites import FewShotPrepareBatch, fit_unseen_sites
 from monai_medl.handlers import SiteMetricHandler
 from monai_medl.metrics import SiteMetric, compute_site_metrics, flatten_site_metrics, youden_threshold
+from monai_medl.networks.layers import RandomEffectsSettings
 from monai_medl.networks.nets import MixedEffectsCNN
 from monai_medl.networks.nets.image_cluster_predictor import ImageClusterPredictor
 
@@ -148,7 +149,8 @@ def _items(n: int, seed: int) -> list[dict]:
 
 def _net():
     torch.manual_seed(0)
-    net = MixedEffectsCNN(K, spatial_dims=3, tap_layers=[], probe_size=8, intercept_prior_scale=1.0)
+    settings = RandomEffectsSettings(intercept_prior_scale=1.0)
+    net = MixedEffectsCNN(K, spatial_dims=3, tap_layers=[], probe_size=8, random_effects=settings)
     with torch.no_grad():
         net.head.intercept.loc.copy_(torch.tensor([[2.0], [-2.0], [0.5]]))
     return net.eval()

@@ -179,9 +179,11 @@ def test_add_to_equals_base_plus_effects_in_train_and_eval(per_item):
 
 
 def test_nan_z_is_named_in_eval_when_no_layer_reads_z():
+    from monai_medl.networks.layers import RandomEffectsSettings
     from monai_medl.networks.nets import MixedEffectsCNN
 
-    net = MixedEffectsCNN(3, spatial_dims=2, random_slopes=False, random_intercept=False).eval()
+    settings = RandomEffectsSettings(random_slopes=False, random_intercept=False)
+    net = MixedEffectsCNN(3, spatial_dims=2, random_effects=settings).eval()
     bad_z = torch.eye(3)[[0, 1]]
     bad_z[1, 2] = float("nan")
     with pytest.raises(ValueError, match=r"^z contains 1 NaN/Inf value\(s\)"):

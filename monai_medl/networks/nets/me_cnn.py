@@ -19,8 +19,9 @@ from monai_medl.networks.layers.factor_designs import check_num_levels
 from monai_medl.networks.layers.random_effects_settings import (
     IMAGE_HEAD_KEYWORDS,
     RandomEffectsLike,
+    RandomEffectsSettings,
 )
-from monai_medl.networks.nets.backbone_layouts import backbone_layout
+from monai_medl.networks.nets.backbone_layouts import BackboneLayout, backbone_layout
 from monai_medl.networks.nets.image_mixed_effects_net import ImageMixedEffectsNet
 from monai_medl.networks.nets.small_cnn import SmallCNN
 
@@ -58,6 +59,39 @@ def first_conv(layers: Sequence[tuple[str, nn.Module]]) -> nn.modules.conv._Conv
             if isinstance(m, nn.modules.conv._ConvNd):
                 return m
     raise TypeError("the backbone has no convolution layer; MixedEffectsCNN wraps image (1D/2D/3D) networks.")
+
+
+def _as_backbone(
+    backbone: nn.Module | Mapping | None, spatial_dims: int | None, in_channels: int | None, out_channels: int | None
+) -> nn.Module:
+    """The backbone module: as given, built from its config dictionary, or the default ``SmallCNN``."""
+    if backbone is None:
+        return SmallCNN(spatial_dims or 3, in_channels or 1, out_channels or 1)
+    if isinstance(backbone, Mapping):
+        return instantiate_backbone(backbone)
+    if not isinstance(backbone, nn.Module):
+        raise TypeError(f"backbone must be an nn.Module, a config dict or None, got {type(backbone).__name__}.")
+    return backbone
+
+
+def _backbone_io(
+    backbone: nn.Module,
+    layout: BackboneLayout,
+    spatial_dims: int | None,
+    in_channels: int | None,
+    out_channels: int | None,
+) -> tuple[int, int, int]:
+    """``(spatial_dims, in_channels, out_channels)`` read from the backbone; given values are checked against it."""
+    conv = first_conv(layout.layers)
+    dims, chans = conv.weight.dim() - 2, int(conv.in_channels)
+    for name, given, found in (("spatial_dims", spatial_dims, dims), ("in_channels", in_channels, chans)):
+        if given is not None and int(given) != found:
+            raise ValueError(f"{name}={given} does not match the backbone ({type(backbone).__name__}: {found}).")
+    if out_channels is None:
+        if not isinstance(layout.classifier, nn.Linear):
+            raise ValueError(f"out_channels is required: {type(backbone).__name__} has no linear classifier.")
+        out_channels = int(layout.classifier.out_features)
+    return dims, chans, int(out_channels)
 
 
 class MixedEffectsCNN(ImageMixedEffectsNet):
@@ -114,22 +148,17 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
         cluster_scale_bias: True to give every normalisation layer on the backbone's forward path cluster
             scale/bias, ``"last"`` for the last one only (the fixed and mixed paths then share every stage before
             it, so training runs almost nothing twice), or a list of those layers' names. Defaults to False.
-        random_slopes: random slopes on ``h`` in the head. None: from ``random_effects`` (True by default).
-        random_intercept: random intercept in the head. None: from ``random_effects`` (True by default).
-        slope_prior_scale: prior s.d. of the random slopes. None: from ``random_effects`` (0.1 by default).
-        intercept_prior_scale: prior s.d. of the random intercept. None: from ``random_effects`` (0.1 by default).
-        cluster_prior_scale: prior s.d. of the cluster scale/bias effects. None: from ``random_effects`` (0.25 by
-            default).
-        learn_prior_scale: learn every prior s.d. (variance components; use ``kl_weight="elbo"`` in the loss).
-            None: from ``random_effects`` (False by default).
-        post_loc_init_scale: s.d. of the initial posterior means in the head. None: from ``random_effects`` (0.1
-            by default).
         learn_noise_scale: learned noise s.d. for regression with ``task="gaussian_nll"``. Defaults to False.
         probe_size: spatial size of the zero input used once at construction to measure the tap widths; defaults
             to the backbone's ``in_shape`` if it has one, else 32 (3D), 64 (2D) or 256 (1D) per axis.
         random_effects: a :class:`~monai_medl.networks.layers.RandomEffectsSettings` (or, in a bundle config, its
-            dictionary) holding the random-effects settings above; ``linear_slopes`` does not apply (no input
-            slopes) and ``correlated=True`` is rejected. Defaults to None (the settings' defaults).
+            dictionary), the one way to set the random effects: ``random_slopes`` (on ``h`` in the head),
+            ``random_intercept``, ``slope_prior_scale``, ``intercept_prior_scale``, ``cluster_prior_scale`` (of the
+            cluster scale/bias effects), ``learn_prior_scale`` (variance components; use ``kl_weight="elbo"`` in
+            the loss) and ``post_loc_init_scale``; ``linear_slopes`` does not apply (no input slopes) and
+            ``correlated=True`` is rejected. Defaults to None (the settings' defaults).
+        random_effects_kwargs: deprecated, removed in the next release: the same settings as individual keywords
+            (``slope_prior_scale=0.2``); they still work, with a ``DeprecationWarning``.
 
     **Several grouping factors.** ``num_clusters`` may map grouping factors to their numbers of levels (e.g.
     ``{"site": 6, "subject": 120}``, crossed or nested); ``z`` is then a dictionary of per-factor designs or level
@@ -168,6 +197,7 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
     """
 
     RANDOM_EFFECTS_KEYWORDS = IMAGE_HEAD_KEYWORDS
+    RANDOM_EFFECTS_KEYWORDS_DEPRECATED = True  # random_effects=RandomEffectsSettings(...) is the one way
     UNSUPPORTED_RANDOM_EFFECTS = {"correlated": "its random slopes act on learned features, not on covariates"}
 
     def __init__(
@@ -192,35 +222,36 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
             num_clusters = next(iter(self.num_levels.values()))
         if int(num_clusters) < 1:
             raise ValueError(f"num_clusters must be >= 1 (the number of training clusters), got {num_clusters}.")
-        if backbone is None:
-            backbone = SmallCNN(spatial_dims or 3, in_channels or 1, out_channels or 1)
-        elif isinstance(backbone, Mapping):
-            backbone = instantiate_backbone(backbone)
-        elif not isinstance(backbone, nn.Module):
-            raise TypeError(f"backbone must be an nn.Module, a config dict or None, got {type(backbone).__name__}.")
+        backbone = _as_backbone(backbone, spatial_dims, in_channels, out_channels)
         layout = backbone_layout(backbone)
-        conv = first_conv(layout.layers)
-        dims, chans = conv.weight.dim() - 2, int(conv.in_channels)
-        for name, given, found in (("spatial_dims", spatial_dims, dims), ("in_channels", in_channels, chans)):
-            if given is not None and int(given) != found:
-                raise ValueError(f"{name}={given} does not match the backbone ({type(backbone).__name__}: {found}).")
-        if out_channels is None:
-            if not isinstance(layout.classifier, nn.Linear):
-                raise ValueError(f"out_channels is required: {type(backbone).__name__} has no linear classifier.")
-            out_channels = int(layout.classifier.out_features)
-
         self.num_clusters = int(num_clusters)
-        self.spatial_dims = dims
-        self.in_channels = chans
-        self.out_channels = int(out_channels)
-        taps = list(layout.default_taps if tap_layers is None else tap_layers)
+        self.spatial_dims, self.in_channels, self.out_channels = _backbone_io(
+            backbone, layout, spatial_dims, in_channels, out_channels
+        )
+        cluster_layers = self._cluster_layers(layout, cluster_scale_bias, type(backbone).__name__)
+        self.stages, self.tap_names = build_stages(
+            layout.layers,
+            list(layout.default_taps if tap_layers is None else tap_layers),
+            cluster_layers,
+            self.spatial_dims,
+            self.num_clusters,
+            settings.cluster_prior_scale,
+            settings.learn_prior_scale,
+        )
+        self.cluster_layer_names = cluster_layers
+        self.__dict__["backbone"] = backbone  # shared modules; not registered, so not saved twice
+        self._build_head(layout, feature_dim, probe_size, learn_noise_scale, settings)
+
+    def _cluster_layers(
+        self, layout: BackboneLayout, cluster_scale_bias: bool | str | Sequence[str], backbone: str
+    ) -> list[str]:
+        """The names of the layers that get cluster scale/bias (see ``cluster_scale_bias``)."""
         if cluster_scale_bias is True or cluster_scale_bias == "last":
             cluster_layers = [n for n, m in layout.layers if norm_channels(m) is not None]
             if cluster_scale_bias == "last":
                 if not cluster_layers:
                     raise ValueError(
-                        f"cluster_scale_bias='last' needs a normalisation layer in {type(backbone).__name__}, "
-                        "found none."
+                        f"cluster_scale_bias='last' needs a normalisation layer in {backbone}, found none."
                     )
                 cluster_layers = cluster_layers[-1:]
         elif cluster_scale_bias is False or cluster_scale_bias is None:
@@ -232,22 +263,21 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
                 f"cluster_scale_bias needs an integer num_clusters (one grouping factor), got {self.num_levels}; "
                 "expected cluster_scale_bias=False."
             )
-        self.stages, self.tap_names = build_stages(
-            layout.layers,
-            taps,
-            cluster_layers,
-            dims,
-            self.num_clusters,
-            settings.cluster_prior_scale,
-            settings.learn_prior_scale,
-        )
-        self.cluster_layer_names = cluster_layers
-        self.__dict__["backbone"] = backbone  # shared modules; not registered, so not saved twice
+        return cluster_layers
 
+    def _build_head(
+        self,
+        layout: BackboneLayout,
+        feature_dim: int | None,
+        probe_size: Sequence[int] | int | None,
+        learn_noise_scale: bool,
+        settings: RandomEffectsSettings,
+    ) -> None:
+        """Measure the tap widths on a zero input, then build the head (started as the backbone's classifier)."""
         if probe_size is None:
-            probe_size = getattr(backbone, "in_shape", None) or DEFAULT_PROBE_SIZE[dims]
+            probe_size = getattr(self.backbone, "in_shape", None) or DEFAULT_PROBE_SIZE[self.spatial_dims]
         self.feature_sizes = self._probe_channels(
-            self.stages, lambda x: self._walk(x, None)[0], ensure_tuple_rep(probe_size, dims), "backbone"
+            self.stages, lambda x: self._walk(x, None)[0], ensure_tuple_rep(probe_size, self.spatial_dims), "backbone"
         )
         if feature_dim is not None and int(feature_dim) != self.feature_sizes[-1]:
             raise ValueError(

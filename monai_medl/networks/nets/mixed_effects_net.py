@@ -18,7 +18,7 @@ from monai_medl.networks.layers.random_effects_settings import (
     RandomEffectsSettings,
     resolve_random_effects,
 )
-from monai_medl.networks.utils import kl_divergence
+from monai_medl.networks.utils import kl_divergence, warn_deprecated
 
 __all__ = ["MixedEffectsNet", "check_finite", "check_all_finite"]
 
@@ -89,6 +89,8 @@ class MixedEffectsNet(nn.Module):
     RANDOM_EFFECTS_ALIASES: dict = {}
     UNSUPPORTED_RANDOM_EFFECTS: dict = {}
     DEFAULT_RANDOM_EFFECTS = RandomEffectsSettings()
+    # True: the individual keywords still work for one release, with a DeprecationWarning naming ``random_effects=``
+    RANDOM_EFFECTS_KEYWORDS_DEPRECATED = False
 
     def forward_all(self, x: torch.Tensor, z: torch.Tensor | None = None) -> MixedEffectsOutput:
         raise NotImplementedError
@@ -112,7 +114,10 @@ class MixedEffectsNet(nn.Module):
     ) -> RandomEffectsSettings:
         """The network's random-effects settings from its ``random_effects`` argument and ``**random_effects_kwargs``
         (one helper for every network: :func:`~monai_medl.networks.layers.resolve_random_effects` with this class's
-        keywords, aliases, unsupported fields and defaults); also kept as ``self.random_effects_settings``."""
+        keywords, aliases, unsupported fields and defaults); also kept as ``self.random_effects_settings``.
+
+        With ``RANDOM_EFFECTS_KEYWORDS_DEPRECATED`` any individual keyword raises a ``DeprecationWarning`` that names
+        the ``random_effects=RandomEffectsSettings(...)`` replacement (the settings are the same either way)."""
         settings = resolve_random_effects(
             random_effects,
             self.DEFAULT_RANDOM_EFFECTS,
@@ -122,6 +127,10 @@ class MixedEffectsNet(nn.Module):
             unsupported=self.UNSUPPORTED_RANDOM_EFFECTS,
             **keywords,
         )
+        if self.RANDOM_EFFECTS_KEYWORDS_DEPRECATED and keywords:  # valid keywords: they still work, for one release
+            names = ", ".join(f"{k}=..." for k in keywords)
+            old = f"{type(self).__name__}({names}) (individual random-effects keywords)"
+            warn_deprecated(old, f"random_effects=RandomEffectsSettings({names})", stacklevel=4)
         self.random_effects_settings = settings
         return settings
 
