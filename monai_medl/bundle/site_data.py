@@ -339,32 +339,7 @@ def inference_inputs(
     spec = spec if spec is not None else DatalistSpec(in_channels=1)
     image_keys, site_key = spec.image_keys, spec.site_key or "site"
     source = os.fspath(source)
-    default_site = UNKNOWN_SITE if site is None else site
-    if os.path.isdir(source):
-        files = sorted({f for p in _NIFTI_PATTERNS for f in glob.glob(os.path.join(source, "**", p), recursive=True)})
-        if not files:
-            raise FileNotFoundError(f"no NIfTI files (*.nii, *.nii.gz) found under {source!r}.")
-        items: list[Any] = [{image_keys[0]: f, site_key: default_site} for f in files]
-    elif os.path.isfile(source):
-        content = read_datalist_json(source)
-        data: list[Any] = content if isinstance(content, list) else []
-        for name in ensure_tuple(section) if isinstance(content, Mapping) else ():
-            if name not in content:
-                raise BundleInputError(source, [f"no section {name!r} (sections found: {sorted(content)})"])
-            if not isinstance(content[name], list):
-                raise BundleInputError(
-                    source, [f"section {name!r} should be a list, got {type(content[name]).__name__}"]
-                )
-            data += content[name]
-        if not isinstance(content, list | Mapping):
-            raise BundleInputError(source, [f"expected sections or a list of entries, got {type(content).__name__}"])
-        base = os.path.dirname(os.path.abspath(source))
-        items = [resolve_entry(e, base, image_keys) for e in data]
-        for e in items:
-            if isinstance(e, dict):
-                e.setdefault(site_key, default_site)
-    else:
-        raise FileNotFoundError(f"inference input {source!r} is neither a datalist JSON nor a directory.")
+    items = _inference_items(source, section, image_keys, site_key, UNKNOWN_SITE if site is None else site)
     entries, errors = [], []
     read = read_image_infos(
         image_paths(items, image_keys), spec.spatial_dims or 3, spec.check_voxels, workers, validation_cache
@@ -391,6 +366,47 @@ def inference_inputs(
         e.setdefault("split", "inference")
         e["input_warning"] = "; ".join(warnings)
         entries.append(e)
+    _warn_unseen_sites(entries, vocabulary, site_key, unseen_mode)
+    return InferenceInputs(entries, errors)
+
+
+def _inference_items(
+    source: str, section: str | Sequence[str], image_keys: Sequence[str], site_key: str, default_site: str
+) -> list[Any]:
+    """The entries of a folder of NIfTI files or of a datalist's ``section``(s), each with a site (``default_site``
+    where it has none); image paths resolved against the datalist's folder."""
+    if os.path.isdir(source):
+        files = sorted({f for p in _NIFTI_PATTERNS for f in glob.glob(os.path.join(source, "**", p), recursive=True)})
+        if not files:
+            raise FileNotFoundError(f"no NIfTI files (*.nii, *.nii.gz) found under {source!r}.")
+        items: list[Any] = [{image_keys[0]: f, site_key: default_site} for f in files]
+    elif os.path.isfile(source):
+        content = read_datalist_json(source)
+        data: list[Any] = content if isinstance(content, list) else []
+        for name in ensure_tuple(section) if isinstance(content, Mapping) else ():
+            if name not in content:
+                raise BundleInputError(source, [f"no section {name!r} (sections found: {sorted(content)})"])
+            if not isinstance(content[name], list):
+                raise BundleInputError(
+                    source, [f"section {name!r} should be a list, got {type(content[name]).__name__}"]
+                )
+            data += content[name]
+        if not isinstance(content, list | Mapping):
+            raise BundleInputError(source, [f"expected sections or a list of entries, got {type(content).__name__}"])
+        base = os.path.dirname(os.path.abspath(source))
+        items = [resolve_entry(e, base, image_keys) for e in data]
+        for e in items:
+            if isinstance(e, dict):
+                e.setdefault(site_key, default_site)
+    else:
+        raise FileNotFoundError(f"inference input {source!r} is neither a datalist JSON nor a directory.")
+    return items
+
+
+def _warn_unseen_sites(
+    entries: Sequence[Mapping[str, Any]], vocabulary: SiteVocabulary, site_key: str, unseen_mode: str
+) -> None:
+    """One warning naming the sites not seen in training (and their scan counts) and how they are predicted."""
     unseen: dict[str, int] = {}
     for e in entries:
         if e[site_key] not in vocabulary:
@@ -403,4 +419,3 @@ def inference_inputs(
         )
         listing = ", ".join(f"{name!r} ({n} scans)" for name, n in sorted(unseen.items()))
         logger.warning(f"sites not seen in training: {listing}; predicting them with mode {unseen_mode!r}: {how}.")
-    return InferenceInputs(entries, errors)

@@ -26,6 +26,21 @@ from monai_medl.networks.nets.modality_encoders import ModalityEncoderFactory
 __all__ = ["MultimodalMixedEffectsNet"]
 
 
+def _modalities_and_channels(
+    modalities: Sequence[str] | int, in_channels: int | Sequence[int] | None
+) -> tuple[list[str], list[int | None]]:
+    """The modality names (``modality0``... for a count) and one input-channel count per modality (None: from the
+    backbone), checked."""
+    names = [f"modality{i}" for i in range(modalities)] if isinstance(modalities, int) else list(modalities)
+    if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"modalities must be distinct non-empty names (or a positive count), got {modalities!r}.")
+    channels = [None] * len(names) if in_channels is None else in_channels
+    channels = [channels] * len(names) if isinstance(channels, int) else list(channels)
+    if len(channels) != len(names):
+        raise ValueError(f"in_channels must be an int or list one value per modality ({len(names)}), got {channels}.")
+    return names, channels
+
+
 class MultimodalMixedEffectsNet(MixedEffectsNet):
     """Base of the multimodal mixed-effects CNNs: several imaging modalities, optional covariates, missing inputs.
 
@@ -128,19 +143,11 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
     ) -> None:
         super().__init__()
         settings = self.resolve_random_effects(random_effects, random_effects_kwargs)
-        names = [f"modality{i}" for i in range(modalities)] if isinstance(modalities, int) else list(modalities)
-        if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
-            raise ValueError(f"modalities must be distinct non-empty names (or a positive count), got {modalities!r}.")
+        names, channels = _modalities_and_channels(modalities, in_channels)
         if not 0.0 <= float(modality_dropout) < 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}.")
         if int(num_covariates) < 0:
             raise ValueError(f"num_covariates must be >= 0, got {num_covariates}.")
-        channels = [None] * len(names) if in_channels is None else in_channels
-        channels = [channels] * len(names) if isinstance(channels, int) else list(channels)
-        if len(channels) != len(names):
-            raise ValueError(
-                f"in_channels must be an int or list one value per modality ({len(names)}), got {channels}."
-            )
         self.num_clusters = int(num_clusters)
         self.modalities = names
         self.num_modalities = len(names)
@@ -172,6 +179,21 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
         self.num_inputs = self.num_modalities + (1 if self.has_covariates else 0)
         self.input_names = names + (["covariates"] if self.has_covariates else [])
 
+        self._set_required(required)
+        self.fusion = self._make_fusion([b.embedding_dim for b in branches], act)
+        self.fuse_features = self.fusion.mode == "attention"  # a concatenation is already in the branch features
+        self.feature_dim = self.fusion.out_features
+        self.head = MixedEffectsHead(
+            self.feature_dim,
+            self.out_channels,
+            self.num_clusters,
+            learn_noise_scale=learn_noise_scale,
+            random_effects=settings,
+        )
+
+    def _set_required(self, required: Sequence[str] | str | bool | None) -> None:
+        """The modalities that must be present (True: all, False or None: none) and their input mask."""
+        names = self.modalities
         if required is True:
             required = names
         elif required is False or required is None:
@@ -185,17 +207,6 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
         required_mask = torch.zeros(self.num_inputs, dtype=torch.bool)
         required_mask[self.required_index] = True
         self.register_buffer("required_mask", required_mask, persistent=False)
-
-        self.fusion = self._make_fusion([b.embedding_dim for b in branches], act)
-        self.fuse_features = self.fusion.mode == "attention"  # a concatenation is already in the branch features
-        self.feature_dim = self.fusion.out_features
-        self.head = MixedEffectsHead(
-            self.feature_dim,
-            self.out_channels,
-            self.num_clusters,
-            learn_noise_scale=learn_noise_scale,
-            random_effects=settings,
-        )
 
     # --- what a subclass provides -----------------------------------------------------------------------------------
     def _image_branches(
