@@ -22,7 +22,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,7 +236,8 @@ def summarize_rows(
     """The ``models`` of the results from per-seed rows: ``seen``/``unseen`` summaries of the ``seen``/``unseen``
     metrics (None when the key is None or a model lacks it) and, in ``extra``, every other metric's mean with its
     ``_ci95`` and per-seed ``_values`` (for paired comparisons). ``order``: the models and their order (default:
-    those of the first row)."""
+    those of the first row). A metric that is not a number in every row (a list of predictions, a record) is not
+    summarised: :func:`run_benchmark`'s ``derive`` and ``analysis`` read it from the rows."""
     if not rows:
         raise ValueError("summarize_rows needs at least one seed's rows.")
     models = {}
@@ -244,7 +245,8 @@ def summarize_rows(
         missing = [i for i, r in enumerate(rows) if model not in r]
         if missing:
             raise KeyError(f"model {model!r} is missing from the rows of seed positions {missing}.")
-        metrics = list(dict.fromkeys(k for r in rows for k in r[model]))
+        names = dict.fromkeys(k for r in rows for k in r[model])
+        metrics = [m for m in names if _numeric(r[model][m] for r in rows if m in r[model])]
         extra: dict[str, Any] = {}
         for metric in metrics:
             if metric in (seen, unseen):
@@ -257,6 +259,10 @@ def summarize_rows(
         }
         models[model] = {**split, "extra": extra}
     return models
+
+
+def _numeric(values: Iterable[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
 def per_seed_values(
@@ -492,6 +498,7 @@ def write_results(
     plan: Mapping[str, Any] | None = None,
     comparisons: Sequence[Comparison] = (),
     splits: Mapping[str, str] | None = None,
+    analysis: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/<name>.json`` (contract shape) and ``out_dir/<name>.md``, print the table, return the dict.
 
@@ -511,6 +518,8 @@ def write_results(
         comparisons: the plan's paired comparisons; computed by :func:`paired_comparisons` (stored in the models'
             ``extra``) and rendered as a section between the table and ``notes``.
         splits: the metric names of ``seen``/``unseen`` used in ``comparisons`` (e.g. ``{"seen_auroc": "seen"}``).
+        analysis: what a benchmark derives from all its rows beyond the per-model summaries (a design choice, a
+            decision), stored as ``analysis``.
     """
     models = {m: {**e, "extra": dict(e.get("extra", {}))} for m, e in models.items()}
     section = paired_comparisons(models, comparisons, splits=splits) if comparisons else []
@@ -531,6 +540,8 @@ def write_results(
     }
     if plan is not None:
         results["plan"] = dict(plan)
+    if analysis is not None:
+        results["analysis"] = dict(analysis)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -555,6 +566,7 @@ def run_benchmark(
     comparisons: Sequence[Comparison] = (),
     order: Sequence[str] | None = None,
     derive: Callable[[dict[str, Any], list[Row]], None] | None = None,
+    analysis: Callable[[dict[str, Any], list[Row]], Mapping[str, Any]] | None = None,
     notes: str | Callable[[dict[str, Any]], str] = "",
     extra_tables: Sequence[tuple[str, Sequence[str]]] | None = None,
     out_dir: str | Path | None = None,
@@ -566,7 +578,8 @@ def run_benchmark(
     2. :func:`run_seeds` calls ``run_seed(seed)`` (``{model: {metric: value}}``) for each seed with progress output;
     3. :func:`summarize_rows` turns the rows into the contract's ``models`` (``seen``/``unseen`` from those metric
        keys, every other metric in ``extra`` with ``_ci95`` and per-seed ``_values``); ``derive(models, rows)`` may
-       add cross-seed read-outs;
+       add cross-seed read-outs and ``analysis(models, rows)`` return what the benchmark concludes from them (stored
+       as the results' ``analysis``: a chosen design, a decision);
     4. :func:`write_results` computes the pre-registered ``comparisons`` and writes JSON + markdown, whose notes are
        ``notes`` (or ``notes(models)``, generated from the results) after the comparisons section.
 
@@ -589,6 +602,7 @@ def run_benchmark(
     models = summarize_rows(rows, seen, unseen, order)
     if derive is not None:
         derive(models, rows)
+    derived = analysis(models, rows) if analysis is not None else None
     cfg = {**(config() if callable(config) else config), "wall_seconds": round(time.perf_counter() - start, 1)}
     if resumed:  # their time is not in wall_seconds
         cfg["resumed_seeds"] = resumed
@@ -606,6 +620,7 @@ def run_benchmark(
         plan=plan,
         comparisons=comparisons,
         splits={k: v for k, v in ((seen, "seen"), (unseen, "unseen")) if k is not None},
+        analysis=derived,
     )
     checkpoint.unlink(missing_ok=True)  # the results file now holds every row
     return results

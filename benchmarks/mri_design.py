@@ -78,11 +78,16 @@ def seen_sites(cohort: Mapping[str, Any]) -> set[str]:
 
 
 def load_power(path: str | os.PathLike = POWER_FILE) -> dict[str, Any]:
-    """The power analysis written by :func:`main` (``mri_power.json``)."""
+    """The power analysis :mod:`benchmarks.mri_power` wrote (the ``analysis`` of ``mri_power.json``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `python -m benchmarks.mri_power` first.")
-    return json.loads(path.read_text())
+    record = json.loads(path.read_text())
+    if "analysis" not in record:
+        raise KeyError(
+            f"{path} has no 'analysis' (status {record.get('status', 'unknown')!r}): rerun benchmarks.mri_power."
+        )
+    return record["analysis"]
 
 
 def design_power(cfg: Mapping[str, Any], power: Mapping[str, Any] | None = None) -> dict[str, Any]:

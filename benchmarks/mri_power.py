@@ -34,8 +34,11 @@ cross-validation split; a last, partial round is allowed) and extra unseen subje
 :data:`EXTRA_UNSEEN_STEP` up to :data:`MAX_EXTRA_UNSEEN` (memory); among the designs within budget, the cheapest
 whose MDE reaches the target, else the one with the smallest MDE (ties: fewer repeats).
 
-Run ``python -m benchmarks.mri_power [--out DIR] [--pilot-file FILE]``; it writes ``mri_power.json``, which
-:func:`benchmarks.mri.make_plan` reads to state the run's MDE in its plan.
+The run follows the benchmarks' skeleton (:func:`benchmarks._common.run_benchmark`): the plan is written first, each
+pilot repeat is a resumable "seed" (its unseen-site AUROC and probabilities per model), and the analysis above is the
+results' ``analysis``. Run ``python -m benchmarks.mri_power [--out DIR] [--pilot-file FILE]`` (``--pilot-file``
+re-analyses the pilot recorded in an earlier ``mri_power.json`` instead of training; there is no ``--quick``); it
+writes ``mri_power.json``, whose analysis :func:`benchmarks.mri.make_plan` reads to state the run's MDE in its plan.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from benchmarks import mri
-from benchmarks._common import DEFAULT_OUT, benchmark_parser, environment
+from benchmarks._common import DEFAULT_OUT, benchmark_parser, run_benchmark
 from benchmarks.mri_design import (  # re-exported: the power functions' home is benchmarks.mri_design
     POWER_FILE,
     design_power,
@@ -66,24 +69,6 @@ from benchmarks.mri_design import (  # re-exported: the power functions' home is
 from monai_medl.data.synthetic.mri_cohort import cohort_settings, site_sizes
 
 __all__ = [
-    "TARGET",
-    "PILOT_SEED",
-    "PILOT_REPEATS",
-    "PILOT_EXTRA_UNSEEN",
-    "paired_differences",
-    "test_sampling_variance",
-    "paired_t_power",
-    "minimum_detectable_effect",
-    "required_repeats",
-    "run_pilot",
-    "analyse",
-    "design_power",
-    "load_power",
-    "pilot_of",
-    "main",
-]
-
-__all__ = [
     "POWER_FILE",
     "TARGET",
     "analyse",
@@ -95,7 +80,7 @@ __all__ = [
     "paired_t_power",
     "pilot_of",
     "required_repeats",
-    "run_pilot",
+    "run",
     "test_sampling_variance",
 ]
 
@@ -112,6 +97,20 @@ MAX_REPEATS = 40
 MAX_EXTRA_UNSEEN = 2000
 BOOTSTRAP = 1000
 TIMING_SUBJECTS = 100
+NAME = "mri_power"
+PILOT_MODELS = (TARGET["reference"], TARGET["model"])
+PLAN = {
+    "comparison": f"{TARGET['model']} - {TARGET['reference']} unseen-site AUROC, paired two-sided t-test over repeats "
+    f"at alpha {TARGET['alpha']}; target: a difference of {TARGET['difference']} with power {TARGET['power']}",
+    "pilot": f"cohort seed {PILOT_SEED} (none of the benchmark's test scans), {PILOT_EXTRA_UNSEEN} extra unseen-site "
+    f"subjects; {list(PILOT_MODELS)} trained with the benchmark's recipe on {PILOT_REPEATS} repeats",
+    "variance_model": "sd(n)^2 = v_train + c / n: c from a label-stratified bootstrap of the pilot's unseen scans "
+    f"({BOOTSTRAP} resamples, between-repeat part), v_train from the committed run's paired s.d.",
+    "design_rule": f"repeats from the fold count to {MAX_REPEATS}, extra unseen subjects 0..{MAX_EXTRA_UNSEEN} in "
+    f"steps of {EXTRA_UNSEEN_STEP}; within {BUDGET['budget_fraction']:.0%} of {BUDGET['budget_seconds']:.0f} s "
+    "(cost model), the cheapest design reaching the target, else the smallest MDE (ties: fewer repeats)",
+}
+"""The pre-registered plan, written to ``mri_power.json`` before the pilot's first training."""
 
 
 def paired_differences(results: Mapping[str, Any], model: str, reference: str, split: str = "unseen") -> list[float]:
@@ -162,55 +161,123 @@ def test_sampling_variance(
     return {"total": total, "shared": shared, "between_repeats": total - shared}
 
 
-def run_pilot(cohort_dir: str | None = None, log=print) -> dict[str, Any]:
-    """Train ``conventional`` and ``me`` (the benchmark's recipe) on :data:`PILOT_REPEATS` repeats of the pilot
-    cohort and return their unseen-site probabilities, the labels and timings: seconds per training epoch (a
-    repeat's wall time over its training epochs), per scan for one inference pass, and per scan to generate, load
-    and featurise a fresh cohort (:data:`TIMING_SUBJECTS` subjects). The analysis divides the per-scan timings by
-    the ratio of this epoch time to the committed run's, so that a loaded machine does not inflate them."""
+def pilot_cohort_config() -> dict[str, Any]:
+    """The benchmark's configuration with the pilot's own cohort (:data:`PILOT_SEED`, extra unseen subjects)."""
+    cfg = mri.default_config()
+    cfg["cohort"] = cohort_settings("mri_bundle", seed=PILOT_SEED, extra_unseen_subjects=PILOT_EXTRA_UNSEEN)
+    return cfg
+
+
+def pilot_repeat(data: dict[str, Any], cfg: dict[str, Any], repeat: int, log=print) -> dict[str, Any]:
+    """One pilot repeat (a "seed" of the skeleton): :data:`PILOT_MODELS` trained and scored by
+    :func:`benchmarks.mri.run_repeat`, with their unseen-site probabilities, the labels and the repeat's seconds."""
+    preds: dict[str, np.ndarray] = {}
+    t0 = time.perf_counter()
+    row = mri.run_repeat(data, cfg, repeat, models=PILOT_MODELS, log=log, unseen_predictions=preds)
+    seconds = time.perf_counter() - t0
+    out: dict[str, Any] = {
+        m: {**row[m], "unseen_probabilities": [round(float(p), 6) for p in preds[m]]} for m in PILOT_MODELS
+    }
+    return {**out, "pilot": {"repeat_seconds": seconds, "labels": [int(v) for v in preds["labels"]]}}
+
+
+def recorded_repeat(pilot: Mapping[str, Any], repeat: int) -> dict[str, Any]:
+    """Repeat ``repeat`` of a recorded ``pilot`` (:func:`pilot_of`) as :func:`pilot_repeat` returns it (no seen-site
+    scores: the pilot kept the unseen-site probabilities only)."""
+    labels = [int(v) for v in pilot["labels"]]
+    out: dict[str, Any] = {}
+    for m in PILOT_MODELS:
+        p = pilot["probabilities"][m][repeat]
+        out[m] = {"unseen_auroc": float(roc_auc_score(labels, p)), "unseen_probabilities": list(p)}
+    return {**out, "pilot": {"repeat_seconds": pilot["repeat_seconds"][repeat], "labels": labels}}
+
+
+def pilot_from_rows(rows: Sequence[Mapping[str, Any]], timings: Mapping[str, Any]) -> dict[str, Any]:
+    """The pilot :func:`analyse` reads, from the repeats' rows and the ``timings`` (``cohort``, seconds per training
+    epoch, per scan generated and per inference pass, load average)."""
+    return {
+        "labels": list(rows[0]["pilot"]["labels"]),
+        "probabilities": {m: [list(r[m]["unseen_probabilities"]) for r in rows] for m in PILOT_MODELS},
+        "repeats": len(rows),
+        "repeat_seconds": [r["pilot"]["repeat_seconds"] for r in rows],
+        **timings,
+    }
+
+
+def measured_timings(data: Mapping[str, Any], cfg: dict[str, Any], rows: Sequence[Mapping[str, Any]], log=print):
+    """The pilot's timings on this machine: seconds per training epoch (a repeat's wall time over its training
+    epochs), per scan for one inference pass, and per scan to generate, load and featurise a fresh cohort
+    (:data:`TIMING_SUBJECTS` subjects). The analysis divides the per-scan timings by the ratio of this epoch time to
+    the committed run's, so that a loaded machine does not inflate them."""
     import tempfile
 
     import torch
 
-    cfg = mri.default_config()
-    cfg["cohort"] = cohort_settings("mri_bundle", seed=PILOT_SEED, extra_unseen_subjects=PILOT_EXTRA_UNSEEN)
-    models = (TARGET["reference"], TARGET["model"])
-
+    seconds = [r["pilot"]["repeat_seconds"] for r in rows]
+    unseen = np.array([s not in set(data["seen_sites"]) for s in data["sites"]])
+    net = mri.me_cnn(cfg, len(data["seen_sites"]), random_effects=False).eval()  # the timing needs no training
+    t0 = time.perf_counter()
+    mri.predict(net, torch.from_numpy(data["images"][unseen]), None)
+    inference = (time.perf_counter() - t0) / int(unseen.sum())
     with tempfile.TemporaryDirectory(prefix="mri_power_timing_") as tmp:
         t0 = time.perf_counter()
         small = {**cfg, "cohort": cohort_settings("mri_bundle", seed=PILOT_SEED + 1, num_subjects=TIMING_SUBJECTS)}
-        mri.with_cohort(small, tmp, lambda data: None, log)
-        seconds_per_scan_generated = (time.perf_counter() - t0) / TIMING_SUBJECTS
+        mri.with_cohort(small, tmp, lambda _: None, log)
+        generated = (time.perf_counter() - t0) / TIMING_SUBJECTS
+    return {
+        "cohort": cfg["cohort"],
+        "seconds_per_training_epoch": float(np.sum(seconds)) / (len(rows) * mri.training_epochs(cfg, PILOT_MODELS)),
+        "seconds_per_scan_generated": generated,
+        "seconds_per_scan_inference_pass": inference,
+        "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def run(
+    results_path: str | os.PathLike = DEFAULT_OUT / "mri.json",
+    pilot_file: str | os.PathLike | None = None,
+    cohort_dir: str | None = None,
+    out_dir: str | os.PathLike | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Plan, pilot (trained, or the one recorded in ``pilot_file``), analysis against the committed run in
+    ``results_path`` (an ``mri.json``, or an earlier ``mri_power.json``: the run it analysed); writes
+    ``mri_power.json``/``.md`` and returns the results (the analysis under ``analysis``)."""
+    committed = json.loads(Path(results_path).read_text())
+    # an earlier mri_power.json: the run it analysed, as it recorded it (to re-analyse it)
+    committed = committed.get("analysis", committed).get("source_results", committed)
+    cfg = pilot_cohort_config()
+    config = {"results": str(results_path), "pilot_file": None if pilot_file is None else str(pilot_file)}
+    recorded = None if pilot_file is None else _read_pilot(pilot_file)
 
     def body(data):
-        probs: dict[str, list[list[float]]] = {m: [] for m in models}
-        labels, repeat_seconds = None, []
-        for r in range(PILOT_REPEATS):
-            preds: dict[str, np.ndarray] = {}
-            t0 = time.perf_counter()
-            mri.run_repeat(data, cfg, r, models=models, log=log, unseen_predictions=preds)
-            repeat_seconds.append(time.perf_counter() - t0)
-            labels = preds["labels"]
-            for m in models:
-                probs[m].append([round(float(p), 6) for p in preds[m]])
-        unseen = np.array([s not in set(data["seen_sites"]) for s in data["sites"]])
-        net = mri.me_cnn(cfg, len(data["seen_sites"]), random_effects=False).eval()  # the timing needs no training
-        t0 = time.perf_counter()
-        mri.predict(net, torch.from_numpy(data["images"][unseen]), None)
-        return {
-            "labels": [int(v) for v in labels],
-            "probabilities": probs,
-            "cohort": cfg["cohort"],
-            "repeats": PILOT_REPEATS,
-            "repeat_seconds": repeat_seconds,
-            "seconds_per_training_epoch": float(np.sum(repeat_seconds))
-            / (PILOT_REPEATS * mri.training_epochs(cfg, models)),
-            "seconds_per_scan_generated": seconds_per_scan_generated,
-            "seconds_per_scan_inference_pass": (time.perf_counter() - t0) / int(unseen.sum()),
-            "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()],
-        }
+        def analysis(models, rows):
+            if recorded is None:
+                return analyse(committed, pilot_from_rows(rows, measured_timings(data, cfg, rows, log)))
+            per_repeat = ("labels", "probabilities", "repeat_seconds", "repeats")  # the rows hold these
+            return analyse(committed, pilot_from_rows(rows, {k: v for k, v in recorded.items() if k not in per_repeat}))
 
-    return mri.with_cohort(cfg, cohort_dir, body, log)
+        def repeat(r):
+            return recorded_repeat(recorded, r) if recorded is not None else pilot_repeat(data, cfg, r, log)
+
+        return run_benchmark(
+            NAME,
+            False,
+            PLAN,
+            list(range(PILOT_REPEATS if recorded is None else int(recorded["repeats"]))),
+            repeat,
+            metric="auroc",
+            seen="seen_auroc",
+            unseen="unseen_auroc",
+            config={**config, "pilot_cohort": cfg["cohort"], "target": TARGET, "budget": BUDGET},
+            order=PILOT_MODELS,
+            analysis=analysis,
+            notes=_notes,
+            out_dir=out_dir,
+            log=log,
+        )
+
+    return body(None) if recorded is not None else mri.with_cohort(cfg, cohort_dir, body, log)
 
 
 def analyse(results: Mapping[str, Any], pilot: Mapping[str, Any]) -> dict[str, Any]:
@@ -301,7 +368,6 @@ def analyse(results: Mapping[str, Any], pilot: Mapping[str, Any]) -> dict[str, A
         "chosen": chosen,
         "target_reached": bool(reaching),
         "designs": designs,
-        "env": environment(list(range(PILOT_REPEATS))),
         "pilot_data": {"labels": pilot["labels"], "probabilities": pilot["probabilities"]},
     }
 
@@ -318,33 +384,43 @@ def pilot_of(power: Mapping[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in power["pilot"].items() if k not in derived}, **power["pilot_data"]}
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = benchmark_parser(__doc__.splitlines()[0])
-    parser.add_argument("--results", default=str(DEFAULT_OUT / "mri.json"), help="the committed run to start from")
-    parser.add_argument("--pilot-file", default=None, help="reuse a pilot written earlier (else it is run)")
-    parser.add_argument("--cohort-dir", default=None, help="the pilot cohort's folder (default: a temp folder)")
-    args = parser.parse_args(argv)
-    import torch
+def _read_pilot(path: str | os.PathLike) -> dict[str, Any]:
+    """A recorded pilot: from an ``mri_power.json`` (either layout) or a pilot file written by earlier versions."""
+    record = json.loads(Path(path).read_text())
+    record = record.get("analysis", record)
+    return pilot_of(record) if "pilot_data" in record else record
 
-    torch.set_num_threads(1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.pilot_file:
-        pilot = json.loads(Path(args.pilot_file).read_text())
-        if "pilot_data" in pilot:  # an mri_power.json: its pilot
-            pilot = pilot_of(pilot)
-    else:
-        pilot = run_pilot(args.cohort_dir)
-        (out / "mri_power_pilot.json").write_text(json.dumps(pilot) + "\n")
-    results = json.loads(Path(args.results).read_text())
-    power = analyse(results, pilot)
-    (out / "mri_power.json").write_text(json.dumps(power, indent=1) + "\n")
+
+def _notes(models: Mapping[str, Any]) -> str:
+    return "Power analysis: see the JSON's `analysis` (variance and cost models, every design, the chosen one)."
+
+
+def summary(power: Mapping[str, Any]) -> str:
+    """One line: the observed s.d., the chosen design, its MDE and wall time, whether the target is reached."""
     c = power["chosen"]
-    print(
+    return (
         f"observed sd {power['observed']['sd']:.4f} at {power['observed']['unseen_scans']} unseen scans; "
         f"chosen: {c['repeats']} repeats, {c['unseen_scans']} unseen scans, MDE {c['mde']:.4f}, "
         f"~{c['wall_seconds'] / 60:.0f} min; target reached: {power['target_reached']}"
     )
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = benchmark_parser(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--results", default=str(DEFAULT_OUT / "mri.json"), help="the committed run (or a power analysis of one)"
+    )
+    parser.add_argument("--pilot-file", default=None, help="reuse the pilot of an earlier mri_power.json")
+    parser.add_argument("--cohort-dir", default=None, help="the pilot cohort's folder (default: a temp folder)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.error("--quick: there is no reduced pilot; reuse a recorded one with --pilot-file")
+    import torch
+
+    torch.set_num_threads(1)
+    results = run(args.results, args.pilot_file, args.cohort_dir, args.out)
+    print(summary(results["analysis"]))
+    return results
 
 
 if __name__ == "__main__":

@@ -30,7 +30,10 @@ cohort is excluded and reported apart) + ``N`` x mean training-epoch CPU time + 
 time. Python start-up and imports come on top (the bundle card quotes a whole ``monai.bundle run``). Wall times and
 the load average are recorded beside it.
 
-Run ``python -m benchmarks.segmentation_bundle_epochs [--out DIR]`` from the repository root (writes
+The run follows the benchmarks' skeleton (:func:`benchmarks._common.run_benchmark`): the plan is written first, the
+training run is its one (resumable) seed, each candidate is a model of the results (its validation Dice on the seen
+sites, one repeat) and the curve, the timing and the decision are the results' ``analysis``. Run
+``python -m benchmarks.segmentation_bundle_epochs [--out DIR]`` from the repository root (writes
 ``segmentation_bundle_epochs.{json,md}``; there is no ``--quick``, the run is one short training).
 """
 
@@ -44,14 +47,35 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import benchmark_parser, environment
+from benchmarks._common import benchmark_parser, git_commit, run_benchmark
 
-__all__ = ["CANDIDATES", "TOLERANCE", "BUDGET_S", "estimated_idle_seconds", "decide", "markdown", "run"]
+__all__ = [
+    "CANDIDATES",
+    "TOLERANCE",
+    "BUDGET_S",
+    "PLAN",
+    "estimated_idle_seconds",
+    "decide",
+    "markdown",
+    "train_curve",
+    "run",
+]
 
 CANDIDATES = (10, 20, 30, 40)
 TOLERANCE = 0.01
 BUDGET_S = 300.0
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "mri_me_unet_segmentation"
+NAME = "segmentation_bundle_epochs"
+_TRAIN = json.loads((BUNDLE / "configs" / "train.json").read_text())
+PLAN = {
+    "candidates": list(CANDIDATES),
+    "tolerance": TOLERANCE,
+    "budget_s": BUDGET_S,
+    "val_every": _TRAIN["val_interval"],
+    "default_val_interval": _TRAIN["val_interval"],
+    "config_max_epochs": _TRAIN["train"]["trainer"]["max_epochs"],
+}
+"""The pre-registered plan (:func:`decide`'s rule and its inputs), written before the training run."""
 
 
 def estimated_idle_seconds(timing: Mapping[str, float], epochs: int, val_interval: int) -> float:
@@ -117,8 +141,9 @@ def markdown(record: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(out_dir: Path, runs_dir: str) -> dict[str, Any]:
-    """Train the bundle once for ``max(CANDIDATES)`` epochs (its own validation interval) and decide."""
+def train_curve(runs_dir: str) -> dict[str, Any]:
+    """Train the bundle once for ``max(CANDIDATES)`` epochs (its own validation interval): every validation's Dice
+    (``curve``, by epoch), each training epoch's times and the run's ``timing``."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
     from ignite.engine import Events
@@ -128,7 +153,6 @@ def run(out_dir: Path, runs_dir: str) -> dict[str, Any]:
     torch.set_num_threads(1)
     t0_cpu, t0_wall, load_start = time.thread_time(), time.perf_counter(), os.getloadavg()
     train_config = json.loads((BUNDLE / "configs" / "train.json").read_text())
-    default_epochs, default_val = train_config["train"]["trainer"]["max_epochs"], train_config["val_interval"]
     parser = ConfigParser(train_config)
     parser.update(
         {
@@ -191,44 +215,89 @@ def run(out_dir: Path, runs_dir: str) -> dict[str, Any]:
     run_cpu = time.thread_time() - run_cpu
     total_cpu, total_wall, load_end = time.thread_time() - t0_cpu, time.perf_counter() - t0_wall, os.getloadavg()
 
-    timing = {
-        "setup_cpu_s": setup_cpu,
-        # everything of the run but validation (checkpoints and handlers included), per epoch
-        "train_epoch_cpu_s": (run_cpu - sum(c["cpu_s"] for c in curve.values())) / len(epochs),
-        "validation_cpu_s": sum(c["cpu_s"] for c in curve.values()) / len(curve),
-        "train_epoch_wall_s": sum(e["wall_s"] for e in epochs) / len(epochs),
-        "cohort_generation_cpu_s": gen_cpu,
-        "total_cpu_s": total_cpu,
-        "total_wall_s": total_wall,
-        "load_average_start": [round(v, 2) for v in load_start],
-        "load_average_end": [round(v, 2) for v in load_end],
-    }
-    seconds = {n: estimated_idle_seconds(timing, n, default_val) for n in CANDIDATES}
-    missing = [n for n in CANDIDATES if n not in curve]
-    if missing:
-        raise RuntimeError(f"the run stopped at epoch {trainer.state.epoch}; candidates {missing} have no validation.")
-    candidates = {n: curve[n] for n in CANDIDATES}
-    record = {
-        "benchmark": "segmentation_bundle_epochs",
-        "plan": {
-            "candidates": list(CANDIDATES),
-            "tolerance": TOLERANCE,
-            "budget_s": BUDGET_S,
-            "val_every": default_val,
-            "default_val_interval": default_val,
-            "config_max_epochs": default_epochs,
-        },
+    return {
         "curve": {str(n): v for n, v in curve.items()},
-        "estimated_idle_seconds": {str(n): s for n, s in seconds.items()},
         "epochs_timing": epochs,
-        "timing": timing,
-        "decision": decide(candidates, seconds),
-        "env": environment([parser.get_parsed_content("seed")]),
+        "stopped_at": trainer.state.epoch,
+        "timing": {
+            "setup_cpu_s": setup_cpu,
+            # everything of the run but validation (checkpoints and handlers included), per epoch
+            "train_epoch_cpu_s": (run_cpu - sum(c["cpu_s"] for c in curve.values())) / len(epochs),
+            "validation_cpu_s": sum(c["cpu_s"] for c in curve.values()) / len(curve),
+            "train_epoch_wall_s": sum(e["wall_s"] for e in epochs) / len(epochs),
+            "cohort_generation_cpu_s": gen_cpu,
+            "total_cpu_s": total_cpu,
+            "total_wall_s": total_wall,
+            "load_average_start": [round(v, 2) for v in load_start],
+            "load_average_end": [round(v, 2) for v in load_end],
+        },
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "segmentation_bundle_epochs.json").write_text(json.dumps(record, indent=1) + "\n")
-    (out_dir / "segmentation_bundle_epochs.md").write_text(markdown(record))
-    return record
+
+
+def _candidate_row(curve: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """The candidates as the skeleton's models: validation mean and per-class Dice at each candidate's epoch."""
+    missing = [n for n in CANDIDATES if str(n) not in curve]
+    if missing:
+        raise RuntimeError(
+            f"the run stopped early; candidates {missing} have no validation (validated: {list(curve)})."
+        )
+    return {
+        f"{n}_epochs": {
+            "val_mean_dice": c["mean"],
+            **{k: v for k, v in c.items() if k not in ("mean", "cpu_s", "wall_s")},
+        }
+        for n, c in ((n, curve[str(n)]) for n in CANDIDATES)
+    }
+
+
+def _analysis(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The curve, the timing, every candidate's estimated idle seconds and :func:`decide`'s decision."""
+    run = rows[0]["run"]
+    curve, timing = run["curve"], run["timing"]
+    seconds = {n: estimated_idle_seconds(timing, n, PLAN["default_val_interval"]) for n in CANDIDATES}
+    decision = decide({n: curve[str(n)] for n in CANDIDATES}, seconds)
+    return {
+        "curve": curve,
+        "estimated_idle_seconds": {str(n): v for n, v in seconds.items()},
+        "epochs_timing": run["epochs_timing"],
+        "timing": timing,
+        "decision": decision,
+    }
+
+
+def run(out_dir: Path | None, runs_dir: str, log=print) -> dict[str, Any]:
+    """Plan, the training run (the one seed: the bundle's own), analysis and decision; writes
+    ``segmentation_bundle_epochs.{json,md}`` and returns the results (the decision in ``analysis``)."""
+    seed = int(_TRAIN.get("seed", 0))
+    state: dict[str, Any] = {}
+
+    def run_seed(_):
+        trained = train_curve(runs_dir)
+        return {**_candidate_row(trained["curve"]), "run": trained}
+
+    def analysis(models, rows):
+        state["analysis"] = _analysis(rows)
+        return state["analysis"]
+
+    def notes(models):
+        return markdown({"plan": PLAN, "env": {"commit": git_commit()}, **state["analysis"]})
+
+    return run_benchmark(
+        NAME,
+        False,
+        PLAN,
+        [seed],
+        run_seed,
+        metric="val_mean_dice",
+        seen="val_mean_dice",
+        unseen=None,
+        config={"bundle": str(BUNDLE.relative_to(BUNDLE.parents[1])), "train_config": "configs/train.json"},
+        order=[f"{n}_epochs" for n in CANDIDATES],
+        analysis=analysis,
+        notes=notes,
+        out_dir=out_dir,
+        log=log,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -237,8 +306,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.quick:
         parser.error("--quick: there is no reduced run (one training of the largest candidate); run without --quick")
     with tempfile.TemporaryDirectory() as runs_dir:
-        record = run(args.out, runs_dir)
-    print(json.dumps(record["decision"]), flush=True)
+        results = run(args.out, runs_dir)
+    print(json.dumps(results["analysis"]["decision"]), flush=True)
 
 
 if __name__ == "__main__":

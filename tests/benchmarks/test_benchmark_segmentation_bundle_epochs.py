@@ -42,10 +42,35 @@ def test_estimated_idle_seconds_counts_validations_at_the_interval():
 
 def test_recorded_results_follow_the_rule_and_the_bundle_uses_the_choice():
     record = json.loads((sbe.BUNDLE.parents[1] / "benchmarks/results/segmentation_bundle_epochs.json").read_text())
-    curve = {int(n): v for n, v in record["curve"].items() if int(n) in sbe.CANDIDATES}
-    seconds = {int(n): s for n, s in record["estimated_idle_seconds"].items()}
-    assert record["plan"]["candidates"] == list(sbe.CANDIDATES)
-    assert sbe.decide(curve, seconds) == record["decision"]
+    analysis = record["analysis"]
+    curve = {int(n): v for n, v in analysis["curve"].items() if int(n) in sbe.CANDIDATES}
+    seconds = {int(n): s for n, s in analysis["estimated_idle_seconds"].items()}
+    assert record["plan"]["candidates"] == list(sbe.CANDIDATES) and record["benchmark"] == sbe.NAME
+    assert sbe.decide(curve, seconds) == analysis["decision"]
+    # the contract's models are the candidates, their seen-site (validation) mean Dice read off the same curve
+    assert list(record["models"]) == [f"{n}_epochs" for n in sbe.CANDIDATES]
+    assert all(record["models"][f"{n}_epochs"]["seen"]["mean"] == curve[n]["mean"] for n in sbe.CANDIDATES)
     train = json.loads((sbe.BUNDLE / "configs" / "train.json").read_text())
-    assert train["train"]["trainer"]["max_epochs"] == record["decision"]["chosen_epochs"]
+    assert train["train"]["trainer"]["max_epochs"] == analysis["decision"]["chosen_epochs"]
     assert train["val_interval"] == record["plan"]["val_every"]
+
+
+def test_skeleton_rows_and_analysis_from_a_curve():
+    curve = {
+        str(n): {"mean": 0.1 * i, "csf": 0.2, "grey_matter": 0.5, "white_matter": 0.4}
+        for i, n in enumerate(range(2, 42, 2))
+    }
+    row = sbe._candidate_row(curve)
+    assert list(row) == [f"{n}_epochs" for n in sbe.CANDIDATES]
+    assert row["10_epochs"] == {
+        "val_mean_dice": curve["10"]["mean"],
+        "csf": 0.2,
+        "grey_matter": 0.5,
+        "white_matter": 0.4,
+    }
+    timing = {"setup_cpu_s": 1.0, "train_epoch_cpu_s": 1.0, "validation_cpu_s": 0.5}
+    analysis = sbe._analysis([{**row, "run": {"curve": curve, "timing": timing, "epochs_timing": []}}])
+    assert analysis["estimated_idle_seconds"]["40"] == pytest.approx(1.0 + 40.0 + 20 * 0.5)
+    assert analysis["decision"]["chosen_epochs"] == sbe.CANDIDATES[-1]  # the mean rises by 0.1 per validation
+    with pytest.raises(RuntimeError, match=r"candidates \[40\] have no validation"):
+        sbe._candidate_row({k: v for k, v in curve.items() if k != "40"})

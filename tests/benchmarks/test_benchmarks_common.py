@@ -77,6 +77,28 @@ def test_run_benchmark_rows_summaries_planned_comparisons_and_generated_notes(tm
         summarize_rows([run_seed(0), {"conventional": run_seed(1)["conventional"]}], "seen_auroc", "unseen_auroc")
 
 
+def test_rows_may_carry_records_that_only_the_analysis_reads(tmp_path):
+    from benchmarks._common import run_benchmark, summarize_rows
+
+    def run_seed(seed):  # a list of predictions and a record beside the scalar metrics
+        return {"me": {"unseen_auroc": 0.5 + 0.1 * seed, "probabilities": [0.1, 0.9]}, "run": {"log": {"s": seed}}}
+
+    def analysis(models, rows):
+        return {"mean_probability": float(np.mean([p for r in rows for p in r["me"]["probabilities"]])), "n": len(rows)}
+
+    rows = [run_seed(0), run_seed(1)]
+    models = summarize_rows(rows, None, "unseen_auroc", order=["me"])
+    assert list(models) == ["me"] and models["me"]["extra"] == {} and models["me"]["unseen"]["values"] == [0.5, 0.6]
+    res = run_benchmark(
+        "toy", False, {"rule": "-"}, [0, 1], run_seed, metric="auroc", seen=None, unseen="unseen_auroc", config={},
+        order=["me"], analysis=analysis, out_dir=tmp_path, log=lambda _: None,
+    )  # fmt: skip
+    on_disk = json.loads((tmp_path / "toy.json").read_text())
+    assert on_disk["analysis"] == {"mean_probability": 0.5, "n": 2} == res["analysis"]
+    with pytest.raises(KeyError):  # a metric missing from a row is still an error, not left out
+        summarize_rows([run_seed(0), {"me": {"probabilities": []}}], None, "unseen_auroc")
+
+
 def test_a_cut_off_run_resumes_from_its_checkpoint_and_only_under_the_same_key(tmp_path):
     from benchmarks._common import run_seeds
 

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from benchmarks import mri, mri_power
 from benchmarks._combat import ComBat
@@ -203,3 +204,19 @@ def test_docstring_examples_run():
     for module in (_combat, mri_power):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+def test_power_skeleton_reanalyses_the_recorded_pilot_to_the_committed_analysis(tmp_path):
+    committed = mri_power.POWER_FILE
+    results = mri_power.run(committed, committed, out_dir=tmp_path, log=lambda _: None)
+    on_disk = json.loads((tmp_path / "mri_power.json").read_text())
+    assert on_disk["benchmark"] == "mri_power" and on_disk["plan"] == mri_power.PLAN
+    assert list(on_disk["models"]) == list(mri_power.PILOT_MODELS) and on_disk["repeats"] == mri_power.PILOT_REPEATS
+    power = mri_power.load_power()
+    assert results["analysis"]["chosen"] == pytest.approx(power["chosen"])
+    assert results["analysis"]["variance"] == pytest.approx(power["variance"])
+    # each repeat's unseen AUROC in the contract summary is the AUROC of the probabilities the analysis used
+    pilot = mri_power.pilot_of(results["analysis"])
+    for m in mri_power.PILOT_MODELS:
+        expected = [roc_auc_score(pilot["labels"], p) for p in pilot["probabilities"][m]]
+        assert on_disk["models"][m]["unseen"]["values"] == pytest.approx(expected)
