@@ -27,7 +27,12 @@ import torch
 
 from benchmarks import livecell as lc
 from benchmarks._common import benchmark_parser
-from benchmarks.selection import pseudo_unseen_cluster, run_selection, selection_plan, selection_seeds
+from benchmarks.selection import (
+    pseudo_unseen_cluster,
+    pseudo_unseen_plan,
+    run_selection,
+    selection_seeds,
+)
 from monai_medl.data.synthetic.livecell import LiveCellData, make_livecell
 
 __all__ = ["CANDIDATES", "PLAN", "holdout_training_batch", "evaluate_candidate", "main"]
@@ -41,14 +46,14 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 MODELS = ("conventional", "me_no_adversary")
 SEEDS = (100, 101, 102, 103, 104)
-PLAN = selection_plan(
+PLAN = pseudo_unseen_plan(
     SEEDS,
     "0..9",
-    splits="per seed one of the six training batches held out as pseudo-unseen (rotating); the real unseen "
-    "batches and all test tiles dropped; train on the other five batches' training tiles; score on the held-out "
-    "batch's training + validation tiles",
-    candidates=list(CANDIDATES),
-    score=f"population reconstruction MSE x 1000 on the held-out batch, mean of {list(MODELS)} (lower is better)",
+    "batches",
+    "the real unseen batches and all test tiles dropped; train on the other five batches' training tiles; score "
+    "on the held-out batch's training + validation tiles",
+    list(CANDIDATES),
+    f"population reconstruction MSE x 1000 on the held-out batch, mean of {list(MODELS)} (lower is better)",
 )
 
 

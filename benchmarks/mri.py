@@ -53,7 +53,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import nibabel as nib
@@ -699,23 +699,46 @@ def run(
     if config is None:
         chosen, settings = selected_adversary()
         config = {**default_config(quick), "me_adversary_selection": chosen, "me_adversary": settings}
-    cfg = config
-    seeds = list(range(cfg["repeats"]))
+
+    def repeat(data, r):
+        return run_repeat(data, config, r, log=log)
+
+    return _on_cohort(NAME, quick, config, make_plan(config), repeat, out_dir=out_dir, cohort_dir=cohort_dir, log=log)
+
+
+def _on_cohort(
+    name: str,
+    quick: bool,
+    cfg: dict[str, Any],
+    plan: Mapping[str, Any],
+    repeat: Callable[[dict[str, Any], int], Mapping[str, Mapping[str, float]]],
+    *,
+    config: Mapping[str, Any] | None = None,
+    comparisons: Sequence[Comparison] = COMPARISONS,
+    order: Sequence[str] | None = MODELS,
+    notes: str = NOTES,
+    out_dir=None,
+    cohort_dir: str | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """:func:`~benchmarks._common.run_benchmark` of ``repeat(data, r)`` over ``cfg``'s repeats on its cohort (loaded
+    once by :func:`with_cohort`), seen and unseen AUROC; the main benchmark's comparisons, models and notes by
+    default. ``config`` is stored (default ``cfg``)."""
 
     def body(data):
         return run_benchmark(
-            NAME,
+            name,
             quick,
-            make_plan(cfg),
-            seeds,
-            lambda r: run_repeat(data, cfg, r, log=log),
+            plan,
+            list(range(cfg["repeats"])),
+            lambda r: repeat(data, r),
             metric="auroc",
             seen="seen_auroc",
             unseen="unseen_auroc",
-            config=cfg,
-            comparisons=COMPARISONS,
-            order=MODELS,
-            notes=NOTES,
+            config=cfg if config is None else config,
+            comparisons=comparisons,
+            order=order,
+            notes=notes,
             out_dir=out_dir,
             log=log,
         )
@@ -744,7 +767,6 @@ def run_ablation(
     the same folds (one cross-validation round: ``folds`` repeats); writes ``mri_ablation.json`` / ``.md`` (extra:
     paired differences to ``conventional``)."""
     cfg = config or {**default_config(quick), **({} if quick else {"repeats": default_config()["folds"]})}
-    seeds = list(range(cfg["repeats"]))
     comparisons = [
         Comparison(name, metric, "conventional", key=f"paired_{split}_minus_conventional")
         for name in ABLATIONS
@@ -759,25 +781,20 @@ def run_ablation(
             row[name] = {**res["me"], "seen_minus_randomized_z": seen_gap}
         return row
 
-    def body(data):
-        return run_benchmark(
-            f"{NAME}_ablation",
-            quick,
-            {**make_plan(cfg), "primary_comparisons": [c.label for c in comparisons]},
-            seeds,
-            lambda r: repeat(data, r),
-            metric="auroc",
-            seen="seen_auroc",
-            unseen="unseen_auroc",
-            config={**cfg, "ablations": ABLATIONS},
-            comparisons=comparisons,
-            notes="One setting of the `me` model changed at a time; `paired_*` are per-fold differences to "
-            "`conventional`.",
-            out_dir=out_dir,
-            log=log,
-        )
-
-    return with_cohort(cfg, cohort_dir, body, log)
+    return _on_cohort(
+        f"{NAME}_ablation",
+        quick,
+        cfg,
+        {**make_plan(cfg), "primary_comparisons": [c.label for c in comparisons]},
+        repeat,
+        config={**cfg, "ablations": ABLATIONS},
+        comparisons=comparisons,
+        order=None,
+        notes="One setting of the `me` model changed at a time; `paired_*` are per-fold differences to `conventional`.",
+        out_dir=out_dir,
+        cohort_dir=cohort_dir,
+        log=log,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

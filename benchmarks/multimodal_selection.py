@@ -25,7 +25,12 @@ import torch
 
 from benchmarks import multimodal as mm
 from benchmarks._common import benchmark_parser
-from benchmarks.selection import pseudo_unseen_cluster, run_selection, selection_plan, selection_seeds
+from benchmarks.selection import (
+    pseudo_unseen_cluster,
+    pseudo_unseen_plan,
+    run_selection,
+    selection_seeds,
+)
 from monai_medl.transforms import SiteVocabulary
 
 __all__ = ["CANDIDATES", "PLAN", "evaluate_candidate", "main"]
@@ -40,14 +45,14 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "early_dropout_warmup": {"fusion": "early", "options": DROPOUT, "dropout_warmup": 0.6},
 }
 SEEDS = (100, 101, 102, 103, 104)
-PLAN = selection_plan(
+PLAN = pseudo_unseen_plan(
     SEEDS,
     "0..19",
-    splits="per seed one of the six training sites held out as pseudo-unseen (rotating); train on the training "
-    "split of the other five; score on the held-out site's training + validation subjects; no test split, no "
-    "unseen site",
-    candidates=list(CANDIDATES),
-    score="mean of pseudo-unseen AUROC with both contrasts and with FLAIR withheld (population prediction)",
+    "sites",
+    "train on the training split of the other five; score on the held-out site's training + validation "
+    "subjects; no test split, no unseen site",
+    list(CANDIDATES),
+    "mean of pseudo-unseen AUROC with both contrasts and with FLAIR withheld (population prediction)",
 )
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "selection_plan",
     "selection_seeds",
     "pseudo_unseen_cluster",
+    "pseudo_unseen_plan",
     "one_standard_error_choice",
     "run_selection",
     "load_choice",
@@ -71,6 +72,21 @@ def selection_plan(
         "score": score,
         "decision_rule": DECISION_RULE,
     }
+
+
+def pseudo_unseen_plan(
+    seeds: Sequence[int], headline_seeds: str, clusters: str, details: str, candidates: Sequence[str], score: str
+) -> dict[str, Any]:
+    """:func:`selection_plan` of a run whose seeds hold out one of six training ``clusters`` in turn (see
+    :func:`pseudo_unseen_cluster`); ``details`` completes its ``splits`` (what is trained on and scored).
+
+    Example::
+
+        >>> pseudo_unseen_plan((100,), "0..9", "sites", "score on the held-out site", ["a"], "AUROC")["splits"]
+        'per seed one of the six training sites held out as pseudo-unseen (rotating); score on the held-out site'
+    """
+    splits = f"per seed one of the six training {clusters} held out as pseudo-unseen (rotating); {details}"
+    return selection_plan(seeds, headline_seeds, splits, candidates, score)
 
 
 def pseudo_unseen_cluster(training_clusters: Sequence[str], seed: int) -> str:
