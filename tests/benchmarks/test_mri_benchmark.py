@@ -206,17 +206,26 @@ def test_docstring_examples_run():
         assert result.failed == 0 and result.attempted > 0, module.__name__
 
 
-def test_power_skeleton_reanalyses_the_recorded_pilot_to_the_committed_analysis(tmp_path):
+def test_power_skeleton_reanalyses_the_recorded_pilot_to_the_committed_analysis(tmp_path, monkeypatch):
+    # the skeleton's path (plan -> one row per recorded pilot repeat -> analysis) hands analyse() exactly the
+    # committed run and pilot (analyse itself is checked against the committed analysis above)
+    power, seen = mri_power.load_power(), {}
+
+    def analyse(results, pilot):
+        seen.update(results=results, pilot=pilot)
+        return {"chosen": power["chosen"]}
+
+    monkeypatch.setattr(mri_power, "analyse", analyse)
     committed = mri_power.POWER_FILE
     results = mri_power.run(committed, committed, out_dir=tmp_path, log=lambda _: None)
     on_disk = json.loads((tmp_path / "mri_power.json").read_text())
-    assert on_disk["benchmark"] == "mri_power" and on_disk["plan"] == mri_power.PLAN
+    assert on_disk["benchmark"] == "mri_power" and on_disk["plan"] == json.loads(json.dumps(mri_power.PLAN))
     assert list(on_disk["models"]) == list(mri_power.PILOT_MODELS) and on_disk["repeats"] == mri_power.PILOT_REPEATS
-    power = mri_power.load_power()
-    assert results["analysis"]["chosen"] == pytest.approx(power["chosen"])
-    assert results["analysis"]["variance"] == pytest.approx(power["variance"])
-    # each repeat's unseen AUROC in the contract summary is the AUROC of the probabilities the analysis used
-    pilot = mri_power.pilot_of(results["analysis"])
+    assert on_disk["analysis"] == results["analysis"] == {"chosen": power["chosen"]}
+    assert seen["results"] == power["source_results"]
+    recorded = mri_power.pilot_of(power)
+    assert {k: seen["pilot"][k] for k in recorded} == recorded  # labels, probabilities, timings, cohort
+    # each repeat's unseen AUROC in the contract summary is the AUROC of the probabilities the analysis got
     for m in mri_power.PILOT_MODELS:
-        expected = [roc_auc_score(pilot["labels"], p) for p in pilot["probabilities"][m]]
+        expected = [roc_auc_score(recorded["labels"], p) for p in recorded["probabilities"][m]]
         assert on_disk["models"][m]["unseen"]["values"] == pytest.approx(expected)
