@@ -379,7 +379,7 @@ def _wall(cost: Mapping[str, float], repeats: int, unseen_scans: int, scans: int
 
 
 def pilot_of(power: Mapping[str, Any]) -> dict[str, Any]:
-    """The pilot (as :func:`run_pilot` returned it) recorded in a power analysis."""
+    """The pilot (as :func:`pilot_from_rows` builds it for :func:`analyse`) recorded in a power analysis."""
     derived = ("unseen_scans", "test_sampling_variance")
     return {**{k: v for k, v in power["pilot"].items() if k not in derived}, **power["pilot_data"]}
 

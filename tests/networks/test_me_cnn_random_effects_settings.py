@@ -35,6 +35,7 @@ def test_keywords_warn_and_build_the_network_the_settings_object_builds(settings
         by_keywords = _build(0, **settings)
     message = str(record[0].message)
     assert "MixedEffectsCNN(" in message and all(f"{k}=" in message for k in settings)
+    assert record[0].filename == __file__  # the warning points at the caller's line
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)  # the settings object is the supported way: no warning
         by_object = _build(0, random_effects=RandomEffectsSettings(**settings))
