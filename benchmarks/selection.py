@@ -114,7 +114,7 @@ def one_standard_error_choice(scores: Mapping[str, Sequence[float]], higher_is_b
 
     Example::
 
-        >>> one_standard_error_choice({"plain": [0.80, 0.70], "fancy": [0.84, 0.78]})["chosen"]
+        >>> one_standard_error_choice({"plain": [0.82, 0.78], "fancy": [0.84, 0.78]})["chosen"]
         'plain'
         >>> one_standard_error_choice({"plain": [0.60, 0.62], "fancy": [0.84, 0.78]})["chosen"]
         'fancy'
