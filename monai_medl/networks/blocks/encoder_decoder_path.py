@@ -22,7 +22,7 @@ scripted (MONAI's implementation is not TorchScript-compatible), so neither can 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Optional, cast
+from typing import TYPE_CHECKING, Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -210,6 +210,10 @@ class EncoderDecoderPath(nn.Module):
     """
 
     min_size: int = 0
+    if TYPE_CHECKING:  # set by the walks, for the type checker only (TorchScript reads no postponed annotations)
+        spatial_dims: int
+        in_channels: int
+        out_channels: int
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder outputs, shallow to deep; the last one is the bottleneck."""

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import List, Optional  # noqa: UP035 (TorchScript reads List[int] in a local annotation)
+from typing import TYPE_CHECKING, List, Optional, cast  # noqa: UP035 (TorchScript reads List[int] in a local annotation)
 
 import torch
 from torch import nn
@@ -100,6 +100,8 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
     """
 
     __jit_unused_properties__ = ["feature_sizes", "adversary_in_features"]
+    if TYPE_CHECKING:  # a buffer, for the type checker only (TorchScript reads no postponed annotations)
+        required_mask: torch.Tensor
     # the fused embedding carries no head slopes by default: every branch embedding has its own
     DEFAULT_RANDOM_EFFECTS = RandomEffectsSettings(random_slopes=False)
     RANDOM_EFFECTS_KEYWORDS = IMAGE_HEAD_KEYWORDS
@@ -135,7 +137,7 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
             raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}.")
         if int(num_covariates) < 0:
             raise ValueError(f"num_covariates must be >= 0, got {num_covariates}.")
-        channels = [None] * len(names) if in_channels is None else in_channels
+        channels: int | Sequence[int | None] = [None] * len(names) if in_channels is None else in_channels
         channels = [channels] * len(names) if isinstance(channels, int) else list(channels)
         if len(channels) != len(names):
             raise ValueError(
@@ -186,7 +188,7 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
         required_mask[self.required_index] = True
         self.register_buffer("required_mask", required_mask, persistent=False)
 
-        self.fusion = self._make_fusion([b.embedding_dim for b in branches], act)
+        self.fusion = self._make_fusion([cast(ModalityBranch, b).embedding_dim for b in branches], act)
         self.fuse_features = self.fusion.mode == "attention"  # a concatenation is already in the branch features
         self.feature_dim = self.fusion.out_features
         self.head = MixedEffectsHead(
@@ -220,7 +222,7 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
     @property
     def feature_sizes(self) -> list[int]:
         """Widths of :attr:`MixedEffectsOutput.features`: each branch's pooled taps and embedding, then fusion."""
-        sizes = [n for b in self.branches for n in b.feature_sizes]
+        sizes = [n for b in self.branches for n in cast(ModalityBranch, b).feature_sizes]
         return sizes + ([self.feature_dim] if self.fuse_features else [])
 
     @property
@@ -329,7 +331,9 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
             rows = self._rows(col)
             keep = col.index_select(0, rows)  # all True in training; masks the absent samples otherwise
             if branch.is_image:
-                xi = self._image_input(x, images, branch.start, branch.stop).index_select(0, rows)
+                # ignore: a ModuleList's items are typed Module (and TorchScript has no cast)
+                xi = self._image_input(x, images, branch.start, branch.stop)  # type: ignore[arg-type]
+                xi = xi.index_select(0, rows)
             else:
                 xi = covariates.to(x.dtype).index_select(0, rows)
             xi = torch.where(keep.reshape([-1] + [1] * (xi.dim() - 1)), xi, torch.zeros_like(xi))
@@ -370,7 +374,8 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
             return self.forward_all(x, z, mask, covariates).mixed
         if not self.training:
             return self.forward_all(x, z, mask, covariates).mixed
-        return self.with_kl(self.forward_all(x, z, mask, covariates))
+        # ignore: the eager training-mode output, outside the Tensor signature TorchScript exports
+        return self.with_kl(self.forward_all(x, z, mask, covariates))  # type: ignore[return-value]
 
     @torch.jit.unused
     def _check_inputs(
