@@ -29,7 +29,7 @@ import signal
 import threading
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from monai_medl.bundle.locks import ModelsLock, hold_shared, release_shared
 
@@ -125,7 +125,7 @@ class TrainingRun:
             box = [chosen]
             dist.broadcast_object_list(box, src=0)
             chosen = box[0]
-        self.name: str = chosen
+        self.name: str = cast(str, chosen)  # rank 0's choice, broadcast to the other ranks
         self.path = os.path.join(self.runs_dir, self.name)
         self.models_dir = os.path.join(self.path, "models")
         self.log_dir = os.path.join(self.path, "tensorboard")

@@ -72,7 +72,7 @@ def record_evaluation(bundle_root: str | os.PathLike, evaluations: Mapping[str, 
     root = os.fspath(bundle_root)
     manifest = read_manifest(os.path.join(root, "models"))
     figures = _copy_figures(root, os.path.join(root, next(iter(evaluations.values()))))
-    record = {
+    record: dict[str, Any] = {
         "model_sha256": file_sha256(os.path.join(root, "models", "model.pt")),
         "training": {
             k: manifest.get(k)
@@ -140,9 +140,9 @@ def _segmentation_tables(evaluations: Mapping[str, list[dict]]) -> list[str]:
     per_site = ["", f"Per site ({next(iter(evaluations))}), mean Dice by z mode:", ""]
     per_site += ["| site | scans | " + " | ".join(modes) + " |", "|---|---|" + "---|" * len(modes)]
     for site in dict.fromkeys(r["site"] for r in first if r["group"] == "site"):
-        cells = {r["mode"]: r for r in first if r["group"] == "site" and r["site"] == site}
-        values = " | ".join(_fmt(cells[m].get("dice_mean")) if m in cells else "" for m in modes)
-        per_site.append(f"| {site} | {next(iter(cells.values()))['n']} | {values} |")
+        site_rows = {r["mode"]: r for r in first if r["group"] == "site" and r["site"] == site}
+        values = " | ".join(_fmt(site_rows[m].get("dice_mean")) if m in site_rows else "" for m in modes)
+        per_site.append(f"| {site} | {next(iter(site_rows.values()))['n']} | {values} |")
     return lines + per_site
 
 

@@ -90,9 +90,13 @@ class TrainingProgress:
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
             "torch_rng": torch.get_rng_state(),
-            "numpy_rng": _plain_numpy_state(np.random.get_state()),
+            # the ignores: numpy's stub types get_state() as the dict form; by default it returns the legacy tuple
+            "numpy_rng": _plain_numpy_state(np.random.get_state()),  # type: ignore[arg-type]
             "python_rng": random.getstate(),
-            "transform_rngs": [_plain_numpy_state(t.R.get_state()) for t in self.random_transforms],
+            "transform_rngs": [
+                _plain_numpy_state(t.R.get_state())  # type: ignore[arg-type]
+                for t in self.random_transforms
+            ],
         }
         if self.evaluator is not None:
             state["best_metric"] = float(self.evaluator.state.best_metric)

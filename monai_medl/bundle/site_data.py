@@ -229,7 +229,7 @@ def fit_intensity_stats(
     training: Sequence[dict],
     path: str | os.PathLike,
     keys: str | Sequence[str] = "image",
-    transform: Callable[[dict], dict] | None = None,
+    transform: Callable[[Mapping], Mapping] | None = None,
     method: str = "zscore",
     nonzero: bool = False,
     site_key: str = "site",

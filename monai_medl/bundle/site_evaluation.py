@@ -216,6 +216,10 @@ class ScanCollector:
         design_key: batch key of the ``z`` each scan got (``design_key + "_mode"``: the mode). Defaults to ``"z"``.
     """
 
+    if TYPE_CHECKING:  # what every subclass implements (the handler ``attach`` registers)
+
+        def __call__(self, engine: Engine) -> None: ...
+
     def __init__(
         self,
         pred_key: str = CommonKeys.PRED,

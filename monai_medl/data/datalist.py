@@ -23,7 +23,7 @@ import numbers
 import os
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from monai.utils import ensure_tuple
@@ -162,9 +162,10 @@ def _geometry_mismatch(infos: Mapping[str, ImageInfo]) -> str | None:
 def _check_label(label: Any, num_classes: int | None) -> str | None:
     if isinstance(label, bool) or not isinstance(label, numbers.Number):
         return f"label {label!r} is not a number"
-    if not math.isfinite(float(label)):
+    value = cast(float, label)  # a numbers.Number, which float() and int() take as every JSON number
+    if not math.isfinite(float(value)):
         return f"label {label!r} is not finite"
-    if num_classes is not None and (float(label) != int(label) or not 0 <= int(label) < num_classes):
+    if num_classes is not None and (float(value) != int(value) or not 0 <= int(value) < num_classes):
         return f"label {label!r} is outside the declared classes 0..{num_classes - 1}"
     return None
 
@@ -374,7 +375,7 @@ def _to_jsonable(value: Any) -> Any:
 
 def write_datalist(
     path: str | os.PathLike,
-    sections: Mapping[str, Sequence[Mapping[Hashable, Any]]],
+    sections: Mapping[str, Sequence[Mapping[str, Any]]],
     image_keys: Sequence[str] | str = ("image",),
     relative: bool = True,
     **metadata: Any,

@@ -13,9 +13,12 @@ import dataclasses
 import gzip
 import os
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
 
 __all__ = ["ImageInfo", "ImageReadError", "read_image_info"]
 
@@ -182,8 +185,14 @@ def _read_medical(path: str, spatial_dims: int, load_voxels: bool) -> ImageInfo:
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
 
+    img: SpatialImage | None
     try:
-        img = _nifti_read_once(path) if load_voxels and path.endswith((".nii", ".nii.gz")) else nib.load(path)
+        # nib.load is typed as the FileBasedImage base; every format it reads here is a spatial image
+        img = (
+            _nifti_read_once(path)
+            if load_voxels and path.endswith((".nii", ".nii.gz"))
+            else cast("SpatialImage", nib.load(path))
+        )
     except ImageFileError as e:
         if path.endswith((".nii", ".nii.gz", ".hdr", ".img", ".mgz", ".mgh")):
             # a damaged NIfTI is not handed to SimpleITK, which reads some truncated files back as garbage

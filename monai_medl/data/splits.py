@@ -108,6 +108,7 @@ def leave_sites_out(
         if missing:
             raise ValueError(f"unseen sites {missing} are not in the datalist; its sites are {present}.")
     else:
+        assert num_unseen is not None  # exactly one of the two was given (checked above)
         if not 0 < num_unseen < len(present):
             raise ValueError(f"num_unseen must be between 1 and {len(present) - 1} (there are {len(present)} sites).")
         splitter = GroupShuffleSplit(n_splits=1, test_size=int(num_unseen), random_state=seed)

@@ -35,7 +35,8 @@ def add_clusters(network: nn.Module, num_new: int = 1) -> int:
     layers, first_new = checked_random_effects_layers(net, "nothing to extend")
     for layer in layers.values():
         _grow(layer, num_new)
-    net.num_clusters = first_new + num_new
+    # torch types Module attributes as Tensor | Module; a plain int attribute is fine at run time
+    net.num_clusters = first_new + num_new  # type: ignore[assignment]
     return first_new
 
 
@@ -103,7 +104,7 @@ def fit_new_cluster(
     layers = random_effects_layers(net)
     rows = {name: nn.Parameter(layer.loc[new].detach().clone()) for name, layer in layers.items()}
     optimizer = torch.optim.Adam(rows.values(), lr=lr)
-    z = inputs.new_zeros(len(inputs), net.num_clusters)
+    z = inputs.new_zeros(len(inputs), new + 1)  # add_clusters made ``new`` the last cluster
     z[:, new] = 1
     net.eval()  # deterministic: posterior means, frozen batch-norm statistics
     trainable = {p: p.requires_grad for p in net.parameters()}

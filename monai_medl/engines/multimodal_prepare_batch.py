@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from monai.utils import CommonKeys
@@ -77,7 +78,8 @@ class MultimodalPrepareBatch(MixedEffectsPrepareBatch):
         self.allow_missing_covariates = allow_missing_covariates
 
     def _covariates(self, batchdata: dict, device, non_blocking: bool) -> torch.Tensor | None:
-        keys = [self.covariates_key] if isinstance(self.covariates_key, str) else list(self.covariates_key)
+        key = cast("str | Sequence[str]", self.covariates_key)  # set: __call__ reads covariates only then
+        keys = [key] if isinstance(key, str) else list(key)
         missing = [k for k in keys if k not in batchdata]
         if missing and self.allow_missing_covariates:
             return None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import torch
 from monai.engines.utils import PrepareBatch
@@ -118,13 +119,13 @@ class MixedEffectsPrepareBatch(PrepareBatch):
 
     def design(self, sites: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Design matrix for ``sites`` (indices, ``-1`` = unseen) according to :attr:`mode`."""
-        batch = image.shape[0]
+        batch, num_clusters = image.shape[0], cast(int, self.num_clusters)  # one grouping factor here
         if self.mode == "population":
-            return image.new_zeros(batch, self.num_clusters)
+            return image.new_zeros(batch, num_clusters)
         if self.mode == "randomized":
-            idx = torch.randint(0, self.num_clusters, (batch,), generator=self.generator)
-            return site_index_to_design(idx, self.num_clusters).to(image)
-        z = site_index_to_design(sites, self.num_clusters).to(image)
+            idx = torch.randint(0, num_clusters, (batch,), generator=self.generator)
+            return site_index_to_design(idx, num_clusters).to(image)
+        z = site_index_to_design(sites, num_clusters).to(image)
         infer = torch.ones(batch, dtype=torch.bool) if self.mode == "inferred" else sites.reshape(-1).cpu() < 0
         if self.z_predictor is not None and bool(infer.any()):
             with torch.no_grad():
@@ -150,7 +151,7 @@ class MixedEffectsPrepareBatch(PrepareBatch):
         """``factor -> (batch, K_f)`` designs of a multi-factor batch according to :attr:`mode`."""
         batch = image.shape[0]
         z = {}
-        for factor, levels in self.num_levels.items():
+        for factor, levels in cast(dict[str, int], self.num_levels).items():  # several grouping factors here
             if self.mode == "population":
                 z[factor] = image.new_zeros(batch, levels)
                 continue
@@ -165,8 +166,9 @@ class MixedEffectsPrepareBatch(PrepareBatch):
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
         if not isinstance(batchdata, dict):
             raise TypeError(f"MixedEffectsPrepareBatch expects a batch dictionary, got {type(batchdata).__name__}.")
+        z: torch.Tensor | dict[str, torch.Tensor]
         if self.num_levels is None:
-            sites = self._indices(batchdata, self.site_key)
+            sites = self._indices(batchdata, cast(str, self.site_key))  # a string for one factor (checked)
             image = self._image(batchdata, device, non_blocking, **kwargs)
             z = self.design(sites, image)
             if self.design_key is not None:

@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -90,7 +91,7 @@ def data_dependent_init_(
 
     def centre(module: nn.Linear, _inputs, output: torch.Tensor) -> torch.Tensor:
         shift = output.reshape(-1, output.shape[-1]).median(dim=0).values
-        module.bias -= shift
+        cast(torch.Tensor, module.bias).sub_(shift)  # every target has a bias (checked above)
         return output - shift
 
     handles = [layer.register_forward_hook(centre) for layer in targets]
@@ -283,7 +284,7 @@ class TabularTrainer:
         the adversary's update when there is one."""
         if not self.is_mixed:
             return task_loss(self.task, self.network(xb), yb)
-        out = self.network.forward_all(xb, zb)
+        out = cast(MixedEffectsNet, self.network).forward_all(xb, zb)
         noise = out.log_noise_scale
         if use_mixed:
             loss = _weighted(self.lambda_mixed, task_loss(self.task, out.mixed, yb, noise))
@@ -316,7 +317,9 @@ class TabularTrainer:
         net.train()
         checks = getattr(net, "validate_inputs", None)
         if checks is not None:
-            net.validate_inputs = False  # x and z were checked once above; per-batch checks would cost ~10%
+            # x and z were checked once above; per-batch checks would cost ~10% (the ignore: torch types Module
+            # attributes as Tensor | Module)
+            net.validate_inputs = False  # type: ignore[assignment]
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
@@ -345,7 +348,7 @@ class TabularTrainer:
         adv_acc = x.new_zeros(())
         # one split per epoch instead of four slices per step (per-step Python/dispatch cost matters here)
         batches = [t.split(self.batch_size) if t is not None else None for t in (xs, ys, zs, ss)]
-        steps = len(batches[0])
+        steps = len(cast(tuple, batches[0]))  # xs is never None
         for k in range(steps):
             xb, yb, zb, sb = (None if b is None else b[k] for b in batches)
             loss = self._loss(xb, yb, zb, sb, use_mixed)

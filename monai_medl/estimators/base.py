@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from monai_medl.estimators.exact_fit import (
 )
 from monai_medl.estimators.grouping import GroupEncoder, as_group_frame, has_pandas, parse_nested, pd, validation_rows
 from monai_medl.estimators.mixed_model_summary import MixedModelSummary
+
+if TYPE_CHECKING:
+    from monai_medl.networks.layers.correlated_random_effects import CorrelatedRandomEffects
 
 __all__ = ["MixedEffectsEstimatorBase", "EstimatorNotFittedError"]
 
@@ -383,7 +387,12 @@ class MixedEffectsEstimatorBase(BaseEstimator):
             # the posterior is set in closed form before every evaluation: no gradients for it
             refresh = self._posterior_update(x, index, y)
             layers = self.network_.random_effects.factors.values()
-            posterior = [p for layer in layers for p in layer.posterior_parameters() if p.requires_grad]
+            posterior = [
+                p
+                for layer in layers
+                for p in cast("CorrelatedRandomEffects", layer).posterior_parameters()
+                if p.requires_grad
+            ]
             for p in posterior:
                 p.requires_grad_(False)
 
@@ -534,7 +543,8 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         if self.exact_ is not None:
             return self.exact_.covariances[self.encoder_.factors.index(factor)].copy()
         a = self._transform(factor)
-        cov = self.network_.random_effects.factors[factor].prior_covariance().detach().cpu().double().numpy()
+        layer = cast("CorrelatedRandomEffects", self.network_.random_effects.factors[factor])
+        cov = layer.prior_covariance().detach().cpu().double().numpy()
         return a @ cov[block, block] @ a.T
 
     def _channel_block(self, factor: str, channel: int) -> slice:
@@ -635,7 +645,13 @@ class MixedEffectsEstimatorBase(BaseEstimator):
             b = self.exact_.b[self.encoder_.factors.index(factor)]
             return pd.DataFrame(b, index=self.encoder_.levels[factor], columns=names)
         a = self._transform(factor)
-        loc = self.network_.random_effects.factors[factor].loc.detach().cpu().double().numpy()
+        loc = (
+            cast("CorrelatedRandomEffects", self.network_.random_effects.factors[factor])
+            .loc.detach()
+            .cpu()
+            .double()
+            .numpy()
+        )
         labels = self._channel_labels()
         blocks = [loc[:, self._channel_block(factor, c)] @ a.T for c in range(1 if labels is None else len(labels))]
         columns = names if labels is None else pd.MultiIndex.from_product([labels, names], names=["class", "term"])

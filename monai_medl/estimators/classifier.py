@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -114,9 +116,10 @@ class MixedEffectsClassifier(ClassifierMixin, MixedEffectsEstimatorBase):
         if self.fixed_effects != "linear" or len(self.classes_) == 2:
             return
         counts = torch.bincount(y.long(), minlength=len(self.classes_)).to(x.dtype)
+        fixed = cast(torch.nn.Linear, self.network_.fixed)  # linear fixed effects
         with torch.no_grad():
-            self.network_.fixed.weight.zero_()
-            self.network_.fixed.bias.copy_(counts.log() - counts.log().mean())
+            fixed.weight.zero_()
+            fixed.bias.copy_(counts.log() - counts.log().mean())
 
     def _expected_nll(
         self, mean: torch.Tensor, var: torch.Tensor, y: torch.Tensor, draws: torch.Tensor | None = None
@@ -131,9 +134,9 @@ class MixedEffectsClassifier(ClassifierMixin, MixedEffectsEstimatorBase):
             picked = log_p.gather(-1, y.long()[:, None, None].expand(-1, eta.shape[1], 1))
             return -picked[..., 0].mean(1)
         mean, var = mean[:, 0], var[:, 0]
-        nodes, weights = np.polynomial.hermite.hermgauss(_QUADRATURE_NODES)
-        nodes = torch.as_tensor(nodes, dtype=mean.dtype, device=mean.device)
-        weights = torch.as_tensor(weights / np.sqrt(np.pi), dtype=mean.dtype, device=mean.device)
+        gauss_nodes, gauss_weights = np.polynomial.hermite.hermgauss(_QUADRATURE_NODES)
+        nodes = torch.as_tensor(gauss_nodes, dtype=mean.dtype, device=mean.device)
+        weights = torch.as_tensor(gauss_weights / np.sqrt(np.pi), dtype=mean.dtype, device=mean.device)
         # E[softplus(eta)] for eta ~ N(mean, var); -log p(y | eta) = softplus(eta) - y * eta
         eta = mean[:, None] + torch.sqrt(2 * var.clamp_min(0))[:, None] * nodes
         return (F.softplus(eta) * weights).sum(-1) - y * mean

@@ -129,17 +129,17 @@ def train_elbo(
     if optimizer != "adam":
         raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {optimizer!r}.")
     batch = num_samples if batch_size is None else int(batch_size)
-    opt = torch.optim.Adam(params, lr=0.05 if lr is None else lr)
+    adam = torch.optim.Adam(params, lr=0.05 if lr is None else lr)
     steps_per_epoch = math.ceil(num_samples / batch)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max_iter * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(adam, max_iter * steps_per_epoch)
     epochs = 0
     for _ in range(max_iter):
         order = torch.randperm(num_samples, generator=generator).to(device)
         for start in range(0, num_samples, batch):
-            opt.zero_grad()
+            adam.zero_grad()
             index = None if batch >= num_samples else order[start : start + batch]
             objective(index).backward()
-            opt.step()
+            adam.step()
             schedule.step()
         epochs += 1
         if watch is not None and watch.step():

@@ -45,9 +45,9 @@ class MixedModelSummary:
         lines.append("Random effects:")
         vc = self.var_corr
         per_class = "class" in vc.columns  # a C-class model: independent effects per class (on that class's logit)
-        header = ("Groups", "Class", "Name", "Std.Dev.", "Corr")
+        header: tuple[str, ...] = ("Groups", "Class", "Name", "Std.Dev.", "Corr")
         header = header if per_class else ("Groups", "Name", "Std.Dev.", "Corr")
-        table = [header]
+        table: list[tuple[str, ...]] = [header]
         keys = ["grp", "class"] if per_class else ["grp"]
         for _, rows in vc.groupby(keys, sort=False, dropna=False):
             grp = rows["grp"].iloc[0]

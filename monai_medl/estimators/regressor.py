@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -11,6 +12,9 @@ from sklearn.base import RegressorMixin
 
 from monai_medl.estimators.base import MixedEffectsEstimatorBase
 from monai_medl.estimators.conjugate_posterior import ConjugatePosterior
+
+if TYPE_CHECKING:
+    from monai_medl.networks.layers.correlated_random_effects import CorrelatedRandomEffects
 
 __all__ = ["MixedEffectsRegressor"]
 
@@ -101,11 +105,13 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsEstimatorBase):
     def _posterior_update(self, x: torch.Tensor, index: torch.Tensor, y: torch.Tensor):
         network = self.network_
         ((name, layer),) = network.random_effects.factors.items()
+        layer = cast("CorrelatedRandomEffects", layer)  # nn.ModuleDict types its items as Module
         conjugate = ConjugatePosterior(layer, index[:, 0], network.random_effects.design(name, x))
+        log_noise_scale = cast(torch.Tensor, network.log_noise_scale)  # a regressor's network learns the noise s.d.
 
         def refresh() -> None:
             with torch.no_grad():
-                conjugate.update(y - network.fixed(x)[:, 0], torch.exp(2 * network.log_noise_scale))
+                conjugate.update(y - network.fixed(x)[:, 0], torch.exp(2 * log_noise_scale))
 
         return refresh
 
@@ -125,13 +131,14 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsEstimatorBase):
             return
         design = torch.cat([x, torch.ones_like(y)[:, None]], dim=1)
         coef = torch.linalg.lstsq(design, y[:, None]).solution[:, 0]
+        fixed = cast(torch.nn.Linear, self.network_.fixed)  # linear fixed effects
         with torch.no_grad():
-            self.network_.fixed.weight.copy_(coef[:-1][None])
-            self.network_.fixed.bias.copy_(coef[-1:])
+            fixed.weight.copy_(coef[:-1][None])
+            fixed.bias.copy_(coef[-1:])
 
     def _expected_nll(self, mean: torch.Tensor, var: torch.Tensor, y: torch.Tensor, draws=None) -> torch.Tensor:
         mean, var = mean[:, 0], var[:, 0]
-        log_sd = self.network_.log_noise_scale
+        log_sd = cast(torch.Tensor, self.network_.log_noise_scale)  # a regressor's network learns the noise s.d.
         return 0.5 * ((y - mean).square() + var) * torch.exp(-2 * log_sd) + log_sd + 0.5 * math.log(2 * math.pi)
 
     def _validation_loss(self, mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, draws=None) -> torch.Tensor:

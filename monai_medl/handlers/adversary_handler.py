@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from monai.engines.utils import IterationEvents
@@ -119,14 +119,14 @@ class AdversaryHandler:
             engine.add_event_handler(IterationEvents.MODEL_COMPLETED, lambda _: self.regularizer.finish_step())
 
     def __call__(self, engine: Engine) -> None:
-        output = engine.state.output
+        output = cast(dict, engine.state.output)  # the trainer's output dictionary (ignite types it loosely)
         pred = output[CommonKeys.PRED]
         if not hasattr(pred, "features"):
             raise TypeError(
                 "AdversaryHandler needs the trainer's network to return a MixedEffectsOutput (a mixed-effects network "
                 f"in training mode) as engine.state.output['pred'], got {type(pred).__name__}."
             )
-        batch = engine.state.batch
+        batch = cast(dict, engine.state.batch)
         keys = [self.site_key] + ([self.label_key] if self.regularizer.label_classes else [])
         for key in keys:
             if key not in batch:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -89,10 +89,10 @@ class ClusterPredictorHandler:
         self.last_accuracy = ((logits.detach().argmax(1) == target).to(weight.dtype) * weight).sum() / count
 
     def __call__(self, engine: Engine) -> None:
-        batch = engine.state.batch
+        batch = cast(dict, engine.state.batch)  # the trainer's batch dictionary (ignite types it loosely)
         if self.site_key not in batch:
             raise KeyError(f"batch has no {self.site_key!r} key; available keys: {sorted(batch)}.")
-        output = engine.state.output
+        output = cast(dict, engine.state.output)
         self.step(output[CommonKeys.IMAGE], batch[self.site_key])
         output["site_loss"] = self.last_loss
         output["site_acc"] = self.last_accuracy

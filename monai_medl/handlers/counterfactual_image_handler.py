@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from monai.utils import optional_import
@@ -19,6 +19,9 @@ SummaryWriter, _ = optional_import("torch.utils.tensorboard", name="SummaryWrite
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
+    from monai.engines import SupervisedTrainer
+
+    from monai_medl.networks.nets.me_autoencoder import MixedEffectsAutoEncoder
 
 __all__ = ["CounterfactualImageHandler"]
 
@@ -89,7 +92,8 @@ class CounterfactualImageHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
 
     def __call__(self, engine: Engine) -> None:
-        net = unwrap_network(self.network if self.network is not None else engine.network)
+        net = unwrap_network(self.network if self.network is not None else cast("SupervisedTrainer", engine).network)
+        net = cast("MixedEffectsAutoEncoder", net)  # the auto-encoder this handler is for
         if self.writer is None:
             self.writer = SummaryWriter(log_dir=self.log_dir)
         device = next(net.parameters()).device

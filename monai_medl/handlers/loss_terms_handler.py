@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from monai.engines.utils import IterationEvents
@@ -13,6 +13,7 @@ from monai_medl.losses.loss_output import loss_terms
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
+    from monai.engines import SupervisedTrainer
 
     from monai_medl.losses.mixed_effects_loss import MixedEffectsLoss
 
@@ -59,10 +60,14 @@ class LossTermsHandler:
     def __call__(self, engine: Engine) -> None:
         if engine.state.iteration % self.interval:
             return
-        output = engine.state.output
+        output = cast(dict, engine.state.output)  # the trainer's output dictionary (ignite types it loosely)
         terms = loss_terms(output.get(CommonKeys.LOSS))
         if terms is None:  # a loss returning a plain tensor: compute the terms from the engine's pred and label
-            loss = self.loss_function if self.loss_function is not None else engine.loss_function
+            loss = (
+                self.loss_function
+                if self.loss_function is not None
+                else cast("SupervisedTrainer", engine).loss_function
+            )
             if not hasattr(loss, "terms"):
                 raise TypeError(
                     "LossTermsHandler needs engine.state.output['loss'] to carry terms (a LossOutput) or a loss with "

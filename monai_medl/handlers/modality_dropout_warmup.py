@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ignite.engine import Events
 from torch import nn
@@ -12,6 +12,7 @@ from monai_medl.networks.utils import unwrap_network
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
+    from monai.engines import SupervisedTrainer
 
 __all__ = ["ModalityDropoutWarmup"]
 
@@ -63,7 +64,8 @@ class ModalityDropoutWarmup:
         return self.rate if epoch >= self.start_epoch else 0.0
 
     def __call__(self, engine: Engine) -> None:
-        net = unwrap_network(self.network if self.network is not None else engine.network)
+        net = unwrap_network(self.network if self.network is not None else cast("SupervisedTrainer", engine).network)
         if not hasattr(net, "modality_dropout"):
             raise TypeError(f"{type(net).__name__} has no modality_dropout attribute (needs a multimodal network).")
-        net.modality_dropout = self.rate_at(engine.state.epoch)
+        # ignore: torch types Module attributes as Tensor | Module; a float attribute is fine at run time
+        net.modality_dropout = self.rate_at(engine.state.epoch)  # type: ignore[assignment]

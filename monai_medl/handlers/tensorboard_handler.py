@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_
 plt, has_matplotlib = optional_import("matplotlib.pyplot")
 if TYPE_CHECKING:
     from ignite.engine import Engine
+    from monai.engines import SupervisedTrainer
 
 __all__ = ["RandomEffectsTensorBoardHandler", "DEFAULT_TERM_TAGS"]
 
@@ -147,7 +148,7 @@ class RandomEffectsTensorBoardHandler(TensorBoardHandler):
             mean = float(total) / self._counts[key]
             if np.isfinite(mean):
                 self._writer.add_scalar(tag + self.term_tags[key], mean, step)
-        net = unwrap_network(self.network if self.network is not None else engine.network)
+        net = unwrap_network(self.network if self.network is not None else cast("SupervisedTrainer", engine).network)
         report = summary(net, cluster_names=self.cluster_names)
         for comp in report.random_effects:
             layer = f"{tag}random_effects/{comp.layer}"
@@ -172,8 +173,8 @@ class RandomEffectsTensorBoardHandler(TensorBoardHandler):
         """Grouped bar plot of per-cluster intercepts (one panel per intercept layer), prior +-1 s.d. shaded."""
         prior = {c.layer: c.prior_sd for c in components}
         fig, axes = plt.subplots(1, len(intercepts), figsize=(max(4.0, 0.5 * len(cluster_names) + 2), 3), squeeze=False)
-        for ax, (layer, values) in zip(axes[0], intercepts.items()):
-            values = np.asarray(values, dtype=float)  # (K, out)
+        for ax, (layer, raw) in zip(axes[0], intercepts.items()):
+            values = np.asarray(raw, dtype=float)  # (K, out)
             k, out = values.shape
             width = 0.8 / out
             for c in range(out):

@@ -44,11 +44,12 @@ class MixedEffectsInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         net = unwrap_network(network)
-        if not hasattr(net, "forward_all"):
+        forward_all = getattr(net, "forward_all", None)
+        if forward_all is None:
             raise TypeError(
                 f"MixedEffectsInferer needs a mixed-effects network (forward_all), got {type(net).__name__}."
             )
-        out = net.forward_all(inputs, *args, **kwargs)
+        out = forward_all(inputs, *args, **kwargs)
         missing = [f for f in self.fields if not hasattr(out, f)]
         if missing:
             raise KeyError(f"{type(out).__name__} has no field(s) {missing}; available: {list(out._fields)}.")

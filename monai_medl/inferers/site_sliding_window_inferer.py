@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from monai.inferers import SlidingWindowInferer
@@ -29,10 +29,11 @@ class SiteSlidingWindowInferer(SlidingWindowInferer):
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         z = args[0] if args else kwargs.pop("z", None)
         rest = args[1:] if args else ()
-        if z is None:
-            return super().__call__(inputs, network, *rest, **kwargs)
+        if z is None:  # a segmentation network returns one tensor, so the windows stitch into one
+            return cast(torch.Tensor, super().__call__(inputs, network, *rest, **kwargs))
         if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[0] != inputs.shape[0]:
             shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise ValueError(f"z must be a (batch, num_clusters) tensor with one row per image, got {shape}.")
         window = super().__call__  # zero-argument super() does not work inside a comprehension
-        return torch.cat([window(inputs[i : i + 1], network, z[i : i + 1], *rest, **kwargs) for i in range(len(z))])
+        parts = [window(inputs[i : i + 1], network, z[i : i + 1], *rest, **kwargs) for i in range(len(z))]
+        return torch.cat(cast(list[torch.Tensor], parts))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -154,7 +155,10 @@ class AdversarialRegularizer:
             raise ValueError(
                 f"memory (past batches the adversary also trains on) must be an integer >= 0, got {memory!r}."
             )
-        self._memory: deque | None = deque(maxlen=memory) if memory > 0 else None
+        # (detached features, targets, weights) of the latest batches
+        self._memory: deque[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]] | None = (
+            deque(maxlen=memory) if memory > 0 else None
+        )
         if objective not in ("ce", "confusion"):
             raise ValueError(f"objective must be 'ce' or 'confusion', got {objective!r}.")
         self.objective = objective
@@ -219,7 +223,7 @@ class AdversarialRegularizer:
         bank = [*self._memory, batch] if self._memory is not None else [batch]
         inputs = [torch.cat([b[0][i] for b in bank]) for i in range(len(live))] if len(bank) > 1 else batch[0]
         all_target, all_weight = (
-            (torch.cat([b[k] for b in bank]) for k in (1, 2)) if len(bank) > 1 else (target, weight)
+            (torch.cat([b[1] for b in bank]), torch.cat([b[2] for b in bank])) if len(bank) > 1 else (target, weight)
         )
         fit = (inputs[0] if concatenated else inputs, all_target, all_weight, all_weight.sum().clamp_min(1.0))
         current = (target, weight, count)
@@ -334,7 +338,8 @@ class AdversarialRegularizer:
             for p, flag in zip(params, flags):
                 p.requires_grad_(flag)
         if label_index is not None:
-            rows = self._site_counts[label_index]  # P(site | label) of the training items seen, this batch included
+            # P(site | label) of the training items seen, this batch included (counted for a conditional adversary)
+            rows = cast(torch.Tensor, self._site_counts)[label_index]
             site_given_label = rows / rows.sum(1, keepdim=True).clamp_min(1.0)
             per_item = -(site_given_label * F.log_softmax(logits, dim=1)).sum(1)
         elif self.objective == "confusion":

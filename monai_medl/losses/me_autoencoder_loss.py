@@ -68,9 +68,10 @@ class MixedEffectsAutoEncoderLoss(MixedEffectsLoss):
         self.recon_weight = recon_weight
         self.recon_fixed_weight = recon_fixed_weight
 
-    def terms(self, pred: MixedEffectsAutoEncoderOutput, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    # the ignores: the auto-encoder's output has MixedEffectsOutput's fields and more (a NamedTuple cannot extend one)
+    def terms(self, pred: MixedEffectsAutoEncoderOutput, target: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
         """Unweighted terms: those of :class:`MixedEffectsLoss` plus ``recon`` and ``recon_fixed``."""
-        terms = super().terms(pred, target)
+        terms = super().terms(pred, target)  # type: ignore[arg-type]
         if not hasattr(pred, "reconstruction"):
             raise TypeError(
                 "MixedEffectsAutoEncoderLoss needs a MixedEffectsAutoEncoder's output (it has no 'reconstruction')."

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -76,7 +76,7 @@ def _one_group(metrics: Sequence[str], y: np.ndarray, s: np.ndarray, threshold: 
 def compute_site_metrics(
     y_true: Sequence[Any],
     y_score: Sequence[Any],
-    sites: Sequence[int],
+    sites: Sequence[int] | np.ndarray,
     metrics: Sequence[str] = ("auroc", "balanced_accuracy"),
     threshold: float = 0.5,
     groups: Sequence[Any] | None = None,
@@ -217,7 +217,8 @@ class SiteMetric(CumulativeIterationMetric):
         Returns:
             the batch's ``[y_pred (B, C), y (B,), site code (B,), seen (B,)]`` as added to the buffers.
         """
-        return super().__call__(_batch_first(y_pred, "y_pred"), _batch_first(y, "y"), sites=sites, seen=seen)
+        batch = super().__call__(_batch_first(y_pred, "y_pred"), _batch_first(y, "y"), sites=sites, seen=seen)
+        return cast(list[torch.Tensor], batch)  # _compute_tensor's list, as CumulativeIterationMetric hands it back
 
     def _compute_tensor(  # type: ignore[override]
         self, y_pred: torch.Tensor, y: torch.Tensor | None = None, sites: Any = None, seen: Any = None
@@ -249,7 +250,7 @@ class SiteMetric(CumulativeIterationMetric):
             torch.tensor(flags, dtype=torch.bool),
         ]
 
-    def aggregate(self) -> dict[str, Any]:  # type: ignore[override]
+    def aggregate(self) -> dict[str, Any]:
         """:func:`compute_site_metrics` of the accumulated items (``overall``, ``seen``, ``unseen``, ``per_site``).
 
         Under ``torch.distributed`` the buffers are gathered from every rank; per-site names then assume every rank

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["JsonFileMixin"]
 
@@ -17,6 +22,13 @@ class JsonFileMixin:
 
     json_description = "JSON"
 
+    if TYPE_CHECKING:  # what the mixin needs from its class (declared for the type checker only)
+
+        def to_dict(self) -> dict[str, Any]: ...
+
+        @classmethod
+        def from_dict(cls, data: Mapping[str, Any]) -> Self: ...
+
     def to_json(self, path: str | os.PathLike) -> None:
         """Write ``self.to_dict()`` to ``path`` as indented JSON."""
         with open(path, "w", encoding="utf-8") as f:
@@ -24,7 +36,7 @@ class JsonFileMixin:
             f.write("\n")
 
     @classmethod
-    def from_json(cls, path: str | os.PathLike):
+    def from_json(cls, path: str | os.PathLike) -> Self:
         """Read an object written by :meth:`to_json`; a malformed file raises ValueError naming it."""
         try:
             with open(path, encoding="utf-8") as f:

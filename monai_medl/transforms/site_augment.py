@@ -32,6 +32,16 @@ from monai.utils import convert_to_tensor
 
 __all__ = ["RandSiteEffect", "RandSiteEffectd", "RandSiteEffectD", "RandSiteEffectDict"]
 
+# the scanner steps (each a MONAI random intensity transform that takes ``randomize=False``)
+_Step = (
+    RandAdjustContrast
+    | RandGaussianSmooth
+    | RandBiasField
+    | RandScaleIntensity
+    | RandShiftIntensity
+    | RandGaussianNoise
+)
+
 
 def _symmetric(value: float | Sequence[float] | None, name: str) -> tuple[float, float] | None:
     if value is None:
@@ -108,7 +118,7 @@ class RandSiteEffect(RandomizableTransform):
             raise ValueError(f"noise_std must be >= 0, got {noise_std}.")
         p = float(component_prob)
         # acquisition order: contrast -> point spread -> coil sensitivity -> gain/offset -> noise
-        steps: list[tuple[str, RandomizableTransform]] = []
+        steps: list[tuple[str, _Step]] = []
         if gamma is not None:
             steps.append(("contrast", RandAdjustContrast(prob=p, gamma=gamma)))
         if sigma is not None:
@@ -135,10 +145,10 @@ class RandSiteEffect(RandomizableTransform):
         super().randomize(None)
         if not self._do_transform:
             return
-        for name, step in self.steps.items():
-            if name == "bias":
+        for step in self.steps.values():
+            if isinstance(step, RandBiasField):
                 step.randomize(img_size=img.shape[1:])
-            elif name == "noise":
+            elif isinstance(step, RandGaussianNoise):
                 step.randomize(img)
             else:
                 step.randomize(None)

@@ -303,7 +303,7 @@ class NormalizeBySite(Transform):
             raise ValueError(f"no intensity statistics for key {key!r}; fitted keys: {list(stats.stats)}.")
         self.stats, self.key, self.fallback, self.dtype = stats, key, fallback, dtype
 
-    def __call__(self, img: Any, site: Any) -> Any:
+    def __call__(self, img: Any, site: Any) -> Any:  # type: ignore[override]  # the site is a required input
         s = self.stats.get(self.key, site, fallback=self.fallback)
         x = convert_to_tensor(img, track_meta=get_track_meta(), dtype=self.dtype)
         fg = x != 0 if self.stats.nonzero else torch.ones_like(x, dtype=torch.bool)

@@ -183,7 +183,7 @@ def _component(name: str, layer: RandomEffects, group: str, features: list[str] 
 
 
 def _linear_fixed_effects(net: nn.Module, names: list[str] | None) -> dict[str, float] | None:
-    if names is None or len(net.hidden) > 0:
+    if names is None or not isinstance(net, MixedEffectsMLP) or len(net.hidden) > 0:  # names come with an MLP only
         return None
     weight, bias = net.head.linear.weight.detach(), net.head.linear.bias
     out_channels = weight.shape[0]

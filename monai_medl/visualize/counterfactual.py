@@ -4,15 +4,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from monai_medl.networks.nets.me_autoencoder import MixedEffectsAutoEncoder
 
 __all__ = ["counterfactual_panel", "counterfactual_grid", "plot_counterfactual_panel"]
 
 
 @torch.no_grad()
 def counterfactual_panel(
-    network: torch.nn.Module, images: torch.Tensor, z: torch.Tensor | None, targets: torch.Tensor | None = None
+    network: MixedEffectsAutoEncoder, images: torch.Tensor, z: torch.Tensor | None, targets: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Stack ``[input, reconstruction, counterfactual_0, ..., counterfactual_{T-1}]`` for every image.
 

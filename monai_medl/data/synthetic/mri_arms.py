@@ -145,7 +145,7 @@ def _severity_mean(prevalence: float, threshold: float) -> float:
 
 
 def draw_arm_sites(
-    config: Mapping[str, Any], prevalences: Sequence[float], num_seen: int, center: Sequence[float]
+    config: Mapping[str, Any], prevalences: Sequence[float], num_seen: int, center: Sequence[float] | np.ndarray
 ) -> list[dict[str, Any]]:
     """Each site's arm parameters (seen sites first), from a random stream of their own (``[seed, 20]``), so the
     rest of the cohort's draws do not depend on the arm.

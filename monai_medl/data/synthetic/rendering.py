@@ -40,7 +40,7 @@ VENTRICLE_CENTER = (0.0, -16.0, 13.0)
 VENTRICLE_SIGMA = (18.0, 26.0, 12.0)
 
 # pure-tissue intensities relative to the brightest tissue; T1's CSF/GM come from the template fit
-_BASE_CONTRAST = {
+_BASE_CONTRAST: dict[str, dict[str, float | None]] = {
     "t1": {"csf": None, "gm": None, "wm": 1.0},
     "flair": {"csf": 0.08, "gm": 1.0, "wm": 0.72},
     "t2": {"csf": 1.0, "gm": 0.55, "wm": 0.40},
@@ -49,7 +49,9 @@ _WMH_CONTRAST = {"t1": -0.25, "flair": 0.6, "t2": 0.4}
 _CONTROL_POINTS = 5  # per axis, of the smooth random deformation
 
 
-def cohort_grid(spatial_size: Sequence[int], spacing: Sequence[float], center: Sequence[float]) -> np.ndarray:
+def cohort_grid(
+    spatial_size: Sequence[int], spacing: Sequence[float], center: Sequence[float] | np.ndarray
+) -> np.ndarray:
     """Affine (4 x 4, RAS, MNI mm) of an axis-aligned grid of ``spatial_size`` voxels of ``spacing`` mm centred at
     ``center``."""
     size, sp, c = np.asarray(spatial_size, float), np.asarray(spacing, float), np.asarray(center, float)
@@ -95,9 +97,7 @@ def sample_site_effects(rng: np.random.Generator, modalities: Sequence[str], str
     """Draw one scanner's effects (all values recorded in the ground truth)."""
     contrast, gain, gamma = {}, {}, {}
     for mod in modalities:
-        base = dict(_BASE_CONTRAST[mod])
-        if mod == "t1":
-            base.update(gm=round(tissue_t1["gm"], 4), csf=round(tissue_t1["csf"], 4))
+        base = {t: round(tissue_t1[t], 4) if v is None else v for t, v in _BASE_CONTRAST[mod].items()}
         # the brightest tissue is the reference (1.0); the others vary by site
         contrast[mod] = {
             t: float(np.clip(v + strength * rng.normal(0, 0.05 if v < 1 else 0.0), 0.02, 1.2)) for t, v in base.items()
@@ -191,7 +191,7 @@ class TemplateRenderer:
         return np.exp(log + c[8] * np.multiply.outer(y, z)[None, :, :])
 
     @staticmethod
-    def _gauss(points: np.ndarray, center: Sequence[float], sigma: Sequence[float] | float) -> np.ndarray:
+    def _gauss(points: np.ndarray, center: Sequence[float], sigma: Sequence[float] | float | np.ndarray) -> np.ndarray:
         c = np.asarray(center, np.float32).reshape(3, 1, 1, 1)
         s = np.broadcast_to(np.asarray(sigma, np.float32), (3,)).reshape(3, 1, 1, 1)
         return np.exp(-0.5 * np.sum(((points - c) / s) ** 2, axis=0))

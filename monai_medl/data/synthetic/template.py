@@ -15,9 +15,13 @@ import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
 
 __all__ = ["TEMPLATE_FILES", "template_dir", "template_checksums", "TissueTemplate", "load_tissue_template"]
 
@@ -91,7 +95,7 @@ class TissueTemplate:
 def _read(name: str) -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib
 
-    img = nib.load(os.path.join(template_dir(), TEMPLATE_FILES[name]))
+    img = cast("SpatialImage", nib.load(os.path.join(template_dir(), TEMPLATE_FILES[name])))
     return np.asarray(img.dataobj, dtype=np.float32) / 255.0, img.affine
 
 
@@ -121,7 +125,6 @@ def load_tissue_template(spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), 
         mid.append((extent[0] + extent[-1]) / 2.0)
         lo.append(max(int(extent[0]) - margin, 0))
         hi.append(min(int(extent[-1]) + margin + 1, t1.shape[axis]))
-    lo = np.asarray(lo)
     crop = tuple(slice(a, b) for a, b in zip(lo, hi))
     t1, inside = t1[crop], inside[crop]
     mask = inside.astype(np.float32)
@@ -148,7 +151,7 @@ def load_tissue_template(spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), 
         else:
             smoothed[...] = m
         maps[i] = smoothed[::step, ::step, ::step]
-    origin = affine[:3, 3] + lo
+    origin = affine[:3, 3] + np.asarray(lo)
     center = affine[:3, 3] + np.asarray(mid)
     tissue = {"gm": c_gm / c_wm, "wm": 1.0, "csf": c_csf / c_wm}
     return TissueTemplate(maps=maps, origin=origin, step=step, center=center, tissue_t1=tissue)

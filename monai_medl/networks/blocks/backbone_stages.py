@@ -67,7 +67,7 @@ def norm_channels(layer: nn.Module) -> int | None:
     """Number of channels of a batch/instance/group normalisation layer, None for any other layer."""
     if isinstance(layer, nn.GroupNorm):
         return int(layer.num_channels)
-    if isinstance(layer, _NORM_TYPES):
+    if isinstance(layer, _NORM_TYPES[:2]):  # batch and instance norms
         return int(layer.num_features)
     return None
 

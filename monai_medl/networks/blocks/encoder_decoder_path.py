@@ -22,7 +22,7 @@ scripted (MONAI's implementation is not TorchScript-compatible), so neither can 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -126,9 +126,11 @@ class DecoderBlock(nn.Module):
                 xm = stage(xm, z)
                 x = stage(x, None)
             elif stage.has_cluster:
-                x, xm = stage.split(x, z)
+                # ignore: a ModuleList's items are typed Module (and TorchScript has no cast)
+                x, xm = stage.split(x, z)  # type: ignore[operator]
             else:
-                x = stage.body(x)
+                # ignore: a ModuleList's items are typed Module (and TorchScript has no cast)
+                x = stage.body(x)  # type: ignore[operator]
         return x, xm
 
 
@@ -208,6 +210,10 @@ class EncoderDecoderPath(nn.Module):
     """
 
     min_size: int = 0
+    if TYPE_CHECKING:  # set by the walks, for the type checker only (TorchScript reads no postponed annotations)
+        spatial_dims: int
+        in_channels: int
+        out_channels: int
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder outputs, shallow to deep; the last one is the bottleneck."""
@@ -295,7 +301,8 @@ class UNetPath(EncoderDecoderPath):
         for i, block in enumerate(self.ups):
             skip = skips[n - 1 - i]
             if xm is None:
-                x, xm = block.pair(torch.cat([skip, x], 1), z)
+                # ignore: a ModuleList's items are typed Module (and TorchScript has no cast)
+                x, xm = block.pair(torch.cat([skip, x], 1), z)  # type: ignore[operator]
             else:
                 x, xm = block(torch.cat([skip, x], 1), None), block(torch.cat([skip, xm], 1), z)
         return x, (x if xm is None else xm)
@@ -324,7 +331,8 @@ class BasicUNetPath(EncoderDecoderPath):
         learn_prior_scale: bool = False,
     ) -> None:
         super().__init__()
-        first = net.conv_0.conv_0.conv
+        # MONAI adds TwoConv's convolutions with add_module, so they are untyped
+        first = cast("nn.Conv1d | nn.Conv2d | nn.Conv3d", net.get_submodule("conv_0.conv_0.conv"))
         self.spatial_dims = first.weight.dim() - 2
         self.in_channels = int(first.in_channels)
         self.out_channels = int(net.final_conv.out_channels)
@@ -357,7 +365,8 @@ class BasicUNetPath(EncoderDecoderPath):
         for i, (upsample, block) in enumerate(zip(self.upsamples, self.ups)):
             skip = skips[n - 1 - i]
             if xm is None:
-                x, xm = block.pair(torch.cat([skip, pad_to(upsample(x), skip)], 1), z)
+                # ignore: a ModuleList's items are typed Module (and TorchScript has no cast)
+                x, xm = block.pair(torch.cat([skip, pad_to(upsample(x), skip)], 1), z)  # type: ignore[operator]
             else:
                 x = block(torch.cat([skip, pad_to(upsample(x), skip)], 1), None)
                 xm = block(torch.cat([skip, pad_to(upsample(xm), skip)], 1), z)
@@ -502,7 +511,12 @@ def encoder_decoder_path(
     Raises:
         TypeError: for an unsupported network, naming the supported ones.
     """
-    walks = ((UNet, UNetPath), (BasicUNet, BasicUNetPath), (SegResNet, SegResNetPath), (SwinUNETR, SwinUNETRPath))
+    walks: tuple[tuple[type[nn.Module], Callable[..., EncoderDecoderPath]], ...] = (
+        (UNet, UNetPath),
+        (BasicUNet, BasicUNetPath),
+        (SegResNet, SegResNetPath),
+        (SwinUNETR, SwinUNETRPath),
+    )
     for cls, path in walks:
         if isinstance(network, cls):
             return path(network, num_clusters, cluster_scale_bias, prior_scale, learn_prior_scale)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -75,16 +76,15 @@ class MixedEffectsHead(nn.Module):
         **random_effects_kwargs: bool | float | None,
     ) -> None:
         super().__init__()
-        settings = resolve_random_effects(
-            random_effects, network="MixedEffectsHead", accepts=HEAD_KEYWORDS, **random_effects_kwargs
-        )
+        keywords: dict[str, Any] = random_effects_kwargs  # Any: mypy cannot tell them from its typed options
+        settings = resolve_random_effects(random_effects, network="MixedEffectsHead", accepts=HEAD_KEYWORDS, **keywords)
         self.random_effects_settings = settings
         self.linear = nn.Linear(in_features, out_channels)
         self.grouped = isinstance(num_clusters, Mapping)
         self.num_levels = check_num_levels(num_clusters) if isinstance(num_clusters, Mapping) else None
 
         def layers(units: int, prior_scale: float) -> dict[str, RandomEffects]:
-            levels = self.num_levels if self.num_levels is not None else {"": int(num_clusters)}
+            levels = self.num_levels if self.num_levels is not None else {"": int(cast(int, num_clusters))}
             return {
                 name: RandomEffects(
                     k,
@@ -150,7 +150,7 @@ class MixedEffectsHead(nn.Module):
     @torch.jit.unused
     def designs(self, z, batch: int) -> dict[str, torch.Tensor]:  # z: Tensor or Mapping[str, Tensor]
         """The per-factor design matrices of a multi-factor ``z`` (validated; level indices made one-hot)."""
-        return factor_designs(z, self.num_levels, batch, self.linear.weight.dtype)
+        return factor_designs(z, cast(dict[str, int], self.num_levels), batch, self.linear.weight.dtype)  # grouped
 
     @torch.jit.unused
     def _grouped_mixed(self, h: torch.Tensor, z) -> torch.Tensor:  # z: Mapping[str, Tensor]

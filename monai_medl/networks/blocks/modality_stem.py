@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -54,13 +54,15 @@ class ModalityMeanConv(nn.Module):
         widths = [int(c) for c in in_channels]
         if not widths or min(widths) < 1:
             raise ValueError(f"in_channels must list one positive width per modality, got {list(in_channels)}.")
-        convs = []
+        convs: list[nn.Module] = []
+        # torch types a conv's kernel_size/stride/... as tuple[int, ...]; they have the length its class expects
+        conv_type: Callable[..., nn.Module] = type(conv)
         for c in widths:
             if c == conv.in_channels and not convs:
                 convs.append(conv)
                 continue
             convs.append(
-                type(conv)(
+                conv_type(
                     c,
                     conv.out_channels,
                     conv.kernel_size,

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from monai.networks.layers.factories import Norm
 from torch import nn
@@ -56,7 +58,7 @@ class ClusterScaleBias(nn.Module):
             self.norm: nn.Module = nn.LayerNorm(channels, elementwise_affine=affine)
         else:
             self.norm = Norm[Norm.INSTANCE, spatial_dims](channels, affine=affine)
-        kwargs = dict(
+        kwargs: dict[str, Any] = dict(
             num_clusters=num_clusters,
             units=channels,
             prior_scale=prior_scale,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +100,11 @@ class CorrelatedRandomEffects(nn.Module):
         >>> re.prior_covariance().shape, bool(re.kl().detach() >= 0)
         (torch.Size([2, 2]), True)
     """
+
+    if TYPE_CHECKING:  # buffers or parameters, for the type checker only (TorchScript reads no postponed annotations)
+        _within_block: torch.Tensor
+        prior_log_diag: torch.Tensor
+        prior_offdiag: Optional[torch.Tensor]
 
     def __init__(
         self,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -119,7 +120,7 @@ class GroupedRandomEffects(nn.Module):
     def design(self, factor: str, x: torch.Tensor | None) -> torch.Tensor:
         """Design rows ``d_f`` of ``factor`` for inputs ``x`` (``(batch, q_f)``)."""
         columns = self._columns[factor]
-        layer: CorrelatedRandomEffects = self.factors[factor]
+        layer = cast(CorrelatedRandomEffects, self.factors[factor])  # nn.ModuleDict types items as Module
         if not columns:
             batch = 1 if x is None else x.shape[0]
             return torch.ones(batch, 1, dtype=layer.loc.dtype, device=layer.loc.device)
@@ -133,7 +134,7 @@ class GroupedRandomEffects(nn.Module):
     @property
     def num_levels(self) -> dict[str, int]:
         """Factor name -> number of training levels."""
-        return {name: layer.num_clusters for name, layer in self.factors.items()}
+        return {name: cast(CorrelatedRandomEffects, layer).num_clusters for name, layer in self.factors.items()}
 
     def _check(self, clusters: torch.Tensor, x: torch.Tensor | None) -> None:
         if clusters.dim() != 2 or clusters.shape[1] != len(self.factors) or clusters.is_floating_point():
@@ -149,7 +150,7 @@ class GroupedRandomEffects(nn.Module):
             batch = next(iter(clusters.values())).shape[0] if clusters else 0
             if x is not None and x.shape[0] != batch:
                 raise ValueError(f"x and clusters disagree on the batch size: {x.shape[0]} vs {batch}.")
-            dtype = next(iter(self.factors.values())).loc.dtype
+            dtype = cast(CorrelatedRandomEffects, next(iter(self.factors.values()))).loc.dtype
             columns = list(factor_designs(clusters, self.num_levels, batch, dtype).values())
         else:
             self._check(clusters, x)
@@ -213,4 +214,4 @@ class GroupedRandomEffects(nn.Module):
 
     def kl(self) -> torch.Tensor:
         """Sum of every factor's closed-form KL term."""
-        return torch.stack([layer.kl() for layer in self.factors.values()]).sum()
+        return torch.stack([cast(CorrelatedRandomEffects, layer).kl() for layer in self.factors.values()]).sum()

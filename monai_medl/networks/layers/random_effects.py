@@ -167,7 +167,7 @@ class RandomEffects(nn.Module):
         with torch.no_grad():
             kl, *grads = _kl_and_grads(self.loc, self.rho, self.log_prior_scale, self.log_prior_scale.requires_grad)
         for param, grad in zip((self.loc, self.rho, self.log_prior_scale), grads):
-            if param.requires_grad:
+            if param.requires_grad and grad is not None:  # grad is None only for a fixed prior (no requires_grad)
                 if param.grad is None:
                     param.grad = torch.zeros_like(param)
                 param.grad.add_(grad, alpha=weight)

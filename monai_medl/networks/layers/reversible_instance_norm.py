@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
@@ -39,6 +39,10 @@ class ReversibleInstanceNorm(nn.Module):
         >>> torch.allclose(norm.denormalize(xn, stats), x, atol=1e-5)
         True
     """
+
+    if TYPE_CHECKING:  # buffers, for the type checker only (TorchScript reads no postponed annotations)
+        cluster_sum: torch.Tensor
+        cluster_count: torch.Tensor
 
     def __init__(self, channels: int, num_clusters: int, eps: float = 1e-5) -> None:
         super().__init__()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from monai.networks.layers.factories import Conv, split_args
@@ -173,7 +173,7 @@ class AutoEncoderBranch(nn.Module):
         self.in_shape = in_shape
         self.latent_size = latent_size
         self.feature_sizes = [int(c) for c in channels] + [latent_size]
-        common = {
+        common: dict[str, Any] = {
             "spatial_dims": spatial_dims,
             "kernel_size": kernel_size,
             "act": act,

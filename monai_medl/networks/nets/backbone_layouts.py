@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from monai.networks.nets import DenseNet, Regressor, ResNet, SENet
 from torch import nn
@@ -38,7 +39,8 @@ class BackboneLayout:
     classifier: nn.Module | None = None
 
 
-_LAYOUTS: dict[type, Callable[[nn.Module], BackboneLayout]] = {}
+_LAYOUTS: dict[type, Callable[[Any], BackboneLayout]] = {}  # class -> layout of an instance of it
+_Net = TypeVar("_Net", bound=nn.Module)
 
 
 def register_backbone_layout(cls: type) -> Callable:
@@ -69,7 +71,7 @@ def register_backbone_layout(cls: type) -> Callable:
         torch.Size([2, 1])
     """
 
-    def decorator(fn: Callable[[nn.Module], BackboneLayout]) -> Callable[[nn.Module], BackboneLayout]:
+    def decorator(fn: Callable[[_Net], BackboneLayout]) -> Callable[[_Net], BackboneLayout]:
         _LAYOUTS[cls] = fn
         return fn
 
@@ -84,7 +86,7 @@ def backbone_layout(backbone: nn.Module) -> BackboneLayout:
     """
     for cls in type(backbone).__mro__:
         if cls in _LAYOUTS:
-            if type(backbone).forward is not cls.forward:
+            if type(backbone).forward is not getattr(cls, "forward", None):
                 raise TypeError(
                     f"{type(backbone).__name__} overrides {cls.__name__}.forward, so its forward path is unknown; "
                     "register it with monai_medl.networks.nets.register_backbone_layout."
@@ -112,7 +114,7 @@ def _present(layers: list[tuple[str, nn.Module]], taps: list[str]) -> list[str]:
 
 
 @register_backbone_layout(DenseNet)
-def _densenet_layout(net: nn.Module) -> BackboneLayout:
+def _densenet_layout(net: DenseNet) -> BackboneLayout:
     layers = list(iter_layers(net.features, "features"))
     head = [(f"class_layers.{n}", m) for n, m in net.class_layers.named_children() if n != "out"]
     taps = ["features.pool0"] + [f"features.{n}" for n, _ in net.features.named_children() if "transition" in n]
@@ -120,15 +122,15 @@ def _densenet_layout(net: nn.Module) -> BackboneLayout:
 
 
 @register_backbone_layout(SmallCNN)
-def _small_cnn_layout(net: nn.Module) -> BackboneLayout:
+def _small_cnn_layout(net: SmallCNN) -> BackboneLayout:
     layers = list(iter_layers(net.features, "features"))
     head = [(f"class_layers.{n}", m) for n, m in net.class_layers.named_children() if n != "out"]
     taps = [f"features.{n}" for n, _ in list(net.features.named_children())[:-1]]
-    return BackboneLayout(layers + head, taps, net.class_layers.out)
+    return BackboneLayout(layers + head, taps, net.class_layers.get_submodule("out"))
 
 
 @register_backbone_layout(ResNet)
-def _resnet_layout(net: nn.Module) -> BackboneLayout:
+def _resnet_layout(net: ResNet) -> BackboneLayout:
     stem = ["conv1", "bn1", "act"] + ([] if net.no_max_pool else ["maxpool"])
     layers = _children(net, stem + ["layer1", "layer2", "layer3", "layer4", "avgpool"])
     layers.append(("flatten", nn.Flatten(1)))
@@ -137,14 +139,14 @@ def _resnet_layout(net: nn.Module) -> BackboneLayout:
 
 
 @register_backbone_layout(SENet)
-def _senet_layout(net: nn.Module) -> BackboneLayout:
+def _senet_layout(net: SENet) -> BackboneLayout:
     layers = _children(net, ["layer0", "layer1", "layer2", "layer3", "layer4", "adaptive_avg_pool", "dropout"])
     layers.append(("flatten", nn.Flatten(1)))
     return BackboneLayout(layers, ["layer0", "layer1", "layer2", "layer3"], net.last_linear)
 
 
 @register_backbone_layout(Regressor)
-def _regressor_layout(net: nn.Module) -> BackboneLayout:
+def _regressor_layout(net: Regressor) -> BackboneLayout:
     # Regressor/Classifier/Discriminator: ``net`` blocks, then ``final`` = Flatten, Linear (+ optional last act)
     layers = list(iter_layers(net.net, "net"))
     flatten, linear = net.final[0], net.final[1]

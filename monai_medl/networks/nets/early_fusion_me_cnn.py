@@ -19,7 +19,7 @@ from monai_medl.networks.nets.multimodal_me_net import MultimodalMixedEffectsNet
 __all__ = ["EarlyFusionMixedEffectsCNN", "split_first_conv"]
 
 
-def split_first_conv(backbone: nn.Module) -> tuple[nn.Module, nn.Module]:
+def split_first_conv(backbone: nn.Module) -> tuple[nn.modules.conv._ConvNd, nn.Module]:
     """``(first_conv, rest)``: a copy of ``backbone`` whose first convolution is replaced by ``nn.Identity``.
 
     ``rest`` then starts at whatever followed the convolution (its normalisation and activation), so a module that

@@ -5,6 +5,7 @@ feature taps."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,9 +20,15 @@ class ImageMixedEffectsNet(MixedEffectsNet):
     """A :class:`MixedEffectsNet` on ``(batch, in_channels, *spatial)`` images whose adversary reads the
     average-pooled feature maps listed in ``feature_sizes``.
 
-    Subclasses set ``spatial_dims``, ``in_channels``, ``num_clusters`` and ``feature_sizes`` (no class-level
-    annotations here: TorchScript would try to resolve them when scripting the subclass).
+    Subclasses set ``spatial_dims``, ``in_channels``, ``num_clusters`` and ``feature_sizes`` (declared for the type
+    checker only: TorchScript would try to resolve class-level annotations when scripting the subclass).
     """
+
+    if TYPE_CHECKING:
+        spatial_dims: int
+        in_channels: int
+        num_clusters: int
+        feature_sizes: list[int]
 
     @torch.jit.unused
     def _check_image(self, x: torch.Tensor) -> None:

@@ -86,15 +86,17 @@ class LateFusionMixedEffectsCNN(MultimodalMixedEffectsNet):
                 raise ValueError(
                     f"in_channels for modality {name!r} is {channels[i]}, the encoder takes {encoder.in_channels}."
                 )
-            if i > 0 and encoder.spatial_dims != branches[0].encoder.spatial_dims:
+            if i == 0:
+                dims = encoder.spatial_dims
+            elif encoder.spatial_dims != dims:
                 raise ValueError(
                     f"modality {name!r} has a {encoder.spatial_dims}D encoder, modality {self.modalities[0]!r} a "
-                    f"{branches[0].encoder.spatial_dims}D one; all encoders must share spatial_dims."
+                    f"{dims}D one; all encoders must share spatial_dims."
                 )
             start = sum(widths)
             branches.append(factory.branch(encoder, start, start + encoder.in_channels))
             widths.append(encoder.in_channels)
-        return branches, widths, branches[0].encoder.spatial_dims
+        return branches, widths, dims
 
     def _make_fusion(self, widths: list[int], act: str | tuple) -> ModalityFusion:
         return ModalityFusion(widths, mode=self.fusion_mode, fusion_dim=self.fusion_dim, act=act)

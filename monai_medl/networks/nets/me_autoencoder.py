@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from monai.networks.layers.utils import get_act_layer
@@ -189,7 +189,7 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
         self.revin: ReversibleInstanceNorm | None = (
             ReversibleInstanceNorm(self.in_shape[0], num_clusters) if reversible_norm else None
         )
-        branch = {
+        branch: dict[str, Any] = {
             "spatial_dims": spatial_dims,
             "in_shape": in_shape,
             "latent_size": latent_size,
@@ -231,14 +231,15 @@ class MixedEffectsAutoEncoder(MixedEffectsNet):
         return 0 if self.fe is None else sum(self.fe.feature_sizes)
 
     @torch.jit.unused
-    def check_inputs(self, x: torch.Tensor, z: torch.Tensor | None) -> None:
+    def check_inputs(self, x: torch.Tensor, z: torch.Tensor | None, values: bool = True) -> None:
         if list(x.shape[1:]) != self.in_shape:
             raise ValueError(
                 f"input must have shape (batch, {', '.join(map(str, self.in_shape))}), got {tuple(x.shape)}."
             )
-        super().check_inputs(x, z)
+        super().check_inputs(x, z, values)
 
-    def forward_all(
+    # ignore: the output has MixedEffectsOutput's fields and more (a NamedTuple cannot extend another one)
+    def forward_all(  # type: ignore[override]
         self,
         x: torch.Tensor,
         z: Optional[torch.Tensor] = None,

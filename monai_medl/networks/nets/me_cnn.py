@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pydoc
 from collections.abc import Mapping, Sequence
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 from monai.networks import nets as monai_nets
@@ -220,11 +220,11 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
         self.num_levels = check_num_levels(num_clusters) if isinstance(num_clusters, Mapping) else None
         if self.num_levels is not None:
             num_clusters = next(iter(self.num_levels.values()))
-        if int(num_clusters) < 1:
+        if int(cast(int, num_clusters)) < 1:  # a count by now (the first factor's levels when grouped)
             raise ValueError(f"num_clusters must be >= 1 (the number of training clusters), got {num_clusters}.")
         backbone = _as_backbone(backbone, spatial_dims, in_channels, out_channels)
         layout = backbone_layout(backbone)
-        self.num_clusters = int(num_clusters)
+        self.num_clusters = int(cast(int, num_clusters))
         self.spatial_dims, self.in_channels, self.out_channels = _backbone_io(
             backbone, layout, spatial_dims, in_channels, out_channels
         )
@@ -309,16 +309,18 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
         features: list[torch.Tensor] = []
         h = x
         hm: Optional[torch.Tensor] = None
+        # the ignores: a ModuleList's items are typed Module (and TorchScript has no cast)
         for stage in self.stages:
             if hm is not None:
                 hm = stage(hm, z)
                 h = stage(h, None)
             else:
-                h = stage.body(h)
+                h = stage.body(h)  # type: ignore[operator]
                 if stage.has_cluster:
                     if z is not None:
-                        hm = stage.apply_cluster(h, z)  # the paths split at the first cluster scale/bias block
-                    h = stage.apply_cluster(h, None)
+                        # the paths split at the first cluster scale/bias block
+                        hm = stage.apply_cluster(h, z)  # type: ignore[operator]
+                    h = stage.apply_cluster(h, None)  # type: ignore[operator]
             if stage.tap:
                 features.append(global_avg_pool(h))
         features.append(global_avg_pool(h))
@@ -336,10 +338,11 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
             self.check_inputs(x, z, values=self.training)
             self._check_image(x)
         h = x
+        # the ignores: a ModuleList's items are typed Module (and TorchScript has no cast)
         for stage in self.stages:
-            h = stage.body(h)
+            h = stage.body(h)  # type: ignore[operator]
             if stage.has_cluster:
-                h = stage.apply_cluster(h, z)
+                h = stage.apply_cluster(h, z)  # type: ignore[operator]
         pred = self.head.predict(global_avg_pool(h), z)
         if not torch.jit.is_scripting():
             if not self.training:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 from monai.networks.layers.utils import get_act_layer
@@ -131,7 +131,9 @@ class MixedEffectsMLP(MixedEffectsNet):
             self.num_levels = None
         self.grouped = self.num_levels is not None
         # the width of a single-factor z; for several factors, the levels of the first one (e.g. the adversary's)
-        self.num_clusters = int(num_clusters) if self.num_levels is None else next(iter(self.num_levels.values()))
+        self.num_clusters = (
+            int(cast(int, num_clusters)) if self.num_levels is None else next(iter(self.num_levels.values()))
+        )
         self.in_features = in_features
         self.out_channels = out_channels
         layers = []
@@ -165,11 +167,12 @@ class MixedEffectsMLP(MixedEffectsNet):
                 post_loc_init_scale=settings.post_loc_init_scale,
             )
         if additive:
+            num_levels = cast(dict[str, int], self.num_levels)  # additive effects come with grouping factors
             columns = list(range(in_features)) if settings.linear_slopes else []
             self.random_effects = nn.ModuleList(
                 GroupedRandomEffects(
-                    self.num_levels,
-                    slope_columns={name: columns for name in self.num_levels},
+                    num_levels,
+                    slope_columns={name: columns for name in num_levels},
                     intercept=settings.random_intercept,
                     correlated=settings.correlated,
                     posterior="full" if settings.correlated else "diagonal",

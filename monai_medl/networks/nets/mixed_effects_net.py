@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -85,7 +85,7 @@ class MixedEffectsNet(nn.Module):
     # random-effects keywords (see :meth:`resolve_random_effects`): the names this network takes (None: every
     # field of RandomEffectsSettings), its own names for fields, the fields it cannot turn on (with the reason) and
     # its defaults
-    RANDOM_EFFECTS_KEYWORDS = None
+    RANDOM_EFFECTS_KEYWORDS: Sequence[str] | None = None
     RANDOM_EFFECTS_ALIASES: dict = {}
     UNSUPPORTED_RANDOM_EFFECTS: dict = {}
     DEFAULT_RANDOM_EFFECTS = RandomEffectsSettings()
@@ -106,7 +106,8 @@ class MixedEffectsNet(nn.Module):
             return self.predict(x, z)
         if not self.training:
             return self.predict(x, z)
-        return self.with_kl(self.forward_all(x, z))
+        # ignore: the eager training-mode output (see above), outside the Tensor signature TorchScript exports
+        return self.with_kl(self.forward_all(x, z))  # type: ignore[return-value]
 
     @torch.jit.unused
     def resolve_random_effects(
@@ -154,7 +155,7 @@ class MixedEffectsNet(nn.Module):
             if num_levels is None:
                 raise ValueError(
                     f"{type(self).__name__} has a single grouping factor: z must be a (batch, {self.num_clusters}) "
-                    f"tensor, got a dictionary with keys {sorted(map(str, z))}."
+                    f"tensor, got a dictionary with keys {sorted(map(str, cast(Mapping, z)))}."
                 )
             if z is not None:
                 for name, d in factor_designs(z, num_levels, x.shape[0], torch.float32).items():

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
+from typing import Optional, Protocol
 
 import torch
 from monai.networks.layers.utils import get_act_layer
@@ -13,6 +13,14 @@ from torch import nn
 from monai_medl.networks.layers.random_effects import RandomEffects
 
 __all__ = ["CovariateEncoder", "ModalityBranch"]
+
+
+class _BranchEncoder(Protocol):
+    """What a branch needs of its encoder (a MixedEffectsCNN, a CovariateEncoder or any such module)."""
+
+    feature_sizes: list[int]
+
+    def encode(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> tuple[list[torch.Tensor], torch.Tensor]: ...
 
 
 class CovariateEncoder(nn.Module):
@@ -83,7 +91,7 @@ class ModalityBranch(nn.Module):
 
     def __init__(
         self,
-        encoder: nn.Module,
+        encoder: _BranchEncoder,
         slopes: RandomEffects | None,
         start: int = 0,
         stop: int = 0,

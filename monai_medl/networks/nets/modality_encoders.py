@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -14,7 +15,7 @@ from monai_medl.networks.layers.random_effects_settings import (
     RandomEffectsSettings,
 )
 from monai_medl.networks.nets.me_cnn import MixedEffectsCNN, instantiate_backbone
-from monai_medl.networks.nets.modality_branch import ModalityBranch
+from monai_medl.networks.nets.modality_branch import CovariateEncoder, ModalityBranch
 from monai_medl.networks.nets.small_cnn import SmallCNN
 
 __all__ = ["ModalityEncoderFactory"]
@@ -67,14 +68,14 @@ class ModalityEncoderFactory:
         self.out_channels = int(out_channels)
         self.spatial_dims = spatial_dims
         self.probe_size = probe_size
-        self.encoder_kwargs = {
+        self.encoder_kwargs: dict[str, Any] = {
             "tap_layers": tap_layers,
             "cluster_scale_bias": cluster_scale_bias,
             # the encoders' own read-outs are unused: no slopes or intercept there
             "random_effects": settings.replace(random_slopes=False, random_intercept=False),
         }
         self.branch_random_slopes = bool(branch_random_slopes)
-        self.slope_kwargs = {
+        self.slope_kwargs: dict[str, Any] = {
             "prior_scale": settings.slope_prior_scale,
             "learn_prior_scale": settings.learn_prior_scale,
             "post_loc_init_scale": settings.post_loc_init_scale,
@@ -126,7 +127,9 @@ class ModalityEncoderFactory:
         encoder.head.requires_grad_(False)  # the encoder's own read-out is not used (the fused head is)
         return encoder
 
-    def branch(self, encoder: nn.Module, start: int = 0, stop: int = 0, is_image: bool = True) -> ModalityBranch:
+    def branch(
+        self, encoder: MixedEffectsCNN | CovariateEncoder, start: int = 0, stop: int = 0, is_image: bool = True
+    ) -> ModalityBranch:
         """``encoder`` with random slopes on its embedding (when ``branch_random_slopes``)."""
         slopes = None
         if self.branch_random_slopes:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
@@ -46,6 +46,10 @@ class ModalityFallback(nn.Module):
         torch.Size([2, 1])
     """
 
+    if TYPE_CHECKING:  # buffers, for the type checker only (TorchScript reads no postponed annotations)
+        fallback_columns: torch.Tensor
+        fallback_channels: torch.Tensor
+
     def __init__(self, primary: MultimodalMixedEffectsNet, fallback: MultimodalMixedEffectsNet) -> None:
         super().__init__()
         for name, net in (("primary", primary), ("fallback", fallback)):
@@ -71,7 +75,8 @@ class ModalityFallback(nn.Module):
         offsets = [0]
         for c in primary.modality_channels:
             offsets.append(offsets[-1] + int(c))
-        columns, channels = [], []
+        columns: list[int] = []
+        channels: list[int] = []
         for m in fallback.modalities:
             j = names.index(m)
             if int(fallback.modality_channels[len(columns)]) != int(primary.modality_channels[j]):

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import List, Optional  # noqa: UP035 (TorchScript reads List[int] in a local annotation)
+from typing import TYPE_CHECKING, List, Optional, cast  # noqa: UP035 (TorchScript reads List[int] in a local annotation)
 
 import torch
 from torch import nn
@@ -34,8 +34,8 @@ def _modalities_and_channels(
     names = [f"modality{i}" for i in range(modalities)] if isinstance(modalities, int) else list(modalities)
     if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
         raise ValueError(f"modalities must be distinct non-empty names (or a positive count), got {modalities!r}.")
-    channels = [None] * len(names) if in_channels is None else in_channels
-    channels = [channels] * len(names) if isinstance(channels, int) else list(channels)
+    given: int | Sequence[int | None] = [None] * len(names) if in_channels is None else in_channels
+    channels: list[int | None] = [given] * len(names) if isinstance(given, int) else list(given)
     if len(channels) != len(names):
         raise ValueError(f"in_channels must be an int or list one value per modality ({len(names)}), got {channels}.")
     return names, channels
@@ -115,6 +115,8 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
     """
 
     __jit_unused_properties__ = ["feature_sizes", "adversary_in_features"]
+    if TYPE_CHECKING:  # a buffer, for the type checker only (TorchScript reads no postponed annotations)
+        required_mask: torch.Tensor
     # the fused embedding carries no head slopes by default: every branch embedding has its own
     DEFAULT_RANDOM_EFFECTS = RandomEffectsSettings(random_slopes=False)
     RANDOM_EFFECTS_KEYWORDS = IMAGE_HEAD_KEYWORDS
@@ -164,10 +166,10 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
             branch_random_slopes=branch_random_slopes,
             random_effects=settings,
         )
-        image_branches, channels, spatial_dims = self._image_branches(factory, backbone, channels)
+        image_branches, found_channels, spatial_dims = self._image_branches(factory, backbone, channels)
         branches = nn.ModuleList(image_branches)
         self.spatial_dims = int(spatial_dims)
-        self.modality_channels = [int(c) for c in channels]
+        self.modality_channels = [int(c) for c in found_channels]
         self.in_channels = sum(self.modality_channels)
         self.num_covariates = int(num_covariates)
         self.has_covariates = self.num_covariates > 0
@@ -180,7 +182,7 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
         self.input_names = names + (["covariates"] if self.has_covariates else [])
 
         self._set_required(required)
-        self.fusion = self._make_fusion([b.embedding_dim for b in branches], act)
+        self.fusion = self._make_fusion([cast(ModalityBranch, b).embedding_dim for b in branches], act)
         self.fuse_features = self.fusion.mode == "attention"  # a concatenation is already in the branch features
         self.feature_dim = self.fusion.out_features
         self.head = MixedEffectsHead(
@@ -231,7 +233,7 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
     @property
     def feature_sizes(self) -> list[int]:
         """Widths of :attr:`MixedEffectsOutput.features`: each branch's pooled taps and embedding, then fusion."""
-        sizes = [n for b in self.branches for n in b.feature_sizes]
+        sizes = [n for b in self.branches for n in cast(ModalityBranch, b).feature_sizes]
         return sizes + ([self.feature_dim] if self.fuse_features else [])
 
     @property
@@ -340,7 +342,9 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
             rows = self._rows(col)
             keep = col.index_select(0, rows)  # all True in training; masks the absent samples otherwise
             if branch.is_image:
-                xi = self._image_input(x, images, branch.start, branch.stop).index_select(0, rows)
+                # ignore: a ModuleList's items are typed Module (and TorchScript has no cast)
+                xi = self._image_input(x, images, branch.start, branch.stop)  # type: ignore[arg-type]
+                xi = xi.index_select(0, rows)
             else:
                 xi = covariates.to(x.dtype).index_select(0, rows)
             xi = torch.where(keep.reshape([-1] + [1] * (xi.dim() - 1)), xi, torch.zeros_like(xi))
@@ -381,7 +385,8 @@ class MultimodalMixedEffectsNet(MixedEffectsNet):
             return self.forward_all(x, z, mask, covariates).mixed
         if not self.training:
             return self.forward_all(x, z, mask, covariates).mixed
-        return self.with_kl(self.forward_all(x, z, mask, covariates))
+        # ignore: the eager training-mode output, outside the Tensor signature TorchScript exports
+        return self.with_kl(self.forward_all(x, z, mask, covariates))  # type: ignore[return-value]
 
     @torch.jit.unused
     def _check_inputs(
