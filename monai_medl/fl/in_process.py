@@ -19,6 +19,7 @@ from monai_medl.fl.local_state import load_shared, local_keys, prior_scale_keys
 from monai_medl.fl.local_training import LocalTrainingSettings, train_locally
 from monai_medl.fl.network import SiteNetwork, site_network
 from monai_medl.fl.site_datalist import SiteData
+from monai_medl.fl.variance_components import SHIFT_META, additive_layers, recentre
 
 __all__ = ["InProcessFederation", "federate_in_process"]
 
@@ -44,7 +45,8 @@ def federate_in_process(
 
     torch.manual_seed(seed)
     networks = [site_network(spec) for _ in sites]
-    aggregator = MixedEffectsAggregator(local_keys(networks[0]), prior_scale_keys(networks[0]))
+    net0 = networks[0]
+    aggregator = MixedEffectsAggregator(local_keys(net0), prior_scale_keys(net0), shift_keys=additive_layers(net0))
     params: Mapping[str, Any] = site_network(spec).state_dict()
     meta: dict = {}
     sent_bytes = []
@@ -52,6 +54,7 @@ def federate_in_process(
         aggregator.reset_stats()
         for k, (net, data) in enumerate(zip(networks, sites)):
             load_shared(net, params, origin=f"round {r}")
+            recentre(net, meta.get(SHIFT_META))
             train_locally(net, data, settings, meta.get("feature_statistics"), seed=seed + 1000 * r + k)
             sent = {key: v.numpy() for key, v in outgoing_params(net, data, settings).items()}
             aggregator.accept_model(
