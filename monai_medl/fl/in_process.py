@@ -8,7 +8,8 @@ as a real job, called in a loop; use :mod:`monai_medl.fl.job` for anything that 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import copy
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,11 +34,27 @@ class InProcessFederation:
     meta: dict
     bytes_sent: list[dict[str, int]] = field(default_factory=list)
 
+    def site_model(self, k: int) -> SiteNetwork:
+        """Site ``k``'s model as it predicts after the job: the global shared state plus its own rows, moved by the
+        last round's shift (eval mode; a copy)."""
+        network = copy.deepcopy(self.networks[k])
+        load_shared(network, self.global_params, origin="the federation's global model")
+        recentre(network, self.meta.get(SHIFT_META))
+        return network.eval()
+
 
 def federate_in_process(
-    sites: Sequence[SiteData], spec: Mapping, settings: LocalTrainingSettings, rounds: int, seed: int = 0
+    sites: Sequence[SiteData],
+    spec: Mapping,
+    settings: LocalTrainingSettings,
+    rounds: int,
+    seed: int = 0,
+    on_round: Callable[[int, InProcessFederation], None] | None = None,
 ) -> InProcessFederation:
-    """Run ``rounds`` rounds over ``sites`` (each a :class:`SiteData`) and return the federation's state."""
+    """Run ``rounds`` rounds over ``sites`` (each a :class:`SiteData`) and return the federation's state.
+
+    ``on_round(r, state)``, if given, is called after each round's aggregation (e.g. to score the global model).
+    """
     from nvflare.app_common.abstract.fl_model import FLModel
 
     from monai_medl.fl.aggregator import NUM_SAMPLES, MixedEffectsAggregator
@@ -63,4 +80,6 @@ def federate_in_process(
         sent_bytes.append(dict(aggregator.bytes_received))
         result = aggregator.aggregate_model()
         params, meta = result.params, result.meta or {}
+        if on_round is not None:
+            on_round(r, InProcessFederation(networks, dict(params), meta, sent_bytes))
     return InProcessFederation(networks, dict(params), meta, sent_bytes)
