@@ -15,9 +15,11 @@ Models (settings fixed in :func:`default_config`, none tuned on test items):
 ``pooled_me`` (exact ML fit of ``y ~ 1 + x + (1 | site)`` on every federation site's training items in one place:
 what the federation cannot do); ``site_alone`` (ordinary least squares at each site on its own items only; on
 unseen sites: every federation site's model, errors pooled); ``federated_conventional`` (the same federation with
-no random effects: FedAvg of a linear model). Seen sites predict with their own random effect (federated: the
-global model plus the site's rows); unseen sites with the population model (``z = 0``) and, for
-``federated_me``, after ``join_federation`` on ``few_shot`` labelled items of the new site (scored on the rest).
+no random effects: FedAvg of a linear model); ``federated_me_plain_em`` (an ablation: ``federated_me`` without the
+server's centring of the intercept rows, the plain EM of the first version). Seen sites predict with their own
+random effect (federated: the global model plus the site's rows); unseen sites with the population model
+(``z = 0``) and, for ``federated_me``, after ``join_federation`` on ``few_shot`` labelled items of the new site
+(scored on the rest).
 
 Also measured: the intercept variance against the pooled exact ML fit (ratio), seen RMSE after every round and
 the rounds to reach ``1.05`` x the pooled model's seen RMSE, bytes a site sends per round, and one real NVFlare
@@ -49,7 +51,7 @@ from monai_medl.fl import LocalTrainingSettings, SiteData, federate_in_process, 
 __all__ = ["NAME", "MODELS", "PLAN", "COMPARISONS", "default_config", "simulate", "run_seed", "run", "main"]
 
 NAME = "federated"
-MODELS = ("federated_me", "pooled_me", "site_alone", "federated_conventional")
+MODELS = ("federated_me", "pooled_me", "site_alone", "federated_conventional", "federated_me_plain_em")
 
 PLAN = {
     "seeds": "0..9 (0..1 quick); seed s draws the sites (effects, sizes, items) and the split",
@@ -60,6 +62,7 @@ PLAN = {
         "federated_me vs site_alone and vs federated_conventional: seen and unseen RMSE (paired per seed)",
         "federated_me intercept variance / pooled exact ML intercept variance (target 1, within 0.1)",
     ],
+    "ablation": "federated_me_plain_em (no centring of the rows): its variance ratio against federated_me's",
     "secondary": "rounds to reach 1.05 x pooled_me's seen RMSE; bytes sent per site and round; wall time and peak "
     "memory of one 3-site NVFlare simulator run (once, seed 0's first 3 sites)",
     "decision_rule": "a difference is claimed only when its 95% t-interval over seeds excludes 0; every setting is "
@@ -141,7 +144,7 @@ def _score_federation(cfg, d, fed) -> tuple[float, float]:
     return _rmse(np.concatenate(errors), 0.0), _rmse(unseen, 0.0)
 
 
-def _federate(cfg, d, spec, seed) -> tuple[Any, list[float]]:
+def _federate(cfg, d, spec, seed, centre: bool = True) -> tuple[Any, list[float]]:
     sites = [_site_data(d, k) for k in range(d["federation"])]
     curve: list[float] = []
     fed = federate_in_process(
@@ -151,6 +154,7 @@ def _federate(cfg, d, spec, seed) -> tuple[Any, list[float]]:
         cfg["rounds"],
         seed=seed,
         on_round=lambda r, state: curve.append(_score_federation(cfg, d, state)[0]),
+        centre=centre,
     )
     return fed, curve
 
@@ -213,9 +217,14 @@ def run_seed(cfg: dict[str, Any], seed: int, log=print) -> dict[str, dict[str, f
                       "intercept_variance": float(fit.covariances[0][0, 0]), "fit_seconds": time.perf_counter() - start}
     }  # fmt: skip
     target = cfg["accuracy_factor"] * pooled_seen
-    for name, spec in (("federated_me", cfg["network"]), ("federated_conventional", _conventional(cfg["network"]))):
+    variants = (
+        ("federated_me", cfg["network"], True),
+        ("federated_conventional", _conventional(cfg["network"]), True),
+        ("federated_me_plain_em", cfg["network"], False),
+    )
+    for name, spec, centre in variants:
         start = time.perf_counter()
-        fed, curve = _federate(cfg, d, spec, seed)
+        fed, curve = _federate(cfg, d, spec, seed, centre)
         seconds = time.perf_counter() - start
         seen, unseen = _score_federation(cfg, d, fed)
         rounds, reached = _rounds_to(curve, target)
@@ -223,10 +232,11 @@ def run_seed(cfg: dict[str, Any], seed: int, log=print) -> dict[str, dict[str, f
         row[name] = {"rmse_seen": seen, "rmse_unseen": unseen, "rounds_to_accuracy": rounds, "reached": reached,
                      "bytes_per_site_round": float(np.mean(sent)), "fit_seconds": seconds}  # fmt: skip
         row[name].update({f"rmse_seen_round{r + 1}": v for r, v in enumerate(curve)})
-        if name == "federated_me":
+        if name != "federated_conventional":
             variance = fed.meta["variance_components"]["head.intercept"]["variance"]
             row[name]["intercept_variance"] = variance
             row[name]["variance_ratio_to_pooled"] = variance / row["pooled_me"]["intercept_variance"]
+        if name == "federated_me":
             row[name]["rmse_unseen_few_shot"] = _few_shot(cfg, d, fed, seed)
     alone_seen, alone_unseen = _site_alone(d)
     row["site_alone"] = {"rmse_seen": alone_seen, "rmse_unseen": alone_unseen}
@@ -317,11 +327,13 @@ How to read: RMSE (lower is better) against the observed outcome, noise s.d. 1.0
 sites add their unexplained intercept, s.d. 1.0). `seen`: held-out items of the 6 federation sites, each with its
 own random effect; `unseen`: the 2 sites that never joined, population prediction; `rmse_unseen_few_shot`: the same
 sites after `join_federation` on 5 labelled items each (scored on their other items). Federated rows are
-`federate_in_process` (the NVFlare job's own client and aggregator code, without the transport); the simulator row
-below is one real NVFlare run. `bytes_per_site_round`: what one site sends per round (float32 weights, float64
-moments). `rounds_to_accuracy`: first round at which seen RMSE <= 1.05 x pooled_me's of the same seed (rounds + 1
-when never, `reached` the fraction of seeds that did). `fit_seconds` and the simulator's wall time are on a
-shared 2-core machine under `nice`, one torch thread: compare them only within this run (load recorded).
+`federate_in_process` (the NVFlare job's own client and aggregator code, without the transport); the simulator
+table is one real NVFlare run (peak memory: the sum over its processes, counting shared pages in each, and its
+largest process). `bytes_per_site_round`: what one site sends per round, the arrays' own sizes (float32 weights,
+float64 moments; NVFlare adds its message framing). `federated_me_plain_em`: the ablation without centring.
+`rounds_to_accuracy`: first round at which seen RMSE <= 1.05 x pooled_me's of the same seed (rounds + 1 when
+never, `reached` the fraction of seeds that did). `fit_seconds` and the simulator's wall time are on a shared
+2-core machine under `nice`, one torch thread: compare them only within this run (load recorded).
 """
 
 

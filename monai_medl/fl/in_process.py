@@ -50,10 +50,12 @@ def federate_in_process(
     rounds: int,
     seed: int = 0,
     on_round: Callable[[int, InProcessFederation], None] | None = None,
+    centre: bool = True,
 ) -> InProcessFederation:
     """Run ``rounds`` rounds over ``sites`` (each a :class:`SiteData`) and return the federation's state.
 
     ``on_round(r, state)``, if given, is called after each round's aggregation (e.g. to score the global model).
+    ``centre=False`` turns the server's centring of the additive rows off (the plain EM, an ablation).
     """
     from nvflare.app_common.abstract.fl_model import FLModel
 
@@ -63,7 +65,9 @@ def federate_in_process(
     torch.manual_seed(seed)
     networks = [site_network(spec) for _ in sites]
     net0 = networks[0]
-    aggregator = MixedEffectsAggregator(local_keys(net0), prior_scale_keys(net0), shift_keys=additive_layers(net0))
+    aggregator = MixedEffectsAggregator(
+        local_keys(net0), prior_scale_keys(net0), shift_keys=additive_layers(net0) if centre else {}
+    )
     params: Mapping[str, Any] = site_network(spec).state_dict()
     meta: dict = {}
     sent_bytes = []

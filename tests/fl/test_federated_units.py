@@ -222,9 +222,13 @@ def test_a_new_site_joins_with_the_population_model_and_fits_its_own_row(tmp_pat
     g = torch.Generator().manual_seed(4)
     x = torch.randn(8, 2, generator=g)
     y = (x @ torch.tensor([0.8, -0.5]) + 0.2 + 2.0)[:, None]  # a new hospital, offset +2
+    before = {k: np.array(v, copy=True) for k, v in result.global_params.items()}
     network, column = join_federation(result.global_params, SPEC, x, y, steps=300)
+    assert all(np.array_equal(result.global_params[k], v) for k, v in before.items())  # the federation is untouched
+    for key in ("head.linear.weight", "head.linear.bias", "head.log_noise_scale"):  # shared parts frozen at the site
+        np.testing.assert_array_equal(network.state_dict()[key].numpy(), before[key])
     z = torch.zeros(8, network.num_clusters)
     population = network(x, z)
     z[:, column] = 1
-    shift = float((network(x, z) - population).mean())
+    shift = float((network(x, z) - population).mean().detach())
     assert column == 1 and 1.0 < shift < 2.3  # shrunk towards the population, most of the offset recovered
