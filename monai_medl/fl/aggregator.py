@@ -112,6 +112,8 @@ class MixedEffectsAggregator(ModelAggregator):
         missing = sorted((set(self.prior_keys) | set(self.shift_keys)) - set(pooled))
         if missing:
             raise ValueError(f"the sites sent no posterior moments of the random-effects layers {missing}.")
+        for name in set(pooled) - set(self.shift_keys):
+            pooled[name].first = None  # only the layers the server shifts are centred: the rest is the plain M-step
         scales = {name: layer.scale for name, layer in pooled.items()}
         for name, key in self.prior_keys.items():
             params[key] = np.asarray(math.log(scales[name]))

@@ -55,7 +55,8 @@ def federate_in_process(
     """Run ``rounds`` rounds over ``sites`` (each a :class:`SiteData`) and return the federation's state.
 
     ``on_round(r, state)``, if given, is called after each round's aggregation (e.g. to score the global model).
-    ``centre=False`` turns the server's centring of the additive rows off (the plain EM, an ablation).
+    ``centre=False`` turns the server's centring of the additive rows off: no shift, ``s^2`` about zero (the plain EM
+    of the first version, an ablation).
     """
     from nvflare.app_common.abstract.fl_model import FLModel
 

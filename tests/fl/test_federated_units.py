@@ -190,7 +190,13 @@ def test_aggregator_refuses_rows_and_averages_by_site_size():
     for net, n in ((a, 10), (b, 30)):
         sent = {k: v.numpy() for k, v in {**shared_state(net), **posterior_moments(net)}.items()}
         aggregator.accept_model(FLModel(params=sent, meta={NUM_SAMPLES: n, "client_name": f"n{n}"}))
-    out = aggregator.aggregate_model().params
+    plain = aggregator.aggregate_model()
+    out = plain.params
+    second = [float(n.head.intercept.posterior_second_moment(torch.float64).detach()) for n in (a, b)]
+    loc = [float(n.head.intercept.loc.detach()) for n in (a, b)]
+    # without shift_keys: the plain M-step about zero, no shift
+    assert plain.meta["variance_components"]["head.intercept"]["variance"] == pytest.approx(np.mean(second))
+    assert plain.meta["random_effects_shift"] == {}
     expected = (10 * a.head.linear.weight + 30 * b.head.linear.weight) / 40
     np.testing.assert_allclose(out["head.linear.weight"], expected.detach().numpy(), rtol=1e-6)
     centring = MixedEffectsAggregator(local_keys(a), prior_scale_keys(a), shift_keys=additive_layers(a))
@@ -198,6 +204,8 @@ def test_aggregator_refuses_rows_and_averages_by_site_size():
         sent = {k: v.numpy() for k, v in {**shared_state(net), **posterior_moments(net)}.items()}
         centring.accept_model(FLModel(params=sent, meta={NUM_SAMPLES: n, "client_name": f"n{n}"}))
     result = centring.aggregate_model()
+    centred = np.mean(second) - np.mean(loc) ** 2
+    assert result.meta["variance_components"]["head.intercept"]["variance"] == pytest.approx(centred)
     # the unweighted mean row over the clusters (the ML point's rows sum to 0 whatever the site sizes)
     mean_row = float((a.head.intercept.loc + b.head.intercept.loc).detach()) / 2
     assert result.meta["random_effects_shift"]["head.intercept"] == pytest.approx([mean_row], rel=1e-6)
