@@ -15,4 +15,12 @@ from .network import SiteNetwork, site_network
 from .recipe import FederatedJobPaths, check_site_datalists, federated_me_recipe
 from .site_datalist import SiteData, SiteDataError, load_site_datalist
 from .unseen_site import join_federation, population_network
-from .variance_components import posterior_moments, prior_scales, set_prior_scales, variance_components
+from .variance_components import (
+    additive_layers,
+    pool_moments,
+    posterior_moments,
+    prior_scales,
+    recentre,
+    set_prior_scales,
+    variance_components,
+)

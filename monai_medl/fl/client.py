@@ -1,7 +1,8 @@
 # Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
 """The NVFlare client script of federated mixed effects (run by the recipe's ScriptRunner at every site).
 
-Per round: receive the global model, load its shared entries and prior scales (never the random-effects rows), train
+Per round: receive the global model, load its shared entries and prior scales (never the random-effects rows),
+subtract the mean row the server moved into the shared parameters from the site's rows, train
 on the site's own datalist, keep the random effects and the site vocabulary in the site's state folder, and send
 the fixed effects, the posterior moments and (with alignment) the class-conditional feature statistics.
 """
@@ -20,7 +21,7 @@ from monai_medl.fl.local_state import load_shared, save_local_state, shared_stat
 from monai_medl.fl.local_training import LocalTrainingSettings, site_feature_statistics, train_locally
 from monai_medl.fl.network import site_network
 from monai_medl.fl.site_datalist import load_site_datalist
-from monai_medl.fl.variance_components import posterior_moments
+from monai_medl.fl.variance_components import SHIFT_META, posterior_moments, recentre
 
 __all__ = ["client_parser", "outgoing_params", "run_site"]
 
@@ -64,6 +65,7 @@ def run_site(argv: list[str] | None = None) -> None:
             break
         round_ = int(received.current_round or 0)
         load_shared(network, received.params, origin=f"the global model of round {round_} received by site {site!r}")
+        recentre(network, (received.meta or {}).get(SHIFT_META))  # the mean row the server moved into the bias
         torch.save(shared_state(network), state_dir / f"received_round{round_}.pt")
         federation_stats = (received.meta or {}).get("feature_statistics")
         steps = train_locally(network, data, settings, federation_stats, seed=site_seed + round_)

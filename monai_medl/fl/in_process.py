@@ -8,7 +8,8 @@ as a real job, called in a loop; use :mod:`monai_medl.fl.job` for anything that 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import copy
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from monai_medl.fl.local_state import load_shared, local_keys, prior_scale_keys
 from monai_medl.fl.local_training import LocalTrainingSettings, train_locally
 from monai_medl.fl.network import SiteNetwork, site_network
 from monai_medl.fl.site_datalist import SiteData
+from monai_medl.fl.variance_components import SHIFT_META, additive_layers, recentre
 
 __all__ = ["InProcessFederation", "federate_in_process"]
 
@@ -32,11 +34,30 @@ class InProcessFederation:
     meta: dict
     bytes_sent: list[dict[str, int]] = field(default_factory=list)
 
+    def site_model(self, k: int) -> SiteNetwork:
+        """Site ``k``'s model as it predicts after the job: the global shared state plus its own rows, moved by the
+        last round's shift (eval mode; a copy)."""
+        network = copy.deepcopy(self.networks[k])
+        load_shared(network, self.global_params, origin="the federation's global model")
+        recentre(network, self.meta.get(SHIFT_META))
+        return network.eval()
+
 
 def federate_in_process(
-    sites: Sequence[SiteData], spec: Mapping, settings: LocalTrainingSettings, rounds: int, seed: int = 0
+    sites: Sequence[SiteData],
+    spec: Mapping,
+    settings: LocalTrainingSettings,
+    rounds: int,
+    seed: int = 0,
+    on_round: Callable[[int, InProcessFederation], None] | None = None,
+    centre: bool = True,
 ) -> InProcessFederation:
-    """Run ``rounds`` rounds over ``sites`` (each a :class:`SiteData`) and return the federation's state."""
+    """Run ``rounds`` rounds over ``sites`` (each a :class:`SiteData`) and return the federation's state.
+
+    ``on_round(r, state)``, if given, is called after each round's aggregation (e.g. to score the global model).
+    ``centre=False`` turns the server's centring of the additive rows off: no shift, ``s^2`` about zero (the plain EM
+    of the first version, an ablation).
+    """
     from nvflare.app_common.abstract.fl_model import FLModel
 
     from monai_medl.fl.aggregator import NUM_SAMPLES, MixedEffectsAggregator
@@ -44,7 +65,10 @@ def federate_in_process(
 
     torch.manual_seed(seed)
     networks = [site_network(spec) for _ in sites]
-    aggregator = MixedEffectsAggregator(local_keys(networks[0]), prior_scale_keys(networks[0]))
+    net0 = networks[0]
+    aggregator = MixedEffectsAggregator(
+        local_keys(net0), prior_scale_keys(net0), shift_keys=additive_layers(net0) if centre else {}
+    )
     params: Mapping[str, Any] = site_network(spec).state_dict()
     meta: dict = {}
     sent_bytes = []
@@ -52,6 +76,7 @@ def federate_in_process(
         aggregator.reset_stats()
         for k, (net, data) in enumerate(zip(networks, sites)):
             load_shared(net, params, origin=f"round {r}")
+            recentre(net, meta.get(SHIFT_META))
             train_locally(net, data, settings, meta.get("feature_statistics"), seed=seed + 1000 * r + k)
             sent = {key: v.numpy() for key, v in outgoing_params(net, data, settings).items()}
             aggregator.accept_model(
@@ -60,4 +85,6 @@ def federate_in_process(
         sent_bytes.append(dict(aggregator.bytes_received))
         result = aggregator.aggregate_model()
         params, meta = result.params, result.meta or {}
+        if on_round is not None:
+            on_round(r, InProcessFederation(networks, dict(params), meta, sent_bytes))
     return InProcessFederation(networks, dict(params), meta, sent_bytes)

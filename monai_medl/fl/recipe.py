@@ -13,6 +13,7 @@ from monai_medl.fl.local_state import local_keys, prior_scale_keys
 from monai_medl.fl.local_training import LocalTrainingSettings
 from monai_medl.fl.network import site_network
 from monai_medl.fl.site_datalist import SiteDataError, load_site_datalist
+from monai_medl.fl.variance_components import additive_layers
 
 __all__ = ["FederatedJobPaths", "check_site_datalists", "federated_me_recipe"]
 
@@ -102,7 +103,9 @@ def federated_me_recipe(
     paths = FederatedJobPaths(Path(out_dir).resolve())
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.config.write_text(json.dumps({"network": dict(network), "training": training.to_dict()}, indent=1))
-    aggregator = MixedEffectsAggregator(local_keys(model), prior_scale_keys(model), record_dir=str(paths.server))
+    aggregator = MixedEffectsAggregator(
+        local_keys(model), prior_scale_keys(model), record_dir=str(paths.server), shift_keys=additive_layers(model)
+    )
     recipe = FedAvgRecipe(
         name=name,
         model=model,
