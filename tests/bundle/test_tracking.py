@@ -112,4 +112,6 @@ def test_mlflow_and_tensorboard_get_the_same_names(bundle, tmp_path, no_network)
     monai_own = {"train_loss"} | {m for m in tracked if m.startswith("lr_group_")}
     assert tracked - monai_own <= tags, sorted(tracked - monai_own - tags)
     assert "train/iteration/loss" in tags
+    if bundle == "mri_me_cnn_classification":  # FreshProbeHandler logs through the same handlers, same names
+        assert {"train/epoch/fresh_probe_acc", "train/epoch/fresh_probe_floor"} <= tracked & tags
     assert not [t for t in tags if t.startswith(("loss/", "adversary/")) or t in ("val_auroc", "val_mean_dice")]
