@@ -138,3 +138,23 @@ def test_the_switch_reads_command_line_words_and_refuses_anything_else():
     with pytest.raises(RuntimeError) as info:  # MONAI wraps the expression's ValueError
         parser.get_parsed_content("fit_scans")
     assert "scan_preprocessing::enabled' must be true or false" in str(info.value.__cause__)
+
+
+def test_a_rerun_with_another_preprocessing_choice_predicts_afresh():
+    """The streamed predictions file resumes only a run of the same model, input and preprocessing: switching
+    ``scan_preprocessing`` (or one of its choices) on a rerun must not keep the rows predicted the other way."""
+
+    def identity(bundle, **overrides):
+        parser = ConfigParser(_config(bundle, "inference.json"))
+        parser["manifest"] = {"files": {"model.pt": "hash"}}
+        for key, value in overrides.items():
+            parser[key] = value
+        return parser.get_parsed_content("stream#identity")
+
+    for bundle in CLASSIFIERS:
+        off = identity(bundle)
+        assert identity(bundle, **{"scan_preprocessing#enabled": "false"}) == off, bundle
+        on = identity(bundle, **{"scan_preprocessing#enabled": "true"})
+        assert on != off, bundle
+        assert identity(bundle, **{"scan_preprocessing#enabled": "true", "scan_preprocessing#margin": 3}) != on, bundle
+        assert identity(bundle, spatial_size=[16, 16, 16]) != off, bundle
