@@ -128,6 +128,24 @@ def test_inference_follows_what_the_model_was_trained_with():
         assert steps["ScaleIntensityRangePercentilesd"].scaler.lower == 0.5, bundle
 
 
+def test_evaluation_follows_what_the_model_was_trained_with():
+    """``evaluate.json`` (read over ``train.json``) takes the choice from the manifest too: a model trained with
+    ``scan_preprocessing`` is scored on scans fed the way it was trained, whatever ``train.json``'s default."""
+    recorded = {"enabled": True, "pixdim": [12.0, 12.0, 12.0], "percentiles": [0.5, 99.5], "foreground_threshold": 0.2}
+    for bundle in CLASSIFIERS:
+        for manifest, expected in (({}, False), ({"scan_preprocessing": recorded}, True)):
+            parser = ConfigParser()
+            parser.read_config([str(BUNDLES / bundle / "configs" / n) for n in ("train.json", "evaluate.json")])
+            parser["manifest"] = manifest
+            assert parser.get_parsed_content("fit_scans") is expected, (bundle, manifest)
+            steps = {type(t).__name__: t for t in parser.get_parsed_content("load_transforms")}
+            assert ("Spacingd" in steps) is expected, (bundle, sorted(steps))
+        assert tuple(steps["Spacingd"].spacing_transform.pixdim) == (12.0, 12.0, 12.0), bundle
+        assert steps["ScaleIntensityRangePercentilesd"].scaler.lower == 0.5, bundle
+        parser["scan_preprocessing#enabled"] = "false"  # the command line still overrides the manifest
+        assert parser.get_parsed_content("fit_scans") is False, bundle
+
+
 def test_the_switch_reads_command_line_words_and_refuses_anything_else():
     parser = ConfigParser(_config("mri_me_cnn_classification", "train.json"))
     parser["scan_preprocessing#enabled"] = "false"  # what `--scan_preprocessing#enabled false` hands the config
