@@ -14,6 +14,7 @@ from .artifacts import (
     verify_artifacts,
     write_manifest,
 )
+from .flags import as_flag
 from .input_profile import compare_to_profile, summarize_images
 from .inputs import (
     VALIDATION_LEVELS,

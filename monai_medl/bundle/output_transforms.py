@@ -20,15 +20,23 @@ class ScalarsFromOutput:
 
     Args:
         keys: output keys to log, e.g. ``("loss", "adv_loss", "adv_acc")``.
+        prefix: prepended to every name (the bundles log ``"train/iteration/"``). Defaults to ``""``.
 
     Example (bundle config)::
 
         "output_transform": {"_target_": "monai_medl.bundle.ScalarsFromOutput", "keys": ["loss", "adv_loss"]}
+
+    Example::
+
+        >>> import torch
+        >>> ScalarsFromOutput(["loss", "kl"], prefix="train/iteration/")([{"loss": torch.tensor(0.5), "pred": 1}])
+        {'train/iteration/loss': 0.5}
     """
 
-    def __init__(self, keys: Sequence[str]) -> None:
+    def __init__(self, keys: Sequence[str], prefix: str = "") -> None:
         self.keys = tuple(keys)
+        self.prefix = prefix
 
     def __call__(self, output: Any) -> dict[str, float]:
         first = output[0] if isinstance(output, list | tuple) else output
-        return {k: float(torch.as_tensor(first[k]).reshape(-1)[0]) for k in self.keys if k in first}
+        return {self.prefix + k: float(torch.as_tensor(first[k]).reshape(-1)[0]) for k in self.keys if k in first}

@@ -4,6 +4,7 @@ from __future__ import annotations
 from .adversary_handler import AdversaryHandler
 from .cluster_predictor_handler import ClusterPredictorHandler
 from .counterfactual_image_handler import CounterfactualImageHandler
+from .epoch_means import TRAIN_SCALARS, EpochMeansHandler, OutputMeans
 from .fresh_probe import FreshProbeHandler
 from .loss_terms_handler import LossTermsHandler
 from .modality_dropout_warmup import ModalityDropoutWarmup

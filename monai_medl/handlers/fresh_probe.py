@@ -34,10 +34,14 @@ class FreshProbeHandler:
     their sites are known, the network never trained on them); a standardised logistic regression (scikit-learn) is
     fitted on half of them and scored on the other half (split alternately by item, seeded) as the site predictor; the
     same probe on the label alone gives the floor that no invariance can go below when the label is confounded with
-    the site. It writes into ``engine.state.metrics``: ``fresh_probe_acc``, ``fresh_probe_floor`` (label only) and
-    ``adv_acc_epoch`` (the adversary's mean batch accuracy ``adv_acc`` over the epoch, when the trainer's output has
-    it), and to TensorBoard when a ``summary_writer`` is given (tags ``<tag>/fresh_probe_acc`` etc.). An adversary whose
-    accuracy is at chance while the fresh probe reads the site is inert, not successful.
+    the site. It writes into ``engine.state.metrics``: ``<prefix>fresh_probe_acc``, ``<prefix>fresh_probe_floor``
+    (label only) and, with ``adversary_mean``, ``<prefix>adv_acc_epoch`` (the adversary's mean batch accuracy
+    ``adv_acc`` over the epoch, when the trainer's output has it). The trainer's logging handlers
+    (``TensorBoardStatsHandler``, ``StatsHandler``, ``MLFlowHandler``) log these metrics at the epoch end, so a bundle
+    sets ``prefix="train/epoch/"`` and needs no writer of its own (one event file, one naming scheme). A
+    ``summary_writer``, when given, is written to directly as well (tags ``<tag>/fresh_probe_acc`` etc.), for
+    trainers without such a handler. An adversary whose accuracy is at chance while the fresh probe reads the site
+    is inert, not successful.
 
     Args:
         loader: iterable of held-out training batches (dicts with the image, site and label keys).
@@ -46,9 +50,13 @@ class FreshProbeHandler:
         label_key: batch key with the class label (for the floor; skipped when absent). Defaults to ``"label"``.
         features_fn: ``(network, x) -> (batch, n)`` features; defaults to ``network.forward_all(x, None).features[-1]``.
         interval: epochs between refits. Defaults to 1.
-        summary_writer: optional TensorBoard ``SummaryWriter``.
-        tag: TensorBoard tag prefix. Defaults to ``"invariance"``.
+        summary_writer: optional TensorBoard ``SummaryWriter`` written to directly.
+        tag: tag prefix of the ``summary_writer``'s scalars. Defaults to ``"invariance"``.
         seed: seed of the fit/score split. Defaults to 0.
+        prefix: prepended to the names in ``engine.state.metrics`` (e.g. ``"train/epoch/"``). Defaults to ``""``.
+        adversary_mean: also report the adversary's epoch-mean accuracy (``adv_acc_epoch``); turn it off where
+            :class:`~monai_medl.handlers.EpochMeansHandler` already reports it as ``train/epoch/adv_acc``.
+            Defaults to True.
 
     Example::
 
@@ -77,16 +85,20 @@ class FreshProbeHandler:
         summary_writer: Any = None,
         tag: str = "invariance",
         seed: int = 0,
+        prefix: str = "",
+        adversary_mean: bool = True,
     ) -> None:
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
             raise ValueError(f"FreshProbeHandler: interval must be an integer >= 1, got {interval!r}.")
         self.loader, self.site_key, self.image_key, self.label_key = loader, site_key, image_key, label_key
         self.features_fn = features_fn or _fixed_features
         self.interval, self.summary_writer, self.tag, self.seed = interval, summary_writer, tag, seed
+        self.prefix, self.adversary_mean = prefix, adversary_mean
         self._adv: list[torch.Tensor] = []
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self._collect)
+        if self.adversary_mean:
+            engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self._collect)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
 
     def _collect(self, engine: Engine) -> None:
@@ -128,7 +140,7 @@ class FreshProbeHandler:
         if self._adv:
             metrics["adv_acc_epoch"] = float(torch.stack([torch.as_tensor(a).float() for a in self._adv]).nanmean())
             self._adv = []
-        engine.state.metrics.update(metrics)
+        engine.state.metrics.update({self.prefix + name: value for name, value in metrics.items()})
         if self.summary_writer is not None:
             for name, value in metrics.items():
                 self.summary_writer.add_scalar(f"{self.tag}/{name}", value, engine.state.epoch)

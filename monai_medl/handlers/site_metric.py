@@ -63,6 +63,8 @@ class SiteMetricHandler:
             ``from_engine(["pred", "label"])``; apply the activation in the evaluator's postprocessing.
         prefix: prepended to every metric name (e.g. ``"val_"``). Defaults to ``""``.
         per_site: also write one value per site and metric. Defaults to True.
+        sep: separator of the split, site and metric parts of the names (the bundles use ``prefix="val/"``,
+            ``sep="/"``: ``val/auroc``, ``val/seen/auroc``, ``val/site/<name>/auroc``). Defaults to ``"_"``.
         name: logger name; defaults to the engine's logger.
 
     Example::
@@ -94,6 +96,7 @@ class SiteMetricHandler:
         prefix: str = "",
         per_site: bool = True,
         name: str | None = None,
+        sep: str = "_",
     ) -> None:
         self.metric = SiteMetric(metrics) if metric is None else metric
         self.site_key = site_key
@@ -103,6 +106,7 @@ class SiteMetricHandler:
         )
         self.prefix = prefix
         self.per_site = per_site
+        self.sep = sep
         self.logger = logging.getLogger(name) if name is not None else None
         self.results: dict[str, Any] = {}
 
@@ -134,7 +138,7 @@ class SiteMetricHandler:
             return
         self.results = self.metric.aggregate()
         engine.state.metrics.update(
-            flatten_site_metrics(self.results, self.metric.metrics, self.prefix, per_site=self.per_site)
+            flatten_site_metrics(self.results, self.metric.metrics, self.prefix, per_site=self.per_site, sep=self.sep)
         )
         if self.logger is not None:
             summary = ", ".join(

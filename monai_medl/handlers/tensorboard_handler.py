@@ -8,11 +8,11 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import torch
 from monai.handlers.tensorboard_handlers import TensorBoardHandler
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
+from monai_medl.handlers.epoch_means import TRAIN_SCALARS, OutputMeans
 from monai_medl.networks.utils import unwrap_network
 from monai_medl.utils.summary import summary
 
@@ -24,16 +24,10 @@ if TYPE_CHECKING:
 
 __all__ = ["RandomEffectsTensorBoardHandler", "DEFAULT_TERM_TAGS"]
 
-DEFAULT_TERM_TAGS: dict[str, str] = {
-    "loss": "loss/total",
-    "loss_mixed": "loss/task_mixed",
-    "loss_fixed": "loss/task_fixed",
-    "adv_loss": "loss/adversary",
-    "kl": "loss/kl",
-    "adv_acc": "adversary/accuracy",
-}
-"""Iteration-output key -> TensorBoard tag, for the keys written by ``SupervisedTrainer`` (``loss``),
-:class:`~monai_medl.handlers.LossTermsHandler` and :class:`~monai_medl.handlers.AdversaryHandler`."""
+DEFAULT_TERM_TAGS: dict[str, str] = {key: f"train/epoch/{key}" for key in TRAIN_SCALARS}
+"""Iteration-output key -> TensorBoard tag: ``train/epoch/<key>`` for each of
+:data:`~monai_medl.handlers.epoch_means.TRAIN_SCALARS`, the names :class:`~monai_medl.handlers.EpochMeansHandler`
+gives the same means (the bundles use that handler, so MLflow gets them too, and ``term_tags={}`` here)."""
 
 
 class RandomEffectsTensorBoardHandler(TensorBoardHandler):
@@ -41,9 +35,9 @@ class RandomEffectsTensorBoardHandler(TensorBoardHandler):
 
     Attach to the MONAI ``SupervisedTrainer``; at each epoch end (every ``interval`` epochs) it writes
 
-    * the epoch mean of every loss term found in the iteration output (``loss/total``, ``loss/task_mixed``,
-      ``loss/task_fixed``, ``loss/adversary``, ``loss/kl``) and the adversary's accuracy
-      (``adversary/accuracy``), see :data:`DEFAULT_TERM_TAGS`;
+    * the epoch mean of every loss term found in the iteration output (``train/epoch/loss``,
+      ``train/epoch/loss_mixed``, ``train/epoch/loss_fixed``, ``train/epoch/adv_loss``, ``train/epoch/kl``) and the
+      adversary's accuracy (``train/epoch/adv_acc``), see :data:`DEFAULT_TERM_TAGS`;
     * per random-effects layer: the prior s.d. (``random_effects/<layer>/prior_sd``, a variance-component
       estimate when learned), the spread of the posterior means across clusters (``.../posterior_mean_spread``)
       and the mean posterior s.d. (``.../posterior_sd``), as reported by :func:`~monai_medl.utils.summary`;
@@ -81,10 +75,10 @@ class RandomEffectsTensorBoardHandler(TensorBoardHandler):
         >>> tags = EventAccumulator(log_dir).Reload().Tags()
         >>> scalars = sorted(t for t in tags["scalars"] if not t.startswith("random_effects/head.slopes"))
         >>> scalars  # doctest: +NORMALIZE_WHITESPACE
-        ['adversary/accuracy', 'loss/adversary', 'loss/total', 'random_effects/head.intercept/posterior_mean_spread',
-         'random_effects/head.intercept/posterior_sd', 'random_effects/head.intercept/prior_sd',
-         'random_effects/linear_slopes/posterior_mean_spread', 'random_effects/linear_slopes/posterior_sd',
-         'random_effects/linear_slopes/prior_sd']
+        ['random_effects/head.intercept/posterior_mean_spread', 'random_effects/head.intercept/posterior_sd',
+         'random_effects/head.intercept/prior_sd', 'random_effects/linear_slopes/posterior_mean_spread',
+         'random_effects/linear_slopes/posterior_sd', 'random_effects/linear_slopes/prior_sd',
+         'train/epoch/adv_acc', 'train/epoch/adv_loss', 'train/epoch/loss']
         >>> tags["images"]
         ['random_effects/intercepts']
 
@@ -112,8 +106,7 @@ class RandomEffectsTensorBoardHandler(TensorBoardHandler):
         self.plot_intercepts = plot_intercepts
         self.interval = interval
         self.tag_prefix = tag_prefix
-        self._sums: dict[str, float] = {}
-        self._counts: dict[str, int] = {}
+        self._means = OutputMeans(list(self.term_tags))
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
@@ -121,33 +114,16 @@ class RandomEffectsTensorBoardHandler(TensorBoardHandler):
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
 
     def _reset(self, engine: Engine | None = None) -> None:
-        self._sums, self._counts = {}, {}
+        self._means.reset()
 
     def _accumulate(self, engine: Engine) -> None:
-        output = engine.state.output
-        if isinstance(output, (list, tuple)):  # decollated: per-item dicts, scalars replicated
-            output = output[0] if output else {}
-        if not isinstance(output, Mapping):
-            return
-        for key in self.term_tags:
-            value = output.get(key)
-            if isinstance(value, torch.Tensor):
-                if value.numel() != 1:
-                    continue
-                # summed as tensors: converted to a number once per epoch, not once per iteration
-                value = value.detach().reshape(())
-            elif not isinstance(value, (int, float)):
-                continue
-            self._sums[key] = self._sums.get(key, 0.0) + value
-            self._counts[key] = self._counts.get(key, 0) + 1
+        self._means.add(engine.state.output)
 
     def __call__(self, engine: Engine) -> None:
         step = engine.state.epoch
         tag = self.tag_prefix
-        for key, total in self._sums.items():
-            mean = float(total) / self._counts[key]
-            if np.isfinite(mean):
-                self._writer.add_scalar(tag + self.term_tags[key], mean, step)
+        for key, mean in self._means.means().items():
+            self._writer.add_scalar(tag + self.term_tags[key], mean, step)
         net = unwrap_network(self.network if self.network is not None else cast("SupervisedTrainer", engine).network)
         report = summary(net, cluster_names=self.cluster_names)
         for comp in report.random_effects:

@@ -135,27 +135,31 @@ def compute_site_metrics(
 
 
 def flatten_site_metrics(
-    result: Mapping[str, Any], metrics: Sequence[str], prefix: str = "", per_site: bool = True
+    result: Mapping[str, Any], metrics: Sequence[str], prefix: str = "", per_site: bool = True, sep: str = "_"
 ) -> dict[str, float]:
     """Flat metric names of a :func:`compute_site_metrics` result: the split is a prefix of the metric name.
 
-    ``prefix + m`` (all items), ``prefix + "seen_" + m``, ``prefix + "unseen_" + m`` and, with ``per_site``,
-    ``prefix + "site_" + name + "_" + m`` for every site, for each ``m`` in ``metrics``.
+    ``prefix + m`` (all items), ``prefix + "seen" + sep + m``, ``prefix + "unseen" + sep + m`` and, with
+    ``per_site``, ``prefix + "site" + sep + name + sep + m`` for every site, for each ``m`` in ``metrics``. The
+    bundles' tracking names use ``prefix="val/", sep="/"``: ``val/auroc``, ``val/seen/auroc``,
+    ``val/site/<name>/auroc``.
 
     Example::
 
         >>> res = compute_site_metrics([0, 1, 0, 1], [0.2, 0.9, 0.6, 0.7], sites=[0, 0, -1, -1], metrics=("auroc",))
         >>> flatten_site_metrics(res, ("auroc",), prefix="val_", per_site=False)
         {'val_auroc': 1.0, 'val_seen_auroc': 1.0, 'val_unseen_auroc': 1.0}
+        >>> sorted(flatten_site_metrics(res, ("auroc",), prefix="val/", sep="/"))
+        ['val/auroc', 'val/seen/auroc', 'val/site/-1/auroc', 'val/site/0/auroc', 'val/unseen/auroc']
     """
     out: dict[str, float] = {}
     for m in metrics:
         out[prefix + m] = result["overall"][m]
-        out[f"{prefix}seen_{m}"] = result["seen"][m]
-        out[f"{prefix}unseen_{m}"] = result["unseen"][m]
+        out[f"{prefix}seen{sep}{m}"] = result["seen"][m]
+        out[f"{prefix}unseen{sep}{m}"] = result["unseen"][m]
     if per_site:
         for site, values in result["per_site"].items():
-            out.update({f"{prefix}site_{site}_{m}": values[m] for m in metrics})
+            out.update({f"{prefix}site{sep}{site}{sep}{m}": values[m] for m in metrics})
     return out
 
 

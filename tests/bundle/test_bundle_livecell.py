@@ -62,7 +62,8 @@ def test_train_evaluate_inference_on_a_tiny_set(tmp_path):
             tags[kind] |= set(acc.Tags()[kind])
     assert any(t.startswith("counterfactual") for t in tags["images"])
     assert any("output" in t for t in tags["images"])  # TensorBoardImageHandler: reconstructions
-    assert {"adv_loss", "recon", "val_auc", "val_mse"} <= tags["scalars"]
+    names = {"train/iteration/adv_loss", "train/iteration/recon", "train/epoch/recon", "val/auc", "val/mse"}
+    assert names <= tags["scalars"], sorted(tags["scalars"])
 
     _workflow(["train.json", "evaluate.json"], tmp_path, "train", **tiny)
     for split in ("seen", "unseen"):

@@ -129,8 +129,11 @@ def test_training_generates_the_cohort_and_writes_every_artefact(trained_bundle)
     tags = set()
     for events in root.glob("runs/*/tensorboard/events.out.tfevents.*"):
         tags |= set(EventAccumulator(str(events)).Reload().Tags()["scalars"])
-    # the fresh site probe, refitted each epoch on the validation scans, beside the adversary's accuracy
-    assert {"invariance/fresh_probe_acc", "invariance/fresh_probe_floor", "invariance/adv_acc_epoch"} <= tags, tags
+    # the fresh site probe, refitted each epoch on the validation scans, beside the adversary's accuracy, under the
+    # one naming scheme and in the run's one event file
+    assert {"train/epoch/fresh_probe_acc", "train/epoch/fresh_probe_floor", "train/epoch/adv_acc"} <= tags, tags
+    assert not [t for t in tags if t.startswith("invariance/") or t.endswith("adv_acc_epoch")], tags
+    assert len(list(root.glob("runs/*/tensorboard/events.out.tfevents.*"))) == len(list(root.glob("runs/*/")))
 
 
 def test_evaluate_reports_per_site_seen_unseen_and_modes(trained_bundle):

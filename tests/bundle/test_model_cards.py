@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 from monai.bundle import ConfigParser
+from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
 
 from monai_medl.bundle import file_sha256, verify_artifacts
 from monai_medl.bundle.model_card import BEGIN, END, eval_metrics, render_tables
 
 BUNDLES = sorted((Path(__file__).resolve().parents[2] / "bundles").glob("*/docs/README.md"))
+# `run`'s own options; `--tracking` adds MONAI's tracking settings (`output_dir`, ...) to the config
 CLI_ONLY = {"config_file", "meta_file", "logging_file", "args_file", "bundle_root", "filepath", "ckpt_file", "net_id"}
+CLI_ONLY |= {"tracking"}
 TRANSFORM = re.compile(r"`(?:monai_medl\.transforms\.)?([A-Z][A-Za-z]*d)(?:\([^`]*\))?`")
 
 
@@ -36,15 +39,27 @@ def _config(bundle: Path, name: str) -> dict:
     return json.loads((bundle / "configs" / name).read_text())
 
 
+def _opt_in(transforms) -> list[str]:
+    """The steps that run only with ``scan_preprocessing#enabled`` (``_disabled_: "$not @fit_scans"``)."""
+    return [t["_target_"].split(".")[-1] for t in transforms if "fit_scans" in str(t.get("_disabled_", ""))]
+
+
 @pytest.mark.parametrize("card", BUNDLES, ids=lambda p: p.parent.parent.name)
 def test_card_preprocessing_and_random_transforms_match_the_configs(card):
+    """The section's first paragraph is the chain, in config order, with the opt-in steps in one ``[...]``; later
+    paragraphs may describe steps of the chain but name no other transform."""
     bundle = card.parent.parent
-    named = TRANSFORM.findall(_section(card.read_text(), "Preprocessing"))
+    section = _section(card.read_text(), "Preprocessing").strip()
+    chain = section.split("\n\n")[0]
+    named = TRANSFORM.findall(chain)
     train, infer = _config(bundle, "train.json"), _config(bundle, "inference.json")
     steps = infer["preprocessing"]["transforms"]
     if isinstance(steps, str):  # "$@load_transforms + @site_transforms": the same lists as training
         steps = train["load_transforms"] + train["site_transforms"]
     assert [n for n in named if not n.startswith("Rand")] == _targets(steps)
+    bracket = re.search(r"\[([^\]]*)\]", chain)
+    assert (TRANSFORM.findall(bracket.group(1)) if bracket else []) == _opt_in(steps)
+    assert set(TRANSFORM.findall(section)) <= set(named), "a later paragraph names a transform the chain lacks"
     random = [t for t in _targets(train["train"].get("random_transforms", [])) if t.startswith("Rand")]
     assert [n for n in named if n.startswith("Rand")] == random
 
@@ -71,6 +86,8 @@ def test_every_override_in_the_card_is_a_config_key(card):
         names = ast.literal_eval(files) if files.startswith("[") else [files]
         parser = ConfigParser()
         parser.read_config([str(bundle / name) for name in names])
+        if "--tracking" in args:  # `run --tracking mlflow` adds these keys, so they may be overridden too
+            parser.update(DEFAULT_MLFLOW_SETTINGS["configs"])
         keys = [a[2:] for a in args if a.startswith("--") and a[2:] not in CLI_ONLY]
         for key in keys:
             try:

@@ -74,6 +74,50 @@ def test_handler_logs_probe_floor_and_adversary_accuracy_each_epoch():
     assert len(sites) == 59 and feats.shape == (59, 8)
 
 
+def test_prefixed_metrics_reach_the_shared_writer_through_tensorboard_stats(tmp_path):
+    """With ``prefix`` and no writer of its own, the probe's numbers are logged by the trainer's
+    ``TensorBoardStatsHandler`` into its one event file, under the prefixed names only; ``adversary_mean=False``
+    leaves the adversary's epoch accuracy to ``EpochMeansHandler``."""
+    from monai.handlers import TensorBoardStatsHandler
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from monai_medl.handlers import EpochMeansHandler
+
+    torch.manual_seed(0)
+    net = MixedEffectsMLP(4, 1, num_clusters=3, hidden=(8,))
+    adv = ClusterClassifier(8, 3, hidden=(8,))
+    writer = SummaryWriter(log_dir=str(tmp_path))
+    probe = FreshProbeHandler(DataLoader(_items(60, 1), batch_size=20), prefix="train/epoch/", adversary_mean=False)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=2,
+        train_data_loader=DataLoader(_items(30, 0), batch_size=10),
+        network=net,
+        optimizer=torch.optim.Adam(net.parameters(), 1e-3),
+        loss_function=MixedEffectsLoss(task="bce"),
+        prepare_batch=MixedEffectsPrepareBatch(num_clusters=3),
+        train_handlers=[
+            AdversaryHandler(adv, torch.optim.Adam(adv.parameters(), 1e-3)),
+            probe,
+            EpochMeansHandler(),
+            TensorBoardStatsHandler(summary_writer=writer, iteration_log=False),
+        ],
+    )
+    trainer.run()
+    writer.close()
+    probe_names = {m for m in trainer.state.metrics if "probe" in m or m.endswith("adv_acc_epoch")}
+    assert probe_names == {"train/epoch/fresh_probe_acc", "train/epoch/fresh_probe_floor"}
+    assert trainer.state.metrics["train/epoch/fresh_probe_acc"] >= 0.8
+    files = list(tmp_path.glob("events.out.tfevents.*"))
+    assert len(files) == 1
+    scalars = EventAccumulator(str(files[0])).Reload()
+    probe_acc = [e.value for e in scalars.Scalars("train/epoch/fresh_probe_acc")]
+    assert [e.step for e in scalars.Scalars("train/epoch/fresh_probe_acc")] == [1, 2]
+    assert probe_acc[-1] == pytest.approx(trainer.state.metrics["train/epoch/fresh_probe_acc"])
+    assert "train/epoch/adv_acc" in scalars.Tags()["scalars"]
+
+
 def test_bad_inputs_are_rejected():
     with pytest.raises(ValueError, match="interval"):
         FreshProbeHandler([], interval=0)

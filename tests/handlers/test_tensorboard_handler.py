@@ -70,14 +70,15 @@ def test_event_files_hold_every_term_the_variance_components_and_the_intercept_p
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    terms = ["loss/total", "loss/task_mixed", "loss/task_fixed", "loss/adversary", "loss/kl", "adversary/accuracy"]
+    terms = [f"train/epoch/{k}" for k in ("loss", "loss_mixed", "loss_fixed", "adv_loss", "kl", "adv_acc")]
     assert set(terms) <= scalars
     layers = ["head.slopes", "head.intercept", "stages.1.cluster.gamma", "stages.1.cluster.beta"]
     for layer in layers:
         for stat in ("prior_sd", "posterior_mean_spread", "posterior_sd"):
             assert f"random_effects/{layer}/{stat}" in scalars
     # epoch means of the iteration outputs, at steps 1 and 2
-    for tag, key in [("loss/total", "loss"), ("loss/adversary", "adv_loss"), ("adversary/accuracy", "adv_acc")]:
+    for key in ("loss", "adv_loss", "adv_acc"):
+        tag = f"train/epoch/{key}"
         values = events.Scalars(tag)
         assert [v.step for v in values] == [1, 2]
         for v in values:
@@ -115,8 +116,8 @@ def test_interval_and_custom_writer(tmp_path):
     writer.close()
     events = EventAccumulator(str(tmp_path))
     events.Reload()
-    assert [v.step for v in events.Scalars("me/loss/total")] == [2]
-    assert "me/adversary/accuracy" not in events.Tags()["scalars"]  # no adversary attached: nothing invented
+    assert [v.step for v in events.Scalars("me/train/epoch/loss")] == [2]
+    assert "me/train/epoch/adv_acc" not in events.Tags()["scalars"]  # no adversary attached: nothing invented
     assert events.Tags()["images"] == []
     with pytest.raises(ValueError, match="interval must be >= 1"):
         RandomEffectsTensorBoardHandler(summary_writer=writer, interval=0)
