@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import linalg, optimize, sparse
@@ -201,7 +202,9 @@ class ExactLmmFit:
         deviance: ML deviance or REML criterion (a binomial fit: its Laplace deviance) at the optimum; ``nfev``,
             ``converged``: optimiser report.
         n, p: rows and fixed effects; ``num_theta``: free covariance parameters.
-        model: the deviance (None for a binomial fit); ``family``: ``"gaussian"`` or ``"binomial"``.
+        model: the deviance (None for a Laplace fit); ``family``: ``"gaussian"``, ``"binomial"`` or ``"poisson"``.
+        laplace: a Laplace fit's deviance (:class:`~monai_medl.estimators.laplace_glmm.LaplaceGlmm`, its data and
+            layout), else None.
     """
 
     reml: bool
@@ -219,6 +222,7 @@ class ExactLmmFit:
     converged: bool
     model: ProfiledDeviance | None
     family: str = "gaussian"
+    laplace: Any = None
 
     @property
     def loglik(self) -> float:
@@ -266,19 +270,26 @@ def per_term_effects(model: ProfiledDeviance, theta: np.ndarray, u: np.ndarray, 
 
 
 def fit_exact_lmm(
-    x: np.ndarray, y: np.ndarray, terms: Sequence[RandomTerm], reml: bool = True, tol: float = 1e-10
+    x: np.ndarray,
+    y: np.ndarray,
+    terms: Sequence[RandomTerm],
+    reml: bool = True,
+    tol: float = 1e-10,
+    start: np.ndarray | None = None,
 ) -> ExactLmmFit:
     """Minimise the profiled deviance over ``theta`` (bounded: diagonal entries >= 0) and return the fit.
 
     Derivative-free, as lme4 (which uses BOBYQA): bounded Nelder-Mead from lme4's start, restarted once from its
     end (a fresh simplex guards against the premature stops Nelder-Mead is known for); ``tol`` is the deviance
-    change at which a run stops.
+    change at which a run stops; ``start``: another ``theta`` to start from (a nearby fit's).
     """
     model = ProfiledDeviance(x, y, terms, reml=reml)
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in model.lower]
     dim = len(model.lower)
     options = {"xatol": 1e-8, "fatol": tol, "maxfev": 1000 * dim, "adaptive": dim > 4}
-    first = optimize.minimize(model, model.theta0(), method="Nelder-Mead", bounds=bounds, options=options)
+    first = optimize.minimize(
+        model, model.theta0() if start is None else start, method="Nelder-Mead", bounds=bounds, options=options
+    )
     polish = optimize.minimize(model, first.x, method="Nelder-Mead", bounds=bounds, options=options)
     best = polish if polish.fun <= first.fun else first
     theta = np.where(np.isfinite(model.lower), np.maximum(best.x, 0.0), best.x)
