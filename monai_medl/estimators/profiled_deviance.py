@@ -236,12 +236,22 @@ class ExactLmmFit:
 
     def conditional_covariances(self, term: int, chunk: int = 512) -> np.ndarray:
         """``(num_levels, k, k)`` covariance of each level's effects given the data, ``sigma^2 Lambda A^{-1}
-        Lambda^T`` (lme4's ``condVar``: the fixed effects held at their estimate)."""
-        if self.model is None:
-            raise ValueError(f"conditional variances are available for Gaussian fits only, not {self.family}.")
-        model, t = self.model, self.model.terms[term]
-        lam = model.lam(self.theta)
-        solve, _ = model._factorise(lam)
+        Lambda^T`` (lme4's ``condVar``: the fixed effects held at their estimate); for a Laplace fit ``A`` is the
+        penalised Hessian ``Lambda^T Z^T W Z Lambda + I`` at the conditional mode and ``sigma = 1``."""
+        if self.model is not None:
+            model = self.model
+            lam = model.lam(self.theta)
+            solve, _ = model._factorise(lam)
+        elif self.laplace is not None:
+            model = self.laplace.structure
+            lam = model.lam(self.theta)
+            zl = model.z @ lam
+            mode = self.laplace.mode(self.theta, self.beta)
+            eta = self.laplace.x @ self.beta + np.asarray(zl @ mode["u"]).reshape(-1)
+            solve, _ = symmetric_solver(self.laplace._hessian(zl, self.laplace.family.mean(eta)))
+        else:
+            raise ValueError(f"the {self.family} fit keeps no deviance to compute conditional variances from.")
+        t = model.terms[term]
         offset = sum(s.num_levels * s.k for s in model.terms[:term])
         out = np.zeros((t.num_levels, t.k, t.k))
         cols = np.arange(offset, offset + t.num_levels * t.k)
