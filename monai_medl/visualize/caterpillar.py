@@ -88,8 +88,8 @@ def plot_caterpillar(
                 continue
             part = table[table["term"] == terms[col]]
             y = np.arange(len(part))
-            err = np.vstack([part["mode"] - part["lower"], part["upper"] - part["mode"]])
-            ax.errorbar(part["mode"], y, xerr=err, fmt="o", ms=3, color="tab:blue", ecolor="0.4", elinewidth=1)
+            spread = np.vstack([part["mode"] - part["lower"], part["upper"] - part["mode"]])
+            ax.errorbar(part["mode"], y, xerr=spread, fmt="o", ms=3, color="tab:blue", ecolor="0.4", elinewidth=1)
             ax.axvline(0.0, color="0.6", lw=0.8, ls="--")
             ax.set_yticks(y, part["level"] if col == 0 else [""] * len(part), fontsize=6)
             ax.set_title(f"{estimator.encoder_.label(factor)}: {terms[col]}", fontsize=9)
