@@ -12,7 +12,10 @@ alone:
 
 where ``r^2`` is the minimum penalised residual sum of squares and ``R_X^T R_X = X^T X - X^T Z Lambda A^{-1}
 Lambda^T Z^T X`` (the Schur complement). The code keeps the cross products ``Z^T Z``, ``Z^T X``, ``Z^T y`` and
-factorises ``A`` densely for small ``q`` and with a sparse LU (SuperLU, ``scipy.sparse.linalg.splu``) otherwise.
+factorises ``A`` densely for small ``q``; a larger ``A`` through its block structure
+(:class:`~monai_medl.estimators.block_solver.BlockSchurSolver`: the largest factor's block-diagonal block and a dense
+Schur complement for the other factors' columns) when those are few, a sparse LU (SuperLU,
+``scipy.sparse.linalg.splu``) otherwise.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Any
 import numpy as np
 from scipy import linalg, optimize, sparse
 from scipy.sparse.linalg import splu
+
+from monai_medl.estimators.block_solver import BlockSchurSolver
 
 __all__ = ["RandomTerm", "ProfiledDeviance", "ExactLmmFit", "fit_exact_lmm", "per_term_effects", "symmetric_solver"]
 
@@ -125,6 +130,8 @@ class ProfiledDeviance:
             offset, start = offset + t.num_levels * t.k, start + len(tr)
         self._rows, self._cols, self._which = map(np.concatenate, (rows, cols, which))
         self.lower = np.concatenate(lower)
+        block = BlockSchurSolver([(t.num_levels, t.k) for t in self.terms])
+        self._block = block if block.applies else None
 
     def theta0(self) -> np.ndarray:
         """lme4's start: identity relative factors (diagonal 1, off-diagonal 0)."""
@@ -157,7 +164,8 @@ class ProfiledDeviance:
             if getattr(self, "_ztz_dense", None) is None:
                 self._ztz_dense = self.ztz.toarray()
             return symmetric_solver(lam.T @ self._ztz_dense @ lam + np.eye(self.q))
-        return symmetric_solver(lam.T @ self.ztz @ lam + sparse.identity(self.q, format="csc"))
+        a = lam.T @ self.ztz @ lam + sparse.identity(self.q, format="csc")
+        return self._block(a) if self._block is not None else symmetric_solver(a)
 
     def solve(self, theta: np.ndarray) -> dict:
         """Penalised least squares at ``theta``: ``beta``, spherical ``u``, ``r2``, log-determinants and the solver."""
@@ -279,6 +287,33 @@ def per_term_effects(model: ProfiledDeviance, theta: np.ndarray, u: np.ndarray, 
     return b, covs
 
 
+def _nelder_mead(model: ProfiledDeviance, start: np.ndarray, tol: float) -> tuple:
+    """Bounded Nelder-Mead from ``start``, restarted once from its end; ``(best, evaluations, converged)``."""
+    bounds = [(lo if np.isfinite(lo) else None, None) for lo in model.lower]
+    dim = len(model.lower)
+    options = {"xatol": 1e-8, "fatol": tol, "maxfev": 1000 * dim, "adaptive": dim > 4}
+    first = optimize.minimize(model, start, method="Nelder-Mead", bounds=bounds, options=options)
+    polish = optimize.minimize(model, first.x, method="Nelder-Mead", bounds=bounds, options=options)
+    best = polish if polish.fun <= first.fun else first
+    return best, int(first.nfev + polish.nfev), bool(polish.success and first.fun - polish.fun < 1e-6)
+
+
+def _line_search(model: ProfiledDeviance, start: float) -> tuple:
+    """Brent's method for a single relative s.d. (the deviance is even in it, so the line is unbounded; 0, the
+    boundary, is compared explicitly); ``(best, evaluations, converged)`` with ``best.x`` of length 1."""
+    result = optimize.minimize_scalar(
+        lambda t: model(np.array([t])),
+        bracket=(0.5 * max(abs(start), 1e-3), max(abs(start), 1e-3)),
+        method="brent",
+        tol=1e-10,
+    )
+    theta, value = abs(float(result.x)), float(result.fun)
+    at_zero = model(np.zeros(1))
+    if at_zero <= value:
+        theta, value = 0.0, at_zero
+    return optimize.OptimizeResult(x=np.array([theta]), fun=value), int(result.nfev) + 1, bool(result.success)
+
+
 def fit_exact_lmm(
     x: np.ndarray,
     y: np.ndarray,
@@ -290,18 +325,15 @@ def fit_exact_lmm(
     """Minimise the profiled deviance over ``theta`` (bounded: diagonal entries >= 0) and return the fit.
 
     Derivative-free, as lme4 (which uses BOBYQA): bounded Nelder-Mead from lme4's start, restarted once from its
-    end (a fresh simplex guards against the premature stops Nelder-Mead is known for); ``tol`` is the deviance
-    change at which a run stops; ``start``: another ``theta`` to start from (a nearby fit's).
+    end (a fresh simplex guards against the premature stops Nelder-Mead is known for); a single relative s.d. (one
+    random intercept) by Brent's method on the line instead; ``tol`` is the deviance change at which a Nelder-Mead
+    run stops; ``start``: another ``theta`` to start from (a nearby fit's).
     """
     model = ProfiledDeviance(x, y, terms, reml=reml)
-    bounds = [(lo if np.isfinite(lo) else None, None) for lo in model.lower]
-    dim = len(model.lower)
-    options = {"xatol": 1e-8, "fatol": tol, "maxfev": 1000 * dim, "adaptive": dim > 4}
-    first = optimize.minimize(
-        model, model.theta0() if start is None else start, method="Nelder-Mead", bounds=bounds, options=options
-    )
-    polish = optimize.minimize(model, first.x, method="Nelder-Mead", bounds=bounds, options=options)
-    best = polish if polish.fun <= first.fun else first
+    if len(model.lower) == 1:  # one relative s.d.: d depends on theta^2 alone, Brent's method on the line
+        best, nfev, polished = _line_search(model, 1.0 if start is None else float(start[0]))
+    else:
+        best, nfev, polished = _nelder_mead(model, model.theta0() if start is None else start, tol)
     theta = np.where(np.isfinite(model.lower), np.maximum(best.x, 0.0), best.x)
     parts = model.solve(theta)
     dof = model.n - model.p if reml else model.n
@@ -319,7 +351,7 @@ def fit_exact_lmm(
         n=model.n,
         p=model.p,
         num_theta=len(theta),
-        nfev=int(first.nfev + polish.nfev),
-        converged=bool(polish.success and first.fun - polish.fun < 1e-6),
+        nfev=nfev,
+        converged=polished,
         model=model,
     )
