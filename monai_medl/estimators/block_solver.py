@@ -22,72 +22,81 @@ SCHUR_MAX = 2500  # the other factors' columns up to which the dense Schur compl
 
 
 class BlockSchurSolver:
-    """``(solve, log|A|)`` of a sparse ``A`` laid out as the random terms' columns (level-major within a term).
+    """``(solve, log|A|)`` of ``A = Lambda^T G Lambda + I`` for the random terms' ``G = Z^T Z`` (columns level-major
+    within a term), formed block by block: the largest term's blocks ``T^T G_j T + I`` as a batch of ``k x k``
+    matrices, the rest through sparse products and the dense Schur complement.
 
     Args:
         sizes: per term ``(num_levels, k)``, in column order.
+        ztz: ``Z^T Z`` (sparse, ``q x q``).
 
     ``applies`` says whether the other terms' columns are few enough (:data:`SCHUR_MAX`) for the dense Schur
-    complement; :meth:`__call__` factorises one ``A``.
+    complement; :meth:`factorise` factorises ``A`` at one ``Lambda``.
 
     Example::
 
         >>> import numpy as np
         >>> from scipy import sparse
-        >>> a = sparse.csc_matrix(np.array([[2.0, 0, 1], [0, 3, 1], [1, 1, 4]]))  # terms of 2 levels and 1 level
-        >>> solve, logdet = BlockSchurSolver([(2, 1), (1, 1)])(a)
-        >>> bool(np.allclose(a @ solve(np.ones(3)), 1)), bool(np.isclose(logdet, np.log(np.linalg.det(a.toarray()))))
+        >>> ztz = sparse.csc_matrix(np.array([[2.0, 0, 1], [0, 3, 1], [1, 1, 2]]))  # terms of 2 levels and 1 level
+        >>> lam = sparse.diags([0.5, 0.5, 2.0]).tocsc()
+        >>> solve, logdet = BlockSchurSolver([(2, 1), (1, 1)], ztz).factorise(lam, np.array([[0.5]]))
+        >>> a = (lam.T @ ztz @ lam).toarray() + np.eye(3)
+        >>> bool(np.allclose(a @ solve(np.ones(3)), 1)), bool(np.isclose(logdet, np.log(np.linalg.det(a))))
         (True, True)
     """
 
-    def __init__(self, sizes: Sequence[tuple[int, int]]) -> None:
+    def __init__(self, sizes: Sequence[tuple[int, int]], ztz) -> None:
         widths = [m * k for m, k in sizes]
         big = int(np.argmax(widths))
         start = sum(widths[:big])
         self.levels, self.k = sizes[big]
         first = np.arange(start, start + widths[big])
-        rest = np.setdiff1d(np.arange(sum(widths)), first)
-        self.order = np.concatenate([first, rest])  # the largest term's columns first
-        self.q1, self.q2 = len(first), len(rest)
+        self.rest = np.setdiff1d(np.arange(sum(widths)), first)
+        self.order = np.concatenate([first, self.rest])  # the largest term's columns first
+        self.q1, self.q2 = len(first), len(self.rest)
         self.applies = self.q2 <= SCHUR_MAX
-        base = np.arange(self.levels)[:, None, None] * self.k
-        self._rows = (base + np.arange(self.k)[None, :, None]).repeat(self.k, axis=2).reshape(-1)
-        self._cols = (base + np.arange(self.k)[None, None, :]).repeat(self.k, axis=1).reshape(-1)
+        if not self.applies:
+            return
+        k, m = self.k, self.levels
+        g = sparse.csr_matrix(ztz)[self.order][:, self.order]
+        base = np.arange(m)[:, None, None] * k
+        rows = (base + np.arange(k)[None, :, None]).repeat(k, axis=2).reshape(-1)
+        cols = (base + np.arange(k)[None, None, :]).repeat(k, axis=1).reshape(-1)
+        self.g11 = np.asarray(g[: self.q1, : self.q1][rows, cols]).reshape(m, k, k)
+        self.g12 = g[: self.q1, self.q1 :].tocsr()
+        self.g22 = g[self.q1 :, self.q1 :].toarray()
 
-    def __call__(self, a) -> tuple[Callable[[np.ndarray], np.ndarray], float]:
-        a = sparse.csr_matrix(a)[self.order][:, self.order]
-        q1, k = self.q1, self.k
-        a11 = a[:q1, :q1]
-        if k == 1:  # scalar blocks: numpy's batched LAPACK calls cost more than the arithmetic
-            diagonal = a11.diagonal()
-            if not (diagonal > 0).all():
-                raise np.linalg.LinAlgError("A is not positive definite")
-            logdet, inverse = float(np.log(diagonal).sum()), (1.0 / diagonal)[:, None, None]
-        else:
-            blocks = np.asarray(a11[self._rows, self._cols]).reshape(self.levels, k, k)
-            chol = np.linalg.cholesky(blocks)  # raises LinAlgError when A is not positive definite
-            logdet = 2.0 * float(np.log(np.diagonal(chol, axis1=1, axis2=2)).sum())
-            inverse = np.linalg.inv(blocks)
-        inv11 = sparse.bsr_matrix((inverse, np.arange(self.levels), np.arange(self.levels + 1)), shape=(q1, q1))
-        if self.q2 == 0:
-            schur = None
-        else:
-            a12 = a[:q1, q1:].tocsc()
-            m = (inv11 @ a12).tocsc()  # A11^{-1} A12
-            s = a[q1:, q1:].toarray() - (a12.T @ m).toarray()
-            schur = linalg.cho_factor(s, lower=True)
+    def _first_block(self, t: np.ndarray) -> tuple[np.ndarray, float]:
+        """The inverses of the largest term's blocks ``T^T G_j T + I`` and their log-determinants' sum."""
+        if self.k == 1:  # scalar blocks: numpy's batched LAPACK calls cost more than the arithmetic
+            diagonal = t[0, 0] ** 2 * self.g11[:, 0, 0] + 1.0
+            return (1.0 / diagonal)[:, None, None], float(np.log(diagonal).sum())
+        blocks = np.einsum("ba,jbc,cd->jad", t, self.g11, t) + np.eye(self.k)
+        chol = np.linalg.cholesky(blocks)  # raises LinAlgError when A is not positive definite
+        return np.linalg.inv(blocks), 2.0 * float(np.log(np.diagonal(chol, axis1=1, axis2=2)).sum())
+
+    def factorise(self, lam, t: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], float]:
+        """``(solve, log|A|)`` at ``Lambda`` (``lam``, sparse) whose largest term's relative factor is ``t``."""
+        q1, m = self.q1, self.levels
+        inverse, logdet = self._first_block(t)
+        inv11 = sparse.bsr_matrix((inverse, np.arange(m), np.arange(m + 1)), shape=(q1, q1))
+        schur = a12 = m12 = None
+        if self.q2:
+            lam_rest = sparse.csr_matrix(lam)[self.rest][:, self.rest]
+            lam_first = sparse.kron(sparse.identity(m), t.T, format="csr")  # Lambda's first block, transposed
+            a12 = (lam_first @ self.g12 @ lam_rest).tocsc()
+            m12 = (inv11 @ a12).tocsc()  # A11^{-1} A12
+            a22 = np.asarray(lam_rest.T @ (lam_rest.T @ self.g22).T) + np.eye(self.q2)
+            schur = linalg.cho_factor(a22 - (a12.T @ m12).toarray(), lower=True)
             logdet += 2.0 * float(np.log(np.diag(schur[0])).sum())
         order = self.order
 
         def solve(b: np.ndarray) -> np.ndarray:
-            b = np.asarray(b, float)
-            permuted = b[order]
-            y1 = inv11 @ permuted[:q1]
-            if schur is None:
-                x = y1
-            else:
-                x2 = linalg.cho_solve(schur, permuted[q1:] - a12.T @ y1)
-                x = np.concatenate([y1 - m @ x2, x2])
+            permuted = np.asarray(b, float)[order]
+            x = inv11 @ permuted[:q1]
+            if schur is not None:
+                x2 = linalg.cho_solve(schur, permuted[q1:] - a12.T @ x)
+                x = np.concatenate([x - m12 @ x2, x2])
             out = np.empty_like(x)
             out[order] = x
             return out

@@ -130,8 +130,15 @@ class ProfiledDeviance:
             offset, start = offset + t.num_levels * t.k, start + len(tr)
         self._rows, self._cols, self._which = map(np.concatenate, (rows, cols, which))
         self.lower = np.concatenate(lower)
-        block = BlockSchurSolver([(t.num_levels, t.k) for t in self.terms])
-        self._block = block if block.applies else None
+        self.templates = [t.template() for t in self.terms]
+        # CSC layout of Lambda: entry i of the triplets lands at storage position where _lam_order == i
+        self._lam_pattern = sparse.csc_matrix(
+            (np.arange(1, len(self._rows) + 1, dtype=float), (self._rows, self._cols)), shape=(self.q, self.q)
+        )
+        self._lam_order = self._lam_pattern.data.astype(np.int64) - 1
+        block = BlockSchurSolver([(t.num_levels, t.k) for t in self.terms], self.ztz) if not self.dense else None
+        self._block = block if block is not None and block.applies else None
+        self._big = int(np.argmax([t.num_levels * t.k for t in self.terms]))
 
     def theta0(self) -> np.ndarray:
         """lme4's start: identity relative factors (diagonal 1, off-diagonal 0)."""
@@ -140,7 +147,7 @@ class ProfiledDeviance:
     def factor(self, theta: np.ndarray, term: int) -> np.ndarray:
         """The ``k x k`` lower-triangular relative covariance factor of one term (``Sigma = sigma^2 T T^T``)."""
         t = self.terms[term]
-        tr, tc = t.template()
+        tr, tc = self.templates[term]
         out = np.zeros((t.k, t.k))
         out[tr, tc] = theta[self.theta_slices[term]]
         return out
@@ -151,26 +158,32 @@ class ProfiledDeviance:
             out = np.zeros((self.q, self.q))
             out[self._rows, self._cols] = theta[self._which]
             return out
-        return sparse.csc_matrix((theta[self._which], (self._rows, self._cols)), shape=(self.q, self.q))
+        # the pattern is fixed: only the values change (building from triplets each time costs more than the solve)
+        return sparse.csc_matrix(
+            (theta[self._which][self._lam_order], self._lam_pattern.indices, self._lam_pattern.indptr),
+            shape=(self.q, self.q),
+        )
 
     @property
     def dense(self) -> bool:
         """Whether ``A`` is formed and factorised densely (small ``q``: sparse bookkeeping would dominate)."""
         return self.q <= _DENSE_MAX
 
-    def _factorise(self, lam):
+    def _factorise(self, lam, theta: np.ndarray | None = None):
         if self.dense:
             lam = lam.toarray() if sparse.issparse(lam) else lam
             if getattr(self, "_ztz_dense", None) is None:
                 self._ztz_dense = self.ztz.toarray()
             return symmetric_solver(lam.T @ self._ztz_dense @ lam + np.eye(self.q))
-        a = lam.T @ self.ztz @ lam + sparse.identity(self.q, format="csc")
-        return self._block(a) if self._block is not None else symmetric_solver(a)
+        if self._block is not None and theta is not None:
+            return self._block.factorise(lam, self.factor(theta, self._big))
+        return symmetric_solver(lam.T @ self.ztz @ lam + sparse.identity(self.q, format="csc"))
 
     def solve(self, theta: np.ndarray) -> dict:
         """Penalised least squares at ``theta``: ``beta``, spherical ``u``, ``r2``, log-determinants and the solver."""
-        lam = self.lam(np.asarray(theta, float))
-        solve, logdet_a = self._factorise(lam)
+        theta = np.asarray(theta, float)
+        lam = self.lam(theta)
+        solve, logdet_a = self._factorise(lam, theta)
         bx, by = np.asarray(lam.T @ self.ztx), np.asarray(lam.T @ self.zty).reshape(-1)  # Lambda^T Z^T [X, y]
         cx, cy = solve(bx), solve(by)
         schur = self.xtx - bx.T @ cx  # R_X^T R_X
@@ -249,7 +262,7 @@ class ExactLmmFit:
         if self.model is not None:
             model = self.model
             lam = model.lam(self.theta)
-            solve, _ = model._factorise(lam)
+            solve, _ = model._factorise(lam, self.theta)
         elif self.laplace is not None:
             model = self.laplace.structure
             lam = model.lam(self.theta)

@@ -62,18 +62,11 @@ def sdcor_parameters(fit: ExactLmmFit) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(values, float), np.asarray(kinds)
 
 
-def _templates(model: ProfiledDeviance) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Every term's :meth:`~RandomTerm.template`, computed once per deviance (the profile calls ``_theta`` often)."""
-    if not hasattr(model, "_templates"):
-        model._templates = [term.template() for term in model.terms]  # type: ignore[attr-defined]
-    return model._templates  # type: ignore[attr-defined]
-
-
 def _theta(model: ProfiledDeviance, psi: np.ndarray) -> np.ndarray:
     """``theta`` of the s.d./correlation vector ``psi`` (its last entry ``sigma``): ``T = diag(sd) chol(R) / sigma``
     (raises ``LinAlgError`` for a correlation matrix that is not positive definite)."""
     sigma, theta = psi[-1], np.zeros(len(model.lower))
-    for i, (term, (rows, cols)) in enumerate(zip(model.terms, _templates(model))):
+    for i, (term, (rows, cols)) in enumerate(zip(model.terms, model.templates)):
         part = psi[model.theta_slices[i]]
         diagonal = rows == cols
         sd = np.zeros(term.k)
