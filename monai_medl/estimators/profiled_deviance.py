@@ -32,6 +32,9 @@ from monai_medl.estimators.block_solver import BlockSchurSolver
 
 __all__ = ["RandomTerm", "ProfiledDeviance", "ExactLmmFit", "fit_exact_lmm", "per_term_effects", "symmetric_solver"]
 
+_QUASI_NEWTON_MIN_Q = 1000  # random-effect columns above which several covariance parameters are fitted by
+# L-BFGS-B rather than Nelder-Mead (measured, 100,000 x (2,000 x 200) crossed: 48 evaluations, 6.8 s, against
+# 273, 52.9 s; deviance 1.5e-8 apart)
 _DENSE_MAX = 100  # random-effect columns up to which A is formed and factorised densely (measured: dense wins at
 # q = 40, sparse at q = 120 (11x) and q = 550 (200x))
 
@@ -311,6 +314,15 @@ def _nelder_mead(model: ProfiledDeviance, start: np.ndarray, tol: float) -> tupl
     return best, int(first.nfev + polish.nfev), bool(polish.success and first.fun - polish.fun < 1e-6)
 
 
+def _quasi_newton(model: ProfiledDeviance, start: np.ndarray) -> tuple:
+    """Bounded L-BFGS-B with finite-difference gradients; ``(best, evaluations, converged)``."""
+    bounds = [(lo if np.isfinite(lo) else None, None) for lo in model.lower]
+    best = optimize.minimize(
+        model, start, method="L-BFGS-B", bounds=bounds, options={"ftol": 1e-14, "gtol": 1e-8, "maxfun": 3000}
+    )
+    return best, int(best.nfev), bool(best.success)
+
+
 def _line_search(model: ProfiledDeviance, start: float) -> tuple:
     """Brent's method for a single relative s.d. (the deviance is even in it, so the line is unbounded; 0, the
     boundary, is compared explicitly); ``(best, evaluations, converged)`` with ``best.x`` of length 1."""
@@ -339,12 +351,15 @@ def fit_exact_lmm(
 
     Derivative-free, as lme4 (which uses BOBYQA): bounded Nelder-Mead from lme4's start, restarted once from its
     end (a fresh simplex guards against the premature stops Nelder-Mead is known for); a single relative s.d. (one
-    random intercept) by Brent's method on the line instead; ``tol`` is the deviance change at which a Nelder-Mead
-    run stops; ``start``: another ``theta`` to start from (a nearby fit's).
+    random intercept) by Brent's method on the line instead, and several parameters of a large design (more than
+    1,000 random-effect columns) by L-BFGS-B with finite-difference gradients; ``tol`` is the deviance change at
+    which a Nelder-Mead run stops; ``start``: another ``theta`` to start from (a nearby fit's).
     """
     model = ProfiledDeviance(x, y, terms, reml=reml)
     if len(model.lower) == 1:  # one relative s.d.: d depends on theta^2 alone, Brent's method on the line
         best, nfev, polished = _line_search(model, 1.0 if start is None else float(start[0]))
+    elif model.q > _QUASI_NEWTON_MIN_Q:  # every evaluation is costly: fewer of them by quasi-Newton steps
+        best, nfev, polished = _quasi_newton(model, model.theta0() if start is None else start)
     else:
         best, nfev, polished = _nelder_mead(model, model.theta0() if start is None else start, tol)
     theta = np.where(np.isfinite(model.lower), np.maximum(best.x, 0.0), best.x)
