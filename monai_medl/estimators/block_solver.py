@@ -12,6 +12,7 @@ a sparse product and a 1,000 x 1,000 Cholesky factor per evaluation, instead of 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import linalg, sparse
@@ -80,29 +81,34 @@ class BlockSchurSolver:
         rest = sparse.csr_matrix(lam)[self.rest][:, self.rest]
         return rest.nnz == np.count_nonzero(rest.diagonal()) or rest.nnz == 0
 
-    def factorise(self, lam, t: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], float]:
-        """``(solve, log|A|)`` at ``Lambda`` (``lam``, sparse) whose largest term's relative factor is ``t``."""
-        q1, m = self.q1, self.levels
-        inverse, logdet = self._first_block(t)
-        inv11 = sparse.bsr_matrix((inverse, np.arange(m), np.arange(m + 1)), shape=(q1, q1))
-        schur = a12 = m12 = None
-        if self.q2 and self.k == 1 and self._diagonal(lam):
+    def _coupling(self, lam, t: np.ndarray, inverse: np.ndarray) -> tuple[Any, Any, np.ndarray]:
+        """``(A12, A11^{-1} A12, S)`` with ``S = A22 - A21 A11^{-1} A12`` the Schur complement."""
+        if self.k == 1 and self._diagonal(lam):
             # intercepts only: A12 = t G12 L2 with L2 diagonal, and A21 A11^{-1} A12 = L2 G12^T diag(v) G12 L2
             l2 = sparse.csr_matrix(lam)[self.rest][:, self.rest].diagonal()
             a12 = (self.g12.multiply(t[0, 0]) @ sparse.diags(l2)).tocsc()
             m12 = (sparse.diags(inverse[:, 0, 0]) @ a12).tocsc()
             v = t[0, 0] ** 2 * inverse[:, 0, 0]
             h = (self.g12.T @ self.g12.multiply(v[:, None]).tocsr()).toarray()
-            a22 = l2[:, None] * (self.g22 - h) * l2[None, :] + np.eye(self.q2)
-            schur = linalg.cho_factor(a22, lower=True)
-            logdet += 2.0 * float(np.log(np.diag(schur[0])).sum())
-        elif self.q2:
-            lam_rest = sparse.csr_matrix(lam)[self.rest][:, self.rest]
-            lam_first = sparse.kron(sparse.identity(m), t.T, format="csr")  # Lambda's first block, transposed
-            a12 = (lam_first @ self.g12 @ lam_rest).tocsc()
-            m12 = (inv11 @ a12).tocsc()  # A11^{-1} A12
-            a22 = np.asarray(lam_rest.T @ (lam_rest.T @ self.g22).T) + np.eye(self.q2)
-            schur = linalg.cho_factor(a22 - (a12.T @ m12).toarray(), lower=True)
+            return a12, m12, l2[:, None] * (self.g22 - h) * l2[None, :] + np.eye(self.q2)
+        m = self.levels
+        inv11 = sparse.bsr_matrix((inverse, np.arange(m), np.arange(m + 1)), shape=(self.q1, self.q1))
+        lam_rest = sparse.csr_matrix(lam)[self.rest][:, self.rest]
+        lam_first = sparse.kron(sparse.identity(m), t.T, format="csr")  # Lambda's first block, transposed
+        a12 = (lam_first @ self.g12 @ lam_rest).tocsc()
+        m12 = (inv11 @ a12).tocsc()
+        a22 = np.asarray(lam_rest.T @ (lam_rest.T @ self.g22).T) + np.eye(self.q2)
+        return a12, m12, a22 - (a12.T @ m12).toarray()
+
+    def factorise(self, lam, t: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], float]:
+        """``(solve, log|A|)`` at ``Lambda`` (``lam``, sparse) whose largest term's relative factor is ``t``."""
+        q1, m = self.q1, self.levels
+        inverse, logdet = self._first_block(t)
+        inv11 = sparse.bsr_matrix((inverse, np.arange(m), np.arange(m + 1)), shape=(q1, q1))
+        schur: Any = None
+        if self.q2:
+            a12, m12, s = self._coupling(lam, t, inverse)
+            schur = linalg.cho_factor(s, lower=True)
             logdet += 2.0 * float(np.log(np.diag(schur[0])).sum())
         order = self.order
 
