@@ -100,6 +100,33 @@ class BlockSchurSolver:
         a22 = np.asarray(lam_rest.T @ (lam_rest.T @ self.g22).T) + np.eye(self.q2)
         return a12, m12, a22 - (a12.T @ m12).toarray()
 
+    def factorise_diagonal(self, diag: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], float]:
+        """:meth:`factorise` for a diagonal ``Lambda`` (its diagonal ``diag``) and a largest term of intercepts:
+        vector arithmetic, plus the Schur complement of the other terms."""
+        v1, l2 = diag[self.order[: self.q1]], diag[self.rest]
+        a11 = v1**2 * self.g11[:, 0, 0] + 1.0
+        inverse, logdet = 1.0 / a11, float(np.log(a11).sum())
+        schur: Any = None
+        if self.q2:
+            a12 = (sparse.diags(v1) @ self.g12 @ sparse.diags(l2)).tocsc()
+            m12 = (sparse.diags(inverse) @ a12).tocsc()
+            h = (self.g12.T @ self.g12.multiply((v1**2 * inverse)[:, None]).tocsr()).toarray()
+            schur = linalg.cho_factor(l2[:, None] * (self.g22 - h) * l2[None, :] + np.eye(self.q2), lower=True)
+            logdet += 2.0 * float(np.log(np.diag(schur[0])).sum())
+        order, q1 = self.order, self.q1
+
+        def solve(b: np.ndarray) -> np.ndarray:
+            permuted = np.asarray(b, float)[order]
+            x = inverse.reshape(-1, *([1] * (permuted.ndim - 1))) * permuted[:q1]
+            if schur is not None:
+                x2 = linalg.cho_solve(schur, permuted[q1:] - a12.T @ x)
+                x = np.concatenate([x - m12 @ x2, x2])
+            out = np.empty_like(x)
+            out[order] = x
+            return out
+
+        return solve, logdet
+
     def factorise(self, lam, t: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], float]:
         """``(solve, log|A|)`` at ``Lambda`` (``lam``, sparse) whose largest term's relative factor is ``t``."""
         q1, m = self.q1, self.levels

@@ -27,11 +27,15 @@ def test_block_solver_matches_superlu_and_dense(slopes):
     block = ProfiledDeviance(x, y, terms, reml=True)
     general = ProfiledDeviance(x, y, terms, reml=True)
     general._block = None  # SuperLU
+    matrices = ProfiledDeviance(x, y, terms, reml=True)
+    matrices._fast_diagonal = False  # the block solver on Lambda as a sparse matrix
+    assert block._fast_diagonal is not slopes
     assert block._block is not None and block._block.q2 == 25  # the 150-level factor is the block-diagonal one
     rng = np.random.default_rng(1)
     for _ in range(3):
         theta = np.abs(rng.normal(size=len(block.lower))) * np.where(np.isfinite(block.lower), 1, 0.3)
         np.testing.assert_allclose(block(theta), general(theta), rtol=1e-11)
+        np.testing.assert_allclose(matrices(theta), general(theta), rtol=1e-11)
         lam = block.lam(theta)
         a = (lam.T @ block.ztz @ lam).toarray() + np.eye(block.q)
         solve, logdet = block._factorise(lam, theta)
