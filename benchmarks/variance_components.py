@@ -343,7 +343,8 @@ def run(seeds: list[int]) -> tuple[dict, dict]:
     )
     config = {
         "estimator": "me: MixedEffectsRegressor(method='elbo') defaults: full posterior per level, L-BFGS full batch, "
-        "float64; me_exact: method='reml' / 'ml' (profiled deviance, bounded Nelder-Mead over theta)",
+        "float64; me_exact: method='reml' / 'ml' (profiled deviance over theta: bounded Nelder-Mead for dense "
+        "designs (q <= 100), L-BFGS-B for sparse ones with several parameters, Brent's method for one)",
         "timing": "wall time per fit after one untimed warm-up fit; torch.set_num_threads(1)",
         "statsmodels": "MixedLM.fit(reml=False); strong/weak: diagonal cov_re, Powell then L-BFGS; real_*: "
         "MixedLM.fit(reml=True / False) with lme4's random-effects structure (vc_formula for crossed and nested)",
