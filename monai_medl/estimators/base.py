@@ -24,6 +24,7 @@ from monai_medl.estimators.exact_fit import (
 )
 from monai_medl.estimators.grouping import GroupEncoder, as_group_frame, has_pandas, parse_nested, pd, validation_rows
 from monai_medl.estimators.mixed_model_summary import MixedModelSummary
+from monai_medl.estimators.variance_intervals import interval_table
 
 if TYPE_CHECKING:
     from monai_medl.networks.layers.correlated_random_effects import CorrelatedRandomEffects
@@ -659,10 +660,11 @@ class MixedEffectsEstimatorBase(BaseEstimator):
 
     ranef = random_effects
 
-    def summary(self) -> MixedModelSummary:
+    def summary(self, intervals: str | None = None) -> MixedModelSummary:
         """lme4-style summary in data units: the fit used (exact REML / ML or variational ELBO), variance
         components with correlations, fixed effects (with s.e., t and Wald intervals for an exact fit), the
-        criteria (REML criterion or log-likelihood, AIC, BIC) and group counts."""
+        criteria (REML criterion or log-likelihood, AIC, BIC) and group counts; with ``intervals`` ``"profile"``
+        or ``"bootstrap"`` also :meth:`confint`'s 95% intervals (exact fits)."""
         self._check_fitted()
         fixed = self.fixed_effects_ if self.fixed_effects == "linear" else None
         criteria = {}
@@ -680,6 +682,8 @@ class MixedEffectsEstimatorBase(BaseEstimator):
             fit_info=dict(self.fit_info_),
             method=METHOD_LABELS[self.fit_method_],
             criteria=criteria,
+            intervals=None if intervals is None else self.confint(intervals),
+            intervals_method=intervals,
         )
 
     # ----------------------------------------------------------------------------- inference (exact fits)
@@ -694,6 +698,39 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         indexed by term with columns ``estimate``, ``std_error``, ``t_value``, ``ci_lower``, ``ci_upper``."""
         fit = self._exact_fit("fixed_effects_table")
         return fixed_effects_table(fit, ["(Intercept)", *self.feature_names_in_], level)
+
+    def confint(self, method: str = "profile", level: float = 0.95, nsim: int = 200, random_state: int | None = 0):
+        """Confidence intervals for the variance components, the residual s.d. and the fixed effects (lme4's
+        ``confint(fit, oldNames = FALSE)``; exact fits).
+
+        Args:
+            method: ``"profile"`` (Gaussian fits): profile likelihood on the ML deviance, as lme4 (a REML fit is
+                profiled at its ML refit, whose estimates the ``estimate`` column shows); ``"bootstrap"`` (every
+                family): percentile parametric bootstrap of ``nsim`` refits.
+            level: confidence level.
+            nsim: bootstrap refits; ``random_state``: their seed.
+
+        Returns:
+            DataFrame indexed ``sd_<term>|<group>``, ``cor_<term>.<term>|<group>``, ``sigma`` and the fixed effects,
+            with columns ``estimate`` and the lower and upper limits (``"2.5 %"``, ``"97.5 %"``).
+
+        Example::
+
+            >>> import numpy as np
+            >>> rng = np.random.default_rng(0)
+            >>> g = np.repeat(np.arange(8), 6)
+            >>> y = 10 + rng.normal(0, 2, 8)[g] + rng.normal(0, 1, 48)
+            >>> from monai_medl.estimators import MixedEffectsRegressor
+            >>> table = MixedEffectsRegressor(method="ml").fit(None, y, groups=g).confint()
+            >>> table.index.tolist(), table.columns.tolist()
+            (['sd_(Intercept)|group', 'sigma', '(Intercept)'], ['estimate', '2.5 %', '97.5 %'])
+            >>> bool((table["2.5 %"] < table["estimate"]).all() and (table["estimate"] < table["97.5 %"]).all())
+            True
+        """
+        fit = self._exact_fit("confint")
+        factors = [(self.encoder_.label(f), self.term_names(f)) for f in self.encoder_.factors]
+        names = ["(Intercept)", *self.feature_names_in_]
+        return interval_table(fit, factors, names, method, level, nsim, random_state)
 
     @property
     def fixed_effects_cov_(self) -> np.ndarray:

@@ -200,4 +200,5 @@ def fit_laplace_glmm(
         converged=bool(first.fun - best.fun < 1e-6),
         model=None,
         family=family,
+        laplace=model,
     )

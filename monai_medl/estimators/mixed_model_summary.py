@@ -25,6 +25,8 @@ class MixedModelSummary:
         fit_info: optimiser report (iterations, final loss, converged, seconds).
         method: the fit used: ``"exact REML"``, ``"exact ML"`` or ``"variational ELBO"``.
         criteria: log-likelihood, AIC, BIC and the REML criterion or deviance (exact fits; empty otherwise).
+        intervals: confidence intervals of ``confint()`` (a DataFrame) when asked for, else None;
+            ``intervals_method``: ``"profile"`` or ``"bootstrap"``.
     """
 
     model: str
@@ -36,6 +38,8 @@ class MixedModelSummary:
     fit_info: dict[str, Any] = field(default_factory=dict)
     method: str = "variational ELBO"
     criteria: dict[str, float] = field(default_factory=dict)
+    intervals: Any = None
+    intervals_method: str | None = None
 
     def __str__(self) -> str:
         how = "maximising the ELBO" if self.method == "variational ELBO" else self.method
@@ -82,4 +86,9 @@ class MixedModelSummary:
             lines.append("Fixed effects:")
             width = max(len(str(k)) for k in self.fixed_effects.index)
             lines += [f" {str(k).ljust(width)}  {v:.4g}" for k, v in self.fixed_effects.items()]
+        if self.intervals is not None:
+            how = {"profile": "profile likelihood", "bootstrap": "parametric bootstrap"}[str(self.intervals_method)]
+            lines.append(f"Confidence intervals ({how}):")
+            text = self.intervals.to_string(float_format=lambda v: f"{v:.4g}")
+            lines += [" " + line for line in text.split("\n")]
         return "\n".join(lines)

@@ -81,5 +81,8 @@ def test_laplace_is_for_binary_linear_models_and_elbo_stays_the_default():
     with pytest.raises(ValueError, match="needs fixed_effects='linear'"):
         MixedEffectsClassifier(method="laplace", fixed_effects="mlp").fit(x, y, groups=g)
     assert MixedEffectsClassifier()._resolve_method() == "elbo"  # the default fit stays variational
-    with pytest.raises(ValueError, match="Gaussian fits only"):
-        MixedEffectsClassifier(method="laplace").fit(x, y, groups=g).conditional_variances("group")
+    # conditional variances of a Laplace fit: the inverse penalised Hessian, 1 / (1 / tau^2 + sum_i mu_i (1 - mu_i))
+    fit = MixedEffectsClassifier(method="laplace").fit(x, y, groups=g)
+    mu = fit.predict_proba(x, groups=g)[:, 1]
+    expected = 1 / (1 / fit.covariance("group")[0, 0] + np.bincount(g, mu * (1 - mu)))
+    np.testing.assert_allclose(fit.conditional_variances("group")[:, 0, 0], expected, rtol=1e-6)
