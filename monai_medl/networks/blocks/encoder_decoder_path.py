@@ -235,7 +235,46 @@ class EncoderDecoderPath(nn.Module):
         self.num_cluster_layers = sum(1 for m in self.modules() if isinstance(m, ClusterScaleBias))
 
 
-class UNetPath(EncoderDecoderPath):
+class _UpCatPath(EncoderDecoderPath):
+    """Decoder shared by the walks whose decoder blocks take ``cat([skip, upsample(x)])`` and end in ``final_conv``:
+    ``BasicUNet`` (its ``UpCat`` upsampling, padded to the skip's size as ``UpCat`` pads) and ``UNet`` (identity
+    upsampling and ``final_conv``: its up-convolutions upsample inside the blocks; no padding, so sizes that
+    ``UNet`` itself cannot concatenate fail here too)."""
+
+    if TYPE_CHECKING:  # set by the walks, for the type checker only (TorchScript reads no postponed annotations)
+        upsamples: nn.ModuleList
+        ups: nn.ModuleList
+        final_conv: nn.Module
+        pad_skips: bool
+
+    def _join(self, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """A decoder block's input: the skip, then ``x`` (padded to the skip's size where the network pads)."""
+        return torch.cat([skip, pad_to(x, skip) if self.pad_skips else x], 1)
+
+    def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:
+        x = skips[-1]
+        n = len(skips) - 1
+        for i, (upsample, block) in enumerate(zip(self.upsamples, self.ups)):
+            skip = skips[n - 1 - i]
+            x = block(self._join(skip, upsample(x)), z)
+        return self.final_conv(x)
+
+    def decode_pair(self, skips: list[torch.Tensor], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, xm = skips[-1], None
+        n = len(skips) - 1
+        for i, (upsample, block) in enumerate(zip(self.upsamples, self.ups)):
+            skip = skips[n - 1 - i]
+            if xm is None:
+                # ignore: a ModuleList's items are typed Module (and TorchScript has no cast)
+                x, xm = block.pair(self._join(skip, upsample(x)), z)  # type: ignore[operator]
+            else:
+                x = block(self._join(skip, upsample(x)), None)
+                xm = block(self._join(skip, upsample(xm)), z)
+        x = self.final_conv(x)
+        return x, (x if xm is None else self.final_conv(xm))
+
+
+class UNetPath(_UpCatPath):
     """Walk of ``monai.networks.nets.UNet``: ``Sequential(down, SkipConnection(inner), up)`` unrolled level by level.
 
     Example::
@@ -278,6 +317,9 @@ class UNetPath(EncoderDecoderPath):
         self.downs = nn.ModuleList(downs)
         settings = (self.spatial_dims, num_clusters, cluster_scale_bias, prior_scale, learn_prior_scale)
         self.ups = _decoder_blocks(DecoderBlock, list(reversed(ups)), *settings)  # deepest first
+        self.upsamples = nn.ModuleList([nn.Identity() for _ in ups])
+        self.final_conv = nn.Identity()
+        self.pad_skips = False
         self._count()
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -288,27 +330,8 @@ class UNetPath(EncoderDecoderPath):
         skips.append(self.bottom(x))
         return skips
 
-    def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:
-        x = skips[-1]
-        n = len(skips) - 1
-        for i, block in enumerate(self.ups):
-            x = block(torch.cat([skips[n - 1 - i], x], 1), z)
-        return x
 
-    def decode_pair(self, skips: list[torch.Tensor], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, xm = skips[-1], None
-        n = len(skips) - 1
-        for i, block in enumerate(self.ups):
-            skip = skips[n - 1 - i]
-            if xm is None:
-                # ignore: a ModuleList's items are typed Module (and TorchScript has no cast)
-                x, xm = block.pair(torch.cat([skip, x], 1), z)  # type: ignore[operator]
-            else:
-                x, xm = block(torch.cat([skip, x], 1), None), block(torch.cat([skip, xm], 1), z)
-        return x, (x if xm is None else xm)
-
-
-class BasicUNetPath(EncoderDecoderPath):
+class BasicUNetPath(_UpCatPath):
     """Walk of ``monai.networks.nets.BasicUNet``: ``conv_0``, ``down_1..4``, ``upcat_4..1``, ``final_conv``.
 
     Each ``UpCat`` runs as upsample, pad to the skip's size, concatenate (skip first), then its convolutions split at
@@ -342,6 +365,7 @@ class BasicUNetPath(EncoderDecoderPath):
         settings = (self.spatial_dims, num_clusters, cluster_scale_bias, prior_scale, learn_prior_scale)
         self.ups = _decoder_blocks(DecoderBlock, [u.convs for u in upcats], *settings)
         self.final_conv = net.final_conv
+        self.pad_skips = True
         self._count()
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -350,28 +374,6 @@ class BasicUNetPath(EncoderDecoderPath):
             x = encoder(x)
             skips.append(x)
         return skips
-
-    def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:
-        x = skips[-1]
-        n = len(skips) - 1
-        for i, (upsample, block) in enumerate(zip(self.upsamples, self.ups)):
-            skip = skips[n - 1 - i]
-            x = block(torch.cat([skip, pad_to(upsample(x), skip)], 1), z)
-        return self.final_conv(x)
-
-    def decode_pair(self, skips: list[torch.Tensor], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, xm = skips[-1], None
-        n = len(skips) - 1
-        for i, (upsample, block) in enumerate(zip(self.upsamples, self.ups)):
-            skip = skips[n - 1 - i]
-            if xm is None:
-                # ignore: a ModuleList's items are typed Module (and TorchScript has no cast)
-                x, xm = block.pair(torch.cat([skip, pad_to(upsample(x), skip)], 1), z)  # type: ignore[operator]
-            else:
-                x = block(torch.cat([skip, pad_to(upsample(x), skip)], 1), None)
-                xm = block(torch.cat([skip, pad_to(upsample(xm), skip)], 1), z)
-        x = self.final_conv(x)
-        return x, (x if xm is None else self.final_conv(xm))
 
 
 class SegResNetPath(EncoderDecoderPath):

@@ -85,16 +85,7 @@ class MixedEffectsHead(nn.Module):
 
         def layers(units: int, prior_scale: float) -> dict[str, RandomEffects]:
             levels = self.num_levels if self.num_levels is not None else {"": int(cast(int, num_clusters))}
-            return {
-                name: RandomEffects(
-                    k,
-                    units=units,
-                    prior_scale=prior_scale,
-                    learn_prior_scale=settings.learn_prior_scale,
-                    post_loc_init_scale=settings.post_loc_init_scale,
-                )
-                for name, k in levels.items()
-            }
+            return {name: settings.effects(k, units, prior_scale) for name, k in levels.items()}
 
         slopes = layers(in_features, settings.slope_prior_scale) if settings.random_slopes else {}
         intercepts = layers(out_channels, settings.intercept_prior_scale) if settings.random_intercept else {}

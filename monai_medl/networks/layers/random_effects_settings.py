@@ -7,6 +7,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
+from monai_medl.networks.layers.random_effects import RandomEffects
+
 __all__ = [
     "RandomEffectsSettings",
     "resolve_random_effects",
@@ -117,6 +119,25 @@ class RandomEffectsSettings:
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dictionary (JSON-serialisable)."""
         return dataclasses.asdict(self)
+
+    def effects(self, num_clusters: int, units: int, prior_scale: float) -> RandomEffects:
+        """A :class:`~monai_medl.networks.layers.RandomEffects` layer of ``units`` effects per cluster with prior s.d.
+        ``prior_scale`` (``slope_prior_scale`` or ``intercept_prior_scale``, whichever term it is) and these
+        settings' ``learn_prior_scale`` and ``post_loc_init_scale``.
+
+        Example::
+
+            >>> layer = RandomEffectsSettings(learn_prior_scale=True).effects(4, units=3, prior_scale=0.2)
+            >>> layer.num_clusters, layer.units, layer.learn_prior_scale
+            (4, 3, True)
+        """
+        return RandomEffects(
+            num_clusters,
+            units=units,
+            prior_scale=prior_scale,
+            learn_prior_scale=self.learn_prior_scale,
+            post_loc_init_scale=self.post_loc_init_scale,
+        )
 
 
 # the individual random-effects keyword arguments each network takes (``**random_effects_kwargs``)

@@ -159,13 +159,8 @@ class MixedEffectsMLP(MixedEffectsNet):
         )
         self.linear_slopes: RandomEffects | None = None
         if settings.linear_slopes and not self.grouped:
-            self.linear_slopes = RandomEffects(
-                self.num_clusters,
-                units=in_features * out_channels,
-                prior_scale=settings.slope_prior_scale,
-                learn_prior_scale=settings.learn_prior_scale,
-                post_loc_init_scale=settings.post_loc_init_scale,
-            )
+            units = in_features * out_channels
+            self.linear_slopes = settings.effects(self.num_clusters, units, settings.slope_prior_scale)
         if additive:
             num_levels = cast(dict[str, int], self.num_levels)  # additive effects come with grouping factors
             columns = list(range(in_features)) if settings.linear_slopes else []

@@ -160,17 +160,9 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
         self.in_channels = int(self.path.in_channels)
         self.out_channels = int(self.path.out_channels)
         self.has_cluster_layers = self.path.num_cluster_layers > 0
-        self.intercept: RandomEffects | None = (
-            RandomEffects(
-                self.num_clusters,
-                self.out_channels,
-                prior_scale=settings.intercept_prior_scale,
-                learn_prior_scale=settings.learn_prior_scale,
-                post_loc_init_scale=settings.post_loc_init_scale,
-            )
-            if settings.random_intercept
-            else None
-        )
+        self.intercept: RandomEffects | None = None
+        if settings.random_intercept:
+            self.intercept = settings.effects(self.num_clusters, self.out_channels, settings.intercept_prior_scale)
         self.__dict__["backbone"] = backbone  # shared modules; not registered, so not saved twice
         default_probe = max(DEFAULT_PROBE_SIZE.get(self.spatial_dims, 64), self.path.min_size)
         spatial = ensure_tuple_rep(probe_size or default_probe, self.spatial_dims)

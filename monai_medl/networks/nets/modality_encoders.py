@@ -9,7 +9,6 @@ from typing import Any
 
 from torch import nn
 
-from monai_medl.networks.layers.random_effects import RandomEffects
 from monai_medl.networks.layers.random_effects_settings import (
     RandomEffectsLike,
     RandomEffectsSettings,
@@ -75,11 +74,7 @@ class ModalityEncoderFactory:
             "random_effects": settings.replace(random_slopes=False, random_intercept=False),
         }
         self.branch_random_slopes = bool(branch_random_slopes)
-        self.slope_kwargs: dict[str, Any] = {
-            "prior_scale": settings.slope_prior_scale,
-            "learn_prior_scale": settings.learn_prior_scale,
-            "post_loc_init_scale": settings.post_loc_init_scale,
-        }
+        self.random_effects_settings = settings
 
     def resolve(self, backbone: nn.Module | Mapping | None, in_channels: int | None = None) -> nn.Module:
         """The backbone module: ``SmallCNN`` for None, an instantiated config dict, or the module itself."""
@@ -133,5 +128,6 @@ class ModalityEncoderFactory:
         """``encoder`` with random slopes on its embedding (when ``branch_random_slopes``)."""
         slopes = None
         if self.branch_random_slopes:
-            slopes = RandomEffects(self.num_clusters, units=int(encoder.feature_sizes[-1]), **self.slope_kwargs)
+            settings = self.random_effects_settings
+            slopes = settings.effects(self.num_clusters, int(encoder.feature_sizes[-1]), settings.slope_prior_scale)
         return ModalityBranch(encoder, slopes, start, stop, is_image)
