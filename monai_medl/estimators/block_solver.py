@@ -12,7 +12,7 @@ a sparse product and a 1,000 x 1,000 Cholesky factor per evaluation, instead of 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from scipy import linalg, sparse
@@ -106,47 +106,46 @@ class BlockSchurSolver:
         v1, l2 = diag[self.order[: self.q1]], diag[self.rest]
         a11 = v1**2 * self.g11[:, 0, 0] + 1.0
         inverse, logdet = 1.0 / a11, float(np.log(a11).sum())
-        schur: Any = None
+        schur = a12 = m12 = cast(Any, None)  # no other terms: A is its first block
         if self.q2:
             a12 = (sparse.diags(v1) @ self.g12 @ sparse.diags(l2)).tocsc()
             m12 = (sparse.diags(inverse) @ a12).tocsc()
             h = (self.g12.T @ self.g12.multiply((v1**2 * inverse)[:, None]).tocsr()).toarray()
             schur = linalg.cho_factor(l2[:, None] * (self.g22 - h) * l2[None, :] + np.eye(self.q2), lower=True)
             logdet += 2.0 * float(np.log(np.diag(schur[0])).sum())
-        order, q1 = self.order, self.q1
 
-        def solve(b: np.ndarray) -> np.ndarray:
-            permuted = np.asarray(b, float)[order]
-            x = inverse.reshape(-1, *([1] * (permuted.ndim - 1))) * permuted[:q1]
-            if schur is not None:
-                x2 = linalg.cho_solve(schur, permuted[q1:] - a12.T @ x)
-                x = np.concatenate([x - m12 @ x2, x2])
-            out = np.empty_like(x)
-            out[order] = x
-            return out
+        def solve_first(b1: np.ndarray) -> np.ndarray:
+            return inverse.reshape(-1, *([1] * (b1.ndim - 1))) * b1
 
-        return solve, logdet
+        return _schur_solve(self.order, self.q1, solve_first, schur, a12, m12), logdet
 
     def factorise(self, lam, t: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], float]:
         """``(solve, log|A|)`` at ``Lambda`` (``lam``, sparse) whose largest term's relative factor is ``t``."""
         q1, m = self.q1, self.levels
         inverse, logdet = self._first_block(t)
         inv11 = sparse.bsr_matrix((inverse, np.arange(m), np.arange(m + 1)), shape=(q1, q1))
-        schur: Any = None
+        schur = a12 = m12 = cast(Any, None)  # no other terms: A is its first block
         if self.q2:
             a12, m12, s = self._coupling(lam, t, inverse)
             schur = linalg.cho_factor(s, lower=True)
             logdet += 2.0 * float(np.log(np.diag(schur[0])).sum())
-        order = self.order
+        return _schur_solve(self.order, q1, lambda b1: inv11 @ b1, schur, a12, m12), logdet
 
-        def solve(b: np.ndarray) -> np.ndarray:
-            permuted = np.asarray(b, float)[order]
-            x = inv11 @ permuted[:q1]
-            if schur is not None:
-                x2 = linalg.cho_solve(schur, permuted[q1:] - a12.T @ x)
-                x = np.concatenate([x - m12 @ x2, x2])
-            out = np.empty_like(x)
-            out[order] = x
-            return out
 
-        return solve, logdet
+def _schur_solve(
+    order: np.ndarray, q1: int, solve_first: Callable[[np.ndarray], np.ndarray], schur: Any, a12: Any, m12: Any
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``b -> A^{-1} b`` in the original order, from the first block's solve and (when there are other terms) the
+    Schur complement's Cholesky factor with the coupling ``A12`` and ``A11^{-1} A12``."""
+
+    def solve(b: np.ndarray) -> np.ndarray:
+        permuted = np.asarray(b, float)[order]
+        x = solve_first(permuted[:q1])
+        if schur is not None:
+            x2 = linalg.cho_solve(schur, permuted[q1:] - a12.T @ x)
+            x = np.concatenate([x - m12 @ x2, x2])
+        out = np.empty_like(x)
+        out[order] = x
+        return out
+
+    return solve
