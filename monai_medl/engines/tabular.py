@@ -25,6 +25,7 @@ from monai_medl.engines.tabular_fused import adversary_losses
 from monai_medl.engines.tabular_manual import ManualMLPStep, manual_step_unsupported
 from monai_medl.losses.adversarial_regularizer import AdversarialRegularizer
 from monai_medl.losses.mixed_effects_loss import TASKS, task_loss
+from monai_medl.networks.layers.random_effects import accumulate_kl_grads_
 from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet
 from monai_medl.networks.utils import random_effects_layers
 
@@ -379,8 +380,8 @@ class TabularTrainer:
                 adv_acc += reg.last[1]
             opt.zero_grad()
             loss.backward()
-            for layer in kl_layers:  # + kl_weight * KL, its gradient added in closed form
-                total.add_(layer.accumulate_kl_grad_(kl_weight), alpha=kl_weight)
+            if kl_layers:  # + kl_weight * KL, its gradient added in closed form (all layers in one pass)
+                total.add_(accumulate_kl_grads_(kl_layers, kl_weight), alpha=kl_weight)
             opt.step()
         history.loss.append(float(total) / steps)
         if reg is not None:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from monai_medl.losses.adversarial_regularizer import AdversarialRegularizer
-from monai_medl.networks.layers.random_effects import RandomEffects
+from monai_medl.networks.layers.random_effects import RandomEffects, accumulate_kl_grads_
 from monai_medl.networks.nets.cluster_classifier import ClusterClassifier
 from monai_medl.networks.nets.me_mlp import MixedEffectsMLP
 
@@ -179,8 +179,8 @@ class ManualMLPStep:
         g_pre = g_h.add_(feature_grads[-1]) if feature_grads is not None else g_h
         grads, _ = _mlp_backward(self.hidden, acts, _relu_backward(g_pre, h), feature_grads)
         _set_grads(self.hidden, grads)
-        for layer in self.kl_layers:
-            loss = loss + self.kl_weight * layer.accumulate_kl_grad_(self.kl_weight)
+        if self.kl_layers:
+            loss = loss + self.kl_weight * accumulate_kl_grads_(self.kl_layers, self.kl_weight)
         self.optimizer.step()
         return loss.detach(), accuracy
 

@@ -91,3 +91,24 @@ def test_unsupported_configurations_are_refused_with_the_reason():
         TabularTrainer(net, adversary=adv, lambda_g=0.1, manual_backward=True)
     with pytest.raises(ValueError, match="fused=True"):
         TabularTrainer(net, adversary=ClusterClassifier(4, 4), lambda_g=0.1, fused=True, manual_backward=True)
+
+
+def test_batched_kl_gradients_equal_the_per_layer_ones():
+    import copy
+
+    from monai_medl.networks.layers.random_effects import RandomEffects, accumulate_kl_grads_
+
+    torch.manual_seed(0)
+    layers = [RandomEffects(8, 4, prior_scale=0.3, learn_prior_scale=True), RandomEffects(8, 1), RandomEffects(5, 3)]
+    twins = copy.deepcopy(layers)
+    for layer, twin in zip(layers, twins):
+        for p, q in zip(layer.parameters(), twin.parameters()):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+    per_layer = sum(layer.accumulate_kl_grad_(1e-3) for layer in layers)
+    batched = accumulate_kl_grads_(twins, 1e-3)
+    torch.testing.assert_close(batched, per_layer)
+    for layer, twin in zip(layers, twins):
+        for p, q in zip(layer.parameters(), twin.parameters()):
+            assert torch.equal(p.grad, q.grad)  # element by element the same operations
+    assert twins[1].log_prior_scale.grad is None  # a fixed prior (a buffer) gets no gradient
