@@ -182,13 +182,11 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
             return z.expand(x.shape[0], z.shape[1])
         return z
 
-    def _add_intercept(self, logits: torch.Tensor, z: Optional[torch.Tensor], inplace: bool = False) -> torch.Tensor:
+    def _add_intercept(self, logits: torch.Tensor, z: Optional[torch.Tensor]) -> torch.Tensor:
         intercept = self.intercept
         if z is None or intercept is None:
             return logits
         shape = [logits.shape[0], logits.shape[1]] + [1] * (logits.dim() - 2)
-        if inplace:  # the decoder's fresh output, no graph: no second logits-sized tensor (same values)
-            return logits.add_(intercept(z).view(shape))
         return logits + intercept(z).view(shape)
 
     def predict(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -197,7 +195,7 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
         if not torch.jit.is_scripting():
             self.check_inputs(x, z)
             self._check_image(x)
-        return self._add_intercept(self.path(x, z), z, inplace=not torch.is_grad_enabled())
+        return self._add_intercept(self.path(x, z), z)
 
     @torch.jit.unused
     def forward_all(self, x: torch.Tensor, z: torch.Tensor | None = None) -> MixedEffectsOutput:
