@@ -31,7 +31,9 @@ Run ``python -m benchmarks.spirals [--quick] [--out DIR]``; ``--timing`` trains 
 random-radius variant only and writes ``spirals_timing.json``/``.md`` (run it on an otherwise idle machine: the
 load average at the end is recorded in ``env``). ``--fused`` trains every adversarial model with
 ``TabularTrainer(fused=True)`` (one backward and one optimizer step for the model and its adversary, simultaneous
-updates) and writes ``<name>_fused.json``/``.md``.
+updates) and writes ``<name>_fused.json``/``.md``; ``--manual`` trains the mixed-effects models (``me``,
+``me_no_adversary``, ``shuffled_label``) with ``TabularTrainer(manual_backward=True)`` (the default step with
+hand-written gradients, equal up to rounding) and writes ``<name>_manual.json``/``.md``.
 """
 
 from __future__ import annotations
@@ -144,6 +146,8 @@ def default_config(quick: bool = False) -> dict[str, Any]:
         "standardize": True,
         "data_init": True,
         "fused_step": False,  # TabularTrainer(fused=...): one backward for the model and its adversary (--fused)
+        # TabularTrainer(manual_backward=...) for the mixed-effects models: the same step, hand-written gradients
+        "manual_backward": False,
     }
 
 
@@ -210,6 +214,7 @@ def _train(cfg, seed, x, y, z, sites, num_clusters, mixed: bool, adversary: bool
         adversary_objective=cfg["adversary_objective"],
         seed=seed,
         fused=cfg["fused_step"],
+        manual_backward=cfg.get("manual_backward", False) and mixed,
     )
     with _Clock() as clock:
         if cfg["data_init"]:
@@ -601,8 +606,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--fused", action="store_true", help="train with the fused one-backward adversary step (-> <name>_fused)"
     )
+    parser.add_argument(
+        "--manual",
+        action="store_true",
+        help="train the mixed-effects models with TabularTrainer(manual_backward=True) (-> <name>_manual)",
+    )
     args = parser.parse_args(argv)
     fused, suffix = {"fused_step": True} if args.fused else {}, "_fused" if args.fused else ""
+    if args.manual:
+        fused, suffix = {**fused, "manual_backward": True}, suffix + "_manual"
     if args.protocol == "reference":
         run_reference_protocol(quick=args.quick, out_dir=args.out)
     elif args.timing:

@@ -23,8 +23,10 @@ import torch
 from torch import nn
 
 from monai_medl.engines.tabular_fused import adversary_losses
+from monai_medl.engines.tabular_manual import ManualMLPStep, manual_step_unsupported
 from monai_medl.losses.adversarial_regularizer import AdversarialRegularizer
 from monai_medl.losses.mixed_effects_loss import TASKS, task_loss
+from monai_medl.networks.layers.random_effects import accumulate_kl_grads_
 from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet
 from monai_medl.networks.utils import random_effects_layers
 
@@ -181,6 +183,11 @@ class TabularTrainer:
             Defaults to False.
         device: device to train on; the network (and adversary) are moved there and :meth:`fit` moves the data.
             Defaults to the network's current device.
+        manual_backward: compute the default (two-step) step with hand-written gradients instead of autograd
+            (:class:`~monai_medl.engines.tabular_manual.ManualMLPStep`: the same update and random numbers, equal up
+            to floating-point rounding; measured in benchmarks/results/spirals_timing_manual.md). For a ReLU
+            :class:`~monai_medl.networks.nets.MixedEffectsMLP` with ``task="bce"``; a configuration it does not
+            cover raises a ValueError naming why. Defaults to False.
 
     Example::
 
@@ -219,6 +226,7 @@ class TabularTrainer:
         seed: int = 0,
         device: str | torch.device | None = None,
         fused: bool = False,
+        manual_backward: bool = False,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
@@ -254,6 +262,11 @@ class TabularTrainer:
             else:
                 adv_opt = make_adam(adversary.parameters(), lr=adversary_lr)
             self.regularizer = AdversarialRegularizer(adversary, adv_opt, lambda_g, objective=adversary_objective)
+        self.manual_backward = bool(manual_backward)
+        if self.manual_backward:
+            reason = manual_step_unsupported(network, task, self.regularizer, bool(fused))
+            if reason is not None:
+                raise ValueError(f"TabularTrainer(manual_backward=True): {reason}.")
 
     def _check(self, x, y, z, sites) -> tuple[torch.Tensor, ...]:
         param = next(self.network.parameters(), None)
@@ -349,8 +362,17 @@ class TabularTrainer:
         # one split per epoch instead of four slices per step (per-step Python/dispatch cost matters here)
         batches = [t.split(self.batch_size) if t is not None else None for t in (xs, ys, zs, ss)]
         steps = len(cast(tuple, batches[0]))  # xs is never None
+        manual = None
+        if self.manual_backward:
+            manual = ManualMLPStep(self.network, opt, reg, self.lambda_mixed, self.lambda_fixed, kl_layers, kl_weight)
         for k in range(steps):
             xb, yb, zb, sb = (None if b is None else b[k] for b in batches)
+            if manual is not None:
+                loss, accuracy = manual(xb, yb, zb if use_mixed else None, sb)
+                total += loss
+                if accuracy is not None:
+                    adv_acc += accuracy
+                continue
             loss = self._loss(xb, yb, zb, sb, use_mixed)
             total += loss.detach()
             if self.fused:  # the adversary's loss joins the one backward
@@ -361,8 +383,8 @@ class TabularTrainer:
                 adv_acc += reg.last[1]
             opt.zero_grad()
             loss.backward()
-            for layer in kl_layers:  # + kl_weight * KL, its gradient added in closed form
-                total.add_(layer.accumulate_kl_grad_(kl_weight), alpha=kl_weight)
+            if kl_layers:  # + kl_weight * KL, its gradient added in closed form (all layers in one pass)
+                total.add_(accumulate_kl_grads_(kl_layers, kl_weight), alpha=kl_weight)
             opt.step()
         history.loss.append(float(total) / steps)
         if reg is not None:

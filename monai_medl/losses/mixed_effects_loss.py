@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
 from torch import nn
 
+from monai_medl.losses.dice_ce import dice_ce
 from monai_medl.losses.loss_output import LossOutput
 from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
 from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet
@@ -19,9 +19,6 @@ __all__ = ["MixedEffectsLoss", "task_loss"]
 
 TASKS = ("bce", "ce", "mse", "gaussian_nll", "dice_ce")
 
-# segmentation: logits (B, C, *spatial) against an integer label map (B, 1, *spatial); stateless, so shared
-_DICE_CE = DiceCELoss(to_onehot_y=True, softmax=True)
-
 
 def task_loss(
     task: str, pred: torch.Tensor, target: torch.Tensor, log_noise_scale: torch.Tensor | None = None
@@ -29,13 +26,14 @@ def task_loss(
     """Per-batch mean task loss for ``task`` in ``("bce", "ce", "mse", "gaussian_nll", "dice_ce")``.
 
     ``dice_ce`` is MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True)`` for segmentation logits
-    ``(batch, classes, *spatial)`` and an integer label map ``(batch, 1, *spatial)``.
+    ``(batch, classes, *spatial)`` and an integer label map ``(batch, 1, *spatial)``, computed by
+    :func:`~monai_medl.losses.dice_ce.dice_ce` (the same value and gradient with a closed-form backward pass).
     ``bce`` takes one logit per item (target 0/1), ``ce`` one logit per class (integer target), ``mse`` and
     ``gaussian_nll`` real targets; ``gaussian_nll`` is the full negative log-likelihood with the learned noise s.d.
     ``exp(log_noise_scale)``, the likelihood that makes an evidence-lower-bound KL weight meaningful.
     """
     if task == "dice_ce":
-        return _DICE_CE(pred, target)
+        return dice_ce(pred, target)
     if task == "ce":
         return F.cross_entropy(pred, target.reshape(-1).long())
     target = target.reshape(pred.shape).to(pred.dtype)

@@ -29,7 +29,34 @@ def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
     """
     if x.dim() <= 2:
         return x
+    if not torch.jit.is_scripting():
+        if x.requires_grad:
+            return _GlobalAvgPool.apply(x)
     return x.flatten(2).mean(2)
+
+
+class _GlobalAvgPool(torch.autograd.Function):
+    """``x.flatten(2).mean(2)`` whose backward pass returns ``grad / n`` broadcast as a view of the input's shape.
+
+    Autograd's ``mean`` backward divides the expanded gradient, which allocates and writes a tensor the size of the
+    feature map; a feature map that also feeds a decoder (the UNet's skips) or later stages then gets that full-size
+    tensor added to its gradient. Dividing the ``(B, C)`` gradient first gives the same values (each element is
+    ``grad / n`` either way) without the allocation.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.shape = x.shape
+        return x.flatten(2).mean(2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        shape = ctx.shape
+        n = 1
+        for size in shape[2:]:
+            n *= size
+        return (grad / n).view(*shape[:2], *([1] * (len(shape) - 2))).expand(shape)
 
 
 def _is_plain_sequential(module: nn.Module) -> bool:

@@ -1,0 +1,114 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""The hand-written ME-MLP step equals TabularTrainer's autograd step (same update order and random numbers)."""
+
+import pytest
+import torch
+
+from monai_medl.engines.tabular import TabularTrainer
+from monai_medl.engines.tabular_manual import manual_step_unsupported
+from monai_medl.networks.nets import ClusterClassifier, MixedEffectsMLP
+
+
+def _data(n=96, k=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    site = torch.randint(0, k, (n,), generator=gen)
+    y = ((x[:, 0] + 0.5 * site - 0.7 + 0.3 * torch.randn(n, generator=gen, dtype=torch.float64)) > 0).double()
+    site[::7] = -1  # unknown sites: weight zero in the adversary's terms
+    z = torch.eye(k, dtype=torch.float64)[site.clamp_min(0)] * (site >= 0).unsqueeze(1)
+    return x, y.unsqueeze(1), z, site
+
+
+def _fit(manual, adversary=True, objective="confusion", epochs=2, **re):
+    torch.manual_seed(0)
+    net = MixedEffectsMLP(3, 1, num_clusters=4, hidden=(5, 4), learn_prior_scale=True, **re).double()
+    adv = ClusterClassifier(9, 4, hidden=(6, 3)).double() if adversary else None
+    trainer = TabularTrainer(
+        net,
+        epochs=epochs,
+        batch_size=16,
+        lr=1e-2,
+        kl_weight=1e-2,
+        adversary=adv,
+        lambda_g=0.5,
+        adversary_objective=objective,
+        seed=3,
+        lambda_fixed=0.7,
+        manual_backward=manual,
+    )
+    x, y, z, site = _data()
+    history = trainer.fit(x, y, z, site)
+    states = [net.state_dict()] + ([adv.state_dict()] if adv is not None else [])
+    return history, states
+
+
+@pytest.mark.parametrize(
+    "adversary, objective, re",
+    [
+        (True, "confusion", {}),
+        (True, "ce", {}),
+        (False, "confusion", {}),
+        (True, "confusion", {"nonlinear_slopes": False}),
+        (True, "confusion", {"random_intercept": False}),
+    ],
+)
+def test_manual_step_equals_the_autograd_step(adversary, objective, re):
+    ref_history, ref_states = _fit(False, adversary, objective, linear_slopes=False, **re)
+    history, states = _fit(True, adversary, objective, linear_slopes=False, **re)
+    for ref, got in zip(ref_states, states):
+        assert ref.keys() == got.keys()
+        for key in ref:
+            torch.testing.assert_close(got[key], ref[key], rtol=1e-9, atol=1e-11, msg=key)
+    torch.testing.assert_close(history.loss, ref_history.loss, rtol=1e-10, atol=0)
+    torch.testing.assert_close(history.adversary_accuracy, ref_history.adversary_accuracy, rtol=1e-10, atol=0)
+    assert len(history.loss) == 2 and (len(history.adversary_accuracy) == 2) == adversary
+
+
+def test_the_training_moves_every_parameter():
+    torch.manual_seed(0)
+    net = MixedEffectsMLP(3, 1, num_clusters=4, hidden=(5, 4), linear_slopes=False, learn_prior_scale=True).double()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    adv = ClusterClassifier(9, 4, hidden=(6,)).double()
+    TabularTrainer(net, epochs=1, batch_size=16, kl_weight=1e-2, adversary=adv, lambda_g=0.5, manual_backward=True).fit(
+        *_data()
+    )
+    moved = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
+    assert moved == list(before)  # hidden layers, head, both random-effects layers and their prior scales
+
+
+def test_unsupported_configurations_are_refused_with_the_reason():
+    plain = MixedEffectsMLP(3, 1, num_clusters=4)  # linear_slopes on by default
+    with pytest.raises(ValueError, match=r"manual_backward=True\): input slopes"):
+        TabularTrainer(plain, manual_backward=True)
+    net = MixedEffectsMLP(3, 1, num_clusters=4, linear_slopes=False, act="tanh")
+    assert "Linear + ReLU" in manual_step_unsupported(net, "bce", None, False)
+    net = MixedEffectsMLP(3, 2, num_clusters=4, linear_slopes=False)
+    with pytest.raises(ValueError, match="task='bce'"):
+        TabularTrainer(net, task="ce", manual_backward=True)
+    net = MixedEffectsMLP(3, 1, num_clusters=4, hidden=(4,), linear_slopes=False)
+    adv = ClusterClassifier(4, 4, hidden=(4,), act="leakyrelu")
+    with pytest.raises(ValueError, match="adversary's layers"):
+        TabularTrainer(net, adversary=adv, lambda_g=0.1, manual_backward=True)
+    with pytest.raises(ValueError, match="fused=True"):
+        TabularTrainer(net, adversary=ClusterClassifier(4, 4), lambda_g=0.1, fused=True, manual_backward=True)
+
+
+def test_batched_kl_gradients_equal_the_per_layer_ones():
+    import copy
+
+    from monai_medl.networks.layers.random_effects import RandomEffects, accumulate_kl_grads_
+
+    torch.manual_seed(0)
+    layers = [RandomEffects(8, 4, prior_scale=0.3, learn_prior_scale=True), RandomEffects(8, 1), RandomEffects(5, 3)]
+    twins = copy.deepcopy(layers)
+    for layer, twin in zip(layers, twins):
+        for p, q in zip(layer.parameters(), twin.parameters()):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+    per_layer = sum(layer.accumulate_kl_grad_(1e-3) for layer in layers)
+    batched = accumulate_kl_grads_(twins, 1e-3)
+    torch.testing.assert_close(batched, per_layer)
+    for layer, twin in zip(layers, twins):
+        for p, q in zip(layer.parameters(), twin.parameters()):
+            assert torch.equal(p.grad, q.grad)  # element by element the same operations
+    assert twins[1].log_prior_scale.grad is None  # a fixed prior (a buffer) gets no gradient
