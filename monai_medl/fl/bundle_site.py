@@ -110,7 +110,8 @@ def load_bundle_site(
     parser = bundle_parser(bundle_root, overrides)
     entries, site_name = bundle_site_entries(path, site, parser, check_voxels=True)
     load = Compose(parser.get_parsed_content("load_transforms", instantiate=True))
-    stats = SiteIntensityStats.fit(entries, keys="image", transform=load)
+    # z-scores over all voxels, as the bundle's fitter (fit_intensity_stats' defaults)
+    stats = SiteIntensityStats.fit(entries, keys="image", method="zscore", nonzero=False, transform=load)
     pipeline = Compose([load, NormalizeBySited(keys="image", stats=stats, fallback="image")])
     items = [pipeline(dict(e)) for e in entries]
     images = torch.stack([torch.as_tensor(np.asarray(item["image"]), dtype=torch.float32) for item in items])
