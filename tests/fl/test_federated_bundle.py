@@ -123,3 +123,31 @@ def test_job_and_recipe_refuse_inconsistent_bundle_arguments(datalists, tmp_path
         bundle_parser(BUNDLE, {"num_sites": 3})
     with pytest.raises(FileNotFoundError, match="configs/train.json"):
         bundle_parser(tmp_path)
+
+
+@pytest.mark.slow
+def test_bundle_job_in_the_real_simulator(datalists, tmp_path):
+    """``python -m monai_medl.fl.job --bundle_root`` in NVFlare's simulator (loopback-only namespace), 2 rounds."""
+    from tests.fl.test_federated_simulator import _job, _namespace_available, _received
+
+    reason = _namespace_available()
+    if reason:
+        pytest.skip(f"no loopback-only network namespace: {reason}")
+    args = ["--bundle_root", BUNDLE, "--bundle_overrides", json.dumps(OVERRIDES), "--num_rounds", "2"]
+    args += ["--task", "bce", "--epochs", "1", "--batch_size", "8", "--lr", "0.01", "--fedprox_mu", "0.01"]
+    done = _job(datalists, tmp_path, job_args=args)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    sites = ["site-1", "site-2"]
+    loaded = [torch.load(tmp_path / "sites" / s / "received_round1.pt", weights_only=True) for s in sites]
+    assert loaded[0].keys() == loaded[1].keys() and all(torch.equal(loaded[0][k], loaded[1][k]) for k in loaded[0])
+    states = [torch.load(tmp_path / "sites" / s / "local_state.pt", weights_only=True) for s in sites]
+    assert [s["site_vocabulary"] for s in states] == [{"site_a": 0}, {"site_b": 0}]
+    rows = [s["random_effects"]["head.slopes.loc"] for s in states]
+    assert not torch.allclose(rows[0], rows[1])
+    for site, state in zip(sites, states):
+        sent = _received(tmp_path, 1, site)
+        assert not [k for k in sent if k.endswith((".loc", ".rho"))] and "site_" not in json.dumps(sorted(sent))
+        values = np.concatenate([v.ravel().astype(np.float64) for v in sent.values()])
+        for key in ("head.slopes.loc", "head.slopes.rho", "head.intercept.rho"):
+            row = state["random_effects"][key].double().numpy().ravel()
+            assert not np.isclose(values[:, None], row[None], rtol=0, atol=1e-7).any(), key
