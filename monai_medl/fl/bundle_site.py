@@ -49,12 +49,18 @@ def bundle_parser(bundle_root: str | os.PathLike, overrides: Mapping[str, Any] |
 def bundle_site_network(bundle_root: str, overrides: Mapping[str, Any] | None = None) -> nn.Module:
     """The bundle's ``network_def`` with one cluster (the site); NVFlare's server builds it the same way.
 
-    Example::
+    Example (a minimal bundle; the bundles' own ``train.json`` work the same way)::
 
-        >>> net = bundle_site_network("bundles/mri_me_cnn_classification",
-        ...                           {"spatial_size": [16, 16, 16], "network_def#backbone#channels": [4, 8]})
-        >>> net.num_clusters
-        1
+        >>> import json, os, tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> os.makedirs(os.path.join(root, "configs"))
+        >>> net_def = {"_target_": "monai_medl.networks.nets.MixedEffectsMLP", "in_features": "@num_features",
+        ...            "out_channels": 1, "num_clusters": "@num_sites"}
+        >>> with open(os.path.join(root, "configs", "train.json"), "w") as f:
+        ...     json.dump({"num_sites": 4, "num_features": 3, "network_def": net_def}, f)
+        >>> net = bundle_site_network(root, {"num_features": 2})
+        >>> net.num_clusters, net.in_features
+        (1, 2)
     """
     network = bundle_parser(bundle_root, overrides).get_parsed_content("network_def", instantiate=True)
     if not isinstance(network, nn.Module):
