@@ -89,6 +89,11 @@ def bundle_site_entries(
     spec = parser.get_parsed_content("datalist_spec", instantiate=True)
     if not isinstance(spec, DatalistSpec):
         raise ValueError(f"bundle datalist_spec is not a DatalistSpec, got {type(spec).__name__}.")
+    if len(spec.image_keys) != 1 or spec.label_key is None:
+        raise ValueError(
+            f"monai_medl.fl federates bundles with one image key and a class label; this bundle's datalist_spec has "
+            f"image_keys {list(spec.image_keys)} and label_key {spec.label_key!r}."
+        )
     spec = spec.replace(min_training_sites=0, check_voxels=check_voxels)
     try:
         entries = load_datalist(path, spec.training_key, spec=spec)

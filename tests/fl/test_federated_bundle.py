@@ -123,6 +123,9 @@ def test_job_and_recipe_refuse_inconsistent_bundle_arguments(datalists, tmp_path
         bundle_parser(BUNDLE, {"num_sites": 3})
     with pytest.raises(FileNotFoundError, match="configs/train.json"):
         bundle_parser(tmp_path)
+    two_keys = bundle_parser(BUNDLE, {"datalist_spec#image_keys": ["t1", "flair"]})
+    with pytest.raises(ValueError, match=r"one image key.*\['t1', 'flair'\]"):
+        check_site_datalists(dict(zip("ab", datalists)), bundle_parser=two_keys)
 
 
 @pytest.mark.slow
