@@ -7,6 +7,7 @@ feature statistics. The modules importing ``nvflare`` (:mod:`.aggregator`, :mod:
 :func:`federated_me_recipe`, :mod:`.job`) do so where they need it, so this package imports without it.
 """
 
+from .bundle_site import bundle_model_config, bundle_parser, bundle_site_entries, bundle_site_network, load_bundle_site
 from .feature_statistics import FederatedAlignmentLoss, class_statistics, pool_statistics
 from .in_process import InProcessFederation, federate_in_process
 from .local_state import load_local_state, load_shared, local_keys, prior_scale_keys, save_local_state, shared_state

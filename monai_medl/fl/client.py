@@ -20,10 +20,10 @@ from monai_medl.fl.aggregator import NUM_SAMPLES
 from monai_medl.fl.local_state import load_shared, save_local_state, shared_state
 from monai_medl.fl.local_training import LocalTrainingSettings, site_feature_statistics, train_locally
 from monai_medl.fl.network import site_network
-from monai_medl.fl.site_datalist import load_site_datalist
+from monai_medl.fl.site_datalist import SiteData, load_site_datalist
 from monai_medl.fl.variance_components import SHIFT_META, posterior_moments, recentre
 
-__all__ = ["client_parser", "outgoing_params", "run_site"]
+__all__ = ["client_parser", "outgoing_params", "site_setup", "run_site"]
 
 
 def client_parser() -> argparse.ArgumentParser:
@@ -42,6 +42,18 @@ def outgoing_params(network, data, settings: LocalTrainingSettings) -> dict[str,
     return params
 
 
+def site_setup(config: dict, datalist: str, site: str) -> tuple[torch.nn.Module, SiteData]:
+    """The site's network and its own data from the job config: a bundle's (``config["bundle"]``) or a tabular
+    :class:`~monai_medl.fl.network.SiteNetwork` (``config["network"]``)."""
+    if "bundle" in config:
+        from monai_medl.fl.bundle_site import bundle_site_network, load_bundle_site
+
+        root, overrides = config["bundle"]["bundle_root"], config["bundle"]["overrides"]
+        return bundle_site_network(root, overrides), load_bundle_site(datalist, site, root, overrides)
+    data = load_site_datalist(datalist, site, in_features=config["network"]["in_features"])
+    return site_network(config["network"]), data
+
+
 def run_site(argv: list[str] | None = None) -> None:
     """The client loop (``flare.init``, then ``receive`` / train / ``send`` until the federation stops)."""
     import nvflare.client as flare
@@ -52,11 +64,10 @@ def run_site(argv: list[str] | None = None) -> None:
     settings = LocalTrainingSettings(**config["training"])
     flare.init()
     site = flare.get_site_name()
-    data = load_site_datalist(args.datalist, site, in_features=config["network"]["in_features"])
     torch.set_num_threads(1)
     site_seed = settings.seed + zlib.crc32(site.encode()) % 10_000
     torch.manual_seed(site_seed)
-    network = site_network(config["network"])
+    network, data = site_setup(config, args.datalist, site)
     state_dir = Path(args.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     while flare.is_running():

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from monai_medl.fl.local_state import load_shared, local_keys, prior_scale_keys
 from monai_medl.fl.local_training import LocalTrainingSettings, train_locally
-from monai_medl.fl.network import SiteNetwork, site_network
+from monai_medl.fl.network import site_network
 from monai_medl.fl.site_datalist import SiteData
 from monai_medl.fl.variance_components import SHIFT_META, additive_layers, recentre
 
@@ -29,12 +30,12 @@ __all__ = ["InProcessFederation", "federate_in_process"]
 class InProcessFederation:
     """``networks`` (one per site, its own rows), the last ``global_params`` and ``meta``, bytes sent per round."""
 
-    networks: list[SiteNetwork]
+    networks: list[nn.Module]
     global_params: dict[str, np.ndarray]
     meta: dict
     bytes_sent: list[dict[str, int]] = field(default_factory=list)
 
-    def site_model(self, k: int) -> SiteNetwork:
+    def site_model(self, k: int) -> nn.Module:
         """Site ``k``'s model as it predicts after the job: the global shared state plus its own rows, moved by the
         last round's shift (eval mode; a copy)."""
         network = copy.deepcopy(self.networks[k])
@@ -45,7 +46,7 @@ class InProcessFederation:
 
 def federate_in_process(
     sites: Sequence[SiteData],
-    spec: Mapping,
+    spec: Mapping | Callable[[], nn.Module],
     settings: LocalTrainingSettings,
     rounds: int,
     seed: int = 0,
@@ -53,6 +54,9 @@ def federate_in_process(
     centre: bool = True,
 ) -> InProcessFederation:
     """Run ``rounds`` rounds over ``sites`` (each a :class:`SiteData`) and return the federation's state.
+
+    ``spec`` is a :func:`~monai_medl.fl.network.site_network` spec or a function building a site's network (e.g.
+    ``functools.partial(bundle_site_network, bundle_root, overrides)``).
 
     ``on_round(r, state)``, if given, is called after each round's aggregation (e.g. to score the global model).
     ``centre=False`` turns the server's centring of the additive rows off: no shift, ``s^2`` about zero (the plain EM
@@ -64,12 +68,13 @@ def federate_in_process(
     from monai_medl.fl.client import outgoing_params
 
     torch.manual_seed(seed)
-    networks = [site_network(spec) for _ in sites]
+    build = spec if callable(spec) else lambda: site_network(spec)
+    networks = [build() for _ in sites]
     net0 = networks[0]
     aggregator = MixedEffectsAggregator(
         local_keys(net0), prior_scale_keys(net0), shift_keys=additive_layers(net0) if centre else {}
     )
-    params: Mapping[str, Any] = site_network(spec).state_dict()
+    params: Mapping[str, Any] = build().state_dict()
     meta: dict = {}
     sent_bytes = []
     for r in range(rounds):

@@ -20,7 +20,9 @@ def job_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m monai_medl.fl.job", description=__doc__)
     parser.add_argument("--site_datalists", nargs="+", required=True, help="one datalist JSON per site")
     parser.add_argument("--site_names", nargs="+", help="NVFlare client names (default site-1, site-2, ...)")
-    parser.add_argument("--network", required=True, help="JSON of MixedEffectsMLP arguments, with in_features")
+    parser.add_argument("--network", help="JSON of MixedEffectsMLP arguments, with in_features (tabular datalists)")
+    parser.add_argument("--bundle_root", help="a bundle folder: the sites train its network_def on image datalists")
+    parser.add_argument("--bundle_overrides", default="{}", help="JSON of bundle config ids to replace")
     parser.add_argument("--out", required=True, help="the job's output folder")
     parser.add_argument("--num_rounds", type=int, default=2)
     for field, default in LocalTrainingSettings().to_dict().items():
@@ -29,7 +31,13 @@ def job_parser() -> argparse.ArgumentParser:
 
 
 def run_job(
-    site_datalists: dict[str, str], network: dict, out_dir: str | Path, training: LocalTrainingSettings, num_rounds: int
+    site_datalists: dict[str, str],
+    network: dict | None,
+    out_dir: str | Path,
+    training: LocalTrainingSettings,
+    num_rounds: int,
+    bundle_root: str | None = None,
+    bundle_overrides: dict | None = None,
 ) -> dict:
     """Build the recipe, run it in NVFlare's simulator (one thread per site) and return the job summary.
 
@@ -38,7 +46,15 @@ def run_job(
     """
     from nvflare.recipe import SimEnv
 
-    recipe, paths = federated_me_recipe(site_datalists, network, out_dir, training, num_rounds)
+    recipe, paths = federated_me_recipe(
+        site_datalists,
+        network,
+        out_dir,
+        training,
+        num_rounds,
+        bundle_root=bundle_root,
+        bundle_overrides=bundle_overrides,
+    )
     env = SimEnv(clients=list(site_datalists), num_threads=len(site_datalists), workspace_root=str(paths.simulator))
     run = recipe.execute(env)
     result = run.get_result() if run is not None else None
@@ -67,16 +83,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(names) != len(args.site_datalists) or len(set(names)) != len(names):
         print(f"error: --site_names must give {len(args.site_datalists)} distinct names, got {names}", file=sys.stderr)
         return 2
+    if (args.network is None) == (args.bundle_root is None):
+        print("error: give exactly one of --network (tabular) and --bundle_root (a bundle's images)", file=sys.stderr)
+        return 2
     try:
-        network = json.loads(args.network)
+        network = None if args.network is None else json.loads(args.network)
+        overrides = json.loads(args.bundle_overrides)
     except json.JSONDecodeError as e:
-        print(f"error: --network is not JSON ({e}): {args.network!r}", file=sys.stderr)
+        print(f"error: --network/--bundle_overrides is not JSON ({e})", file=sys.stderr)
         return 2
     fields = LocalTrainingSettings().to_dict()
     training = LocalTrainingSettings(**{k: getattr(args, k) for k in fields})
+    sites = dict(zip(names, args.site_datalists))
     try:
-        summary = run_job(dict(zip(names, args.site_datalists)), network, args.out, training, args.num_rounds)
-    except (SiteDataError, ValueError) as e:
+        summary = run_job(sites, network, args.out, training, args.num_rounds, args.bundle_root, overrides)
+    except (SiteDataError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=1))

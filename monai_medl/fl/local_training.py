@@ -31,6 +31,9 @@ class LocalTrainingSettings:
         lambda_fixed: weight of the fixed-effects head's loss (0 keeps the objective the evidence lower bound).
         align_weight: weight of the federated class-conditional alignment (0: off).
         label_classes: label classes of the alignment (0: unconditional, 2 for binary labels).
+        fedprox_mu: weight of FedProx's proximal term ``mu / 2 * |w - w_global|^2`` on the shared parameters in the
+            fixed-effects phase (0: plain FedAvg); it limits how far a site's shared weights drift from the global
+            model it received.
         seed: base seed; each round and site derives its own from it.
     """
 
@@ -41,6 +44,7 @@ class LocalTrainingSettings:
     lambda_fixed: float = 0.0
     align_weight: float = 0.0
     label_classes: int = 0
+    fedprox_mu: float = 0.0
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -62,7 +66,8 @@ def train_locally(
     other sites): the classic client drift, which here would shrink every variance component round after round.
     The KL of the site's random effects enters with its evidence-lower-bound weight ``1 / n``. With
     ``settings.align_weight > 0`` and the federation's statistics, a :class:`FederatedAlignmentLoss` on the last hidden
-    features joins the fixed-effects phase. Returns the number of optimisation steps.
+    features joins the fixed-effects phase, and with ``settings.fedprox_mu > 0`` FedProx's proximal term on the
+    shared parameters (about their values on entry, the global model). Returns the number of optimisation steps.
     """
     generator = torch.Generator().manual_seed(seed)
     loss_fn = MixedEffectsLoss(
@@ -72,9 +77,10 @@ def train_locally(
     if settings.align_weight > 0 and federation_stats is not None:
         align = FederatedAlignmentLoss(federation_stats, settings.label_classes, settings.align_weight)
     own = {id(p) for p in random_effects_parameters(network)}
+    shared = [p for p in network.parameters() if id(p) not in own and p.requires_grad]
     phases = (
-        ([p for p in network.parameters() if id(p) in own], None),
-        ([p for p in network.parameters() if id(p) not in own and p.requires_grad], align),
+        ([p for p in network.parameters() if id(p) in own], _penalty(None, None, 0.0)),
+        (shared, _penalty(align, shared, settings.fedprox_mu)),
     )
     network.train()
     steps = 0
@@ -82,6 +88,26 @@ def train_locally(
         if params:  # a network without random effects (a conventional federated baseline) has one phase
             steps += _fit(network, data, settings, loss_fn, params, penalty, generator)
     return steps
+
+
+def _penalty(align, shared, mu: float):
+    """The extra loss terms of a phase, ``(output, labels) -> tensor``, or None: the alignment on the last hidden
+    features and the proximal term about the shared parameters' values now (those received from the server)."""
+    anchors = [p.detach().clone() for p in shared] if mu > 0 and shared else None
+    if align is None and anchors is None:
+        return None
+
+    def penalty(out, y):
+        total = torch.zeros(())
+        if align is not None:
+            if not out.features:
+                raise ValueError("align_weight > 0 needs a network with hidden layers (features to align).")
+            total = total + align(out.features[-1], y)
+        if anchors is not None:
+            total = total + 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(shared, anchors))
+        return total
+
+    return penalty
 
 
 def _fit(network, data, settings, loss_fn, params, penalty, generator) -> int:
@@ -104,7 +130,7 @@ def _fit(network, data, settings, loss_fn, params, penalty, generator) -> int:
     return steps
 
 
-def _epochs(network, data, settings, loss_fn, optimizer_schedule, align, generator, n) -> int:
+def _epochs(network, data, settings, loss_fn, optimizer_schedule, penalty, generator, n) -> int:
     optimizer, schedule = optimizer_schedule
     steps = 0
     for _ in range(settings.epochs):
@@ -113,10 +139,8 @@ def _epochs(network, data, settings, loss_fn, optimizer_schedule, align, generat
             x, y = data.features[batch], data.labels[batch]
             out = network(x, torch.ones(len(batch), 1))
             loss = loss_fn(out, y)
-            if align is not None:
-                if not out.features:
-                    raise ValueError("align_weight > 0 needs a network with hidden layers (features to align).")
-                loss = loss + align(out.features[-1], y)
+            if penalty is not None:
+                loss = loss + penalty(out, y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -41,14 +41,18 @@ def _namespace_available() -> str | None:
 TIMEOUT = float(os.environ.get("MONAI_MEDL_FL_TEST_TIMEOUT", "900"))
 
 
-def _job(datalists, out: Path, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    """``python -m monai_medl.fl.job`` inside ``unshare -n`` with the loopback interface brought up.
+def _job(
+    datalists, out: Path, timeout: float = TIMEOUT, job_args: list[str] | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m monai_medl.fl.job`` inside ``unshare -n`` with the loopback interface brought up; ``job_args``
+    replace this file's network, rounds and training arguments.
 
     Its own process group: on a timeout the simulator's server and site processes are ended with it."""
-    args = [sys.executable, "-m", "monai_medl.fl.job", "--site_datalists", *map(str, datalists)]
-    args += ["--network", json.dumps(SPEC), "--out", str(out), "--num_rounds", str(ROUNDS)]
-    for key, value in TRAINING.items():
-        args += [f"--{key}", str(value)]
+    args = [sys.executable, "-m", "monai_medl.fl.job", "--site_datalists", *map(str, datalists), "--out", str(out)]
+    if job_args is None:
+        job_args = ["--network", json.dumps(SPEC), "--num_rounds", str(ROUNDS)]
+        job_args += [a for key, value in TRAINING.items() for a in (f"--{key}", str(value))]
+    args += job_args
     script = "ip link set lo up && exec " + " ".join(f"'{a}'" for a in args)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     with subprocess.Popen(
