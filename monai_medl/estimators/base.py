@@ -52,6 +52,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
 
     _default_method = "elbo"  # the fit of method=None with linear fixed effects
     _conjugate = False  # True where the random effects' posterior has a closed-form ELBO optimum
+    _marginal = False  # True where the marginal likelihood given the network is exact (a Gaussian response)
 
     def __init__(
         self,
@@ -239,9 +240,14 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         slopes = self._slope_columns(factors)
         correlated = self._correlated_for(factors)
         self.n_obs_, self.slope_columns_, self.correlated_ = n, slopes, correlated
-        self.fit_method_ = self._resolve_method()
+        self.fit_method_ = self._resolve_method(len(factors))
         self.exact_ = None
-        if self.fit_method_ != "elbo":
+        if self.fit_method_ == "marginal" and len(factors) != 1:
+            raise ValueError(
+                f"method='marginal' integrates out one grouping factor, got {len(factors)} ({factors}): use "
+                "method='elbo' for crossed or nested factors."
+            )
+        if self.fit_method_ not in ("elbo", "marginal"):
             self.__dict__.pop("network_", None)  # a previous variational fit's network
             start = time.perf_counter()
             exact_y = target if self._family != "gaussian" else y_array.astype(float)  # data units / 0-1 labels
@@ -274,7 +280,7 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         x_std = self._tensor((x - self.x_center_) / self.x_scale_)
         index = torch.as_tensor(clusters, device=self._device_)
         y_t = self._tensor(target)
-        conjugate = self._use_conjugate(factors, slopes)
+        conjugate = self.fit_method_ == "elbo" and self._use_conjugate(factors, slopes)
         early = self._use_early_stopping()
         held_out = validation_rows(clusters, self.validation_fraction, self.random_state) if early else None
         if early and held_out.size == 0:
@@ -286,19 +292,31 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         start = time.perf_counter()
         info = self._fit_network(x_std, index, y_t, slopes, correlated, conjugate, held_out if early else None)
         info["conjugate_update"] = conjugate
-        info["method"] = METHOD_LABELS["elbo"]
+        info["method"] = METHOD_LABELS[self.fit_method_]
+        if "loglik" in info:  # the marginal fit's log-likelihood of the standardised y, in data units
+            info["loglik"] -= n * float(np.log(self._y_scale))
         info["seconds"] = time.perf_counter() - start
         self.fit_info_ = info
         self.network_.eval()
         return self
 
-    def _resolve_method(self) -> str:
-        """``method`` with None resolved (``_default_method`` for linear fixed effects, else ELBO) and checked."""
+    def _resolve_method(self, num_factors: int = 1) -> str:
+        """``method`` with None resolved and checked: ``_default_method`` for linear fixed effects; for an MLP the
+        exact marginal likelihood given the network where it exists (a Gaussian response, one grouping factor),
+        else the ELBO."""
         linear = self.fixed_effects == "linear"
-        method = self.method if self.method is not None else (self._default_method if linear else "elbo")
+        method = self.method
+        if method is None:
+            collapsed = self._marginal and num_factors == 1
+            method = self._default_method if linear else ("marginal" if collapsed else "elbo")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS} or None, got {self.method!r}.")
-        if method != "elbo" and (method not in self._exact_methods() or not linear):
+        if method == "marginal" and not self._marginal:
+            raise ValueError(
+                f"method='marginal' needs a Gaussian response (MixedEffectsRegressor), not this "
+                f"{type(self).__name__}; use method='elbo' or None."
+            )
+        if method not in ("elbo", "marginal") and (method not in self._exact_methods() or not linear):
             raise ValueError(
                 f"method={method!r} needs fixed_effects='linear' and is one of {self._exact_methods()} for this "
                 f"{type(self).__name__} (fixed_effects={self.fixed_effects!r}); use method='elbo' or None."
@@ -379,7 +397,12 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         return info
 
     def _maximise_elbo(self, x, index, y, conjugate: bool, generator: torch.Generator, validation=None) -> dict:
-        """One :func:`train_elbo` run on rows ``(x, index, y)`` over the network's trainable parameters."""
+        """One :func:`train_elbo` run on rows ``(x, index, y)`` over the network's trainable parameters (with
+        ``method="marginal"`` one :func:`train_marginal` run)."""
+        if self.fit_method_ == "marginal":
+            from monai_medl.estimators.marginal_training import train_marginal
+
+            return train_marginal(self.network_, x, index, y, validation, **self._train_args(generator))
         n = len(y)
         draws = self._likelihood_draws(n, generator)
         draws = None if draws is None else draws.to(device=self._device_, dtype=self._torch_dtype())
@@ -419,24 +442,26 @@ class MixedEffectsEstimatorBase(BaseEstimator):
                     return float(self._validation_loss(mean, spread, yv, dv))
 
         info = train_elbo(
-            objective,
-            list(self.network_.parameters()),
-            n,
-            optimizer=self.optimizer,
-            max_iter=self.max_iter,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            tol=self.tol,
-            generator=generator,
-            device=self._device_,
-            monitor=monitor,
-            patience=self.n_iter_no_change,
+            objective, list(self.network_.parameters()), n, monitor=monitor, **self._train_args(generator)
         )
         if refresh is not None:
             refresh()  # the posterior at the returned parameters (early stopping may restore earlier ones)
         for p in posterior:
             p.requires_grad_(True)
         return info
+
+    def _train_args(self, generator: torch.Generator) -> dict:
+        """The optimiser settings :func:`train_elbo` takes from the constructor."""
+        return {
+            "optimizer": self.optimizer,
+            "max_iter": self.max_iter,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "tol": self.tol,
+            "generator": generator,
+            "device": self._device_,
+            "patience": self.n_iter_no_change,
+        }
 
     def _validation_loss(self, mean: torch.Tensor, spread: torch.Tensor, y: torch.Tensor, draws=None) -> torch.Tensor:
         """Held-out loss monitored for early stopping (default: the expected negative log-likelihood)."""
@@ -672,6 +697,8 @@ class MixedEffectsEstimatorBase(BaseEstimator):
             fixed = self.fixed_effects_table()
             criteria = {"logLik": self.loglik_, "AIC": self.aic_, "BIC": self.bic_}
             criteria["REML criterion" if self.exact_.reml else "deviance"] = self.exact_.deviance
+        elif self.fit_method_ == "marginal":
+            criteria = {"logLik given the network": self.fit_info_["loglik"]}
         return MixedModelSummary(
             model=type(self).__name__,
             family=self._family,
@@ -690,7 +717,10 @@ class MixedEffectsEstimatorBase(BaseEstimator):
     def _exact_fit(self, what: str):
         self._check_fitted()
         if self.exact_ is None:
-            raise AttributeError(f"{what} needs a likelihood fit (method 'reml', 'ml' or 'laplace'), not the ELBO.")
+            raise AttributeError(
+                f"{what} needs a likelihood fit of linear fixed effects (method 'reml', 'ml' or 'laplace'), not the "
+                f"{METHOD_LABELS[self.fit_method_]}."
+            )
         return self.exact_
 
     def fixed_effects_table(self, level: float = 0.95):

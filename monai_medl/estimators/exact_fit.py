@@ -14,8 +14,14 @@ from monai_medl.estimators.profiled_deviance import ExactLmmFit, RandomTerm, fit
 
 __all__ = ["METHODS", "METHOD_LABELS", "fit_estimator_exact", "exact_linear_predictor", "fixed_effects_table"]
 
-METHODS = ("reml", "ml", "laplace", "elbo")
-METHOD_LABELS = {"reml": "exact REML", "ml": "exact ML", "laplace": "Laplace approximation", "elbo": "variational ELBO"}
+METHODS = ("reml", "ml", "laplace", "marginal", "elbo")
+METHOD_LABELS = {
+    "reml": "exact REML",
+    "ml": "exact ML",
+    "laplace": "Laplace approximation",
+    "marginal": "exact marginal likelihood given the network",
+    "elbo": "variational ELBO",
+}
 
 
 def _terms(

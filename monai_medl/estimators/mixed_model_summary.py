@@ -23,8 +23,10 @@ class MixedModelSummary:
         num_obs: number of training observations.
         num_levels: lme4-style factor name -> number of training levels.
         fit_info: optimiser report (iterations, final loss, converged, seconds).
-        method: the fit used: ``"exact REML"``, ``"exact ML"`` or ``"variational ELBO"``.
-        criteria: log-likelihood, AIC, BIC and the REML criterion or deviance (exact fits; empty otherwise).
+        method: the fit used (``exact_fit.METHOD_LABELS``): ``"exact REML"``, ``"exact ML"``, ``"Laplace
+            approximation"``, ``"exact marginal likelihood given the network"`` or ``"variational ELBO"``.
+        criteria: log-likelihood, AIC, BIC and the REML criterion or deviance (exact fits; the log-likelihood given
+            the network for a marginal fit; empty otherwise).
         intervals: confidence intervals of ``confint()`` (a DataFrame) when asked for, else None;
             ``intervals_method``: ``"profile"`` or ``"bootstrap"``.
     """

@@ -70,8 +70,13 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsEstimatorBase):
         method: ``"reml"`` or ``"ml"``: the exact marginal likelihood (lme4's profiled deviance over the relative
             covariance factor, :class:`~monai_medl.estimators.profiled_deviance.ProfiledDeviance`), linear fixed
             effects only, where the variational arguments (``posterior``, ``optimizer``, ``lr``, ...) are unused;
-            ``"elbo"``: the variational fit described above. None (default): ``"reml"`` for linear fixed effects
-            (the default of ``lme4::lmer`` and statsmodels), ``"elbo"`` for an MLP.
+            ``"marginal"``: the exact negative log-likelihood of ``y`` given the network's output ``f(x)``, with the
+            random effects integrated out (:func:`~monai_medl.estimators.gaussian_marginal.gaussian_marginal_nll`,
+            one grouping factor), minimised jointly over the network, the noise s.d. and the variance components
+            by ``optimizer`` (``batch_size`` then counts whole levels), with the same early stopping; the effects
+            are then their conditional modes (BLUPs) given the fitted network; ``"elbo"``: the variational fit
+            described above. None (default): ``"reml"`` for linear fixed effects (the default of ``lme4::lmer``
+            and statsmodels); for an MLP ``"marginal"`` with one grouping factor, ``"elbo"`` with several.
 
     Example::
 
@@ -92,11 +97,19 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsEstimatorBase):
         True
         >>> "Residual" in str(fit.summary())
         True
+        >>> x = rng.uniform(-2, 2, size=(300, 1))  # a nonlinear fixed effect: MLP, exact marginal likelihood
+        >>> y = np.sin(2 * x[:, 0]) + u0[subject] / 20 + rng.normal(0, 0.3, 300)
+        >>> mlp = MixedEffectsRegressor(fixed_effects="mlp", hidden=(16,), max_iter=100).fit(x, y, groups=subject)
+        >>> mlp.fit_info_["method"]
+        'exact marginal likelihood given the network'
+        >>> mlp.predict(x[:2], groups=subject[:2]).shape
+        (2,)
     """
 
     _family = "gaussian"
     _learn_noise = True
     _conjugate = True
+    _marginal = True
     _default_method = "reml"
 
     def _exact_methods(self) -> tuple[str, ...]:
