@@ -31,6 +31,7 @@ from .prediction_stream import PredictionStream
 from .resume import TrainingProgress
 from .segmentation_evaluation import (
     SiteDiceCollector,
+    segmentation_fields,
     segmentation_site_metrics,
     write_segmentation_evaluation,
     write_segmentations,

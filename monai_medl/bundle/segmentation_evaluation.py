@@ -6,20 +6,27 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import torch
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 
-from monai_medl.bundle.site_evaluation import ScanCollector, write_scan_tables
+from monai_medl.bundle.site_evaluation import ScanCollector, write_predictions
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["SiteDiceCollector", "segmentation_site_metrics", "write_segmentation_evaluation", "write_segmentations"]
+__all__ = [
+    "SiteDiceCollector",
+    "segmentation_site_metrics",
+    "segmentation_fields",
+    "write_segmentation_evaluation",
+    "write_segmentations",
+]
 
 SEGMENTATION_FIELDS = ("mode", "z", "split", "image", "site", "seen", "input_warning", "error")
 
@@ -69,7 +76,7 @@ class SiteDiceCollector(ScanCollector):
 
     @property
     def fields(self) -> list[str]:
-        """The columns of a predictions file of these rows (as :func:`write_segmentations` writes it)."""
+        """The columns of a predictions file of these rows (as :func:`write_segmentation_evaluation` writes it)."""
         return [*SEGMENTATION_FIELDS, *self.dice_fields]
 
     def dice(self, pred: torch.Tensor, label: torch.Tensor) -> list[float]:
@@ -126,19 +133,33 @@ def segmentation_site_metrics(
     return out
 
 
-def write_segmentations(
-    rows: Sequence[Mapping[str, Any]],
-    output_dir: str | os.PathLike,
-    metrics: Sequence[Mapping[str, Any]] | None = None,
-    prefix: str = "",
-    errors: Sequence[Mapping[str, Any]] = (),
-) -> dict[str, str]:
-    """Write ``<prefix>predictions.csv`` (one row per scan and mode, error rows last) and, when given,
-    ``<prefix>metrics.csv`` / ``.json``; then raise :class:`~monai_medl.bundle.InvalidScansError` if any scan failed.
-    """
+class ScanColumns(TypedDict):
+    """The ``fields`` and ``metric_fields`` keywords of :func:`~monai_medl.bundle.write_predictions`."""
+
+    fields: list[str]
+    metric_fields: list[str]
+
+
+def segmentation_fields(rows: Sequence[Mapping[str, Any]]) -> ScanColumns:
+    """The ``fields`` and ``metric_fields`` of :func:`~monai_medl.bundle.write_predictions` for per-scan Dice rows
+    (:class:`SiteDiceCollector`) and their :func:`segmentation_site_metrics`."""
     dice = [k for k in (rows[0] if rows else {}) if k.startswith("dice_")]
-    tables = (rows, errors, [*SEGMENTATION_FIELDS, *dice], metrics, ["mode", "group", "site", "n", *dice])
-    return write_scan_tables(output_dir, prefix, tables, None if metrics is None else list(metrics))
+    return {"fields": [*SEGMENTATION_FIELDS, *dice], "metric_fields": ["mode", "group", "site", "n", *dice]}
+
+
+def write_segmentations(
+    rows: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, *args: Any, **kwargs: Any
+) -> dict[str, str]:
+    """Deprecated: ``write_predictions(rows, output_dir, ..., **segmentation_fields(rows))`` writes the same files
+    (:func:`~monai_medl.bundle.write_predictions`, :func:`segmentation_fields`); the arguments are passed on."""
+    warnings.warn(
+        "write_segmentations is deprecated; use monai_medl.bundle.write_predictions(rows, output_dir, ..., "
+        "**segmentation_fields(rows)).",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    kwargs.update(segmentation_fields(rows))  # (metrics, prefix, errors) as before, the segmentation columns
+    return write_predictions(rows, output_dir, *args, **kwargs)
 
 
 def write_segmentation_evaluation(
@@ -152,7 +173,7 @@ def write_segmentation_evaluation(
                 "$monai_medl.bundle.write_segmentation_evaluation(@collector.rows, @output_dir)"]
     """
     metrics = segmentation_site_metrics(rows, report_splits)
-    paths = write_segmentations(rows, output_dir, metrics)
+    paths = write_predictions(rows, output_dir, metrics, **segmentation_fields(rows))
     log = logging.getLogger(__name__)
     for m in metrics:
         if m["group"] != "site":

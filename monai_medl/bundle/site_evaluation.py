@@ -369,8 +369,13 @@ def write_predictions(
     metrics: Sequence[Mapping[str, Any]] | None = None,
     prefix: str = "",
     errors: Sequence[Mapping[str, Any]] = (),
+    fields: Sequence[str] = PREDICTION_FIELDS,
+    metric_fields: Sequence[str] = METRIC_FIELDS,
 ) -> dict[str, str]:
     """Write ``predictions.csv`` and, when given, ``metrics.csv`` and ``metrics.json`` into ``output_dir``.
+
+    The columns default to those of :class:`SitePredictionCollector` rows and :func:`site_metrics`; a segmentation
+    evaluation passes its own (:func:`~monai_medl.bundle.write_segmentation_evaluation`).
 
     Args:
         rows: per-scan prediction rows (:attr:`SitePredictionCollector.rows`).
@@ -379,6 +384,8 @@ def write_predictions(
         prefix: file name prefix (``"inference_"``).
         errors: rows of scans that could not be predicted (``image``, ``error``; from
             :func:`~monai_medl.bundle.inference_inputs`): written after the predictions, then the run fails.
+        fields: the columns of ``predictions.csv``. Defaults to :data:`PREDICTION_FIELDS`.
+        metric_fields: the columns of ``metrics.csv``. Defaults to :data:`METRIC_FIELDS`.
 
     Returns:
         the paths written, keyed ``"predictions"``, ``"metrics_csv"``, ``"metrics_json"``.
@@ -387,7 +394,7 @@ def write_predictions(
         InvalidScansError: after writing everything, if ``errors`` is not empty (a non-zero exit of the bundle
             run, with a summary naming the files).
     """
-    tables = (rows, errors, PREDICTION_FIELDS, metrics, METRIC_FIELDS)
+    tables = (rows, errors, fields, metrics, metric_fields)
     json_metrics = None if metrics is None else [{k: (None if _isnan(v) else v) for k, v in m.items()} for m in metrics]
     return write_scan_tables(output_dir, prefix, tables, json_metrics)
 
@@ -398,7 +405,7 @@ def write_scan_tables(
     tables: tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]], Sequence[str], Any, Sequence[str]],
     json_metrics: Any = None,
 ) -> dict[str, str]:
-    """The files of :func:`write_predictions` and :func:`~monai_medl.bundle.write_segmentations`: ``tables`` is
+    """The files of :func:`write_predictions`: ``tables`` is
     ``(rows, errors, row fields, metrics or None, metric fields)``, ``json_metrics`` what ``metrics.json`` holds."""
     rows, errors, fields, metrics, metric_fields = tables
     os.makedirs(output_dir, exist_ok=True)

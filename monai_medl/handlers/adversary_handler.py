@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
 from torch import nn
 
+from monai_medl.handlers.site_term import SiteTermHandler
 from monai_medl.losses.adversarial_regularizer import AdversarialRegularizer
 
 if TYPE_CHECKING:
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["AdversaryHandler"]
 
 
-class AdversaryHandler:
+class AdversaryHandler(SiteTermHandler):
     """Adversarial regularisation of a mixed-effects network's fixed effects, as a trainer handler.
 
     Attached to a ``SupervisedTrainer`` it runs at ``IterationEvents.LOSS_COMPLETED``: it reads the network's
@@ -39,7 +40,8 @@ class AdversaryHandler:
     Args:
         adversary: cluster adversary (e.g. :class:`~monai_medl.networks.nets.ClusterClassifier`).
         optimizer: optimizer over the adversary's parameters.
-        lambda_g: weight of the adversarial term. Defaults to 0.1.
+        lambda_g: weight of the adversarial term. Defaults to None, the default of
+            :class:`~monai_medl.losses.AdversarialRegularizer` (0.1).
         site_key: batch key with the site index (``-1`` = unseen, ignored). Defaults to ``"site"``.
         objective: ``"confusion"`` (push the adversary to uniform predictions) or ``"ce"`` (ARMED: maximise its
             cross-entropy); see :class:`~monai_medl.losses.AdversarialRegularizer`. Defaults to ``"confusion"``.
@@ -90,7 +92,7 @@ class AdversaryHandler:
         self,
         adversary: nn.Module,
         optimizer: torch.optim.Optimizer,
-        lambda_g: float = 0.1,
+        lambda_g: float | None = None,
         site_key: str = "site",
         label_key: str = CommonKeys.LABEL,
         warmup_epochs: int = 0,
@@ -98,10 +100,12 @@ class AdversaryHandler:
     ) -> None:
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}.")
-        # objective, steps, memory, label_classes, feature_scaling, update: AdversarialRegularizer's, one definition
-        self.regularizer = AdversarialRegularizer(adversary, optimizer, lambda_g, **regularizer)
-        self.site_key = site_key
-        self.label_key = label_key
+        # lambda_g, objective, steps, memory, label_classes, feature_scaling, update: AdversarialRegularizer's (one
+        # definition of each, defaults included)
+        if lambda_g is not None:
+            regularizer["lambda_g"] = lambda_g
+        self.regularizer = AdversarialRegularizer(adversary, optimizer, **regularizer)
+        super().__init__(site_key, label_key)
         self.warmup_epochs = warmup_epochs
 
     def state_dict(self) -> dict:
@@ -113,26 +117,17 @@ class AdversaryHandler:
         """Restore :meth:`state_dict`'s output."""
         self.regularizer.load_state_dict(state)
 
+    @property
+    def conditional(self) -> bool:
+        return bool(self.regularizer.label_classes)
+
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)
+        super().attach(engine)
         if self.regularizer.update == "one_pass":
             engine.add_event_handler(IterationEvents.MODEL_COMPLETED, lambda _: self.regularizer.finish_step())
 
-    def __call__(self, engine: Engine) -> None:
-        output = cast(dict, engine.state.output)  # the trainer's output dictionary (ignite types it loosely)
-        pred = output[CommonKeys.PRED]
-        if not hasattr(pred, "features"):
-            raise TypeError(
-                "AdversaryHandler needs the trainer's network to return a MixedEffectsOutput (a mixed-effects network "
-                f"in training mode) as engine.state.output['pred'], got {type(pred).__name__}."
-            )
-        batch = cast(dict, engine.state.batch)
-        keys = [self.site_key] + ([self.label_key] if self.regularizer.label_classes else [])
-        for key in keys:
-            if key not in batch:
-                raise KeyError(f"batch has no {key!r} key; available keys: {sorted(batch)}.")
+    def term(self, engine: Engine, features: Any, sites: Any, labels: Any) -> tuple[torch.Tensor, dict]:
         penalize = engine.state.epoch > self.warmup_epochs  # Ignite counts epochs from 1
-        labels = batch[self.label_key] if self.regularizer.label_classes else None
-        term = self.regularizer.step(pred.features, batch[self.site_key], penalize=penalize, labels=labels)
-        output[CommonKeys.LOSS] = output[CommonKeys.LOSS] + term
-        output["adv_loss"], output["adv_acc"] = self.regularizer.last
+        term = self.regularizer.step(features, sites, penalize=penalize, labels=labels)
+        adv_loss, adv_acc = self.regularizer.last
+        return term, {"adv_loss": adv_loss, "adv_acc": adv_acc}

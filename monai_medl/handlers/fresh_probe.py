@@ -72,6 +72,8 @@ class FreshProbeHandler:
         >>> trainer.run()
         >>> 0.0 <= trainer.state.metrics["fresh_probe_acc"] <= 1.0
         True
+        >>> sorted(trainer.state.metrics)  # the label-only floor too: the items have labels
+        ['fresh_probe_acc', 'fresh_probe_floor']
     """
 
     def __init__(

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any
 
-from monai.engines.utils import IterationEvents
+import torch
 from monai.utils import CommonKeys
 
+from monai_medl.handlers.site_term import SiteTermHandler
 from monai_medl.losses.site_alignment import SiteAlignmentLoss
 
 if TYPE_CHECKING:
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 __all__ = ["SiteAlignmentHandler"]
 
 
-class SiteAlignmentHandler:
+class SiteAlignmentHandler(SiteTermHandler):
     """Non-adversarial invariance of a mixed-effects network's fixed-effects features, as a trainer handler.
 
     Runs at ``IterationEvents.LOSS_COMPLETED`` (where :class:`~monai_medl.handlers.AdversaryHandler` runs): reads the
@@ -65,26 +66,14 @@ class SiteAlignmentHandler:
             raise TypeError(
                 f"SiteAlignmentHandler: alignment must be a SiteAlignmentLoss, got {type(alignment).__name__}."
             )
+        super().__init__(site_key, label_key)
         self.alignment = alignment
-        self.site_key, self.label_key, self.feature_index = site_key, label_key, int(feature_index)
+        self.feature_index = int(feature_index)
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)
+    @property
+    def conditional(self) -> bool:
+        return self.alignment.label_classes > 0
 
-    def __call__(self, engine: Engine) -> None:
-        output = cast(dict, engine.state.output)  # the trainer's output dictionary (ignite types it loosely)
-        pred = output[CommonKeys.PRED]
-        if not hasattr(pred, "features"):
-            raise TypeError(
-                "SiteAlignmentHandler needs the trainer's network to return a MixedEffectsOutput (a mixed-effects "
-                f"network in training mode) as engine.state.output['pred'], got {type(pred).__name__}."
-            )
-        batch = cast(dict, engine.state.batch)
-        conditional = self.alignment.label_classes > 0
-        for key in [self.site_key] + ([self.label_key] if conditional else []):
-            if key not in batch:
-                raise KeyError(f"SiteAlignmentHandler: batch has no {key!r} key; available keys: {sorted(batch)}.")
-        labels = batch[self.label_key] if conditional else None
-        term = self.alignment(pred.features[self.feature_index], batch[self.site_key], labels)
-        output[CommonKeys.LOSS] = output[CommonKeys.LOSS] + term
-        output["align_loss"] = term.detach()
+    def term(self, engine: Engine, features: Any, sites: Any, labels: Any) -> tuple[torch.Tensor, dict]:
+        term = self.alignment(features[self.feature_index], sites, labels)
+        return term, {"align_loss": term.detach()}

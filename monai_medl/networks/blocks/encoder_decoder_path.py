@@ -22,15 +22,17 @@ scripted (MONAI's implementation is not TorchScript-compatible), so neither can 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Optional, cast
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetResBlock
 from monai.networks.layers.simplelayers import SkipConnection
 from monai.networks.nets import BasicUNet, SegResNet, SwinUNETR, UNet
+from monai.utils import deprecated_arg
 from torch import nn
 
+from monai_medl import __version__
 from monai_medl.networks.blocks.backbone_stages import build_stages, iter_layers, norm_channels
 from monai_medl.networks.layers.cluster_scale_bias import ClusterScaleBias
 
@@ -47,6 +49,15 @@ __all__ = [
 ]
 
 CLUSTER_MODES = ("all", "last", "none")
+
+
+def _renamed(old: str, new: str) -> Callable[[Callable], Callable]:
+    """MONAI's ``deprecated_arg`` for a walk's first argument, now ``new`` in every walk: ``old=`` still works for
+    one release, with a ``DeprecationWarning``."""
+    # MONAI annotates warning_category as type[FutureWarning]; it takes any warning class
+    category: Any = DeprecationWarning
+    suffix = f"Use {new}= (or pass the network's module positionally)."
+    return deprecated_arg(old, __version__, None, suffix, __version__, new, category)
 
 
 def cluster_mode(value: bool | str | None) -> str:
@@ -85,15 +96,15 @@ def _decoder_blocks(
     return nn.ModuleList(blocks)
 
 
-class DecoderBlock(nn.Module):
-    """A decoder block of the wrapped network run as stages that end at its reachable normalisation layers.
+class BlockWalk(nn.Module):
+    """Base of the decoder block walks: a block of the wrapped network run from its own modules, with cluster
+    scale/bias (:class:`~monai_medl.networks.layers.ClusterScaleBias`) on the outputs of its normalisation layers.
 
     Args:
-        module: the network's own block (its plain ``nn.Sequential`` parts are opened, see
-            :func:`~monai_medl.networks.blocks.iter_layers`).
+        module: the network's own block.
         spatial_dims: spatial dimensions.
         num_clusters: width of ``z``.
-        cluster_scale_bias: give every reachable normalisation layer cluster scale/bias.
+        cluster_scale_bias: give the block's normalisation layers cluster scale/bias (False: the block as it is).
         prior_scale: prior s.d. of the cluster scale/bias effects.
         learn_prior_scale: learn that prior s.d.
     """
@@ -108,9 +119,28 @@ class DecoderBlock(nn.Module):
         learn_prior_scale: bool,
     ) -> None:
         super().__init__()
+        self._walk(module, cluster_scale_bias, (spatial_dims, num_clusters, prior_scale, learn_prior_scale))
+
+    def _walk(self, module: nn.Module, cluster_scale_bias: bool, settings: tuple[int, int, float, bool]) -> None:
+        """Set this walk's modules from the network's ``module``; ``settings`` are those of the cluster scale/bias
+        layers after the channels: ``(spatial_dims, num_clusters, prior_scale, learn_prior_scale)``."""
+        raise NotImplementedError
+
+
+class DecoderBlock(BlockWalk):
+    """A decoder block of the wrapped network run as stages that end at its reachable normalisation layers.
+
+    Args:
+        module: the network's own block (its plain ``nn.Sequential`` parts are opened, see
+            :func:`~monai_medl.networks.blocks.iter_layers`).
+        spatial_dims, num_clusters, prior_scale, learn_prior_scale: as for :class:`BlockWalk`.
+        cluster_scale_bias: give every reachable normalisation layer cluster scale/bias.
+    """
+
+    def _walk(self, module: nn.Module, cluster_scale_bias: bool, settings: tuple[int, int, float, bool]) -> None:
         layers = list(iter_layers(module, "block"))
         norms = [n for n, m in layers if norm_channels(m) is not None] if cluster_scale_bias else []
-        self.stages, _ = build_stages(layers, [], norms, spatial_dims, num_clusters, prior_scale, learn_prior_scale)
+        self.stages, _ = build_stages(layers, [], norms, *settings)
 
     def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         for stage in self.stages:
@@ -134,7 +164,7 @@ class DecoderBlock(nn.Module):
         return x, xm
 
 
-class UnetResBlockWalk(nn.Module):
+class UnetResBlockWalk(BlockWalk):
     """A ``UnetResBlock`` or ``UnetBasicBlock`` (MONAI's DynUNet blocks, used by UNETR and SwinUNETR decoders) run
     from its own modules, with cluster scale/bias on the outputs of its main-path norms ``norm1`` and ``norm2``.
 
@@ -142,24 +172,17 @@ class UnetResBlockWalk(nn.Module):
     walk computes exactly what the block's ``forward`` computes.
 
     Args:
-        block: the network's own ``UnetResBlock`` or ``UnetBasicBlock``.
-        spatial_dims: spatial dimensions.
-        num_clusters: width of ``z``.
+        module: the network's own ``UnetResBlock`` or ``UnetBasicBlock`` (``block=``, its former name, still works
+            with a ``DeprecationWarning``).
+        spatial_dims, num_clusters, prior_scale, learn_prior_scale: as for :class:`BlockWalk`.
         cluster_scale_bias: give ``norm1`` and ``norm2`` cluster scale/bias (False: the block as it is).
-        prior_scale: prior s.d. of the cluster scale/bias effects.
-        learn_prior_scale: learn that prior s.d.
     """
 
-    def __init__(
-        self,
-        block: nn.Module,
-        spatial_dims: int,
-        num_clusters: int,
-        cluster_scale_bias: bool,
-        prior_scale: float,
-        learn_prior_scale: bool,
-    ) -> None:
-        super().__init__()
+    @_renamed("block", "module")
+    def __init__(self, module: nn.Module, *args: Any, **kwargs: Any) -> None:
+        super().__init__(module, *args, **kwargs)
+
+    def _walk(self, block: nn.Module, cluster_scale_bias: bool, settings: tuple[int, int, float, bool]) -> None:
         if not isinstance(block, (UnetResBlock, UnetBasicBlock)):
             raise TypeError(f"expected a MONAI UnetResBlock or UnetBasicBlock, got {type(block).__name__}.")
         self.residual = isinstance(block, UnetResBlock)
@@ -168,8 +191,7 @@ class UnetResBlockWalk(nn.Module):
         for norm in (block.norm1, block.norm2):
             channels = norm_channels(norm)
             if cluster_scale_bias and channels is not None:
-                args = (channels, spatial_dims, num_clusters, prior_scale, learn_prior_scale)
-                norm = ClusterScaleBias.around(norm, *args)
+                norm = ClusterScaleBias.around(norm, channels, *settings)
             norms.append(norm)
         self.norm1, self.norm2 = norms
         projection = getattr(block, "conv3", None) if self.residual else None
@@ -200,8 +222,22 @@ def pad_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return F.pad(x, pads, "replicate")
 
 
+DecoderFactory = Callable[[Callable[..., nn.Module], "list[nn.Module]"], nn.ModuleList]
+"""``decoder(block, modules)``: the decoder blocks of a walk (a :class:`BlockWalk` class and the network's modules,
+in decoding order), with the walk's cluster scale/bias settings."""
+
+
 class EncoderDecoderPath(nn.Module):
     """Base of the walks: :meth:`encode` gives the encoder outputs, :meth:`decode` the logits for a ``z``.
+
+    Args:
+        net: the supported MONAI network (``UNetPath`` also takes ``unet=``, its former name, with a
+            ``DeprecationWarning``).
+        num_clusters: width of ``z``.
+        cluster_scale_bias: where the decoder gets cluster scale/bias (see :func:`encoder_decoder_path`).
+            Defaults to True (every reachable decoder normalisation layer).
+        prior_scale: prior s.d. of the cluster scale/bias effects. Defaults to 0.25.
+        learn_prior_scale: learn that prior s.d. Defaults to False.
 
     Attributes:
         spatial_dims, in_channels, out_channels: of the wrapped network.
@@ -214,6 +250,28 @@ class EncoderDecoderPath(nn.Module):
         spatial_dims: int
         in_channels: int
         out_channels: int
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_clusters: int,
+        cluster_scale_bias: bool | str = True,
+        prior_scale: float = 0.25,
+        learn_prior_scale: bool = False,
+    ) -> None:
+        super().__init__()
+
+        def decoder(block: Callable[..., nn.Module], modules: list[nn.Module]) -> nn.ModuleList:
+            settings = (num_clusters, cluster_scale_bias, prior_scale, learn_prior_scale)
+            return _decoder_blocks(block, modules, self.spatial_dims, *settings)
+
+        self._walk(net, decoder)
+        self.num_cluster_layers = sum(1 for m in self.modules() if isinstance(m, ClusterScaleBias))
+
+    def _walk(self, net: nn.Module, decoder: DecoderFactory) -> None:
+        """Set this walk's modules and ``spatial_dims``/``in_channels``/``out_channels`` from ``net``, building the
+        decoder blocks with ``decoder`` (after ``spatial_dims`` is set)."""
+        raise NotImplementedError
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder outputs, shallow to deep; the last one is the bottleneck."""
@@ -230,9 +288,6 @@ class EncoderDecoderPath(nn.Module):
 
     def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.decode(self.encode(x), z)
-
-    def _count(self) -> None:
-        self.num_cluster_layers = sum(1 for m in self.modules() if isinstance(m, ClusterScaleBias))
 
 
 class _UpCatPath(EncoderDecoderPath):
@@ -286,15 +341,12 @@ class UNetPath(_UpCatPath):
         True
     """
 
-    def __init__(
-        self,
-        unet: UNet,
-        num_clusters: int,
-        cluster_scale_bias: bool | str = True,
-        prior_scale: float = 0.25,
-        learn_prior_scale: bool = False,
-    ) -> None:
-        super().__init__()
+    @_renamed("unet", "net")
+    def __init__(self, net: UNet, *args: Any, **kwargs: Any) -> None:
+        super().__init__(net, *args, **kwargs)
+
+    def _walk(self, unet: nn.Module, decoder: DecoderFactory) -> None:
+        unet = cast(UNet, unet)
         downs, ups = [], []
         block: nn.Module = unet.model
         while True:
@@ -315,12 +367,10 @@ class UNetPath(_UpCatPath):
         self.in_channels = int(unet.in_channels)
         self.out_channels = int(unet.out_channels)
         self.downs = nn.ModuleList(downs)
-        settings = (self.spatial_dims, num_clusters, cluster_scale_bias, prior_scale, learn_prior_scale)
-        self.ups = _decoder_blocks(DecoderBlock, list(reversed(ups)), *settings)  # deepest first
+        self.ups = decoder(DecoderBlock, list(reversed(ups)))  # deepest first
         self.upsamples = nn.ModuleList([nn.Identity() for _ in ups])
         self.final_conv = nn.Identity()
         self.pad_skips = False
-        self._count()
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         skips: list[torch.Tensor] = []
@@ -345,15 +395,8 @@ class BasicUNetPath(_UpCatPath):
         True
     """
 
-    def __init__(
-        self,
-        net: BasicUNet,
-        num_clusters: int,
-        cluster_scale_bias: bool | str = True,
-        prior_scale: float = 0.25,
-        learn_prior_scale: bool = False,
-    ) -> None:
-        super().__init__()
+    def _walk(self, net: nn.Module, decoder: DecoderFactory) -> None:
+        net = cast(BasicUNet, net)
         # MONAI adds TwoConv's convolutions with add_module, so they are untyped
         first = cast("nn.Conv1d | nn.Conv2d | nn.Conv3d", net.get_submodule("conv_0.conv_0.conv"))
         self.spatial_dims = first.weight.dim() - 2
@@ -362,11 +405,9 @@ class BasicUNetPath(_UpCatPath):
         self.encoders = nn.ModuleList([net.conv_0, net.down_1, net.down_2, net.down_3, net.down_4])
         upcats = [net.upcat_4, net.upcat_3, net.upcat_2, net.upcat_1]
         self.upsamples = nn.ModuleList([u.upsample for u in upcats])
-        settings = (self.spatial_dims, num_clusters, cluster_scale_bias, prior_scale, learn_prior_scale)
-        self.ups = _decoder_blocks(DecoderBlock, [u.convs for u in upcats], *settings)
+        self.ups = decoder(DecoderBlock, [u.convs for u in upcats])
         self.final_conv = net.final_conv
         self.pad_skips = True
-        self._count()
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         skips: list[torch.Tensor] = []
@@ -387,15 +428,8 @@ class SegResNetPath(EncoderDecoderPath):
         True
     """
 
-    def __init__(
-        self,
-        net: SegResNet,
-        num_clusters: int,
-        cluster_scale_bias: bool | str = True,
-        prior_scale: float = 0.25,
-        learn_prior_scale: bool = False,
-    ) -> None:
-        super().__init__()
+    def _walk(self, net: nn.Module, decoder: DecoderFactory) -> None:
+        net = cast(SegResNet, net)
         self.spatial_dims = int(net.spatial_dims)
         self.in_channels = int(net.in_channels)
         convs = [m for m in net.conv_final.modules() if isinstance(m, nn.modules.conv._ConvNd)]
@@ -405,10 +439,9 @@ class SegResNetPath(EncoderDecoderPath):
         self.down_layers = net.down_layers
         self.up_samples = net.up_samples
         self.up_layers = net.up_layers
-        with_cluster = cluster_mode(cluster_scale_bias) != "none"  # one decoder stage with norms: "last" is "all"
-        args = (self.spatial_dims, num_clusters, with_cluster, prior_scale, learn_prior_scale)
-        self.final = DecoderBlock(net.conv_final if net.use_conv_final else nn.Identity(), *args)
-        self._count()
+        # one decoder stage with norms: "last" is "all"
+        final = decoder(DecoderBlock, [net.conv_final if net.use_conv_final else nn.Identity()])[0]
+        self.final = cast(DecoderBlock, final)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.dropout(self.conv_init(x))
@@ -450,15 +483,8 @@ class SwinUNETRPath(EncoderDecoderPath):
         True
     """
 
-    def __init__(
-        self,
-        net: SwinUNETR,
-        num_clusters: int,
-        cluster_scale_bias: bool | str = True,
-        prior_scale: float = 0.25,
-        learn_prior_scale: bool = False,
-    ) -> None:
-        super().__init__()
+    def _walk(self, net: nn.Module, decoder: DecoderFactory) -> None:
+        net = cast(SwinUNETR, net)
         out_conv = net.out.conv.conv
         self.spatial_dims = out_conv.weight.dim() - 2
         self.in_channels = int(net.swinViT.patch_embed.proj.in_channels)
@@ -471,10 +497,8 @@ class SwinUNETRPath(EncoderDecoderPath):
         self.bottleneck = net.encoder10
         decoders = [net.decoder5, net.decoder4, net.decoder3, net.decoder2, net.decoder1]  # deepest first
         self.upsamples = nn.ModuleList([d.transp_conv for d in decoders])
-        settings = (self.spatial_dims, num_clusters, cluster_scale_bias, prior_scale, learn_prior_scale)
-        self.ups = _decoder_blocks(UnetResBlockWalk, [d.conv_block for d in decoders], *settings)
+        self.ups = decoder(UnetResBlockWalk, [d.conv_block for d in decoders])
         self.out = net.out
-        self._count()
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         if not torch.jit.is_scripting():
