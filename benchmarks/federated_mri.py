@@ -23,7 +23,8 @@ Metric: within-site AUROC (the mean over sites of the AUROC inside each site,
 population model (``z = 0``). Also: the seen within-site AUROC after every round, the rounds to reach pooled_me's
 seen AUROC minus ``accuracy_margin``, bytes a site sends per round.
 
-Run ``python -m benchmarks.federated_mri [--quick] [--out DIR]`` (under ``nice`` on a shared machine).
+Run ``python -m benchmarks.federated_mri [--quick] [--out DIR] [--rounds N]`` (under ``nice`` on a shared machine;
+``--rounds`` writes ``federated_mri_rounds<N>``).
 """
 
 from __future__ import annotations
@@ -261,12 +262,17 @@ one torch thread: compare only within this run (`loadavg_1min` recorded per seed
 """
 
 
-def run(quick: bool = False, out_dir=None, cfg: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The benchmark (``cfg`` replaces :func:`default_config`, e.g. for a test)."""
+def run(quick: bool = False, out_dir=None, cfg: dict[str, Any] | None = None, rounds: int | None = None) -> dict:
+    """The benchmark (``cfg`` replaces :func:`default_config`, e.g. for a test). ``rounds`` other than the
+    configured number runs the same plan with that many rounds (the pooled model's epochs follow) and writes
+    ``federated_mri_rounds<N>.json/.md`` beside the default run's results."""
     cfg = default_config(quick) if cfg is None else cfg
+    name = NAME
+    if rounds is not None and rounds != cfg["rounds"]:
+        cfg, name = {**cfg, "rounds": rounds}, f"{NAME}_rounds{rounds}"
     curve = [f"auroc_seen_round{r + 1}" for r in range(cfg["rounds"])]
     return run_benchmark(
-        NAME,
+        name,
         quick,
         PLAN,
         cfg["seeds"],
@@ -290,8 +296,10 @@ def run(quick: bool = False, out_dir=None, cfg: dict[str, Any] | None = None) ->
 
 
 def main(argv=None) -> None:
-    args = benchmark_parser(__doc__.splitlines()[0]).parse_args(argv)
-    run(quick=args.quick, out_dir=args.out)
+    parser = benchmark_parser(__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=None, help="federated rounds (default: the config's)")
+    args = parser.parse_args(argv)
+    run(quick=args.quick, out_dir=args.out, rounds=args.rounds)
 
 
 if __name__ == "__main__":
