@@ -177,7 +177,7 @@ def _few_shot(cfg, d, fed, seed) -> float:
     return _rmse(np.concatenate(errors), 0.0)
 
 
-def _rounds_to(curve: list[float], target: float) -> tuple[float, float]:
+def rounds_to(curve: list[float], target: float) -> tuple[float, float]:
     """First round (1-based) whose seen RMSE is <= ``target``; ``len(curve) + 1`` (censored) when none is."""
     hits = [r + 1 for r, v in enumerate(curve) if v <= target]
     return (float(hits[0]), 1.0) if hits else (float(len(curve) + 1), 0.0)
@@ -227,7 +227,7 @@ def run_seed(cfg: dict[str, Any], seed: int, log=print) -> dict[str, dict[str, f
         fed, curve = _federate(cfg, d, spec, seed, centre)
         seconds = time.perf_counter() - start
         seen, unseen = _score_federation(cfg, d, fed)
-        rounds, reached = _rounds_to(curve, target)
+        rounds, reached = rounds_to(curve, target)
         sent = [np.mean(list(r.values())) for r in fed.bytes_sent]
         row[name] = {"rmse_seen": seen, "rmse_unseen": unseen, "rounds_to_accuracy": rounds, "reached": reached,
                      "bytes_per_site_round": float(np.mean(sent)), "fit_seconds": seconds}  # fmt: skip

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from benchmarks._common import Comparison, benchmark_parser, run_benchmark
-from benchmarks.federated import _rounds_to
+from benchmarks.federated import rounds_to
 from monai_medl.data.synthetic.mri_cohort import generate_mri_cohort
 from monai_medl.fl import (
     LocalTrainingSettings,
@@ -214,7 +214,7 @@ def _federated_row(cfg, d, overrides, seed, target) -> dict[str, float]:
     fed, curve = _federate(cfg, d["train"], d, overrides, seed)
     seconds = time.perf_counter() - start
     seen, unseen = _score_federation(d, fed)
-    rounds, reached = _rounds_to([-v for v in curve], -target)  # AUROC: higher is better
+    rounds, reached = rounds_to([-v for v in curve], -target)  # AUROC: higher is better
     sent = [np.mean(list(r.values())) for r in fed.bytes_sent]
     row = {"auroc_seen": seen, "auroc_unseen": unseen, "rounds_to_accuracy": rounds, "reached": reached,
            "bytes_per_site_round": float(np.mean(sent)), "fit_seconds": seconds}  # fmt: skip

@@ -38,5 +38,5 @@ def test_a_tiny_seed_scores_every_model():
 
 
 def test_rounds_to_accuracy_is_the_first_round_at_the_target():
-    assert federated._rounds_to([1.5, 1.2, 1.1, 1.15], 1.2) == (2.0, 1.0)
-    assert federated._rounds_to([1.5, 1.4], 1.2) == (3.0, 0.0)
+    assert federated.rounds_to([1.5, 1.2, 1.1, 1.15], 1.2) == (2.0, 1.0)
+    assert federated.rounds_to([1.5, 1.4], 1.2) == (3.0, 0.0)
