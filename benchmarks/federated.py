@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -348,48 +349,78 @@ def _derive(cfg):
     return derive
 
 
-def run(quick: bool = False, out_dir=None) -> dict[str, Any]:
-    cfg = default_config(quick)
-    curve = [f"rmse_seen_round{r + 1}" for r in range(cfg["rounds"])]
+def run_federation(
+    name: str,
+    quick: bool,
+    cfg: dict[str, Any],
+    run_seed: Callable[[dict[str, Any], int], dict],
+    contract: tuple[Mapping[str, Any], Sequence[Comparison], Sequence[str], str],
+    *,
+    metric: str,
+    seen: str,
+    unseen: str,
+    curve_title: str,
+    tables: Sequence[tuple[str, Sequence[str]]],
+    derive: Callable | None = None,
+    out_dir=None,
+) -> dict[str, Any]:
+    """:func:`run_benchmark` for a federation benchmark (this module's and ``federated_mri``'s): seeds and settings
+    from ``cfg``, ``contract`` = ``(plan, comparisons, model order, notes)`` of the calling benchmark, and the seen
+    metric after every round (``<seen>_round<r>``) as a table after ``tables``."""
+    plan, comparisons, order, notes = contract
+    curve = [f"{seen}_round{r + 1}" for r in range(cfg["rounds"])]
     return run_benchmark(
-        NAME,
+        name,
         quick,
-        PLAN,
+        plan,
         cfg["seeds"],
         lambda seed: run_seed(cfg, seed),
+        metric=metric,
+        seen=seen,
+        unseen=unseen,
+        config=lambda: cfg,
+        comparisons=comparisons,
+        order=order,
+        derive=derive,
+        notes=notes,
+        extra_tables=[*tables, (curve_title, curve)],
+        out_dir=out_dir,
+    )
+
+
+def run(quick: bool = False, out_dir=None) -> dict[str, Any]:
+    cfg = default_config(quick)
+    simulator_table = [
+        "simulator_wall_seconds",
+        "simulator_peak_rss_mib_process_tree",
+        "simulator_peak_rss_mib_largest_process",
+        "simulator_variance_ratio_to_pooled",
+        "simulator_rounds",
+    ]
+    cost_table = [
+        "intercept_variance",
+        "variance_ratio_to_pooled",
+        "rmse_unseen_few_shot",
+        "bytes_per_site_round",
+        "rounds_to_accuracy",
+        "reached",
+        "fit_seconds",
+    ]
+    return run_federation(
+        NAME,
+        quick,
+        cfg,
+        run_seed,
+        (PLAN, COMPARISONS, MODELS, NOTES),
         metric="rmse",
         seen="rmse_seen",
         unseen="rmse_unseen",
-        config=lambda: cfg,
-        comparisons=COMPARISONS,
-        order=MODELS,
-        derive=_derive(cfg),
-        notes=NOTES,
-        extra_tables=[
-            (
-                "Variance components, unseen few-shot, cost",
-                [
-                    "intercept_variance",
-                    "variance_ratio_to_pooled",
-                    "rmse_unseen_few_shot",
-                    "bytes_per_site_round",
-                    "rounds_to_accuracy",
-                    "reached",
-                    "fit_seconds",
-                ],
-            ),
-            ("Seen RMSE per round", curve),
-            (
-                "One NVFlare simulator run (3 sites)",
-                [
-                    "simulator_wall_seconds",
-                    "simulator_peak_rss_mib_process_tree",
-                    "simulator_peak_rss_mib_largest_process",
-                    "simulator_variance_ratio_to_pooled",
-                    "simulator_rounds",
-                ],
-            ),
+        curve_title="Seen RMSE per round",
+        tables=[
+            ("Variance components, unseen few-shot, cost", cost_table),
+            ("One NVFlare simulator run (3 sites)", simulator_table),
         ],
+        derive=_derive(cfg),
         out_dir=out_dir,
     )
 

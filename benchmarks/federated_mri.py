@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks._common import Comparison, benchmark_parser, run_benchmark
-from benchmarks.federated import rounds_to
+from benchmarks._common import Comparison, benchmark_parser
+from benchmarks.federated import rounds_to, run_federation
 from monai_medl.data.synthetic.mri_cohort import generate_mri_cohort
 from monai_medl.fl import (
     LocalTrainingSettings,
@@ -270,26 +270,21 @@ def run(quick: bool = False, out_dir=None, cfg: dict[str, Any] | None = None, ro
     name = NAME
     if rounds is not None and rounds != cfg["rounds"]:
         cfg, name = {**cfg, "rounds": rounds}, f"{NAME}_rounds{rounds}"
-    curve = [f"auroc_seen_round{r + 1}" for r in range(cfg["rounds"])]
-    return run_benchmark(
+    return run_federation(
         name,
         quick,
-        PLAN,
-        cfg["seeds"],
-        lambda seed: run_seed(cfg, seed),
+        cfg,
+        run_seed,
+        (PLAN, COMPARISONS, MODELS, NOTES),
         metric="within-site AUROC",
         seen="auroc_seen",
         unseen="auroc_unseen",
-        config=lambda: cfg,
-        comparisons=COMPARISONS,
-        order=MODELS,
-        notes=NOTES,
-        extra_tables=[
+        curve_title="Seen within-site AUROC per round",
+        tables=[
             (
                 "Cost and rounds to accuracy",
                 ["bytes_per_site_round", "rounds_to_accuracy", "reached", "fit_seconds", "loadavg_1min"],
-            ),
-            ("Seen within-site AUROC per round", curve),
+            )
         ],
         out_dir=out_dir,
     )

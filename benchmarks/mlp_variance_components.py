@@ -22,14 +22,12 @@ Run ``python -m benchmarks.mlp_variance_components [--quick] [--out DIR]``.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from benchmarks._common import announce_plan, benchmark_parser, summarize, write_results
-from benchmarks._exact_references import timed
+from benchmarks._common import summarize, write_results
+from benchmarks._exact_references import start_fit_benchmark, timed
 from monai_medl.estimators import MixedEffectsRegressor
 
 __all__ = ["PLAN", "simulate", "run", "main"]
@@ -125,14 +123,7 @@ elbo_gradient = method='elbo', conjugate_update=False.
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = benchmark_parser(__doc__.splitlines()[0]).parse_args(argv)
-    torch.set_num_threads(1)
-    seeds = list(range(3 if args.quick else 10))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    announce_plan(NAME, args.quick, PLAN, seeds, out)
-    # one untimed fit first: torch's one-off start-up costs and the networks' (MONAI's) import
-    timed(lambda: MixedEffectsRegressor(method="elbo").fit(np.zeros((4, 1)), np.arange(4.0), groups=[0, 0, 1, 1]))
+    args, seeds, out = start_fit_benchmark(NAME, PLAN, __doc__.splitlines()[0], argv)
     models, config = run(seeds)
     return write_results(NAME, args.quick, "sd_rel_error", len(seeds), models, config, seeds, out_dir=out, notes=NOTES)
 

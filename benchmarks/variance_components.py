@@ -29,14 +29,11 @@ Run ``python -m benchmarks.variance_components [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
-import torch
 
-from benchmarks._common import announce_plan, benchmark_parser, summarize, write_results
+from benchmarks._common import summarize, write_results
 from benchmarks._exact_references import (
     CBPP_FORMULA,
     DESIGNS,
@@ -46,6 +43,7 @@ from benchmarks._exact_references import (
     fit_design,
     grouseticks_rows,
     sleepstudy_lrt,
+    start_fit_benchmark,
     timed,
 )
 from monai_medl.data.reference_datasets import load_dietox, load_sleepstudy
@@ -379,14 +377,7 @@ of issue 23.
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = benchmark_parser(__doc__.splitlines()[0]).parse_args(argv)
-    torch.set_num_threads(1)
-    seeds = list(range(3 if args.quick else 10))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    announce_plan(NAME, args.quick, PLAN, seeds, out)
-    # one untimed fit first: the first fit in a process pays torch's one-off start-up costs (about 2 s here)
-    timed(lambda: MixedEffectsRegressor(method="elbo").fit(np.zeros((4, 1)), np.arange(4.0), groups=[0, 0, 1, 1]))
+    args, seeds, out = start_fit_benchmark(NAME, PLAN, __doc__.splitlines()[0], argv)
     models, config = run(seeds)
     return write_results(
         NAME,
