@@ -5,15 +5,31 @@ out, differentiable in torch (the collapsed objective of :class:`MixedEffectsReg
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["gaussian_marginal_nll", "gaussian_conditional_modes"]
+__all__ = ["LevelDesign", "gaussian_marginal_nll", "gaussian_conditional_modes"]
 
 
-def _blocks(residual, clusters, design, num_levels: int, prior_chol, log_noise_scale):
+class LevelDesign(NamedTuple):
+    """The grouping of the rows, fixed while the network and the variance parameters change.
+
+    Attributes:
+        clusters: level of every row, ``(n,)`` integers in ``[0, num_levels)``.
+        design: random-effects design rows ``(1, slopes...)``, ``(n, q)``.
+        num_levels: number of levels ``K``.
+    """
+
+    clusters: torch.Tensor
+    design: torch.Tensor
+    num_levels: int
+
+
+def _blocks(residual: torch.Tensor, levels: LevelDesign, prior_chol: torch.Tensor, log_noise_scale: torch.Tensor):
     """Per level ``C_k`` (Cholesky of ``M_k = I + Lam^T D_k^T D_k Lam``), ``w_k = C_k^-1 Lam^T D_k^T r_k`` and
     ``Lam = L / s``; a level without rows has ``M_k = I``, ``w_k = 0``."""
+    clusters, design, num_levels = levels
     if residual.dim() != 1 or design.dim() != 2 or clusters.shape != residual.shape or len(design) != len(residual):
         raise ValueError(
             f"gaussian_marginal: residual and clusters must be (n,) and design (n, q), got {list(residual.shape)}, "
@@ -32,12 +48,7 @@ def _blocks(residual, clusters, design, num_levels: int, prior_chol, log_noise_s
 
 
 def gaussian_marginal_nll(
-    residual: torch.Tensor,
-    clusters: torch.Tensor,
-    design: torch.Tensor,
-    num_levels: int,
-    prior_chol: torch.Tensor,
-    log_noise_scale: torch.Tensor,
+    residual: torch.Tensor, levels: LevelDesign, prior_chol: torch.Tensor, log_noise_scale: torch.Tensor
 ) -> torch.Tensor:
     """``-log p(r)`` for ``r = Z b + e``, ``b_k ~ N(0, L L^T)`` per level, ``e ~ N(0, s^2 I)``, summed over rows.
 
@@ -48,22 +59,20 @@ def gaussian_marginal_nll(
 
     Args:
         residual: ``y - f(x)``, ``(n,)``.
-        clusters: level of every row, ``(n,)`` integers in ``[0, num_levels)``.
-        design: random-effects design rows ``(1, slopes...)``, ``(n, q)``.
-        num_levels: number of levels ``K``.
+        levels: the rows' levels and random-effects design (:class:`LevelDesign`).
         prior_chol: lower Cholesky factor ``L`` of the random effects' covariance, ``(q, q)``.
         log_noise_scale: ``log s`` (a 0-d tensor).
 
     Example::
 
         >>> r, g, d = torch.tensor([1.0, 3.0, -1.0]), torch.tensor([0, 0, 1]), torch.ones(3, 1)
-        >>> nll = gaussian_marginal_nll(r, g, d, 2, torch.eye(1), torch.tensor(0.0))
+        >>> nll = gaussian_marginal_nll(r, LevelDesign(g, d, 2), torch.eye(1), torch.tensor(0.0))
         >>> v = torch.tensor([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 2.0]])  # Z Z^T + I
         >>> dense = -torch.distributions.MultivariateNormal(torch.zeros(3), v).log_prob(r)
         >>> bool(torch.isclose(nll, dense))
         True
     """
-    chol, w, _ = _blocks(residual, clusters, design, num_levels, prior_chol, log_noise_scale)
+    chol, w, _ = _blocks(residual, levels, prior_chol, log_noise_scale)
     n = residual.shape[0]
     logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum()
     quad = (residual.square().sum() - w.square().sum()) * torch.exp(-2 * log_noise_scale)
@@ -72,12 +81,7 @@ def gaussian_marginal_nll(
 
 @torch.no_grad()
 def gaussian_conditional_modes(
-    residual: torch.Tensor,
-    clusters: torch.Tensor,
-    design: torch.Tensor,
-    num_levels: int,
-    prior_chol: torch.Tensor,
-    log_noise_scale: torch.Tensor,
+    residual: torch.Tensor, levels: LevelDesign, prior_chol: torch.Tensor, log_noise_scale: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Conditional modes (BLUPs) ``E[b_k | r]`` ``(K, q)`` and the Cholesky factors of ``Var[b_k | r]``
     ``(K, q, q)`` for the model of :func:`gaussian_marginal_nll`: ``E = Lam M_k^-1 Lam^T D_k^T r`` and
@@ -86,11 +90,11 @@ def gaussian_conditional_modes(
     Example::
 
         >>> r, g, d = torch.tensor([1.0, 3.0, -1.0]), torch.tensor([0, 0, 1]), torch.ones(3, 1)
-        >>> loc, _ = gaussian_conditional_modes(r, g, d, 2, torch.eye(1), torch.tensor(0.0))
+        >>> loc, _ = gaussian_conditional_modes(r, LevelDesign(g, d, 2), torch.eye(1), torch.tensor(0.0))
         >>> [round(v, 4) for v in loc[:, 0].tolist()]  # sum of residuals / (n_k + s^2 / sigma^2)
         [1.3333, -0.5]
     """
-    chol, w, lam = _blocks(residual, clusters, design, num_levels, prior_chol, log_noise_scale)
+    chol, w, lam = _blocks(residual, levels, prior_chol, log_noise_scale)
     inv_t = torch.linalg.solve_triangular(chol.transpose(-1, -2), torch.eye(chol.shape[-1]).to(chol), upper=True)
     loc = (lam @ (inv_t @ w[:, :, None]))[:, :, 0]
     factor = torch.exp(log_noise_scale) * lam @ inv_t  # (K, q, q): Var = factor factor^T

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 from monai_medl.estimators.elbo_training import train_elbo
-from monai_medl.estimators.gaussian_marginal import gaussian_conditional_modes, gaussian_marginal_nll
+from monai_medl.estimators.gaussian_marginal import LevelDesign, gaussian_conditional_modes, gaussian_marginal_nll
 
 if TYPE_CHECKING:  # the networks package imports MONAI; the estimators import without it
     from monai_medl.networks.layers.correlated_random_effects import CorrelatedRandomEffects
@@ -58,9 +58,8 @@ class MarginalObjective:
         x, clusters, y, design = self._parts(rows)
         residual = y - self.network.fixed(x)[:, 0]
         log_sd = cast(torch.Tensor, self.network.log_noise_scale)  # a regressor's network learns the noise s.d.
-        nll = gaussian_marginal_nll(
-            residual, clusters, design, self.layer.num_clusters, self.layer.prior_cholesky(), log_sd
-        )
+        grouping = LevelDesign(clusters, design, self.layer.num_clusters)
+        nll = gaussian_marginal_nll(residual, grouping, self.layer.prior_cholesky(), log_sd)
         return nll * scale / len(self.y)
 
     @torch.no_grad()
@@ -68,9 +67,8 @@ class MarginalObjective:
         """Put the conditional modes (and conditional covariances) of the effects given every row into the layer."""
         residual = self.y - self.network.fixed(self.x)[:, 0]
         log_sd = cast(torch.Tensor, self.network.log_noise_scale)
-        loc, chol = gaussian_conditional_modes(
-            residual, self.clusters, self.design, self.layer.num_clusters, self.layer.prior_cholesky(), log_sd
-        )
+        grouping = LevelDesign(self.clusters, self.design, self.layer.num_clusters)
+        loc, chol = gaussian_conditional_modes(residual, grouping, self.layer.prior_cholesky(), log_sd)
         self.layer.set_posterior(loc, chol)
 
 

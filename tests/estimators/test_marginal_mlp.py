@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from monai_medl.estimators import MixedEffectsClassifier, MixedEffectsRegressor
-from monai_medl.estimators.gaussian_marginal import gaussian_conditional_modes, gaussian_marginal_nll
+from monai_medl.estimators.gaussian_marginal import LevelDesign, gaussian_conditional_modes, gaussian_marginal_nll
 
 torch.set_num_threads(1)
 
@@ -33,16 +33,16 @@ def test_marginal_nll_and_modes_match_the_dense_formulas():
     residual = torch.randn(n, generator=gen, dtype=torch.float64)
     chol = torch.tensor([[0.8, 0.0], [-0.3, 0.5]], dtype=torch.float64)
     log_sd = torch.tensor(-0.4, dtype=torch.float64)
-    nll = gaussian_marginal_nll(residual, clusters, design, levels, chol, log_sd)
+    nll = gaussian_marginal_nll(residual, LevelDesign(clusters, design, levels), chol, log_sd)
     dense_nll, dense_modes = _dense(residual, clusters, design, levels, chol, log_sd)
     assert torch.isclose(nll, dense_nll, rtol=1e-10)
-    loc, cond_chol = gaussian_conditional_modes(residual, clusters, design, levels, chol, log_sd)
+    loc, cond_chol = gaussian_conditional_modes(residual, LevelDesign(clusters, design, levels), chol, log_sd)
     assert torch.allclose(loc, dense_modes, atol=1e-10)
     assert torch.allclose(cond_chol[4] @ cond_chol[4].T, chol @ chol.T, atol=1e-10)  # no rows: the prior
     with pytest.raises(ValueError, match="prior_chol must be"):
-        gaussian_marginal_nll(residual, clusters, design, levels, torch.eye(3).double(), log_sd)
+        gaussian_marginal_nll(residual, LevelDesign(clusters, design, levels), torch.eye(3).double(), log_sd)
     with pytest.raises(ValueError, match="residual and clusters must be"):
-        gaussian_marginal_nll(residual[:-1], clusters, design, levels, chol, log_sd)
+        gaussian_marginal_nll(residual[:-1], LevelDesign(clusters, design, levels), chol, log_sd)
 
 
 def _simulate(seed: int, levels: int = 40, rows: int = 20):
