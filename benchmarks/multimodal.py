@@ -384,23 +384,30 @@ TABLE_ORDER = [
 ]
 
 
-# (model, its metric) minus (reference model, its metric), paired by seed (same cohort, same splits)
-COMPARISONS = tuple(
-    Comparison(model, metric, ref, ref_metric)
-    for model, metric, ref, ref_metric in (
-        ("me_multimodal", "unseen_auroc", "me_best_single", "unseen_auroc"),
-        ("me_multimodal+missing_site", "unseen_auroc", "me_best_single+missing_site", "unseen_auroc"),
-        ("me_early_fusion", "unseen_auroc", "me_best_single", "unseen_auroc"),
-        ("me_multimodal", "unseen_auroc", "me_early_fusion", "unseen_auroc"),
-        ("me_multimodal", "unseen_t1_only", "me_t1", "unseen_auroc"),
-        ("me_multimodal+missing_site", "unseen_t1_only", "me_t1", "unseen_auroc"),
-        ("me_multimodal_dropout", "unseen_t1_only", "me_t1", "unseen_auroc"),
-        ("me_multimodal_dropout_warmup", "unseen_t1_only", "me_t1", "unseen_auroc"),
-        ("me_multimodal_t1_fallback", "unseen_t1_only", "me_t1", "unseen_auroc"),
-        ("me_multimodal_t1_fallback", "unseen_auroc", "me_best_single", "unseen_auroc"),
-        ("me_multimodal_t1_fallback+missing_site", "seen_auroc", "me_multimodal+missing_site", "seen_auroc"),
-        ("me_multimodal_t1_fallback+missing_site", "unseen_auroc", "me_best_single+missing_site", "unseen_auroc"),
-    )
+def _same_metric(model: str, metric: str, reference: str) -> Comparison:
+    """``model`` minus ``reference`` on one metric (named with the reference's metric, as the results keys are)."""
+    return Comparison(model, metric, reference, metric)
+
+
+# (model, its metric) minus (reference model, the same metric unless given), paired by seed (same cohort, same
+# splits); T1_ONLY: FLAIR withheld at the unseen sites, against the T1-only network's unseen AUROC
+T1_ONLY = ("unseen_t1_only", "me_t1", "unseen_auroc")
+T1_ONLY_MODELS = (
+    "me_multimodal",
+    "me_multimodal+missing_site",
+    "me_multimodal_dropout",
+    "me_multimodal_dropout_warmup",
+    "me_multimodal_t1_fallback",
+)
+COMPARISONS = (
+    _same_metric("me_multimodal", "unseen_auroc", "me_best_single"),
+    _same_metric("me_multimodal+missing_site", "unseen_auroc", "me_best_single+missing_site"),
+    _same_metric("me_early_fusion", "unseen_auroc", "me_best_single"),
+    _same_metric("me_multimodal", "unseen_auroc", "me_early_fusion"),
+    *(Comparison(model, *T1_ONLY) for model in T1_ONLY_MODELS),
+    _same_metric("me_multimodal_t1_fallback", "unseen_auroc", "me_best_single"),
+    _same_metric("me_multimodal_t1_fallback+missing_site", "seen_auroc", "me_multimodal+missing_site"),
+    _same_metric("me_multimodal_t1_fallback+missing_site", "unseen_auroc", "me_best_single+missing_site"),
 )
 
 
