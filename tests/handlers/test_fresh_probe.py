@@ -42,14 +42,11 @@ class _Writer:
         self.scalars.append((tag, value, step))
 
 
-def test_handler_logs_probe_floor_and_adversary_accuracy_each_epoch():
+def _trained_with(probe, *handlers):
+    """Two seeded epochs of an ME-MLP with an adversary, ``probe`` and ``handlers``: ``(trainer, network)``."""
     torch.manual_seed(0)
     net = MixedEffectsMLP(4, 1, num_clusters=3, hidden=(8,))
     adv = ClusterClassifier(8, 3, hidden=(8,))
-    writer = _Writer()
-    held_out = _items(60, 1)
-    held_out[0]["site"] = -1  # an unseen item is dropped
-    probe = FreshProbeHandler(DataLoader(held_out, batch_size=20), summary_writer=writer)
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=2,
@@ -58,9 +55,18 @@ def test_handler_logs_probe_floor_and_adversary_accuracy_each_epoch():
         optimizer=torch.optim.Adam(net.parameters(), 1e-3),
         loss_function=MixedEffectsLoss(task="bce"),
         prepare_batch=MixedEffectsPrepareBatch(num_clusters=3),
-        train_handlers=[AdversaryHandler(adv, torch.optim.Adam(adv.parameters(), 1e-3)), probe],
+        train_handlers=[AdversaryHandler(adv, torch.optim.Adam(adv.parameters(), 1e-3)), probe, *handlers],
     )
     trainer.run()
+    return trainer, net
+
+
+def test_handler_logs_probe_floor_and_adversary_accuracy_each_epoch():
+    writer = _Writer()
+    held_out = _items(60, 1)
+    held_out[0]["site"] = -1  # an unseen item is dropped
+    probe = FreshProbeHandler(DataLoader(held_out, batch_size=20), summary_writer=writer)
+    trainer, net = _trained_with(probe)
     metrics = trainer.state.metrics
     assert metrics["fresh_probe_acc"] >= 0.8  # the inputs code the site (offset 2 per site) and so does h
     assert metrics["fresh_probe_floor"] <= 0.5  # the label here is independent of the site
@@ -84,27 +90,11 @@ def test_prefixed_metrics_reach_the_shared_writer_through_tensorboard_stats(tmp_
 
     from monai_medl.handlers import EpochMeansHandler
 
-    torch.manual_seed(0)
-    net = MixedEffectsMLP(4, 1, num_clusters=3, hidden=(8,))
-    adv = ClusterClassifier(8, 3, hidden=(8,))
     writer = SummaryWriter(log_dir=str(tmp_path))
     probe = FreshProbeHandler(DataLoader(_items(60, 1), batch_size=20), prefix="train/epoch/", adversary_mean=False)
-    trainer = SupervisedTrainer(
-        device=torch.device("cpu"),
-        max_epochs=2,
-        train_data_loader=DataLoader(_items(30, 0), batch_size=10),
-        network=net,
-        optimizer=torch.optim.Adam(net.parameters(), 1e-3),
-        loss_function=MixedEffectsLoss(task="bce"),
-        prepare_batch=MixedEffectsPrepareBatch(num_clusters=3),
-        train_handlers=[
-            AdversaryHandler(adv, torch.optim.Adam(adv.parameters(), 1e-3)),
-            probe,
-            EpochMeansHandler(),
-            TensorBoardStatsHandler(summary_writer=writer, iteration_log=False),
-        ],
+    trainer, _ = _trained_with(
+        probe, EpochMeansHandler(), TensorBoardStatsHandler(summary_writer=writer, iteration_log=False)
     )
-    trainer.run()
     writer.close()
     probe_names = {m for m in trainer.state.metrics if "probe" in m or m.endswith("adv_acc_epoch")}
     assert probe_names == {"train/epoch/fresh_probe_acc", "train/epoch/fresh_probe_floor"}
