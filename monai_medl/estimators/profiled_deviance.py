@@ -221,26 +221,27 @@ class ProfiledDeviance:
             return self._block.factorise(lam, self.factor(theta, self._big))
         return symmetric_solver(lam.T @ self.ztz @ lam + sparse.identity(self.q, format="csc"))
 
+    def _numpy_system(self, theta: np.ndarray) -> tuple:
+        """``(Lambda^T Z^T X, Lambda^T Z^T y, A^{-1}, log|A|)`` with numpy/scipy."""
+        if self._fast_diagonal and self._block is not None:
+            # Lambda diagonal, intercepts on the largest factor: vectors, no sparse algebra
+            diag = np.zeros(self.q)
+            diag[self._rows] = theta[self._which]
+            solve, logdet_a = self._block.factorise_diagonal(diag)
+            return diag[:, None] * self.ztx, diag * self.zty, solve, logdet_a
+        lam = self.lam(theta)
+        solve, logdet_a = self._factorise(lam, theta)
+        return np.asarray(lam.T @ self.ztx), np.asarray(lam.T @ self.zty).reshape(-1), solve, logdet_a
+
     def solve(self, theta: np.ndarray) -> dict:
         """Penalised least squares at ``theta``: ``beta``, spherical ``u``, ``r2``, log-determinants and the solver."""
         theta = np.asarray(theta, float)
         if self._torch is not None:  # the same algebra in torch float64 on the chosen device
             parts = self._torch.solve(theta)
-        elif (
-            self._fast_diagonal and self._block is not None
-        ):  # Lambda diagonal, intercepts on the largest factor: vectors, no sparse algebra
-            diag = np.zeros(self.q)
-            diag[self._rows] = theta[self._which]
-            solve, logdet_a = self._block.factorise_diagonal(diag)
-            bx, by = diag[:, None] * self.ztx, diag * self.zty
         else:
-            lam = self.lam(theta)
-            solve, logdet_a = self._factorise(lam, theta)
-            bx, by = np.asarray(lam.T @ self.ztx), np.asarray(lam.T @ self.zty).reshape(-1)  # Lambda^T Z^T [X, y]
-            parts = {
-                **profile_pls(np, bx, by, solve(bx), solve(by), self.xtx, self.xty, self.yty),
-                "logdet_a": logdet_a,
-            }
+            bx, by, solve, logdet_a = self._numpy_system(theta)
+            parts = profile_pls(np, bx, by, solve(bx), solve(by), self.xtx, self.xty, self.yty)
+            parts["logdet_a"] = logdet_a
         parts["r2"] = max(float(parts["r2"]), 1e-300)
         return parts
 
