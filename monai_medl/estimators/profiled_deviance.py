@@ -171,6 +171,7 @@ class ProfiledDeviance:
         diagonal = all(t.k == 1 or not t.correlated for t in self.terms)
         self._fast_diagonal = self._block is not None and diagonal and self.terms[self._big].k == 1
         self._torch: Any = None
+        self.device = device  # None: numpy/scipy; refits of this model (intervals, bootstrap) use the same
         if device is not None:  # imported here: the numpy path needs no torch
             from monai_medl.estimators.torch_deviance import TorchPls
 

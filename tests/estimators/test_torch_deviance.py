@@ -102,3 +102,11 @@ def test_bad_solver_name():
     model = MixedEffectsRegressor(**kwargs).fit(x, y, groups=groups).exact_.model
     with pytest.raises(ValueError, match="solver must be 'auto', 'dense' or 'block', got 'sparse'"):
         TorchPls(model, "cpu", "sparse")
+
+
+def test_profile_intervals_refit_on_the_fits_device():
+    kwargs, x, y, groups, _, _ = design_data("pastes")
+    numpy_fit, torch_fit = (MixedEffectsRegressor(device=d, **kwargs).fit(x, y, groups=groups) for d in (None, "cpu"))
+    assert torch_fit.exact_.model.device == "cpu"
+    a, b = numpy_fit.confint("profile").to_numpy(), torch_fit.confint("profile").to_numpy()
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-9)  # batch's lower limit is 0 (the boundary) in both
