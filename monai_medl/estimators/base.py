@@ -261,13 +261,16 @@ class MixedEffectsEstimatorBase(BaseEstimator):
                 correlated,
                 self.fit_method_,
                 self._family,
+                self.device if self._family == "gaussian" else None,  # the Laplace fit runs on numpy/scipy
             )
+            backend = "numpy/scipy" if self.exact_.model is None else self.exact_.model.backend
             self.fit_info_ = {
                 "method": METHOD_LABELS[self.fit_method_],
                 "iterations": self.exact_.nfev,
                 "loss": self.exact_.deviance,
                 "converged": self.exact_.converged,
                 "seconds": time.perf_counter() - start,
+                "backend": backend,
             }
             return self
         # centring a slope column re-parameterises each cluster's (intercept, slope) by an invertible linear map,

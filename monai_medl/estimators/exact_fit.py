@@ -41,11 +41,11 @@ def _terms(
 
 
 def fit_estimator_exact(
-    x, y, clusters, factors, num_levels, slopes, correlated, method: str, family: str = "gaussian"
+    x, y, clusters, factors, num_levels, slopes, correlated, method: str, family: str = "gaussian", device=None
 ) -> ExactLmmFit:
     """``method`` ``"reml"``/``"ml"`` (Gaussian, exact) or ``"laplace"`` (``family`` ``"binomial"``, 0/1 ``y``, or
     ``"poisson"``, counts) fit of ``y ~ 1 + x + random terms`` in data units (``clusters``: ``(n, factors)`` level
-    indices)."""
+    indices); ``device``: where a Gaussian fit's deviance is evaluated (None: numpy/scipy, else torch float64)."""
     design = np.column_stack([np.ones(len(x)), x])
     rank = np.linalg.matrix_rank(design)
     if rank < design.shape[1]:
@@ -56,7 +56,7 @@ def fit_estimator_exact(
     terms = _terms(x, clusters, factors, num_levels, slopes, correlated)
     if method == "laplace":
         return fit_laplace_glmm(design, y, terms, family)
-    return fit_exact_lmm(design, y, terms, reml=method == "reml")
+    return fit_exact_lmm(design, y, terms, reml=method == "reml", device=device)
 
 
 def exact_linear_predictor(fit: ExactLmmFit, x: np.ndarray, clusters, factors, slopes) -> np.ndarray:

@@ -22,7 +22,8 @@ class MixedModelSummary:
             classes for a C-class model), else None.
         num_obs: number of training observations.
         num_levels: lme4-style factor name -> number of training levels.
-        fit_info: optimiser report (iterations, final loss, converged, seconds).
+        fit_info: optimiser report (iterations, final loss, converged, seconds; for an exact fit the ``backend``:
+            numpy/scipy or torch float64 on a device).
         method: the fit used (``exact_fit.METHOD_LABELS``): ``"exact REML"``, ``"exact ML"``, ``"Laplace
             approximation"``, ``"exact marginal likelihood given the network"`` or ``"variational ELBO"``.
         criteria: log-likelihood, AIC, BIC and the REML criterion or deviance (exact fits; the log-likelihood given
@@ -45,7 +46,8 @@ class MixedModelSummary:
 
     def __str__(self) -> str:
         how = "maximising the ELBO" if self.method == "variational ELBO" else self.method
-        lines = [f"{self.model} ({self.family} mixed model, fitted by {how})"]
+        backend = f"; {self.fit_info['backend']}" if "backend" in self.fit_info else ""
+        lines = [f"{self.model} ({self.family} mixed model, fitted by {how}{backend})"]
         if self.criteria:
             lines.append(" " + "  ".join(f"{k} {v:.4f}" for k, v in self.criteria.items()))
         lines.append("Random effects:")

@@ -30,7 +30,15 @@ from scipy.sparse.linalg import splu
 
 from monai_medl.estimators.block_solver import BlockSchurSolver
 
-__all__ = ["RandomTerm", "ProfiledDeviance", "ExactLmmFit", "fit_exact_lmm", "per_term_effects", "symmetric_solver"]
+__all__ = [
+    "RandomTerm",
+    "ProfiledDeviance",
+    "ExactLmmFit",
+    "fit_exact_lmm",
+    "exact_fit_at",
+    "per_term_effects",
+    "symmetric_solver",
+]
 
 _QUASI_NEWTON_MIN_Q = 100  # random-effect columns above which several covariance parameters are fitted by
 # L-BFGS-B rather than Nelder-Mead (measured, 100,000 x (2,000 x 200) crossed: 48 evaluations, 6.8 s, against
@@ -90,6 +98,19 @@ def _random_design(terms: Sequence[RandomTerm]) -> sparse.csc_matrix:
     return sparse.hstack(blocks, format="csc")
 
 
+def profile_pls(xp: Any, bx, by, cx, cy, xtx, xty, yty) -> dict:
+    """``beta``, spherical ``u``, ``r2``, ``log|R_X^T R_X|`` and ``R_X^T R_X`` from ``B = Lambda^T Z^T [X, y]`` and
+    ``A^{-1} B``; ``xp`` is the array module (``numpy`` or ``torch``), so every backend shares this algebra."""
+    schur = xtx - bx.T @ cx  # R_X^T R_X
+    p = schur.shape[0]
+    # p x p: numpy's LAPACK calls carry less overhead than scipy's here (they run once per evaluation)
+    logdet_x = 2.0 * xp.log(xp.abs(xp.linalg.cholesky(schur).diagonal())).sum() if p else 0.0
+    beta = xp.linalg.solve(schur, xty - bx.T @ cy) if p else xty[:0]
+    u = cy - cx @ beta
+    rss = yty - 2 * beta @ xty + beta @ xtx @ beta
+    return {"beta": beta, "u": u, "r2": rss - (by - bx @ beta) @ u, "logdet_x": logdet_x, "schur": schur}
+
+
 class ProfiledDeviance:
     """The profiled deviance ``d(theta)`` of a Gaussian linear mixed model and its penalised least-squares solution.
 
@@ -98,6 +119,9 @@ class ProfiledDeviance:
         y: ``(n,)`` response.
         terms: the grouping factors (:class:`RandomTerm`).
         reml: REML criterion (True) or ML deviance (False).
+        device: None (default) solves with numpy/scipy on the CPU; a torch device (``"cuda"``, ``"cpu"``) solves
+            in torch float64 there (:class:`~monai_medl.estimators.torch_deviance.TorchPls`), the optimiser over
+            ``theta`` staying in scipy.
 
     Example::
 
@@ -110,7 +134,9 @@ class ProfiledDeviance:
         (True, [0.0])
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, terms: Sequence[RandomTerm], reml: bool = True) -> None:
+    def __init__(
+        self, x: np.ndarray, y: np.ndarray, terms: Sequence[RandomTerm], reml: bool = True, device: Any = None
+    ) -> None:
         self.x, self.y, self.terms, self.reml = np.asarray(x, float), np.asarray(y, float), list(terms), reml
         self.n, self.p = self.x.shape
         z = _random_design(self.terms)
@@ -144,6 +170,12 @@ class ProfiledDeviance:
         self._big = int(np.argmax([t.num_levels * t.k for t in self.terms]))
         diagonal = all(t.k == 1 or not t.correlated for t in self.terms)
         self._fast_diagonal = self._block is not None and diagonal and self.terms[self._big].k == 1
+        self._torch: Any = None
+        self.device = device  # None: numpy/scipy; refits of this model (intervals, bootstrap) use the same
+        if device is not None:  # imported here: the numpy path needs no torch
+            from monai_medl.estimators.torch_deviance import TorchPls
+
+            self._torch = TorchPls(self, device)
 
     def theta0(self) -> np.ndarray:
         """lme4's start: identity relative factors (diagonal 1, off-diagonal 0)."""
@@ -170,6 +202,12 @@ class ProfiledDeviance:
         )
 
     @property
+    def backend(self) -> str:
+        """Where :meth:`solve` runs: ``"numpy/scipy"`` or the torch solver (e.g. ``"torch float64 on cuda:0 (dense
+        Cholesky)"``)."""
+        return "numpy/scipy" if self._torch is None else self._torch.backend
+
+    @property
     def dense(self) -> bool:
         """Whether ``A`` is formed and factorised densely (small ``q``: sparse bookkeeping would dominate)."""
         return self.q <= _DENSE_MAX
@@ -184,29 +222,29 @@ class ProfiledDeviance:
             return self._block.factorise(lam, self.factor(theta, self._big))
         return symmetric_solver(lam.T @ self.ztz @ lam + sparse.identity(self.q, format="csc"))
 
-    def solve(self, theta: np.ndarray) -> dict:
-        """Penalised least squares at ``theta``: ``beta``, spherical ``u``, ``r2``, log-determinants and the solver."""
-        theta = np.asarray(theta, float)
-        if (
-            self._fast_diagonal and self._block is not None
-        ):  # Lambda diagonal, intercepts on the largest factor: vectors, no sparse algebra
+    def _numpy_system(self, theta: np.ndarray) -> tuple:
+        """``(Lambda^T Z^T X, Lambda^T Z^T y, A^{-1}, log|A|)`` with numpy/scipy."""
+        if self._fast_diagonal and self._block is not None:
+            # Lambda diagonal, intercepts on the largest factor: vectors, no sparse algebra
             diag = np.zeros(self.q)
             diag[self._rows] = theta[self._which]
             solve, logdet_a = self._block.factorise_diagonal(diag)
-            bx, by = diag[:, None] * self.ztx, diag * self.zty
+            return diag[:, None] * self.ztx, diag * self.zty, solve, logdet_a
+        lam = self.lam(theta)
+        solve, logdet_a = self._factorise(lam, theta)
+        return np.asarray(lam.T @ self.ztx), np.asarray(lam.T @ self.zty).reshape(-1), solve, logdet_a
+
+    def solve(self, theta: np.ndarray) -> dict:
+        """Penalised least squares at ``theta``: ``beta``, spherical ``u``, ``r2``, log-determinants and the solver."""
+        theta = np.asarray(theta, float)
+        if self._torch is not None:  # the same algebra in torch float64 on the chosen device
+            parts = self._torch.solve(theta)
         else:
-            lam = self.lam(theta)
-            solve, logdet_a = self._factorise(lam, theta)
-            bx, by = np.asarray(lam.T @ self.ztx), np.asarray(lam.T @ self.zty).reshape(-1)  # Lambda^T Z^T [X, y]
-        cx, cy = solve(bx), solve(by)
-        schur = self.xtx - bx.T @ cx  # R_X^T R_X
-        # p x p: numpy's LAPACK calls carry less overhead than scipy's here (they run once per evaluation)
-        logdet_x = 2.0 * np.log(np.abs(np.diag(np.linalg.cholesky(schur)))).sum() if self.p else 0.0
-        beta = np.linalg.solve(schur, self.xty - bx.T @ cy) if self.p else np.zeros(0)
-        u = cy - cx @ beta
-        rss = self.yty - 2 * beta @ self.xty + beta @ self.xtx @ beta
-        r2 = max(rss - (by - bx @ beta) @ u, 1e-300)
-        return {"beta": beta, "u": u, "r2": r2, "logdet_a": logdet_a, "logdet_x": logdet_x, "schur": schur}
+            bx, by, solve, logdet_a = self._numpy_system(theta)
+            parts = profile_pls(np, bx, by, solve(bx), solve(by), self.xtx, self.xty, self.yty)
+            parts["logdet_a"] = logdet_a
+        parts["r2"] = max(float(parts["r2"]), 1e-300)
+        return parts
 
     def deviance(self, parts: dict) -> float:
         """ML deviance or REML criterion from :meth:`solve`'s output."""
@@ -218,7 +256,7 @@ class ProfiledDeviance:
     def __call__(self, theta: np.ndarray) -> float:
         try:
             return float(self.deviance(self.solve(theta)))
-        except (np.linalg.LinAlgError, ValueError):
+        except (np.linalg.LinAlgError, ValueError, RuntimeError):  # torch.linalg.LinAlgError is a RuntimeError
             return np.inf
 
 
@@ -356,6 +394,7 @@ def fit_exact_lmm(
     reml: bool = True,
     tol: float = 1e-10,
     start: np.ndarray | None = None,
+    device: Any = None,
 ) -> ExactLmmFit:
     """Minimise the profiled deviance over ``theta`` (bounded: diagonal entries >= 0) and return the fit.
 
@@ -363,9 +402,10 @@ def fit_exact_lmm(
     end (a fresh simplex guards against the premature stops Nelder-Mead is known for); a single relative s.d. (one
     random intercept) by Brent's method on the line instead, and several parameters of a large design (more than
     100 random-effect columns) by L-BFGS-B with finite-difference gradients; ``tol`` is the deviance change at
-    which a Nelder-Mead run stops; ``start``: another ``theta`` to start from (a nearby fit's).
+    which a Nelder-Mead run stops; ``start``: another ``theta`` to start from (a nearby fit's); ``device``: where
+    the deviance is evaluated (None: numpy/scipy; a torch device: torch float64, see :class:`ProfiledDeviance`).
     """
-    model = ProfiledDeviance(x, y, terms, reml=reml)
+    model = ProfiledDeviance(x, y, terms, reml=reml, device=device)
     if len(model.lower) == 1:  # one relative s.d.: d depends on theta^2 alone, Brent's method on the line
         best, nfev, polished = _line_search(model, 1.0 if start is None else float(start[0]))
     elif model.q > _QUASI_NEWTON_MIN_Q:  # every evaluation is costly: fewer of them by quasi-Newton steps
@@ -373,12 +413,18 @@ def fit_exact_lmm(
     else:
         best, nfev, polished = _nelder_mead(model, model.theta0() if start is None else start, tol)
     theta = np.where(np.isfinite(model.lower), np.maximum(best.x, 0.0), best.x)
+    return exact_fit_at(model, theta, nfev, polished)
+
+
+def exact_fit_at(model: ProfiledDeviance, theta: np.ndarray, nfev: int = 0, converged: bool = True) -> ExactLmmFit:
+    """The fit's quantities (``beta`` and its covariance, ``sigma``, covariances, conditional modes, criterion) at a
+    given ``theta``; ``nfev``, ``converged``: the optimiser's report."""
     parts = model.solve(theta)
-    dof = model.n - model.p if reml else model.n
+    dof = model.n - model.p if model.reml else model.n
     sigma = float(np.sqrt(parts["r2"] / dof))
     b, covs = per_term_effects(model, theta, parts["u"], sigma)
     return ExactLmmFit(
-        reml=reml,
+        reml=model.reml,
         theta=theta,
         beta=parts["beta"],
         cov_beta=sigma**2 * linalg.inv(parts["schur"]),
@@ -390,6 +436,6 @@ def fit_exact_lmm(
         p=model.p,
         num_theta=len(theta),
         nfev=nfev,
-        converged=polished,
+        converged=converged,
         model=model,
     )

@@ -64,7 +64,11 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsEstimatorBase):
             model keeps its plain maximum-likelihood-type fit.
         validation_fraction: share of every level's rows held out for early stopping. Defaults to 0.2.
         n_iter_no_change: patience of early stopping, in L-BFGS iterations (Adam epochs). Defaults to 20.
-        device: torch device; None picks CUDA when available. Defaults to None.
+        device: torch device. The exact fits (``method`` ``"reml"``/``"ml"``) evaluate the profiled deviance with
+            numpy/scipy on the CPU when None, in torch float64 on ``device`` otherwise (``"cuda"``: a GPU; a dense
+            Cholesky factor, or the block structure of a large first factor), the optimiser over the covariance
+            parameters staying in scipy; the variational and marginal fits pick CUDA when available when None.
+            Defaults to None.
         dtype: parameter dtype of the variational fit, a torch dtype or its name. Defaults to ``"float64"``.
         random_state: seed of the initialisation and mini-batch order. Defaults to 0.
         method: ``"reml"`` or ``"ml"``: the exact marginal likelihood (lme4's profiled deviance over the relative

@@ -144,7 +144,9 @@ def _fixed_profile(model: ProfiledDeviance, index: int, value: float, theta: np.
     """ML deviance with fixed effect ``index`` held at ``value`` (an offset), everything else refitted (from the
     ML fit's ``theta``)."""
     x = np.delete(model.x, index, axis=1)
-    return fit_exact_lmm(x, model.y - value * model.x[:, index], model.terms, reml=False, start=theta).deviance
+    return fit_exact_lmm(
+        x, model.y - value * model.x[:, index], model.terms, reml=False, start=theta, device=model.device
+    ).deviance
 
 
 def _variance_limits(excess: Callable[[float], float], estimate: float, kind: str, sigma: float) -> tuple:
@@ -169,10 +171,10 @@ def profile_intervals(fit: ExactLmmFit, level: float = 0.95) -> tuple[np.ndarray
     if fit.model is None:
         raise ValueError(f"profile intervals need a Gaussian fit, not {fit.family}: use method='bootstrap'.")
     model = fit.model
-    ml = fit if not fit.reml else fit_exact_lmm(model.x, model.y, model.terms, reml=False)
+    ml = fit if not fit.reml else fit_exact_lmm(model.x, model.y, model.terms, reml=False, device=model.device)
     psi, kinds = sdcor_parameters(ml)
     cutoff = stats.chi2.ppf(level, 1)
-    profile = _Profile(ProfiledDeviance(model.x, model.y, model.terms, reml=False), psi, kinds)
+    profile = _Profile(ProfiledDeviance(model.x, model.y, model.terms, reml=False, device=model.device), psi, kinds)
     lower, upper = [], []
     for j, kind in enumerate(kinds):
 
@@ -218,7 +220,7 @@ def bootstrap_intervals(
     for _ in range(nsim):
         y = _simulate(fit, rng)
         if fit.family == "gaussian":
-            refit = fit_exact_lmm(model.x, y, model.terms, reml=fit.reml)
+            refit = fit_exact_lmm(model.x, y, model.terms, reml=fit.reml, device=model.device)
         else:
             refit = fit_laplace_glmm(model.x, y, model.terms, fit.family)
         draws.append(np.concatenate([sdcor_parameters(refit)[0], refit.beta]))
