@@ -18,6 +18,7 @@ import numpy as np
 from scipy import stats
 
 from monai_medl.estimators.grouping import pd
+from monai_medl.visualize.pyplot import file_pyplot
 
 __all__ = ["caterpillar_table", "plot_caterpillar"]
 
@@ -67,13 +68,7 @@ def plot_caterpillar(
     """Draw the caterpillar plot of ``factors`` (default: every grouping factor) and return the matplotlib Figure;
     with ``path``, also write it there (PNG by the file's suffix). Needs matplotlib (``pip install
     monai-medl[plot]``)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only: never open a window
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise ImportError("plot_caterpillar needs matplotlib: pip install monai-medl[plot]") from err
+    plt = file_pyplot("plot_caterpillar")
     factors = list(estimator.encoder_.factors if factors is None else factors)
     tables = {f: caterpillar_table(estimator, f, level) for f in factors}
     cols = max(t["term"].nunique() for t in tables.values())

@@ -29,6 +29,8 @@ import numpy as np
 from monai.utils import optional_import
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from monai_medl.visualize.pyplot import file_pyplot
+
 _, has_matplotlib = optional_import("matplotlib")
 
 __all__ = ["auroc_interval", "write_evaluation_figures", "FIGURES"]
@@ -42,15 +44,6 @@ FIGURES = {
 """Figure name (PNG file stem) -> caption."""
 
 logger = logging.getLogger(__name__)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: never open a window, work without a display
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def auroc_interval(
@@ -253,7 +246,7 @@ def write_evaluation_figures(
     by_mode = _by_mode(rows, report_splits)
     if not by_mode:
         return {}
-    plt = _pyplot()
+    plt = file_pyplot("write_evaluation_figures")
     intervals = _intervals(by_mode, n_boot, seed)
     figures = {
         "roc_per_site": _roc_figure(plt, by_mode),
