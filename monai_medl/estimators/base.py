@@ -240,13 +240,8 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         slopes = self._slope_columns(factors)
         correlated = self._correlated_for(factors)
         self.n_obs_, self.slope_columns_, self.correlated_ = n, slopes, correlated
-        self.fit_method_ = self._resolve_method(len(factors))
+        self.fit_method_ = self._resolve_method(factors)
         self.exact_ = None
-        if self.fit_method_ == "marginal" and len(factors) != 1:
-            raise ValueError(
-                f"method='marginal' integrates out one grouping factor, got {len(factors)} ({factors}): use "
-                "method='elbo' for crossed or nested factors."
-            )
         if self.fit_method_ not in ("elbo", "marginal"):
             self.__dict__.pop("network_", None)  # a previous variational fit's network
             start = time.perf_counter()
@@ -303,14 +298,14 @@ class MixedEffectsEstimatorBase(BaseEstimator):
         self.network_.eval()
         return self
 
-    def _resolve_method(self, num_factors: int = 1) -> str:
-        """``method`` with None resolved and checked: ``_default_method`` for linear fixed effects; for an MLP the
-        exact marginal likelihood given the network where it exists (a Gaussian response, one grouping factor),
-        else the ELBO."""
+    def _resolve_method(self, factors: Sequence[str] = ("groups",)) -> str:
+        """``method`` with None resolved and checked for the grouping ``factors``: ``_default_method`` for linear
+        fixed effects; for an MLP the exact marginal likelihood given the network where it exists (a Gaussian
+        response, one grouping factor), else the ELBO."""
         linear = self.fixed_effects == "linear"
         method = self.method
         if method is None:
-            collapsed = self._marginal and num_factors == 1
+            collapsed = self._marginal and len(factors) == 1
             method = self._default_method if linear else ("marginal" if collapsed else "elbo")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS} or None, got {self.method!r}.")
@@ -318,6 +313,11 @@ class MixedEffectsEstimatorBase(BaseEstimator):
             raise ValueError(
                 f"method='marginal' needs a Gaussian response (MixedEffectsRegressor), not this "
                 f"{type(self).__name__}; use method='elbo' or None."
+            )
+        if method == "marginal" and len(factors) != 1:
+            raise ValueError(
+                f"method='marginal' integrates out one grouping factor, got {len(factors)} ({list(factors)}): use "
+                "method='elbo' for crossed or nested factors."
             )
         if method not in ("elbo", "marginal") and (method not in self._exact_methods() or not linear):
             raise ValueError(
