@@ -258,7 +258,10 @@ class Pair:
 
     def compile(self, backend: str = "inductor") -> None:
         """``torch.compile`` both networks (default mode) for the compiled phases; their first calls compile."""
-        self.compiled = {w: torch.compile(m, backend=backend) for w, m in (("bare", self.bare), ("me", self.me))}
+        # static shapes: every case compiles for its own sizes (the networks' forward code is shared across cases)
+        torch._dynamo.reset()
+        pairs = (("bare", self.bare), ("me", self.me))
+        self.compiled = {w: torch.compile(m, backend=backend, dynamic=False) for w, m in pairs}
 
     def _net(self, which: str, compiled: bool) -> Callable[..., Any]:
         if compiled:
