@@ -42,7 +42,12 @@ the last decoder stage only; the fixed and mixed predictions share the decoder b
 ``unet_3d_segmentation_bundle_intercept_only`` the UNet with no cluster scale/bias (``cluster_scale_bias=False``: the
 per-class intercepts are the only random effect and one decoder pass serves both predictions).
 
-Run ``python -m benchmarks.overhead [--quick] [--out DIR] [--device DEV]``. On a CUDA device every call is
+``--compile`` adds ``train_compiled``, ``train_compiled_no_adversary`` and ``inference_compiled``: the same steps with
+both networks under ``torch.compile`` (default mode), which is what MONAI's ``SupervisedTrainer(compile=True)`` does;
+the adversary's update, the losses and the optimizers stay eager there as in that trainer. Compilation happens in the
+warm-up calls (their time is ``config.cases.<case>.warm_up_seconds``), not in the timed ones.
+
+Run ``python -m benchmarks.overhead [--quick] [--out DIR] [--device DEV] [--compile]``. On a CUDA device every call is
 synchronised and both time columns are wall-clock times; memory is ``torch.cuda.max_memory_allocated`` above the
 memory held before the call (plus the resident tensors). :mod:`benchmarks.gpu_suite` is the GPU suite (sizes,
 batches, throughput, AMP, channels-last).
@@ -50,6 +55,7 @@ batches, throughput, AMP, channels-last).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -79,9 +85,15 @@ TARGETS = {
     "inference": 1.05,
     "inference_scripted": 1.05,
     "memory": 1.10,
+    "train_compiled": 1.10,
+    "train_compiled_no_adversary": 1.10,
+    "inference_compiled": 1.05,
 }
 PHASES = ("train", "train_one_pass", "train_no_adversary", "inference", "inference_scripted")
-ADVERSARY_PHASES = ("train", "train_one_pass")
+COMPILED_PHASES = ("train_compiled", "train_compiled_no_adversary", "inference_compiled")
+"""With ``--compile``: both networks under ``torch.compile`` (what ``SupervisedTrainer(compile=True)`` does); the
+adversary's update, the losses and the optimizers stay eager, as in that trainer."""
+ADVERSARY_PHASES = ("train", "train_one_pass", "train_compiled")
 MRI_BUNDLE_TRAIN = Path(__file__).resolve().parents[1] / "bundles/mri_me_cnn_classification/configs/train.json"
 SEGMENTATION_BUNDLE_TRAIN = Path(__file__).resolve().parents[1] / "bundles/mri_me_unet_segmentation/configs/train.json"
 
@@ -244,18 +256,30 @@ class Pair:
         scaler.step(opt)
         scaler.update()
 
-    def train_bare(self) -> None:
+    def compile(self, backend: str = "inductor") -> None:
+        """``torch.compile`` both networks (default mode) for the compiled phases; their first calls compile."""
+        # static shapes: every case compiles for its own sizes (the networks' forward code is shared across cases)
+        torch._dynamo.reset()
+        pairs = (("bare", self.bare), ("me", self.me))
+        self.compiled = {w: torch.compile(m, backend=backend, dynamic=False) for w, m in pairs}
+
+    def _net(self, which: str, compiled: bool) -> Callable[..., Any]:
+        if compiled:
+            return self.compiled[which]
+        return self.bare if which == "bare" else self.me
+
+    def train_bare(self, compiled: bool = False) -> None:
         self.bare.train()
         self.opt_bare.zero_grad(set_to_none=True)
         with self.autocast():
-            loss = task_loss(self.task, self.bare(self.x), self.y)
+            loss = task_loss(self.task, self._net("bare", compiled)(self.x), self.y)
         self._step("bare", loss)
 
-    def train_me(self) -> None:
+    def train_me(self, compiled: bool = False) -> None:
         self.me.train()
         self.opt_me.zero_grad(set_to_none=True)
         with self.autocast():
-            out = self.me(self.x, self.z)  # training mode: the structured output
+            out = self._net("me", compiled)(self.x, self.z)  # training mode: the structured output
             loss = self.loss(out, self.y) + self.regularizer.step(out.features, self.sites)
         self._step("me", loss)
 
@@ -270,23 +294,23 @@ class Pair:
         self._step("me", loss)
         self.one_pass.finish_step()
 
-    def train_me_no_adversary(self) -> None:
+    def train_me_no_adversary(self, compiled: bool = False) -> None:
         """The wrapper's own cost: the ME step without the adversary update and term."""
         self.me.train()
         self.opt_me.zero_grad(set_to_none=True)
         with self.autocast():
-            loss = self.loss(self.me(self.x, self.z), self.y)
+            loss = self.loss(self._net("me", compiled)(self.x, self.z), self.y)
         self._step("me", loss)
 
-    def infer_bare(self) -> None:
+    def infer_bare(self, compiled: bool = False) -> None:
         self.bare.eval()
         with torch.no_grad(), self.autocast():
-            self.bare(self.x)
+            self._net("bare", compiled)(self.x)
 
-    def infer_me(self) -> None:
+    def infer_me(self, compiled: bool = False) -> None:
         self.me.eval()
         with torch.no_grad(), self.autocast():
-            self.me(self.x, self.z)
+            self._net("me", compiled)(self.x, self.z)
 
     def script(self) -> None:
         self.bare_ts = torch.jit.script(self.bare.eval())
@@ -306,7 +330,7 @@ class Pair:
             modules, opts = [self.bare], [self.opt_bare]
         elif phase in ADVERSARY_PHASES:
             modules, opts = [self.me, self.adversary], [self.opt_me, self.opt_adv]
-        elif phase == "train_no_adversary":
+        elif phase.endswith("no_adversary"):
             modules, opts = [self.me], [self.opt_me]
         else:
             modules, opts = [self.me], []
@@ -362,21 +386,33 @@ def measure_case(
     steps: int,
     seed: int,
     device: str = "cpu",
+    compile: bool = False,
 ) -> dict[str, Any]:
-    """Interleaved timings and profiler memory of one backbone; returns per-repeat ratios and medians."""
+    """Interleaved timings and profiler memory of one backbone; returns per-repeat ratios and medians (with
+    ``compile`` also the :data:`COMPILED_PHASES`; ``warm_up_seconds``: the three warm-up calls of every phase, which
+    include the compilation)."""
     pair = Pair(case, batch, size, seed, device)
     pair.script()
-    fns = {
+    fns: dict[str, dict[str, Callable[[], None]]] = {
         "train": {"me": pair.train_me, "bare": pair.train_bare},
         "train_one_pass": {"me": pair.train_me_one_pass, "bare": pair.train_bare},
         "train_no_adversary": {"me": pair.train_me_no_adversary, "bare": pair.train_bare},
         "inference": {"me": pair.infer_me, "bare": pair.infer_bare},
         "inference_scripted": {"me": pair.infer_me_scripted, "bare": pair.infer_bare_scripted},
     }
-    for phase in fns.values():  # warm-up: allocator, Adam state, TorchScript profiling runs
+    if compile:
+        pair.compile()
+        compiled = {"train_compiled": ("train_me", "train_bare"), "inference_compiled": ("infer_me", "infer_bare")}
+        compiled["train_compiled_no_adversary"] = ("train_me_no_adversary", "train_bare")
+        for phase in COMPILED_PHASES:
+            me_fn, bare_fn = (getattr(pair, name) for name in compiled[phase])
+            fns[phase] = {"me": functools.partial(me_fn, compiled=True), "bare": functools.partial(bare_fn, True)}
+    started = time.perf_counter()
+    for phase in fns.values():  # warm-up: allocator, Adam state, TorchScript profiling runs, compilation
         for fn in phase.values():
             for _ in range(3):
                 fn()
+    warm_up_seconds = time.perf_counter() - started
     out: dict[str, Any] = {}
     for phase, pair_fns in fns.items():
         times: dict[str, list[float]] = {"me": [], "bare": []}
@@ -400,6 +436,7 @@ def measure_case(
             "me_peak_mib": peaks["me"] / 2**20,
             "bare_peak_mib": peaks["bare"] / 2**20,
         }
+    out["warm_up_seconds"] = warm_up_seconds
     out["params"] = {
         "me": sum(p.numel() for p in pair.me.parameters()),
         "bare": sum(p.numel() for p in pair.bare.parameters()),
@@ -419,7 +456,9 @@ PLAN = {
 }
 
 
-def run(quick: bool, out_dir, cases: list[str] | None = None, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+def run(
+    quick: bool, out_dir, cases: list[str] | None = None, seed: int = 0, device: str = "cpu", compile: bool = False
+) -> dict[str, Any]:
     torch.set_num_threads(1)
     mode = "quick" if quick else "full"
     names = list(CASES) if cases is None else cases
@@ -431,6 +470,7 @@ def run(quick: bool, out_dir, cases: list[str] | None = None, seed: int = 0, dev
         "device": device,
         "timing": "thread CPU time" if torch.device(device).type == "cpu" else "synchronised wall time",
         "targets": TARGETS,
+        "compile": compile,
         "cases": {},
     }
     repeats = 0
@@ -439,9 +479,10 @@ def run(quick: bool, out_dir, cases: list[str] | None = None, seed: int = 0, dev
         config["cases"][name] = {**settings, "me_kwargs": CASES[name]["me_kwargs"]}
         repeats = max(repeats, settings["repeats"], settings["inference_repeats"])
         started = time.perf_counter()
-        res = measure_case(CASES[name], seed=seed, device=device, **settings)
+        res = measure_case(CASES[name], seed=seed, device=device, compile=compile, **settings)
         print(f"{name}: measured in {time.perf_counter() - started:.0f} s", flush=True)
-        for phase in PHASES:
+        config["cases"][name]["warm_up_seconds"] = res["warm_up_seconds"]
+        for phase in PHASES + (COMPILED_PHASES if compile else ()):
             r = res[phase]
             summary = summarize(r["ratios"])
             memory_ratio = r["me_peak_mib"] / r["bare_peak_mib"]
@@ -480,6 +521,8 @@ Inference: eval mode, no gradient, eager or TorchScript. Peak memory = tensor me
 from torch.profiler (resident parameters/buffers/Adam state/inputs + peak of the step's allocations); ME train memory
 includes the adversary and its optimizer. Targets (DenseNet121-class): train <= 1.10, inference <= 1.05, peak
 memory <= 1.10.
+`train_compiled*`/`inference_compiled` (with `--compile`): both networks under torch.compile, the adversary's update,
+losses and optimizers eager (as in SupervisedTrainer(compile=True)).
 `*_cluster_scale_bias`: random slopes on feature maps (norm layers); with z given, every stage after the first
 cluster block runs twice in training and eager evaluation (z-free pass for the fixed head and the adversary, z pass
 for the mixed head); the scripted forward runs the mixed pass only.
@@ -490,8 +533,9 @@ for the mixed head); the scripted forward runs the mixed pass only.
 def main() -> None:
     parser = benchmark_parser(__doc__.splitlines()[1], device=True)
     parser.add_argument("--cases", nargs="*", choices=list(CASES), default=None, help="backbones to measure")
+    parser.add_argument("--compile", action="store_true", help="add the phases with both networks torch.compile'd")
     args = parser.parse_args()
-    run(args.quick, args.out, args.cases, device=args.device)
+    run(args.quick, args.out, args.cases, device=args.device, compile=args.compile)
 
 
 if __name__ == "__main__":

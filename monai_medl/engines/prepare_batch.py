@@ -50,6 +50,11 @@ class MixedEffectsPrepareBatch(PrepareBatch):
             ``(batch, num_clusters)``) and the mode (``batch[design_key + "_mode"]``, one string per item), so that
             handlers read them from ``engine.state.batch`` (e.g. the per-scan rows of
             :class:`~monai_medl.bundle.SitePredictionCollector`). Defaults to None (the batch is left unchanged).
+        keep_meta: False returns the image and label as plain tensors (MONAI ``MetaTensor`` metadata dropped), which
+            a training run with ``SupervisedTrainer(compile=True)`` needs: that trainer wraps the prediction in a
+            ``MetaTensor`` again when the input was one, and a mixed-effects network's training output is a
+            structured tuple. Keep the default True wherever the predictions are saved or inverted (evaluation and
+            inference read the image's metadata through the prediction). Defaults to True.
 
     Example::
 
@@ -80,6 +85,7 @@ class MixedEffectsPrepareBatch(PrepareBatch):
         z_predictor: Callable[[torch.Tensor], torch.Tensor] | None = None,
         seed: int = 0,
         design_key: str | None = None,
+        keep_meta: bool = True,
     ) -> None:
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}.")
@@ -108,14 +114,19 @@ class MixedEffectsPrepareBatch(PrepareBatch):
         self.z_predictor = z_predictor
         self.generator = torch.Generator().manual_seed(seed)
         self.design_key = design_key
+        self.keep_meta = bool(keep_meta)
 
     def _image(self, batchdata: dict, device, non_blocking: bool, **kwargs) -> torch.Tensor:
         keys = [self.image_key] if isinstance(self.image_key, str) else list(self.image_key)
         missing = [k for k in keys if k not in batchdata]
         if missing:
             raise KeyError(f"batch has no {missing} key(s); available keys: {sorted(batchdata)}.")
-        parts = [torch.as_tensor(batchdata[k]).to(device=device, non_blocking=non_blocking, **kwargs) for k in keys]
+        parts = [self._tensor(batchdata[k]).to(device=device, non_blocking=non_blocking, **kwargs) for k in keys]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def _tensor(self, value) -> torch.Tensor:
+        value = torch.as_tensor(value)
+        return value if self.keep_meta or type(value) is torch.Tensor else value.as_subclass(torch.Tensor)
 
     def design(self, sites: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Design matrix for ``sites`` (indices, ``-1`` = unseen) according to :attr:`mode`."""
@@ -179,5 +190,5 @@ class MixedEffectsPrepareBatch(PrepareBatch):
             z = self.factor_designs(batchdata, image)
         label = None
         if self.label_key is not None and isinstance(batchdata.get(self.label_key), torch.Tensor):
-            label = batchdata[self.label_key].to(device=device, non_blocking=non_blocking, **kwargs)
+            label = self._tensor(batchdata[self.label_key]).to(device=device, non_blocking=non_blocking, **kwargs)
         return image, label, (z,), {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from monai.networks.nets import UNet
 
-from benchmarks.overhead import ADVERSARY_PHASES, PHASES, TARGETS, Pair
+from benchmarks.overhead import ADVERSARY_PHASES, COMPILED_PHASES, PHASES, TARGETS, Pair, measure_case
 from monai_medl.networks.nets import MixedEffectsUNet, SmallCNN
 
 
@@ -23,7 +23,7 @@ def test_one_pass_step_updates_model_and_adversary():
     assert not pair.one_pass._pending  # finish_step applied the adversary's update after the main one
     assert sorted(_moved(pair.adversary, adv_before)) == sorted(adv_before)
     assert not torch.equal(pair.me.head.linear.weight, head_before)
-    assert set(ADVERSARY_PHASES) <= set(PHASES) and all(p in TARGETS for p in PHASES)
+    assert set(ADVERSARY_PHASES) <= set(PHASES + COMPILED_PHASES) and all(p in TARGETS for p in PHASES)
     assert pair.resident_bytes("me", "train_one_pass") == pair.resident_bytes("me", "train")
 
 
@@ -39,3 +39,25 @@ def test_unet_case_runs_the_closed_form_dice_ce_in_every_phase():
         step()
     pair.infer_me()
     assert all(torch.isfinite(p).all() for p in pair.me.parameters())
+
+
+def test_compiled_phases_train_the_compiled_networks_and_are_timed():
+    case = {"backbone": lambda: SmallCNN(spatial_dims=3, in_channels=1, out_channels=1), "me_kwargs": {}}
+    pair = Pair(case, batch=2, size=16, seed=0)
+    pair.compile(backend="eager")  # the traced graphs run eagerly: no C++ build in the test
+    head_before = pair.me.head.linear.weight.detach().clone()
+    bare_before = {k: v.clone() for k, v in pair.bare.state_dict().items()}
+    pair.train_me(compiled=True)
+    pair.train_bare(compiled=True)
+    assert not torch.equal(pair.me.head.linear.weight, head_before) and _moved(pair.bare, bare_before)
+    assert all(p in TARGETS for p in COMPILED_PHASES) and "train_compiled" in ADVERSARY_PHASES
+    assert pair.resident_bytes("me", "train_compiled_no_adversary") == pair.resident_bytes("me", "train_no_adversary")
+
+
+def test_measure_case_with_compile_reports_every_phase(monkeypatch):
+    compile_eagerly = Pair.compile
+    monkeypatch.setattr(Pair, "compile", lambda self: compile_eagerly(self, backend="eager"))
+    case = {"backbone": lambda: SmallCNN(spatial_dims=3, in_channels=1, out_channels=1), "me_kwargs": {}}
+    res = measure_case(case, batch=2, size=16, repeats=1, inference_repeats=1, steps=1, seed=0, compile=True)
+    assert set(PHASES + COMPILED_PHASES) <= set(res) and res["warm_up_seconds"] > 0
+    assert all(res[p]["me_ms"] > 0 and len(res[p]["ratios"]) == 1 for p in COMPILED_PHASES)

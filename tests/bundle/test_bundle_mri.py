@@ -60,6 +60,19 @@ def test_bundle_layout_and_required_ids():
     assert infer["spatial_size"] == train["spatial_size"]
 
 
+def test_compile_switch_reaches_the_trainer_and_the_training_batches_drop_metadata():
+    # SupervisedTrainer(compile=True) re-wraps the prediction in a MetaTensor when the image was one, which a
+    # structured training output cannot be (tests/engines/test_compiled_trainer.py runs that path)
+    train = _load("train.json")
+    assert train["compile"] is False and train["compile_kwargs"] == {}
+    trainer = train["train"]["trainer"]
+    assert trainer["compile"] == "@compile" and trainer["compile_kwargs"] == "@compile_kwargs"
+    assert trainer["prepare_batch"] == "@train#prepare_batch"
+    prepare = train["train"]["prepare_batch"]
+    assert prepare["keep_meta"] == "$not @compile" and prepare["num_clusters"] == train["prepare_batch"]["num_clusters"]
+    assert train["validate"]["evaluator"]["prepare_batch"] == "@prepare_batch"  # evaluation keeps the metadata
+
+
 def test_the_adversary_is_the_mechanism_the_study_selection_chose():
     from benchmarks.invariance import resolve_invariance
 

@@ -23,10 +23,16 @@ from monai_medl.networks.utils import kl_divergence, warn_deprecated
 __all__ = ["MixedEffectsNet", "check_finite", "check_all_finite"]
 
 
+def _tracing() -> bool:
+    # TorchScript, or torch.compile tracing: reading a value on the host would split the compiled graph in two
+    return torch.jit.is_scripting() or torch.compiler.is_compiling()
+
+
 def check_finite(x: torch.Tensor, name: str = "input") -> None:
-    """Raise a ValueError naming ``name`` when ``x`` holds NaN or Inf values (eager mode only)."""
+    """Raise a ValueError naming ``name`` when ``x`` holds NaN or Inf values (eager mode only: skipped under
+    TorchScript and inside ``torch.compile``)."""
     # a finite sum proves every value finite and costs ~20x less than isfinite(x).all() on a 3D batch
-    if not torch.jit.is_scripting() and x.is_floating_point() and not _finite_number(x.sum()):
+    if not _tracing() and x.is_floating_point() and not _finite_number(x.sum()):
         bad = int((~torch.isfinite(x)).sum())
         if bad:  # else the sum merely overflowed
             raise ValueError(
@@ -44,7 +50,10 @@ def check_all_finite(named: Sequence[tuple[torch.Tensor | None, str]]) -> None:
 
     The sums of the floating-point tensors are added and tested once; only when that total is not finite is every
     tensor checked on its own, in order, so the error names the first one holding NaN/Inf. None entries are skipped.
+    Skipped inside ``torch.compile`` (see :func:`check_finite`).
     """
+    if _tracing():
+        return
     total: torch.Tensor | None = None
     for t, _ in named:
         if t is not None and t.is_floating_point():
@@ -72,7 +81,10 @@ class MixedEffectsNet(nn.Module):
     Nothing is kept on the module between calls. Subclasses set ``self.num_clusters`` (the width of ``z``) in
     ``__init__``; a network with several grouping factors also sets ``self.num_levels`` (factor -> levels) and
     takes ``z`` as a dictionary of per-factor designs or level indices. Setting ``validate_inputs = False`` skips
-    the eager per-call input checks (for training loops that validated the whole data set once).
+    the eager per-call input checks (for training loops that validated the whole data set once). Under
+    ``torch.compile`` (e.g. MONAI's ``SupervisedTrainer(compile=True)``) the shape checks still run while the graph is
+    traced, but the NaN/Inf value checks are left out: reading a value on the host would split the compiled graph,
+    which costs more than the rest of the mixed-effects wrapper (``benchmarks.overhead --compile``).
 
     Random-effects hyper-parameters arrive as ``random_effects=`` (a
     :class:`~monai_medl.networks.layers.RandomEffectsSettings` or its dictionary) and/or as individual keywords
@@ -183,7 +195,7 @@ class MixedEffectsNet(nn.Module):
         kernel, are not reported). Only for passes that change no state (eval mode): a training pass would first
         write the NaN into batch-norm statistics, so training checks the inputs before the pass.
         """
-        if not self.validate_inputs or isinstance(z, Mapping):
+        if not self.validate_inputs or isinstance(z, Mapping) or _tracing():
             return
         quick = pred.sum()
         if z is not None and z.is_floating_point() and not self._reads_z():
