@@ -8,8 +8,9 @@ step, in the same order as :class:`~monai_medl.engines.TabularTrainer`'s default
 update on the detached activations with its own optimizer, then the main loss with the updated, frozen adversary's
 penalty, then the closed-form KL gradient and the main optimizer's step), from the closed-form derivatives of the ReLU
 MLPs, the binary cross-entropy and the reparameterised draws, with the same random numbers. The result equals the
-autograd step up to floating-point rounding (tested); over thousands of steps such differences can grow, so this path
-is opt-in (``TabularTrainer(manual_backward=True)``). It covers the configuration of the spirals benchmark:
+autograd step up to floating-point rounding (tested); over thousands of steps such differences can grow (the
+trainer's ``manual_backward=False`` keeps autograd). :class:`~monai_medl.engines.TabularTrainer` takes this step by
+default wherever it applies. It covers the configuration of the spirals benchmark:
 a single-factor :class:`~monai_medl.networks.nets.MixedEffectsMLP` with ReLU layers (random slopes on ``h`` and/or an
 intercept, no input slopes, no dropout, no learned noise), ``task="bce"`` and an optional
 :class:`~monai_medl.networks.nets.ClusterClassifier` adversary with ReLU layers; :func:`manual_step_unsupported` names
