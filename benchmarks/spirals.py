@@ -31,9 +31,10 @@ Run ``python -m benchmarks.spirals [--quick] [--out DIR]``; ``--timing`` trains 
 random-radius variant only and writes ``spirals_timing.json``/``.md`` (run it on an otherwise idle machine: the
 load average at the end is recorded in ``env``). ``--fused`` trains every adversarial model with
 ``TabularTrainer(fused=True)`` (one backward and one optimizer step for the model and its adversary, simultaneous
-updates) and writes ``<name>_fused.json``/``.md``; ``--manual`` trains the mixed-effects models (``me``,
-``me_no_adversary``, ``shuffled_label``) with ``TabularTrainer(manual_backward=True)`` (the default step with
-hand-written gradients, equal up to rounding) and writes ``<name>_manual.json``/``.md``.
+updates) and writes ``<name>_fused.json``/``.md``. Every MLP trains with ``TabularTrainer``'s default step, the
+hand-written gradients (equal to autograd up to rounding); ``--autograd`` trains them with autograd instead
+(``manual_backward=False``) and writes ``<name>_autograd.json``/``.md``, ``--manual`` insists on the hand-written
+step (``manual_backward=True``) and writes ``<name>_manual.json``/``.md``.
 """
 
 from __future__ import annotations
@@ -146,8 +147,12 @@ def default_config(quick: bool = False) -> dict[str, Any]:
         "standardize": True,
         "data_init": True,
         "fused_step": False,  # TabularTrainer(fused=...): one backward for the model and its adversary (--fused)
-        # TabularTrainer(manual_backward=...) for the mixed-effects models: the same step, hand-written gradients
-        "manual_backward": False,
+        # TabularTrainer(manual_backward=...) for every MLP: None (the trainer's default) trains all of them with the
+        # hand-written gradients (the same step as autograd up to rounding; the z-predictor, task "ce", with
+        # autograd), True the same or an error, False autograd for all (--autograd)
+        "manual_backward": None,
+        # every torch model: torch.optim.Adam(fused=True), stepped through monai_medl.engines.adam_step.AdamStep
+        "optimizer": "Adam(fused=True) via AdamStep",
     }
 
 
@@ -214,7 +219,7 @@ def _train(cfg, seed, x, y, z, sites, num_clusters, mixed: bool, adversary: bool
         adversary_objective=cfg["adversary_objective"],
         seed=seed,
         fused=cfg["fused_step"],
-        manual_backward=cfg.get("manual_backward", False) and mixed,
+        manual_backward=cfg.get("manual_backward"),
     )
     with _Clock() as clock:
         if cfg["data_init"]:
@@ -469,7 +474,9 @@ How to read: `seen`/`unseen` = accuracy (threshold 0.5) on held-out samples of t
 clusters never seen in training. `seen_accuracy_sd` = s.d. of the per-repeat seen accuracy over repeats;
 `collapsed_fold_rate` = share of fold models predicting one class for more than 95% of the seen test fold.
 Times: training of one fold model (data-dependent init + 10 epochs), wall clock and CPU (process) seconds, one torch
-thread, on a 2-core machine shared with other jobs (wall time is inflated by contention; CPU time less so).
+thread, on a 2-core machine shared with other jobs (wall time is inflated by contention; CPU time less so). Every
+MLP trains with the same step path (config `manual_backward`: None = the trainer's default, hand-written gradients
+for all of them) and the same fused Adam.
 `me_randomized_z` and `me_inferred_z` reuse the `me` networks (the latter's time adds the z-predictor's).
 `seen_z_predictor_accuracy`: accuracy of the cluster predictor on the seen test fold (chance 1/8).
 Confounded variant: per-cluster prevalence ~N(0.5, 0.3^2) clipped to [0.1, 0.9] and two probe features
@@ -606,15 +613,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--fused", action="store_true", help="train with the fused one-backward adversary step (-> <name>_fused)"
     )
-    parser.add_argument(
-        "--manual",
+    backward = parser.add_mutually_exclusive_group()
+    backward.add_argument(
+        "--manual", action="store_true", help="TabularTrainer(manual_backward=True) for every MLP (-> <name>_manual)"
+    )
+    backward.add_argument(
+        "--autograd",
         action="store_true",
-        help="train the mixed-effects models with TabularTrainer(manual_backward=True) (-> <name>_manual)",
+        help="TabularTrainer(manual_backward=False) for every MLP (-> <name>_autograd)",
     )
     args = parser.parse_args(argv)
     fused, suffix = {"fused_step": True} if args.fused else {}, "_fused" if args.fused else ""
-    if args.manual:
-        fused, suffix = {**fused, "manual_backward": True}, suffix + "_manual"
+    if args.manual or args.autograd:
+        fused, suffix = (
+            {**fused, "manual_backward": bool(args.manual)},
+            suffix + ("_manual" if args.manual else "_autograd"),
+        )
     if args.protocol == "reference":
         run_reference_protocol(quick=args.quick, out_dir=args.out)
     elif args.timing:

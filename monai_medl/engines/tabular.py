@@ -22,6 +22,7 @@ from typing import cast
 import torch
 from torch import nn
 
+from monai_medl.engines.adam_step import AdamStep
 from monai_medl.engines.tabular_fused import adversary_losses
 from monai_medl.engines.tabular_manual import ManualMLPStep, manual_step_unsupported
 from monai_medl.losses.adversarial_regularizer import AdversarialRegularizer
@@ -185,9 +186,12 @@ class TabularTrainer:
             Defaults to the network's current device.
         manual_backward: compute the default (two-step) step with hand-written gradients instead of autograd
             (:class:`~monai_medl.engines.tabular_manual.ManualMLPStep`: the same update and random numbers, equal up
-            to floating-point rounding; measured in benchmarks/results/spirals_timing_manual.md). For a ReLU
-            :class:`~monai_medl.networks.nets.MixedEffectsMLP` with ``task="bce"``; a configuration it does not
-            cover raises a ValueError naming why. Defaults to False.
+            to floating-point rounding, about a third of the autograd step's time on the spirals MLPs). It covers a
+            ReLU :class:`~monai_medl.networks.nets.MixedEffectsMLP` with ``task="bce"``
+            (:func:`~monai_medl.engines.tabular_manual.manual_step_unsupported`). None: wherever it covers the
+            configuration, autograd elsewhere; True: always (a configuration it does not cover raises a ValueError
+            naming why); False: always autograd. The attribute ``backward`` (``"manual"`` or ``"autograd"``) says
+            which path trains and ``manual_unsupported`` why not manual (None when manual). Defaults to None.
 
     Example::
 
@@ -226,7 +230,7 @@ class TabularTrainer:
         seed: int = 0,
         device: str | torch.device | None = None,
         fused: bool = False,
-        manual_backward: bool = False,
+        manual_backward: bool | None = None,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
@@ -251,6 +255,7 @@ class TabularTrainer:
         self.seed = seed
         self.re_layers = list(random_effects_layers(network).values())
         self.optimizer = make_adam(network.parameters(), lr=lr)
+        self._step = AdamStep(self.optimizer)  # the same fused update without torch.optim's per-step bookkeeping
         self.regularizer: AdversarialRegularizer | None = None
         self.fused = bool(fused) and adversary is not None
         if adversary is not None:
@@ -262,11 +267,12 @@ class TabularTrainer:
             else:
                 adv_opt = make_adam(adversary.parameters(), lr=adversary_lr)
             self.regularizer = AdversarialRegularizer(adversary, adv_opt, lambda_g, objective=adversary_objective)
-        self.manual_backward = bool(manual_backward)
-        if self.manual_backward:
-            reason = manual_step_unsupported(network, task, self.regularizer, bool(fused))
-            if reason is not None:
-                raise ValueError(f"TabularTrainer(manual_backward=True): {reason}.")
+        reason = None if manual_backward is False else manual_step_unsupported(network, task, self.regularizer, fused)
+        if manual_backward and reason is not None:
+            raise ValueError(f"TabularTrainer(manual_backward=True): {reason}.")
+        self.manual_unsupported = "manual_backward=False" if manual_backward is False else reason
+        self.manual_backward = self.manual_unsupported is None
+        self.backward = "manual" if self.manual_backward else "autograd"
 
     def _check(self, x, y, z, sites) -> tuple[torch.Tensor, ...]:
         param = next(self.network.parameters(), None)
@@ -362,17 +368,10 @@ class TabularTrainer:
         # one split per epoch instead of four slices per step (per-step Python/dispatch cost matters here)
         batches = [t.split(self.batch_size) if t is not None else None for t in (xs, ys, zs, ss)]
         steps = len(cast(tuple, batches[0]))  # xs is never None
-        manual = None
         if self.manual_backward:
-            manual = ManualMLPStep(self.network, opt, reg, self.lambda_mixed, self.lambda_fixed, kl_layers, kl_weight)
+            return self._manual_epoch(batches, ss, use_mixed, kl_weight, kl_layers, history, t0)
         for k in range(steps):
             xb, yb, zb, sb = (None if b is None else b[k] for b in batches)
-            if manual is not None:
-                loss, accuracy = manual(xb, yb, zb if use_mixed else None, sb)
-                total += loss
-                if accuracy is not None:
-                    adv_acc += accuracy
-                continue
             loss = self._loss(xb, yb, zb, sb, use_mixed)
             total += loss.detach()
             if self.fused:  # the adversary's loss joins the one backward
@@ -385,10 +384,26 @@ class TabularTrainer:
             loss.backward()
             if kl_layers:  # + kl_weight * KL, its gradient added in closed form (all layers in one pass)
                 total.add_(accumulate_kl_grads_(kl_layers, kl_weight), alpha=kl_weight)
-            opt.step()
+            self._step()
         history.loss.append(float(total) / steps)
         if reg is not None:
             history.adversary_accuracy.append(float(adv_acc) / steps)
+        history.epoch_seconds.append(time.perf_counter() - t0)
+
+    def _manual_epoch(self, batches, sites, use_mixed: bool, kl_weight: float, kl_layers: list, history, t0) -> None:
+        """:meth:`_epoch` with :class:`~monai_medl.engines.tabular_manual.ManualMLPStep` (hand-written gradients)."""
+        reg = self.regularizer
+        step = ManualMLPStep(
+            self.network, self.optimizer, reg, self.lambda_mixed, self.lambda_fixed, kl_layers, kl_weight
+        )
+        xs, ys, zs, _ = batches
+        steps = len(xs)
+        targets = [None] * steps if reg is None else step.adversary_targets(sites, self.batch_size)
+        # the losses stay tensors until the epoch ends: no per-step host synchronisation
+        losses = [step(xs[k], ys[k], zs[k] if use_mixed else None, targets[k]) for k in range(steps)]
+        history.loss.append(float(torch.stack(losses).sum()) / steps)
+        if reg is not None:
+            history.adversary_accuracy.append(float(cast(torch.Tensor, step.end_epoch())) / steps)
         history.epoch_seconds.append(time.perf_counter() - t0)
 
 

@@ -124,3 +124,24 @@ def test_reference_protocol_reports_every_fold_and_the_minimum(tmp_path):
         assert entry["extra"]["seen_folds_below_0.70"] == sum(a < 0.70 for a in folds)
         assert entry["seen"]["values"] == [pytest.approx(sum(folds) / 3)] and entry["unseen"] is None
     assert "seen_min_fold_accuracy" in (tmp_path / "spirals_reference.md").read_text()
+
+
+@pytest.mark.parametrize("flag, suffix, mlp_path", [([], "", "manual"), (["--autograd"], "_autograd", "autograd")])
+def test_every_mlp_trains_on_the_same_step_path(tmp_path, monkeypatch, flag, suffix, mlp_path):
+    original = spirals.default_config
+    monkeypatch.setattr(spirals, "default_config", lambda quick=False: {**original(quick), **TINY})
+    paths = []
+
+    class Recording(spirals.TabularTrainer):
+        def fit(self, *args, **kwargs):
+            paths.append((type(self.network).__name__, self.backward))
+            return super().fit(*args, **kwargs)
+
+    monkeypatch.setattr(spirals, "TabularTrainer", Recording)
+    spirals.main(["--timing", *flag, "--out", str(tmp_path)])
+    timing = json.loads((tmp_path / f"spirals_timing{suffix}.json").read_text())
+    assert timing["config"]["manual_backward"] == (False if flag else None)
+    mlps = {path for name, path in paths if name == "MixedEffectsMLP"}
+    assert mlps == {mlp_path} and ("ClusterClassifier", "autograd") in paths  # the z-predictor (task "ce")
+    folds = sum(name == "ClusterClassifier" for name, _ in paths)  # one z-predictor per fold
+    assert folds >= 1 and len([name for name, _ in paths if name == "MixedEffectsMLP"]) == 6 * folds  # 6 MLPs each

@@ -39,7 +39,9 @@ def _fit(manual, adversary=True, objective="confusion", epochs=2, **re):
     x, y, z, site = _data()
     history = trainer.fit(x, y, z, site)
     states = [net.state_dict()] + ([adv.state_dict()] if adv is not None else [])
-    return history, states
+    assert trainer.backward == ("autograd" if manual is False else "manual")
+    last = trainer.regularizer.last if adv is not None else ()
+    return history, states, last
 
 
 @pytest.mark.parametrize(
@@ -53,8 +55,8 @@ def _fit(manual, adversary=True, objective="confusion", epochs=2, **re):
     ],
 )
 def test_manual_step_equals_the_autograd_step(adversary, objective, re):
-    ref_history, ref_states = _fit(False, adversary, objective, linear_slopes=False, **re)
-    history, states = _fit(True, adversary, objective, linear_slopes=False, **re)
+    ref_history, ref_states, ref_last = _fit(False, adversary, objective, linear_slopes=False, **re)
+    history, states, last = _fit(True, adversary, objective, linear_slopes=False, **re)
     for ref, got in zip(ref_states, states):
         assert ref.keys() == got.keys()
         for key in ref:
@@ -62,6 +64,57 @@ def test_manual_step_equals_the_autograd_step(adversary, objective, re):
     torch.testing.assert_close(history.loss, ref_history.loss, rtol=1e-10, atol=0)
     torch.testing.assert_close(history.adversary_accuracy, ref_history.adversary_accuracy, rtol=1e-10, atol=0)
     assert len(history.loss) == 2 and (len(history.adversary_accuracy) == 2) == adversary
+    # the regulariser's last (loss, accuracy): the epoch's last batch, as the autograd step leaves it
+    torch.testing.assert_close(last, ref_last, rtol=1e-10, atol=0)
+
+
+def test_the_manual_step_is_the_default_where_it_applies():
+    default_history, default_states, _ = _fit(None, linear_slopes=False)
+    history, states, _ = _fit(True, linear_slopes=False)
+    assert default_history.loss == history.loss
+    for ref, got in zip(states, default_states):
+        assert all(torch.equal(ref[key], got[key]) for key in ref)
+    net = MixedEffectsMLP(3, 1, num_clusters=4, linear_slopes=False)
+    forced = TabularTrainer(net, manual_backward=False)
+    assert (forced.backward, forced.manual_unsupported) == ("autograd", "manual_backward=False")
+    assert TabularTrainer(net).backward == "manual" and TabularTrainer(net).manual_unsupported is None
+    uncovered = TabularTrainer(MixedEffectsMLP(3, 1, num_clusters=4))  # input slopes: autograd, with the reason
+    assert uncovered.backward == "autograd" and "input slopes" in uncovered.manual_unsupported
+    fused = TabularTrainer(net, adversary=ClusterClassifier(4, 4), lambda_g=0.1, fused=True)
+    assert fused.backward == "autograd" and "fused=True" in fused.manual_unsupported
+    plain = TabularTrainer(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1)))
+    assert plain.backward == "autograd"
+
+
+def test_the_kl_of_other_layer_sets_takes_the_concatenated_pass():
+    from monai_medl.engines.tabular import make_adam
+    from monai_medl.engines.tabular_manual import ManualMLPStep
+
+    results = []
+    for order in (1, -1):  # the reversed layer list is not the drawn one: the general KL pass, the same numbers
+        torch.manual_seed(0)
+        net = MixedEffectsMLP(3, 1, num_clusters=4, hidden=(5,), linear_slopes=False, learn_prior_scale=True)
+        net = net.double().train()
+        layers = [net.head.slopes, net.head.intercept][::order]
+        step = ManualMLPStep(net, make_adam(net.parameters(), 1e-2), None, 1.0, 0.5, layers, 1e-2)
+        x, y, z, _ = _data(n=16)
+        torch.manual_seed(1)
+        losses = [step(x, y, z) for _ in range(3)]
+        results.append((losses, {k: v.clone() for k, v in net.state_dict().items()}))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=0)
+    for key, value in results[0][1].items():
+        torch.testing.assert_close(value, results[1][1][key], rtol=1e-12, atol=1e-14, msg=key)
+
+
+def test_adversary_targets_need_an_adversary():
+    from monai_medl.engines.tabular import make_adam
+    from monai_medl.engines.tabular_manual import ManualMLPStep
+
+    net = MixedEffectsMLP(3, 1, num_clusters=4, linear_slopes=False)
+    step = ManualMLPStep(net, make_adam(net.parameters(), 1e-3), None, 1.0, 1.0, [], 0.0)
+    with pytest.raises(ValueError, match="no adversary"):
+        step.adversary_targets(torch.zeros(8, dtype=torch.long), 4)
+    assert step.end_epoch() is None
 
 
 def test_the_training_moves_every_parameter():
