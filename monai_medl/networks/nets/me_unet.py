@@ -179,11 +179,13 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
             return z.expand(x.shape[0], z.shape[1])
         return z
 
-    def _add_intercept(self, logits: torch.Tensor, z: Optional[torch.Tensor]) -> torch.Tensor:
+    def _add_intercept(self, logits: torch.Tensor, z: Optional[torch.Tensor], inplace: bool = False) -> torch.Tensor:
         intercept = self.intercept
         if z is None or intercept is None:
             return logits
         shape = [logits.shape[0], logits.shape[1]] + [1] * (logits.dim() - 2)
+        if inplace:
+            return logits.add_(intercept(z).view(shape))
         return logits + intercept(z).view(shape)
 
     def predict(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -192,7 +194,9 @@ class MixedEffectsUNet(ImageMixedEffectsNet):
         if not torch.jit.is_scripting():
             self.check_inputs(x, z)
             self._check_image(x)
-        return self._add_intercept(self.path(x, z), z)
+        logits = self.path(x, z)
+        # the decoder's fresh output, not needed for a gradient (eval, no_grad): add in place, one logit map fewer
+        return self._add_intercept(logits, z, inplace=not logits.requires_grad)
 
     @torch.jit.unused
     def forward_all(self, x: torch.Tensor, z: torch.Tensor | None = None) -> MixedEffectsOutput:
