@@ -89,7 +89,7 @@ def _head_backward(
     per item times the batch and ``inner = sum_c p (c + a onehot)``, the gradient is
     ``p (c + 1/V - inner) + onehot (a p - 1/V)``: the first term is written class by class into the buffer, the
     second scattered at the label of each voxel (no one-hot map)."""
-    p = torch.softmax(_work(logits), dim=1)
+    p = torch.softmax(_work(logits), dim=1).contiguous()  # the in-place passes below work on its flat view
     batch, classes = p.shape[:2]
     voxels = p[:, 0].numel()  # cross-entropy mean over batch x spatial
     scale = grad.to(p.dtype)

@@ -118,3 +118,11 @@ def test_mixed_effects_loss_uses_the_pair_and_keeps_its_terms():
     (g,) = torch.autograd.grad(loss, f)
     (g_ref,) = torch.autograd.grad(reference, f)
     torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-14)
+
+
+def test_channels_last_logits_give_the_same_gradients():
+    fixed, offset, labels = _heads((2, 3, 4, 5, 6), seed=7)
+    expected = _grads(_two_calls, fixed, offset, labels)
+    got = _grads(dice_ce_pair, fixed.contiguous(memory_format=torch.channels_last_3d), offset, labels)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-14)
