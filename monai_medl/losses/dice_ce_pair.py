@@ -118,6 +118,7 @@ class _DiceCEPair(torch.autograd.Function):
         loss_m, num_m, den_m = _head_forward(mixed, index, counts)
         loss_f, num_f, den_f = (loss_m, num_m, den_m) if fixed is mixed else _head_forward(fixed, index, counts)
         ctx.save_for_backward(mixed, fixed, index, num_m, den_m, num_f, den_f)
+        ctx.same = fixed is mixed
         return loss_m.to(mixed.dtype), loss_f.to(fixed.dtype)
 
     @staticmethod
@@ -125,6 +126,8 @@ class _DiceCEPair(torch.autograd.Function):
     def backward(ctx, grad_mixed: torch.Tensor, grad_fixed: torch.Tensor):
         mixed, fixed, index, num_m, den_m, num_f, den_f = ctx.saved_tensors
         need_m, need_f = ctx.needs_input_grad[:2]
+        if ctx.same:  # one head's gradient, scaled by both weights (autograd adds the two inputs' gradients anyway)
+            return _head_backward(mixed, index, num_m, den_m, grad_mixed + grad_fixed) if need_m else None, None, None
         out_m = _head_backward(mixed, index, num_m, den_m, grad_mixed) if need_m else None
         out_f = _head_backward(fixed, index, num_f, den_f, grad_fixed) if need_f else None
         return out_m, out_f, None
