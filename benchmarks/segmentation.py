@@ -12,12 +12,12 @@ brain (non-zero) voxels, except for ``conventional_site_norm``.
 Splits: the generator's seeded per-site split of each seen site into training, validation and test subjects; the
 seen-site test subjects are the ``seen`` split, every scan of the unseen sites the ``unseen`` split. The seen sites'
 validation subjects (``validation_dice``, every model) serve one choice only: the ME-UNet's cluster scale/bias
-placement, ``me_last_stage`` against ``me`` (see the plan's decision rule). Every other setting below is fixed a priori
-(the bundle's defaults, ``bundles/mri_me_unet_segmentation/configs/train.json``) and the last epoch is used. The number
-of epochs (40; 4 in quick mode) is the compute budget: the rare CSF class (about 2% of brain voxels at 6 mm) is not
-learned within the bundle's 10 epochs (checked on the bundle's cohort, generator seed 2024, not one of the benchmark's),
-and a full run (5 seeds x 5 trained networks + a site classifier on about 28 training volumes of 32^3) stays within
-about 30 minutes of one core.
+placement, made by :mod:`benchmarks.segmentation_variants` (its own plan and rule). Every other setting below is
+fixed a priori (the bundle's defaults, ``bundles/mri_me_unet_segmentation/configs/train.json``) and the last epoch is
+used. The number of epochs (40; 4 in quick mode) is the compute budget: the rare CSF class (about 2% of brain voxels
+at 6 mm) is not learned within the bundle's 10 epochs (checked on the bundle's cohort, generator seed 2024, not one
+of the benchmark's), and a full run (5 seeds x 5 trained networks + a site classifier on about 28 training volumes
+of 32^3) stays within about 30 minutes of one core.
 
 Models (one UNet backbone: channels 8-16-32-64, strides 2-2-2, no residual units; Adam, learning rate 3e-3 and 1e-2
 for the random-effect posteriors; batch 4 whole volumes with random left-right flips; the same number of epochs;
@@ -114,7 +114,10 @@ MODELS = (
     "me_last_stage",
     "me_inferred_z",
 )
-ME_KINDS = {"me_no_adversary": True, "me": True, "me_last_stage": "last"}  # kind -> the UNet's cluster_scale_bias
+ME_KINDS = {"me_no_adversary": True, "me": True, "me_last_stage": "last", "me_intercept_only": False}
+"""ME kind -> the UNet's ``cluster_scale_bias`` (``me_intercept_only``: trained by ``benchmarks.segmentation_variants``
+only)."""
+ADVERSARIAL_KINDS = ("domain_adversarial", "me", "me_last_stage", "me_intercept_only")
 CLASSES = tuple(TISSUE_LABELS[str(i)] for i in range(1, len(TISSUE_LABELS)))  # foreground: csf, grey/white matter
 _GM = 2  # the grey-matter label, the class the label protocols change
 
@@ -248,7 +251,7 @@ def train_model(
         loss = MixedEffectsLoss("dice_ce", lambda_mixed=1.0, lambda_fixed=lambda_fixed, kl_weight=cfg["kl_weight"])
         if me:
             prepare = MixedEffectsPrepareBatch(num_clusters)
-        if kind in ("domain_adversarial", "me", "me_last_stage"):
+        if kind in ADVERSARIAL_KINDS:
             adversary = net.make_adversary()
             optimizer = torch.optim.Adam(adversary.parameters(), cfg["lr"])
             handlers.append(
@@ -425,10 +428,9 @@ PLAN = {
     "secondary": "me - conventional unseen HD95 (lower wins); intercept_vs_protocol_r of me (label protocols on: "
     "site_b +1 voxel, site_d -1 voxel of grey matter)",
     "decision_rule": "a difference is claimed only when its paired 95% t-interval over seeds excludes 0; every "
-    "setting is fixed a priori (the bundle's defaults), the last epoch is used; the one choice made on data: the "
-    "ME-UNet default becomes cluster scale/bias on the last decoder stage only if me_last_stage's mean validation "
-    "Dice is at least me's (every decoder norm), else it stays every decoder norm; test and unseen scans play no "
-    "part in it",
+    "setting is fixed a priori (the bundle's defaults), the last epoch is used; the one choice made on data, the "
+    "ME-UNet's cluster scale/bias placement, is made on the validation scans by benchmarks.segmentation_variants "
+    "(its own plan); test and unseen scans play no part in it",
 }
 
 COMPARISONS = (

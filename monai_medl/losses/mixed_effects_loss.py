@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from monai_medl.losses.dice_ce import dice_ce
+from monai_medl.losses.dice_ce_pair import dice_ce_pair, dice_ce_pair_applies
 from monai_medl.losses.loss_output import LossOutput
 from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
 from monai_medl.networks.nets.mixed_effects_net import MixedEffectsNet
@@ -134,11 +135,12 @@ class MixedEffectsLoss(nn.Module):
         out = self.check_output(pred)
         if out.kl is None:
             raise ValueError("pred.kl is None: pass the network's training-mode output net(x, z), not forward_all.")
-        return {
-            "loss_mixed": self._task(out.mixed, target, out),
-            "loss_fixed": self._task(out.fixed, target, out),
-            "kl": out.kl,
-        }
+        if self.task == "dice_ce" and dice_ce_pair_applies(out.mixed, out.fixed, target):
+            # both heads in one node that keeps no probability maps (same values and gradients)
+            loss_mixed, loss_fixed = dice_ce_pair(out.mixed, out.fixed, target)
+        else:
+            loss_mixed, loss_fixed = self._task(out.mixed, target, out), self._task(out.fixed, target, out)
+        return {"loss_mixed": loss_mixed, "loss_fixed": loss_fixed, "kl": out.kl}
 
     def combine(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """The weighted sum of :meth:`terms`."""

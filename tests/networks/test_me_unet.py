@@ -34,11 +34,14 @@ def _backbones():
     ]
 
 
+@pytest.mark.parametrize("cluster_scale_bias", [True, False], ids=["every_norm", "default"])
 @pytest.mark.parametrize("make, shape", _backbones(), ids=["unet3d", "unet2d", "basicunet2d", "segresnet3d"])
-def test_zero_design_reproduces_the_bare_network(make, shape):
+def test_zero_design_reproduces_the_bare_network(make, shape, cluster_scale_bias):
     torch.manual_seed(0)
     bare = make()
-    net = MixedEffectsUNet(K, backbone=copy.deepcopy(bare), spatial_dims=len(shape) - 2)
+    kwargs = {"cluster_scale_bias": True} if cluster_scale_bias else {}
+    net = MixedEffectsUNet(K, backbone=copy.deepcopy(bare), spatial_dims=len(shape) - 2, **kwargs)
+    assert net.has_cluster_layers == cluster_scale_bias  # the default: per-class intercepts only
     x = torch.randn(*shape)
     z = torch.eye(K)[torch.arange(shape[0]) % K]
     check_zero_design_and_training_output(net, bare, x, z)
@@ -82,9 +85,12 @@ def _items(n: int = 6, seed: int = 0) -> list[dict]:
     return out
 
 
-def test_trains_with_the_package_loss_and_adversary_handler():
+@pytest.mark.parametrize("cluster_scale_bias", [True, False])
+def test_trains_with_the_package_loss_and_adversary_handler(cluster_scale_bias):
     torch.manual_seed(3)
-    net = MixedEffectsUNet(K, out_channels=3, channels=(8, 16, 32), strides=(2, 2))
+    net = MixedEffectsUNet(
+        K, out_channels=3, channels=(8, 16, 32), strides=(2, 2), cluster_scale_bias=cluster_scale_bias
+    )
     adversary = net.make_adversary()
     loss = MixedEffectsLoss(task="dice_ce", kl_weight=1e-3)
     trainer = SupervisedTrainer(
@@ -107,7 +113,8 @@ def test_trains_with_the_package_loss_and_adversary_handler():
     assert torch.isfinite(out["loss"]) and 0 <= float(out["adv_acc"]) <= 1
     assert 0 < float(out["loss_mixed"]) < 2 and 0 < float(out["loss_fixed"]) < 2
     moved = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
-    assert any(k.startswith("intercept") for k in moved) and any("cluster.gamma" in k for k in moved)
+    assert any(k.startswith("intercept") for k in moved)
+    assert any("cluster.gamma" in k for k in moved) == cluster_scale_bias
 
 
 def test_inferred_design_mixes_the_seen_sites_effects():

@@ -38,7 +38,7 @@ def _swin(spatial_dims: int) -> SwinUNETR:
 def test_zero_design_reproduces_the_bare_swin_unetr(spatial_dims):
     torch.manual_seed(0)
     bare = _swin(spatial_dims)
-    net = MixedEffectsUNet(K, backbone=copy.deepcopy(bare), spatial_dims=spatial_dims)
+    net = MixedEffectsUNet(K, backbone=copy.deepcopy(bare), spatial_dims=spatial_dims, cluster_scale_bias=True)
     # every decoder block's two main-path norms get cluster scale/bias; the encoders are SwinUNETR's own
     assert net.path.num_cluster_layers == 10 and isinstance(net.path, SwinUNETRPath)
     assert net.feature_sizes == [12, 12, 24, 48, 96, 192]
@@ -51,7 +51,7 @@ def test_zero_design_reproduces_the_bare_swin_unetr(spatial_dims):
 
 def test_swin_decoder_effects_train_with_the_package_loss():
     torch.manual_seed(1)
-    net = MixedEffectsUNet(K, backbone=_swin(2), spatial_dims=2)
+    net = MixedEffectsUNet(K, backbone=_swin(2), spatial_dims=2, cluster_scale_bias=True)
     x = torch.randn(3, 1, 64, 64)
     y = (x > 0.5).long() + (x > 1.2).long()
     z = torch.eye(K)

@@ -1,0 +1,133 @@
+# Copyright (c) monai_medl developers. Licensed under the Apache License, Version 2.0.
+"""The Dice-CE loss of both heads of a mixed-effects segmentation model in one autograd node, saving no maps.
+
+:class:`~monai_medl.losses.MixedEffectsLoss` scores the mixed and the fixed logits of the same batch.
+Two :func:`~monai_medl.losses.dice_ce.dice_ce` calls each keep a ``(batch, classes, *spatial)`` probability map for
+the backward pass, and each backward pass builds a one-hot map and two more full-size maps. :func:`dice_ce_pair`
+keeps only what the network's output already holds (both logit maps, which the training output references until
+the step ends) plus the label map and per-class sums; its backward pass recomputes each head's probabilities and
+writes that head's gradient into the same buffer, one full-size map per head. The values and gradients are those of
+the two :func:`~monai_medl.losses.dice_ce.dice_ce` calls up to floating-point rounding (tested).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from monai_medl.losses.dice_ce import _SMOOTH, fused_dice_ce_applies
+
+__all__ = ["dice_ce_pair", "dice_ce_pair_applies"]
+
+
+def dice_ce_pair_applies(mixed: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor) -> bool:
+    """Whether :func:`dice_ce_pair` takes its fused path: both heads are class logits of one shape and dtype that
+    :func:`~monai_medl.losses.dice_ce.fused_dice_ce_applies` accepts with ``target``."""
+    return mixed.shape == fixed.shape and mixed.dtype == fixed.dtype and fused_dice_ce_applies(mixed, target)
+
+
+def dice_ce_pair(mixed: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dice_ce(mixed, target), dice_ce(fixed, target))`` in one autograd node that saves no full-size maps.
+
+    Args:
+        mixed: mixed-effects logits ``(batch, classes, *spatial)``.
+        fixed: fixed-effects logits of the same shape and dtype (may be the same tensor as ``mixed``).
+        target: integer label map ``(batch, 1, *spatial)``.
+
+    Raises:
+        ValueError: when :func:`dice_ce_pair_applies` is False (call :func:`~monai_medl.losses.dice_ce.dice_ce`
+            on each head instead).
+
+    Example::
+
+        >>> from monai_medl.losses.dice_ce import dice_ce
+        >>> fixed = torch.randn(2, 3, 8, 8, requires_grad=True)
+        >>> mixed = fixed + torch.randn(2, 3, 1, 1)  # e.g. per-class random intercepts
+        >>> labels = torch.randint(0, 3, (2, 1, 8, 8))
+        >>> loss_mixed, loss_fixed = dice_ce_pair(mixed, fixed, labels)
+        >>> torch.allclose(loss_mixed, dice_ce(mixed, labels)), torch.allclose(loss_fixed, dice_ce(fixed, labels))
+        (True, True)
+    """
+    if not dice_ce_pair_applies(mixed, fixed, target):
+        raise ValueError(
+            "dice_ce_pair needs mixed and fixed logits (batch, classes >= 2, *spatial) of one shape and dtype and a "
+            f"label map (batch, 1, *spatial); got mixed {tuple(mixed.shape)} {mixed.dtype}, fixed "
+            f"{tuple(fixed.shape)} {fixed.dtype}, target {tuple(target.shape)}."
+        )
+    index = target.as_subclass(torch.Tensor).detach().long()  # a MONAI MetaTensor label is read as plain values
+    mixed_loss, fixed_loss = _DiceCEPair.apply(mixed, fixed, index)
+    return mixed_loss, fixed_loss
+
+
+def _work(logits: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits evaluated in float32 (as :func:`~monai_medl.losses.dice_ce.dice_ce` does)."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def _head_forward(
+    logits: torch.Tensor, index: torch.Tensor, counts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One head's ``(loss, 2 I + s, P + G + s)`` from one log-softmax; the probabilities are freed."""
+    work = _work(logits)
+    batch, classes = work.shape[:2]
+    log_p = torch.log_softmax(work, dim=1)
+    target_log_p = log_p.gather(1, index)
+    p = log_p.exp_()
+    flat_index = index.reshape(batch, -1)
+    intersection = torch.zeros_like(counts).scatter_add_(1, flat_index, target_log_p.exp().reshape(batch, -1))
+    denominator = p.reshape(batch, classes, -1).sum(2).add_(counts).add_(_SMOOTH)  # P + G + s
+    numerator = intersection.mul_(2.0).add_(_SMOOTH)  # 2 I + s
+    loss = (1.0 - (numerator / denominator).mean()) - target_log_p.mean()
+    return loss, numerator, denominator
+
+
+def _head_backward(
+    logits: torch.Tensor, index: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, grad: torch.Tensor
+) -> torch.Tensor:
+    """One head's gradient ``grad * d loss / d logits`` in one full-size buffer (the recomputed probabilities).
+
+    With ``a = -2 / (BC (P + G + s))``, ``c = (2 I + s) / (BC (P + G + s)^2)`` per (item, class), ``V`` the voxels
+    per item times the batch and ``inner = sum_c p (c + a onehot)``, the gradient is
+    ``p (c + 1/V - inner) + onehot (a p - 1/V)``: the first term is written class by class into the buffer, the
+    second scattered at the label of each voxel (no one-hot map)."""
+    p = torch.softmax(_work(logits), dim=1).contiguous()  # the in-place passes below work on its flat view
+    batch, classes = p.shape[:2]
+    voxels = p[:, 0].numel()  # cross-entropy mean over batch x spatial
+    scale = grad.to(p.dtype)
+    a = (-2.0 / (batch * classes)) * scale / denominator
+    c = (numerator / (batch * classes)) * scale / denominator.square()
+    flat_index = index.reshape(batch, -1)
+    flat = p.view(batch, classes, -1)
+    pa = flat.gather(1, flat_index.unsqueeze(1)).squeeze(1).mul_(a.gather(1, flat_index))  # a p at the label
+    # inner = sum_c p_c c_c + a p at the label, the sum as a batched matrix product (no full-size product map)
+    shift = torch.bmm(c.unsqueeze(1), flat).squeeze(1).add_(pa).neg_().add_(scale / voxels)  # 1/V - inner
+    for k in range(classes):  # p_k *= c_k + 1/V - inner, in place one class at a time
+        flat[:, k].mul_(shift + c[:, k : k + 1])
+    flat.scatter_add_(1, flat_index.unsqueeze(1), pa.sub_(scale / voxels).unsqueeze(1))
+    return p.to(logits.dtype)
+
+
+class _DiceCEPair(torch.autograd.Function):
+    """Both heads' Dice-CE; the backward pass recomputes each head's probabilities from its saved logits."""
+
+    @staticmethod
+    def forward(ctx, mixed: torch.Tensor, fixed: torch.Tensor, index: torch.Tensor):
+        batch, classes = mixed.shape[:2]
+        flat_index = index.reshape(batch, -1)
+        ones = torch.ones((), dtype=_work(mixed).dtype, device=mixed.device).expand(flat_index.shape)
+        counts = ones.new_zeros(batch, classes).scatter_add_(1, flat_index, ones)
+        loss_m, num_m, den_m = _head_forward(mixed, index, counts)
+        loss_f, num_f, den_f = (loss_m, num_m, den_m) if fixed is mixed else _head_forward(fixed, index, counts)
+        ctx.save_for_backward(mixed, fixed, index, num_m, den_m, num_f, den_f)
+        ctx.same = fixed is mixed
+        return loss_m.to(mixed.dtype), loss_f.to(fixed.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_mixed: torch.Tensor, grad_fixed: torch.Tensor):
+        mixed, fixed, index, num_m, den_m, num_f, den_f = ctx.saved_tensors
+        need_m, need_f = ctx.needs_input_grad[:2]
+        if ctx.same:  # one head's gradient, scaled by both weights (autograd adds the two inputs' gradients anyway)
+            return _head_backward(mixed, index, num_m, den_m, grad_mixed + grad_fixed) if need_m else None, None, None
+        out_m = _head_backward(mixed, index, num_m, den_m, grad_mixed) if need_m else None
+        out_f = _head_backward(fixed, index, num_f, den_f, grad_fixed) if need_f else None
+        return out_m, out_f, None
