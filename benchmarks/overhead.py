@@ -40,7 +40,9 @@ the last decoder stage only; the fixed and mixed predictions share the decoder b
 ``small_cnn_3d_cluster_scale_bias_last`` SmallCNN with cluster scale/bias on its last normalisation layer only
 (``MixedEffectsCNN(cluster_scale_bias="last")``: the two paths share every stage before it), and
 ``unet_3d_segmentation_bundle_intercept_only`` the UNet with no cluster scale/bias (``cluster_scale_bias=False``: the
-per-class intercepts are the only random effect and one decoder pass serves both predictions).
+per-class intercepts are the only random effect and one decoder pass serves both predictions; since the segmentation
+benchmark's variant selection this is ``MixedEffectsUNet``'s default, so it equals ``unet_3d_segmentation_bundle``),
+and ``unet_3d_segmentation_bundle_every_norm`` the former default (``cluster_scale_bias=True``: every decoder norm).
 
 ``--compile`` adds ``train_compiled``, ``train_compiled_no_adversary`` and ``inference_compiled``: the same steps with
 both networks under ``torch.compile`` (default mode), which is what MONAI's ``SupervisedTrainer(compile=True)`` does;
@@ -152,6 +154,7 @@ CASES: dict[str, dict[str, Any]] = {
     "unet_3d_segmentation_bundle": _SEGMENTATION_UNET,
     "unet_3d_segmentation_bundle_last_stage": {**_SEGMENTATION_UNET, "me_kwargs": {"cluster_scale_bias": "last"}},
     "unet_3d_segmentation_bundle_intercept_only": {**_SEGMENTATION_UNET, "me_kwargs": {"cluster_scale_bias": False}},
+    "unet_3d_segmentation_bundle_every_norm": {**_SEGMENTATION_UNET, "me_kwargs": {"cluster_scale_bias": True}},
 }
 
 
