@@ -9,7 +9,13 @@ import torch
 import torch._dynamo as dynamo
 from monai.networks.nets import UNet
 
-from monai_medl.networks.nets import MixedEffectsCNN, MixedEffectsMLP, MixedEffectsUNet, SmallCNN
+from monai_medl.networks.nets import (
+    MixedEffectsAutoEncoder,
+    MixedEffectsCNN,
+    MixedEffectsMLP,
+    MixedEffectsUNet,
+    SmallCNN,
+)
 
 
 def _cnn(**kw):
@@ -28,6 +34,7 @@ NETWORKS = {
     "unet": lambda: _unet(),
     "unet_intercept_only": lambda: _unet(cluster_scale_bias=False),
     "mlp": lambda: (MixedEffectsMLP(5, 1, num_clusters=3, hidden=(6,)), (5,)),
+    "autoencoder": lambda: (MixedEffectsAutoEncoder(spatial_dims=2, in_shape=(1, 16, 16), num_clusters=3), (1, 16, 16)),
 }
 
 
