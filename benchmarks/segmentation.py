@@ -469,6 +469,36 @@ the site's true protocol change of grey-matter volume.
 """
 
 
+def run_on_cohorts(
+    name: str, quick: bool, plan: dict, cfg: dict[str, Any], models: Sequence[str], cohort_root, out_dir, log, **report
+) -> dict[str, Any]:
+    """``run_benchmark`` over ``cfg``'s seeds, :func:`run_seed` training ``models`` on cohorts generated under
+    ``cohort_root`` (a temporary folder, removed afterwards, when None); ``report``: the comparisons, order, notes and
+    tables of ``run_benchmark``. The one runner of this benchmark and of :mod:`benchmarks.segmentation_variants`."""
+    torch.set_num_threads(cfg["threads"])
+    tmp = None
+    if cohort_root is None:
+        tmp = cohort_root = tempfile.mkdtemp(prefix=f"{name}_")
+    try:
+        return run_benchmark(
+            name,
+            quick,
+            plan,
+            cfg["seeds"],
+            lambda s: run_seed(s, cfg, cohort_root, models=models, log=log),
+            metric="dice",
+            seen="seen_dice",
+            unseen="unseen_dice",
+            config=cfg,
+            out_dir=out_dir,
+            log=log,
+            **report,
+        )
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def run(
     quick: bool = False,
     out_dir=None,
@@ -483,31 +513,20 @@ def run(
     cfg = config or default_config(quick, arm)
     arm = cfg.get("arm", "reference")
     name = NAME if arm == "reference" else f"{NAME}_{arm}"
-    torch.set_num_threads(cfg["threads"])
-    tmp = None
-    if cohort_root is None:
-        tmp = cohort_root = tempfile.mkdtemp(prefix="segmentation_benchmark_")
-    try:
-        return run_benchmark(
-            name,
-            quick,
-            PLAN,
-            cfg["seeds"],
-            lambda s: run_seed(s, cfg, cohort_root, models=models, log=log),
-            metric="dice",
-            seen="seen_dice",
-            unseen="unseen_dice",
-            config=cfg,
-            comparisons=[c for c in COMPARISONS if c.model in models and c.reference in models],
-            order=[m for m in MODELS if m in models],
-            notes=NOTES,
-            extra_tables=[("", COLUMNS)],
-            out_dir=out_dir,
-            log=log,
-        )
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_on_cohorts(
+        name,
+        quick,
+        PLAN,
+        cfg,
+        models,
+        cohort_root,
+        out_dir,
+        log,
+        comparisons=[c for c in COMPARISONS if c.model in models and c.reference in models],
+        order=[m for m in MODELS if m in models],
+        notes=NOTES,
+        extra_tables=[("", COLUMNS)],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

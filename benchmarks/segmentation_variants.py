@@ -21,15 +21,11 @@ Run ``python -m benchmarks.segmentation_variants [--quick] [--out DIR]``; writes
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-
 from benchmarks import segmentation as seg
-from benchmarks._common import Comparison, benchmark_parser, paired_difference, run_benchmark
+from benchmarks._common import Comparison, benchmark_parser, paired_difference
 
 __all__ = ["NAME", "CANDIDATES", "PLAN", "COMPARISONS", "choose_variant", "run", "main"]
 
@@ -124,32 +120,21 @@ def run(
     """Train and score every candidate on every seed; writes ``segmentation_variants.json`` / ``.md``."""
     cfg = config or seg.default_config(quick)
     cfg = {**cfg, "candidates": {name: seg.ME_KINDS[name] for name in CANDIDATES}}
-    torch.set_num_threads(cfg["threads"])
-    tmp = None
-    if cohort_root is None:
-        tmp = cohort_root = tempfile.mkdtemp(prefix="segmentation_variants_")
-    try:
-        return run_benchmark(
-            NAME,
-            quick,
-            PLAN,
-            cfg["seeds"],
-            lambda s: seg.run_seed(s, cfg, cohort_root, models=CANDIDATES, log=log),
-            metric="dice",
-            seen="seen_dice",
-            unseen="unseen_dice",
-            config=cfg,
-            comparisons=COMPARISONS,
-            order=list(CANDIDATES),
-            analysis=_analysis,
-            notes=_decision_notes,
-            extra_tables=[("", [SCORE, "seen_hd95", "unseen_hd95", "seen_population_dice", "intercept_vs_protocol_r"])],
-            out_dir=out_dir,
-            log=log,
-        )
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return seg.run_on_cohorts(
+        NAME,
+        quick,
+        PLAN,
+        cfg,
+        CANDIDATES,
+        cohort_root,
+        out_dir,
+        log,
+        comparisons=COMPARISONS,
+        order=list(CANDIDATES),
+        analysis=_analysis,
+        notes=_decision_notes,
+        extra_tables=[("", [SCORE, "seen_hd95", "unseen_hd95", "seen_population_dice", "intercept_vs_protocol_r"])],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
