@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from monai.losses import DiceCELoss
 
-__all__ = ["dice_ce", "fused_dice_ce_applies"]
+__all__ = ["dice_ce", "fused_dice_ce_applies", "dice_ce_terms", "class_counts", "working_logits"]
 
 _SMOOTH = 1e-5  # DiceLoss's smooth_nr and smooth_dr defaults
 _MONAI_DICE_CE = DiceCELoss(to_onehot_y=True, softmax=True)  # stateless, shared; the reference and the fallback
@@ -34,6 +34,37 @@ def fused_dice_ce_applies(pred: torch.Tensor, target: torch.Tensor) -> bool:
         and target.shape[2:] == pred.shape[2:]
         and pred.is_floating_point()
     )
+
+
+def working_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits evaluated in float32 (the loss and its gradient are computed in that precision)."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def class_counts(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``G``: the voxel count of every class in every item, ``(batch, classes)``, from the label map ``index``."""
+    batch, classes = logits.shape[:2]
+    flat_index = index.reshape(batch, -1)
+    ones = torch.ones((), dtype=working_logits(logits).dtype, device=logits.device).expand(flat_index.shape)
+    return ones.new_zeros(batch, classes).scatter_add_(1, flat_index, ones)
+
+
+def dice_ce_terms(
+    logits: torch.Tensor, index: torch.Tensor, counts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss of one head from one log-softmax: ``(loss, 2 I + s, P + G + s, probabilities)`` (the value of
+    :func:`dice_ce`; the probabilities are what its backward pass keeps, the pair loss drops them)."""
+    work = working_logits(logits)
+    batch, classes = work.shape[:2]
+    log_p = torch.log_softmax(work, dim=1)
+    target_log_p = log_p.gather(1, index)
+    p = log_p.exp_()
+    flat_index = index.reshape(batch, -1)
+    intersection = torch.zeros_like(counts).scatter_add_(1, flat_index, target_log_p.exp().reshape(batch, -1))
+    denominator = p.reshape(batch, classes, -1).sum(2).add_(counts).add_(_SMOOTH)  # P + G + s
+    numerator = intersection.mul_(2.0).add_(_SMOOTH)  # 2 I + s
+    loss = (1.0 - (numerator / denominator).mean()) - target_log_p.mean()
+    return loss, numerator, denominator, p
 
 
 def dice_ce(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -66,20 +97,10 @@ class _DiceCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        work = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-        batch, classes = work.shape[:2]
-        log_p = torch.log_softmax(work, dim=1)
-        p = log_p.exp()
-        flat_index = index.reshape(batch, -1)
-        intersection = work.new_zeros(batch, classes).scatter_add_(1, flat_index, p.gather(1, index).reshape(batch, -1))
-        counts = work.new_zeros(batch, classes).scatter_add_(1, flat_index, work.new_ones(()).expand(flat_index.shape))
-        denominator = p.reshape(batch, classes, -1).sum(2).add_(counts).add_(_SMOOTH)  # P + G + s
-        numerator = intersection.mul_(2.0).add_(_SMOOTH)  # 2 I + s
-        dice = 1.0 - (numerator / denominator).mean()
-        ce = -log_p.gather(1, index).mean()
+        loss, numerator, denominator, p = dice_ce_terms(logits, index, class_counts(logits, index))
         ctx.save_for_backward(p, index, numerator, denominator)
         ctx.in_dtype = logits.dtype
-        return (dice + ce).to(logits.dtype)
+        return loss.to(logits.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from monai_medl.losses.dice_ce import _SMOOTH, fused_dice_ce_applies
+from monai_medl.losses.dice_ce import class_counts, dice_ce_terms, fused_dice_ce_applies, working_logits
 
 __all__ = ["dice_ce_pair", "dice_ce_pair_applies"]
 
@@ -58,28 +58,6 @@ def dice_ce_pair(mixed: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor)
     return mixed_loss, fixed_loss
 
 
-def _work(logits: torch.Tensor) -> torch.Tensor:
-    """Half-precision logits evaluated in float32 (as :func:`~monai_medl.losses.dice_ce.dice_ce` does)."""
-    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-
-
-def _head_forward(
-    logits: torch.Tensor, index: torch.Tensor, counts: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One head's ``(loss, 2 I + s, P + G + s)`` from one log-softmax; the probabilities are freed."""
-    work = _work(logits)
-    batch, classes = work.shape[:2]
-    log_p = torch.log_softmax(work, dim=1)
-    target_log_p = log_p.gather(1, index)
-    p = log_p.exp_()
-    flat_index = index.reshape(batch, -1)
-    intersection = torch.zeros_like(counts).scatter_add_(1, flat_index, target_log_p.exp().reshape(batch, -1))
-    denominator = p.reshape(batch, classes, -1).sum(2).add_(counts).add_(_SMOOTH)  # P + G + s
-    numerator = intersection.mul_(2.0).add_(_SMOOTH)  # 2 I + s
-    loss = (1.0 - (numerator / denominator).mean()) - target_log_p.mean()
-    return loss, numerator, denominator
-
-
 def _head_backward(
     logits: torch.Tensor, index: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, grad: torch.Tensor
 ) -> torch.Tensor:
@@ -89,7 +67,7 @@ def _head_backward(
     per item times the batch and ``inner = sum_c p (c + a onehot)``, the gradient is
     ``p (c + 1/V - inner) + onehot (a p - 1/V)``: the first term is written class by class into the buffer, the
     second scattered at the label of each voxel (no one-hot map)."""
-    p = torch.softmax(_work(logits), dim=1).contiguous()  # the in-place passes below work on its flat view
+    p = torch.softmax(working_logits(logits), dim=1).contiguous()  # the in-place passes below work on its flat view
     batch, classes = p.shape[:2]
     voxels = p[:, 0].numel()  # cross-entropy mean over batch x spatial
     scale = grad.to(p.dtype)
@@ -111,12 +89,12 @@ class _DiceCEPair(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mixed: torch.Tensor, fixed: torch.Tensor, index: torch.Tensor):
-        batch, classes = mixed.shape[:2]
-        flat_index = index.reshape(batch, -1)
-        ones = torch.ones((), dtype=_work(mixed).dtype, device=mixed.device).expand(flat_index.shape)
-        counts = ones.new_zeros(batch, classes).scatter_add_(1, flat_index, ones)
-        loss_m, num_m, den_m = _head_forward(mixed, index, counts)
-        loss_f, num_f, den_f = (loss_m, num_m, den_m) if fixed is mixed else _head_forward(fixed, index, counts)
+        counts = class_counts(mixed, index)
+        loss_m, num_m, den_m, _ = dice_ce_terms(mixed, index, counts)  # the probabilities are freed here
+        if fixed is mixed:
+            loss_f, num_f, den_f = loss_m, num_m, den_m
+        else:
+            loss_f, num_f, den_f, _ = dice_ce_terms(fixed, index, counts)
         ctx.save_for_backward(mixed, fixed, index, num_m, den_m, num_f, den_f)
         ctx.same = fixed is mixed
         return loss_m.to(mixed.dtype), loss_f.to(fixed.dtype)
