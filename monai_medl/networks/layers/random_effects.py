@@ -179,7 +179,12 @@ class RandomEffects(nn.Module):
 
 
 def _kl_and_grads(
-    loc: torch.Tensor, rho: torch.Tensor, log_s: torch.Tensor, need_log_s_grad: bool = True
+    loc: torch.Tensor,
+    rho: torch.Tensor,
+    log_s: torch.Tensor,
+    need_log_s_grad: bool = True,
+    sigma: torch.Tensor | None = None,
+    sigmoid_rho: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``KL(N(loc, sigma^2) || N(0, s^2))`` summed over entries and its gradients w.r.t. ``loc``, ``rho``, ``log_s``.
 
@@ -188,18 +193,22 @@ def _kl_and_grads(
     ``dKL/drho = (sigma / s^2 - 1 / sigma) * sigmoid(rho)`` and ``dKL/dlog_s = 1 - (sigma^2 + loc^2) / s^2`` (summed
     over the entries when ``log_s`` is one number; ``log_s`` may also give one prior per entry, shaped like ``loc``,
     which is how :func:`gaussian_kl` sums many layers in one pass). The ``log_s`` gradient is None when
-    ``need_log_s_grad`` is False (a fixed prior). Call it without gradient tracking (inside ``torch.no_grad()`` or an
-    autograd function's ``forward``).
+    ``need_log_s_grad`` is False (a fixed prior). ``sigma`` and ``sigmoid_rho``, when the caller has them already (a
+    reparameterised draw computes both), are used instead of being computed again. Call it without gradient tracking
+    (inside ``torch.no_grad()`` or an autograd function's ``forward``).
     """
     # the prior scale stays a tensor: reading it as a Python number would synchronise with the device every step
     log_s = log_s.detach()
     inv_var = torch.exp(log_s * -2.0)
-    sigma = F.softplus(rho).add_(_SIGMA_FLOOR)
+    if sigma is None:
+        sigma = F.softplus(rho).add_(_SIGMA_FLOOR)
+    if sigmoid_rho is None:
+        sigmoid_rho = torch.sigmoid(rho)
     scaled = sigma.square().addcmul_(loc, loc).mul_(inv_var)  # (sigma^2 + loc^2) / s^2
     n = loc.numel()
     log_s_sum = log_s * n if log_s.dim() == 0 else log_s.sum()
     kl = scaled.sum().mul_(0.5).sub_(sigma.log().sum()).add_(log_s_sum).sub_(0.5 * n)
-    grad_rho = sigma.mul(inv_var).sub_(sigma.reciprocal()).mul_(torch.sigmoid(rho))
+    grad_rho = sigma.mul(inv_var).sub_(sigma.reciprocal()).mul_(sigmoid_rho)
     grad_log_s = None
     if need_log_s_grad:
         grad_log_s = scaled.neg().add_(1.0)
