@@ -342,8 +342,20 @@ class TabularTrainer:
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
+                manual = None
+                if self.manual_backward:  # one step object per fit (its adversary's AdamStep keeps its cache)
+                    manual = ManualMLPStep(
+                        net,
+                        self.optimizer,
+                        self.regularizer,
+                        self.lambda_mixed,
+                        self.lambda_fixed,
+                        kl_layers,
+                        kl_weight,
+                        optimizer_step=self._step,
+                    )
                 for _ in range(self.epochs):
-                    self._epoch(x, y, z, sites, use_mixed, kl_weight, kl_layers, history)
+                    self._epoch(x, y, z, sites, use_mixed, kl_weight, kl_layers, history, manual)
         finally:
             if checks is not None:
                 net.validate_inputs = checks
@@ -353,8 +365,11 @@ class TabularTrainer:
             raise FloatingPointError(f"training diverged: epoch losses {history.loss}.")
         return history
 
-    def _epoch(self, x, y, z, sites, use_mixed: bool, kl_weight: float, kl_layers: list, history: TabularHistory):
-        """One pass over the shuffled data in mini-batches; appends the epoch's means to ``history``."""
+    def _epoch(
+        self, x, y, z, sites, use_mixed: bool, kl_weight: float, kl_layers: list, history: TabularHistory, manual=None
+    ):
+        """One pass over the shuffled data in mini-batches; appends the epoch's means to ``history`` (``manual``: the
+        fit's :class:`~monai_medl.engines.tabular_manual.ManualMLPStep`, or None for autograd)."""
         opt, reg = self.optimizer, self.regularizer
         n = x.shape[0]
         t0 = time.perf_counter()
@@ -368,8 +383,8 @@ class TabularTrainer:
         # one split per epoch instead of four slices per step (per-step Python/dispatch cost matters here)
         batches = [t.split(self.batch_size) if t is not None else None for t in (xs, ys, zs, ss)]
         steps = len(cast(tuple, batches[0]))  # xs is never None
-        if self.manual_backward:
-            return self._manual_epoch(batches, ss, use_mixed, kl_weight, kl_layers, history, t0)
+        if manual is not None:
+            return self._manual_epoch(manual, batches, ss, use_mixed, history, t0)
         for k in range(steps):
             xb, yb, zb, sb = (None if b is None else b[k] for b in batches)
             loss = self._loss(xb, yb, zb, sb, use_mixed)
@@ -390,12 +405,9 @@ class TabularTrainer:
             history.adversary_accuracy.append(float(adv_acc) / steps)
         history.epoch_seconds.append(time.perf_counter() - t0)
 
-    def _manual_epoch(self, batches, sites, use_mixed: bool, kl_weight: float, kl_layers: list, history, t0) -> None:
+    def _manual_epoch(self, step: ManualMLPStep, batches, sites, use_mixed: bool, history, t0) -> None:
         """:meth:`_epoch` with :class:`~monai_medl.engines.tabular_manual.ManualMLPStep` (hand-written gradients)."""
         reg = self.regularizer
-        step = ManualMLPStep(
-            self.network, self.optimizer, reg, self.lambda_mixed, self.lambda_fixed, kl_layers, kl_weight
-        )
         xs, ys, zs, _ = batches
         steps = len(xs)
         targets = [None] * steps if reg is None else step.adversary_targets(sites, self.batch_size)

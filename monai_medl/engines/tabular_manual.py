@@ -159,6 +159,8 @@ class ManualMLPStep:
         lambda_fixed: weight of the fixed head's loss.
         kl_layers: random-effects layers whose closed-form KL gradient is added (empty: no KL).
         kl_weight: weight of the KL.
+        optimizer_step: the :class:`~monai_medl.engines.adam_step.AdamStep` of ``optimizer`` to step through (a
+            trainer's own, so that one object keeps its cached state lists); None builds one. Defaults to None.
 
     Example::
 
@@ -171,8 +173,20 @@ class ManualMLPStep:
         (torch.Size([]), None)
     """
 
-    def __init__(self, network, optimizer, regularizer, lambda_mixed, lambda_fixed, kl_layers, kl_weight) -> None:
+    def __init__(
+        self,
+        network,
+        optimizer,
+        regularizer,
+        lambda_mixed,
+        lambda_fixed,
+        kl_layers,
+        kl_weight,
+        optimizer_step: AdamStep | None = None,
+    ) -> None:
         self.network, self.optimizer, self.regularizer = network, optimizer, regularizer
+        if optimizer_step is not None and optimizer_step.optimizer is not optimizer:
+            raise ValueError("ManualMLPStep: optimizer_step must step the given optimizer (optimizer_step.optimizer).")
         reason = manual_step_unsupported(network, "bce", regularizer, False)
         if reason is not None:
             raise ValueError(f"ManualMLPStep: {reason}.")
@@ -180,7 +194,7 @@ class ManualMLPStep:
         self.adversary: list[nn.Linear] = [] if regularizer is None else _relu_linears(regularizer.adversary.net) or []
         self.lambda_mixed, self.lambda_fixed = float(lambda_mixed), float(lambda_fixed)
         self.kl_layers, self.kl_weight = list(kl_layers), float(kl_weight)
-        self.step = AdamStep(optimizer)
+        self.step = AdamStep(optimizer) if optimizer_step is None else optimizer_step
         self.adversary_step = None if regularizer is None else AdamStep(regularizer.optimizer)
         # every gradient the step writes is overwritten each call; the KL adds to the prior scales' gradients
         optimizer.zero_grad(set_to_none=True)

@@ -4,8 +4,9 @@
 import pytest
 import torch
 
-from monai_medl.engines.tabular import TabularTrainer
-from monai_medl.engines.tabular_manual import manual_step_unsupported
+from monai_medl.engines.adam_step import AdamStep
+from monai_medl.engines.tabular import TabularTrainer, make_adam
+from monai_medl.engines.tabular_manual import ManualMLPStep, manual_step_unsupported
 from monai_medl.networks.nets import ClusterClassifier, MixedEffectsMLP
 
 
@@ -87,8 +88,6 @@ def test_the_manual_step_is_the_default_where_it_applies():
 
 
 def test_the_kl_of_other_layer_sets_takes_the_concatenated_pass():
-    from monai_medl.engines.tabular import make_adam
-    from monai_medl.engines.tabular_manual import ManualMLPStep
 
     results = []
     for order in (1, -1):  # the reversed layer list is not the drawn one: the general KL pass, the same numbers
@@ -107,8 +106,6 @@ def test_the_kl_of_other_layer_sets_takes_the_concatenated_pass():
 
 
 def test_adversary_targets_need_an_adversary():
-    from monai_medl.engines.tabular import make_adam
-    from monai_medl.engines.tabular_manual import ManualMLPStep
 
     net = MixedEffectsMLP(3, 1, num_clusters=4, linear_slopes=False)
     step = ManualMLPStep(net, make_adam(net.parameters(), 1e-3), None, 1.0, 1.0, [], 0.0)
@@ -165,3 +162,13 @@ def test_batched_kl_gradients_equal_the_per_layer_ones():
         for p, q in zip(layer.parameters(), twin.parameters()):
             assert torch.equal(p.grad, q.grad)  # element by element the same operations
     assert twins[1].log_prior_scale.grad is None  # a fixed prior (a buffer) gets no gradient
+
+
+def test_optimizer_step_must_step_the_given_optimizer():
+    net = MixedEffectsMLP(3, 1, num_clusters=4, linear_slopes=False)
+    opt = make_adam(net.parameters(), 1e-3)
+    other = AdamStep(make_adam(net.parameters(), 1e-3))
+    with pytest.raises(ValueError, match="optimizer_step must step the given optimizer"):
+        ManualMLPStep(net, opt, None, 1.0, 1.0, [], 0.0, optimizer_step=other)
+    shared = AdamStep(opt)
+    assert ManualMLPStep(net, opt, None, 1.0, 1.0, [], 0.0, optimizer_step=shared).step is shared
