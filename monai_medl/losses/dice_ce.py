@@ -7,8 +7,10 @@ A mixed-effects segmentation model computes the segmentation loss twice per step
 ``mean_bc[1 - (2 I + s) / (P + G + s)] + mean_bs[-log p_target]`` (``I`` the summed probability of the true class,
 ``P`` the summed probability, ``G`` the voxel count of class ``c`` in item ``b``, ``s = 1e-5``), so the gradient with
 respect to the logits is closed-form: :func:`dice_ce` computes the value from one log-softmax and keeps only the
-probabilities and the label map for its backward pass (fewer full-size operations, less memory). Same value and
-gradient as MONAI's loss up to floating-point rounding (tested).
+probabilities, the label map and each voxel's probability of its label for its backward pass (fewer full-size
+operations, less memory). :func:`dice_ce_grad` is that gradient, written class by class into one buffer with no
+one-hot map; :func:`~monai_medl.losses.dice_ce_pair.dice_ce_pair` uses it too. Same value and gradient as MONAI's
+loss up to floating-point rounding (tested).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import torch
 from monai.losses import DiceCELoss
 
-__all__ = ["dice_ce", "fused_dice_ce_applies", "dice_ce_terms", "class_counts", "working_logits"]
+__all__ = ["dice_ce", "fused_dice_ce_applies", "dice_ce_terms", "dice_ce_grad", "class_counts", "working_logits"]
 
 _SMOOTH = 1e-5  # DiceLoss's smooth_nr and smooth_dr defaults
 _MONAI_DICE_CE = DiceCELoss(to_onehot_y=True, softmax=True)  # stateless, shared; the reference and the fallback
@@ -51,20 +53,22 @@ def class_counts(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def dice_ce_terms(
     logits: torch.Tensor, index: torch.Tensor, counts: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The loss of one head from one log-softmax: ``(loss, 2 I + s, P + G + s, probabilities)`` (the value of
-    :func:`dice_ce`; the probabilities are what its backward pass keeps, the pair loss drops them)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss of one head from one log-softmax: ``(loss, 2 I + s, P + G + s, probabilities, probability of the
+    label (batch, voxels))`` (the value of :func:`dice_ce`; the probabilities are what its backward pass keeps, the
+    pair loss drops them)."""
     work = working_logits(logits)
     batch, classes = work.shape[:2]
     log_p = torch.log_softmax(work, dim=1)
     target_log_p = log_p.gather(1, index)
     p = log_p.exp_()
     flat_index = index.reshape(batch, -1)
-    intersection = torch.zeros_like(counts).scatter_add_(1, flat_index, target_log_p.exp().reshape(batch, -1))
+    p_label = target_log_p.exp().reshape(batch, -1)
+    intersection = torch.zeros_like(counts).scatter_add_(1, flat_index, p_label)
     denominator = p.reshape(batch, classes, -1).sum(2).add_(counts).add_(_SMOOTH)  # P + G + s
     numerator = intersection.mul_(2.0).add_(_SMOOTH)  # 2 I + s
     loss = (1.0 - (numerator / denominator).mean()) - target_log_p.mean()
-    return loss, numerator, denominator, p
+    return loss, numerator, denominator, p, p_label
 
 
 def dice_ce(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -92,28 +96,61 @@ def dice_ce(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return _DiceCE.apply(pred, index)
 
 
+def dice_ce_grad(
+    p: torch.Tensor,
+    index: torch.Tensor,
+    numerator: torch.Tensor,
+    denominator: torch.Tensor,
+    scale: torch.Tensor,
+    inplace: bool = False,
+    p_label: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``scale * d loss / d logits`` of one head from its probabilities ``p`` and :func:`dice_ce_terms`' sums.
+
+    With ``a = -2 / (BC (P + G + s))``, ``c = (2 I + s) / (BC (P + G + s)^2)`` per (item, class), ``V`` the voxels
+    per item times the batch and ``inner = sum_c p (c + a onehot)``, the gradient is
+    ``p (c + 1/V - inner) + onehot (a p - 1/V)``: the first term is written class by class, the second scattered at
+    the label of each voxel, so no one-hot map and one full-size buffer. ``inplace``: write it into ``p`` (which must
+    then be a contiguous tensor nobody else needs, e.g. probabilities recomputed for this call); otherwise into a new
+    buffer, leaving ``p`` as it was (a saved tensor a second backward pass may read again). ``p_label``: ``p`` at the
+    label of every voxel, ``(batch, voxels)``, when the caller kept it from the forward pass (else gathered here).
+    The result is in ``p``'s dtype (the working precision)."""
+    batch, classes = p.shape[:2]
+    voxels = p[:, 0].numel()  # cross-entropy mean over batch x spatial
+    scale = scale.to(p.dtype)
+    a = (-2.0 / (batch * classes)) * scale / denominator
+    c = (numerator / (batch * classes)) * scale / denominator.square()
+    flat_index = index.reshape(batch, -1)
+    flat_p = p.view(batch, classes, -1) if inplace else p.reshape(batch, classes, -1)
+    out = flat_p if inplace else torch.empty(flat_p.shape, dtype=p.dtype, device=p.device)
+    if p_label is None:
+        p_label = flat_p.gather(1, flat_index.unsqueeze(1)).squeeze(1)
+    pa = p_label * a.gather(1, flat_index)  # a p at the label
+    # inner = sum_c p_c c_c + a p at the label, the sum as a batched matrix product (no full-size product map)
+    shift = torch.bmm(c.unsqueeze(1), flat_p).squeeze(1).add_(pa).neg_().add_(scale / voxels)  # 1/V - inner
+    for k in range(classes):  # out_k = p_k (c_k + 1/V - inner), one class at a time
+        if inplace:
+            flat_p[:, k].mul_(shift + c[:, k : k + 1])
+        else:
+            torch.mul(flat_p[:, k], shift + c[:, k : k + 1], out=out[:, k])
+    out.scatter_add_(1, flat_index.unsqueeze(1), pa.sub_(scale / voxels).unsqueeze(1))
+    return out.view(p.shape) if inplace else out.view(batch, classes, *p.shape[2:])
+
+
 class _DiceCE(torch.autograd.Function):
-    """Value from one log-softmax; the backward pass rebuilds the one-hot target from the saved label map."""
+    """Value from one log-softmax; the backward pass reads the saved probabilities (they are not modified, so a
+    retained graph can run it again)."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        loss, numerator, denominator, p = dice_ce_terms(logits, index, class_counts(logits, index))
-        ctx.save_for_backward(p, index, numerator, denominator)
+        loss, numerator, denominator, p, p_label = dice_ce_terms(logits, index, class_counts(logits, index))
+        ctx.save_for_backward(p, p_label, index, numerator, denominator)
         ctx.in_dtype = logits.dtype
         return loss.to(logits.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output: torch.Tensor):
-        p, index, numerator, denominator = ctx.saved_tensors
-        batch, classes = p.shape[:2]
-        shape = (batch, classes) + (1,) * (p.dim() - 2)
-        voxels = p[:, 0].numel()  # cross-entropy mean over batch x spatial
-        # d dice / d p = a * onehot + c per (item, class); then the softmax Jacobian, plus (p - onehot) / voxels
-        a = (-2.0 / (batch * classes) / denominator).view(shape)
-        c = (numerator / (batch * classes) / denominator.square()).view(shape)
-        onehot = torch.zeros_like(p).scatter_(1, index, 1.0)
-        grad_p = torch.addcmul(c, onehot, a)
-        inner = (p * grad_p).sum(1, keepdim=True)
-        grad = grad_p.sub_(inner).add_(1.0 / voxels).mul_(p).sub_(onehot, alpha=1.0 / voxels)
-        return grad.mul_(grad_output.to(grad.dtype)).to(ctx.in_dtype), None
+        p, p_label, index, numerator, denominator = ctx.saved_tensors
+        grad = dice_ce_grad(p, index, numerator, denominator, grad_output, p_label=p_label)
+        return grad.to(ctx.in_dtype), None

@@ -14,7 +14,13 @@ from __future__ import annotations
 
 import torch
 
-from monai_medl.losses.dice_ce import class_counts, dice_ce_terms, fused_dice_ce_applies, working_logits
+from monai_medl.losses.dice_ce import (
+    class_counts,
+    dice_ce_grad,
+    dice_ce_terms,
+    fused_dice_ce_applies,
+    working_logits,
+)
 
 __all__ = ["dice_ce_pair", "dice_ce_pair_applies"]
 
@@ -61,27 +67,10 @@ def dice_ce_pair(mixed: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor)
 def _head_backward(
     logits: torch.Tensor, index: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, grad: torch.Tensor
 ) -> torch.Tensor:
-    """One head's gradient ``grad * d loss / d logits`` in one full-size buffer (the recomputed probabilities).
-
-    With ``a = -2 / (BC (P + G + s))``, ``c = (2 I + s) / (BC (P + G + s)^2)`` per (item, class), ``V`` the voxels
-    per item times the batch and ``inner = sum_c p (c + a onehot)``, the gradient is
-    ``p (c + 1/V - inner) + onehot (a p - 1/V)``: the first term is written class by class into the buffer, the
-    second scattered at the label of each voxel (no one-hot map)."""
-    p = torch.softmax(working_logits(logits), dim=1).contiguous()  # the in-place passes below work on its flat view
-    batch, classes = p.shape[:2]
-    voxels = p[:, 0].numel()  # cross-entropy mean over batch x spatial
-    scale = grad.to(p.dtype)
-    a = (-2.0 / (batch * classes)) * scale / denominator
-    c = (numerator / (batch * classes)) * scale / denominator.square()
-    flat_index = index.reshape(batch, -1)
-    flat = p.view(batch, classes, -1)
-    pa = flat.gather(1, flat_index.unsqueeze(1)).squeeze(1).mul_(a.gather(1, flat_index))  # a p at the label
-    # inner = sum_c p_c c_c + a p at the label, the sum as a batched matrix product (no full-size product map)
-    shift = torch.bmm(c.unsqueeze(1), flat).squeeze(1).add_(pa).neg_().add_(scale / voxels)  # 1/V - inner
-    for k in range(classes):  # p_k *= c_k + 1/V - inner, in place one class at a time
-        flat[:, k].mul_(shift + c[:, k : k + 1])
-    flat.scatter_add_(1, flat_index.unsqueeze(1), pa.sub_(scale / voxels).unsqueeze(1))
-    return p.to(logits.dtype)
+    """One head's gradient ``grad * d loss / d logits`` written into its recomputed probabilities (one full-size
+    buffer; see :func:`~monai_medl.losses.dice_ce.dice_ce_grad`)."""
+    p = torch.softmax(working_logits(logits), dim=1).contiguous()  # the in-place passes work on its flat view
+    return dice_ce_grad(p, index, numerator, denominator, grad, inplace=True).to(logits.dtype)
 
 
 class _DiceCEPair(torch.autograd.Function):
@@ -90,11 +79,11 @@ class _DiceCEPair(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mixed: torch.Tensor, fixed: torch.Tensor, index: torch.Tensor):
         counts = class_counts(mixed, index)
-        loss_m, num_m, den_m, _ = dice_ce_terms(mixed, index, counts)  # the probabilities are freed here
+        loss_m, num_m, den_m, _, _ = dice_ce_terms(mixed, index, counts)  # the probabilities are freed here
         if fixed is mixed:
             loss_f, num_f, den_f = loss_m, num_m, den_m
         else:
-            loss_f, num_f, den_f, _ = dice_ce_terms(fixed, index, counts)
+            loss_f, num_f, den_f, _, _ = dice_ce_terms(fixed, index, counts)
         ctx.save_for_backward(mixed, fixed, index, num_m, den_m, num_f, den_f)
         ctx.same = fixed is mixed
         return loss_m.to(mixed.dtype), loss_f.to(fixed.dtype)

@@ -71,26 +71,36 @@ def checked_random_effects_layers(network: nn.Module, purpose: str) -> tuple[dic
     return layers, counts.pop()
 
 
-def kl_divergence(network: nn.Module) -> torch.Tensor:
-    """Sum of the KL terms of every random-effects layer in ``network`` (0 when it has none).
-
-    Mean-field :class:`RandomEffects` layers are summed in one pass; correlated ones
-    (:class:`~monai_medl.networks.layers.CorrelatedRandomEffects`, e.g. inside a grouped-factor network) add their
-    own closed-form KL.
-    """
+def kl_layers(network: nn.Module) -> tuple[list[RandomEffects], list[CorrelatedRandomEffects]]:
+    """The layers :func:`kl_divergence` sums: ``(mean-field RandomEffects, CorrelatedRandomEffects)``, in module
+    order (one walk over ``network``, no qualified names)."""
     layers: list[RandomEffects] = []
     correlated: list[CorrelatedRandomEffects] = []
-    for m in unwrap_network(network).modules():  # one walk (no qualified names): this runs every training step
+    for m in unwrap_network(network).modules():
         if isinstance(m, RandomEffects):
             layers.append(m)
         elif isinstance(m, CorrelatedRandomEffects):
             correlated.append(m)
-    if not layers and not correlated:
+    return layers, correlated
+
+
+def kl_divergence(
+    network: nn.Module, layers: tuple[list[RandomEffects], list[CorrelatedRandomEffects]] | None = None
+) -> torch.Tensor:
+    """Sum of the KL terms of every random-effects layer in ``network`` (0 when it has none).
+
+    Mean-field :class:`RandomEffects` layers are summed in one pass; correlated ones
+    (:class:`~monai_medl.networks.layers.CorrelatedRandomEffects`, e.g. inside a grouped-factor network) add their
+    own closed-form KL. ``layers``: :func:`kl_layers` of ``network`` when the caller keeps them (this runs every
+    training step; the walk over the modules is then skipped).
+    """
+    mean_field, correlated = kl_layers(network) if layers is None else layers
+    if not mean_field and not correlated:
         param = next(unwrap_network(network).parameters(), None)
         return torch.zeros((), device=None if param is None else param.device)
     terms = [layer.kl() for layer in correlated]
-    if layers:
-        terms.insert(0, gaussian_kl(layers))
+    if mean_field:
+        terms.insert(0, gaussian_kl(mean_field))
     return terms[0] if len(terms) == 1 else torch.stack(terms).sum()
 
 

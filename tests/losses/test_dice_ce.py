@@ -73,3 +73,23 @@ def test_a_label_outside_the_classes_is_an_error():
     labels = torch.full((1, 1, 4, 4), 3)
     with pytest.raises(RuntimeError):
         dice_ce(logits, labels)
+
+
+def test_a_retained_graph_gives_the_same_gradient_twice_and_saves_no_one_hot_map():
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 3, 5, 4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 1, 5, 4, 3), generator=gen)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        loss = dice_ce(logits, labels)
+    # the probabilities, the label map and the label's probability: no one-hot or other class-sized map but p
+    assert sorted(t.numel() for t in saved if t.numel() >= labels.numel()) == [
+        labels.numel(),
+        labels.numel(),
+        logits.numel(),
+    ]
+    (first,) = torch.autograd.grad(loss, logits, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, logits)  # the backward pass must not have changed its saved tensors
+    assert torch.equal(first, second)
+    (reference,) = torch.autograd.grad(DiceCELoss(to_onehot_y=True, softmax=True)(logits, labels), logits)
+    torch.testing.assert_close(first, reference, rtol=1e-10, atol=1e-14)

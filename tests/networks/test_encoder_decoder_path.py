@@ -47,3 +47,16 @@ def test_block_keyword_is_deprecated():
     assert torch.equal(old.eval()(x), new.eval()(x)) and torch.equal(new(x), block.eval()(x))
     with pytest.raises(TypeError, match="expected a MONAI UnetResBlock or UnetBasicBlock"):
         UnetResBlockWalk(torch.nn.Conv2d(1, 1, 3), 2, 3, True, 0.25, False)
+
+
+def test_decode_leaves_the_callers_encoder_outputs_and_forward_equals_it():
+    torch.manual_seed(3)
+    unet = UNet(2, 1, 3, channels=(4, 8, 16), strides=(2, 2))
+    path = UNetPath(unet, num_clusters=2).eval()
+    x, z = torch.randn(2, 1, 16, 16), torch.eye(2)
+    skips = path.encode(x)
+    kept = [s.data_ptr() for s in skips]
+    logits = path.decode(skips, z)
+    assert [s.data_ptr() for s in skips] == kept  # the training output still needs them for the adversary
+    assert torch.equal(path(x, z), logits)  # forward frees each encoder output once used: same values
+    assert torch.equal(torch.jit.script(path)(x, z), logits)

@@ -188,3 +188,26 @@ def test_nan_z_is_named_in_eval_when_no_layer_reads_z():
     bad_z[1, 2] = float("nan")
     with pytest.raises(ValueError, match=r"^z contains 1 NaN/Inf value\(s\)"):
         net(torch.randn(2, 1, 16, 16), bad_z)
+
+
+def test_the_kl_layers_found_once_are_a_copys_own():
+    import copy
+
+    from monai_medl.networks.nets import MixedEffectsMLP
+    from monai_medl.networks.utils import kl_divergence
+
+    torch.manual_seed(0)
+    net = MixedEffectsMLP(in_features=3, out_channels=1, num_clusters=4).train()
+    x, z = torch.randn(5, 3), torch.eye(4)[[0, 1, 2, 3, 0]]
+    assert torch.equal(net(x, z).kl, kl_divergence(net))  # the first call finds and keeps the layers
+    twin = copy.deepcopy(net)
+    # what DataParallel's replicate() does: a shallow copy of __dict__ (the kept layers too), then its own children
+    replica = net._replicate_for_data_parallel()
+    for name, child in net.named_children():
+        replica._modules[name] = copy.deepcopy(child)
+    for copied in (twin, replica):
+        with torch.no_grad():
+            for p in copied.parameters():
+                p.mul_(3.0)
+        kl = copied(x, z).kl
+        assert torch.equal(kl, kl_divergence(copied)) and not torch.equal(kl, net(x, z).kl)

@@ -307,12 +307,18 @@ class _UpCatPath(EncoderDecoderPath):
         return torch.cat([skip, pad_to(x, skip) if self.pad_skips else x], 1)
 
     def decode(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:
-        x = skips[-1]
-        n = len(skips) - 1
-        for i, (upsample, block) in enumerate(zip(self.upsamples, self.ups)):
-            skip = skips[n - 1 - i]
-            x = block(self._join(skip, upsample(x)), z)
+        return self._decode_consuming(list(skips), z)
+
+    def _decode_consuming(self, skips: list[torch.Tensor], z: Optional[torch.Tensor]) -> torch.Tensor:
+        """:meth:`decode` that pops every encoder output off ``skips`` once it is used, so a pass that keeps no
+        other reference to them (:meth:`forward`) frees each one as the network's own forward does."""
+        x = skips.pop()
+        for upsample, block in zip(self.upsamples, self.ups):
+            x = block(self._join(skips.pop(), upsample(x)), z)
         return self.final_conv(x)
+
+    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self._decode_consuming(self.encode(x), z)
 
     def decode_pair(self, skips: list[torch.Tensor], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, xm = skips[-1], None

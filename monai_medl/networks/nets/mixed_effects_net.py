@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from monai_medl.networks.blocks.mixed_effects_output import MixedEffectsOutput
+from monai_medl.networks.layers.correlated_random_effects import CorrelatedRandomEffects
 from monai_medl.networks.layers.factor_designs import factor_designs
 from monai_medl.networks.layers.random_effects import RandomEffects
 from monai_medl.networks.layers.random_effects_settings import (
@@ -18,7 +19,7 @@ from monai_medl.networks.layers.random_effects_settings import (
     RandomEffectsSettings,
     resolve_random_effects,
 )
-from monai_medl.networks.utils import kl_divergence, warn_deprecated
+from monai_medl.networks.utils import kl_divergence, kl_layers, warn_deprecated
 
 __all__ = ["MixedEffectsNet", "check_finite", "check_all_finite"]
 
@@ -150,7 +151,18 @@ class MixedEffectsNet(nn.Module):
     @torch.jit.unused
     def with_kl(self, out: MixedEffectsOutput) -> MixedEffectsOutput:
         """``out`` with its ``kl`` field set to the summed KL of this network's random-effects layers."""
-        return out._replace(kl=kl_divergence(self))
+        return out._replace(kl=kl_divergence(self, self._kl_layers()))
+
+    @torch.jit.unused
+    def _kl_layers(self) -> tuple[list[RandomEffects], list[CorrelatedRandomEffects]]:
+        """:func:`~monai_medl.networks.utils.kl_layers` of this network, found once (the architecture is fixed after
+        construction); a copy or a ``DataParallel`` replica (another object sharing this ``__dict__``'s entries)
+        finds its own."""
+        cached = self.__dict__.get("_kl_layers_cached")
+        if cached is None or cached[0] != id(self):
+            cached = (id(self), kl_layers(self))
+            self.__dict__["_kl_layers_cached"] = cached
+        return cached[1]
 
     @torch.jit.unused
     def check_inputs(self, x: torch.Tensor, z: torch.Tensor | None, values: bool = True) -> None:
