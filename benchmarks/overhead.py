@@ -33,7 +33,8 @@ Models in the results file are ``<backbone>/<phase>`` for the phases ``train``, 
 ``inference`` and ``inference_scripted``;
 ``seen`` holds the per-repeat
 ratio summary (there is no seen/unseen split here, ``unseen`` is null) and ``extra`` the milliseconds, the memory
-ratio and the targets (train <= 1.10, inference <= 1.05, peak memory <= 1.10).
+ratio, the tensor operations one call dispatches (``me_ops``/``bare_ops``, see :func:`count_ops`) and the targets
+(train <= 1.10, inference <= 1.05, peak memory <= 1.10).
 
 ``unet_3d_segmentation_bundle_last_stage`` is the same UNet with ``cluster_scale_bias="last"`` (cluster scale/bias on
 the last decoder stage only; the fixed and mixed predictions share the decoder before it), and
@@ -76,7 +77,17 @@ from monai_medl.losses import AdversarialRegularizer, MixedEffectsLoss
 from monai_medl.losses.mixed_effects_loss import task_loss
 from monai_medl.networks.nets import MixedEffectsCNN, MixedEffectsUNet, SmallCNN
 
-__all__ = ["CASES", "Pair", "time_steps", "peak_bytes", "segmentation_bundle_unet", "measure_case", "run", "main"]
+__all__ = [
+    "CASES",
+    "Pair",
+    "time_steps",
+    "count_ops",
+    "peak_bytes",
+    "segmentation_bundle_unet",
+    "measure_case",
+    "run",
+    "main",
+]
 
 NAME = "overhead"
 NUM_CLUSTERS = 8
@@ -365,6 +376,17 @@ def time_steps(fn: Callable[[], None], steps: int, device: torch.device | None =
     return cpu, wall
 
 
+def count_ops(fn: Callable[[], Any]) -> int:
+    """Tensor operations one call of ``fn`` dispatches from Python or autograd: the ``aten::`` events of a
+    ``torch.profiler`` trace that no other ``aten::`` operation called (a composite operation counts once). Each
+    costs a few microseconds of dispatch on the CPU whatever its size, which is what the small models' ratios are
+    made of."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    return sum(1 for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+
+
 def peak_bytes(pair: Pair, which: str, phase: str, fn: Callable[[], Any]) -> int:
     """Peak tensor memory of one call of ``fn``: the model's resident tensors plus the step's peak allocations
     (``torch.cuda.max_memory_allocated`` above the memory held before the call on a GPU, the profiler's running
@@ -428,6 +450,7 @@ def measure_case(
                 walls[which].append(wall)
         ratios = [m / b for m, b in zip(times["me"], times["bare"])]
         peaks = {w: peak_bytes(pair, w, phase, pair_fns[w]) for w in ("me", "bare")}
+        ops = {w: count_ops(pair_fns[w]) for w in ("me", "bare")}
         out[phase] = {
             "ratios": ratios,
             "me_ms": 1e3 * float(np.median(times["me"])),
@@ -438,6 +461,8 @@ def measure_case(
             "bare_wall_ms": 1e3 * float(np.median(walls["bare"])),
             "me_peak_mib": peaks["me"] / 2**20,
             "bare_peak_mib": peaks["bare"] / 2**20,
+            "me_ops": ops["me"],
+            "bare_ops": ops["bare"],
         }
     out["warm_up_seconds"] = warm_up_seconds
     out["params"] = {
@@ -504,6 +529,8 @@ def run(
                     "peak_memory_ratio": memory_ratio,
                     "me_peak_mib": r["me_peak_mib"],
                     "bare_peak_mib": r["bare_peak_mib"],
+                    "me_ops": r["me_ops"],
+                    "bare_ops": r["bare_ops"],
                     "time_target": TARGETS[phase],
                     "meets_time_target": bool(summary["mean"] <= TARGETS[phase]),
                     "meets_memory_target": bool(memory_ratio <= TARGETS["memory"]),
@@ -514,7 +541,8 @@ def run(
     notes = """
 `seen` = ME/bare step-time ratio per repeat, each the fastest of `steps` calls in thread CPU time (mean [95% CI];
 repeats per phase in `config`; `wall_ratio` = the same in wall-clock time); there is no seen/unseen split here
-(`unseen` is `-`). `me_ms`/`bare_ms` are median thread CPU milliseconds.
+(`unseen` is `-`). `me_ms`/`bare_ms` are median thread CPU milliseconds. `me_ops`/`bare_ops`: tensor operations one call
+dispatches (top-level `aten::` events of a profiler trace; each costs a few microseconds on the CPU whatever its size).
 Train step: ME = forward with z + both heads + KL + one adversary update and the adversarial term; bare = forward +
 BCE. Both: backward + Adam. `train_one_pass`: the ME step with the opt-in one-pass adversary
 (`AdversarialRegularizer(update="one_pass")`). `train_no_adversary`: the same ME step without the adversary (the

@@ -122,10 +122,16 @@ def dice_ce_grad(
     c = (numerator / (batch * classes)) * scale / denominator.square()
     flat_index = index.reshape(batch, -1)
     flat_p = p.view(batch, classes, -1) if inplace else p.reshape(batch, classes, -1)
-    out = flat_p if inplace else torch.empty(flat_p.shape, dtype=p.dtype, device=p.device)
+    # the result is returned as a tensor of its own, not a view: autograd then adds another gradient into it in place
+    result = p if inplace else torch.empty(p.shape, dtype=p.dtype, device=p.device)
+    out = result.view(batch, classes, -1)
+    # a p at the label, written into a map of its own (a saved p_label stays as it was)
+    a_label = a.gather(1, flat_index)
     if p_label is None:
-        p_label = flat_p.gather(1, flat_index.unsqueeze(1)).squeeze(1)
-    pa = p_label * a.gather(1, flat_index)  # a p at the label
+        pa = flat_p.gather(1, flat_index.unsqueeze(1)).squeeze(1).mul_(a_label)
+    else:
+        pa = a_label.mul_(p_label)
+    del a_label  # one label-sized map alive from here on, as before the class loop
     # inner = sum_c p_c c_c + a p at the label, the sum as a batched matrix product (no full-size product map)
     shift = torch.bmm(c.unsqueeze(1), flat_p).squeeze(1).add_(pa).neg_().add_(scale / voxels)  # 1/V - inner
     for k in range(classes):  # out_k = p_k (c_k + 1/V - inner), one class at a time
@@ -134,7 +140,7 @@ def dice_ce_grad(
         else:
             torch.mul(flat_p[:, k], shift + c[:, k : k + 1], out=out[:, k])
     out.scatter_add_(1, flat_index.unsqueeze(1), pa.sub_(scale / voxels).unsqueeze(1))
-    return out.view(p.shape) if inplace else out.view(batch, classes, *p.shape[2:])
+    return result
 
 
 class _DiceCE(torch.autograd.Function):

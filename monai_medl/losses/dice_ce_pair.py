@@ -79,11 +79,11 @@ class _DiceCEPair(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mixed: torch.Tensor, fixed: torch.Tensor, index: torch.Tensor):
         counts = class_counts(mixed, index)
-        loss_m, num_m, den_m, _, _ = dice_ce_terms(mixed, index, counts)  # the probabilities are freed here
+        loss_m, num_m, den_m = dice_ce_terms(mixed, index, counts)[:3]  # the probability maps are freed here
         if fixed is mixed:
             loss_f, num_f, den_f = loss_m, num_m, den_m
         else:
-            loss_f, num_f, den_f, _, _ = dice_ce_terms(fixed, index, counts)
+            loss_f, num_f, den_f = dice_ce_terms(fixed, index, counts)[:3]
         ctx.save_for_backward(mixed, fixed, index, num_m, den_m, num_f, den_f)
         ctx.same = fixed is mixed
         return loss_m.to(mixed.dtype), loss_f.to(fixed.dtype)

@@ -61,3 +61,22 @@ def test_measure_case_with_compile_reports_every_phase(monkeypatch):
     res = measure_case(case, batch=2, size=16, repeats=1, inference_repeats=1, steps=1, seed=0, compile=True)
     assert set(PHASES + COMPILED_PHASES) <= set(res) and res["warm_up_seconds"] > 0
     assert all(res[p]["me_ms"] > 0 and len(res[p]["ratios"]) == 1 for p in COMPILED_PHASES)
+
+
+def test_count_ops_counts_the_top_level_tensor_operations():
+    from benchmarks.overhead import count_ops
+
+    x, w = torch.randn(3, 4), torch.ones(2, 4)
+    assert count_ops(lambda: x.add(1.0)) == 1
+    assert count_ops(lambda: torch.nn.functional.linear(x, w).relu().sum()) == 3  # linear's addmm/t inside it
+    res = measure_case(
+        {"backbone": lambda: SmallCNN(spatial_dims=3, in_channels=1, out_channels=1), "me_kwargs": {}},
+        batch=2,
+        size=16,
+        repeats=1,
+        inference_repeats=1,
+        steps=1,
+        seed=0,
+    )
+    train, inference = res["train"], res["inference"]
+    assert train["me_ops"] > train["bare_ops"] > inference["bare_ops"] > 0  # the wrapper, backward and Adam add ops
