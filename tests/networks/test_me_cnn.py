@@ -176,6 +176,30 @@ def test_cluster_scale_bias_last_runs_the_shared_stages_once():
     del out
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+def test_the_first_cluster_blocks_norm_runs_once_and_updates_batch_statistics_once(inplace):
+    import copy
+
+    torch.manual_seed(0)
+    backbone = SmallCNN(spatial_dims=3, channels=(4, 8), act=("relu", {"inplace": inplace}))
+    bare = copy.deepcopy(backbone).train()
+    net = MixedEffectsCNN(K, backbone=backbone, cluster_scale_bias="last").train()
+    cluster = next(s.cluster for s in net.stages if s.has_cluster)
+    with torch.no_grad():
+        cluster.gamma.loc.normal_(0, 0.5)
+    x, z = torch.randn(4, 1, 16, 16, 16), torch.eye(K)[[0, 1, 2, 0]]
+    out = net(x, z)
+    expected = bare(x)
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm3d)]
+    # the backbone's own forward updates every batch norm once; so does the ME step (the split norm too)
+    assert [int(n.num_batches_tracked) for n in norms] == [1] * len(norms)
+    for mine, theirs in zip(norms, (m for m in bare.modules() if isinstance(m, nn.BatchNorm3d))):
+        assert torch.equal(mine.running_mean, theirs.running_mean) and torch.equal(mine.running_var, theirs.running_var)
+    torch.testing.assert_close(out.fixed, expected, rtol=0, atol=0)  # the z-free path is the backbone, exactly
+    (out.mixed.sum() + out.fixed.sum()).backward()  # an in-place activation after the shared norm is safe
+    assert cluster.gamma.loc.grad.abs().sum() > 0
+
+
 def test_cluster_scale_bias_last_needs_a_norm_layer():
     backbone = nn.Sequential(nn.Conv3d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 1))
     with pytest.raises(ValueError, match="cluster_scale_bias='last' needs a normalisation layer in Sequential"):

@@ -131,14 +131,26 @@ class BackboneStage(nn.Module):
     def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.apply_cluster(self.body(x), z)
 
-    def split(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(stage(x, None), stage(x, z))`` with the body run once. The norm runs once per path: a shared norm
-        output would be saved by the cluster product and then changed by an in-place activation of the fixed path."""
-        x = self.body(x)
+    def split_cluster(self, x: torch.Tensor, z: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(apply_cluster(x, None), apply_cluster(x, z))`` of the body's output ``x`` with the normalisation run
+        once; the second is None when ``z`` is None or the stage has no cluster block.
+
+        One norm call updates a batch norm's running statistics once per training step, as the backbone's own
+        forward does (running it once per path updated them twice, i.e. with about twice the momentum), and saves
+        its forward and backward pass. The fixed path gets a copy of the norm's output: an in-place layer after it
+        must not change the map the cluster product saved for its backward pass."""
         cluster = self.cluster
         if cluster is None:
-            return x, x
-        return cluster(x, None), cluster(x, z)
+            return x, None
+        normed = cluster.norm(x)
+        if z is None:
+            return normed, None
+        return normed.clone(), cluster.modulate(normed, z)
+
+    def split(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(stage(x, None), stage(x, z))`` with the body and the norm run once (see :meth:`split_cluster`)."""
+        fixed, mixed = self.split_cluster(self.body(x), z)
+        return fixed, fixed if mixed is None else mixed
 
 
 def build_stages(

@@ -89,6 +89,11 @@ class ClusterScaleBias(nn.Module):
         x = self.norm(x)
         if z is None:
             return x
+        return self.modulate(x, z)
+
+    def modulate(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The cluster-specific affine map ``(1 + gamma(z)) * x + beta(z)`` of an already normalised ``x`` (what
+        :meth:`forward` applies after the norm; a caller that needs the norm's output too runs the norm once)."""
         shape = [x.shape[0], x.shape[1]] + [1] * self.spatial_dims
         # the bias is added in place: one feature-map-sized allocation fewer (the product is not saved for backward);
         # addcmul(beta, x, 1 + gamma) would be one pass, but its broadcast first operand makes it ~3x slower on CPU

@@ -317,10 +317,8 @@ class MixedEffectsCNN(ImageMixedEffectsNet):
             else:
                 h = stage.body(h)  # type: ignore[operator]
                 if stage.has_cluster:
-                    if z is not None:
-                        # the paths split at the first cluster scale/bias block
-                        hm = stage.apply_cluster(h, z)  # type: ignore[operator]
-                    h = stage.apply_cluster(h, None)  # type: ignore[operator]
+                    # the paths split at the first cluster scale/bias block (its norm runs once for both)
+                    h, hm = stage.split_cluster(h, z)  # type: ignore[operator]
             if stage.tap:
                 features.append(global_avg_pool(h))
         features.append(global_avg_pool(h))
