@@ -411,11 +411,13 @@ class TabularTrainer:
         xs, ys, zs, _ = batches
         steps = len(xs)
         targets = [None] * steps if reg is None else step.adversary_targets(sites, self.batch_size)
-        # the losses stay tensors until the epoch ends: no per-step host synchronisation
-        losses = [step(xs[k], ys[k], zs[k] if use_mixed else None, targets[k]) for k in range(steps)]
-        history.loss.append(float(torch.stack(losses).sum()) / steps)
+        for k in range(steps):
+            step(xs[k], ys[k], zs[k] if use_mixed else None, targets[k])
+        # the losses are computed once for the epoch: no per-step loss values, no per-step host synchronisation
+        loss, accuracy = step.end_epoch()
+        history.loss.append(float(loss) / steps)
         if reg is not None:
-            history.adversary_accuracy.append(float(cast(torch.Tensor, step.end_epoch())) / steps)
+            history.adversary_accuracy.append(float(cast(torch.Tensor, accuracy)) / steps)
         history.epoch_seconds.append(time.perf_counter() - t0)
 
 
