@@ -75,53 +75,113 @@ def manual_step_unsupported(
     return None
 
 
-def _transposed(linears: list[nn.Linear]) -> list[torch.Tensor]:
-    """``weight.t()`` of each layer, once per step object: views, so the optimizer's in-place updates show in them
-    (``addmm(bias, x, weight_t)`` is ``F.linear`` without its per-call transpose)."""
-    return [layer.weight.t() for layer in linears]
+class _Dense(NamedTuple):
+    """A Linear layer's tensors, read once per step object: a Module attribute read costs as much as a small
+    operation, and a ``.grad`` assignment more. The transposed weight is a view (the optimizer's in-place updates
+    show in it; ``addmm(bias, x, weight_t)`` is ``F.linear`` without its per-call transpose) and the gradients are
+    the layer's own ``.grad`` tensors, overwritten (``out=``) by every step."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    weight_t: torch.Tensor
+    grad_weight: torch.Tensor
+    grad_bias: torch.Tensor
+    grad_weight_t: torch.Tensor  # the gradient's transposed view: ``mm(input_t, grad, out=)`` writes dW
 
 
-def _mlp_forward(
-    linears: list[nn.Linear], weights_t: list[torch.Tensor], x: torch.Tensor, relu_last: bool, out=None
-) -> list[torch.Tensor]:
-    """Activations ``[x, a_1, ..., a_L]`` of the Linear/ReLU stack (no ReLU after the last layer unless asked); the
-    last layer writes into ``out`` when given (a view of the step's stacked head input)."""
+def _dense(linears: list[nn.Linear]) -> list[_Dense]:
+    layers = []
+    for layer in linears:
+        weight, bias = layer.weight, cast(torch.Tensor, layer.bias)
+        weight.grad, bias.grad = torch.zeros_like(weight), torch.zeros_like(bias)
+        layers.append(_Dense(weight, bias, weight.t(), weight.grad, bias.grad, weight.grad.t()))
+    return layers
+
+
+def _mlp_forward(layers: list[_Dense], x: torch.Tensor, relu_last: bool, outs=None) -> list[torch.Tensor]:
+    """Activations ``[x, a_1, ..., a_L]`` of the Linear/ReLU stack (no ReLU after the last layer unless asked);
+    ``outs[i]``, where given, is the buffer layer ``i`` writes into (a :class:`_Workspace` view)."""
     acts = [x]
-    last = len(linears) - 1
-    for i, (layer, weight_t) in enumerate(zip(linears, weights_t)):
-        if i == last and out is not None:
-            pre = torch.addmm(layer.bias, acts[-1], weight_t, out=out)
+    last = len(layers) - 1
+    for i, layer in enumerate(layers):
+        out = None if outs is None else outs[i]
+        if out is None:
+            pre = torch.addmm(layer.bias, acts[-1], layer.weight_t)
         else:
-            pre = torch.addmm(layer.bias, acts[-1], weight_t)
+            pre = torch.addmm(layer.bias, acts[-1], layer.weight_t, out=out)
         acts.append(pre.relu_() if relu_last or i < last else pre)
     return acts
 
 
-def _mlp_backward(linears, acts, grad, extra=None, need_input: bool = False):
-    """Parameter gradients ``[(dW, db)]`` of the stack from the output gradient; ``extra[i]`` is added to the
-    gradient of ``acts[i + 1]`` (the adversary's gradient on the features); returns ``(grads, input gradient)``."""
-    grads: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for i in range(len(linears) - 1, -1, -1):
-        grads.append((grad.t().mm(acts[i]), grad.sum(0)))
-        if i == 0 and not need_input:
-            break
-        if i > 0 and extra is not None:  # one addmm instead of mm + add_
-            grad = torch.addmm(extra[i - 1], grad, linears[i].weight)
+def _mlp_backward(layers: list[_Dense], acts, grad: torch.Tensor, inputs_t, extra=None) -> None:
+    """Write the stack's parameter gradients from its output gradient; ``inputs_t[i]`` is ``acts[i].t()`` (a cached
+    view of a workspace buffer, or None: transposed here); ``extra[i]`` is added to the gradient of ``acts[i + 1]``
+    (the adversary's gradient on the features)."""
+    for i in range(len(layers) - 1, -1, -1):
+        layer, input_t = layers[i], inputs_t[i]
+        torch.mm(acts[i].t() if input_t is None else input_t, grad, out=layer.grad_weight_t)
+        torch.sum(grad, 0, out=layer.grad_bias)
+        if i == 0:
+            return
+        if extra is not None:  # one addmm instead of mm + add_
+            grad = torch.addmm(extra[i - 1], grad, layer.weight)
         else:
-            grad = grad.mm(linears[i].weight)
-        if i > 0:
-            grad = _relu_backward(grad, acts[i])
-    return grads[::-1], grad
+            grad = grad.mm(layer.weight)
+        grad = _relu_backward(grad, acts[i])
+
+
+class _Workspace(NamedTuple):
+    """The buffers a step of one batch size writes into (``rows`` items), made once and reused by every step.
+
+    The hidden layers write side by side into ``features`` (the adversary's input, without a concatenation); with
+    random effects the rows below it hold ``h (1 + u)`` under ``h``, so that ``stacked = [h; h (1 + u)]`` is one
+    strided view and both heads are one pass. The transposed views give the weight gradients as
+    ``mm(input_t, grad)`` without a per-step transpose.
+    """
+
+    hidden_outs: list[torch.Tensor]
+    hidden_inputs_t: list[torch.Tensor | None]  # x (the batch) is transposed per step
+    features: torch.Tensor
+    features_t: torch.Tensor
+    head_in: torch.Tensor  # stacked [h; h (1 + u)], or h
+    head_in_t: torch.Tensor
+    bottom: torch.Tensor  # the h (1 + u) rows
+    g_head_in: torch.Tensor  # gradient of head_in, and its two halves
+    g_top: torch.Tensor
+    g_bottom: torch.Tensor
+    adversary_outs: list[torch.Tensor | None]  # the adversary's hidden activations (its logits are kept: fresh)
+    adversary_inputs_t: list[torch.Tensor | None]
+
+
+def _workspace(hidden: list[_Dense], adversary: list[_Dense], rows: int, stacked: bool) -> _Workspace:
+    widths = [layer.weight.shape[0] for layer in hidden]
+    ref = hidden[0].weight
+    buffer = ref.new_empty(2 * rows if stacked else rows, sum(widths))
+    features = buffer[:rows]
+    hidden_outs = list(features.split(widths, 1))
+    head_in = buffer[:, -widths[-1] :]
+    g_head_in = torch.empty_like(head_in)
+    adversary_outs: list[torch.Tensor | None] = [ref.new_empty(rows, layer.weight.shape[0]) for layer in adversary]
+    adversary_outs[-1:] = [None]
+    return _Workspace(
+        hidden_outs,
+        [None] + [out.t() for out in hidden_outs[:-1]],
+        features,
+        features.t(),
+        head_in,
+        head_in.t(),
+        head_in[rows:],
+        g_head_in,
+        g_head_in[:rows],
+        g_head_in[rows:],
+        adversary_outs,
+        [features.t()] + [cast(torch.Tensor, out).t() for out in adversary_outs[:-1]],
+    )
 
 
 def _relu_backward(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     # autograd's own ReLU backward (one operation; a multiplication by the boolean mask would first convert it)
     return torch.ops.aten.threshold_backward(grad, output, 0.0)
-
-
-def _set_grads(linears: list[nn.Linear], grads) -> None:
-    for layer, (gw, gb) in zip(linears, grads):
-        layer.weight.grad, layer.bias.grad = gw, gb
 
 
 class _Draws:
@@ -268,20 +328,21 @@ class ManualMLPStep:
             raise ValueError(f"ManualMLPStep: {reason}.")
         self.hidden: list[nn.Linear] = _relu_linears(network.hidden) or []
         self.adversary: list[nn.Linear] = [] if regularizer is None else _relu_linears(regularizer.adversary.net) or []
-        self._hidden_t, self._adversary_t = _transposed(self.hidden), _transposed(self.adversary)
-        self._head_t = network.head.linear.weight.t()
         self.lambda_mixed, self.lambda_fixed = float(lambda_mixed), float(lambda_fixed)
         self.kl_layers, self.kl_weight = list(kl_layers), float(kl_weight)
         self.step = AdamStep(optimizer) if optimizer_step is None else optimizer_step
         self.adversary_step = None if regularizer is None else AdamStep(regularizer.optimizer)
         # every gradient the step writes is overwritten each call; the KL adds to the prior scales' gradients
         optimizer.zero_grad(set_to_none=True)
+        self._hidden, self._adversary_layers = _dense(self.hidden), _dense(self.adversary)
+        self._head = _dense([network.head.linear])[0]
         self._accumulated = [layer.log_prior_scale for layer in self.kl_layers if layer.log_prior_scale.requires_grad]
         head = network.head
         self._drawn = [layer for layer in (head.slopes, head.intercept) if layer is not None]
+        self._slopes, self._intercept = head.slopes is not None, head.intercept is not None
         self._draws: _Draws | None = None  # built at the first mixed step (its buffers become the layers' gradients)
         self._flat_kl: _FlatKL | None = None
-        self._stacks: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # rows -> [h; h (1 + u)]
+        self._workspaces: dict[tuple[int, bool], _Workspace] = {}  # (rows, stacked heads) -> buffers
         self._row_weights: dict[tuple[int, bool], torch.Tensor] = {}
         self._epoch_targets: tuple[torch.Tensor, ...] = ()
         self._reset()
@@ -363,97 +424,97 @@ class ManualMLPStep:
             self._row_weights[key] = ref.new_tensor(values).repeat_interleave(rows).unsqueeze(1)
         return self._row_weights[key]
 
-    def _stack(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The stacked head input ``(2 rows, features)`` of a batch size and its two halves (reused every step)."""
-        if rows not in self._stacks:
-            stacked = self._head_t.new_empty(2 * rows, self._head_t.shape[0])
-            self._stacks[rows] = (stacked, stacked[:rows], stacked[rows:])
-        if self._draws is None:
+    def _workspace(self, rows: int, stacked: bool) -> _Workspace:
+        """The :class:`_Workspace` of a batch size (the random effects' draws are set up at the first stacked step:
+        their buffers become the layers' gradients)."""
+        key = (rows, stacked)
+        if key not in self._workspaces:
+            self._workspaces[key] = _workspace(self._hidden, self._adversary_layers, rows, stacked)
+        if stacked and self._draws is None:
             self._draws = _Draws(self._drawn)
             if self.kl_layers and _FlatKL.covers(self._draws, self.kl_layers):
                 self._flat_kl = _FlatKL(self._draws, self.kl_weight)
-        return self._stacks[rows]
+        return self._workspaces[key]
 
     @torch.no_grad()
     def __call__(self, x, y, z, targets: AdversaryTargets | None = None) -> None:
         """Train one mini-batch (the adversary's update, then the model's); :meth:`end_epoch` sums the losses."""
-        head = self.network.head
         y = y.unsqueeze(1) if y.dim() == 1 else y  # as task_loss: (batch,) or (batch, 1) targets
         y = y if y.dtype == x.dtype else y.to(x.dtype)
         stacked = z is not None and bool(self._drawn)
-        stack = self._stack(x.shape[0]) if stacked else None
-        acts = _mlp_forward(self.hidden, self._hidden_t, x, relu_last=True, out=None if stack is None else stack[1])
-        h = acts[-1]
-        if stack is not None:
-            logits, g_h = self._mixed_head(h, y, z, stack)
+        work = self._workspace(x.shape[0], stacked)
+        acts = _mlp_forward(self._hidden, x, relu_last=True, outs=work.hidden_outs)
+        h, head = acts[-1], self._head
+        if stacked:
+            logits, g_h = self._mixed_head(h, y, z, work)
         else:
-            logits = torch.addmm(head.linear.bias, h, self._head_t)
+            logits = torch.addmm(head.bias, h, head.weight_t)
             g = torch.sigmoid(logits).sub_(y).mul_(1.0 / y.numel())
-            head.linear.weight.grad, head.linear.bias.grad = g.t().mm(h), g.sum(0)
-            g_h = g.mm(head.linear.weight)
+            torch.mm(work.head_in_t, g, out=head.grad_weight_t)
+            torch.sum(g, 0, out=head.grad_bias)
+            g_h = g.mm(head.weight)
         self._heads.append((logits, y, stacked))
         feature_grads = None
         if targets is not None:
-            feature_grads = self._adversary(acts[1:], targets)
+            feature_grads = self._adversary(acts[1:], targets, work)
             g_h = g_h.add_(feature_grads[-1])
-        grads, _ = _mlp_backward(self.hidden, acts, _relu_backward(g_h, h), feature_grads)
-        _set_grads(self.hidden, grads)
+        _mlp_backward(self._hidden, acts, _relu_backward(g_h, h), work.hidden_inputs_t, feature_grads)
         if self.kl_layers and self._flat_kl is None:  # another layer set: the concatenated pass
             for p in self._accumulated:
                 p.grad = None
             self._kl_values.append(accumulate_kl_grads_(self.kl_layers, self.kl_weight))
         self.step()
 
-    def _mixed_head(self, h, y, z, stack) -> tuple[torch.Tensor, torch.Tensor]:
+    def _mixed_head(self, h, y, z, work: _Workspace) -> tuple[torch.Tensor, torch.Tensor]:
         """Both heads on ``[h; h (1 + u)]``, their gradients and the random effects' (with the KL's): ``(logits,
         gradient of h)``."""
-        head, draws = self.network.head, cast(_Draws, self._draws)
+        head, draws = self._head, cast(_Draws, self._draws)
         loc, sigma, sig, dw_drho = draws()
-        stacked, _, bottom = stack
+        stacked, bottom, g_h, g_hm = work.head_in, work.bottom, work.g_top, work.g_bottom
         weights = iter(draws.weight_views)
         u = None
-        if head.slopes is not None:
+        if self._slopes:
             u = z.mm(next(weights))
             torch.addcmul(h, h, u, out=bottom)
         else:
             bottom.copy_(h)
         rows = h.shape[0]
-        logits = torch.addmm(head.linear.bias, stacked, self._head_t)
-        if head.intercept is not None:
+        logits = torch.addmm(head.bias, stacked, head.weight_t)
+        if self._intercept:
             logits[rows:].addmm_(z, next(weights))
         g = torch.sigmoid(logits)
         g.view(2, rows, 1).sub_(y)
         g.mul_(self._weights(rows, True))
-        head.linear.weight.grad, head.linear.bias.grad = g.t().mm(stacked), g.sum(0)
-        g_h, g_hm = g.mm(head.linear.weight).view(2, rows, -1).unbind(0)
+        torch.mm(work.head_in_t, g, out=head.grad_weight_t)
+        torch.sum(g, 0, out=head.grad_bias)
+        torch.mm(g, head.weight, out=work.g_head_in)
         z_t, grads = z.t(), iter(draws.grad_loc_views)
-        if head.slopes is not None:
+        if self._slopes:
             torch.mm(z_t, g_hm * h, out=next(grads))
-        if head.intercept is not None:
+        if self._intercept:
             torch.mm(z_t, g[rows:], out=next(grads))
         torch.mul(draws.grad_loc, dw_drho, out=draws.grad_rho)
         if self._flat_kl is not None:
             self._kl_parts.append(self._flat_kl(draws, loc, sigma, sig))
         return logits, (g_h.add_(g_hm) if u is None else g_h.addcmul_(g_hm, u).add_(g_hm))
 
-    def _adversary(self, features, targets: AdversaryTargets) -> list[torch.Tensor]:
+    def _adversary(self, features, targets: AdversaryTargets, work: _Workspace) -> list[torch.Tensor]:
         """The adversary's two-step update, then the gradient of its penalty on each feature."""
-        reg, linears, weights_t = self.regularizer, self.adversary, self._adversary_t
-        live = torch.cat(features, 1)
-        acts = _mlp_forward(linears, weights_t, live, relu_last=False)
+        reg, layers, live = self.regularizer, self._adversary_layers, work.features
+        acts = _mlp_forward(layers, live, relu_last=False, outs=work.adversary_outs)
         self._logits.append(acts[-1])
-        grads, _ = _mlp_backward(linears, acts, torch.softmax(acts[-1], 1).sub_(targets.one_hot).mul_(targets.scale))
-        _set_grads(linears, grads)
+        grad = torch.softmax(acts[-1], 1).sub_(targets.one_hot).mul_(targets.scale)
+        _mlp_backward(layers, acts, grad, work.adversary_inputs_t)
         reg._sync_grads()
         cast(AdamStep, self.adversary_step)()
-        acts = _mlp_forward(linears, weights_t, live, relu_last=False)  # the updated adversary, frozen
+        acts = _mlp_forward(layers, live, relu_last=False)  # the updated adversary, frozen
         self._penalty_logits.append(acts[-1])
         p = torch.softmax(acts[-1], 1)
         if reg.objective == "confusion":  # d/d logits of -mean log p
             grad = p.sub_(1.0 / p.shape[1])
         else:  # of +CE(site) ... negated: -lambda_g * CE
             grad = p.sub_(targets.one_hot).neg_()
-        g_live = _mlp_input_grad(linears, acts, grad.mul_(targets.scale_g))
+        g_live = _mlp_input_grad(layers, acts, grad.mul_(targets.scale_g))
         return list(g_live.split([f.shape[1] for f in features], 1))
 
 
@@ -462,10 +523,10 @@ def _bce_terms(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.softplus(logits).sub_(logits * y)
 
 
-def _mlp_input_grad(linears: list[nn.Linear], acts: list[torch.Tensor], grad: torch.Tensor) -> torch.Tensor:
+def _mlp_input_grad(layers: list[_Dense], acts: list[torch.Tensor], grad: torch.Tensor) -> torch.Tensor:
     """Gradient of the stack's input from its output gradient (no parameter gradients: a frozen network)."""
-    for i in range(len(linears) - 1, -1, -1):
-        grad = grad.mm(linears[i].weight)
+    for i in range(len(layers) - 1, -1, -1):
+        grad = grad.mm(layers[i].weight)
         if i > 0:
             grad = _relu_backward(grad, acts[i])
     return grad
