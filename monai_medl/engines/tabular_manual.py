@@ -150,7 +150,7 @@ class _Workspace(NamedTuple):
     g_top: torch.Tensor
     g_bottom: torch.Tensor
     adversary_outs: list[torch.Tensor | None]  # the adversary's hidden activations (its logits are kept: fresh)
-    adversary_inputs_t: list[torch.Tensor | None]
+    adversary_inputs_t: list[torch.Tensor]
 
 
 def _workspace(hidden: list[_Dense], adversary: list[_Dense], rows: int, stacked: bool) -> _Workspace:
