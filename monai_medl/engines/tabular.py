@@ -354,8 +354,12 @@ class TabularTrainer:
                         kl_weight,
                         optimizer_step=self._step,
                     )
-                for _ in range(self.epochs):
-                    self._epoch(x, y, z, sites, use_mixed, kl_weight, kl_layers, history, manual)
+                try:
+                    for _ in range(self.epochs):
+                        self._epoch(x, y, z, sites, use_mixed, kl_weight, kl_layers, history, manual)
+                finally:
+                    if manual is not None:  # the parameters' own storage again (flat while the step trains)
+                        manual.close()
         finally:
             if checks is not None:
                 net.validate_inputs = checks

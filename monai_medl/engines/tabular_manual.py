@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from monai_medl.engines.adam_step import AdamStep
+from monai_medl.engines.flat_parameters import FlatParameters
 from monai_medl.losses.adversarial_regularizer import AdversarialRegularizer
 from monai_medl.networks.layers.random_effects import _SIGMA_FLOOR, RandomEffects, accumulate_kl_grads_
 from monai_medl.networks.nets.cluster_classifier import ClusterClassifier
@@ -93,8 +94,11 @@ def _dense(linears: list[nn.Linear]) -> list[_Dense]:
     layers = []
     for layer in linears:
         weight, bias = layer.weight, cast(torch.Tensor, layer.bias)
-        weight.grad, bias.grad = torch.zeros_like(weight), torch.zeros_like(bias)
-        layers.append(_Dense(weight, bias, weight.t(), weight.grad, bias.grad, weight.grad.t()))
+        # a FlatParameters' gradient views are kept
+        grad_w = torch.zeros_like(weight) if weight.grad is None else weight.grad
+        grad_b = torch.zeros_like(bias) if bias.grad is None else bias.grad
+        weight.grad, bias.grad = grad_w, grad_b
+        layers.append(_Dense(weight, bias, weight.t(), grad_w, grad_b, grad_w.t()))
     return layers
 
 
@@ -128,6 +132,24 @@ def _mlp_backward(layers: list[_Dense], acts, grad: torch.Tensor, inputs_t, extr
         else:
             grad = grad.mm(layer.weight)
         grad = _relu_backward(grad, acts[i])
+
+
+def _flatten(linears: list[nn.Linear], drawn, optimizer, step: AdamStep | None) -> FlatParameters | None:
+    """The optimizer's one group as :class:`FlatParameters` (registered with its ``step``) in the step's layout: the
+    Linear layers' weights and biases, then the ``drawn`` random-effects layers' locs, rhos and learned prior scales;
+    None, leaving the parameters as they are, where ``drawn`` is None, the group holds anything else or the update
+    is not the fused kernel's."""
+    if drawn is None or step is None or not step.fast or len(optimizer.param_groups) != 1:
+        return None
+    layout = [p for layer in linears for p in (layer.weight, layer.bias)]
+    layout += [layer.loc for layer in drawn] + [layer.rho for layer in drawn]
+    layout += [layer.log_prior_scale for layer in drawn if layer.log_prior_scale.requires_grad]
+    params = optimizer.param_groups[0]["params"]
+    if len(layout) != len(params) or {id(p) for p in layout} != {id(p) for p in params}:
+        return None
+    flat = FlatParameters(layout)
+    step.use_flat(flat)
+    return flat
 
 
 class _Workspace(NamedTuple):
@@ -187,31 +209,41 @@ def _relu_backward(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
 class _Draws:
     """The reparameterised draws ``loc + sigma * eps`` of the head's random-effects layers as one flat pass.
 
-    The layers' entries are concatenated so that the elementwise work (``sigmoid``, ``softplus``, the draw, the KL)
-    runs once for all of them; ``eps`` is drawn per layer, in the layers' order and shape, so the random numbers are
-    those of ``randn_like(layer.loc)``. The layers' ``loc``/``rho`` gradients become views of two flat buffers that
-    every step overwrites (the head's backward writes them with ``out=``, the KL adds to them).
+    The layers' entries are taken together so that the elementwise work (``sigmoid``, ``softplus``, the draw, the
+    KL) runs once for all of them: as slices of the network's :class:`FlatParameters` when it has them (the layers'
+    ``loc`` and ``rho`` consecutive in its layout), else concatenated per step into buffers whose views become the
+    layers' gradients. ``eps`` is drawn per layer, in the layers' order and shape, so the random numbers are those of
+    ``randn_like(layer.loc)``. Every step overwrites the gradients (the head's backward writes them with ``out=``,
+    the KL adds to them).
     """
 
-    def __init__(self, layers: list[RandomEffects]) -> None:
+    def __init__(self, layers: list[RandomEffects], flat: FlatParameters | None) -> None:
         self.layers = layers
         self.sizes = [layer.loc.numel() for layer in layers]
-        self.locs = [layer.loc.view(-1) for layer in layers]  # views: the updates show in them
-        self.rhos = [layer.rho.view(-1) for layer in layers]
         ref = layers[0].loc
         self.eps = ref.new_empty(sum(self.sizes))
         self.eps_parts = list(self.eps.split(self.sizes))
         self.weights = ref.new_empty(sum(self.sizes))
         self.weight_views = [w.view_as(layer.loc) for w, layer in zip(self.weights.split(self.sizes), layers)]
-        self.grad_loc, self.grad_rho = ref.new_zeros(sum(self.sizes)), ref.new_zeros(sum(self.sizes))
-        self.grad_loc_views = [g.view_as(layer.loc) for g, layer in zip(self.grad_loc.split(self.sizes), layers)]
-        for layer, g_loc, g_rho in zip(layers, self.grad_loc_views, self.grad_rho.split(self.sizes)):
-            layer.loc.grad, layer.rho.grad = g_loc, g_rho.view_as(layer.rho)
+        self.flat = flat
+        if flat is not None:
+            self.loc, self.grad_loc = flat.slice(layers[0].loc, len(layers))
+            self.rho, self.grad_rho = flat.slice(layers[0].rho, len(layers))
+        else:
+            self.locs = [layer.loc.view(-1) for layer in layers]  # views: the updates show in them
+            self.rhos = [layer.rho.view(-1) for layer in layers]
+            self.grad_loc, self.grad_rho = ref.new_zeros(sum(self.sizes)), ref.new_zeros(sum(self.sizes))
+            for layer, g_loc, g_rho in zip(layers, self.grad_loc.split(self.sizes), self.grad_rho.split(self.sizes)):
+                layer.loc.grad, layer.rho.grad = g_loc.view_as(layer.loc), g_rho.view_as(layer.rho)
+        self.grad_loc_views = [cast(torch.Tensor, layer.loc.grad) for layer in layers]
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(loc, sigma, sigmoid(rho), d weights / d rho)``, flat; the drawn weights are in ``weight_views``."""
-        loc = torch.cat(self.locs) if len(self.locs) > 1 else self.locs[0]
-        rho = torch.cat(self.rhos) if len(self.rhos) > 1 else self.rhos[0]
+        if self.flat is not None:
+            loc, rho = self.loc, self.rho
+        else:
+            loc = torch.cat(self.locs) if len(self.locs) > 1 else self.locs[0]
+            rho = torch.cat(self.rhos) if len(self.rhos) > 1 else self.rhos[0]
         sig = torch.sigmoid(rho)
         sigma = F.softplus(rho).add_(_SIGMA_FLOOR)
         for part in self.eps_parts:
@@ -222,9 +254,9 @@ class _Draws:
 
 class _FlatKL:
     """The drawn layers' closed-form KL gradients (see :func:`~monai_medl.networks.layers.random_effects._kl_and_grads`)
-    in one pass over the concatenated entries; returns the parts of the KL's value, which the step sums once per
-    epoch: ``KL = sum(scaled) / 2 - sum(log sigma) + sum(n_l log s_l) - n / 2`` with ``scaled = (sigma^2 + loc^2) /
-    s^2``."""
+    in one pass over their entries; returns the parts of the KL's value, which the step sums once per epoch:
+    ``KL = sum(scaled) / 2 - sum(log sigma) + sum(n_l log s_l) - n / 2`` with ``scaled = (sigma^2 + loc^2) / s^2``
+    (``-2 log s`` is kept: the value's ``log s`` is exactly ``-1/2`` of it)."""
 
     def __init__(self, draws: _Draws, weight: float) -> None:
         self.priors: list[torch.Tensor] = [layer.log_prior_scale for layer in draws.layers]
@@ -236,34 +268,40 @@ class _FlatKL:
         self.counts = sizes.to(ref.dtype)
         self.counts_weighted = self.counts * weight
         self.indicator = F.one_hot(self.index, len(draws.sizes)).t().to(ref.dtype)  # (layers, entries)
-        self.prior_grad = ref.new_zeros(len(self.priors))
-        if self.learned:
-            for prior, grad in zip(self.priors, self.prior_grad):
-                prior.grad = grad
+        self.log_s: torch.Tensor | None = None  # the prior scales' flat slice (a view) when the network is flat
+        if self.learned and draws.flat is not None:
+            self.log_s, self.prior_grad = draws.flat.slice(self.priors[0], len(self.priors))
+        else:
+            self.prior_grad = ref.new_zeros(len(self.priors))
+            if self.learned:
+                for prior, grad in zip(self.priors, self.prior_grad):
+                    prior.grad = grad
 
     @staticmethod
-    def covers(draws: _Draws, kl_layers: list) -> bool:
+    def covers(layers: list, kl_layers: list) -> bool:
         """The drawn layers are the KL's, with one-number prior scales all learned or all fixed."""
-        priors = [layer.log_prior_scale for layer in draws.layers]
+        priors = [layer.log_prior_scale for layer in layers]
         learned = {p.requires_grad for p in priors}
-        return kl_layers == draws.layers and all(p.dim() == 0 for p in priors) and len(learned) == 1
+        return bool(layers) and kl_layers == layers and all(p.dim() == 0 for p in priors) and len(learned) == 1
 
     def __call__(self, draws: _Draws, loc, sigma, sig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        log_s = torch.stack(self.priors)
-        inv_var = torch.exp(log_s * -2.0).index_select(0, self.index)
+        log_s = torch.stack(self.priors) if self.log_s is None else self.log_s
+        minus_2_log_s = log_s * -2.0
+        inv_var = torch.exp(minus_2_log_s).index_select(0, self.index)
         scaled = sigma.square().addcmul_(loc, loc).mul_(inv_var)
         w = self.weight
         if self.learned:  # d KL / d log s_l = n_l - sum of the layer's scaled entries
             torch.sub(self.counts_weighted, torch.mv(self.indicator, scaled), alpha=w, out=self.prior_grad)
         draws.grad_loc.addcmul_(loc, inv_var, value=w)
         draws.grad_rho.addcmul_(sigma.mul(inv_var).sub_(sigma.reciprocal()), sig, value=w)
-        return scaled, sigma, log_s
+        return scaled, sigma, minus_2_log_s
 
     def value(self, parts: list) -> torch.Tensor:
         """The summed KL of the steps whose ``parts`` were returned."""
-        scaled, sigma, log_s = (torch.stack(p) for p in zip(*parts))
+        scaled, sigma, minus_2_log_s = (torch.stack(p) for p in zip(*parts))
         half_n = float(self.counts.sum()) * len(parts) / 2
-        return scaled.sum().mul_(0.5).sub_(sigma.log_().sum()).add_(log_s.mv(self.counts).sum()).sub_(half_n)
+        log_s_sum = minus_2_log_s.mv(self.counts).sum().mul_(-0.5)
+        return scaled.sum().mul_(0.5).sub_(sigma.log_().sum()).add_(log_s_sum).sub_(half_n)
 
 
 class AdversaryTargets(NamedTuple):
@@ -334,12 +372,18 @@ class ManualMLPStep:
         self.adversary_step = None if regularizer is None else AdamStep(regularizer.optimizer)
         # every gradient the step writes is overwritten each call; the KL adds to the prior scales' gradients
         optimizer.zero_grad(set_to_none=True)
-        self._hidden, self._adversary_layers = _dense(self.hidden), _dense(self.adversary)
-        self._head = _dense([network.head.linear])[0]
-        self._accumulated = [layer.log_prior_scale for layer in self.kl_layers if layer.log_prior_scale.requires_grad]
         head = network.head
         self._drawn = [layer for layer in (head.slopes, head.intercept) if layer is not None]
         self._slopes, self._intercept = head.slopes is not None, head.intercept is not None
+        covered = not self._drawn or _FlatKL.covers(self._drawn, self.kl_layers)
+        # parameters held in one flat tensor each for the model and the adversary (restored by close())
+        drawn = self._drawn if covered else None
+        self.flat: list[FlatParameters | None] = [_flatten(self.hidden + [head.linear], drawn, optimizer, self.step)]
+        if regularizer is not None:
+            self.flat.append(_flatten(self.adversary, [], regularizer.optimizer, self.adversary_step))
+        self._hidden, self._adversary_layers = _dense(self.hidden), _dense(self.adversary)
+        self._head = _dense([head.linear])[0]
+        self._accumulated = [layer.log_prior_scale for layer in self.kl_layers if layer.log_prior_scale.requires_grad]
         self._draws: _Draws | None = None  # built at the first mixed step (its buffers become the layers' gradients)
         self._flat_kl: _FlatKL | None = None
         self._workspaces: dict[tuple[int, bool], _Workspace] = {}  # (rows, stacked heads) -> buffers
@@ -424,6 +468,14 @@ class ManualMLPStep:
             self._row_weights[key] = ref.new_tensor(values).repeat_interleave(rows).unsqueeze(1)
         return self._row_weights[key]
 
+    def close(self) -> None:
+        """Give the parameters their own storage again (they are views of one flat tensor while the step trains)."""
+        for flat, step in zip(self.flat, (self.step, self.adversary_step)):
+            if flat is not None and step is not None:
+                flat.restore()
+                step.use_flat(None)
+        self.flat = [None]
+
     def _workspace(self, rows: int, stacked: bool) -> _Workspace:
         """The :class:`_Workspace` of a batch size (the random effects' draws are set up at the first stacked step:
         their buffers become the layers' gradients)."""
@@ -431,8 +483,8 @@ class ManualMLPStep:
         if key not in self._workspaces:
             self._workspaces[key] = _workspace(self._hidden, self._adversary_layers, rows, stacked)
         if stacked and self._draws is None:
-            self._draws = _Draws(self._drawn)
-            if self.kl_layers and _FlatKL.covers(self._draws, self.kl_layers):
+            self._draws = _Draws(self._drawn, self.flat[0])
+            if _FlatKL.covers(self._drawn, self.kl_layers):
                 self._flat_kl = _FlatKL(self._draws, self.kl_weight)
         return self._workspaces[key]
 
