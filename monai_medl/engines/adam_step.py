@@ -17,6 +17,8 @@ gradient or state yet, a tensor learning rate, capturable or differentiable opti
 
 from __future__ import annotations
 
+from itertools import repeat
+from operator import is_, is_not
 from typing import cast
 
 import torch
@@ -73,16 +75,17 @@ class AdamStep:
         # a new state or group list (load_state_dict) or an added group: read the lists again
         stale = self._lists is None or any(a is not b for a, b in zip(source[:2], self._source))
         stale = stale or source[2] != self._source[2]
-        if stale or any(gr is None for group in grads for gr in group):
+        complete = all(all(map(is_not, group, repeat(None))) for group in grads)  # map: C-level, per step
+        if stale or not complete:
             # the first step creates the state; a missing gradient is the optimizer's to skip
             self.optimizer.step()
-            self._lists = self._cache() if all(gr is not None for group in grads for gr in group) else None
+            self._lists = self._cache() if complete else None
             self._source = source
             return
         lists = cast(list, self._lists)
         for group, group_grads, (params, avgs, sqs, maxes, steps, counter, flat) in zip(groups, grads, lists):
             counter.add_(1)  # every step of the group at once (the steps are views of it)
-            if flat is not None and all(g is v for g, v in zip(group_grads, flat[0])):
+            if flat is not None and all(map(is_, group_grads, flat[0])):
                 # the group as its one flat tensor (gradients still the flat views: checked by identity)
                 params, group_grads, avgs, sqs, maxes, steps = flat[1:]
             torch._fused_adam_(

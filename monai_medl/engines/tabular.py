@@ -326,6 +326,8 @@ class TabularTrainer:
         ``argmax(z)`` for rows of ``z`` that are not all zero.
         """
         x, y, z, sites = (None if t is None else t.to(self.device) for t in self._check(x, y, z, sites))
+        if self.manual_backward and y.dim() == 1:  # the manual step's (n, 1) targets, shaped once per fit
+            y = y.unsqueeze(1)
         n = x.shape[0]
         use_mixed = self.is_mixed and z is not None and bool(self.re_layers)
         kl_weight = 1.0 / n if self.kl_weight == "elbo" else float(self.kl_weight)

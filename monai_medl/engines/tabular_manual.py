@@ -201,9 +201,12 @@ def _workspace(hidden: list[_Dense], adversary: list[_Dense], rows: int, stacked
     )
 
 
+_THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward.default  # the overload itself: no per-call resolution
+
+
 def _relu_backward(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     # autograd's own ReLU backward (one operation; a multiplication by the boolean mask would first convert it)
-    return torch.ops.aten.threshold_backward(grad, output, 0.0)
+    return _THRESHOLD_BACKWARD(grad, output, 0.0)
 
 
 class _Draws:
