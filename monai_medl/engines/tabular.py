@@ -186,7 +186,7 @@ class TabularTrainer:
             Defaults to the network's current device.
         manual_backward: compute the default (two-step) step with hand-written gradients instead of autograd
             (:class:`~monai_medl.engines.tabular_manual.ManualMLPStep`: the same update and random numbers, equal up
-            to floating-point rounding, about a third of the autograd step's time on the spirals MLPs). It covers a
+            to floating-point rounding, several times faster than autograd on the spirals MLPs). It covers a
             ReLU :class:`~monai_medl.networks.nets.MixedEffectsMLP` with ``task="bce"``
             (:func:`~monai_medl.engines.tabular_manual.manual_step_unsupported`). None: wherever it covers the
             configuration, autograd elsewhere; True: always (a configuration it does not cover raises a ValueError
