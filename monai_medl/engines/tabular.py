@@ -387,7 +387,8 @@ class TabularTrainer:
         total = x.new_zeros(())
         adv_acc = x.new_zeros(())
         # one split per epoch instead of four slices per step (per-step Python/dispatch cost matters here)
-        batches = [t.split(self.batch_size) if t is not None else None for t in (xs, ys, zs, ss)]
+        # (the manual step takes the sites unsplit: its adversary targets are made per epoch)
+        batches = [None if t is None else t.split(self.batch_size) for t in (xs, ys, zs, None if manual else ss)]
         steps = len(cast(tuple, batches[0]))  # xs is never None
         if manual is not None:
             return self._manual_epoch(manual, batches, ss, use_mixed, history, t0)

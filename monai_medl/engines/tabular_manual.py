@@ -173,6 +173,8 @@ class _Workspace(NamedTuple):
     g_bottom: torch.Tensor
     adversary_outs: list[torch.Tensor | None]  # the adversary's hidden activations (its logits are kept: fresh)
     adversary_inputs_t: list[torch.Tensor]
+    g_features: torch.Tensor  # the penalty's gradient on the features, and its view per hidden layer
+    g_feature_views: list[torch.Tensor]
 
 
 def _workspace(hidden: list[_Dense], adversary: list[_Dense], rows: int, stacked: bool) -> _Workspace:
@@ -182,7 +184,7 @@ def _workspace(hidden: list[_Dense], adversary: list[_Dense], rows: int, stacked
     features = buffer[:rows]
     hidden_outs = list(features.split(widths, 1))
     head_in = buffer[:, -widths[-1] :]
-    g_head_in = torch.empty_like(head_in)
+    g_head_in, g_features = torch.empty_like(head_in), torch.empty_like(features)
     adversary_outs: list[torch.Tensor | None] = [ref.new_empty(rows, layer.weight.shape[0]) for layer in adversary]
     adversary_outs[-1:] = [None]
     return _Workspace(
@@ -198,6 +200,8 @@ def _workspace(hidden: list[_Dense], adversary: list[_Dense], rows: int, stacked
         g_head_in[rows:],
         adversary_outs,
         [features.t()] + [cast(torch.Tensor, out).t() for out in adversary_outs[:-1]],
+        g_features,
+        list(g_features.split(widths, 1)),
     )
 
 
@@ -569,8 +573,8 @@ class ManualMLPStep:
             grad = p.sub_(1.0 / p.shape[1])
         else:  # of +CE(site) ... negated: -lambda_g * CE
             grad = p.sub_(targets.one_hot).neg_()
-        g_live = _mlp_input_grad(layers, acts, grad.mul_(targets.scale_g))
-        return list(g_live.split([f.shape[1] for f in features], 1))
+        _mlp_input_grad(layers, acts, grad.mul_(targets.scale_g), work.g_features)
+        return work.g_feature_views
 
 
 def _bce_terms(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -578,10 +582,9 @@ def _bce_terms(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.softplus(logits).sub_(logits * y)
 
 
-def _mlp_input_grad(layers: list[_Dense], acts: list[torch.Tensor], grad: torch.Tensor) -> torch.Tensor:
-    """Gradient of the stack's input from its output gradient (no parameter gradients: a frozen network)."""
-    for i in range(len(layers) - 1, -1, -1):
-        grad = grad.mm(layers[i].weight)
-        if i > 0:
-            grad = _relu_backward(grad, acts[i])
-    return grad
+def _mlp_input_grad(layers: list[_Dense], acts: list[torch.Tensor], grad: torch.Tensor, out: torch.Tensor) -> None:
+    """Write the gradient of the stack's input into ``out`` from its output gradient (no parameter gradients: a
+    frozen network)."""
+    for i in range(len(layers) - 1, 0, -1):
+        grad = _relu_backward(grad.mm(layers[i].weight), acts[i])
+    torch.mm(grad, layers[0].weight, out=out)
