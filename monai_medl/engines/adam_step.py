@@ -7,16 +7,23 @@ model of a hundred weights stepped thousands of times that is a large share of t
 the optimizer (its parameters, state and hyper-parameters stay the truth: a learning-rate scheduler or a loaded
 ``state_dict`` take effect) and calls the same fused kernel with the same arguments, so the update is bit for bit
 the optimizer's own (tested); the parameters' step counts become views of one tensor, so that one operation
-increments them all. Whatever it does not cover (another optimizer, a group that is not fused, a parameter
-without a gradient or state yet, a tensor learning rate, capturable or differentiable options) falls back to
+increments them all. Parameters held in one flat tensor
+(:class:`~monai_medl.engines.flat_parameters.FlatParameters`, registered with :meth:`AdamStep.use_flat`) are
+updated as that one tensor: the fused kernel's cost is mostly per tensor, and its arithmetic is elementwise, the
+same per entry. Whatever it does not cover (another optimizer, a group that is not fused, a parameter without a
+gradient or state yet, a tensor learning rate, capturable or differentiable options) falls back to
 ``optimizer.step()``.
 """
 
 from __future__ import annotations
 
+from itertools import repeat
+from operator import is_, is_not
 from typing import cast
 
 import torch
+
+from monai_medl.engines.flat_parameters import FlatParameters
 
 __all__ = ["AdamStep"]
 
@@ -49,6 +56,13 @@ class AdamStep:
         self.fast = isinstance(optimizer, torch.optim.Adam) and all(_covered(g) for g in groups)
         self._lists: list[tuple] | None = None  # per group: params, averages, squares, maxima, steps, counter
         self._source: tuple = ()  # what the cached lists were read from (load_state_dict replaces it)
+        self._flat: list[FlatParameters] = []
+
+    def use_flat(self, flat: FlatParameters | None) -> None:
+        """Update the group whose parameters ``flat`` holds as its one flat tensor (None: forget the registered
+        ones); the optimizer's moment estimates of the group are re-backed in the same layout at the next step."""
+        self._flat = [] if flat is None else [f for f in self._flat if f is not flat] + [flat]
+        self._lists = None
 
     def __call__(self) -> None:
         """One update of every parameter that has a gradient (the optimizer's own ``step()`` where not covered)."""
@@ -61,15 +75,19 @@ class AdamStep:
         # a new state or group list (load_state_dict) or an added group: read the lists again
         stale = self._lists is None or any(a is not b for a, b in zip(source[:2], self._source))
         stale = stale or source[2] != self._source[2]
-        if stale or any(gr is None for group in grads for gr in group):
+        complete = all(all(map(is_not, group, repeat(None))) for group in grads)  # map: C-level, per step
+        if stale or not complete:
             # the first step creates the state; a missing gradient is the optimizer's to skip
             self.optimizer.step()
-            self._lists = self._cache() if all(gr is not None for group in grads for gr in group) else None
+            self._lists = self._cache() if complete else None
             self._source = source
             return
         lists = cast(list, self._lists)
-        for group, group_grads, (params, avgs, sqs, maxes, steps, counter) in zip(groups, grads, lists):
+        for group, group_grads, (params, avgs, sqs, maxes, steps, counter, flat) in zip(groups, grads, lists):
             counter.add_(1)  # every step of the group at once (the steps are views of it)
+            if flat is not None and all(map(is_, group_grads, flat[0])):
+                # the group as its one flat tensor (gradients still the flat views: checked by identity)
+                params, group_grads, avgs, sqs, maxes, steps = flat[1:]
             torch._fused_adam_(
                 params,
                 group_grads,
@@ -96,15 +114,35 @@ class AdamStep:
             if not all("exp_avg" in s for s in states) or len({(p.device, p.dtype) for p in params}) > 1:
                 self.fast = False  # one kernel call per group needs one device and dtype
                 return None
-            maxes = [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else []
             # the per-parameter step counts become views of one tensor: one increment per call instead of one per
             # parameter (the values are unchanged; optimizer.step() increments each view as before)
             counter = torch.stack([s["step"] for s in states])
             for i, state in enumerate(states):
                 state["step"] = counter[i]
+            flat = self._flat_lists(params, counter)  # may re-back the moment estimates: read them after
+            maxes = [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else []
             avgs, sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
-            lists.append((params, avgs, sqs, maxes, [s["step"] for s in states], counter))
+            lists.append((params, avgs, sqs, maxes, [s["step"] for s in states], counter, flat))
         return lists
+
+    def _flat_lists(self, params: list, counter: torch.Tensor) -> tuple | None:
+        """The kernel's arguments for a group held by a registered :class:`FlatParameters`: the moment estimates
+        re-backed in its layout (the same values) and one step count (the group's, all equal); None otherwise."""
+        flat = next((f for f in self._flat if {id(p) for p in f.params} == {id(p) for p in params}), None)
+        if flat is None or not flat.intact([p.grad for p in flat.params]) or bool((counter != counter[0]).any()):
+            return None
+        state = self.optimizer.state
+        keys = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if "max_exp_avg_sq" in state[params[0]] else [])
+        buffers = []
+        for key in keys:
+            buffer = torch.cat([state[p][key].reshape(-1) for p in flat.params])
+            for p, view in zip(flat.params, buffer.split(flat.sizes)):
+                state[p][key] = view.view_as(p)
+            buffers.append([buffer])
+        position = {id(p): i for i, p in enumerate(flat.params)}
+        expected = [flat.grad_views[position[id(p)]] for p in params]  # in the group's order
+        maxes = buffers[2] if len(buffers) > 2 else []
+        return expected, [flat.flat], [flat.grad], buffers[0], buffers[1], maxes, [counter[0]]
 
 
 def _covered(group: dict) -> bool:

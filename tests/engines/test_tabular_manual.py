@@ -98,7 +98,10 @@ def test_the_kl_of_other_layer_sets_takes_the_concatenated_pass():
         step = ManualMLPStep(net, make_adam(net.parameters(), 1e-2), None, 1.0, 0.5, layers, 1e-2)
         x, y, z, _ = _data(n=16)
         torch.manual_seed(1)
-        losses = [step(x, y, z) for _ in range(3)]
+        losses = []
+        for _ in range(3):
+            step(x, y, z)
+            losses.append(step.end_epoch()[0])  # each step's own loss
         results.append((losses, {k: v.clone() for k, v in net.state_dict().items()}))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=0)
     for key, value in results[0][1].items():
@@ -111,7 +114,7 @@ def test_adversary_targets_need_an_adversary():
     step = ManualMLPStep(net, make_adam(net.parameters(), 1e-3), None, 1.0, 1.0, [], 0.0)
     with pytest.raises(ValueError, match="no adversary"):
         step.adversary_targets(torch.zeros(8, dtype=torch.long), 4)
-    assert step.end_epoch() is None
+    assert step.end_epoch() == (0.0, None)  # no step since the last call: no loss, no adversary accuracy
 
 
 def test_the_training_moves_every_parameter():
@@ -172,3 +175,64 @@ def test_optimizer_step_must_step_the_given_optimizer():
         ManualMLPStep(net, opt, None, 1.0, 1.0, [], 0.0, optimizer_step=other)
     shared = AdamStep(opt)
     assert ManualMLPStep(net, opt, None, 1.0, 1.0, [], 0.0, optimizer_step=shared).step is shared
+
+
+def _spiral_fit(manual, fits=1, dtype=torch.float32):
+    """A spirals-benchmark-like ME-MLP with adversary (float32, learned priors), trained ``fits`` times in a row."""
+    torch.manual_seed(0)
+    net = MixedEffectsMLP(3, 1, num_clusters=4, hidden=(4, 4, 4), learn_prior_scale=True, linear_slopes=False)
+    adv = ClusterClassifier(12, 4, hidden=(8, 8, 4))
+    net, adv = net.to(dtype), adv.to(dtype)
+    trainer = TabularTrainer(
+        net,
+        epochs=2,
+        batch_size=16,
+        lr=1e-2,
+        kl_weight=1e-3,
+        adversary=adv,
+        lambda_g=0.5,
+        seed=3,
+        manual_backward=manual,
+    )
+    x, y, z, site = (t.to(dtype) if t.is_floating_point() else t for t in _data())
+    histories = [trainer.fit(x, y.reshape(-1), z, site) for _ in range(fits)]  # 1-D targets, as the benchmark's
+    return histories, [net, adv]
+
+
+def test_the_float32_step_agrees_with_autograd_over_two_fits():
+    ref_histories, ref_nets = _spiral_fit(False, fits=2)
+    histories, nets = _spiral_fit(True, fits=2)  # the second fit re-flattens and re-registers the parameters
+    for ref, got in zip(ref_nets, nets):
+        for (key, a), b in zip(ref.state_dict().items(), got.state_dict().values()):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=key)  # float32 rounding over 24 steps
+    for ref, got in zip(ref_histories, histories):
+        torch.testing.assert_close(got.loss, ref.loss, rtol=1e-5, atol=0)
+        torch.testing.assert_close(got.adversary_accuracy, ref.adversary_accuracy, rtol=1e-5, atol=0)
+    for p in (p for net in nets for p in net.parameters()):  # close() gave every parameter its own storage back
+        assert p.untyped_storage().nbytes() == p.numel() * p.element_size()
+        assert p.grad is None or p.grad.untyped_storage().nbytes() == p.numel() * p.element_size()
+
+
+def test_the_step_falls_back_to_its_own_buffers_where_the_parameters_cannot_be_flat():
+    torch.manual_seed(0)
+    net = MixedEffectsMLP(3, 1, num_clusters=4, hidden=(5,), linear_slopes=False, learn_prior_scale=True).double()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)  # not fused: stepped by optimizer.step(), nothing made flat
+    step = ManualMLPStep(net, opt, None, 1.0, 0.5, [net.head.slopes, net.head.intercept], 1e-2)
+    assert step.flat == [None]
+    flat_net = MixedEffectsMLP(3, 1, num_clusters=4, hidden=(5,), linear_slopes=False, learn_prior_scale=True)
+    flat_net = flat_net.double()
+    flat_net.load_state_dict(net.state_dict())
+    flat_opt = torch.optim.Adam(flat_net.parameters(), lr=1e-2, fused=True)
+    flat_step = ManualMLPStep(flat_net, flat_opt, None, 1.0, 0.5, [flat_net.head.slopes, flat_net.head.intercept], 1e-2)
+    assert flat_step.flat[0] is not None
+    x, y, z, _ = _data(n=16)
+    losses = []
+    for s in (step, flat_step):
+        torch.manual_seed(1)
+        for _ in range(3):
+            s(x, y, z)
+        losses.append(s.end_epoch()[0])
+    flat_step.close()
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-12, atol=0)
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(flat_net.state_dict()[key], value, rtol=1e-12, atol=1e-14, msg=key)
