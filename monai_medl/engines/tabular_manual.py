@@ -28,7 +28,14 @@ from torch import nn
 from monai_medl.engines.adam_step import AdamStep
 from monai_medl.engines.flat_parameters import FlatParameters
 from monai_medl.losses.adversarial_regularizer import AdversarialRegularizer
-from monai_medl.networks.layers.random_effects import _SIGMA_FLOOR, RandomEffects, accumulate_kl_grads_
+from monai_medl.networks.layers.random_effects import (
+    _SIGMA_FLOOR,
+    RandomEffects,
+    accumulate_kl_grads_,
+    kl_rho_grad_factor,
+    kl_scaled_moment,
+    kl_value,
+)
 from monai_medl.networks.nets.cluster_classifier import ClusterClassifier
 from monai_medl.networks.nets.me_mlp import MixedEffectsMLP
 
@@ -260,10 +267,10 @@ class _Draws:
 
 
 class _FlatKL:
-    """The drawn layers' closed-form KL gradients (see :func:`~monai_medl.networks.layers.random_effects._kl_and_grads`)
-    in one pass over their entries; returns the parts of the KL's value, which the step sums once per epoch:
-    ``KL = sum(scaled) / 2 - sum(log sigma) + sum(n_l log s_l) - n / 2`` with ``scaled = (sigma^2 + loc^2) / s^2``
-    (``-2 log s`` is kept: the value's ``log s`` is exactly ``-1/2`` of it)."""
+    """The drawn layers' closed-form KL gradients in one pass over their entries, from the pieces of
+    :func:`~monai_medl.networks.layers.random_effects._kl_and_grads` (``kl_scaled_moment``, ``kl_rho_grad_factor``,
+    ``kl_value``) accumulated into the step's flat gradient buffers; returns the parts of the KL's value, which the
+    step sums once per epoch (``-2 log s`` is kept: the value's ``log s`` is exactly ``-1/2`` of it)."""
 
     def __init__(self, draws: _Draws, weight: float) -> None:
         self.priors: list[torch.Tensor] = [layer.log_prior_scale for layer in draws.layers]
@@ -295,20 +302,20 @@ class _FlatKL:
         log_s = torch.stack(self.priors) if self.log_s is None else self.log_s
         minus_2_log_s = log_s * -2.0
         inv_var = torch.exp(minus_2_log_s).index_select(0, self.index)
-        scaled = sigma.square().addcmul_(loc, loc).mul_(inv_var)
+        scaled = kl_scaled_moment(loc, sigma, inv_var)
         w = self.weight
         if self.learned:  # d KL / d log s_l = n_l - sum of the layer's scaled entries
             torch.sub(self.counts_weighted, torch.mv(self.indicator, scaled), alpha=w, out=self.prior_grad)
-        draws.grad_loc.addcmul_(loc, inv_var, value=w)
-        draws.grad_rho.addcmul_(sigma.mul(inv_var).sub_(sigma.reciprocal()), sig, value=w)
+        draws.grad_loc.addcmul_(loc, inv_var, value=w)  # d KL / d loc = loc / s^2
+        draws.grad_rho.addcmul_(kl_rho_grad_factor(sigma, inv_var), sig, value=w)
         return scaled, sigma, minus_2_log_s
 
     def value(self, parts: list) -> torch.Tensor:
         """The summed KL of the steps whose ``parts`` were returned."""
         scaled, sigma, minus_2_log_s = (torch.stack(p) for p in zip(*parts))
-        half_n = float(self.counts.sum()) * len(parts) / 2
+        n = float(self.counts.sum()) * len(parts)
         log_s_sum = minus_2_log_s.mv(self.counts).sum().mul_(-0.5)
-        return scaled.sum().mul_(0.5).sub_(sigma.log_().sum()).add_(log_s_sum).sub_(half_n)
+        return kl_value(scaled, sigma.log_(), log_s_sum, n)
 
 
 class AdversaryTargets(NamedTuple):

@@ -178,6 +178,24 @@ class RandomEffects(nn.Module):
         )
 
 
+def kl_scaled_moment(loc: torch.Tensor, sigma: torch.Tensor, inv_var: torch.Tensor) -> torch.Tensor:
+    """``(sigma^2 + loc^2) / s^2`` per entry (``inv_var = 1 / s^2``): the KL's data term, whose sum over a layer's
+    entries also gives the prior scale's gradient ``n - sum``. The pieces of :func:`_kl_and_grads` are shared with
+    the hand-written tabular step, which accumulates them differently."""
+    return sigma.square().addcmul_(loc, loc).mul_(inv_var)
+
+
+def kl_rho_grad_factor(sigma: torch.Tensor, inv_var: torch.Tensor) -> torch.Tensor:
+    """``sigma / s^2 - 1 / sigma`` per entry: ``d KL / d rho`` divided by ``d sigma / d rho = sigmoid(rho)``."""
+    return sigma.mul(inv_var).sub_(sigma.reciprocal())
+
+
+def kl_value(scaled: torch.Tensor, log_sigma: torch.Tensor, log_s_sum: torch.Tensor, n: float) -> torch.Tensor:
+    """``KL = sum(scaled) / 2 - sum(log sigma) + sum(log s) - n / 2`` over ``n`` entries (``log_s_sum``: the prior's
+    log s.d. summed over the entries)."""
+    return scaled.sum().mul_(0.5).sub_(log_sigma.sum()).add_(log_s_sum).sub_(0.5 * n)
+
+
 def _kl_and_grads(
     loc: torch.Tensor,
     rho: torch.Tensor,
@@ -204,11 +222,11 @@ def _kl_and_grads(
         sigma = F.softplus(rho).add_(_SIGMA_FLOOR)
     if sigmoid_rho is None:
         sigmoid_rho = torch.sigmoid(rho)
-    scaled = sigma.square().addcmul_(loc, loc).mul_(inv_var)  # (sigma^2 + loc^2) / s^2
+    scaled = kl_scaled_moment(loc, sigma, inv_var)
     n = loc.numel()
     log_s_sum = log_s * n if log_s.dim() == 0 else log_s.sum()
-    kl = scaled.sum().mul_(0.5).sub_(sigma.log().sum()).add_(log_s_sum).sub_(0.5 * n)
-    grad_rho = sigma.mul(inv_var).sub_(sigma.reciprocal()).mul_(sigmoid_rho)
+    kl = kl_value(scaled, sigma.log(), log_s_sum, n)
+    grad_rho = kl_rho_grad_factor(sigma, inv_var).mul_(sigmoid_rho)
     grad_log_s = None
     if need_log_s_grad:
         grad_log_s = scaled.neg().add_(1.0)
