@@ -93,3 +93,7 @@ def test_a_retained_graph_gives_the_same_gradient_twice_and_saves_no_one_hot_map
     assert torch.equal(first, second)
     (reference,) = torch.autograd.grad(DiceCELoss(to_onehot_y=True, softmax=True)(logits, labels), logits)
     torch.testing.assert_close(first, reference, rtol=1e-10, atol=1e-14)
+    # an upstream weight enters the closed form (not a final multiplication): channels-last logits too
+    last = logits.detach().contiguous(memory_format=torch.channels_last_3d).requires_grad_(True)
+    (weighted,) = torch.autograd.grad(2.5 * dice_ce(last, labels), last)
+    torch.testing.assert_close(weighted, 2.5 * reference, rtol=1e-10, atol=1e-14)
