@@ -217,10 +217,6 @@ class MixedEffectsNet(nn.Module):
 
     @torch.jit.unused
     def _reads_z(self) -> bool:
-        """Whether the network has a random-effects layer (so every value of ``z`` reaches the prediction);
-        computed once: it depends on the architecture only."""
-        reads = self.__dict__.get("_reads_z_cached")
-        if reads is None:
-            reads = any(isinstance(m, RandomEffects) for m in self.modules())
-            self.__dict__["_reads_z_cached"] = reads
-        return reads
+        """Whether the network has a random-effects layer (so every value of ``z`` reaches the prediction): the
+        mean-field layers :meth:`_kl_layers` found (they depend on the architecture only)."""
+        return bool(self._kl_layers()[0])
