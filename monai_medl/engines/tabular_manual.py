@@ -451,7 +451,8 @@ class ManualMLPStep:
         logits = torch.cat([logit for logit, _, _ in self._heads])
         targets = torch.cat([t for _, y, stacked in self._heads for t in ((y, y) if stacked else (y,))])
         weights = torch.cat([self._weights(y.shape[0], stacked) for _, y, stacked in self._heads])
-        return _bce_terms(logits, targets).view(-1).dot(weights.view(-1))
+        per_entry = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        return per_entry.view(-1).dot(weights.view(-1))
 
     def _penalty(self) -> torch.Tensor:
         """The adversarial terms of the stored steps (the updated, frozen adversary's logits)."""
@@ -582,11 +583,6 @@ class ManualMLPStep:
             grad = p.sub_(targets.one_hot).neg_()
         _mlp_input_grad(layers, acts, grad.mul_(targets.scale_g), work.g_features)
         return work.g_feature_views
-
-
-def _bce_terms(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy with logits per entry, ``softplus(l) - y l``."""
-    return F.softplus(logits).sub_(logits * y)
 
 
 def _mlp_input_grad(layers: list[_Dense], acts: list[torch.Tensor], grad: torch.Tensor, out: torch.Tensor) -> None:
